@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Sets up everything the project needs on a fresh Debian/Ubuntu machine; safe to re-run.
+#   - PostgreSQL 15+ server binaries (Debian's `postgresql` package) when none are found
+#   - a virtualenv in .venv with the project and its pinned dependencies
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf 'setup: %s\n' "$*" >&2; }
+
+have_pg_server() {
+    local bindir
+    bindir=$(pg_config --bindir 2>/dev/null || true)
+    [ -n "$bindir" ] && [ -x "$bindir/initdb" ] && [ -x "$bindir/pg_ctl" ] && return 0
+    compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null
+}
+
+if ! have_pg_server; then
+    log "PostgreSQL server binaries not found: installing Debian's 'postgresql' package"
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq postgresql >/dev/null
+fi
+
+PYTHON=${PYTHON:-python3}
+if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+    log "Python 3.11 or newer is needed; found $("$PYTHON" --version 2>&1). Set PYTHON=/path/to/python3.11"
+    exit 2
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    log "creating .venv"
+    "$PYTHON" -m venv .venv
+fi
+
+stamp=.venv/.tenant-pipelines-installed
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
+    log "installing the project and its pinned dependencies into .venv"
+    .venv/bin/python -m pip install -q --upgrade pip
+    .venv/bin/python -m pip install -q -e '.[dev]'
+    .venv/bin/python -m pip check >&2
+    # dagster-postgres must import: a mismatched pin silently falls back to a 2021 release.
+    .venv/bin/python -c 'import dagster_postgres, psycopg2, psycopg' >&2
+    echo "$want" > "$stamp"
+fi
+log "ready"

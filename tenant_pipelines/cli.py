@@ -1,0 +1,239 @@
+"""The ``tenant-pipelines`` command.
+
+Exit codes: 0 success, 1 operation failed, 2 bad input, 3 database unreachable,
+4 migration refused, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from datetime import date
+from typing import Callable, Sequence
+
+from tenant_pipelines import __version__
+from tenant_pipelines.config import DATABASE_URL_ENV, PROJECT_DIR, dagster_home, database_url_from_env
+from tenant_pipelines.errors import InvalidInput, TenantPipelinesError
+
+
+def _log(message: str) -> None:
+    print(f"tenant-pipelines: {message}", file=sys.stderr, flush=True)
+
+
+# -- commands ---------------------------------------------------------------------------
+
+
+def cmd_db_up(args: argparse.Namespace) -> int:
+    from tenant_pipelines.db.connect import connect, describe
+    from tenant_pipelines.db.target import embedded_cluster
+
+    url = database_url_from_env()
+    if url:
+        connect(url).close()
+        _log(f"{DATABASE_URL_ENV} is set: using your server at {describe(url)}; nothing to start")
+        print(url)
+        return 0
+    cluster = embedded_cluster(_log)
+    dsn = cluster.up()
+    if cluster.data_root != PROJECT_DIR / ".tenant-pipelines" / "pg":
+        _log(
+            f"the server's OS user cannot reach {PROJECT_DIR}: its data lives in {cluster.data_root}"
+        )
+    print(dsn)
+    return 0
+
+
+def cmd_db_down(args: argparse.Namespace) -> int:
+    from tenant_pipelines.db.target import embedded_cluster
+
+    if database_url_from_env():
+        _log(f"{DATABASE_URL_ENV} is set: the embedded cluster is not in use; nothing to stop")
+        return 0
+    stopped = embedded_cluster(_log).down()
+    _log("stopped the embedded cluster" if stopped else "the embedded cluster was not running")
+    return 0
+
+
+def _migrate(dsn: str) -> None:
+    from tenant_pipelines.db.connect import connect
+    from tenant_pipelines.db.migrate import migrate
+
+    with connect(dsn, autocommit=True) as conn:
+        report = migrate(conn, log=_log)
+    _log(f"{len(report.applied)} migrations applied, {len(report.already_applied)} already applied")
+
+
+def cmd_db_migrate(args: argparse.Namespace) -> int:
+    from tenant_pipelines.db.target import admin_dsn
+
+    _migrate(admin_dsn(start=not database_url_from_env(), log=_log))
+    return 0
+
+
+def _seed(dsn: str, tenants: int, events: int, seed: int, as_of: date | None) -> None:
+    from tenant_pipelines.core.demo import seed_demo
+    from tenant_pipelines.db.connect import connect
+
+    with connect(dsn, autocommit=True) as conn:
+        report = seed_demo(conn, tenants, events, seed=seed, as_of=as_of, log=_log)
+    _log(
+        f"demo seed: {report.tenants_created} tenants created, {report.tenants_existing} already there, "
+        f"{report.events} usage events"
+    )
+
+
+def cmd_demo_seed(args: argparse.Namespace) -> int:
+    from tenant_pipelines.db.target import admin_dsn
+
+    _seed(admin_dsn(), args.tenants, args.events_per_tenant, args.seed, args.as_of)
+    return 0
+
+
+def _run_main_job(dsn: str, env: dict[str, str]) -> None:
+    os.environ.update(env)
+    import dagster as dg
+
+    from tenant_pipelines.definitions import MAIN_JOB, defs
+
+    with dg.DagsterInstance.get() as instance:
+        _log(f"running {MAIN_JOB} (stored in Dagster's instance at {dagster_home()})")
+        result = defs.get_job_def(MAIN_JOB).execute_in_process(instance=instance, raise_on_error=False)
+        if not result.success:
+            raise TenantPipelinesError(f"{MAIN_JOB} failed: open the run in the Dagster UI for its logs")
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    from tenant_pipelines.core.demo import database_is_empty
+    from tenant_pipelines.db.connect import connect
+    from tenant_pipelines.db.target import admin_dsn, dagster_storage_env, with_database
+
+    dsn = admin_dsn(start=not database_url_from_env(), log=_log)
+    _ensure_database(dsn, "dagster")
+    _migrate(dsn)
+    with connect(dsn) as conn:
+        empty = database_is_empty(conn)
+    if empty:
+        _seed(dsn, args.tenants, args.events_per_tenant, args.seed, None)
+    home = dagster_home()
+    home.mkdir(parents=True, exist_ok=True)
+    env = {
+        "DAGSTER_HOME": str(home),
+        DATABASE_URL_ENV: dsn,
+        **{k: v for k, v in dagster_storage_env(with_database(dsn, "dagster")).items() if k not in os.environ},
+    }
+    _run_main_job(dsn, env)
+    if args.no_ui:
+        return 0
+    cmd = [
+        os.path.join(os.path.dirname(sys.executable), "dagster"), "dev",
+        "-w", str(PROJECT_DIR / "workspace.yaml"), "-h", args.host, "-p", str(args.port),
+    ]
+    _log(f"opening the Dagster UI on http://{args.host}:{args.port} (Ctrl-C stops it)")
+    os.chdir(PROJECT_DIR)
+    os.execve(cmd[0], cmd, {**os.environ, **env})
+
+
+def _ensure_database(dsn: str, name: str) -> None:
+    from psycopg import sql
+
+    from tenant_pipelines.db.connect import connect
+    from tenant_pipelines.db.target import with_database
+
+    with connect(with_database(dsn, "postgres"), autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+            _log(f"creating database {name}")
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+
+# -- parsing ------------------------------------------------------------------------------
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative; give 0 or more")
+    return value
+
+
+def _day(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date like 2026-11-30") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tenant-pipelines",
+        description="Run the multi-tenant storage layer of the billing database. "
+        f"Uses ${DATABASE_URL_ENV} (an admin DSN) when set, else a project-local PostgreSQL cluster.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    db = sub.add_parser("db", help="the database: start, stop, migrate", description="Manage the database.")
+    db_sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    p = db_sub.add_parser(
+        "up", help="start the embedded cluster (or reuse it); prints its DSN last",
+        description="Start the project-local PostgreSQL cluster, or reuse the one running. "
+        "Idempotent. The last line on stdout is the DSN.",
+    )
+    p.set_defaults(func=cmd_db_up)
+    p = db_sub.add_parser("down", help="stop the embedded cluster", description="Stop the embedded cluster.")
+    p.set_defaults(func=cmd_db_down)
+    p = db_sub.add_parser(
+        "migrate", help="apply sql/ in order",
+        description="Apply the migrations in sql/ that the database has not applied yet. Refuses to run "
+        "when an applied file was edited since.",
+    )
+    p.set_defaults(func=cmd_db_migrate)
+
+    demo = sub.add_parser("demo", help="demo data", description="Demo data.")
+    demo_sub = demo.add_subparsers(dest="demo_command", required=True, metavar="ACTION")
+    p = demo_sub.add_parser(
+        "seed", help="create deterministic demo tenants and usage events",
+        description="Create demo organizations across the four tiers, with subscriptions, invoices, "
+        "payment methods and time-ordered usage events. The same --seed gives the same data; "
+        "existing tenants are left alone.",
+    )
+    p.add_argument("--tenants", type=_non_negative, default=12, help="how many tenants (default 12)")
+    p.add_argument("--events-per-tenant", type=_non_negative, default=2000, help="usage events each (default 2000)")
+    p.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
+    p.add_argument("--as-of", type=_day, default=None, help="last day of the event history (default today, UTC)")
+    p.set_defaults(func=cmd_demo_seed)
+
+    p = sub.add_parser(
+        "dev", help="up, migrate, seed if empty, run the main job, open the Dagster UI",
+        description="Bring up the embedded cluster (or use $BILLING_DATABASE_URL), apply migrations, seed "
+        "demo data into an empty database, run the main job, then start `dagster dev`.",
+    )
+    p.add_argument("--tenants", type=_non_negative, default=12, help="demo tenants when seeding (default 12)")
+    p.add_argument("--events-per-tenant", type=_non_negative, default=2000, help="demo events each (default 2000)")
+    p.add_argument("--seed", type=int, default=42, help="demo random seed (default 42)")
+    p.add_argument("--host", default="127.0.0.1", help="UI host (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=3000, help="UI port (default 3000)")
+    p.add_argument("--no-ui", action="store_true", help="stop after the main job; do not start the UI")
+    p.set_defaults(func=cmd_dev)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except TenantPipelinesError as exc:
+        _log(f"error: {exc}")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        _log("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Storage operations as plain functions over a psycopg connection. Nothing here imports Dagster."""

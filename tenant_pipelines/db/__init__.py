@@ -1,0 +1,1 @@
+"""Connections, migrations, the tenant session and the embedded cluster."""

@@ -1,0 +1,400 @@
+"""A project-local PostgreSQL cluster, run with the system's server binaries.
+
+The cluster listens on a free loopback port only (no Unix socket), authenticates with
+scram-sha-256 and a generated superuser password, and sets ``wal_level=logical``.
+
+PostgreSQL refuses to run as root. Invoked as root, every server command runs as the
+``postgres`` OS user, so the data folder has to be one that user can reach: the project's
+``.tenant-pipelines/pg`` when it can, else a per-project folder under ``/var/tmp``.
+"""
+
+from __future__ import annotations
+
+import grp
+import hashlib
+import json
+import os
+import pwd
+import re
+import secrets
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping
+
+from tenant_pipelines.errors import TenantPipelinesError
+
+MIN_SERVER_MAJOR = 15
+SUPERUSER = "postgres"
+DATABASES = ("billing", "dagster")
+SERVER_OS_USER = "postgres"
+
+# Settings every embedded cluster gets, on top of initdb's defaults.
+BASE_SETTINGS: dict[str, str] = {
+    "listen_addresses": "'127.0.0.1'",
+    "unix_socket_directories": "''",
+    "wal_level": "logical",
+    "max_wal_senders": "10",
+    "max_replication_slots": "10",
+    "max_connections": "200",
+    "shared_buffers": "'256MB'",
+    "logging_collector": "off",
+    "log_min_messages": "warning",
+}
+
+# For throwaway clusters (tests): durability is not needed, speed is.
+FAST_UNSAFE_SETTINGS: dict[str, str] = {
+    "fsync": "off",
+    "synchronous_commit": "off",
+    "full_page_writes": "off",
+}
+
+
+class ClusterError(TenantPipelinesError):
+    pass
+
+
+def _server_major(bindir: Path) -> int | None:
+    try:
+        out = subprocess.run(
+            [str(bindir / "postgres"), "--version"], capture_output=True, text=True, check=True
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    match = re.search(r"(\d+)(?:\.\d+)?", out)
+    return int(match.group(1)) if match else None
+
+
+def find_bindir() -> Path:
+    """The newest PostgreSQL 15+ server bin folder: ``pg_config --bindir`` or ``/usr/lib/postgresql/*/bin``."""
+    candidates: list[Path] = []
+    pg_config = shutil.which("pg_config")
+    if pg_config:
+        try:
+            out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, check=True)
+            candidates.append(Path(out.stdout.strip()))
+        except (OSError, subprocess.CalledProcessError):
+            pass
+    debian = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin"),
+        key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
+        reverse=True,
+    )
+    candidates.extend(debian)
+    best: tuple[int, Path] | None = None
+    for bindir in candidates:
+        if not all((bindir / tool).is_file() for tool in ("initdb", "pg_ctl", "postgres")):
+            continue
+        major = _server_major(bindir)
+        if major is not None and major >= MIN_SERVER_MAJOR and (best is None or major > best[0]):
+            best = (major, bindir)
+    if best is None:
+        raise ClusterError(
+            f"PostgreSQL {MIN_SERVER_MAJOR}+ server binaries not found: install them with "
+            "'apt-get install -y postgresql' (or run scripts/setup.sh), or set BILLING_DATABASE_URL "
+            "to use your own server"
+        )
+    return best[1]
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def port_in_use(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+@dataclass(frozen=True)
+class OSUser:
+    name: str
+    uid: int
+    gid: int
+
+    @classmethod
+    def current(cls) -> "OSUser":
+        uid = os.geteuid()
+        return cls(pwd.getpwuid(uid).pw_name, uid, os.getegid())
+
+
+def server_os_user() -> OSUser:
+    """Who runs the server: ourselves, or the ``postgres`` OS user when we are root."""
+    if os.geteuid() != 0:
+        return OSUser.current()
+    try:
+        entry = pwd.getpwnam(SERVER_OS_USER)
+    except KeyError:
+        raise ClusterError(
+            "running as root needs the 'postgres' OS user to run the server: "
+            "'apt-get install -y postgresql' creates it"
+        ) from None
+    return OSUser(entry.pw_name, entry.pw_uid, entry.pw_gid)
+
+
+def can_reach(user: OSUser, path: Path) -> bool:
+    """Whether ``user`` could create and use a folder at ``path`` (search rights on every ancestor)."""
+    if user.uid == os.geteuid():
+        return True
+    groups = {user.gid} | {g.gr_gid for g in grp.getgrall() if user.name in g.gr_mem}
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    for folder in [existing, *existing.parents]:
+        st = folder.stat()
+        if st.st_uid == user.uid:
+            ok = st.st_mode & 0o100
+        elif st.st_gid in groups:
+            ok = st.st_mode & 0o010
+        else:
+            ok = st.st_mode & 0o001
+        if not ok:
+            return False
+    return True
+
+
+def _run(
+    cmd: list[str], user: OSUser, *, check: bool = True, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    kwargs: dict = {}
+    if user.uid != os.geteuid():
+        kwargs = {"user": user.uid, "group": user.gid, "extra_groups": []}
+    full_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8"}
+    if env:
+        full_env.update(env)
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, cwd="/", env=full_env, **kwargs
+    )
+    if check and proc.returncode != 0:
+        detail = (proc.stderr or proc.stdout).strip().splitlines()
+        raise ClusterError(f"{Path(cmd[0]).name} failed: {detail[-1] if detail else proc.returncode}")
+    return proc
+
+
+def _chown_tree(path: Path, user: OSUser) -> None:
+    if user.uid == os.geteuid():
+        return
+    os.chown(path, user.uid, user.gid)
+    for root, dirs, files in os.walk(path):
+        for name in dirs + files:
+            os.chown(os.path.join(root, name), user.uid, user.gid, follow_symlinks=False)
+
+
+@dataclass
+class EmbeddedCluster:
+    """A cluster whose data lives in ``data_root`` and whose state (password, port) in ``state_dir``."""
+
+    data_root: Path
+    state_dir: Path
+    settings: dict[str, str] = field(default_factory=dict)
+    log: Callable[[str], None] = lambda message: None
+
+    @classmethod
+    def for_project(cls, project_dir: Path, log: Callable[[str], None] = lambda m: None) -> "EmbeddedCluster":
+        """The project's default cluster: in ``.tenant-pipelines/pg`` or, when the server's OS
+        user cannot reach the project, in ``/var/tmp/tenant-pipelines-<hash>``."""
+        state_dir = project_dir / ".tenant-pipelines"
+        preferred = state_dir / "pg"
+        user = server_os_user()
+        if can_reach(user, preferred):
+            data_root = preferred
+        else:
+            digest = hashlib.sha256(str(project_dir.resolve()).encode()).hexdigest()[:12]
+            data_root = Path("/var/tmp") / f"tenant-pipelines-{digest}"
+        return cls(data_root=data_root, state_dir=state_dir, log=log)
+
+    # -- paths -------------------------------------------------------------------------
+    @property
+    def datadir(self) -> Path:
+        return self.data_root / "data"
+
+    @property
+    def logfile(self) -> Path:
+        return self.data_root / "server.log"
+
+    @property
+    def tablespace_root(self) -> Path:
+        return self.data_root / "tablespaces"
+
+    @property
+    def state_file(self) -> Path:
+        return self.state_dir / "cluster.json"
+
+    # -- state ---------------------------------------------------------------------------
+    def _read_state(self) -> dict:
+        try:
+            return json.loads(self.state_file.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {}
+
+    def _write_state(self, state: dict) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_file.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(state, fh, indent=2)
+        os.replace(tmp, self.state_file)
+
+    def dsn(self, database: str = "billing") -> str:
+        state = self._read_state()
+        if "port" not in state or "password" not in state:
+            raise ClusterError("the embedded cluster is not set up: run 'tenant-pipelines db up'")
+        return (
+            f"postgresql://{SUPERUSER}:{state['password']}@127.0.0.1:{state['port']}/{database}"
+        )
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def running_port(self) -> int | None:
+        """The port of a server running on this data folder, if there is one."""
+        pidfile = self.datadir / "postmaster.pid"
+        try:
+            lines = pidfile.read_text().splitlines()
+            pid, port = int(lines[0]), int(lines[3])
+        except (FileNotFoundError, IndexError, ValueError, PermissionError):
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass
+        return port
+
+    def _initdb(self, bindir: Path, user: OSUser, password: str) -> None:
+        self.log(f"initialising a new cluster in {self.datadir}")
+        self.data_root.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.data_root, 0o700)
+        pwfile = self.data_root / "initdb.pw"
+        pwfile.write_text(password + "\n")
+        _chown_tree(self.data_root, user)
+        try:
+            _run(
+                [
+                    str(bindir / "initdb"),
+                    "-D", str(self.datadir),
+                    "-U", SUPERUSER,
+                    f"--pwfile={pwfile}",
+                    "--auth-host=scram-sha-256",
+                    "--auth-local=scram-sha-256",
+                    "--encoding=UTF8",
+                    "--locale=C.UTF-8",
+                ],
+                user,
+            )
+        finally:
+            pwfile.unlink(missing_ok=True)
+        conf = self.datadir / "postgresql.conf"
+        lines = [f"{key} = {value}" for key, value in {**BASE_SETTINGS, **self.settings}.items()]
+        with conf.open("a") as fh:
+            fh.write("\n# tenant-pipelines embedded cluster\n" + "\n".join(lines) + "\n")
+        _chown_tree(self.data_root, user)
+
+    def up(self) -> str:
+        """Start the cluster, or reuse the one already running. Returns the billing DSN."""
+        user = server_os_user()
+        bindir = find_bindir()
+        state = self._read_state()
+        if not (self.datadir / "PG_VERSION").exists():
+            if self.datadir.exists() and any(self.datadir.iterdir()):
+                raise ClusterError(
+                    f"{self.datadir} exists but holds no PostgreSQL cluster: move it away and re-run"
+                )
+            state = {"password": secrets.token_urlsafe(24)}
+            self._initdb(bindir, user, state["password"])
+            self._write_state(state)
+        elif "password" not in state:
+            raise ClusterError(
+                f"the cluster in {self.datadir} has no state file {self.state_file}: "
+                "remove the folder to start afresh"
+            )
+
+        port = self.running_port()
+        if port is not None:
+            self.log(f"reusing the cluster already running on 127.0.0.1:{port}")
+        else:
+            port = self._start(bindir, user, state.get("port"))
+        state["port"] = port
+        state["data_root"] = str(self.data_root)
+        self._write_state(state)
+        self._ensure_databases()
+        return self.dsn("billing")
+
+    def _start(self, bindir: Path, user: OSUser, previous_port: int | None) -> int:
+        tried: list[int] = []
+        for attempt in range(5):
+            port = previous_port if attempt == 0 and previous_port else free_port()
+            if port_in_use(port):
+                self.log(f"port {port} is taken, picking another")
+                tried.append(port)
+                continue
+            self.log(f"starting PostgreSQL on 127.0.0.1:{port} (data: {self.datadir})")
+            proc = _run(
+                [
+                    str(bindir / "pg_ctl"),
+                    "start", "-w", "-t", "60",
+                    "-D", str(self.datadir),
+                    "-l", str(self.logfile),
+                    "-o", f"-p {port}",
+                ],
+                user,
+                check=False,
+            )
+            if proc.returncode == 0:
+                return port
+            tried.append(port)
+            tail = self._log_tail()
+            if "could not bind" in tail or "Address already in use" in tail:
+                continue
+            raise ClusterError(f"PostgreSQL did not start: {tail or proc.stderr.strip()} (log: {self.logfile})")
+        raise ClusterError(f"PostgreSQL did not start: ports {tried} were all taken")
+
+    def _log_tail(self) -> str:
+        try:
+            lines = [l for l in self.logfile.read_text(errors="replace").splitlines() if l.strip()]
+        except (FileNotFoundError, PermissionError):
+            return ""
+        errors = [l for l in lines[-20:] if "FATAL" in l or "ERROR" in l or "could not" in l]
+        return (errors or lines[-1:] or [""])[-1].strip()
+
+    def _ensure_databases(self) -> None:
+        import psycopg
+
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                conn = psycopg.connect(self.dsn("postgres"), autocommit=True, connect_timeout=5)
+                break
+            except psycopg.OperationalError as exc:
+                if time.monotonic() > deadline:
+                    raise ClusterError(f"cannot connect to the embedded cluster: {exc}") from None
+                time.sleep(0.2)
+        with conn:
+            existing = {row[0] for row in conn.execute("SELECT datname FROM pg_database")}
+            from psycopg import sql
+
+            for name in DATABASES:
+                if name not in existing:
+                    self.log(f"creating database {name}")
+                    conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+    def down(self) -> bool:
+        """Stop the cluster. Returns False when it was not running."""
+        if self.running_port() is None:
+            return False
+        user = server_os_user()
+        _run([str(find_bindir() / "pg_ctl"), "stop", "-w", "-m", "fast", "-D", str(self.datadir)], user)
+        return True
+
+    def destroy(self) -> None:
+        """Stop the cluster and remove its data (used by throwaway test clusters)."""
+        try:
+            self.down()
+        finally:
+            shutil.rmtree(self.data_root, ignore_errors=True)
+            self.state_file.unlink(missing_ok=True)

@@ -1,0 +1,40 @@
+"""Which database: the user's own server (BILLING_DATABASE_URL) or the embedded cluster."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from tenant_pipelines.config import PROJECT_DIR, database_url_from_env
+from tenant_pipelines.db.embedded import EmbeddedCluster
+
+
+def embedded_cluster(log: Callable[[str], None] = lambda m: None) -> EmbeddedCluster:
+    return EmbeddedCluster.for_project(PROJECT_DIR, log=log)
+
+
+def admin_dsn(*, start: bool = False, log: Callable[[str], None] = lambda m: None) -> str:
+    """The admin DSN of the billing database. With ``start``, bring the embedded cluster up."""
+    url = database_url_from_env()
+    if url:
+        return url
+    cluster = embedded_cluster(log)
+    return cluster.up() if start else cluster.dsn("billing")
+
+
+def with_database(dsn: str, dbname: str) -> str:
+    """The same server and credentials, another database."""
+    return make_conninfo(dsn, dbname=dbname)
+
+
+def dagster_storage_env(dsn: str) -> dict[str, str]:
+    """DAGSTER_PG_* for dagster_home/dagster.yaml: the `dagster` database on the same server."""
+    info = conninfo_to_dict(dsn)
+    return {
+        "DAGSTER_PG_USER": str(info.get("user") or "postgres"),
+        "DAGSTER_PG_PASSWORD": str(info.get("password") or ""),
+        "DAGSTER_PG_HOST": str(info.get("host") or "127.0.0.1"),
+        "DAGSTER_PG_PORT": str(info.get("port") or "5432"),
+        "DAGSTER_PG_DB": "dagster",
+    }

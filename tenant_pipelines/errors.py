@@ -1,0 +1,27 @@
+"""Errors a user can act on: one line that names the object and the fix."""
+
+from __future__ import annotations
+
+
+class TenantPipelinesError(Exception):
+    """A failure with a one-line, user-facing message. The CLI prints it without a traceback."""
+
+    exit_code = 1
+
+
+class InvalidInput(TenantPipelinesError):
+    """The caller passed something malformed (a bad UUID, a hostile name)."""
+
+    exit_code = 2
+
+
+class UnknownTenant(TenantPipelinesError):
+    exit_code = 2
+
+
+class DatabaseUnreachable(TenantPipelinesError):
+    exit_code = 3
+
+
+class MigrationError(TenantPipelinesError):
+    exit_code = 4
