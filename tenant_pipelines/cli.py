@@ -36,9 +36,9 @@ def cmd_db_up(args: argparse.Namespace) -> int:
         return 0
     cluster = embedded_cluster(_log)
     dsn = cluster.up()
-    if cluster.data_root != PROJECT_DIR / ".tenant-pipelines" / "pg":
+    if cluster.data_root != cluster.state_dir / "pg":
         _log(
-            f"the server's OS user cannot reach {PROJECT_DIR}: its data lives in {cluster.data_root}"
+            f"the server's OS user cannot reach {cluster.state_dir}: its data lives in {cluster.data_root}"
         )
     print(dsn)
     return 0

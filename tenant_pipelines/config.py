@@ -6,8 +6,15 @@ import os
 from pathlib import Path
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
-STATE_DIR = PROJECT_DIR / ".tenant-pipelines"
 DATABASE_URL_ENV = "BILLING_DATABASE_URL"
+STATE_DIR_ENV = "TENANT_PIPELINES_HOME"
+
+
+def state_dir() -> Path:
+    """Where the embedded cluster's state (and, when reachable, its data) lives.
+    Default: the git-ignored ``.tenant-pipelines`` folder of the project."""
+    value = os.environ.get(STATE_DIR_ENV, "").strip()
+    return Path(value).resolve() if value else PROJECT_DIR / ".tenant-pipelines"
 
 
 def database_url_from_env() -> str | None:

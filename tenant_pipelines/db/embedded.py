@@ -196,16 +196,15 @@ class EmbeddedCluster:
     log: Callable[[str], None] = lambda message: None
 
     @classmethod
-    def for_project(cls, project_dir: Path, log: Callable[[str], None] = lambda m: None) -> "EmbeddedCluster":
-        """The project's default cluster: in ``.tenant-pipelines/pg`` or, when the server's OS
-        user cannot reach the project, in ``/var/tmp/tenant-pipelines-<hash>``."""
-        state_dir = project_dir / ".tenant-pipelines"
+    def in_state_dir(cls, state_dir: Path, log: Callable[[str], None] = lambda m: None) -> "EmbeddedCluster":
+        """The cluster kept in ``state_dir``: its data in ``state_dir/pg`` or, when the server's
+        OS user cannot reach that folder, in ``/var/tmp/tenant-pipelines-<hash>``."""
         preferred = state_dir / "pg"
         user = server_os_user()
         if can_reach(user, preferred):
             data_root = preferred
         else:
-            digest = hashlib.sha256(str(project_dir.resolve()).encode()).hexdigest()[:12]
+            digest = hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:12]
             data_root = Path("/var/tmp") / f"tenant-pipelines-{digest}"
         return cls(data_root=data_root, state_dir=state_dir, log=log)
 

@@ -6,12 +6,12 @@ from typing import Callable
 
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from tenant_pipelines.config import PROJECT_DIR, database_url_from_env
+from tenant_pipelines.config import database_url_from_env, state_dir
 from tenant_pipelines.db.embedded import EmbeddedCluster
 
 
 def embedded_cluster(log: Callable[[str], None] = lambda m: None) -> EmbeddedCluster:
-    return EmbeddedCluster.for_project(PROJECT_DIR, log=log)
+    return EmbeddedCluster.in_state_dir(state_dir(), log=log)
 
 
 def admin_dsn(*, start: bool = False, log: Callable[[str], None] = lambda m: None) -> str:

@@ -1,6 +1,5 @@
 """The one resource every asset uses: the billing database."""
 
-from __future__ import annotations
 
 import threading
 from contextlib import contextmanager

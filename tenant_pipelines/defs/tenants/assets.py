@@ -1,6 +1,5 @@
 """The tenant registry: what the UI shows about organizations and their tiers."""
 
-from __future__ import annotations
 
 import time
 from collections import Counter

@@ -1,0 +1,108 @@
+"""A real, throwaway PostgreSQL server for the whole test session.
+
+It is the same EmbeddedCluster the CLI uses, in a temporary folder outside /root that the
+server's OS user can reach (as root, the server runs as ``postgres``), on a free loopback
+port, with durability turned off for speed. Every test that changes the schema gets its own
+database, cloned from a migrated template.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+from tenant_pipelines.db.embedded import FAST_UNSAFE_SETTINGS, EmbeddedCluster
+from tenant_pipelines.db.migrate import migrate
+
+APP_PASSWORD = "app-test-password"
+TEMPLATE = "tp_template"
+_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[EmbeddedCluster]:
+    base = Path(tempfile.mkdtemp(prefix="tp-pg-", dir="/tmp"))
+    os.chmod(base, 0o755)  # the server's OS user must be able to reach its data folder
+    cluster = EmbeddedCluster(data_root=base / "pg", state_dir=base / "state", settings=dict(FAST_UNSAFE_SETTINGS))
+    cluster.up()
+    with psycopg.connect(cluster.dsn("postgres"), autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(TEMPLATE)))
+    with psycopg.connect(cluster.dsn(TEMPLATE), autocommit=True) as conn:
+        migrate(conn)
+        conn.execute(sql.SQL("ALTER ROLE billing_app PASSWORD {}").format(sql.Literal(APP_PASSWORD)))
+    try:
+        yield cluster
+    finally:
+        cluster.destroy()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _create_db(cluster: EmbeddedCluster, template: str = TEMPLATE) -> str:
+    name = f"t_{os.getpid()}_{next(_counter)}"
+    with psycopg.connect(cluster.dsn("postgres"), autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(template))
+        )
+    return name
+
+
+def _drop_db(cluster: EmbeddedCluster, name: str) -> None:
+    with psycopg.connect(cluster.dsn("postgres"), autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def admin_dsn(pg_cluster: EmbeddedCluster) -> Iterator[str]:
+    """A fresh, migrated, empty billing database; the superuser's DSN to it."""
+    name = _create_db(pg_cluster)
+    try:
+        yield pg_cluster.dsn(name)
+    finally:
+        _drop_db(pg_cluster, name)
+
+
+@pytest.fixture
+def empty_dsn(pg_cluster: EmbeddedCluster) -> Iterator[str]:
+    """A fresh database with no schema at all."""
+    name = _create_db(pg_cluster, template="template0")
+    try:
+        yield pg_cluster.dsn(name)
+    finally:
+        _drop_db(pg_cluster, name)
+
+
+def app_dsn_for(admin: str) -> str:
+    return make_conninfo(admin, user="billing_app", password=APP_PASSWORD)
+
+
+@pytest.fixture
+def app_dsn(admin_dsn: str) -> str:
+    """billing_app's own login to the same database as ``admin_dsn``."""
+    return app_dsn_for(admin_dsn)
+
+
+@pytest.fixture
+def admin_conn(admin_dsn: str) -> Iterator[psycopg.Connection]:
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        yield conn
+
+
+def make_tenant(conn: psycopg.Connection, name: str = "Tenant", tier: str = "free") -> uuid.UUID:
+    """An organization with a classification, created by the admin."""
+    tenant = uuid.uuid4()
+    with conn.transaction():
+        conn.execute("INSERT INTO organizations (id, name) VALUES (%s, %s)", (tenant, name))
+        conn.execute(
+            "INSERT INTO tenant_classifications (organization_id, tier) VALUES (%s, %s)", (tenant, tier)
+        )
+    return tenant
