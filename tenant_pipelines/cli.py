@@ -98,7 +98,7 @@ def _run_main_job(dsn: str, env: dict[str, str]) -> None:
 
     with dg.DagsterInstance.get() as instance:
         _log(f"running {MAIN_JOB} (stored in Dagster's instance at {dagster_home()})")
-        result = defs.get_job_def(MAIN_JOB).execute_in_process(instance=instance, raise_on_error=False)
+        result = defs.resolve_job_def(MAIN_JOB).execute_in_process(instance=instance, raise_on_error=False)
         if not result.success:
             raise TenantPipelinesError(f"{MAIN_JOB} failed: open the run in the Dagster UI for its logs")
 
