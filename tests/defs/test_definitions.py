@@ -20,11 +20,15 @@ from tenant_pipelines.defs.tenants.assets import tenant_isolation_holds, tenant_
 
 # A renamed or dropped asset, check, job, schedule or sensor is a visible diff here.
 EXPECTED = {
-    "assets": ["tenant_registry"],
-    "asset_checks": ["tenant_registry:tenant_isolation_holds"],
-    "jobs": ["refresh_tenant_registry"],
-    "schedules": [],
-    "sensors": [],
+    "assets": ["tenant_partition", "tenant_registry"],
+    "asset_checks": [
+        "tenant_partition:default_partition_drained",
+        "tenant_partition:tenant_partitions_complete",
+        "tenant_registry:tenant_isolation_holds",
+    ],
+    "jobs": ["create_tenant_partitions", "refresh_tenant_registry"],
+    "schedules": ["premake_schedule"],
+    "sensors": ["tenant_onboarding_sensor"],
 }
 
 

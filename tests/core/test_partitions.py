@@ -1,0 +1,310 @@
+"""Tenant partitions: created standalone then attached, rows moved out of DEFAULT in the same
+transaction, months premade, idempotent, crash-safe, and other tenants never blocked."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+
+import psycopg
+import pytest
+
+from tenant_pipelines.core.partitions import (
+    attached_tenant_partitions,
+    audit_tenant_partitions,
+    default_partition_tenants,
+    ensure_tenant_partition,
+    partition_name,
+)
+from tenant_pipelines.db.session import tenant_session
+from tenant_pipelines.errors import InvalidInput, TenantPipelinesError
+from tests.conftest import app_dsn_for, make_tenant
+
+NOW = datetime.now(timezone.utc)
+
+
+def add_events(conn: psycopg.Connection, tenant: uuid.UUID, n: int, days_back: int = 100) -> None:
+    """n events spread over the last ``days_back`` days, as the admin (lands wherever routing says)."""
+    with conn.cursor().copy(
+        'COPY usage_events_mt (organization_id, metric_name, quantity, "timestamp") FROM STDIN'
+    ) as copy:
+        for i in range(n):
+            copy.write_row((tenant, "api_calls", Decimal(i), NOW - timedelta(days=days_back * i / max(n, 1))))
+
+
+def tenant_rows(conn: psycopg.Connection, tenant: uuid.UUID) -> list[tuple]:
+    return conn.execute(
+        "SELECT id, quantity, \"timestamp\" FROM usage_events_mt WHERE organization_id = %s ORDER BY id", (tenant,)
+    ).fetchall()
+
+
+def leaf_of_each_row(conn: psycopg.Connection, tenant: uuid.UUID) -> dict[str, int]:
+    rows = conn.execute(
+        "SELECT tableoid::regclass::text, count(*) FROM usage_events_mt WHERE organization_id = %s GROUP BY 1",
+        (tenant,),
+    ).fetchall()
+    return dict(rows)
+
+
+def months_ahead(n: int) -> list[str]:
+    y, m = NOW.year, NOW.month
+    out = []
+    for _ in range(n + 1):
+        out.append(f"{y:04d}{m:02d}")
+        y, m = (y + 1, 1) if m == 12 else (y, m + 1)
+    return out
+
+
+def test_small_tenant_gets_one_partition_and_its_rows_leave_default(admin_conn: psycopg.Connection) -> None:
+    tenant = make_tenant(admin_conn, tier="free")
+    other = make_tenant(admin_conn, tier="free")
+    add_events(admin_conn, tenant, 300)
+    add_events(admin_conn, other, 50)
+    before = tenant_rows(admin_conn, tenant)
+
+    report = ensure_tenant_partition(admin_conn, tenant)
+
+    assert report.layout == "single" and report.attached_now and report.rows_moved == 300
+    assert report.tables_created == [partition_name(tenant), partition_name(tenant) + "_rest"]
+    assert tenant_rows(admin_conn, tenant) == before, "nothing lost, nothing doubled"
+    assert leaf_of_each_row(admin_conn, tenant) == {partition_name(tenant) + "_rest": 300}
+    assert default_partition_tenants(admin_conn) == {str(other): 50}
+    assert str(tenant) in attached_tenant_partitions(admin_conn)
+    assert audit_tenant_partitions(admin_conn, [tenant]) == []
+
+
+def test_second_run_changes_nothing(admin_conn: psycopg.Connection) -> None:
+    tenant = make_tenant(admin_conn, tier="enterprise")
+    add_events(admin_conn, tenant, 100)
+    ensure_tenant_partition(admin_conn, tenant)
+    relations = admin_conn.execute("SELECT count(*) FROM pg_class").fetchone()[0]
+    again = ensure_tenant_partition(admin_conn, tenant)
+    assert again.tables_created == [] and again.rows_moved == 0 and not again.attached_now
+    assert admin_conn.execute("SELECT count(*) FROM pg_class").fetchone()[0] == relations
+
+
+def test_enterprise_tenant_is_split_by_month_back_to_its_oldest_event(admin_conn: psycopg.Connection) -> None:
+    tenant = make_tenant(admin_conn, tier="enterprise")
+    add_events(admin_conn, tenant, 500, days_back=100)
+    before = tenant_rows(admin_conn, tenant)
+    oldest = min(r[2] for r in before).astimezone(timezone.utc)
+
+    report = ensure_tenant_partition(admin_conn, tenant)  # partition_config.premake_months = 3
+
+    assert report.layout == "monthly"
+    part = partition_name(tenant)
+    months = sorted(t.rsplit("_p", 1)[1] for t in report.tables_created if "_p" in t)
+    assert months[0] == f"{oldest.year:04d}{oldest.month:02d}"
+    assert months[-4:] == months_ahead(3)
+    assert tenant_rows(admin_conn, tenant) == before
+    placement = leaf_of_each_row(admin_conn, tenant)
+    assert part + "_rest" not in placement, "every row is in its month"
+    for leaf, count in placement.items():
+        month = leaf.rsplit("_p", 1)[1]
+        in_month = [r for r in before if r[2].astimezone(timezone.utc).strftime("%Y%m") == month]
+        assert count == len(in_month)
+    assert audit_tenant_partitions(admin_conn, [tenant]) == []
+
+
+def test_a_growing_tenant_is_split_online_and_keeps_every_row(admin_conn: psycopg.Connection) -> None:
+    tenant = make_tenant(admin_conn, tier="starter")
+    add_events(admin_conn, tenant, 400)
+    assert ensure_tenant_partition(admin_conn, tenant).layout == "single"
+    add_events(admin_conn, tenant, 400)  # straight into its _rest now
+    admin_conn.execute(f"ANALYZE {partition_name(tenant)}_rest")
+    admin_conn.execute("UPDATE partition_config SET split_threshold_rows = 500")
+    before = tenant_rows(admin_conn, tenant)
+
+    report = ensure_tenant_partition(admin_conn, tenant)
+
+    assert report.layout == "monthly" and report.rows_split_into_months == 800 and report.rows_moved == 0
+    assert tenant_rows(admin_conn, tenant) == before
+    assert partition_name(tenant) + "_rest" not in leaf_of_each_row(admin_conn, tenant)
+
+
+def test_premake_adds_months_when_the_horizon_moves(admin_conn: psycopg.Connection) -> None:
+    tenant = make_tenant(admin_conn, tier="growth")
+    ensure_tenant_partition(admin_conn, tenant, premake_months=1)
+    report = ensure_tenant_partition(admin_conn, tenant, premake_months=4)
+    assert sorted(t.rsplit("_p", 1)[1] for t in report.tables_created) == months_ahead(4)[2:]
+
+
+def test_crash_between_create_and_attach_then_rerun(admin_conn: psycopg.Connection) -> None:
+    tenant = make_tenant(admin_conn, tier="enterprise")
+    add_events(admin_conn, tenant, 200)
+    before = tenant_rows(admin_conn, tenant)
+    # The first transaction commits, then the process dies before the second.
+    admin_conn.execute("SELECT fn_prepare_tenant_partition(%s)", (tenant,))
+    assert str(tenant) not in attached_tenant_partitions(admin_conn)
+    assert default_partition_tenants(admin_conn)[str(tenant)] == 200
+
+    report = ensure_tenant_partition(admin_conn, tenant)
+
+    assert report.tables_created == [] and report.attached_now and report.rows_moved == 200
+    assert tenant_rows(admin_conn, tenant) == before
+    assert audit_tenant_partitions(admin_conn, [tenant]) == []
+
+
+def test_killed_during_attach_leaves_everything_in_default(admin_conn: psycopg.Connection, admin_dsn: str) -> None:
+    tenant = make_tenant(admin_conn, tier="free")
+    add_events(admin_conn, tenant, 100)
+    before = tenant_rows(admin_conn, tenant)
+    admin_conn.execute("SELECT fn_prepare_tenant_partition(%s)", (tenant,))
+    with psycopg.connect(admin_dsn) as victim:
+        pid = victim.info.backend_pid
+        victim.execute("SELECT fn_attach_tenant_partition(%s)", (tenant,))  # moved and attached, not committed
+        admin_conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        with pytest.raises(psycopg.OperationalError):
+            victim.commit()
+    assert default_partition_tenants(admin_conn)[str(tenant)] == 100
+    assert str(tenant) not in attached_tenant_partitions(admin_conn)
+    ensure_tenant_partition(admin_conn, tenant)
+    assert tenant_rows(admin_conn, tenant) == before
+
+
+def test_sql_function_for_dbas_does_the_same(admin_conn: psycopg.Connection) -> None:
+    tenant = make_tenant(admin_conn, tier="enterprise")
+    add_events(admin_conn, tenant, 50)
+    result = admin_conn.execute("SELECT fn_create_tenant_partition(%s)", (tenant,)).fetchone()[0]
+    assert result["attached_now"] and result["rows_moved"] == 50 and result["layout"] == "monthly"
+    again = admin_conn.execute("SELECT fn_create_tenant_partition(%s)", (tenant,)).fetchone()[0]
+    assert again["tables_created"] == [] and not again["attached_now"]
+    assert audit_tenant_partitions(admin_conn, [tenant]) == []
+
+
+def test_tenant_without_organization_still_gets_storage(admin_conn: psycopg.Connection) -> None:
+    stranger = uuid.uuid4()
+    add_events(admin_conn, stranger, 10)
+    report = ensure_tenant_partition(admin_conn, stranger)
+    assert report.attached_now and report.rows_moved == 10 and report.layout == "single"
+
+
+@pytest.mark.parametrize("bad", ["x", "", "'; DROP TABLE usage_events_mt; --", "usage_events_mt_default", "a" * 300])
+def test_hostile_tenant_ids_get_a_clear_error_and_no_partition(admin_conn: psycopg.Connection, bad: str) -> None:
+    relations = admin_conn.execute("SELECT count(*) FROM pg_class").fetchone()[0]
+    with pytest.raises(InvalidInput) as info:
+        ensure_tenant_partition(admin_conn, bad)
+    assert "\n" not in str(info.value) and "not a valid UUID" in str(info.value)
+    assert admin_conn.execute("SELECT count(*) FROM pg_class").fetchone()[0] == relations
+
+
+def test_names_fit_in_63_bytes(admin_conn: psycopg.Connection) -> None:
+    tenant = make_tenant(admin_conn, tier="enterprise")
+    report = ensure_tenant_partition(admin_conn, tenant)
+    names = admin_conn.execute(
+        "SELECT c.relname FROM pg_partition_tree(%s::regclass) t JOIN pg_class c ON c.oid = t.relid",
+        (partition_name(tenant),),
+    ).fetchall()
+    assert {n for (n,) in names} == set(report.tables_created)
+    assert max(len(n.encode()) for (n,) in names) <= 58
+
+
+def test_rls_holds_on_the_new_tables(admin_conn: psycopg.Connection, admin_dsn: str) -> None:
+    a, b = make_tenant(admin_conn, tier="enterprise"), make_tenant(admin_conn, tier="free")
+    add_events(admin_conn, a, 30)
+    add_events(admin_conn, b, 20)
+    ensure_tenant_partition(admin_conn, a)
+    ensure_tenant_partition(admin_conn, b)
+    with psycopg.connect(app_dsn_for(admin_dsn)) as app:
+        for table in (partition_name(a), partition_name(a) + "_rest", partition_name(b) + "_rest",
+                      partition_name(a) + "_p" + NOW.strftime("%Y%m")):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                app.execute(f'SELECT count(*) FROM "{table}"')
+            app.rollback()
+        with app.transaction():
+            app.execute("SELECT fn_set_tenant_context(%s)", (a,))
+            seen = app.execute("SELECT organization_id, count(*) FROM usage_events GROUP BY 1").fetchall()
+            assert seen == [(a, 30)]
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                with app.transaction():
+                    app.execute(
+                        "INSERT INTO usage_events (organization_id, metric_name, quantity, \"timestamp\") "
+                        "VALUES (%s, 'x', 1, now())", (b,))
+
+
+def test_concurrent_inserts_while_attaching_none_fail_none_lost(admin_conn: psycopg.Connection, admin_dsn: str) -> None:
+    tenant = make_tenant(admin_conn, tier="enterprise")
+    other = make_tenant(admin_conn, tier="free")
+    ensure_tenant_partition(admin_conn, other)
+    add_events(admin_conn, tenant, 2000)
+    stop = threading.Event()
+    inserted = {tenant: 2000, other: 0}
+    errors: list[BaseException] = []
+
+    def writer(who: uuid.UUID) -> None:
+        """An application: billing_app, in the tenant's context, 10 rows a transaction."""
+        try:
+            with psycopg.connect(app_dsn_for(admin_dsn)) as conn:
+                while not stop.is_set():
+                    with tenant_session(conn, who, role=None) as tx:
+                        tx.execute(
+                            "INSERT INTO usage_events (organization_id, metric_name, quantity, \"timestamp\") "
+                            "SELECT %s, 'api_calls', 1, now() FROM generate_series(1, 10)", (who,))
+                    inserted[who] += 10
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(t,)) for t in (tenant, other)]
+    for t in threads:
+        t.start()
+    time.sleep(0.2)
+    report = ensure_tenant_partition(admin_conn, tenant)
+    time.sleep(0.2)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert report.attached_now
+    for who, count in inserted.items():
+        assert admin_conn.execute("SELECT count(*) FROM usage_events_mt WHERE organization_id = %s",
+                                  (who,)).fetchone()[0] == count
+    assert str(tenant) not in default_partition_tenants(admin_conn)
+
+
+def test_attach_does_not_wait_for_other_tenants_writers(admin_conn: psycopg.Connection, admin_dsn: str) -> None:
+    busy = make_tenant(admin_conn, tier="free")
+    ensure_tenant_partition(admin_conn, busy)
+    newcomer = make_tenant(admin_conn, tier="enterprise")
+    admin_conn.execute("UPDATE partition_config SET lock_timeout = '500ms'")
+    with psycopg.connect(admin_dsn) as writer:
+        # An open transaction that wrote to another tenant (and to usage_events_mt).
+        writer.execute("INSERT INTO usage_events_mt (organization_id, metric_name, quantity, \"timestamp\") "
+                       "VALUES (%s, 'api_calls', 1, now())", (busy,))
+        report = ensure_tenant_partition(admin_conn, newcomer, attempts=1)
+        assert report.attached_now
+        writer.commit()
+
+
+def test_lock_timeout_is_retried_then_reported_in_one_line(admin_conn: psycopg.Connection, admin_dsn: str) -> None:
+    tenant = make_tenant(admin_conn, tier="free")
+    add_events(admin_conn, tenant, 5)
+    admin_conn.execute("UPDATE partition_config SET lock_timeout = '100ms'")
+    with psycopg.connect(admin_dsn) as holder:
+        holder.execute("LOCK TABLE usage_events_mt_default IN EXCLUSIVE MODE")
+        with pytest.raises(TenantPipelinesError) as info:
+            ensure_tenant_partition(admin_conn, tenant, attempts=2)
+        assert str(tenant) in str(info.value) and "pg_stat_activity" in str(info.value)
+        assert "\n" not in str(info.value)
+        # Released while we retry: the next try gets through.
+        timer = threading.Timer(0.3, holder.rollback)
+        timer.start()
+        report = ensure_tenant_partition(admin_conn, tenant, attempts=8)
+        timer.join()
+    assert report.attached_now and report.attempts > 2
+
+
+def test_audit_finds_a_missing_month_and_a_stray_grant(admin_conn: psycopg.Connection) -> None:
+    tenant = make_tenant(admin_conn, tier="enterprise")
+    ensure_tenant_partition(admin_conn, tenant)
+    part = partition_name(tenant)
+    month = part + "_p" + months_ahead(1)[1]
+    admin_conn.execute(f'ALTER TABLE "{part}" DETACH PARTITION "{month}"')
+    admin_conn.execute(f'GRANT SELECT ON "{part}_rest" TO billing_app')
+    findings = [str(f) for f in audit_tenant_partitions(admin_conn, [tenant])]
+    assert any(months_ahead(1)[1] in f and "missing months" in f for f in findings)
+    assert any(f"{part}_rest" in f and "billing_app can access it directly" in f for f in findings)
+    missing = uuid.uuid4()
+    assert "has no attached partition" in str(audit_tenant_partitions(admin_conn, [missing])[0])

@@ -1,0 +1,166 @@
+"""The onboarding sensor and the tenant_partition asset, against a real database and a real
+Dagster instance."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+from decimal import Decimal
+
+import dagster as dg
+import psycopg
+import pytest
+
+from tenant_pipelines.core.partitions import attached_tenant_partitions, default_partition_tenants
+from tenant_pipelines.defs.resources import BillingDatabase
+from tenant_pipelines.defs.tenants.partitions import tenants_partitions
+from tenant_pipelines.defs.tenants.partitions_assets import (
+    TENANTS_PER_RUN,
+    default_partition_drained,
+    premake_schedule,
+    tenant_onboarding_sensor,
+    tenant_partition,
+    tenant_partitions_complete,
+)
+from tests.conftest import make_tenant
+
+
+@pytest.fixture
+def instance():
+    with dg.instance_for_test() as instance:
+        yield instance
+
+
+def tick(instance: dg.DagsterInstance, dsn: str) -> dg.SensorResult:
+    context = dg.build_sensor_context(instance=instance, resources={"billing_db": BillingDatabase(dsn=dsn)})
+    result = tenant_onboarding_sensor(context)
+    # What the daemon does with the result: add the keys.
+    for request in result.dynamic_partitions_requests or []:
+        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+    return result
+
+
+def event(conn: psycopg.Connection, tenant: uuid.UUID, n: int = 1) -> None:
+    for _ in range(n):
+        conn.execute(
+            'INSERT INTO usage_events_mt (organization_id, metric_name, quantity, "timestamp") VALUES (%s, %s, %s, %s)',
+            (tenant, "api_calls", Decimal("1.5"), datetime.now(timezone.utc)),
+        )
+
+
+def materialise(instance: dg.DagsterInstance, dsn: str, key: str) -> dg.ExecuteInProcessResult:
+    return dg.materialize(
+        [tenant_partition, default_partition_drained, tenant_partitions_complete],
+        instance=instance,
+        partition_key=key,
+        resources={"billing_db": BillingDatabase(dsn=dsn)},
+        raise_on_error=False,
+    )
+
+
+def test_new_organizations_and_unknown_tenants_show_up_in_one_tick(
+    admin_conn: psycopg.Connection, admin_dsn: str, instance: dg.DagsterInstance
+) -> None:
+    orgs = [make_tenant(admin_conn, tier=t) for t in ("free", "enterprise")]
+    stranger = uuid.uuid4()  # events, but no organization row
+    event(admin_conn, stranger, 3)
+    event(admin_conn, orgs[0], 2)
+
+    result = tick(instance, admin_dsn)
+
+    expected = sorted(str(t) for t in [*orgs, stranger])
+    assert sorted(instance.get_dynamic_partitions("tenants")) == expected
+    assert sorted(r.partition_key for r in result.run_requests) == expected
+    assert all(r.run_key == f"onboard:{r.partition_key}" for r in result.run_requests)
+
+    # Re-tick before the runs happened: no new keys, and only run keys already requested,
+    # which the daemon drops.
+    again = tick(instance, admin_dsn)
+    assert not again.dynamic_partitions_requests
+    assert {r.run_key for r in again.run_requests} <= {r.run_key for r in result.run_requests}
+
+    for key in expected:
+        run = materialise(instance, admin_dsn, key)
+        assert run.success, key
+        assert all(c.passed for c in run.get_asset_check_evaluations())
+    assert default_partition_tenants(admin_conn) == {}
+    assert attached_tenant_partitions(admin_conn) == set(expected)
+    done = tick(instance, admin_dsn)
+    assert done.skip_reason and "none without a partition" in str(done.skip_reason)
+
+    # A later organization: only it is new.
+    late = make_tenant(admin_conn)
+    result = tick(instance, admin_dsn)
+    assert [r.partition_key for r in result.run_requests] == [str(late)]
+
+
+def test_known_tenant_with_rows_in_default_is_asked_again(
+    admin_conn: psycopg.Connection, admin_dsn: str, instance: dg.DagsterInstance
+) -> None:
+    tenant = make_tenant(admin_conn)
+    instance.add_dynamic_partitions("tenants", [str(tenant)])  # known, but its run never happened
+    event(admin_conn, tenant)
+    result = tick(instance, admin_dsn)
+    (request,) = result.run_requests
+    assert request.partition_key == str(tenant) and request.run_key == f"onboard:{tenant}"
+    assert not result.dynamic_partitions_requests
+    # Its run failed (say, a lock timeout): the next tick asks again under a new key.
+    failed = dg.materialize(
+        [tenant_partition], instance=instance, partition_key=str(tenant), raise_on_error=False,
+        resources={"billing_db": BillingDatabase(dsn="postgresql://nobody@127.0.0.1:1/none")},
+    )
+    assert not failed.success
+    (retry,) = tick(instance, admin_dsn).run_requests
+    assert retry.run_key.startswith(f"drain:{tenant}:")
+
+
+def test_materialisation_metadata_says_what_was_done(
+    admin_conn: psycopg.Connection, admin_dsn: str, instance: dg.DagsterInstance
+) -> None:
+    tenant = make_tenant(admin_conn, tier="enterprise")
+    event(admin_conn, tenant, 5)
+    instance.add_dynamic_partitions("tenants", [str(tenant)])
+    first = materialise(instance, admin_dsn, str(tenant))
+    (mat,) = first.get_asset_materialization_events()
+    meta = mat.materialization.metadata
+    assert meta["rows_moved"].value == 5 and meta["tables_created"].value >= 6 and meta["attached_now"].value == 1
+    assert "duration_s" in meta and len(meta["partitions"].value.records) == 1
+    second = materialise(instance, admin_dsn, str(tenant))
+    (mat,) = second.get_asset_materialization_events()
+    assert mat.materialization.metadata["tables_created"].value == 0
+
+
+def test_a_hostile_partition_key_fails_the_run_with_a_clear_error(
+    admin_conn: psycopg.Connection, admin_dsn: str, instance: dg.DagsterInstance
+) -> None:
+    relations = admin_conn.execute("SELECT count(*) FROM pg_class").fetchone()[0]
+    instance.add_dynamic_partitions("tenants", ["x'); DROP TABLE usage_events_mt; --"])
+    run = materialise(instance, admin_dsn, "x'); DROP TABLE usage_events_mt; --")
+    assert not run.success
+    failure = run.get_step_failure_events()[0].step_failure_data.user_failure_data
+    assert "not a valid UUID" in failure.metadata["failures"].value
+    assert admin_conn.execute("SELECT count(*) FROM pg_class").fetchone()[0] == relations
+
+
+def test_backfill_of_several_tenants_runs_in_one_run(
+    admin_conn: psycopg.Connection, admin_dsn: str, instance: dg.DagsterInstance
+) -> None:
+    tenants = sorted(str(make_tenant(admin_conn)) for _ in range(3))
+    instance.add_dynamic_partitions("tenants", tenants)
+    run = dg.materialize(
+        [tenant_partition], instance=instance, resources={"billing_db": BillingDatabase(dsn=admin_dsn)},
+        tags={"dagster/asset_partition_range_start": tenants[0], "dagster/asset_partition_range_end": tenants[-1]},
+    )
+    assert run.success
+    assert attached_tenant_partitions(admin_conn) == set(tenants)
+
+
+def test_premake_schedule_makes_a_bounded_number_of_runs(instance: dg.DagsterInstance) -> None:
+    keys = [str(uuid.UUID(int=i)) for i in range(TENANTS_PER_RUN * 2 + 1)]
+    instance.add_dynamic_partitions("tenants", keys)
+    context = dg.build_schedule_context(instance=instance, scheduled_execution_time=datetime(2026, 11, 30, tzinfo=timezone.utc))
+    requests = premake_schedule(context)
+    assert len(requests) == 3
+    assert requests[0].tags["dagster/asset_partition_range_start"] == keys[0]
+    assert requests[-1].tags["dagster/asset_partition_range_end"] == keys[-1]
+    assert len({r.run_key for r in requests}) == 3 and requests[0].run_key == "premake:2026-11-30:0"
