@@ -1,0 +1,725 @@
+"""Tenant isolation, probed as the application sees the database.
+
+Every probe logs in as ``billing_app`` with its own login (``app_dsn``), never via SET ROLE,
+against a fresh database holding three tenants with rows in every tenant table:
+
+* A: free tier, not onboarded to a partition: its usage events are in usage_events_mt_default;
+* B: enterprise tier, onboarded with fn_create_tenant_partition: a partition of its own,
+  split into months;
+* C: starter tier, onboarded the same way: a partition of its own, not split.
+
+so probes through the parent cross every routing path of the partition layout.
+
+The fixture data is written by the admin (a superuser, so RLS does not apply to it). After a
+probe that must change nothing, the admin compares an md5 of every row's text, per table and
+per tenant, with the snapshot taken right after seeding.
+
+Docstrings name the item of /work/shared/SEED-REVIEW.md each test pins down.
+"""
+
+from __future__ import annotations
+
+import uuid
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Iterator
+
+import psycopg
+import pytest
+from psycopg import errors, sql
+
+from tenant_pipelines.core.conformance import audit_isolation
+from tenant_pipelines.core.ingest import ingest_usage_events
+from tenant_pipelines.db.session import tenant_session
+from tenant_pipelines.errors import InvalidInput, UnknownTenant
+
+# --------------------------------------------------------------------------------------
+# The tenant tables, and what billing_app is granted on each (sql/0006).
+# --------------------------------------------------------------------------------------
+
+ALL = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE"})
+READ = frozenset({"SELECT"})
+
+
+@dataclass(frozen=True)
+class TenantTable:
+    name: str  # the relation billing_app queries
+    column: str  # its tenant column
+    granted: frozenset[str]  # billing_app's privileges on it
+    insert: str  # an INSERT for the tenant %(tenant)s
+    assign: str  # a harmless SET clause for UPDATE probes
+    data_table: str = ""  # where the rows live (for a view: its table)
+
+    @property
+    def stored_in(self) -> str:
+        return self.data_table or self.name
+
+    def __str__(self) -> str:
+        return self.name
+
+
+TABLES = [
+    TenantTable("organizations", "id", frozenset({"SELECT", "UPDATE"}),
+                "INSERT INTO organizations (id, name) VALUES (%(tenant)s, 'intruder')",
+                "name = 'intruder'"),
+    TenantTable("subscriptions", "organization_id", ALL,
+                "INSERT INTO subscriptions (organization_id, plan, status) VALUES (%(tenant)s, 'pro', 'active')",
+                "status = 'canceled'"),
+    TenantTable("invoices", "organization_id", ALL,
+                "INSERT INTO invoices (organization_id, amount, status) VALUES (%(tenant)s, 1, 'open')",
+                "amount = 0"),
+    TenantTable("payment_methods", "organization_id", ALL,
+                "INSERT INTO payment_methods (organization_id, kind) VALUES (%(tenant)s, 'card')",
+                "last4 = '0000'"),
+    TenantTable("usage_events_mt", "organization_id", ALL,
+                "INSERT INTO usage_events_mt (organization_id, metric_name, quantity, \"timestamp\")"
+                " VALUES (%(tenant)s, 'api_calls', 1, now())",
+                "quantity = 0"),
+    TenantTable("usage_events", "organization_id", ALL,
+                "INSERT INTO usage_events (organization_id, metric_name, quantity, \"timestamp\")"
+                " VALUES (%(tenant)s, 'api_calls', 1, now())",
+                "quantity = 0", data_table="usage_events_mt"),
+    TenantTable("tenant_classifications", "organization_id", READ,
+                "INSERT INTO tenant_classifications (organization_id, tier) VALUES (%(tenant)s, 'enterprise')",
+                "tier = 'enterprise'"),
+    TenantTable("tenant_schemas", "organization_id", READ,
+                "INSERT INTO tenant_schemas (organization_id, schema_name) VALUES (%(tenant)s, 'intruder')",
+                "schema_name = 'intruder'"),
+    TenantTable("tenant_backup_config", "organization_id", READ,
+                "INSERT INTO tenant_backup_config (organization_id) VALUES (%(tenant)s)",
+                "retention_days = 1"),
+]
+TABLE = {t.name: t for t in TABLES}
+DATA_TABLES = [t for t in TABLES if not t.data_table]
+
+RLS_VIOLATION = "new row violates row-level security policy"
+PERMISSION_DENIED = "permission denied for"
+UNKNOWN_ID = uuid.UUID("5d1e1c3a-0b7e-4f3c-9a55-3c1b2f9d7e10")  # no organization has it
+
+by_table = pytest.mark.parametrize("table", TABLES, ids=str)
+
+
+def refusal(table: TenantTable, privilege: str) -> str:
+    """The message billing_app gets for a refused write: no privilege, or RLS's WITH CHECK."""
+    return RLS_VIOLATION if privilege in table.granted else PERMISSION_DENIED
+
+
+# --------------------------------------------------------------------------------------
+# Fixture data, written by the admin.
+# --------------------------------------------------------------------------------------
+
+
+def seed_tenant(admin: psycopg.Connection, name: str, tier: str) -> uuid.UUID:
+    """An organization with rows in every tenant table (two or three where a tenant may have many)."""
+    tenant = uuid.uuid4()
+    now = datetime.now(timezone.utc)
+    with admin.transaction():
+        admin.execute("INSERT INTO organizations (id, name) VALUES (%s, %s)", (tenant, name))
+        admin.execute("INSERT INTO tenant_classifications (organization_id, tier) VALUES (%s, %s)", (tenant, tier))
+        admin.execute("INSERT INTO tenant_schemas (organization_id, schema_name) VALUES (%s, %s)",
+                      (tenant, f"tenant_{tenant.hex[:16]}"))
+        admin.execute("INSERT INTO tenant_backup_config (organization_id, last_backup_at) VALUES (%s, %s)",
+                      (tenant, now))
+        for plan, status, amount in (("pro", "active", "120.50"), ("basic", "canceled", "9.990001")):
+            subscription = admin.execute(
+                "INSERT INTO subscriptions (organization_id, plan, status) VALUES (%s, %s, %s) RETURNING id",
+                (tenant, plan, status),
+            ).fetchone()[0]
+            admin.execute(
+                "INSERT INTO invoices (organization_id, subscription_id, amount, status) VALUES (%s, %s, %s, 'paid')",
+                (tenant, subscription, Decimal(amount)),
+            )
+        admin.execute(
+            "INSERT INTO payment_methods (organization_id, kind, last4, is_default)"
+            " VALUES (%s, 'card', '4242', true), (%s, 'bank_account', '6789', false)",
+            (tenant, tenant),
+        )
+        for i in range(3):
+            admin.execute(
+                'INSERT INTO usage_events_mt (organization_id, metric_name, quantity, "timestamp", properties)'
+                " VALUES (%s, %s, %s, %s, %s)",
+                (tenant, f"metric_{i}", Decimal(i + 1), now - timedelta(hours=i), '{"region": "eu"}'),
+            )
+    return tenant
+
+
+def onboard_partition(admin: psycopg.Connection, tenant: uuid.UUID) -> str:
+    """Give the tenant its own partition the way operators do (sql/0007), moving its rows out of
+    DEFAULT. Returns the layout: 'single' or 'monthly'."""
+    result = admin.execute("SELECT fn_create_tenant_partition(%s)", (tenant,)).fetchone()[0]
+    return result["layout"]
+
+
+def snapshot(admin: psycopg.Connection) -> dict[tuple[str, uuid.UUID], tuple[int, str]]:
+    """(table, tenant) -> (row count, md5 of every row's text in a fixed order), seen by the admin."""
+    digests = {}
+    for table in DATA_TABLES:
+        rows = admin.execute(
+            sql.SQL(
+                "SELECT t.{col}, count(*), md5(string_agg(t::text, E'\\n' ORDER BY t::text)) FROM {tbl} t GROUP BY 1"
+            ).format(col=sql.Identifier(table.column), tbl=sql.Identifier(table.name))
+        ).fetchall()
+        for tenant, count, digest in rows:
+            digests[(table.name, tenant)] = (count, digest)
+    return digests
+
+
+@dataclass
+class World:
+    admin: psycopg.Connection
+    app_dsn: str
+    a: uuid.UUID
+    b: uuid.UUID
+    c: uuid.UUID
+    seeded: dict = field(default_factory=dict)
+
+    @property
+    def others(self) -> list[uuid.UUID]:
+        """The tenants A must never reach: B (monthly partitions) and C (a single partition)."""
+        return [self.b, self.c]
+
+    def rows_of(self, table: TenantTable, tenant: uuid.UUID) -> int:
+        return self.seeded[(table.stored_in, tenant)][0]
+
+    def assert_untouched(self) -> None:
+        """Every tenant's rows in every table are byte-for-byte what the admin seeded."""
+        assert snapshot(self.admin) == self.seeded
+
+    def connect_app(self, *, autocommit: bool = True) -> psycopg.Connection:
+        return psycopg.connect(self.app_dsn, autocommit=autocommit)
+
+
+@pytest.fixture
+def world(admin_conn: psycopg.Connection, app_dsn: str) -> World:
+    a = seed_tenant(admin_conn, "Tenant A", "free")
+    b = seed_tenant(admin_conn, "Tenant B", "enterprise")
+    c = seed_tenant(admin_conn, "Tenant C", "starter")
+    assert (onboard_partition(admin_conn, b), onboard_partition(admin_conn, c)) == ("monthly", "single")
+    return World(admin_conn, app_dsn, a, b, c, seeded=snapshot(admin_conn))
+
+
+@pytest.fixture
+def app(world: World) -> Iterator[psycopg.Connection]:
+    """billing_app's own login, in autocommit: every probe states its transaction."""
+    with world.connect_app() as conn:
+        assert conn.execute("SELECT current_user, session_user").fetchone() == ("billing_app", "billing_app")
+        yield conn
+
+
+# --------------------------------------------------------------------------------------
+# Probing helpers, run as billing_app.
+# --------------------------------------------------------------------------------------
+
+
+@contextmanager
+def in_tenant(conn: psycopg.Connection, tenant: uuid.UUID) -> Iterator[psycopg.Connection]:
+    """One transaction in ``tenant``'s context, entered with fn_set_tenant_context."""
+    with conn.transaction():
+        conn.execute("SELECT fn_set_tenant_context(%s)", (tenant,))
+        yield conn
+
+
+def visible(conn: psycopg.Connection, table: TenantTable) -> dict[uuid.UUID, int]:
+    """tenant -> rows of ``table`` the connection can see."""
+    rows = conn.execute(
+        sql.SQL("SELECT {col}, count(*) FROM {tbl} GROUP BY 1").format(
+            col=sql.Identifier(table.column), tbl=sql.Identifier(table.name)
+        )
+    ).fetchall()
+    return dict(rows)
+
+
+def visible_everywhere(conn: psycopg.Connection) -> dict[str, dict[uuid.UUID, int]]:
+    return {table.name: visible(conn, table) for table in TABLES}
+
+
+def nothing_visible() -> dict[str, dict]:
+    return {table.name: {} for table in TABLES}
+
+
+def only(world: World, tenant: uuid.UUID) -> dict[str, dict[uuid.UUID, int]]:
+    """What a connection in ``tenant``'s context must see: all of its rows and nobody else's."""
+    return {table.name: {tenant: world.rows_of(table, tenant)} for table in TABLES}
+
+
+def current_tenant(conn: psycopg.Connection) -> uuid.UUID | None:
+    return conn.execute("SELECT fn_current_tenant_id()").fetchone()[0]
+
+
+def run(conn: psycopg.Connection, statement: str, **params: object) -> int:
+    return conn.execute(statement, params).rowcount
+
+
+# ======================================================================================
+# 1. Cross-tenant reads and writes, table by table, inside tenant A's context.
+# ======================================================================================
+
+
+@by_table
+def test_select_sees_only_own_rows(world: World, app: psycopg.Connection, table: TenantTable) -> None:
+    """Items 4, 5, 6: A sees every one of its rows (payment_methods included) and none of B's or C's."""
+    with in_tenant(app, world.a):
+        assert visible(app, table) == {world.a: world.rows_of(table, world.a)}
+        for other in world.others:
+            query = sql.SQL("SELECT count(*) FROM {} WHERE {} = %s").format(
+                sql.Identifier(table.name), sql.Identifier(table.column))
+            assert app.execute(query, (other,)).fetchone()[0] == 0
+    world.assert_untouched()
+
+
+@by_table
+def test_insert_for_other_tenant_is_refused(world: World, app: psycopg.Connection, table: TenantTable) -> None:
+    """Item 7: WITH CHECK (or the missing INSERT privilege) refuses a row for B or C; nothing is written."""
+    for other in world.others:
+        with pytest.raises(errors.InsufficientPrivilege, match=refusal(table, "INSERT")):
+            with in_tenant(app, world.a):
+                run(app, table.insert, tenant=other)
+    world.assert_untouched()
+
+
+@by_table
+def test_update_of_other_tenant_changes_nothing(world: World, app: psycopg.Connection, table: TenantTable) -> None:
+    """Items 4, 7: UPDATE ... WHERE tenant = B matches no row (or is not granted at all)."""
+    statement = f"UPDATE {table.name} SET {table.assign} WHERE {table.column} = %(other)s"
+    for other in world.others:
+        if "UPDATE" in table.granted:
+            with in_tenant(app, world.a):
+                assert run(app, statement, other=other) == 0
+        else:
+            with pytest.raises(errors.InsufficientPrivilege, match=PERMISSION_DENIED):
+                with in_tenant(app, world.a):
+                    run(app, statement, other=other)
+    world.assert_untouched()
+
+
+@by_table
+def test_update_cannot_move_row_to_other_tenant(world: World, app: psycopg.Connection, table: TenantTable) -> None:
+    """Item 7: SET tenant = B on A's own rows fails WITH CHECK; for usage events, moving to C would
+    also route the row into C's partition."""
+    statement = f"UPDATE {table.name} SET {table.column} = %(other)s WHERE {table.column} = %(me)s"
+    for other in world.others:
+        with pytest.raises(errors.InsufficientPrivilege, match=refusal(table, "UPDATE")):
+            with in_tenant(app, world.a):
+                run(app, statement, other=other, me=world.a)
+    world.assert_untouched()
+
+
+@by_table
+def test_delete_of_other_tenant_deletes_nothing(world: World, app: psycopg.Connection, table: TenantTable) -> None:
+    """Item 4: DELETE ... WHERE tenant = B matches no row (or is not granted at all)."""
+    statement = f"DELETE FROM {table.name} WHERE {table.column} = %(other)s"
+    for other in world.others:
+        if "DELETE" in table.granted:
+            with in_tenant(app, world.a):
+                assert run(app, statement, other=other) == 0
+        else:
+            with pytest.raises(errors.InsufficientPrivilege, match=PERMISSION_DENIED):
+                with in_tenant(app, world.a):
+                    run(app, statement, other=other)
+    world.assert_untouched()
+
+
+def test_cached_plans_do_not_carry_a_tenant(world: World, app: psycopg.Connection) -> None:
+    """Item 7: the policy is evaluated per execution (pruning at executor start-up, never at plan
+    time), so one prepared statement reused across tenants on one connection shows each its own."""
+    query = "SELECT DISTINCT organization_id FROM usage_events_mt"
+    for _ in range(3):
+        for tenant in (world.a, world.b, world.c):
+            with in_tenant(app, tenant):
+                assert app.execute(query, prepare=True).fetchall() == [(tenant,)]
+
+
+REFERENCE_PROBES = {
+    "insert": "INSERT INTO invoices (organization_id, subscription_id, amount, status)"
+              " VALUES (%(me)s, %(subscription)s, 1, 'open')",
+    "update": "UPDATE invoices SET subscription_id = %(subscription)s WHERE organization_id = %(me)s",
+}
+
+
+@pytest.mark.parametrize("operation", REFERENCE_PROBES, ids=str)
+def test_invoice_cannot_reference_another_tenants_subscription(
+    world: World, app: psycopg.Connection, operation: str
+) -> None:
+    """Beyond items 1-7 (foreign-key checks bypass RLS, sql/0008): A's invoice cannot point at
+    B's subscription, and the refusal is the same as for an id that exists nowhere, so it does
+    not tell A that B's id exists."""
+    theirs = world.admin.execute(
+        "SELECT id FROM subscriptions WHERE organization_id = %s LIMIT 1", (world.b,)
+    ).fetchone()[0]
+    for subscription in (theirs, UNKNOWN_ID):
+        with pytest.raises(errors.ForeignKeyViolation) as raised:
+            with in_tenant(app, world.a):
+                run(app, REFERENCE_PROBES[operation], me=world.a, subscription=subscription)
+        assert raised.value.diag.message_primary == (
+            'insert or update on table "invoices" violates foreign key constraint '
+            '"invoices_organization_subscription_fkey"'
+        )
+    world.assert_untouched()
+
+
+# ======================================================================================
+# 2. Partitions are reached only through the parent.
+# ======================================================================================
+
+
+def partitions_of(admin: psycopg.Connection, parent: str) -> list[str]:
+    """Every partition, at any depth (pg_partition_tree walks pg_inherits, skipping indexes)."""
+    rows = admin.execute(
+        "SELECT relid::regclass::text FROM pg_partition_tree(%s::regclass) WHERE level > 0 ORDER BY 1", (parent,)
+    ).fetchall()
+    return [name for (name,) in rows]
+
+
+PARTITION_PROBES = {
+    "select": "SELECT count(*) FROM {p}",
+    "insert": "INSERT INTO {p} (organization_id, metric_name, quantity, \"timestamp\") VALUES (%(me)s, 'x', 1, now())",
+    "update": "UPDATE {p} SET quantity = 0",
+    "delete": "DELETE FROM {p}",
+}
+
+
+@pytest.mark.parametrize("operation", PARTITION_PROBES, ids=str)
+def test_partitions_are_not_directly_accessible(world: World, app: psycopg.Connection, operation: str) -> None:
+    """Item 6: billing_app holds no privilege on any partition, so naming one is refused."""
+    partitions = partitions_of(world.admin, "usage_events_mt")
+    assert len(partitions) >= 5  # default; C's partition and its _rest; B's partition, _rest, months
+    for partition in partitions:
+        with pytest.raises(errors.InsufficientPrivilege, match=PERMISSION_DENIED):
+            with in_tenant(app, world.a):
+                run(app, PARTITION_PROBES[operation].format(p=partition), me=world.a)
+    world.assert_untouched()
+
+
+def test_partitions_granted_by_mistake_still_show_nothing(world: World, app: psycopg.Connection) -> None:
+    """Item 6: every partition has RLS forced and no policy, so a mistaken GRANT exposes no row:
+    each tenant, in its own context, sees, updates and deletes nothing by naming a partition."""
+    partitions = partitions_of(world.admin, "usage_events_mt")
+    for partition in partitions:
+        world.admin.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON {partition} TO billing_app")
+    holding = {p: world.admin.execute(f"SELECT count(*) FROM {p}").fetchone()[0] for p in partitions}
+    assert holding["usage_events_mt_default"] > 0 and sum(holding.values()) > holding["usage_events_mt_default"]
+    for tenant in (world.a, world.b, world.c):
+        with in_tenant(app, tenant):
+            for partition in partitions:
+                assert app.execute(f"SELECT count(*) FROM {partition}").fetchone()[0] == 0, partition
+                assert run(app, f"UPDATE {partition} SET quantity = 0") == 0, partition
+                assert run(app, f"DELETE FROM {partition}") == 0, partition
+    with pytest.raises(errors.InsufficientPrivilege, match=RLS_VIOLATION):
+        with in_tenant(app, world.a):
+            run(app, PARTITION_PROBES["insert"].format(p="usage_events_mt_default"), me=world.a)
+    world.assert_untouched()
+
+
+# ======================================================================================
+# 3. No context, empty context, hostile context.
+# ======================================================================================
+
+
+def test_without_context_every_table_is_empty(world: World, app: psycopg.Connection) -> None:
+    """Items 1, 4: a connection that never set a tenant sees no row anywhere."""
+    with app.transaction():
+        assert current_tenant(app) is None
+        assert visible_everywhere(app) == nothing_visible()
+
+
+def test_without_context_inserts_are_refused(world: World, app: psycopg.Connection) -> None:
+    """Items 1, 7: with no tenant in context, WITH CHECK (or the missing privilege) refuses every
+    row in every table, even a row of a real tenant."""
+    for table in TABLES:
+        for tenant in (world.a, world.b):
+            with pytest.raises(errors.InsufficientPrivilege, match=refusal(table, "INSERT")):
+                with app.transaction():
+                    run(app, table.insert, tenant=tenant)
+    world.assert_untouched()
+
+
+def test_empty_context_reads_as_no_tenant(world: World, app: psycopg.Connection) -> None:
+    """Item 1: app.current_tenant = '' is NULL to fn_current_tenant_id(), not a cast error."""
+    with app.transaction():
+        app.execute("SELECT set_config('app.current_tenant', '', true)")
+        assert current_tenant(app) is None
+        assert visible_everywhere(app) == nothing_visible()
+
+
+HOSTILE_CONTEXTS = {
+    "sql-injection": "' OR 1=1 --",
+    "not-a-uuid": "not-a-uuid",
+    "blank": " ",
+    "word-NULL": "NULL",
+    "injection-after-A": "{a}' OR '1'='1",
+    "two-tenants": "{a},{b}",
+    "padded-B": " {b} ",
+}
+
+
+@pytest.mark.parametrize("template", HOSTILE_CONTEXTS.values(), ids=HOSTILE_CONTEXTS.keys())
+def test_hostile_context_values_raise(world: World, app: psycopg.Connection, template: str) -> None:
+    """Item 1: a context value that is not a uuid makes every query on a tenant table fail
+    (invalid uuid), never shows a row of A or B."""
+    value = template.format(a=world.a, b=world.b)
+    for table in TABLES:
+        with pytest.raises(errors.InvalidTextRepresentation, match="invalid input syntax for type uuid"):
+            with app.transaction():
+                app.execute("SELECT set_config('app.current_tenant', %s, true)", (value,))
+                visible(app, table)
+
+
+def test_nil_uuid_context_shows_nothing(world: World, app: psycopg.Connection) -> None:
+    """Item 1: a well-formed uuid that is no tenant's shows no row."""
+    with app.transaction():
+        app.execute("SELECT set_config('app.current_tenant', '00000000-0000-0000-0000-000000000000', true)")
+        assert visible_everywhere(app) == nothing_visible()
+
+
+def test_raw_context_accepts_every_spelling_postgres_parses(world: World, app: psycopg.Connection) -> None:
+    """Item 1, for the record: PostgreSQL's uuid input also reads '{B}', upper case and bare hex
+    as B, so a raw set_config with them is simply B's context (billing_app may choose any tenant;
+    the context is not an authentication). The Python layer accepts only the canonical form."""
+    for spelling in ("{%s}" % world.b, str(world.b).upper(), world.b.hex):
+        with app.transaction():
+            app.execute("SELECT set_config('app.current_tenant', %s, true)", (spelling,))
+            assert current_tenant(app) == world.b
+        if spelling != str(world.b).upper():
+            with pytest.raises(InvalidInput, match="canonical form"):
+                with tenant_session(app, spelling):
+                    pass
+
+
+def test_set_context_refuses_null(world: World, app: psycopg.Connection) -> None:
+    """fn_set_tenant_context(NULL) raises and sets nothing."""
+    with pytest.raises(errors.NullValueNotAllowed, match="tenant id is NULL"):
+        with app.transaction():
+            app.execute("SELECT fn_set_tenant_context(NULL)")
+    with app.transaction():
+        assert current_tenant(app) is None
+
+
+def test_set_context_refuses_unknown_tenant(world: World, app: psycopg.Connection) -> None:
+    """fn_set_tenant_context(unknown) raises 'unknown tenant' and leaves no context behind,
+    neither after the savepoint that caught it nor in the next transaction."""
+    with app.transaction():
+        with pytest.raises(errors.NoDataFound, match=f"unknown tenant {UNKNOWN_ID}"):
+            with app.transaction():  # a savepoint
+                app.execute("SELECT fn_set_tenant_context(%s)", (UNKNOWN_ID,))
+        assert current_tenant(app) is None
+        assert visible_everywhere(app) == nothing_visible()
+    with app.transaction():
+        assert current_tenant(app) is None
+
+
+# ======================================================================================
+# 4. The context lives exactly as long as its transaction.
+# ======================================================================================
+
+
+class _Abort(Exception):
+    pass
+
+
+@pytest.mark.parametrize("ending", ["commit", "rollback", "error"])
+def test_context_ends_with_transaction_block(world: World, app: psycopg.Connection, ending: str) -> None:
+    """Items 1, 2: set in a transaction block, the context is gone from the next transaction on
+    the same connection (which then reads '' and must see nothing)."""
+    with pytest.raises(_Abort) if ending == "error" else nullcontext():
+        with app.transaction():
+            app.execute("SELECT fn_set_tenant_context(%s)", (world.a,))
+            assert visible_everywhere(app) == only(world, world.a)
+            if ending == "rollback":
+                raise psycopg.Rollback()
+            if ending == "error":
+                raise _Abort()
+    with app.transaction():
+        assert current_tenant(app) is None
+        assert visible_everywhere(app) == nothing_visible()
+
+
+@pytest.mark.parametrize("ending", ["commit", "rollback", "error"])
+def test_context_ends_with_psycopg_default_transaction(world: World, ending: str) -> None:
+    """Items 1, 2: the same with psycopg's implicit BEGIN (autocommit off) and commit()/rollback()."""
+    with world.connect_app(autocommit=False) as conn:
+        conn.execute("SELECT fn_set_tenant_context(%s)", (world.a,))
+        assert visible_everywhere(conn) == only(world, world.a)
+        if ending == "error":
+            with pytest.raises(errors.DivisionByZero):
+                conn.execute("SELECT 1 / 0")
+            conn.rollback()
+        else:
+            getattr(conn, ending)()
+        assert current_tenant(conn) is None
+        assert visible_everywhere(conn) == nothing_visible()
+        conn.rollback()
+
+
+def test_context_ends_with_autocommit_statement(world: World, app: psycopg.Connection) -> None:
+    """Items 1, 2: in autocommit each statement is its own transaction, so the context set by
+    one statement is gone from the next."""
+    assert app.execute("SELECT fn_set_tenant_context(%s)", (world.a,)).fetchone()[0] == world.a
+    assert current_tenant(app) is None
+    assert visible_everywhere(app) == nothing_visible()
+
+
+def test_session_level_context_is_overridden_by_tenant_session(world: World, app: psycopg.Connection) -> None:
+    """Item 2: a session-level SET by billing_app itself (never done by this code) is shadowed by
+    tenant_session, which shows A and only A. Documented: once that transaction ends, PostgreSQL
+    restores the session-level value, which is why the context must never be set session-wide."""
+    app.execute(sql.SQL("SET app.current_tenant = {}").format(sql.Literal(str(world.b))))
+    with app.transaction():
+        assert current_tenant(app) == world.b  # billing_app chose B for its whole session
+    with tenant_session(app, world.a) as tx:
+        assert current_tenant(tx) == world.a
+        assert visible_everywhere(tx) == only(world, world.a)
+    with in_tenant(app, world.a):
+        assert visible_everywhere(app) == only(world, world.a)
+    with app.transaction():
+        assert current_tenant(app) == world.b  # the session-level value is back: see item 2
+
+
+# ======================================================================================
+# 5. tenant_session and ingest, the Python path.
+# ======================================================================================
+
+MALFORMED_IDS = {
+    "x": "x",
+    "empty": "",
+    "None": None,
+    "sql-injection": "'; DROP TABLE organizations; --",
+    "500-chars": "a" * 500,
+    "braces": "{3f2b1c9e-8d4a-4f6b-9c1e-2a7d5e8f0b13}",
+    "newline": "3f2b1c9e-8d4a-4f6b-9c1e-2a7d5e8f0b13\nSELECT 1",
+}
+
+
+@pytest.mark.parametrize("value", MALFORMED_IDS.values(), ids=MALFORMED_IDS.keys())
+def test_tenant_session_refuses_malformed_id(world: World, app: psycopg.Connection, value: object) -> None:
+    """A malformed tenant id raises InvalidInput with a one-line message that shows the value,
+    before anything reaches the database."""
+    with pytest.raises(InvalidInput) as raised:
+        with tenant_session(app, value):
+            pytest.fail("tenant_session entered with a malformed id")
+    message = str(raised.value)
+    assert "\n" not in message and "\r" not in message
+    shown = "" if value is None else str(value).strip()
+    assert repr(shown[:57])[:-1] in message  # the value (its first 57 characters when long)
+    assert len(message) < 250
+    assert app.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    assert app.execute("SELECT count(*) FROM organizations").fetchone()[0] == 0  # still no context
+    world.assert_untouched()
+
+
+def test_tenant_session_refuses_unknown_tenant(world: World, app: psycopg.Connection) -> None:
+    """An unknown (well-formed) tenant id raises UnknownTenant and leaves no context."""
+    with pytest.raises(UnknownTenant, match=str(UNKNOWN_ID)):
+        with tenant_session(app, UNKNOWN_ID):
+            pytest.fail("tenant_session entered for an unknown tenant")
+    assert current_tenant(app) is None
+
+
+@pytest.mark.parametrize("tenant", ["a", "b", "c"], ids=["default-partition", "monthly-partitions", "own-partition"])
+def test_ingest_writes_only_the_tenant_in_context(world: World, app: psycopg.Connection, tenant: str) -> None:
+    """Items 6, 7: ingest_usage_events as billing_app writes rows of that tenant and nobody else's,
+    even when an event's properties name another tenant."""
+    me = getattr(world, tenant)
+    other = world.c if me == world.b else world.b
+    at = datetime.now(timezone.utc)  # inside B's month partitions
+    events = [(f"ingested_{i}", Decimal(i), at, f'{{"organization_id": "{other}"}}') for i in range(5)]
+    assert ingest_usage_events(app, str(me), events) == 5
+    written = world.admin.execute(
+        "SELECT organization_id, count(*) FROM usage_events_mt WHERE metric_name LIKE 'ingested_%%' GROUP BY 1"
+    ).fetchall()
+    assert written == [(me, 5)]
+    after = snapshot(world.admin)
+    changed = {key for key in after if after[key] != world.seeded.get(key)}
+    assert changed == {("usage_events_mt", me)}
+
+
+@pytest.mark.parametrize(
+    ("tenant", "timeout", "work_mem"),
+    [("a", "10s", "32MB"), ("c", "15s", "64MB"), ("b", "1min", "256MB")],
+    ids=["free", "starter", "enterprise"],
+)
+def test_tier_limits_last_exactly_one_transaction(
+    world: World, app: psycopg.Connection, tenant: str, timeout: str, work_mem: str
+) -> None:
+    """Item 2 (for the limits): tenant_session applies the tier's statement_timeout and work_mem,
+    and they are gone with the transaction. (PostgreSQL shows 60s as '1min'.)"""
+    show = "SELECT current_setting('statement_timeout'), current_setting('work_mem')"
+    assert app.execute(show).fetchone() == ("0", "4MB")
+    with tenant_session(app, getattr(world, tenant)) as tx:
+        assert tx.execute(show).fetchone() == (timeout, work_mem)
+    assert app.execute(show).fetchone() == ("0", "4MB")
+
+
+# ======================================================================================
+# 6. billing_app cannot lift the policies.
+# ======================================================================================
+
+ESCAPES = {
+    "set-role-owner": ("SET ROLE billing_owner", 'permission denied to set role "billing_owner"'),
+    "set-role-superuser": ("SET ROLE postgres", 'permission denied to set role "postgres"'),
+    "session-authorization": ("SET SESSION AUTHORIZATION postgres", "permission denied"),
+    "disable-rls": ("ALTER TABLE organizations DISABLE ROW LEVEL SECURITY", "must be owner"),
+    "no-force-rls": ("ALTER TABLE invoices NO FORCE ROW LEVEL SECURITY", "must be owner"),
+    "create-policy": ("CREATE POLICY open_door ON invoices FOR ALL TO billing_app USING (true)", "must be owner"),
+    "drop-policy": ("DROP POLICY tenant_isolation ON invoices", "must be owner"),
+    "bypassrls": ("ALTER ROLE billing_app BYPASSRLS", "must be superuser to change bypassrls"),
+    "join-owner": ("GRANT billing_owner TO billing_app", 'must have admin option on role "billing_owner"'),
+    "replace-context-function": (
+        "CREATE OR REPLACE FUNCTION public.fn_current_tenant_id() RETURNS uuid LANGUAGE sql STABLE"
+        " AS $$ SELECT NULL::uuid $$",
+        "permission denied for schema public",
+    ),
+    "run-partition-maintenance": ("SELECT fn_create_tenant_partition(fn_current_tenant_id())",
+                                  "permission denied for function fn_create_tenant_partition"),
+    "unsecure-a-partition": ("SELECT fn_secure_partition('usage_events_mt_default')",
+                             "permission denied for function fn_secure_partition"),
+}
+
+
+@pytest.mark.parametrize(("statement", "message"), ESCAPES.values(), ids=ESCAPES.keys())
+def test_app_cannot_escape_rls(world: World, app: psycopg.Connection, statement: str, message: str) -> None:
+    """Items 3, 4: billing_app can neither become the owner or a superuser nor change a policy."""
+    with pytest.raises(errors.InsufficientPrivilege, match=message):
+        with in_tenant(app, world.a):
+            app.execute(statement)
+    with in_tenant(app, world.a):
+        assert app.execute("SELECT current_user").fetchone()[0] == "billing_app"
+        assert visible_everywhere(app) == only(world, world.a)
+
+
+def test_row_security_off_raises_instead_of_showing_all(world: World, app: psycopg.Connection) -> None:
+    """Item 4: with row_security = off, a query RLS would filter is an error, not a full view,
+    on every tenant table."""
+    for table in TABLES:
+        with pytest.raises(errors.InsufficientPrivilege, match="would be affected by row-level security policy"):
+            with in_tenant(app, world.a):
+                app.execute("SET row_security = off")
+                visible(app, table)
+
+
+def test_catalog_shows_no_weakened_isolation(world: World) -> None:
+    """Items 3-7, from the catalog: billing_app is neither superuser, BYPASSRLS nor owner; every
+    tenant table forces RLS with a policy that has both USING and WITH CHECK; no partition is
+    granted; the context functions run as their caller, with a pinned search_path where they
+    run statements."""
+    admin = world.admin
+    assert audit_isolation(admin) == []
+    assert admin.execute(
+        "SELECT rolsuper, rolbypassrls, pg_has_role('billing_app', 'billing_owner', 'MEMBER')"
+        " FROM pg_roles WHERE rolname = 'billing_app'"
+    ).fetchone() == (False, False, False)
+    policies = admin.execute(
+        "SELECT c.relname, p.polqual IS NOT NULL, p.polwithcheck IS NOT NULL"
+        " FROM pg_policy p JOIN pg_class c ON c.oid = p.polrelid ORDER BY 1"
+    ).fetchall()
+    assert policies == sorted((t.name, True, True) for t in DATA_TABLES)
+    functions = {name: (definer, config) for name, definer, config in admin.execute(
+        "SELECT proname, prosecdef, array_to_string(proconfig, ',') FROM pg_proc"
+        " WHERE proname IN ('fn_current_tenant_id', 'fn_set_tenant_context', 'fn_set_tenant_resources')"
+    )}
+    assert functions == {
+        "fn_current_tenant_id": (False, None),
+        "fn_set_tenant_context": (False, "search_path=pg_catalog, pg_temp"),
+        "fn_set_tenant_resources": (False, "search_path=pg_catalog, pg_temp"),
+    }
