@@ -62,6 +62,12 @@ BEGIN
 END
 $$;
 
+-- Where new partitions go: the database's default tablespace here; storage tiering
+-- (sql/0009) replaces this with the hot tier's tablespace.
+CREATE FUNCTION fn_hot_tablespace() RETURNS text
+    LANGUAGE sql STABLE
+AS $$ SELECT ''::text $$;
+
 CREATE FUNCTION fn_tenant_partition_name(p_tenant uuid) RETURNS text
     LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
 AS $$ SELECT 'usage_events_mt_t_' || pg_catalog.replace(p_tenant::text, '-', '') $$;
@@ -128,6 +134,8 @@ BEGIN
         RAISE EXCEPTION 'tenant %: premake months must be between 0 and 36, not %', p_tenant, p_premake_months;
     END IF;
     PERFORM set_config('lock_timeout', cfg.lock_timeout, true);
+    -- New tables and their indexes go to the hot tier.
+    PERFORM set_config('default_tablespace', public.fn_hot_tablespace(), true);
     v_part := public.fn_tenant_partition_name(p_tenant);
     v_rest := v_part || '_rest';
 
@@ -264,4 +272,5 @@ END
 $$;
 ALTER FUNCTION fn_tenant_partition_name(uuid) OWNER TO billing_owner;
 ALTER FUNCTION fn_tenant_lock_key(uuid) OWNER TO billing_owner;
+ALTER FUNCTION fn_hot_tablespace() OWNER TO billing_owner;
 ALTER FUNCTION fn_month_partition_name(uuid, date) OWNER TO billing_owner;

@@ -71,6 +71,45 @@ def cmd_db_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _use_embedded_tablespaces(dsn: str) -> None:
+    """The embedded cluster made hot_storage, warm_storage and cold_storage: use them."""
+    from tenant_pipelines.core.tiering import configure_tablespaces
+    from tenant_pipelines.db.connect import connect
+    from tenant_pipelines.db.embedded import TABLESPACES
+
+    with connect(dsn) as conn:
+        configure_tablespaces(conn, TABLESPACES)
+
+
+def cmd_tiering_configure(args: argparse.Namespace) -> int:
+    from tenant_pipelines.core.tiering import configure_tablespaces
+    from tenant_pipelines.db.connect import connect
+    from tenant_pipelines.db.target import admin_dsn
+
+    wanted = {tier: getattr(args, tier) for tier in ("hot", "warm", "cold") if getattr(args, tier)}
+    with connect(admin_dsn()) as conn:
+        if wanted:
+            configure_tablespaces(conn, wanted)
+        rows = conn.execute("SELECT storage_tier, tablespace FROM storage_tiers ORDER BY rank").fetchall()
+    for tier, name in rows:
+        print(f"{tier}\t{name}")
+    return 0
+
+
+def cmd_tiering_plan(args: argparse.Namespace) -> int:
+    from tenant_pipelines.core.tiering import plan
+    from tenant_pipelines.db.connect import connect
+    from tenant_pipelines.db.target import admin_dsn
+
+    with connect(admin_dsn()) as conn:
+        parts = plan(conn, args.tenant)
+    print("partition\tcurrent\ttarget\tbytes\tmove")
+    for p in parts:
+        move = "yes" if p.movable and p.misplaced else "no"
+        print(f"{p.partition_name}\t{p.current_tablespace}\t{p.target_tablespace}\t{p.bytes}\t{move}")
+    return 0
+
+
 def _seed(dsn: str, tenants: int, events: int, seed: int, as_of: date | None) -> None:
     from tenant_pipelines.core.demo import seed_demo
     from tenant_pipelines.db.connect import connect
@@ -108,9 +147,12 @@ def cmd_dev(args: argparse.Namespace) -> int:
     from tenant_pipelines.db.connect import connect
     from tenant_pipelines.db.target import admin_dsn, dagster_storage_env, with_database
 
-    dsn = admin_dsn(start=not database_url_from_env(), log=_log)
+    embedded = not database_url_from_env()
+    dsn = admin_dsn(start=embedded, log=_log)
     _ensure_database(dsn, "dagster")
     _migrate(dsn)
+    if embedded:
+        _use_embedded_tablespaces(dsn)
     with connect(dsn) as conn:
         empty = database_is_empty(conn)
     if empty:
@@ -191,6 +233,24 @@ def build_parser() -> argparse.ArgumentParser:
         "when an applied file was edited since.",
     )
     p.set_defaults(func=cmd_db_migrate)
+
+    tiering = sub.add_parser("tiering", help="storage tiers: tablespaces and placement",
+                             description="Storage tiering: which tablespace serves each tier, and what would move.")
+    tiering_sub = tiering.add_subparsers(dest="tiering_command", required=True, metavar="ACTION")
+    p = tiering_sub.add_parser(
+        "configure", help="name the tablespace of each tier",
+        description="Point the hot, warm and cold tiers at existing tablespaces, then print the mapping. "
+        "A tablespace that does not exist is refused with how to create it.",
+    )
+    for tier in ("hot", "warm", "cold"):
+        p.add_argument(f"--{tier}", metavar="TABLESPACE", help=f"tablespace for the {tier} tier")
+    p.set_defaults(func=cmd_tiering_configure)
+    p = tiering_sub.add_parser(
+        "plan", help="show every month partition, where it is and where the policy wants it",
+        description="List month partitions with their current and target tablespace (nothing is moved).",
+    )
+    p.add_argument("--tenant", default=None, help="only this tenant (organization UUID)")
+    p.set_defaults(func=cmd_tiering_plan)
 
     demo = sub.add_parser("demo", help="demo data", description="Demo data.")
     demo_sub = demo.add_subparsers(dest="demo_command", required=True, metavar="ACTION")

@@ -1,22 +1,29 @@
 """The code location: one Definitions, merged from the domain folders under defs/."""
 
+import warnings
+
 import dagster as dg
+
+# backfill_policy is marked beta; the behaviour we rely on (batches of partitions per run) is tested.
+warnings.filterwarnings("ignore", category=dg.BetaWarning)
 
 from tenant_pipelines.defs.resources import BillingDatabase
 from tenant_pipelines.defs.tenants import assets as tenant_assets
 from tenant_pipelines.defs.tenants import partitions_assets
+from tenant_pipelines.defs.tiering import assets as tiering_assets
 
 MAIN_JOB = "refresh_tenant_registry"
 
 defs = dg.Definitions(
-    assets=[tenant_assets.tenant_registry, partitions_assets.tenant_partition],
+    assets=[tenant_assets.tenant_registry, partitions_assets.tenant_partition, tiering_assets.tier_placement],
     asset_checks=[
         tenant_assets.tenant_isolation_holds,
         partitions_assets.default_partition_drained,
         partitions_assets.tenant_partitions_complete,
+        tiering_assets.tiers_match_policy,
     ],
-    jobs=[tenant_assets.onboard_tenants_job, partitions_assets.tenant_partition_job],
+    jobs=[tenant_assets.onboard_tenants_job, partitions_assets.tenant_partition_job, tiering_assets.tiering_job],
     sensors=[partitions_assets.tenant_onboarding_sensor],
-    schedules=[partitions_assets.premake_schedule],
+    schedules=[partitions_assets.premake_schedule, tiering_assets.tiering_schedule],
     resources={"billing_db": BillingDatabase()},
 )

@@ -21,7 +21,8 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from tenant_pipelines.db.embedded import FAST_UNSAFE_SETTINGS, EmbeddedCluster
+from tenant_pipelines.core.tiering import configure_tablespaces
+from tenant_pipelines.db.embedded import FAST_UNSAFE_SETTINGS, TABLESPACES, EmbeddedCluster
 from tenant_pipelines.db.migrate import migrate
 
 APP_PASSWORD = "app-test-password"
@@ -39,6 +40,7 @@ def pg_cluster() -> Iterator[EmbeddedCluster]:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(TEMPLATE)))
     with psycopg.connect(cluster.dsn(TEMPLATE), autocommit=True) as conn:
         migrate(conn)
+        configure_tablespaces(conn, TABLESPACES)  # created by cluster.up()
         conn.execute(sql.SQL("ALTER ROLE billing_app PASSWORD {}").format(sql.Literal(APP_PASSWORD)))
     try:
         yield cluster

@@ -52,7 +52,12 @@ def run_with_lock_retry(
     sleep: Callable[[float], None] = time.sleep,
 ) -> tuple[T, int]:
     """Run ``work`` in its own transaction; on a lock timeout or deadlock, roll back, wait
-    (exponential backoff with jitter) and try again. Returns the result and the tries used."""
+    (exponential backoff with jitter) and try again. Returns the result and the tries used.
+    ``conn`` must be idle, so that each call commits on its own."""
+    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        raise TenantPipelinesError(
+            f"{what}: the connection is inside a transaction; use an autocommit connection so each step commits"
+        )
     for attempt in range(1, attempts + 1):
         try:
             with conn.transaction():

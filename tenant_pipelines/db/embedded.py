@@ -31,6 +31,8 @@ MIN_SERVER_MAJOR = 15
 SUPERUSER = "postgres"
 DATABASES = ("billing", "dagster")
 SERVER_OS_USER = "postgres"
+# The storage tiers' tablespaces, one folder each under <data_root>/tablespaces.
+TABLESPACES = {"hot": "hot_storage", "warm": "warm_storage", "cold": "cold_storage"}
 
 # Settings every embedded cluster gets, on top of initdb's defaults.
 BASE_SETTINGS: dict[str, str] = {
@@ -322,6 +324,7 @@ class EmbeddedCluster:
         state["data_root"] = str(self.data_root)
         self._write_state(state)
         self._ensure_databases()
+        self._ensure_tablespaces(user)
         return self.dsn("billing")
 
     def _start(self, bindir: Path, user: OSUser, previous_port: int | None) -> int:
@@ -381,6 +384,28 @@ class EmbeddedCluster:
                 if name not in existing:
                     self.log(f"creating database {name}")
                     conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+    def _ensure_tablespaces(self, user: OSUser) -> None:
+        """hot_storage, warm_storage and cold_storage, each in a folder the server owns.
+        CREATE TABLESPACE cannot run in a transaction block: autocommit."""
+        import psycopg
+        from psycopg import sql
+
+        with psycopg.connect(self.dsn("postgres"), autocommit=True) as conn:
+            existing = {row[0] for row in conn.execute("SELECT spcname FROM pg_tablespace")}
+            for tier, name in TABLESPACES.items():
+                if name in existing:
+                    continue
+                folder = self.tablespace_root / tier
+                folder.mkdir(parents=True, exist_ok=True)
+                for path in (self.tablespace_root, folder):
+                    os.chmod(path, 0o700)
+                    if user.uid != os.geteuid():
+                        os.chown(path, user.uid, user.gid)
+                self.log(f"creating tablespace {name} in {folder}")
+                conn.execute(
+                    sql.SQL("CREATE TABLESPACE {} LOCATION {}").format(sql.Identifier(name), sql.Literal(str(folder)))
+                )
 
     def down(self) -> bool:
         """Stop the cluster. Returns False when it was not running."""

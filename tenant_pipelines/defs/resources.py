@@ -24,7 +24,10 @@ def _pool(dsn: str) -> ConnectionPool:
         if pool is None:
             # Fail fast with a clear message if the server is unreachable.
             connect(dsn).close()
-            pool = ConnectionPool(dsn, min_size=1, max_size=4, open=True, name="billing_db")
+            # Autocommit: storage operations commit step by step (each attach, each move)
+            # and need an idle connection, not one left inside an implicit transaction.
+            pool = ConnectionPool(dsn, min_size=1, max_size=4, open=True, name="billing_db",
+                                  kwargs={"autocommit": True})
             _pools[dsn] = pool
         return pool
 

@@ -20,14 +20,15 @@ from tenant_pipelines.defs.tenants.assets import tenant_isolation_holds, tenant_
 
 # A renamed or dropped asset, check, job, schedule or sensor is a visible diff here.
 EXPECTED = {
-    "assets": ["tenant_partition", "tenant_registry"],
+    "assets": ["tenant_partition", "tenant_registry", "tier_placement"],
     "asset_checks": [
         "tenant_partition:default_partition_drained",
         "tenant_partition:tenant_partitions_complete",
         "tenant_registry:tenant_isolation_holds",
+        "tier_placement:tiers_match_policy",
     ],
-    "jobs": ["create_tenant_partitions", "refresh_tenant_registry"],
-    "schedules": ["premake_schedule"],
+    "jobs": ["create_tenant_partitions", "refresh_tenant_registry", "tier_storage"],
+    "schedules": ["premake_schedule", "tiering_schedule"],
     "sensors": ["tenant_onboarding_sensor"],
 }
 

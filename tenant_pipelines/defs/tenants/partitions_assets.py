@@ -13,6 +13,7 @@ from tenant_pipelines.core.partitions import (
     organization_ids,
 )
 from tenant_pipelines.db.session import parse_tenant_id
+from tenant_pipelines.defs.batching import batched_range_requests, run_tenant_keys
 from tenant_pipelines.defs.resources import BillingDatabase
 from tenant_pipelines.defs.tenants.assets import OWNERS
 from tenant_pipelines.defs.tenants.partitions import tenants_partitions
@@ -86,13 +87,6 @@ def tenant_partition(context: dg.AssetExecutionContext, billing_db: BillingDatab
     )
 
 
-def _run_tenants(context: dg.AssetCheckExecutionContext) -> list[str] | None:
-    """The tenants this run materialised, or None when the check runs on its own."""
-    if context.has_partition_key or context.has_partition_key_range:
-        return list(context.partition_keys)
-    return None
-
-
 @dg.asset_check(
     asset=tenant_partition,
     blocking=True,
@@ -100,7 +94,7 @@ def _run_tenants(context: dg.AssetCheckExecutionContext) -> list[str] | None:
     "its own, of any tenant with a partition key): nothing was left behind by the move.",
 )
 def default_partition_drained(context: dg.AssetCheckExecutionContext, billing_db: BillingDatabase) -> dg.AssetCheckResult:
-    tenants = _run_tenants(context)
+    tenants = run_tenant_keys(context)
     if tenants is None:
         tenants = context.instance.get_dynamic_partitions(tenants_partitions.name)
     with billing_db.connection() as conn:
@@ -124,7 +118,7 @@ def default_partition_drained(context: dg.AssetCheckExecutionContext, billing_db
     "billing_owner, and no direct privilege for billing_app.",
 )
 def tenant_partitions_complete(context: dg.AssetCheckExecutionContext, billing_db: BillingDatabase) -> dg.AssetCheckResult:
-    tenants = _run_tenants(context)
+    tenants = run_tenant_keys(context)
     with billing_db.connection() as conn:
         findings = audit_tenant_partitions(conn, tenants)
     return dg.AssetCheckResult(
@@ -198,13 +192,4 @@ def premake_schedule(context: dg.ScheduleEvaluationContext) -> list[dg.RunReques
     if not keys:
         return dg.SkipReason("no tenants yet")
     day = context.scheduled_execution_time.strftime("%Y-%m-%d")
-    return [
-        dg.RunRequest(
-            run_key=f"premake:{day}:{i}",
-            tags={
-                "dagster/asset_partition_range_start": batch[0],
-                "dagster/asset_partition_range_end": batch[-1],
-            },
-        )
-        for i, batch in enumerate(keys[j: j + TENANTS_PER_RUN] for j in range(0, len(keys), TENANTS_PER_RUN))
-    ]
+    return batched_range_requests(keys, TENANTS_PER_RUN, f"premake:{day}")

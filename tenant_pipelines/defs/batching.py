@@ -1,0 +1,32 @@
+"""Runs over many tenants in a bounded number of runs: one run per batch of partition keys."""
+
+import dagster as dg
+
+RANGE_START_TAG = "dagster/asset_partition_range_start"
+RANGE_END_TAG = "dagster/asset_partition_range_end"
+
+
+def batched_range_requests(keys: list[str], batch_size: int, run_key_prefix: str) -> list[dg.RunRequest]:
+    """One RunRequest per ``batch_size`` consecutive keys, as a partition range: 10,000 tenants
+    in batches of 500 make 20 runs. Run keys ``<prefix>:<batch index>`` are idempotent."""
+    return [
+        dg.RunRequest(
+            run_key=f"{run_key_prefix}:{i}",
+            tags={RANGE_START_TAG: batch[0], RANGE_END_TAG: batch[-1]},
+        )
+        for i, batch in enumerate(keys[j: j + batch_size] for j in range(0, len(keys), batch_size))
+    ]
+
+
+def run_tenant_keys(context: dg.AssetCheckExecutionContext) -> list[str] | None:
+    """The tenants of this run (one partition, or a range of them), or None for a run without
+    partitions. A check selected on its own runs unpartitioned, so the range comes from the tags."""
+    tags = context.run.tags
+    if "dagster/partition" in tags:
+        return [tags["dagster/partition"]]
+    start, end = tags.get(RANGE_START_TAG), tags.get(RANGE_END_TAG)
+    if start and end:
+        keys = context.instance.get_dynamic_partitions("tenants")
+        if start in keys and end in keys:
+            return keys[keys.index(start): keys.index(end) + 1]
+    return None

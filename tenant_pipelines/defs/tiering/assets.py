@@ -1,0 +1,127 @@
+"""Storage tiering in the UI: tier_placement per tenant, its check, the daily schedule."""
+
+import time
+from collections import defaultdict
+
+import dagster as dg
+
+from tenant_pipelines.core.tiering import misplaced, tier_tenant
+from tenant_pipelines.defs.batching import batched_range_requests, run_tenant_keys
+from tenant_pipelines.defs.resources import BillingDatabase
+from tenant_pipelines.defs.tenants.assets import OWNERS
+from tenant_pipelines.defs.tenants.partitions import tenants_partitions
+from tenant_pipelines.defs.tenants.partitions_assets import TENANTS_PER_RUN, tenant_partition
+from tenant_pipelines.errors import TenantPipelinesError
+
+# At most this many tiering steps move partitions at once (dagster.yaml's pool default, or
+# `dagster instance concurrency set tiering N`).
+TIERING_POOL = "tiering"
+
+
+@dg.asset(
+    partitions_def=tenants_partitions,
+    deps=[tenant_partition],
+    group_name="storage",
+    kinds={"postgres"},
+    owners=OWNERS,
+    pool=TIERING_POOL,
+    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=TENANTS_PER_RUN),
+    description="Where the tenant's month partitions live: hot, warm or cold tablespace, by age "
+    "(storage_tiers, tiering_policy). Materialising moves each month whose age puts it in another "
+    "tier, one partition per transaction with lock_timeout and retries; never the current or a "
+    "future month, never a parent. Cold months are frozen.",
+)
+def tier_placement(context: dg.AssetExecutionContext, billing_db: BillingDatabase) -> dg.MaterializeResult:
+    started = time.monotonic()
+    reports, failures = [], []
+    with billing_db.connection() as conn:
+        for key in context.partition_keys:
+            try:
+                reports.append(tier_tenant(conn, key))
+            except TenantPipelinesError as exc:
+                failures.append(f"{key}: {exc}")
+                context.log.error(str(exc))
+    if failures:
+        raise dg.Failure(
+            description=f"{len(failures)} of {len(context.partition_keys)} tenants failed; a re-run is safe",
+            metadata={"failures": dg.MetadataValue.md("\n".join(f"- {f}" for f in failures))},
+        )
+    per_tier: dict[str, dict[str, int]] = defaultdict(lambda: {"partitions": 0, "bytes": 0})
+    for report in reports:
+        for tier, figures in report.placement.items():
+            per_tier[tier]["partitions"] += figures["partitions"]
+            per_tier[tier]["bytes"] += figures["bytes"]
+    moves = [m for r in reports for m in r.moves]
+    for move in moves:
+        context.log.info(
+            f"moved {move.partition} {move.from_tablespace} -> {move.to_tablespace}: "
+            f"{move.bytes} bytes, {move.lock_held_s * 1000:.0f} ms under lock"
+        )
+    metadata: dict = {
+        "tenants": len(reports),
+        "partitions_moved": len(moves),
+        "bytes_moved": sum(m.bytes for m in moves),
+        "lock_time_s": round(sum(m.lock_held_s for m in moves), 3),
+        "max_lock_time_ms": round(max((m.lock_held_s for m in moves), default=0) * 1000, 1),
+        "duration_s": round(time.monotonic() - started, 3),
+        "moves": dg.MetadataValue.table(
+            records=[
+                dg.TableRecord({"partition": m.partition, "from": m.from_tablespace, "to": m.to_tablespace,
+                                "bytes": m.bytes, "lock_ms": round(m.lock_held_s * 1000, 1), "frozen": m.frozen})
+                for m in moves[:200]
+            ],
+            schema=dg.TableSchema(columns=[
+                dg.TableColumn("partition", "string"), dg.TableColumn("from", "string"),
+                dg.TableColumn("to", "string"), dg.TableColumn("bytes", "int"),
+                dg.TableColumn("lock_ms", "float"), dg.TableColumn("frozen", "bool"),
+            ]),
+        ),
+    }
+    for tier in ("hot", "warm", "cold"):
+        metadata[f"{tier}/partitions"] = per_tier.get(tier, {}).get("partitions", 0)
+        metadata[f"{tier}/bytes"] = per_tier.get(tier, {}).get("bytes", 0)
+    return dg.MaterializeResult(metadata=metadata)
+
+
+@dg.asset_check(
+    asset=tier_placement,
+    description="Every month partition (of this run's tenants, or of all) is in the tablespace its "
+    "policy says. Lists the ones that are not.",
+)
+def tiers_match_policy(context: dg.AssetCheckExecutionContext, billing_db: BillingDatabase) -> dg.AssetCheckResult:
+    tenants = run_tenant_keys(context)
+    with billing_db.connection() as conn:
+        wrong = misplaced(conn, tenants)
+    return dg.AssetCheckResult(
+        passed=not wrong,
+        metadata={
+            "misplaced": len(wrong),
+            "details": dg.MetadataValue.md(
+                "\n".join(f"- {p.partition_name}: in {p.current_tablespace}, policy says {p.target_tablespace} "
+                          f"({p.target_tier})" for p in wrong[:200]) or "none"
+            ),
+        },
+    )
+
+
+tiering_job = dg.define_asset_job(
+    "tier_storage",
+    selection=[tier_placement],
+    description="Moves ageing month partitions between the hot, warm and cold tablespaces.",
+)
+
+
+@dg.schedule(
+    job=tiering_job,
+    cron_schedule="30 2 * * *",
+    execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description=f"Daily tiering for every tenant, in runs of up to {TENANTS_PER_RUN} tenants "
+    "(10,000 tenants: 20 runs), never one run per tenant.",
+)
+def tiering_schedule(context: dg.ScheduleEvaluationContext) -> list[dg.RunRequest] | dg.SkipReason:
+    keys = context.instance.get_dynamic_partitions(tenants_partitions.name)
+    if not keys:
+        return dg.SkipReason("no tenants yet")
+    day = context.scheduled_execution_time.strftime("%Y-%m-%d")
+    return batched_range_requests(keys, TENANTS_PER_RUN, f"tiering:{day}")

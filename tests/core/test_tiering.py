@@ -1,0 +1,181 @@
+"""Storage tiering: month partitions land in hot, warm and cold by age; re-runs move nothing;
+live inserts into the current month never fail; a killed move is re-run; parents never move."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+
+import psycopg
+import pytest
+
+from tenant_pipelines.core.partitions import ensure_tenant_partition, partition_name
+from tenant_pipelines.core.tiering import MissingTablespace, configure_tablespaces, misplaced, plan, tier_tenant
+from tests.conftest import make_tenant
+
+NOW = datetime.now(timezone.utc)
+THIS_MONTH = NOW.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+# Ten days into this month, the months ending 10, ~40, ~70 and ~100 days earlier are hot, warm,
+# warm and cold, whatever today's date: a month's age is that of the newest row it can hold.
+AS_OF = THIS_MONTH + timedelta(days=10)
+
+
+def month(offset: int) -> datetime:
+    """The first instant of the month ``offset`` months from this one (UTC)."""
+    index = THIS_MONTH.year * 12 + THIS_MONTH.month - 1 + offset
+    return THIS_MONTH.replace(year=index // 12, month=index % 12 + 1)
+
+
+def leaf(tenant: uuid.UUID, offset: int) -> str:
+    return f"{partition_name(tenant)}_p{month(offset):%Y%m}"
+
+
+def tablespace_of(conn: psycopg.Connection, relation: str) -> str:
+    return conn.execute(
+        "SELECT COALESCE(t.spcname, 'pg_default') FROM pg_class c LEFT JOIN pg_tablespace t ON t.oid = c.reltablespace"
+        " WHERE c.oid = %s::regclass", (relation,)).fetchone()[0]
+
+
+def index_tablespaces(conn: psycopg.Connection, relation: str) -> set[str]:
+    rows = conn.execute(
+        "SELECT COALESCE(t.spcname, 'pg_default') FROM pg_index x JOIN pg_class c ON c.oid = x.indexrelid"
+        " LEFT JOIN pg_tablespace t ON t.oid = c.reltablespace WHERE x.indrelid = %s::regclass", (relation,))
+    return {r[0] for r in rows}
+
+
+@pytest.fixture
+def tenant(admin_conn: psycopg.Connection) -> uuid.UUID:
+    """An enterprise tenant split by month, with events in this month and 1 to 5 months back."""
+    tenant = make_tenant(admin_conn, tier="enterprise")
+    with admin_conn.cursor().copy('COPY usage_events_mt (organization_id, metric_name, quantity, "timestamp") FROM STDIN') as copy:
+        for offset in range(-5, 1):
+            for i in range(200):
+                copy.write_row((tenant, "api_calls", Decimal(i), month(offset) + timedelta(hours=i)))
+    ensure_tenant_partition(admin_conn, tenant)
+    return tenant
+
+
+def test_months_land_in_hot_warm_and_cold_by_age(admin_conn: psycopg.Connection, tenant: uuid.UUID) -> None:
+    report = tier_tenant(admin_conn, tenant, as_of=AS_OF)
+
+    expected = {0: "hot_storage", -1: "hot_storage", -2: "warm_storage", -3: "warm_storage",
+                -4: "cold_storage", -5: "cold_storage", 1: "hot_storage"}
+    for offset, tablespace in expected.items():
+        assert tablespace_of(admin_conn, leaf(tenant, offset)) == tablespace, offset
+        assert index_tablespaces(admin_conn, leaf(tenant, offset)) == {tablespace}, offset
+    assert {m.partition for m in report.moves} == {leaf(tenant, o) for o in (-2, -3, -4, -5)}
+    assert report.bytes_moved > 0 and report.misplaced_left == 0
+    assert report.placement["cold"]["partitions"] == 2 and report.placement["warm"]["partitions"] == 2
+    assert all(m.frozen == (m.to_tablespace == "cold_storage") for m in report.moves)
+    assert admin_conn.execute("SELECT count(*) FROM usage_events_mt WHERE organization_id = %s",
+                              (tenant,)).fetchone()[0] == 1200
+
+
+def test_parents_and_rest_never_move(admin_conn: psycopg.Connection, tenant: uuid.UUID) -> None:
+    before = {r: tablespace_of(admin_conn, r) for r in
+              ("usage_events_mt", partition_name(tenant), partition_name(tenant) + "_rest", "usage_events_mt_default")}
+    tier_tenant(admin_conn, tenant, as_of=AS_OF + timedelta(days=3650))
+    assert {r: tablespace_of(admin_conn, r) for r in before} == before
+    assert all(p.partition_name.rsplit("_p", 1)[1].isdigit() for p in plan(admin_conn, tenant))
+
+
+def test_a_second_run_moves_nothing(admin_conn: psycopg.Connection, tenant: uuid.UUID) -> None:
+    tier_tenant(admin_conn, tenant, as_of=AS_OF)
+    again = tier_tenant(admin_conn, tenant, as_of=AS_OF)
+    assert again.moves == [] and misplaced(admin_conn, [str(tenant)], as_of=AS_OF) == []
+
+
+def test_current_and_future_months_never_move_even_when_misplaced(admin_conn: psycopg.Connection, tenant: uuid.UUID) -> None:
+    admin_conn.execute(f'ALTER TABLE "{leaf(tenant, 0)}" SET TABLESPACE cold_storage')
+    report = tier_tenant(admin_conn, tenant, as_of=NOW)
+    assert leaf(tenant, 0) not in {m.partition for m in report.moves}
+    assert tablespace_of(admin_conn, leaf(tenant, 0)) == "cold_storage"
+
+
+def test_policy_per_tenant_tier(admin_conn: psycopg.Connection, tenant: uuid.UUID) -> None:
+    admin_conn.execute("INSERT INTO tiering_policy (tenant_tier, warm_after, cold_after) VALUES ('enterprise', '200 days', '400 days')")
+    report = tier_tenant(admin_conn, tenant, as_of=AS_OF)
+    assert report.moves == [] and report.placement["hot"]["partitions"] >= 6
+
+
+def test_cold_partitions_are_frozen_and_keep_autovacuum(admin_conn: psycopg.Connection, tenant: uuid.UUID) -> None:
+    tier_tenant(admin_conn, tenant, as_of=AS_OF)
+    frozen_age, options = admin_conn.execute(
+        "SELECT age(relfrozenxid), reloptions FROM pg_class WHERE oid = %s::regclass", (leaf(tenant, -5),)).fetchone()
+    current_xid_age = admin_conn.execute("SELECT age(datfrozenxid) FROM pg_database WHERE datname = current_database()").fetchone()[0]
+    assert frozen_age < current_xid_age
+    assert not options or "autovacuum_enabled=false" not in options
+
+
+def test_inserts_into_the_current_month_during_moves_never_fail(
+    admin_conn: psycopg.Connection, admin_dsn: str, tenant: uuid.UUID
+) -> None:
+    stop, errors, inserted = threading.Event(), [], [0]
+
+    def writer() -> None:
+        try:
+            with psycopg.connect(admin_dsn, autocommit=True) as conn:
+                while not stop.is_set():
+                    conn.execute('INSERT INTO usage_events_mt (organization_id, metric_name, quantity, "timestamp")'
+                                 " SELECT %s, 'api_calls', 1, now() FROM generate_series(1, 10)", (tenant,))
+                    inserted[0] += 10
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    time.sleep(0.1)
+    report = tier_tenant(admin_conn, tenant, as_of=AS_OF)
+    time.sleep(0.1)
+    stop.set()
+    thread.join()
+    assert not errors and len(report.moves) == 4
+    assert admin_conn.execute("SELECT count(*) FROM usage_events_mt WHERE organization_id = %s",
+                              (tenant,)).fetchone()[0] == 1200 + inserted[0]
+
+
+def test_a_killed_move_is_rolled_back_and_rerun(admin_conn: psycopg.Connection, admin_dsn: str, tenant: uuid.UUID) -> None:
+    victim_leaf = leaf(tenant, -5)
+    with psycopg.connect(admin_dsn) as victim:
+        victim.execute("SELECT fn_move_partition(%s, 'cold_storage')", (victim_leaf,))
+        admin_conn.execute("SELECT pg_terminate_backend(%s)", (victim.info.backend_pid,))
+        with pytest.raises(psycopg.OperationalError):
+            victim.commit()
+    assert tablespace_of(admin_conn, victim_leaf) == "hot_storage"
+    tier_tenant(admin_conn, tenant, as_of=AS_OF)
+    assert tablespace_of(admin_conn, victim_leaf) == "cold_storage"
+    assert admin_conn.execute(f'SELECT count(*) FROM "{victim_leaf}"').fetchone()[0] == 200
+
+
+def test_lock_timeout_then_retry(admin_conn: psycopg.Connection, admin_dsn: str, tenant: uuid.UUID) -> None:
+    admin_conn.execute("UPDATE partition_config SET lock_timeout = '100ms'")
+    with psycopg.connect(admin_dsn) as reader:
+        reader.execute(f'SELECT count(*) FROM "{leaf(tenant, -3)}"')  # holds ACCESS SHARE
+        timer = threading.Timer(0.4, reader.rollback)
+        timer.start()
+        report = tier_tenant(admin_conn, tenant, as_of=AS_OF, attempts=10)
+        timer.join()
+    assert any(m.attempts > 1 for m in report.moves)
+    assert misplaced(admin_conn, [str(tenant)], as_of=AS_OF) == []
+
+
+def test_missing_tablespace_is_a_clear_error(admin_conn: psycopg.Connection, tenant: uuid.UUID) -> None:
+    admin_conn.execute("UPDATE storage_tiers SET tablespace = 'archive_disk' WHERE storage_tier = 'cold'")
+    with pytest.raises(MissingTablespace) as info:
+        tier_tenant(admin_conn, tenant, as_of=AS_OF)
+    message = str(info.value)
+    assert "archive_disk" in message and "CREATE TABLESPACE archive_disk" in message and "\n" not in message
+    with pytest.raises(MissingTablespace, match="'nowhere'"):
+        configure_tablespaces(admin_conn, {"warm": "nowhere"})
+
+
+def test_sql_function_for_dbas_applies_the_same_policy(admin_conn: psycopg.Connection, tenant: uuid.UUID) -> None:
+    moved = admin_conn.execute("SELECT partition_name, to_tablespace FROM fn_tier_usage_data(%s, %s)",
+                               (tenant, AS_OF)).fetchall()
+    assert dict(moved) == {leaf(tenant, -2): "warm_storage", leaf(tenant, -3): "warm_storage",
+                           leaf(tenant, -4): "cold_storage", leaf(tenant, -5): "cold_storage"}
+    assert admin_conn.execute("SELECT count(*) FROM fn_tier_usage_data(%s, %s)", (tenant, AS_OF)).fetchone()[0] == 0
+    assert tier_tenant(admin_conn, tenant, as_of=AS_OF).moves == []
