@@ -20,15 +20,18 @@ from tenant_pipelines.defs.tenants.assets import tenant_isolation_holds, tenant_
 
 # A renamed or dropped asset, check, job, schedule or sensor is a visible diff here.
 EXPECTED = {
-    "assets": ["tenant_partition", "tenant_registry", "tier_placement"],
+    "assets": ["tenant_metrics", "tenant_partition", "tenant_registry", "tier_placement"],
     "asset_checks": [
+        "tenant_metrics:monthly_events_quota",
+        "tenant_metrics:storage_quota",
+        "tenant_metrics:tier_limits_in_force",
         "tenant_partition:default_partition_drained",
         "tenant_partition:tenant_partitions_complete",
         "tenant_registry:tenant_isolation_holds",
         "tier_placement:tiers_match_policy",
     ],
-    "jobs": ["create_tenant_partitions", "refresh_tenant_registry", "tier_storage"],
-    "schedules": ["premake_schedule", "tiering_schedule"],
+    "jobs": ["create_tenant_partitions", "refresh_tenant_registry", "rollup_tenant_metrics", "tier_storage"],
+    "schedules": ["metrics_schedule", "premake_schedule", "tiering_schedule"],
     "sensors": ["tenant_onboarding_sensor"],
 }
 

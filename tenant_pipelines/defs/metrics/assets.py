@@ -1,0 +1,138 @@
+"""Per-tenant metrics in the UI: the daily rollup, its quota checks, the tier-limit drift check."""
+
+import os
+import time
+from collections import defaultdict
+from datetime import datetime, timezone
+from pathlib import Path
+
+import dagster as dg
+
+from tenant_pipelines.config import state_dir
+from tenant_pipelines.core.conformance import audit_tier_limits
+from tenant_pipelines.core.metrics import collect, export_parquet, quota_use, record_history
+from tenant_pipelines.defs.resources import BillingDatabase
+from tenant_pipelines.defs.tenants.assets import OWNERS, tenant_registry
+
+METRICS_ROOT_ENV = "TENANT_PIPELINES_METRICS_ROOT"
+_TOP = 20
+
+
+def metrics_root() -> Path:
+    """Where the daily Parquet exports go: $TENANT_PIPELINES_METRICS_ROOT, else .tenant-pipelines/metrics."""
+    value = os.environ.get(METRICS_ROOT_ENV, "").strip()
+    return Path(value) if value else state_dir() / "metrics"
+
+
+def _table(rows: list[dict], columns: list[tuple[str, str]]) -> dg.TableMetadataValue:
+    return dg.MetadataValue.table(
+        records=[dg.TableRecord(r) for r in rows],
+        schema=dg.TableSchema(columns=[dg.TableColumn(name, kind) for name, kind in columns]),
+    )
+
+
+@dg.asset(
+    deps=[tenant_registry],
+    group_name="metrics",
+    kinds={"postgres", "parquet"},
+    owners=OWNERS,
+    description="Daily per-tenant metrics from vw_tenant_metrics (active subscriptions, events in the "
+    "last 24 hours and this month, storage, last activity), kept in tenant_metrics_history and "
+    "exported as Parquet under day=YYYY-MM-DD/. Downstream of tenant_registry, whose isolation "
+    "check blocks it.",
+)
+def tenant_metrics(context: dg.AssetExecutionContext, billing_db: BillingDatabase) -> dg.MaterializeResult:
+    started = time.monotonic()
+    day = datetime.now(timezone.utc).date()
+    with billing_db.connection() as conn:
+        metrics = collect(conn)
+        record_history(conn, day, metrics)
+    path = export_parquet(metrics_root(), day, metrics)
+    per_tier: dict[str, dict[str, int]] = defaultdict(lambda: {"tenants": 0, "events_last_24h": 0, "storage_bytes": 0})
+    for m in metrics:
+        per_tier[m.tier]["tenants"] += 1
+        per_tier[m.tier]["events_last_24h"] += m.events_last_24h
+        per_tier[m.tier]["storage_bytes"] += m.storage_bytes
+    columns = [("organization_id", "string"), ("name", "string"), ("tier", "string"),
+               ("events_last_24h", "int"), ("events_this_month", "int"), ("storage_bytes", "int")]
+
+    def row(m):
+        return {"organization_id": str(m.organization_id), "name": m.organization_name, "tier": m.tier,
+                "events_last_24h": m.events_last_24h, "events_this_month": m.events_this_month,
+                "storage_bytes": m.storage_bytes}
+
+    return dg.MaterializeResult(
+        metadata={
+            "day": day.isoformat(),
+            "tenants": len(metrics),
+            "events_last_24h": sum(m.events_last_24h for m in metrics),
+            "storage_bytes": sum(m.storage_bytes for m in metrics),
+            "parquet": dg.MetadataValue.path(str(path)),
+            "duration_s": round(time.monotonic() - started, 3),
+            "top_by_events": _table([row(m) for m in sorted(metrics, key=lambda m: -m.events_last_24h)[:_TOP]], columns),
+            "top_by_storage": _table([row(m) for m in sorted(metrics, key=lambda m: -m.storage_bytes)[:_TOP]], columns),
+            "per_tier": _table(
+                [{"tier": t, **v} for t, v in sorted(per_tier.items())],
+                [("tier", "string"), ("tenants", "int"), ("events_last_24h", "int"), ("storage_bytes", "int")],
+            ),
+        }
+    )
+
+
+def _quota_check(quota: str, billing_db: BillingDatabase) -> dg.AssetCheckResult:
+    with billing_db.connection() as conn:
+        uses = [u for u in quota_use(collect(conn)) if u.quota == quota]
+    over = sorted((u for u in uses if u.level == "error"), key=lambda u: -u.ratio)
+    near = sorted((u for u in uses if u.level == "warn"), key=lambda u: -u.ratio)
+    lines = [f"- over: {u}" for u in over] + [f"- at 80%+: {u}" for u in near]
+    return dg.AssetCheckResult(
+        passed=not (over or near),
+        severity=dg.AssetCheckSeverity.ERROR if over else dg.AssetCheckSeverity.WARN,
+        metadata={
+            "tenants_with_quota": len(uses),
+            "over_quota": len(over),
+            "at_80_percent": len(near),
+            "details": dg.MetadataValue.md("\n".join(lines[:200]) or "none"),
+        },
+    )
+
+
+@dg.asset_check(asset=tenant_metrics, description="Events this month against tenant_classifications."
+                "monthly_events_limit: WARN at 80%, ERROR at 100%. Names the tenants and their figures.")
+def monthly_events_quota(billing_db: BillingDatabase) -> dg.AssetCheckResult:
+    return _quota_check("monthly_events", billing_db)
+
+
+@dg.asset_check(asset=tenant_metrics, description="Storage against tenant_classifications.storage_quota_gb: "
+                "WARN at 80%, ERROR at 100%. Names the tenants and their figures.")
+def storage_quota(billing_db: BillingDatabase) -> dg.AssetCheckResult:
+    return _quota_check("storage", billing_db)
+
+
+@dg.asset_check(asset=tenant_metrics, description="The limits in force match the tiers: what a tenant "
+                "session applies (work_mem, statement_timeout) equals tier_limits for one tenant of each "
+                "tier, and no role-level setting of billing_app overrides them.")
+def tier_limits_in_force(billing_db: BillingDatabase) -> dg.AssetCheckResult:
+    with billing_db.connection() as conn:
+        findings = audit_tier_limits(conn)
+    return dg.AssetCheckResult(
+        passed=not findings,
+        metadata={"findings": len(findings),
+                  "details": dg.MetadataValue.md("\n".join(f"- {f}" for f in findings) or "none")},
+    )
+
+
+metrics_job = dg.define_asset_job(
+    "rollup_tenant_metrics",
+    selection=dg.AssetSelection.assets(tenant_registry, tenant_metrics),
+    description="Refreshes the registry (and its blocking isolation check), then the metrics rollup.",
+)
+
+metrics_schedule = dg.ScheduleDefinition(
+    name="metrics_schedule",
+    job=metrics_job,
+    cron_schedule="0 1 * * *",
+    execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Daily metrics rollup, after midnight UTC.",
+)

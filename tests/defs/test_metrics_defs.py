@@ -1,0 +1,46 @@
+"""tenant_metrics in Dagster: the rollup's metadata, its quota checks, and the drift check."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+
+import dagster as dg
+import psycopg
+import pyarrow.parquet as pq
+
+from tenant_pipelines.defs.metrics.assets import (
+    monthly_events_quota,
+    storage_quota,
+    tenant_metrics,
+    tier_limits_in_force,
+)
+from tenant_pipelines.defs.resources import BillingDatabase
+from tests.conftest import make_tenant
+
+
+def test_rollup_metadata_and_quota_checks(admin_conn: psycopg.Connection, admin_dsn: str, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("TENANT_PIPELINES_METRICS_ROOT", str(tmp_path))
+    busy, near, calm = (make_tenant(admin_conn, name=n, tier="starter") for n in ("Busy", "Near", "Calm"))
+    for tenant, limit, n in ((busy, 10, 12), (near, 10, 8), (calm, 100, 1)):
+        admin_conn.execute("UPDATE tenant_classifications SET monthly_events_limit = %s WHERE organization_id = %s",
+                           (limit, tenant))
+        with admin_conn.cursor().copy('COPY usage_events_mt (organization_id, metric_name, quantity, "timestamp") FROM STDIN') as copy:
+            for i in range(n):
+                copy.write_row((tenant, "api_calls", Decimal(1), datetime.now(timezone.utc) - timedelta(seconds=i)))
+    result = dg.materialize(
+        [tenant_metrics, monthly_events_quota, storage_quota, tier_limits_in_force],
+        resources={"billing_db": BillingDatabase(dsn=admin_dsn)},
+        raise_on_error=False,
+    )
+    meta = result.get_asset_materialization_events()[0].materialization.metadata
+    assert meta["tenants"].value == 3 and meta["events_last_24h"].value == 21
+    assert meta["top_by_events"].value.records[0].data["name"] == "Busy"
+    assert pq.read_table(meta["parquet"].value).num_rows == 3
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    events = checks["monthly_events_quota"]
+    assert not events.passed and events.severity == dg.AssetCheckSeverity.ERROR
+    details = events.metadata["details"].value
+    assert "over: Busy" in details and "12 of 10" in details and "at 80%+: Near" in details and "Calm" not in details
+    assert checks["storage_quota"].passed
+    assert checks["tier_limits_in_force"].passed
