@@ -25,3 +25,15 @@ class DatabaseUnreachable(TenantPipelinesError):
 
 class MigrationError(TenantPipelinesError):
     exit_code = 4
+
+
+class BackupInvalid(TenantPipelinesError):
+    """A backup that must not be read: incomplete, damaged, altered, or another tenant's."""
+
+    exit_code = 5
+
+
+class BackupKeyMissing(TenantPipelinesError):
+    """Encryption is required (or the backup is encrypted) and no usable key is configured."""
+
+    exit_code = 6

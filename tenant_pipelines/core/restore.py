@@ -1,0 +1,420 @@
+"""Restoring a tenant from a backup made by ``core.backups``, and the restore drill.
+
+Every restore first verifies the backup (a complete folder, this tenant's manifest, every
+file's sha256) and opens every file with the key, before it writes anything. Then, in ONE
+transaction on an ADBC connection:
+
+- **into the live tables**: takes the tenant's advisory lock (its writers and partition
+  changes wait; other tenants never do), deletes the tenant's rows child tables first (its own
+  usage_events_mt partition is truncated), upserts its organizations row (tables outside the
+  backup may reference it), and loads every table with binary COPY (``adbc_ingest``). Usage
+  events go through the parent ``usage_events_mt``, so they land in the tenant's partition,
+  or in DEFAULT when it has none yet (the onboarding sensor then gives it one). Every row
+  loaded must belong to the tenant, and the tenant's row counts must equal the manifest's,
+  or nothing is committed.
+- **into a scratch schema**: creates the schema (owned by the admin, no privilege for anyone
+  else) with one table per backed-up table (``LIKE`` the live one, no RLS, no keys) and loads.
+
+Another database is restored into the same way as the live one; it must be migrated first.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Iterator
+
+import adbc_driver_manager
+import psycopg
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from psycopg import sql
+
+from tenant_pipelines.core.backups import (
+    TABLES,
+    ContentHasher,
+    _INTERVAL_STRUCT,
+    adbc_connect,
+    decryption_properties,
+    denormalize_batch,
+    key_fingerprint,
+    list_backups,
+    mark_verified,
+    normalize_batch,
+    read_batches,
+    stream_table,
+    table_columns,
+    target_schema,
+    verify_backup,
+)
+from tenant_pipelines.db.migrate import BOOKKEEPING_SCHEMA, load_migrations
+from tenant_pipelines.db.session import parse_tenant_id
+from tenant_pipelines.errors import BackupInvalid, BackupKeyMissing, InvalidInput, MigrationError, TenantPipelinesError
+
+LOCK_TIMEOUT = "30s"
+_SCHEMA_NAME_MAX = 63
+
+
+@dataclass
+class TableRestore:
+    table: str
+    rows: int
+    seconds: float
+
+
+@dataclass
+class RestoreReport:
+    tenant: str
+    backup_id: str
+    target: str
+    tables: list[TableRestore] = field(default_factory=list)
+    seconds: float = 0.0
+    verify_seconds: float = 0.0
+
+    @property
+    def rows(self) -> dict[str, int]:
+        return {t.table: t.rows for t in self.tables}
+
+    @property
+    def total_rows(self) -> int:
+        return sum(t.rows for t in self.tables)
+
+
+def check_migrated(conn: psycopg.Connection) -> None:
+    """The target database has every migration of this checkout, or a one-line MigrationError."""
+    where = f"{conn.info.host}:{conn.info.port}/{conn.info.dbname}"
+    fix = f"run 'BILLING_DATABASE_URL=<its admin DSN> tenant-pipelines db migrate' first"
+    exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{BOOKKEEPING_SCHEMA}.schema_migrations",)).fetchone()[0]
+    if not exists:
+        raise MigrationError(f"database {where} is not migrated (no tenant-pipelines schema); {fix}")
+    applied = {r[0] for r in conn.execute(
+        sql.SQL("SELECT version FROM {}.schema_migrations").format(sql.Identifier(BOOKKEEPING_SCHEMA)))}
+    missing = [m.filename for m in load_migrations() if m.version not in applied]
+    if missing:
+        raise MigrationError(f"database {where} lacks migration {missing[0]} (and {len(missing) - 1} more); {fix}")
+
+
+def _valid_schema_name(name: str) -> str:
+    if not name or len(name.encode()) > _SCHEMA_NAME_MAX or name.startswith("pg_") or name in ("public", BOOKKEEPING_SCHEMA):
+        raise InvalidInput(f"schema {name!r}: pick a new schema name (not public, pg_*, or {BOOKKEEPING_SCHEMA}; "
+                           f"at most {_SCHEMA_NAME_MAX} bytes)")
+    return name
+
+
+def _preflight_files(path: Path, manifest: dict, master_key: bytes | None) -> None:
+    """Open every file's footer with the key: a wrong or missing key fails here, before any write."""
+    properties = None
+    if manifest["encryption"].get("enabled"):
+        if master_key is None:
+            raise BackupKeyMissing(
+                f"tenant {manifest['tenant']}: backup {manifest['backup_id']} is encrypted and no backup key is "
+                f"configured; set $TENANT_PIPELINES_BACKUP_KEY to the key with fingerprint "
+                f"{manifest['encryption']['master_key_fingerprint']}")
+        if key_fingerprint(master_key) != manifest["encryption"]["master_key_fingerprint"]:
+            raise BackupKeyMissing(
+                f"tenant {manifest['tenant']}: backup {manifest['backup_id']} needs the key with fingerprint "
+                f"{manifest['encryption']['master_key_fingerprint']}, the configured one is "
+                f"{key_fingerprint(master_key)}; set $TENANT_PIPELINES_BACKUP_KEY to the right key")
+        properties = decryption_properties(master_key)
+    for table, entry in manifest["tables"].items():
+        for f in entry["files"]:
+            try:
+                pq.ParquetFile(path / f["path"], decryption_properties=properties).schema_arrow
+            except OSError as exc:
+                raise BackupInvalid(f"{path}: {f['path']} cannot be opened ({str(exc).splitlines()[0]})") from None
+
+
+def _file_schema(path: Path, manifest: dict, table: str) -> pa.Schema:
+    return pa.ipc.read_schema(pa.py_buffer(__import__("base64").b64decode(manifest["tables"][table]["arrow_schema_ipc"])))
+
+
+def _load_schema(stored: pa.Schema, names: list[str]) -> pa.Schema:
+    fields = []
+    for name in names:
+        f = stored.field(name)
+        if f.type == _INTERVAL_STRUCT:
+            f = pa.field(name, pa.month_day_nano_interval(), f.nullable)
+        fields.append(pa.field(name, f.type, f.nullable))
+    return pa.schema(fields)
+
+
+def _tenant_batches(path: Path, manifest: dict, table: str, key_column: str, tenant: uuid.UUID,
+                    master_key: bytes | None, names: list[str], schema: pa.Schema,
+                    counter: list[int], errors: list[BaseException]) -> Iterator[pa.RecordBatch]:
+    """The batches a load sends, each checked to hold only the tenant's rows. An error raised
+    here reaches the caller wrapped by ADBC: it is kept in ``errors`` to be raised as it is."""
+    expected = pa.scalar(tenant.bytes, pa.binary(16))
+    try:
+        for batch in read_batches(path, manifest, table, master_key):
+            owner = batch.column(key_column)
+            storage = owner.storage if isinstance(owner.type, pa.BaseExtensionType) else owner
+            if owner.null_count or not pc.all(pc.equal(storage, expected)).as_py():
+                raise BackupInvalid(f"{path}: table {table} holds rows of another tenant than {tenant}; refusing the backup")
+            batch = denormalize_batch(batch.select(names))
+            counter[0] += batch.num_rows
+            yield pa.RecordBatch.from_arrays(batch.columns, schema=schema)
+    except BaseException as exc:
+        errors.append(exc)
+        raise
+
+
+def _insert_columns(conn: psycopg.Connection, schema: str, table: str, stored: pa.Schema, path: Path,
+                    *, include_generated: bool = False) -> list[str]:
+    """The columns a load writes: every non-generated column of the target, all present in the backup."""
+    target = table_columns(conn, schema, table)
+    if not target:
+        raise MigrationError(f"table {schema}.{table} does not exist in the target; migrate it first")
+    names = [c.name for c in target if include_generated or not c.generated]
+    missing = [n for n in names if n not in stored.names]
+    if missing:
+        raise BackupInvalid(f"{path}: table {table} in the backup has no column {missing[0]}, which the target has; "
+                            "restore with the tenant-pipelines version whose schema matches the backup")
+    extra = [n for n in stored.names if n not in {c.name for c in target}]
+    if extra:
+        raise BackupInvalid(f"{path}: table {table} in the backup has column {extra[0]}, which the target lacks; "
+                            "migrate the target database first")
+    return names
+
+
+def restore_tenant(
+    conn: psycopg.Connection,
+    tenant_id: object,
+    backup_path: Path,
+    *,
+    master_key: bytes | None,
+    into_schema: str | None = None,
+    log: Callable[[str], None] = lambda message: None,
+) -> RestoreReport:
+    """Restore ``tenant_id`` from ``backup_path`` into the live tables of ``conn``'s database, or
+    into a new scratch schema ``into_schema``. ``conn`` is an idle admin connection."""
+    tenant = parse_tenant_id(tenant_id)
+    backup_path = Path(backup_path)
+    started = time.monotonic()
+    log(f"tenant {tenant}: verifying {backup_path}")
+    manifest = verify_backup(backup_path, tenant)
+    _preflight_files(backup_path, manifest, master_key)
+    verified_in = time.monotonic() - started
+    check_migrated(conn)
+    schema = "public" if into_schema is None else _valid_schema_name(into_schema)
+    target = f"schema {schema}" if into_schema else f"the live tables of {conn.info.dbname}"
+    report = RestoreReport(str(tenant), manifest["backup_id"], target, verify_seconds=verified_in)
+    stored = {t: _file_schema(backup_path, manifest, t) for t, _ in TABLES}
+
+    adbc = adbc_connect(conn, autocommit=False)
+    try:
+        cur = adbc.cursor()
+
+        def run(statement: sql.Composable) -> None:
+            try:
+                cur.execute(statement.as_string(conn))
+            except adbc_driver_manager.Error as exc:
+                raise TenantPipelinesError(_explain(tenant, "the tables", exc)) from None
+
+        run(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(LOCK_TIMEOUT)))
+        if into_schema is None:
+            run(sql.SQL("SELECT pg_advisory_xact_lock(public.fn_tenant_lock_key({}::uuid))").format(sql.Literal(str(tenant))))
+            _delete_tenant_rows(conn, run, tenant)
+        else:
+            exists = conn.execute("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = %s)", (schema,)).fetchone()[0]
+            if exists:
+                raise InvalidInput(f"schema {schema} exists already; pick a new name for the scratch schema, or drop it")
+            run(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+            run(sql.SQL("REVOKE ALL ON SCHEMA {} FROM PUBLIC").format(sql.Identifier(schema)))
+            for table, _ in TABLES:
+                run(sql.SQL("CREATE TABLE {}.{} (LIKE public.{})").format(
+                    sql.Identifier(schema), sql.Identifier(table), sql.Identifier(table)))
+
+        for table, key_column in TABLES:
+            t0 = time.monotonic()
+            # A scratch table is LIKE the live one, its generated columns made plain: it takes them all.
+            names = _insert_columns(conn, "public", table, stored[table], backup_path,
+                                    include_generated=into_schema is not None)
+            load_schema = _load_schema(stored[table], names)
+            counter, errors = [0], []
+            reader = pa.RecordBatchReader.from_batches(
+                load_schema,
+                _tenant_batches(backup_path, manifest, table, key_column, tenant, master_key, names, load_schema,
+                                counter, errors))
+            try:
+                if into_schema is None and table == "organizations":
+                    _upsert_organization(conn, cur, run, reader, names)
+                else:
+                    cur.adbc_ingest(table, reader, mode="append", db_schema_name=schema)
+            except Exception as exc:
+                if errors:
+                    raise errors[0] from None
+                if isinstance(exc, TenantPipelinesError):
+                    raise
+                raise TenantPipelinesError(_explain(tenant, table, exc)) from None
+            seconds = time.monotonic() - t0
+            report.tables.append(TableRestore(table, counter[0], seconds))
+            rate = f", {counter[0] / seconds:,.0f} rows/s" if seconds > 0 and counter[0] > 1000 else ""
+            log(f"tenant {tenant}: {table}: {counter[0]} rows restored in {seconds:.2f}s{rate}")
+
+        for table, key_column in TABLES:
+            run(sql.SQL("SELECT count(*) FROM {}.{} WHERE {} = {}::uuid").format(
+                sql.Identifier(schema), sql.Identifier(table), sql.Identifier(key_column),
+                sql.Literal(str(tenant))))
+            count = cur.fetchone()[0]
+            if count != manifest["tables"][table]["rows"]:
+                raise TenantPipelinesError(
+                    f"tenant {tenant}: table {table} holds {count} rows after the load, the backup "
+                    f"{manifest['tables'][table]['rows']}; nothing was committed")
+        try:
+            adbc.commit()
+        except adbc_driver_manager.Error as exc:
+            raise TenantPipelinesError(_explain(tenant, "the commit", exc)) from None
+    except BaseException:
+        try:
+            adbc.rollback()
+        except Exception:
+            pass
+        raise
+    finally:
+        try:
+            adbc.close()
+        except Exception:
+            pass
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def _explain(tenant: uuid.UUID, what: str, exc: Exception) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+    if "lock timeout" in text or "55P03" in text:
+        return (f"tenant {tenant}: waited {LOCK_TIMEOUT} for a lock on {what}; a long transaction holds it: find it in "
+                "pg_stat_activity, let it finish, and re-run (nothing was committed)")
+    return f"tenant {tenant}: restoring {what} failed ({text}); nothing was committed"
+
+
+def _delete_tenant_rows(conn: psycopg.Connection, run: Callable[[sql.Composable], None], tenant: uuid.UUID) -> None:
+    """The tenant's rows, children first. Its own usage_events_mt partition is truncated (that
+    locks only the tenant's tables); rows still in DEFAULT are deleted."""
+    partition = "usage_events_mt_t_" + tenant.hex
+    attached = conn.execute(
+        """SELECT EXISTS (SELECT 1 FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+                           WHERE i.inhparent = 'public.usage_events_mt'::regclass AND c.relname = %s)""",
+        (partition,),
+    ).fetchone()[0]
+    literal = sql.Literal(str(tenant))
+    if attached:
+        run(sql.SQL("TRUNCATE public.{}").format(sql.Identifier(partition)))
+        run(sql.SQL("DELETE FROM public.usage_events_mt_default WHERE organization_id = {}::uuid").format(literal))
+    else:
+        run(sql.SQL("DELETE FROM public.usage_events_mt WHERE organization_id = {}::uuid").format(literal))
+    for table, key_column in reversed(TABLES):
+        if table in ("usage_events_mt", "organizations"):
+            continue
+        run(sql.SQL("DELETE FROM public.{} WHERE {} = {}::uuid").format(
+            sql.Identifier(table), sql.Identifier(key_column), literal))
+
+
+def _upsert_organization(conn: psycopg.Connection, cur, run: Callable[[sql.Composable], None],
+                         reader: pa.RecordBatchReader, names: list[str]) -> None:
+    """The organizations row is updated in place, never deleted: tables outside the backup
+    (tenant_schemas, ...) may reference it."""
+    stage = "tp_restore_organizations"
+    run(sql.SQL("CREATE TEMP TABLE {} (LIKE public.organizations) ON COMMIT DROP").format(sql.Identifier(stage)))
+    cur.adbc_ingest(stage, reader, mode="append", db_schema_name="pg_temp")
+    columns = sql.SQL(", ").join(sql.Identifier(n) for n in names)
+    updates = sql.SQL(", ").join(sql.SQL("{} = EXCLUDED.{}").format(sql.Identifier(n), sql.Identifier(n))
+                                 for n in names if n != "id")
+    run(sql.SQL("INSERT INTO public.organizations ({}) SELECT {} FROM {} ON CONFLICT (id) DO UPDATE SET {}").format(
+        columns, columns, sql.Identifier(stage), updates))
+
+
+# -- the restore drill ---------------------------------------------------------------------------
+
+
+@dataclass
+class DrillReport:
+    tenant: str
+    backup_id: str
+    path: Path
+    passed: bool
+    rows: dict[str, int]
+    mismatches: list[str]
+    seconds: float
+
+
+def content_hashes(conn: psycopg.Connection, schema: str, key: bytes | None) -> dict[str, tuple[int, str]]:
+    """Row count and content hash of each backed-up table in ``schema`` (all its rows, in
+    physical order), computed exactly as the backup computed them while writing."""
+    adbc = adbc_connect(conn, autocommit=True)
+    out: dict[str, tuple[int, str]] = {}
+    try:
+        cur = adbc.cursor()
+        cur.execute("SET synchronize_seqscans = off")  # physical order: the order the rows were loaded in
+        for table, _ in TABLES:
+            columns = table_columns(conn, schema, table)
+            reader = stream_table(cur, conn, schema, table, None, None, columns)
+            out_schema = target_schema(columns, reader.schema)
+            hasher = ContentHasher(out_schema, key)
+            rows = 0
+            for batch in reader:
+                batch = normalize_batch(batch, out_schema, f"schema {schema}: table {table}")
+                hasher.update(batch)
+                rows += batch.num_rows
+            reader.close()
+            out[table] = (rows, hasher.hexdigest())
+    finally:
+        adbc.close()
+    return out
+
+
+def restore_drill(
+    conn: psycopg.Connection,
+    backup_path: Path,
+    *,
+    master_key: bytes | None,
+    log: Callable[[str], None] = lambda message: None,
+) -> DrillReport:
+    """Restore a backup into a scratch schema, compare every table's row count and content hash
+    with the manifest, record ``verified.json`` in the backup when all match, and drop the
+    scratch schema in every case."""
+    started = time.monotonic()
+    backup_path = Path(backup_path)
+    manifest = verify_backup(backup_path)
+    tenant = manifest["tenant"]
+    scratch = f"tp_drill_{secrets.token_hex(6)}"
+    key = master_key if manifest["encryption"].get("enabled") else None
+    try:
+        restore_tenant(conn, tenant, backup_path, master_key=master_key, into_schema=scratch, log=log)
+        found = content_hashes(conn, scratch, key)
+    finally:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(scratch)))
+        if not conn.autocommit:
+            conn.commit()
+    mismatches = []
+    for table, entry in manifest["tables"].items():
+        rows, digest = found[table]
+        if rows != entry["rows"]:
+            mismatches.append(f"{table}: {rows} rows restored, the manifest says {entry['rows']}")
+        elif digest != entry["content_hash"]:
+            mismatches.append(f"{table}: the restored content hash differs from the manifest's")
+    seconds = time.monotonic() - started
+    if not mismatches:
+        mark_verified(backup_path, manifest, {"rows": {t: r for t, (r, _) in found.items()},
+                                              "drill_seconds": round(seconds, 3)})
+    return DrillReport(tenant, manifest["backup_id"], backup_path, not mismatches,
+                       {t: r for t, (r, _) in found.items()}, mismatches, seconds)
+
+
+def backup_as_of(root: Path, tenant_id: object, as_of: datetime) -> Path:
+    """The newest verified backup of the tenant taken at or before ``as_of``."""
+    tenant = parse_tenant_id(tenant_id)
+    if as_of.tzinfo is None:
+        as_of = as_of.replace(tzinfo=timezone.utc)
+    backups = list_backups(root, tenant)
+    chosen = [b for b in backups if b.verified and b.taken_at <= as_of]
+    if not chosen:
+        unverified = [b for b in backups if b.taken_at <= as_of]
+        hint = (f"; {len(unverified)} unverified backups are that old: run the backup_restorable check on them, "
+                "or pass one with --backup") if unverified else ""
+        raise BackupInvalid(f"tenant {tenant}: no verified backup taken at or before {as_of.isoformat()} under {root}{hint}")
+    return chosen[-1].path
