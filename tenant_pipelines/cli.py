@@ -1,7 +1,8 @@
 """The ``tenant-pipelines`` command.
 
 Exit codes: 0 success, 1 operation failed, 2 bad input, 3 database unreachable,
-4 migration refused, 130 interrupted.
+4 migration refused (or a restore target not migrated), 5 backup damaged,
+incomplete or another tenant's, 6 backup key missing or wrong, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -9,7 +10,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from datetime import date
+from datetime import date, datetime, timezone
+from pathlib import Path
 from typing import Callable, Sequence
 
 from tenant_pipelines import __version__
@@ -188,6 +190,140 @@ def _ensure_database(dsn: str, name: str) -> None:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
 
 
+# -- backups and restore ------------------------------------------------------------------
+
+
+def _timestamp(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a time like 2026-11-30T12:00:00Z") from None
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    from tenant_pipelines.core.backups import backup_tenant, default_backup_root, load_master_key
+    from tenant_pipelines.core.restore import restore_drill
+    from tenant_pipelines.db.connect import connect
+    from tenant_pipelines.db.target import admin_dsn
+
+    root = Path(args.root).resolve() if args.root else default_backup_root()
+    key = load_master_key()
+    with connect(admin_dsn(), autocommit=True) as conn:
+        report = backup_tenant(conn, args.tenant, root, master_key=key, log=_log)
+        _log(f"tenant {report.tenant}: backed up {report.total_rows} rows ({report.bytes} bytes, "
+             f"{'encrypted' if report.encrypted else 'not encrypted'}) in {report.seconds:.2f}s")
+        for removed in report.removed_by_retention:
+            _log(f"retention removed {removed}")
+        if args.verify:
+            drill = restore_drill(conn, report.path, master_key=key, log=_log)
+            if not drill.passed:
+                raise TenantPipelinesError(f"tenant {report.tenant}: the restore drill of {report.path} failed: "
+                                           + "; ".join(drill.mismatches))
+            _log(f"tenant {report.tenant}: restore drill passed; the backup is marked verified")
+    print(report.path)
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from tenant_pipelines.core.backups import default_backup_root, load_master_key
+    from tenant_pipelines.core.restore import backup_as_of, restore_tenant
+    from tenant_pipelines.db.connect import connect
+    from tenant_pipelines.db.session import parse_tenant_id
+    from tenant_pipelines.db.target import admin_dsn
+
+    tenant = parse_tenant_id(args.tenant)
+    if args.backup:
+        path = Path(args.backup)
+    else:
+        root = Path(args.root).resolve() if args.root else default_backup_root()
+        path = backup_as_of(root, tenant, args.as_of)
+        _log(f"tenant {tenant}: restoring {path.name}, the newest verified backup taken at or before "
+             f"{args.as_of.isoformat()} (a backup, not point-in-time recovery: changes after it are not replayed)")
+    dsn = args.into_database or admin_dsn()
+    with connect(dsn, autocommit=True) as conn:
+        report = restore_tenant(conn, tenant, path, master_key=load_master_key(generate_dev_key=False),
+                                into_schema=args.into_schema, log=_log)
+    _log(f"tenant {tenant}: restored {report.total_rows} rows from backup {report.backup_id} into "
+         f"{report.target} in {report.seconds:.2f}s (checksums verified in {report.verify_seconds:.2f}s)")
+    print("table\trows")
+    for table in report.tables:
+        print(f"{table.table}\t{table.rows}")
+    return 0
+
+
+# -- pgbouncer ------------------------------------------------------------------------------
+
+
+def cmd_pgbouncer_up(args: argparse.Namespace) -> int:
+    from tenant_pipelines.core.pooling import parse_pool_sizes, start_pgbouncer_for
+    from tenant_pipelines.db.target import admin_dsn
+
+    embedded = not database_url_from_env()
+    overrides = parse_pool_sizes(args.pool_size)
+    dsn = admin_dsn(start=embedded, log=_log)
+    print(start_pgbouncer_for(dsn, pool_overrides=overrides, default_pool_size=args.default_pool_size,
+                              manage_app_password=embedded, log=_log))
+    return 0
+
+
+def cmd_pgbouncer_down(args: argparse.Namespace) -> int:
+    from tenant_pipelines.core.pooling import stop_pgbouncer
+
+    _log("stopped PgBouncer" if stop_pgbouncer(log=_log) else "PgBouncer was not running")
+    return 0
+
+
+def cmd_pgbouncer_config(args: argparse.Namespace) -> int:
+    from tenant_pipelines.core.pooling import parse_pool_sizes, pgbouncer_config_text
+    from tenant_pipelines.db.target import admin_dsn
+
+    overrides = parse_pool_sizes(args.pool_size)
+    print(pgbouncer_config_text(admin_dsn(), listen_port=args.port, userlist=args.userlist,
+                                pool_overrides=overrides, default_pool_size=args.default_pool_size), end="")
+    if args.userlist:
+        _log(f"wrote the auth file {args.userlist} (mode 0600): it holds billing_app's SCRAM verifier")
+    return 0
+
+
+def _add_pgbouncer_parser(sub: argparse._SubParsersAction) -> None:
+    from tenant_pipelines.core.pooling import DEFAULT_POOL_SIZE
+
+    pgb = sub.add_parser(
+        "pgbouncer", help="PgBouncer in front of the billing database: start, stop, print its config",
+        description="PgBouncer in transaction pooling mode, with one pool per tier (billing_enterprise, "
+        "billing_growth, billing_starter, billing_free) sized from tier_limits.pool_size, plus billing.",
+    )
+    pgb_sub = pgb.add_subparsers(dest="pgbouncer_command", required=True, metavar="ACTION")
+
+    def pool_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--pool-size", action="append", default=[], metavar="TIER=N",
+                       help="override one tier's pool size (repeatable); default: tier_limits.pool_size")
+        p.add_argument("--default-pool-size", type=int, default=DEFAULT_POOL_SIZE, metavar="N",
+                       help=f"server connections of the plain billing pool (default {DEFAULT_POOL_SIZE})")
+
+    p = pgb_sub.add_parser(
+        "up", help="start PgBouncer (or reuse and reload it); prints billing_app's DSN last",
+        description="Start PgBouncer on a free loopback port in front of the billing database, or reuse "
+        "the one running (reloading it when its configuration changed). Idempotent. The last line on "
+        "stdout is billing_app's DSN to the plain billing pool; use the database billing_<tier> for a tier's pool.",
+    )
+    pool_options(p)
+    p.set_defaults(func=cmd_pgbouncer_up)
+    p = pgb_sub.add_parser("down", help="stop PgBouncer", description="Stop the project's PgBouncer.")
+    p.set_defaults(func=cmd_pgbouncer_down)
+    p = pgb_sub.add_parser(
+        "config", help="print pgbouncer.ini for a PgBouncer of your own",
+        description="Print the pgbouncer.ini the project generates for the billing database (without log "
+        "and pid files), for a PgBouncer you run yourself.",
+    )
+    p.add_argument("--port", type=int, default=None, help="listen_port (default: the project's PgBouncer's, else 6432)")
+    p.add_argument("--userlist", type=Path, default=None, metavar="PATH",
+                   help="also write the auth file there (mode 0600) and name it in the config")
+    pool_options(p)
+    p.set_defaults(func=cmd_pgbouncer_config)
+
+
 # -- parsing ------------------------------------------------------------------------------
 
 
@@ -252,6 +388,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tenant", default=None, help="only this tenant (organization UUID)")
     p.set_defaults(func=cmd_tiering_plan)
 
+    p = sub.add_parser(
+        "backup", help="back one tenant up now (Parquet, encrypted when its config says so)",
+        description="Back one tenant up from one consistent snapshot into "
+        "<root>/tenant=<uuid>/backup=<id>/ (Parquet files and manifest.json), then apply its retention. "
+        "Prints the backup folder. The key comes from $TENANT_PIPELINES_BACKUP_KEY or "
+        "$TENANT_PIPELINES_BACKUP_KEY_FILE (the embedded cluster generates .tenant-pipelines/backup.key).",
+    )
+    p.add_argument("--tenant", required=True, help="organization UUID")
+    p.add_argument("--root", default=None, help="backup root (default $TENANT_PIPELINES_BACKUP_ROOT or .tenant-pipelines/backups)")
+    p.add_argument("--verify", action="store_true", help="run the restore drill on it afterwards and mark it verified")
+    p.set_defaults(func=cmd_backup)
+
+    p = sub.add_parser(
+        "restore", help="restore one tenant from a backup: live tables, a scratch schema or another database",
+        description="Verify a backup (every file's sha256, the tenant, the key) before writing anything, then "
+        "restore the tenant in one transaction: into the live tables (its rows replaced, no other tenant "
+        "touched), into a new scratch schema, or into another, migrated database. Progress on stderr; rows "
+        "per table on stdout. Exit codes: 0 done, 1 failed (nothing committed), 2 bad input, 3 database "
+        "unreachable, 4 target not migrated, 5 backup damaged, incomplete or another tenant's, 6 backup key "
+        "missing or wrong.",
+    )
+    p.add_argument("--tenant", required=True, help="organization UUID")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--backup", metavar="PATH", help="a backup folder, <root>/tenant=<uuid>/backup=<id>")
+    which.add_argument("--as-of", type=_timestamp, metavar="TIMESTAMP",
+                       help="the newest verified backup taken at or before this time (ISO 8601; UTC if no zone)")
+    p.add_argument("--root", default=None, help="backup root searched by --as-of (default as for backup)")
+    into = p.add_mutually_exclusive_group()
+    into.add_argument("--into-schema", metavar="S", help="a new scratch schema in the billing database")
+    into.add_argument("--into-database", metavar="DSN", help="an admin DSN of another, migrated database")
+    p.set_defaults(func=cmd_restore)
+
     demo = sub.add_parser("demo", help="demo data", description="Demo data.")
     demo_sub = demo.add_subparsers(dest="demo_command", required=True, metavar="ACTION")
     p = demo_sub.add_parser(
@@ -278,6 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=3000, help="UI port (default 3000)")
     p.add_argument("--no-ui", action="store_true", help="stop after the main job; do not start the UI")
     p.set_defaults(func=cmd_dev)
+    _add_pgbouncer_parser(sub)
     return parser
 
 
