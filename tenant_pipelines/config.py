@@ -8,6 +8,9 @@ from pathlib import Path
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 DATABASE_URL_ENV = "BILLING_DATABASE_URL"
 STATE_DIR_ENV = "TENANT_PIPELINES_HOME"
+# billing_app's DSN through PgBouncer (`tenant-pipelines pgbouncer up` prints it): when set,
+# tenant_session work in the code location goes through the pooler; admin work never does.
+APP_DATABASE_URL_ENV = "BILLING_APP_DATABASE_URL"
 
 
 def state_dir() -> Path:
@@ -20,6 +23,12 @@ def state_dir() -> Path:
 def database_url_from_env() -> str | None:
     """The admin DSN of a user's own server, or None to use the embedded cluster."""
     value = os.environ.get(DATABASE_URL_ENV, "").strip()
+    return value or None
+
+
+def app_database_url_from_env() -> str | None:
+    """billing_app's pooled DSN (PgBouncer), or None: tenant sessions then use the admin DSN."""
+    value = os.environ.get(APP_DATABASE_URL_ENV, "").strip()
     return value or None
 
 

@@ -1,0 +1,430 @@
+"""Connection pooling: PgBouncer in transaction mode in front of the billing database.
+
+What it pools and how it authenticates, as plain functions:
+
+- one ``[databases]`` alias per tier (``billing_enterprise``, ``billing_growth``,
+  ``billing_starter``, ``billing_free``), sized from ``tier_limits.pool_size``, plus a plain
+  ``billing``. Each alias is a separate pool of server connections: a burst of free-tier
+  clients queues in ``billing_free`` and cannot take the connections enterprise tenants use.
+- ``auth_type = scram-sha-256`` with a userlist that holds the application role's SCRAM
+  verifier, copied from ``pg_authid`` by an admin. PgBouncer checks the client's SCRAM proof
+  against it and re-uses the proof to log in to PostgreSQL: no plain-text password is stored
+  anywhere, and no lookup function is installed in the database.
+
+Transaction pooling is safe here because the tenant context and the tier limits are
+transaction-local (``fn_set_tenant_context``, ``fn_set_tenant_resources``). Only the
+application role goes through the pooler: admin work (migrations, DDL, VACUUM, session
+advisory locks) connects to PostgreSQL directly. docs/pooling.md has the reasoning.
+
+Every name and value that goes into a generated file is checked or quoted here: tier names
+become database names and are refused unless plain; connection-string values are quoted;
+auth-file fields are quoted; nothing with a line break or NUL is written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+from urllib.parse import quote
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+
+from tenant_pipelines import config
+from tenant_pipelines.db.connect import connect
+from tenant_pipelines.db.pgbouncer import PgBouncerProcess, find_pgbouncer
+from tenant_pipelines.db.session import APP_ROLE
+from tenant_pipelines.errors import InvalidInput, TenantPipelinesError
+
+POOLED_DATABASE = "billing"
+# The seed's per-tier pool sizes; the database's tier_limits.pool_size holds the same figures.
+SEED_POOL_SIZES: dict[str, int] = {"enterprise": 50, "growth": 25, "starter": 10, "free": 5}
+DEFAULT_POOL_SIZE = 20  # the plain `billing` alias
+MAX_POOL_SIZE = 10_000
+MAX_CLIENT_CONN = 1000
+DEFAULT_LISTEN_PORT = 6432  # for a config printed for someone else's PgBouncer
+# PgBouncer 1.18 stops reading its auth file at the first field longer than this (it drops
+# every later user), so longer ones are refused; 1,000 bytes was tested.
+MAX_AUTH_FIELD_BYTES = 1000
+STATE_FILE = "pgbouncer.json"
+
+_TIER = re.compile(r"[a-z][a-z0-9_]{0,39}")
+_PLAIN_VALUE = re.compile(r"[A-Za-z0-9_.:/@-]+")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+# -- checking and quoting what goes into the files ------------------------------------------------
+
+
+def tier_alias(tier: str) -> str:
+    """The PgBouncer database (pool) for ``tier``: ``billing_<tier>``. PgBouncer 1.18 reads
+    database names as bare words (a quoted name is a syntax error that stops it loading), so a
+    tier name that is not plain is refused, not quoted."""
+    if not isinstance(tier, str) or not _TIER.fullmatch(tier):
+        raise InvalidInput(
+            f"tier {tier!r}: cannot name a PgBouncer pool; tier names are 1-40 lower-case letters, "
+            "digits or '_', starting with a letter"
+        )
+    return f"{POOLED_DATABASE}_{tier}"
+
+
+def connstr_value(value: str, what: str) -> str:
+    """A value for a ``[databases]`` connection string: bare when plain, else in single quotes
+    with ``'`` doubled (PgBouncer's own quoting). Line breaks and control characters are refused:
+    the file is read line by line."""
+    if not value:
+        raise InvalidInput(f"{what}: empty; PgBouncer refuses empty connection parameters")
+    if _CONTROL.search(value):
+        raise InvalidInput(f"{what} {value!r}: contains a line break or control character; rename it")
+    return value if _PLAIN_VALUE.fullmatch(value) else "'" + value.replace("'", "''") + "'"
+
+
+def ini_path(value: str, what: str) -> str:
+    """A file path for ``[pgbouncer]``: the whole rest of the line is the value, trimmed, with
+    no quoting at all, so it must be absolute, one line and without surrounding blanks."""
+    if _CONTROL.search(value) or value != value.strip() or not value.startswith("/"):
+        raise InvalidInput(
+            f"{what} {value!r}: PgBouncer needs an absolute path on one line, without leading or "
+            "trailing blanks; choose another folder"
+        )
+    return value
+
+
+def auth_field(value: str, what: str) -> str:
+    """A field of the auth file: in double quotes, ``"`` doubled. Line breaks, control
+    characters and over-long values are refused."""
+    if _CONTROL.search(value):
+        raise InvalidInput(f"{what}: contains a line break or control character; PgBouncer's auth file cannot hold it")
+    if len(value.encode()) > MAX_AUTH_FIELD_BYTES:
+        raise InvalidInput(f"{what}: longer than {MAX_AUTH_FIELD_BYTES} bytes; PgBouncer's auth file cannot hold it")
+    return '"' + value.replace('"', '""') + '"'
+
+
+def parse_pool_sizes(items: Sequence[str]) -> dict[str, int]:
+    """``["enterprise=80", "free=2"]`` as ``{"enterprise": 80, "free": 2}``, or a one-line error."""
+    sizes: dict[str, int] = {}
+    for item in items:
+        tier, sep, text = item.partition("=")
+        if not sep:
+            raise InvalidInput(f"pool size {item!r}: write TIER=N, e.g. free=5")
+        tier_alias(tier.strip())
+        sizes[tier.strip()] = _pool_size(text.strip(), f"pool size of tier {tier.strip()}")
+    return sizes
+
+
+def _pool_size(value: object, what: str) -> int:
+    try:
+        size = int(str(value))
+    except ValueError:
+        raise InvalidInput(f"{what}: {value!r} is not a whole number") from None
+    if not 1 <= size <= MAX_POOL_SIZE:
+        raise InvalidInput(f"{what}: {size} is out of range; give 1 to {MAX_POOL_SIZE}")
+    return size
+
+
+# -- the two files ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServerAddress:
+    """Where PgBouncer's server connections go."""
+
+    host: str
+    port: int
+    dbname: str
+
+    @classmethod
+    def from_dsn(cls, dsn: str) -> "ServerAddress":
+        info = conninfo_to_dict(dsn)
+        host = str(info.get("host") or info.get("hostaddr") or "")
+        if not host:
+            raise InvalidInput("the database URL names no host: PgBouncer needs one (host=... or postgresql://HOST/...)")
+        if "," in host:
+            raise InvalidInput(f"the database URL names several hosts ({host}): PgBouncer needs exactly one")
+        return cls(host=host, port=int(info.get("port") or 5432), dbname=str(info.get("dbname") or POOLED_DATABASE))
+
+
+@dataclass(frozen=True)
+class PoolerConfig:
+    server: ServerAddress
+    listen_port: int
+    auth_file: str
+    pool_sizes: Mapping[str, int] = field(default_factory=lambda: dict(SEED_POOL_SIZES))
+    default_pool_size: int = DEFAULT_POOL_SIZE
+    max_client_conn: int = MAX_CLIENT_CONN
+    logfile: str | None = None
+    pidfile: str | None = None
+
+
+def render_pgbouncer_ini(cfg: PoolerConfig) -> str:
+    """The text of pgbouncer.ini: transaction pooling, one pool per tier, SCRAM auth."""
+    server = (
+        f"host={connstr_value(cfg.server.host, 'server host')} port={int(cfg.server.port)} "
+        f"dbname={connstr_value(cfg.server.dbname, 'server database name')}"
+    )
+    databases = [
+        f"{tier_alias(tier)} = {server} pool_size={_pool_size(size, f'pool size of tier {tier}')}"
+        for tier, size in cfg.pool_sizes.items()
+    ]
+    databases.append(f"{POOLED_DATABASE} = {server} pool_size={_pool_size(cfg.default_pool_size, 'default pool size')}")
+    files = [f"auth_file = {ini_path(cfg.auth_file, 'auth file')}"]
+    if cfg.logfile:
+        files.append(f"logfile = {ini_path(cfg.logfile, 'log file')}")
+    if cfg.pidfile:
+        files.append(f"pidfile = {ini_path(cfg.pidfile, 'pid file')}")
+    return "\n".join([
+        ";; PgBouncer for the tenant-pipelines billing database, generated by",
+        ";; `tenant-pipelines pgbouncer`. Edits are overwritten by the next `pgbouncer up`.",
+        ";;",
+        ";; Transaction pooling: a server connection serves one client transaction, then the next",
+        ";; client's. The tenant context and tier limits are transaction-local, so none of them",
+        ";; outlives its transaction. Session state does not survive either: no SET without LOCAL,",
+        ";; session advisory locks, LISTEN, temporary tables across transactions, or named",
+        ";; prepared statements (PgBouncer < 1.21; psycopg: prepare_threshold=None).",
+        ";; Admin work (migrations, DDL, VACUUM) connects to PostgreSQL directly.",
+        "",
+        "[databases]",
+        ";; One pool per tier: its size is the server connections that tier's clients share",
+        ";; (from tier_limits.pool_size). Connect to billing_<tier> for a tenant of that tier.",
+        *databases,
+        "",
+        "[pgbouncer]",
+        "listen_addr = 127.0.0.1",
+        f"listen_port = {int(cfg.listen_port)}",
+        ";; TCP on loopback only, no Unix socket.",
+        "unix_socket_dir =",
+        "pool_mode = transaction",
+        ";; SCRAM all the way: clients prove the password to PgBouncer against the verifier in",
+        ";; auth_file (copied from pg_authid), and PgBouncer re-uses that proof with PostgreSQL.",
+        "auth_type = scram-sha-256",
+        *files,
+        f"max_client_conn = {int(cfg.max_client_conn)}",
+        f"default_pool_size = {_pool_size(cfg.default_pool_size, 'default pool size')}",
+        "reserve_pool_size = 0",
+        ";; Only used in session mode; transaction mode relies on transaction-local state instead.",
+        "server_reset_query = DISCARD ALL",
+        "server_reset_query_always = 0",
+        "ignore_startup_parameters = extra_float_digits",
+        "log_connections = 0",
+        "log_disconnections = 0",
+        "",
+    ])
+
+
+def render_userlist(logins: Mapping[str, str]) -> str:
+    """The text of userlist.txt: one ``"role" "SCRAM verifier or password"`` line per login."""
+    lines = [";; tenant-pipelines: who may log in through PgBouncer (role, SCRAM verifier from pg_authid)"]
+    for role, secret in logins.items():
+        lines.append(f"{auth_field(role, 'role name')} {auth_field(secret, f'password of {role}')}")
+    return "\n".join(lines) + "\n"
+
+
+# -- what the database says ------------------------------------------------------------------------
+
+
+def tier_pool_sizes(conn: psycopg.Connection) -> dict[str, int]:
+    """``tier_limits.pool_size`` per tier, most important tier first."""
+    try:
+        rows = conn.execute("SELECT tier, pool_size FROM tier_limits ORDER BY priority, tier").fetchall()
+    except psycopg.errors.UndefinedTable:
+        raise TenantPipelinesError("the database has no tier_limits table: run 'tenant-pipelines db migrate'") from None
+    if not rows:
+        raise TenantPipelinesError("tier_limits is empty: it needs one row per tier, with its pool_size")
+    return {tier: size for tier, size in rows}
+
+
+def pool_sizes_with_overrides(base: Mapping[str, int], overrides: Mapping[str, int]) -> dict[str, int]:
+    unknown = sorted(set(overrides) - set(base))
+    if unknown:
+        raise InvalidInput(f"tier {unknown[0]!r} is not in tier_limits; known tiers: {', '.join(base)}")
+    return {tier: overrides.get(tier, size) for tier, size in base.items()}
+
+
+def role_scram_secret(conn: psycopg.Connection, role: str) -> str:
+    """The SCRAM verifier PostgreSQL stores for ``role`` (``pg_authid.rolpassword``)."""
+    try:
+        row = conn.execute("SELECT rolpassword FROM pg_authid WHERE rolname = %s", (role,)).fetchone()
+    except psycopg.errors.InsufficientPrivilege:
+        raise TenantPipelinesError(
+            f"reading {role}'s password verifier from pg_authid needs a superuser: "
+            "point BILLING_DATABASE_URL at one, or write PgBouncer's auth file yourself"
+        ) from None
+    if row is None:
+        raise TenantPipelinesError(f"role {role} does not exist: run 'tenant-pipelines db migrate'")
+    if row[0] is None:
+        raise TenantPipelinesError(f"role {role} has no password, so it cannot log in: ALTER ROLE {role} PASSWORD '...'")
+    if not row[0].startswith("SCRAM-SHA-256$"):
+        raise TenantPipelinesError(
+            f"role {role}'s password is not stored as SCRAM: SET password_encryption = 'scram-sha-256', "
+            f"then set it again (ALTER ROLE {role} PASSWORD '...')"
+        )
+    return row[0]
+
+
+def ensure_role_password(conn: psycopg.Connection, role: str, password: str) -> bool:
+    """Give ``role`` this password when it has none. Only its SCRAM verifier is sent (computed
+    here by libpq), never the password. Returns whether it was set."""
+    has = conn.execute("SELECT rolpassword IS NOT NULL FROM pg_authid WHERE rolname = %s", (role,)).fetchone()
+    if has is None:
+        raise TenantPipelinesError(f"role {role} does not exist: run 'tenant-pipelines db migrate'")
+    if has[0]:
+        return False
+    verifier = conn.pgconn.encrypt_password(password.encode(), role.encode(), b"scram-sha-256").decode()
+    conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(role), sql.Literal(verifier)))
+    return True
+
+
+def pooled_dsn(port: int, *, database: str = POOLED_DATABASE, user: str = APP_ROLE, password: str | None = None) -> str:
+    """The DSN of a PgBouncer pool on the loopback: ``postgresql://billing_app[:pw]@127.0.0.1:PORT/DB``."""
+    credentials = quote(user, safe="") + (f":{quote(password, safe='')}" if password else "")
+    return f"postgresql://{credentials}@127.0.0.1:{int(port)}/{quote(database, safe='')}"
+
+
+def connect_pooled(dsn: str, **kwargs: object) -> psycopg.Connection:
+    """A connection through PgBouncer: without server-side prepared statements, which a pooled
+    server connection would not have for the next transaction (PgBouncer < 1.21)."""
+    kwargs.setdefault("prepare_threshold", None)
+    return connect(dsn, **kwargs)
+
+
+# -- running it ------------------------------------------------------------------------------------
+
+
+def pooler_config(
+    conn: psycopg.Connection,
+    admin_dsn: str,
+    *,
+    listen_port: int,
+    auth_file: str,
+    pool_overrides: Mapping[str, int] | None = None,
+    default_pool_size: int = DEFAULT_POOL_SIZE,
+    logfile: str | None = None,
+    pidfile: str | None = None,
+) -> PoolerConfig:
+    """The configuration for ``admin_dsn``'s database, pool sizes read from its tier_limits."""
+    return PoolerConfig(
+        server=ServerAddress.from_dsn(admin_dsn),
+        listen_port=listen_port,
+        auth_file=auth_file,
+        pool_sizes=pool_sizes_with_overrides(tier_pool_sizes(conn), pool_overrides or {}),
+        default_pool_size=_pool_size(default_pool_size, "default pool size"),
+        logfile=logfile,
+        pidfile=pidfile,
+    )
+
+
+def _read_state(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def _write_state(path: Path, state: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(state, fh, indent=2)
+    os.replace(tmp, path)
+
+
+def _password_works(admin_dsn: str, role: str, password: str) -> bool:
+    try:
+        connect(admin_dsn, user=role, password=password).close()
+        return True
+    except TenantPipelinesError:
+        return False
+
+
+def start_pgbouncer_for(
+    admin_dsn: str,
+    *,
+    state_dir: Path | None = None,
+    pool_overrides: Mapping[str, int] | None = None,
+    default_pool_size: int = DEFAULT_POOL_SIZE,
+    manage_app_password: bool = False,
+    log: Callable[[str], None] = lambda message: None,
+) -> str:
+    """Start PgBouncer in front of ``admin_dsn``'s database (or reuse and reload the running one)
+    and return billing_app's DSN to its plain ``billing`` pool; ``billing_<tier>`` are the others.
+
+    With ``manage_app_password`` (the embedded cluster, which is ours), billing_app gets a
+    generated password when it has none, kept in ``pgbouncer.json`` (mode 0600) and put in the
+    DSN. Otherwise the DSN carries no password: the application supplies its own.
+    """
+    find_pgbouncer()  # not installed: say so before touching the database
+    home = state_dir or config.state_dir()
+    state_path = home / STATE_FILE
+    state = _read_state(state_path)
+    process = PgBouncerProcess.in_state_dir(home, log=log)
+    password: str | None = None
+    with connect(admin_dsn, autocommit=True) as conn:
+        if manage_app_password:
+            password = state.get("app_password") or secrets.token_urlsafe(24)
+            if ensure_role_password(conn, APP_ROLE, password):
+                log(f"gave {APP_ROLE} a generated password (kept in {state_path})")
+            elif not _password_works(admin_dsn, APP_ROLE, password):
+                log(f"{APP_ROLE} has a password tenant-pipelines did not set: the DSN carries none, supply it yourself")
+                password = None
+        userlist = render_userlist({APP_ROLE: role_scram_secret(conn, APP_ROLE)})
+        base = pooler_config(
+            conn, admin_dsn, listen_port=DEFAULT_LISTEN_PORT, auth_file=str(process.auth_file),
+            pool_overrides=pool_overrides, default_pool_size=default_pool_size,
+            logfile=str(process.logfile), pidfile=str(process.pidfile),
+        )
+
+    def render(port: int) -> str:
+        return render_pgbouncer_ini(replace(base, listen_port=port))
+
+    render(DEFAULT_LISTEN_PORT)  # refuse a hostile name before anything starts
+    port = process.up(render, userlist, preferred_port=state.get("port"))
+    state.update({"port": port, "folder": str(process.folder)})
+    if password:
+        state["app_password"] = password
+    _write_state(state_path, state)
+    return pooled_dsn(port, password=password)
+
+
+def pgbouncer_config_text(
+    admin_dsn: str,
+    *,
+    listen_port: int | None = None,
+    userlist: Path | None = None,
+    state_dir: Path | None = None,
+    pool_overrides: Mapping[str, int] | None = None,
+    default_pool_size: int = DEFAULT_POOL_SIZE,
+) -> str:
+    """pgbouncer.ini for a PgBouncer of the user's own, in front of ``admin_dsn``'s database:
+    the project's config without its log and pid files. The port defaults to the project's
+    PgBouncer's (6432 when it never ran). With ``userlist``, the auth file is written there
+    (mode 0600) and named in the config; else the config names the project's auth file."""
+    home = state_dir or config.state_dir()
+    process = PgBouncerProcess.in_state_dir(home)
+    port = listen_port or _read_state(home / STATE_FILE).get("port") or DEFAULT_LISTEN_PORT
+    with connect(admin_dsn, autocommit=True) as conn:
+        cfg = pooler_config(
+            conn, admin_dsn, listen_port=port, auth_file=str((userlist or process.auth_file).absolute()),
+            pool_overrides=pool_overrides, default_pool_size=default_pool_size,
+        )
+        text = render_pgbouncer_ini(cfg)
+        if userlist is not None:
+            secret = render_userlist({APP_ROLE: role_scram_secret(conn, APP_ROLE)})
+            fd = os.open(userlist, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secret)
+    return text
+
+
+def stop_pgbouncer(
+    state_dir: Path | None = None, *, immediate: bool = False, log: Callable[[str], None] = lambda m: None
+) -> bool:
+    """Stop the project's PgBouncer (``immediate``: without waiting for open transactions).
+    Returns False when it was not running."""
+    return PgBouncerProcess.in_state_dir(state_dir or config.state_dir(), log=log).down(immediate=immediate)

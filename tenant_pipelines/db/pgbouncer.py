@@ -1,0 +1,244 @@
+"""A project-local PgBouncer process: its folder, start, reuse, reload and stop.
+
+What it pools (the config and auth file text) is decided in ``tenant_pipelines.core.pooling``;
+this module only runs Debian's ``pgbouncer`` binary on those files. Like the embedded
+cluster, it listens on a free loopback port, and PgBouncer refuses to run as root: invoked
+as root, it runs as the ``postgres`` OS user, in a folder that user can reach: the project's
+``.tenant-pipelines/pgbouncer`` when it can, else a per-project folder under ``/var/tmp``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from tenant_pipelines.db.embedded import (
+    OSUser,
+    _chown_tree,
+    _run,
+    can_reach,
+    free_port,
+    port_in_use,
+    server_os_user,
+)
+from tenant_pipelines.errors import TenantPipelinesError
+
+INSTALL_HINT = "install it with 'apt-get install -y pgbouncer' (or run scripts/setup.sh)"
+# Debian installs the binary in /usr/sbin, which is not on every user's PATH.
+SEARCH_DIRS: tuple[str, ...] = ("/usr/sbin", "/usr/local/sbin", "/usr/local/bin", "/usr/bin")
+START_TIMEOUT_S = 15.0
+STOP_TIMEOUT_S = 5.0
+
+
+class PgBouncerError(TenantPipelinesError):
+    pass
+
+
+def find_pgbouncer(search_dirs: tuple[str, ...] | None = None) -> Path:
+    """The ``pgbouncer`` binary: on PATH, or in the sbin folders Debian uses."""
+    found = shutil.which("pgbouncer")
+    if found:
+        return Path(found)
+    for folder in SEARCH_DIRS if search_dirs is None else search_dirs:
+        candidate = Path(folder) / "pgbouncer"
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    raise PgBouncerError(f"PgBouncer is not installed: {INSTALL_HINT}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        comm, _, rest = Path(f"/proc/{pid}/stat").read_text().rpartition(")")
+    except OSError:
+        return True
+    # A recycled pid that now belongs to something else is not ours; and an exited daemon
+    # stays a zombie until whoever adopted it (PID 1, which may never do it) reaps it.
+    return comm.endswith("(pgbouncer") and rest.split()[0] != "Z"
+
+
+def _error_line(text: str) -> str:
+    """The line of PgBouncer's output that says what went wrong: its last ERROR, else its last
+    FATAL (which is often only "cannot load config file"), without the timestamp and pid."""
+    lines = [l.strip() for l in text.splitlines() if l.strip()]
+    chosen = ([l for l in lines if " ERROR " in l] or [l for l in lines if " FATAL " in l] or [""])[-1]
+    for level in (" ERROR ", " FATAL "):
+        if level in chosen:
+            return chosen.split(level, 1)[1]
+    return chosen
+
+
+@dataclass
+class PgBouncerProcess:
+    """One PgBouncer whose files (pgbouncer.ini, userlist.txt, log, pid) live in ``folder``."""
+
+    folder: Path
+    log: Callable[[str], None] = lambda message: None
+
+    @classmethod
+    def in_state_dir(cls, state_dir: Path, log: Callable[[str], None] = lambda m: None) -> "PgBouncerProcess":
+        """The PgBouncer kept beside the project's state: ``state_dir/pgbouncer``, or, when the
+        OS user that runs it cannot reach that folder, ``/var/tmp/tenant-pipelines-<hash>-pgbouncer``."""
+        preferred = state_dir / "pgbouncer"
+        if can_reach(server_os_user(), preferred):
+            return cls(folder=preferred, log=log)
+        digest = hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:12]
+        return cls(folder=Path("/var/tmp") / f"tenant-pipelines-{digest}-pgbouncer", log=log)
+
+    # -- paths -------------------------------------------------------------------------
+    @property
+    def config_file(self) -> Path:
+        return self.folder / "pgbouncer.ini"
+
+    @property
+    def auth_file(self) -> Path:
+        return self.folder / "userlist.txt"
+
+    @property
+    def logfile(self) -> Path:
+        return self.folder / "pgbouncer.log"
+
+    @property
+    def pidfile(self) -> Path:
+        return self.folder / "pgbouncer.pid"
+
+    # -- state ---------------------------------------------------------------------------
+    def running_pid(self) -> int | None:
+        try:
+            pid = int(self.pidfile.read_text().split()[0])
+        except (FileNotFoundError, IndexError, ValueError, PermissionError):
+            return None
+        return pid if _pid_alive(pid) else None
+
+    def _write(self, path: Path, text: str, mode: int, user: OSUser) -> bool:
+        """Write ``text`` to ``path`` atomically, owned by ``user``. Returns whether it changed."""
+        try:
+            if path.read_text() == text:
+                return False
+        except FileNotFoundError:
+            pass
+        tmp = path.with_name(path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.chmod(tmp, mode)
+        if user.uid != os.geteuid():
+            os.chown(tmp, user.uid, user.gid)
+        os.replace(tmp, path)
+        return True
+
+    def _prepare_folder(self, user: OSUser) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.folder, 0o700)  # the auth file holds password verifiers
+        _chown_tree(self.folder, user)
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def up(self, render_config: Callable[[int], str], userlist: str, preferred_port: int | None = None) -> int:
+        """Start PgBouncer with the config ``render_config(port)`` and ``userlist``, or reuse the
+        one running (rewriting both files and reloading it when they changed). Returns its port."""
+        binary = find_pgbouncer()
+        user = server_os_user()
+        self._prepare_folder(user)
+        pid = self.running_pid()
+        if pid is not None:
+            port = self.configured_port()
+            if port is not None:
+                changed = self._write(self.config_file, render_config(port), 0o644, user)
+                changed |= self._write(self.auth_file, userlist, 0o600, user)
+                if changed:
+                    os.kill(pid, signal.SIGHUP)  # re-reads pgbouncer.ini and userlist.txt
+                    self.log(f"reloaded the PgBouncer running on 127.0.0.1:{port} with the new configuration")
+                else:
+                    self.log(f"reusing the PgBouncer running on 127.0.0.1:{port}")
+                return port
+        self.pidfile.unlink(missing_ok=True)
+        tried: list[int] = []
+        for attempt in range(5):
+            port = preferred_port if attempt == 0 and preferred_port else free_port()
+            if port_in_use(port):
+                tried.append(port)
+                continue
+            self._write(self.config_file, render_config(port), 0o644, user)
+            self._write(self.auth_file, userlist, 0o600, user)
+            if self._start(binary, user, port):
+                return port
+            tried.append(port)
+        raise PgBouncerError(f"PgBouncer did not start: ports {tried} were all taken")
+
+    def configured_port(self) -> int | None:
+        try:
+            for line in self.config_file.read_text().splitlines():
+                key, _, value = line.partition("=")
+                if key.strip() == "listen_port":
+                    return int(value.strip())
+        except (FileNotFoundError, ValueError):
+            pass
+        return None
+
+    def _start(self, binary: Path, user: OSUser, port: int) -> bool:
+        """Start the daemon; True once it accepts connections, False when its port was taken."""
+        self.log(f"starting PgBouncer on 127.0.0.1:{port} (files: {self.folder})")
+        log_offset = self.logfile.stat().st_size if self.logfile.exists() else 0
+        proc = _run([str(binary), "-d", str(self.config_file)], user, check=False)
+        if proc.returncode != 0:  # config errors are reported before it daemonises
+            raise PgBouncerError(f"PgBouncer did not start: {_error_line(proc.stderr) or self._log_tail(log_offset)}")
+        started = time.monotonic()
+        while time.monotonic() - started < START_TIMEOUT_S:
+            if "Address already in use" in self._log_tail(log_offset):
+                self.down(immediate=True)
+                return False
+            pid = self.running_pid()
+            if pid is not None:
+                if port_in_use(port):
+                    return True
+            elif self.pidfile.exists() or time.monotonic() - started > 2:
+                break  # it wrote its pid and exited, or never wrote one
+            time.sleep(0.05)
+        raise PgBouncerError(f"PgBouncer did not start: {self._log_tail(log_offset) or 'no log line'} (log: {self.logfile})")
+
+    def _log_tail(self, offset: int = 0) -> str:
+        try:
+            with self.logfile.open("rb") as fh:
+                fh.seek(offset)
+                return _error_line(fh.read().decode(errors="replace"))
+        except (FileNotFoundError, PermissionError):
+            return ""
+
+    def down(self, *, immediate: bool = False) -> bool:
+        """Stop PgBouncer: a safe shutdown (waits for running transactions), then an immediate
+        one after a few seconds. ``immediate`` skips the safe shutdown:
+        open transactions are cut off and roll back. Returns False when it was not running."""
+        pid = self.running_pid()
+        if pid is None:
+            return False
+        signals = (signal.SIGTERM, signal.SIGKILL) if immediate else (signal.SIGINT, signal.SIGTERM, signal.SIGKILL)
+        for sig in signals:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                break
+            deadline = time.monotonic() + STOP_TIMEOUT_S
+            while time.monotonic() < deadline and _pid_alive(pid):
+                time.sleep(0.05)
+            if not _pid_alive(pid):
+                break
+        self.pidfile.unlink(missing_ok=True)
+        return True
+
+    def destroy(self) -> None:
+        """Stop it and remove its folder (used by throwaway test set-ups)."""
+        try:
+            self.down(immediate=True)
+        finally:
+            shutil.rmtree(self.folder, ignore_errors=True)
