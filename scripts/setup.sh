@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up everything the project needs on a fresh Debian/Ubuntu machine; safe to re-run.
 #   - PostgreSQL 15+ server binaries (Debian's `postgresql` package) when none are found
+#   - PgBouncer (Debian's `pgbouncer` package) when it is missing
 #   - a virtualenv in .venv with the project and its pinned dependencies
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,12 +15,25 @@ have_pg_server() {
     compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null
 }
 
+# Debian puts pgbouncer in /usr/sbin, which is not on every user's PATH.
+have_pgbouncer() {
+    command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || [ -x /usr/local/sbin/pgbouncer ]
+}
+
+missing=()
 if ! have_pg_server; then
     log "PostgreSQL server binaries not found: installing Debian's 'postgresql' package"
+    missing+=(postgresql)
+fi
+if ! have_pgbouncer; then
+    log "PgBouncer not found: installing Debian's 'pgbouncer' package"
+    missing+=(pgbouncer)
+fi
+if [ "${#missing[@]}" -gt 0 ]; then
     SUDO=""
     [ "$(id -u)" -eq 0 ] || SUDO="sudo"
     $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq postgresql >/dev/null
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
 PYTHON=${PYTHON:-python3}
