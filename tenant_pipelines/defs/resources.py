@@ -10,6 +10,7 @@ import psycopg
 from psycopg_pool import ConnectionPool
 from pydantic import Field
 
+from tenant_pipelines.config import APP_DATABASE_URL_ENV, app_database_url_from_env
 from tenant_pipelines.db.connect import connect
 from tenant_pipelines.db.session import tenant_session
 from tenant_pipelines.db.target import admin_dsn
@@ -18,16 +19,18 @@ _pools: dict[str, ConnectionPool] = {}
 _pools_lock = threading.Lock()
 
 
-def _pool(dsn: str) -> ConnectionPool:
+def _pool(dsn: str, *, pooler: bool = False) -> ConnectionPool:
     with _pools_lock:
         pool = _pools.get(dsn)
         if pool is None:
-            # Fail fast with a clear message if the server is unreachable.
-            connect(dsn).close()
             # Autocommit: storage operations commit step by step (each attach, each move)
             # and need an idle connection, not one left inside an implicit transaction.
-            pool = ConnectionPool(dsn, min_size=1, max_size=4, open=True, name="billing_db",
-                                  kwargs={"autocommit": True})
+            # Through PgBouncer (transaction mode), no server-side prepared statements: the
+            # next transaction may run on another server connection.
+            kwargs = {"autocommit": True, **({"prepare_threshold": None} if pooler else {})}
+            # Fail fast with a clear message if the server is unreachable.
+            connect(dsn, **kwargs).close()
+            pool = ConnectionPool(dsn, min_size=1, max_size=4, open=True, name="billing_db", kwargs=kwargs)
             _pools[dsn] = pool
         return pool
 
@@ -40,6 +43,11 @@ class BillingDatabase(dg.ConfigurableResource):
     """
 
     dsn: str = Field(default="", description="Admin DSN; empty means BILLING_DATABASE_URL or the embedded cluster")
+    app_dsn: str = Field(
+        default="",
+        description=f"billing_app's DSN through PgBouncer, for tenant sessions; empty means {APP_DATABASE_URL_ENV}, "
+        "or, when that is unset, the admin DSN with SET LOCAL ROLE billing_app",
+    )
 
     def resolved_dsn(self) -> str:
         return self.dsn or admin_dsn()
@@ -52,6 +60,14 @@ class BillingDatabase(dg.ConfigurableResource):
 
     @contextmanager
     def tenant_session(self, tenant_id: object) -> Iterator[psycopg.Connection]:
-        """One transaction as billing_app in ``tenant_id``'s context (RLS applies)."""
-        with self.connection() as conn, tenant_session(conn, tenant_id) as tx:
-            yield tx
+        """One transaction as billing_app in ``tenant_id``'s context (RLS applies): through
+        PgBouncer when an app DSN is set (the transaction-local context is what makes that
+        safe), else on an admin connection with SET LOCAL ROLE. Admin work (DDL, VACUUM,
+        advisory locks held across transactions) always uses ``connection()``, never the pooler."""
+        app_dsn = self.app_dsn or app_database_url_from_env()
+        if app_dsn:
+            with _pool(app_dsn, pooler=True).connection() as conn, tenant_session(conn, tenant_id) as tx:
+                yield tx
+        else:
+            with self.connection() as conn, tenant_session(conn, tenant_id) as tx:
+                yield tx
