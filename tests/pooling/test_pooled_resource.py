@@ -37,3 +37,24 @@ def test_without_a_pooled_dsn_tenant_sessions_use_the_admin_connection(
     tenant = make_tenant(admin_conn, "Direct", tier="free")
     with BillingDatabase(dsn=admin_dsn).tenant_session(tenant) as tx:
         assert tx.execute("SELECT session_user <> current_user, current_user").fetchone() == (True, "billing_app")
+
+
+def test_ingest_through_pgbouncer_keeps_each_batch_with_its_tenant(admin_conn: psycopg.Connection, start_pooler) -> None:
+    """ingest_usage_events' staging table is a TEMP table (session state) created IF NOT EXISTS
+    with ON COMMIT DELETE ROWS: on a pooled server connection the next client finds it, empty."""
+    from datetime import datetime, timezone
+    from decimal import Decimal
+
+    from tenant_pipelines.core.ingest import ingest_usage_events
+    from tenant_pipelines.core.pooling import connect_pooled
+
+    tenants = [make_tenant(admin_conn, f"Ingest {n}") for n in range(2)]
+    pooler = start_pooler(default_pool_size=1)  # one server connection: both clients share it
+    now = datetime.now(timezone.utc)
+    with connect_pooled(pooler.dsn(), autocommit=True) as first, connect_pooled(pooler.dsn(), autocommit=True) as second:
+        for _ in range(2):
+            for conn, tenant, n in ((first, tenants[0], 3), (second, tenants[1], 5)):
+                events = [("api_calls", Decimal(1), now, "{}")] * n
+                assert ingest_usage_events(conn, tenant, events) == n
+    counts = dict(admin_conn.execute("SELECT organization_id, count(*) FROM usage_events_mt GROUP BY 1").fetchall())
+    assert counts == {tenants[0]: 6, tenants[1]: 10}
