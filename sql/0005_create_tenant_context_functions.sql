@@ -12,6 +12,16 @@ AS $$
     SELECT NULLIF(pg_catalog.current_setting('app.current_tenant', true), '')::pg_catalog.uuid
 $$;
 
+-- One advisory lock per tenant serialises a tenant's writers with changes to its partitions
+-- (sql/0007). Why: a writer plans its INSERT with the partition layout of the moment. If a
+-- partition is attached between that and the row's routing (into DEFAULT or the tenant's
+-- _rest), the row fails the partition check and the INSERT errors. So every tenant
+-- transaction takes the lock SHARED here, before any INSERT starts, and attaching takes it
+-- EXCLUSIVE: only that tenant's writers wait, for the attach only; other tenants never do.
+CREATE FUNCTION fn_tenant_lock_key(p_tenant uuid) RETURNS bigint
+    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+AS $$ SELECT pg_catalog.hashtextextended(p_tenant::text, 7364) $$;
+
 -- Enter one tenant's context for the rest of the current transaction. Refuses NULL and
 -- tenants that do not exist. Returns the tenant id so calls can be chained.
 CREATE FUNCTION fn_set_tenant_context(p_tenant_id uuid) RETURNS uuid
@@ -31,6 +41,7 @@ BEGIN
             USING ERRCODE = 'no_data_found',
                   HINT = 'onboard the organization first, or check the id';
     END IF;
+    PERFORM pg_catalog.pg_advisory_xact_lock_shared(public.fn_tenant_lock_key(p_tenant_id));
     RETURN p_tenant_id;
 END
 $$;
@@ -69,6 +80,7 @@ BEGIN
 END
 $$;
 
+ALTER FUNCTION fn_tenant_lock_key(uuid) OWNER TO billing_owner;
 ALTER FUNCTION fn_current_tenant_id() OWNER TO billing_owner;
 ALTER FUNCTION fn_set_tenant_context(uuid) OWNER TO billing_owner;
 ALTER FUNCTION fn_set_tenant_resources(uuid) OWNER TO billing_owner;

@@ -30,38 +30,6 @@ INSERT INTO partition_config DEFAULT VALUES;
 ALTER TABLE partition_config OWNER TO billing_owner;
 GRANT SELECT ON partition_config TO billing_app;
 
--- One advisory lock per tenant serialises a tenant's writers with changes to its partitions.
--- Why: a writer plans its INSERT with the partition layout of the moment. If a partition is
--- attached between that and the row's routing (into DEFAULT or the tenant's _rest), the row
--- fails the partition check and the INSERT errors. So every tenant transaction takes the
--- lock SHARED in fn_set_tenant_context(), before any INSERT starts, and attaching takes it
--- EXCLUSIVE: only that tenant's writers wait, for the attach only; other tenants never do.
-CREATE FUNCTION fn_tenant_lock_key(p_tenant uuid) RETURNS bigint
-    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
-AS $$ SELECT pg_catalog.hashtextextended(p_tenant::text, 7364) $$;
-
-CREATE OR REPLACE FUNCTION fn_set_tenant_context(p_tenant_id uuid) RETURNS uuid
-    LANGUAGE plpgsql VOLATILE SECURITY INVOKER
-    SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    IF p_tenant_id IS NULL THEN
-        RAISE EXCEPTION 'tenant context: the tenant id is NULL'
-            USING ERRCODE = 'null_value_not_allowed',
-                  HINT = 'pass the organization''s UUID';
-    END IF;
-    PERFORM pg_catalog.set_config('app.current_tenant', p_tenant_id::text, true);
-    IF NOT EXISTS (SELECT 1 FROM public.organizations o WHERE o.id = p_tenant_id) THEN
-        PERFORM pg_catalog.set_config('app.current_tenant', '', true);
-        RAISE EXCEPTION 'unknown tenant %', p_tenant_id
-            USING ERRCODE = 'no_data_found',
-                  HINT = 'onboard the organization first, or check the id';
-    END IF;
-    PERFORM pg_catalog.pg_advisory_xact_lock_shared(public.fn_tenant_lock_key(p_tenant_id));
-    RETURN p_tenant_id;
-END
-$$;
-
 -- Where new partitions go: the database's default tablespace here; storage tiering
 -- (sql/0009) replaces this with the hot tier's tablespace.
 CREATE FUNCTION fn_hot_tablespace() RETURNS text
@@ -271,6 +239,5 @@ BEGIN
 END
 $$;
 ALTER FUNCTION fn_tenant_partition_name(uuid) OWNER TO billing_owner;
-ALTER FUNCTION fn_tenant_lock_key(uuid) OWNER TO billing_owner;
 ALTER FUNCTION fn_hot_tablespace() OWNER TO billing_owner;
 ALTER FUNCTION fn_month_partition_name(uuid, date) OWNER TO billing_owner;

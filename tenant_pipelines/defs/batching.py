@@ -1,6 +1,12 @@
 """Runs over many tenants in a bounded number of runs: one run per batch of partition keys."""
 
+from typing import Callable, TypeVar
+
 import dagster as dg
+
+from tenant_pipelines.errors import TenantPipelinesError
+
+T = TypeVar("T")
 
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
@@ -30,3 +36,22 @@ def run_tenant_keys(context: dg.AssetCheckExecutionContext) -> list[str] | None:
         if start in keys and end in keys:
             return keys[keys.index(start): keys.index(end) + 1]
     return None
+
+
+def for_each_tenant(context: dg.AssetExecutionContext, work: Callable[[str], T]) -> list[T]:
+    """Run ``work`` for every tenant of the run. A tenant that fails with a one-line error does
+    not stop the others; the run then fails, listing them, and a re-run is safe."""
+    results, failures = [], []
+    for key in context.partition_keys:
+        try:
+            results.append(work(key))
+        except TenantPipelinesError as exc:
+            failures.append(f"{key}: {exc}")
+            context.log.error(str(exc))
+    if failures:
+        raise dg.Failure(
+            description=f"{len(failures)} of {len(context.partition_keys)} tenants failed; "
+            "the others are done and a re-run is safe",
+            metadata={"failures": dg.MetadataValue.md("\n".join(f"- {f}" for f in failures))},
+        )
+    return results

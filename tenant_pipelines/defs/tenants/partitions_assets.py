@@ -13,7 +13,7 @@ from tenant_pipelines.core.partitions import (
     organization_ids,
 )
 from tenant_pipelines.db.session import parse_tenant_id
-from tenant_pipelines.defs.batching import batched_range_requests, run_tenant_keys
+from tenant_pipelines.defs.batching import batched_range_requests, for_each_tenant, run_tenant_keys
 from tenant_pipelines.defs.resources import BillingDatabase
 from tenant_pipelines.defs.tenants.assets import OWNERS
 from tenant_pipelines.defs.tenants.partitions import tenants_partitions
@@ -39,24 +39,12 @@ _FINISHED = [dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.Dagste
 )
 def tenant_partition(context: dg.AssetExecutionContext, billing_db: BillingDatabase) -> dg.MaterializeResult:
     started = time.monotonic()
-    reports, failures = [], []
     with billing_db.connection() as conn:
-        for key in context.partition_keys:
-            try:
-                reports.append(ensure_tenant_partition(conn, key))
-            except TenantPipelinesError as exc:
-                failures.append(f"{key}: {exc}")
-                context.log.error(str(exc))
+        reports = for_each_tenant(context, lambda key: ensure_tenant_partition(conn, key))
     for report in reports:
         context.log.info(
             f"tenant {report.tenant}: {report.layout}, {len(report.tables_created)} tables created, "
             f"{report.rows_moved} rows moved out of DEFAULT, attached now: {report.attached_now}"
-        )
-    if failures:
-        raise dg.Failure(
-            description=f"{len(failures)} of {len(context.partition_keys)} tenants failed; "
-            "the others are done and a re-run is safe",
-            metadata={"failures": dg.MetadataValue.md("\n".join(f"- {f}" for f in failures))},
         )
     return dg.MaterializeResult(
         metadata={

@@ -6,12 +6,11 @@ from collections import defaultdict
 import dagster as dg
 
 from tenant_pipelines.core.tiering import misplaced, tier_tenant
-from tenant_pipelines.defs.batching import batched_range_requests, run_tenant_keys
+from tenant_pipelines.defs.batching import batched_range_requests, for_each_tenant, run_tenant_keys
 from tenant_pipelines.defs.resources import BillingDatabase
 from tenant_pipelines.defs.tenants.assets import OWNERS
 from tenant_pipelines.defs.tenants.partitions import tenants_partitions
 from tenant_pipelines.defs.tenants.partitions_assets import TENANTS_PER_RUN, tenant_partition
-from tenant_pipelines.errors import TenantPipelinesError
 
 # At most this many tiering steps move partitions at once (dagster.yaml's pool default, or
 # `dagster instance concurrency set tiering N`).
@@ -33,19 +32,8 @@ TIERING_POOL = "tiering"
 )
 def tier_placement(context: dg.AssetExecutionContext, billing_db: BillingDatabase) -> dg.MaterializeResult:
     started = time.monotonic()
-    reports, failures = [], []
     with billing_db.connection() as conn:
-        for key in context.partition_keys:
-            try:
-                reports.append(tier_tenant(conn, key))
-            except TenantPipelinesError as exc:
-                failures.append(f"{key}: {exc}")
-                context.log.error(str(exc))
-    if failures:
-        raise dg.Failure(
-            description=f"{len(failures)} of {len(context.partition_keys)} tenants failed; a re-run is safe",
-            metadata={"failures": dg.MetadataValue.md("\n".join(f"- {f}" for f in failures))},
-        )
+        reports = for_each_tenant(context, lambda key: tier_tenant(conn, key))
     per_tier: dict[str, dict[str, int]] = defaultdict(lambda: {"partitions": 0, "bytes": 0})
     for report in reports:
         for tier, figures in report.placement.items():
