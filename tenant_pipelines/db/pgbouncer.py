@@ -151,17 +151,18 @@ class PgBouncerProcess:
         user = server_os_user()
         self._prepare_folder(user)
         pid = self.running_pid()
-        if pid is not None:
-            port = self.configured_port()
-            if port is not None:
-                changed = self._write(self.config_file, render_config(port), 0o644, user)
-                changed |= self._write(self.auth_file, userlist, 0o600, user)
-                if changed:
-                    os.kill(pid, signal.SIGHUP)  # re-reads pgbouncer.ini and userlist.txt
-                    self.log(f"reloaded the PgBouncer running on 127.0.0.1:{port} with the new configuration")
-                else:
-                    self.log(f"reusing the PgBouncer running on 127.0.0.1:{port}")
-                return port
+        port = self.configured_port() if pid is not None else None
+        if pid is not None and port is not None:
+            changed = self._write(self.config_file, render_config(port), 0o644, user)
+            changed |= self._write(self.auth_file, userlist, 0o600, user)
+            if changed:
+                self._reload(pid)
+                self.log(f"reloaded the PgBouncer running on 127.0.0.1:{port} with the new configuration")
+            else:
+                self.log(f"reusing the PgBouncer running on 127.0.0.1:{port}")
+            return port
+        if pid is not None:  # running, but its config file is gone: start afresh
+            self.down(immediate=True)
         self.pidfile.unlink(missing_ok=True)
         tried: list[int] = []
         for attempt in range(5):
@@ -175,6 +176,19 @@ class PgBouncerProcess:
                 return port
             tried.append(port)
         raise PgBouncerError(f"PgBouncer did not start: ports {tried} were all taken")
+
+    def _reload(self, pid: int) -> None:
+        """SIGHUP: PgBouncer re-reads pgbouncer.ini and userlist.txt. Returns once its log says so."""
+        offset = self.logfile.stat().st_size if self.logfile.exists() else 0
+        os.kill(pid, signal.SIGHUP)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            with self.logfile.open("rb") as fh:
+                fh.seek(offset)
+                if b"got SIGHUP" in fh.read():
+                    return
+            time.sleep(0.02)
+        raise PgBouncerError(f"PgBouncer did not confirm the reload within {START_TIMEOUT_S:.0f} s (log: {self.logfile})")
 
     def configured_port(self) -> int | None:
         try:
