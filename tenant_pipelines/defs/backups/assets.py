@@ -9,7 +9,7 @@ import dagster as dg
 from tenant_pipelines.core.backups import backup_frequencies, backup_tenant, list_backups, tenants_due
 from tenant_pipelines.core.restore import restore_drill
 from tenant_pipelines.defs.backups.resources import BackupStorage
-from tenant_pipelines.defs.batching import run_tenant_keys
+from tenant_pipelines.defs.batching import for_each_tenant, run_tenant_keys
 from tenant_pipelines.defs.resources import BillingDatabase
 from tenant_pipelines.defs.tenants.assets import OWNERS
 from tenant_pipelines.defs.tenants.partitions import tenants_partitions
@@ -46,27 +46,18 @@ def tenant_backup(
     started = time.monotonic()
     root = backup_storage.resolved_root()
     key = backup_storage.master_key()
-    reports, failures = [], []
     with billing_db.connection() as conn:
-        for tenant in context.partition_keys:
-            try:
-                report = backup_tenant(conn, tenant, root, master_key=key, log=context.log.debug)
-            except TenantPipelinesError as exc:
-                failures.append(f"{tenant}: {exc}")
-                context.log.error(str(exc))
-                continue
-            reports.append(report)
+
+        def back_up(tenant: str):
+            report = backup_tenant(conn, tenant, root, master_key=key, log=context.log.debug)
             context.log.info(
                 f"tenant {tenant}: {report.total_rows} rows, {report.bytes} bytes in {report.seconds:.2f}s "
                 f"({report.rows_per_second:,.0f} rows/s) -> {report.path}"
                 + (f"; retention removed {len(report.removed_by_retention)}" if report.removed_by_retention else "")
             )
-    if failures:
-        raise dg.Failure(
-            description=f"{len(failures)} of {len(context.partition_keys)} tenants failed; the others are backed "
-            "up and a re-run is safe",
-            metadata={"failures": dg.MetadataValue.md("\n".join(f"- {f}" for f in failures))},
-        )
+            return report
+
+        reports = for_each_tenant(context, back_up)
     seconds = time.monotonic() - started
     rows = sum(r.total_rows for r in reports)
     metadata: dict = {
