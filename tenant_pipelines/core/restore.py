@@ -13,7 +13,8 @@ transaction on an ADBC connection:
   loaded must belong to the tenant, and the tenant's row counts must equal the manifest's,
   or nothing is committed.
 - **into a scratch schema**: creates the schema (owned by the admin, no privilege for anyone
-  else) with one table per backed-up table (``LIKE`` the live one, no RLS, no keys) and loads.
+  else) with one table per backed-up table (``LIKE`` the live one, no keys or indexes; RLS
+  forced with the usual policy, so the isolation audit holds) and loads.
 
 Another database is restored into the same way as the live one; it must be migrated first.
 """
@@ -225,9 +226,8 @@ def restore_tenant(
                 raise InvalidInput(f"schema {schema} exists already; pick a new name for the scratch schema, or drop it")
             run(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
             run(sql.SQL("REVOKE ALL ON SCHEMA {} FROM PUBLIC").format(sql.Identifier(schema)))
-            for table, _ in TABLES:
-                run(sql.SQL("CREATE TABLE {}.{} (LIKE public.{})").format(
-                    sql.Identifier(schema), sql.Identifier(table), sql.Identifier(table)))
+            for table, key_column in TABLES:
+                _create_scratch_table(run, schema, table, key_column)
 
         for table, key_column in TABLES:
             t0 = time.monotonic()
@@ -312,6 +312,20 @@ def _delete_tenant_rows(conn: psycopg.Connection, run: Callable[[sql.Composable]
             continue
         run(sql.SQL("DELETE FROM public.{} WHERE {} = {}::uuid").format(
             sql.Identifier(table), sql.Identifier(key_column), literal))
+
+
+def _create_scratch_table(run: Callable[[sql.Composable], None], schema: str, table: str, key_column: str) -> None:
+    """A table LIKE the live one, without keys or indexes, owned by the admin. billing_app has
+    no privilege on the schema or the table; RLS is forced with the same tenant_isolation
+    policy all the same, so that the catalog audit (tenant_isolation_holds) holds while a
+    scratch schema exists, and a grant made by mistake still shows nothing."""
+    name = sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(table))
+    run(sql.SQL("CREATE TABLE {} (LIKE public.{})").format(name, sql.Identifier(table)))
+    run(sql.SQL("ALTER TABLE {} ENABLE ROW LEVEL SECURITY").format(name))
+    run(sql.SQL("ALTER TABLE {} FORCE ROW LEVEL SECURITY").format(name))
+    run(sql.SQL("CREATE POLICY tenant_isolation ON {} AS PERMISSIVE FOR ALL TO PUBLIC "
+                "USING ({} = public.fn_current_tenant_id()) WITH CHECK ({} = public.fn_current_tenant_id())").format(
+        name, sql.Identifier(key_column), sql.Identifier(key_column)))
 
 
 def _upsert_organization(conn: psycopg.Connection, cur, run: Callable[[sql.Composable], None],

@@ -31,6 +31,7 @@ from tenant_pipelines.core.backups import (
     tenants_due,
     verify_backup,
 )
+from tenant_pipelines.core.conformance import audit_isolation
 from tenant_pipelines.core.partitions import ensure_tenant_partition
 from tenant_pipelines.core.restore import backup_as_of, restore_drill, restore_tenant
 from tenant_pipelines.db.migrate import migrate
@@ -265,6 +266,7 @@ def test_restore_into_a_scratch_schema_is_closed_to_the_app(admin_conn: psycopg.
     assert not admin_conn.execute("SELECT has_schema_privilege('billing_app', 'scratch_one', 'USAGE')").fetchone()[0]
     with psycopg.connect(app_dsn_for(admin_dsn)) as app, pytest.raises(psycopg.errors.InsufficientPrivilege):
         app.execute("SELECT * FROM scratch_one.usage_events_mt")
+    assert audit_isolation(admin_conn) == [], "a scratch schema passes the isolation audit"
     with pytest.raises(InvalidInput, match="exists already"):
         restore_tenant(admin_conn, tenant, report.path, master_key=KEY, into_schema="scratch_one")
     with pytest.raises(InvalidInput):
