@@ -119,7 +119,7 @@ def load_master_key(*, generate_dev_key: bool | None = None) -> bytes | None:
     ``$TENANT_PIPELINES_BACKUP_KEY`` (base64 of 32 bytes), else the file named by
     ``$TENANT_PIPELINES_BACKUP_KEY_FILE``, else ``.tenant-pipelines/backup.key`` when it exists.
 
-    With the embedded cluster (no ``BILLING_DATABASE_URL``) and ``generate_dev_key`` left at
+    With the embedded cluster (see ``using_embedded_cluster``) and ``generate_dev_key`` left at
     None, a missing key file is generated (mode 0600) so that the demo works. Returns None when
     no key is configured."""
     value = os.environ.get(BACKUP_KEY_ENV, "").strip()
@@ -132,7 +132,7 @@ def load_master_key(*, generate_dev_key: bool | None = None) -> bytes | None:
     if named:
         raise BackupKeyMissing(f"${BACKUP_KEY_FILE_ENV} names {path}, which does not exist; create it or unset it")
     if generate_dev_key is None:
-        generate_dev_key = database_url_from_env() is None
+        generate_dev_key = using_embedded_cluster()
     if not generate_dev_key:
         return None
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -145,6 +145,20 @@ def load_master_key(*, generate_dev_key: bool | None = None) -> bytes | None:
         fh.flush()
         os.fsync(fh.fileno())
     return _decode_key(path.read_text(), str(path))
+
+
+def using_embedded_cluster() -> bool:
+    """Whether the billing database is the embedded cluster: BILLING_DATABASE_URL unset, or set
+    to the embedded cluster's own DSN (as `tenant-pipelines dev` does for the Dagster UI)."""
+    url = database_url_from_env()
+    if url is None:
+        return True
+    from tenant_pipelines.db.target import embedded_cluster
+
+    try:
+        return url == embedded_cluster().dsn("billing")
+    except TenantPipelinesError:
+        return False
 
 
 def key_fingerprint(key: bytes) -> str:

@@ -338,3 +338,24 @@ def test_large_tables_roll_over_into_several_files(admin_conn: psycopg.Connectio
     assert [f["rows"] for f in files] == [50, 50, 24]
     drill = restore_drill(admin_conn, report.path, master_key=KEY)
     assert drill.passed, drill.mismatches
+
+
+def test_the_embedded_cluster_gets_a_generated_key_file_and_nothing_else_does(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tenant_pipelines.core.backups import BACKUP_KEY_ENV, BACKUP_KEY_FILE_ENV, load_master_key
+
+    for name in (BACKUP_KEY_ENV, BACKUP_KEY_FILE_ENV, "BILLING_DATABASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("TENANT_PIPELINES_HOME", str(tmp_path))
+    (tmp_path / "cluster.json").write_text(json.dumps({"port": 5999, "password": "pw"}))
+
+    monkeypatch.setenv("BILLING_DATABASE_URL", "postgresql://someone@db.example:5432/billing")
+    assert load_master_key() is None, "your own server: no key is made up"
+    monkeypatch.setenv("BILLING_DATABASE_URL", "postgresql://postgres:pw@127.0.0.1:5999/billing")  # what `dev` sets
+    key = load_master_key()
+    assert key is not None and len(key) == 32
+    assert (tmp_path / "backup.key").stat().st_mode & 0o777 == 0o600
+    monkeypatch.delenv("BILLING_DATABASE_URL")
+    assert load_master_key() == key, "generated once, then read"
+    monkeypatch.setenv(BACKUP_KEY_ENV, "not base64!")
+    with pytest.raises(BackupKeyMissing, match="32 bytes"):
+        load_master_key()
