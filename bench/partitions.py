@@ -1,0 +1,1017 @@
+#!/usr/bin/env python
+"""Benchmark: tenant partitions of usage_events_mt as the tenant count grows.
+
+One database grows through the scales (10 -> 1,000 -> 10,000 onboarded tenants by default).
+At each scale it measures:
+
+1. onboarding: ensure_tenant_partition() for every new tenant, one by one (tenants/s over the
+   growth step), and the time to onboard ONE more tenant (median of --extra-tenants free-tier
+   tenants with a few events waiting in the DEFAULT partition);
+2. single-tenant query latency as billing_app, planning and execution apart, for a free
+   (single partition) and an enterprise (monthly) tenant: with an explicit organization_id
+   predicate (a literal: pruned at plan time) and with row-level security alone;
+3. the catalog: relations in pg_class, catalog bytes, leaf partitions, relations per tenant;
+4. at one scale (1,000 by default): ingest_usage_events() into usage_events_mt against the flat
+   table with the same indexes and policy, reusing bench/ingest.py's variants and runs.
+
+Targets: onboarding one more tenant < 100 ms at 10,000; explicit-predicate latency at 10,000
+within 1.5x of the figure at 10; RLS-alone planning < 10 ms at 10,000; < 150,000 relations at
+10,000 tenants; ingest >= 0.9x the flat table.
+
+Run on demand:  python bench/partitions.py [--scales 10,1000,10000] [--dsn DSN] [--no-docs]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import math
+import random
+import signal
+import statistics
+import sys
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import psycopg
+from psycopg import sql
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout, not installed
+
+import _harness as h  # noqa: E402  (bench/ is sys.path[0] when run as a script)
+import ingest as ingest_bench  # noqa: E402  (bench/ingest.py: its variants, event generator and runs)
+from tenant_pipelines.core.demo import METRICS  # noqa: E402
+from tenant_pipelines.core.partitions import (  # noqa: E402
+    DEFAULT_PARTITION,
+    attached_tenant_partitions,
+    catalog_size,
+    default_partition_tenants,
+    ensure_tenant_partition,
+    partition_name,
+)
+from tenant_pipelines.db.embedded import BASE_SETTINGS  # noqa: E402
+from tenant_pipelines.db.migrate import migrate  # noqa: E402
+from tenant_pipelines.db.session import APP_ROLE  # noqa: E402
+
+NAME = "partitions"
+PARENT = "usage_events_mt"
+DEFAULT_SCALES = (10, 1_000, 10_000)
+DEFAULT_MIX = "free=70,starter=20,growth=8,enterprise=2"
+PROBE_TIERS = ("free", "enterprise")  # the tenants whose queries are timed: one partition / months
+PROGRESS_EVERY = 250
+IDLE_LOAD = 0.25  # a timed phase waits until fewer cores than this are busy, and is flagged if not
+IDLE_WAIT_S = 30.0  # for at most this long
+INGEST_WARMUP_BATCHES = 100
+MIN_QUERY_SAMPLES = 5
+
+TARGET_SCALE = 10_000
+TARGET_ONBOARD_ONE_MS = 100.0
+TARGET_EXPLICIT_RATIO = 1.5
+TARGET_RLS_PLANNING_MS = 10.0
+TARGET_RELATIONS = 150_000
+TARGET_INGEST_PARITY = 0.9
+
+# Lock-table sizing for the throwaway cluster. A query that cannot prune at plan time (RLS
+# alone) locks every table under usage_events_mt and every leaf's indexes at once: per tenant
+# its partitioned table, plus per leaf the leaf and its 3 indexes. A monthly tenant has 4 month
+# leaves besides _rest (this month and partition_config.premake_months = 3 ahead).
+LOCKS_PER_TENANT = {"single": 1 + 4, "monthly": 1 + 4 * (1 + 4)}
+LOCK_HEADROOM = 2.0
+OTHER_BACKENDS = 3 + 1 + 8  # autovacuum workers, their launcher, max_worker_processes (defaults)
+MONTHLY_TIERS = ("growth", "enterprise")  # tier_limits.partition_by_month; checked after migrating
+
+FUNCTIONS_TRACKED = ("fn_prepare_tenant_partition", "fn_attach_tenant_partition")
+EVENT_SPACING = timedelta(hours=1)
+
+
+# -- tenants -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Tenant:
+    id: uuid.UUID
+    tier: str
+    number: int  # 1-based, in order of creation
+
+    @property
+    def name(self) -> str:
+        return f"Bench tenant {self.number:05d} ({self.tier})"
+
+
+class TierMix:
+    """Deals tiers in fixed proportions, smoothly: each new tenant gets the tier furthest below
+    its share of the tenants dealt so far. The first tenants get one of each tier, rarest first,
+    so that the smallest scale already has a tenant of every tier (and of both layouts)."""
+
+    def __init__(self, shares: dict[str, float]) -> None:
+        total = sum(shares.values())
+        self.shares = {tier: share / total for tier, share in shares.items() if share > 0}
+        self.counts = dict.fromkeys(self.shares, 0)
+
+    def record(self, tier: str) -> None:
+        self.counts[tier] = self.counts.get(tier, 0) + 1
+
+    def deal(self) -> str:
+        dealt = sum(self.counts.values())
+        unseen = [t for t in sorted(self.shares, key=self.shares.__getitem__) if self.counts[t] == 0]
+        tier = unseen[0] if unseen else max(
+            self.shares, key=lambda t: self.shares[t] * (dealt + 1) - self.counts[t])
+        self.record(tier)
+        return tier
+
+
+def new_tenants(rng: random.Random, tiers: Iterable[str], first_number: int) -> list[Tenant]:
+    return [Tenant(uuid.UUID(int=rng.getrandbits(128), version=4), tier, first_number + i)
+            for i, tier in enumerate(tiers)]
+
+
+def create_organizations(conn: psycopg.Connection, tenants: Sequence[Tenant]) -> None:
+    """The organizations and their tier classifications (with the tier's default quotas)."""
+    ids = [t.id for t in tenants]
+    with conn.transaction():
+        conn.execute(
+            "INSERT INTO organizations (id, name) SELECT * FROM unnest(%s::uuid[], %s::text[])",
+            (ids, [t.name for t in tenants]),
+        )
+        conn.execute(
+            """INSERT INTO tenant_classifications (organization_id, tier, monthly_events_limit, storage_quota_gb)
+               SELECT t.id, t.tier, l.monthly_events_limit, l.storage_quota_gb
+                 FROM unnest(%s::uuid[], %s::text[]) AS t (id, tier) JOIN tier_limits l USING (tier)""",
+            (ids, [t.tier for t in tenants]),
+        )
+
+
+def event_rows(tenants: Sequence[Tenant], per_tenant: int, anchor: datetime) -> Iterator[tuple]:
+    """``per_tenant`` recent events per tenant, an hour apart before ``anchor`` (closer together
+    when the month began less than that ago): all in the current month and the last 7 days."""
+    month_start = anchor.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    step = min(EVENT_SPACING, (anchor - month_start) / (per_tenant + 1))
+    for tenant in tenants:
+        for i in range(per_tenant):
+            yield (tenant.id, METRICS[i % len(METRICS)], Decimal(i + 1), anchor - step * (i + 1),
+                   '{"source": "bench"}')
+
+
+def copy_events(conn: psycopg.Connection, rows: Iterable[tuple]) -> int:
+    """COPY into usage_events_mt as the superuser: rows of tenants not onboarded yet land in
+    the DEFAULT partition, the others in their tenant's partition."""
+    written = 0
+    with conn.transaction(), conn.cursor() as cur:
+        with cur.copy(sql.SQL(
+            'COPY {} (organization_id, metric_name, quantity, "timestamp", properties) FROM STDIN'
+        ).format(sql.Identifier(PARENT))) as copy:
+            for row in rows:
+                copy.write_row(row)
+                written += 1
+    return written
+
+
+# -- onboarding ----------------------------------------------------------------------------------
+
+
+def onboard(conn: psycopg.Connection, tenants: Sequence[Tenant], attached_before: int, label: str) -> list[dict]:
+    """ensure_tenant_partition() for each tenant in turn; one record per tenant."""
+    records = []
+    window = time.perf_counter()
+    for done, tenant in enumerate(tenants, 1):
+        started = time.perf_counter()
+        report = ensure_tenant_partition(conn, tenant.id)
+        seconds = time.perf_counter() - started
+        if not report.attached_now:
+            raise SystemExit(f"tenant {tenant.id} was attached already: the database is not the benchmark's")
+        records.append({"tier": tenant.tier, "layout": report.layout, "ms": seconds * 1000,
+                        "tenants_before": attached_before + done - 1, "rows_moved": report.rows_moved})
+        if done % PROGRESS_EVERY == 0 and done < len(tenants):
+            recent = [r["ms"] for r in records[-PROGRESS_EVERY:]]
+            h.log(f"{label}: {done:,}/{len(tenants):,} onboarded; last {PROGRESS_EVERY}: "
+                  f"{PROGRESS_EVERY / (time.perf_counter() - window):,.1f} tenants/s, "
+                  f"median {statistics.median(recent):.1f} ms")
+            window = time.perf_counter()
+    return records
+
+
+def check_all_attached(conn: psycopg.Connection, expected: int) -> None:
+    attached = len(attached_tenant_partitions(conn))
+    waiting = default_partition_tenants(conn)
+    if attached != expected or waiting:
+        raise SystemExit(f"{attached:,} tenant partitions attached (expected {expected:,}); "
+                         f"{len(waiting):,} tenants still have rows in {DEFAULT_PARTITION}")
+
+
+def function_times(conn: psycopg.Connection) -> dict[str, dict]:
+    """Calls and total milliseconds of the onboarding functions run by ``conn``'s backend
+    (track_functions must be on in that session)."""
+    conn.execute("SELECT pg_stat_force_next_flush()")  # flushed when the backend goes idle
+    rows = conn.execute(
+        "SELECT funcname, calls, total_time FROM pg_stat_user_functions WHERE funcname = ANY(%s)",
+        (list(FUNCTIONS_TRACKED),),
+    ).fetchall()
+    found = {name: {"calls": calls, "ms": total} for name, calls, total in rows}
+    return {name: found.get(name, {"calls": 0, "ms": 0.0}) for name in FUNCTIONS_TRACKED}
+
+
+def grow(conn: psycopg.Connection, tenants: list[Tenant], scale: int, mix: TierMix,
+         rng: random.Random, args: argparse.Namespace, anchor: datetime) -> dict:
+    """Bring the database to ``scale`` onboarded tenants: create the new organizations with
+    their events in DEFAULT, then onboard them one by one (timed)."""
+    label = f"{len(tenants):,} -> {scale:,} tenants"
+    added = new_tenants(rng, [mix.deal() for _ in range(scale - len(tenants))], len(tenants) + 1)
+    started = time.perf_counter()
+    create_organizations(conn, added)
+    events = copy_events(conn, event_rows(added, args.events_per_tenant, anchor))
+    setup_seconds = time.perf_counter() - started
+    conn.execute("CHECKPOINT")
+    load = h.wait_until_idle(IDLE_LOAD, timeout=IDLE_WAIT_S)
+    h.log(f"{label}: created {len(added):,} organizations and {events:,} events in DEFAULT "
+          f"({setup_seconds:.1f}s); onboarding them one by one")
+    with h.ResourceProbe(h.local_backend_pid(conn)) as probe:
+        started = time.perf_counter()
+        records = onboard(conn, added, len(tenants), label)
+        seconds = time.perf_counter() - started
+    tenants.extend(added)
+    check_all_attached(conn, len(tenants))
+    h.log(f"{label}: onboarded {len(added):,} in {seconds:.1f}s = {len(added) / seconds:,.1f} tenants/s")
+    return {"from": scale - len(added), "to": scale, "tenants_added": len(added),
+            "events_in_default": events, "setup_seconds": setup_seconds, "seconds": seconds,
+            "tenants_per_second": len(added) / seconds, "load_before_cores": load,
+            "records": records, **probe.as_dict()}
+
+
+def onboard_one_more(conn: psycopg.Connection, tenants: list[Tenant], mix: TierMix,
+                     rng: random.Random, args: argparse.Namespace, anchor: datetime) -> dict:
+    """The time to onboard one more free-tier tenant at the current scale: --extra-tenants of
+    them, each with its events waiting in DEFAULT, onboarded one by one after a VACUUM of the
+    drained DEFAULT partition and a CHECKPOINT."""
+    scale = len(tenants)
+    extra = new_tenants(rng, ["free"] * args.extra_tenants, scale + 1)
+    for _ in extra:
+        mix.record("free")
+    create_organizations(conn, extra)
+    copy_events(conn, event_rows(extra, args.events_per_tenant, anchor))
+    conn.execute(sql.SQL("VACUUM {}").format(sql.Identifier(DEFAULT_PARTITION)))
+    conn.execute("CHECKPOINT")
+    load = h.wait_until_idle(IDLE_LOAD, timeout=IDLE_WAIT_S)
+    before = function_times(conn)
+    records = onboard(conn, extra, scale, f"one more tenant at {scale:,}")
+    after = function_times(conn)
+    tenants.extend(extra)
+    check_all_attached(conn, len(tenants))
+    times = [r["ms"] for r in records]
+    inside = {name: (after[name]["ms"] - before[name]["ms"]) / len(extra) for name in FUNCTIONS_TRACKED}
+    result = {"scale": scale, "samples_ms": times, "median_ms": statistics.median(times),
+              "p95_ms": percentile(times, 95), "max_ms": max(times), "load_before_cores": load,
+              "function_ms_per_tenant": inside,
+              "outside_functions_ms_per_tenant": statistics.mean(times) - sum(inside.values())}
+    h.log(f"one more tenant at {scale:,}: median {result['median_ms']:.1f} ms, p95 {result['p95_ms']:.1f} ms "
+          f"(prepare {inside['fn_prepare_tenant_partition']:.1f} ms, attach {inside['fn_attach_tenant_partition']:.1f} ms)")
+    return result
+
+
+# -- catalog -------------------------------------------------------------------------------------
+
+_TENANT_RELATIONS = """
+WITH tables AS (
+    SELECT t.relid AS oid FROM pg_partition_tree(%(part)s::regclass) t
+    UNION ALL
+    SELECT c.reltoastrelid FROM pg_partition_tree(%(part)s::regclass) t
+      JOIN pg_class c ON c.oid = t.relid
+     WHERE c.reltoastrelid <> 0
+)
+SELECT (SELECT count(*) FROM tables)
+     + (SELECT count(*) FROM pg_index i JOIN tables ON i.indrelid = tables.oid)
+"""
+
+
+def tenant_relations(conn: psycopg.Connection, tenant: Tenant) -> int:
+    """Relations one tenant's partition tree adds to pg_class: tables, partitioned tables,
+    indexes, TOAST tables and their indexes."""
+    part = f"public.{partition_name(tenant.id)}"
+    return conn.execute(_TENANT_RELATIONS, {"part": part}).fetchone()[0]
+
+
+def measure_catalog(conn: psycopg.Connection, tenants: Sequence[Tenant], probes: dict[str, Tenant]) -> dict:
+    catalog = catalog_size(conn)
+    catalog["database_bytes"] = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
+    catalog["tenants"] = len(tenants)
+    catalog["relations_per_tenant"] = {tier: tenant_relations(conn, t) for tier, t in probes.items()}
+    h.log(f"catalog at {len(tenants):,} tenants: {catalog['relations']:,} relations, "
+          f"{h.mib(catalog['catalog_bytes'])} of catalog, {catalog['usage_events_leaves']:,} leaves")
+    return catalog
+
+
+def analyze_parent(conn: psycopg.Connection) -> float:
+    """ANALYZE usage_events_mt (its inheritance statistics and every partition's); seconds."""
+    started = time.perf_counter()
+    conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(PARENT)))
+    return time.perf_counter() - started
+
+
+def lock_capacity(conn: psycopg.Connection) -> dict:
+    """The server's shared lock table: max_locks_per_transaction x (MaxBackends + prepared)."""
+    names = ("max_locks_per_transaction", "max_connections", "autovacuum_max_workers",
+             "max_worker_processes", "max_wal_senders", "max_prepared_transactions")
+    values = dict(conn.execute(
+        "SELECT name, setting::int FROM pg_settings WHERE name = ANY(%s)", (list(names),)).fetchall())
+    backends = sum(values[n] for n in names[1:]) + 1  # + the autovacuum launcher
+    return {**values, "lock_slots": values["max_locks_per_transaction"] * backends}
+
+
+def locks_setting_for(max_scale: int, mix: dict[str, float]) -> int:
+    """max_locks_per_transaction for a throwaway cluster that must hold a query locking every
+    relation under usage_events_mt at ``max_scale`` tenants, with headroom."""
+    total = sum(mix.values())
+    per_tenant = sum(share / total * LOCKS_PER_TENANT["monthly" if tier in MONTHLY_TIERS else "single"]
+                     for tier, share in mix.items())
+    backends = int(BASE_SETTINGS["max_connections"]) + int(BASE_SETTINGS["max_wal_senders"]) + OTHER_BACKENDS
+    wanted = math.ceil(max_scale * per_tenant * LOCK_HEADROOM / backends)
+    return max(64, math.ceil(wanted / 64) * 64)
+
+
+# -- queries -------------------------------------------------------------------------------------
+
+_SINCE = sql.SQL("\"timestamp\" >= now() - interval '7 days'")
+QUERY_KINDS = ("explicit", "rls_only")  # with an organization_id literal; with RLS alone
+
+
+def query_text(kind: str, tenant: Tenant) -> sql.Composed:
+    """The timed query. The explicit variant carries the tenant id as a literal in the SQL
+    text, so the planner prunes to the tenant's partition; RLS alone adds
+    organization_id = fn_current_tenant_id(), which prunes only at executor start-up."""
+    where = _SINCE if kind == "rls_only" else sql.SQL("organization_id = {} AND {}").format(
+        sql.Literal(tenant.id), _SINCE)
+    return sql.SQL("SELECT count(*), sum(quantity) FROM usage_events WHERE {}").format(where)
+
+
+def plan_shape(plan: dict) -> dict:
+    """Leaves scanned and subplans removed at executor start-up, from an EXPLAIN JSON plan."""
+    scanned, removed, stack = [], 0, [plan]
+    while stack:
+        node = stack.pop()
+        removed += node.get("Subplans Removed", 0)
+        if "Relation Name" in node:
+            scanned.append(node["Relation Name"])
+        stack.extend(node.get("Plans", []))
+    return {"leaves_scanned": len(scanned), "subplans_removed_at_startup": removed, "scanned": sorted(scanned)}
+
+
+def explain_as_app(conn: psycopg.Connection, tenant: Tenant, query: sql.Composed, count_locks: bool = False) -> dict:
+    """One EXPLAIN (ANALYZE, FORMAT JSON) of ``query`` as billing_app in ``tenant``'s context,
+    in its own transaction."""
+    with conn.transaction():
+        conn.execute("SELECT fn_set_tenant_context(%s)", (tenant.id,))
+        conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(APP_ROLE)))
+        (output,) = conn.execute(sql.SQL("EXPLAIN (ANALYZE, FORMAT JSON) {}").format(query)).fetchone()
+        locks = (conn.execute("SELECT count(*) FROM pg_locks WHERE pid = pg_backend_pid()").fetchone()[0]
+                 if count_locks else None)
+    top = output[0]
+    return {"planning_ms": top["Planning Time"], "execution_ms": top["Execution Time"],
+            "plan": top["Plan"], "locks": locks}
+
+
+def measure_query(dsn: str, args: argparse.Namespace, tenant: Tenant, kind: str, scale: int) -> dict:
+    """The first run on a fresh connection (cold caches), then up to --query-repeat warm runs
+    within --query-budget seconds (at least 5)."""
+    query = query_text(kind, tenant)
+    label = f"{kind} query, {tenant.tier} tenant, {scale:,} tenants"
+    try:
+        with ingest_bench.connect(dsn, args.synchronous_commit) as conn:
+            with h.ResourceProbe(h.local_backend_pid(conn)) as probe:
+                cold = explain_as_app(conn, tenant, query, count_locks=True)
+                warm, started = [], time.perf_counter()
+                while len(warm) < args.query_repeat and (
+                        len(warm) < MIN_QUERY_SAMPLES or time.perf_counter() - started < args.query_budget):
+                    warm.append(explain_as_app(conn, tenant, query))
+    except psycopg.errors.OutOfMemory as exc:  # out of shared memory: the lock table is full
+        h.log(f"{label}: failed: {exc.diag.message_primary} ({exc.diag.message_hint})")
+        return {"kind": kind, "tier": tenant.tier, "error": f"{exc.diag.message_primary}: {exc.diag.message_hint}"}
+    planning = [r["planning_ms"] for r in warm]
+    execution = [r["execution_ms"] for r in warm]
+    result = {
+        "kind": kind, "tier": tenant.tier, "tenant": str(tenant.id), "samples": len(warm),
+        "planning_median_ms": statistics.median(planning), "planning_p95_ms": percentile(planning, 95),
+        "execution_median_ms": statistics.median(execution), "execution_p95_ms": percentile(execution, 95),
+        "cold_planning_ms": cold["planning_ms"], "cold_execution_ms": cold["execution_ms"],
+        "locks_held": cold["locks"], "planning_ms": planning, "execution_ms": execution,
+        **plan_shape(warm[-1]["plan"]), **probe.as_dict(),
+    }
+    result["total_median_ms"] = statistics.median(p + e for p, e in zip(planning, execution))
+    h.log(f"{label}: planning median {result['planning_median_ms']:.2f} ms, execution median "
+          f"{result['execution_median_ms']:.2f} ms ({len(warm)} runs; cold planning {cold['planning_ms']:.1f} ms, "
+          f"{cold['locks']:,} locks held)")
+    return result
+
+
+def probe_tenants(tenants: Sequence[Tenant]) -> dict[str, Tenant]:
+    """The first tenant of each PROBE_TIERS tier: the same tenants at every scale."""
+    probes = {}
+    for tier in PROBE_TIERS:
+        found = next((t for t in tenants if t.tier == tier), None)
+        if found is not None:
+            probes[tier] = found
+    return probes
+
+
+# -- ingest ----------------------------------------------------------------------------------------
+
+
+def measure_ingest(admin: psycopg.Connection, dsn: str, tenants: Sequence[Tenant], args: argparse.Namespace) -> dict:
+    """bench/ingest.py's subject and baseline A, in alternating order after one warm-up round,
+    into the emptied tables, with all ``tenants`` onboarded. Drops the flat table afterwards."""
+    variants = [v for v in ingest_bench.VARIANTS if v.key in ("subject", "flat_rls")]
+    day = admin.execute("SELECT date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'").fetchone()[0]
+    ingest_bench.create_flat_table(admin)
+    ingest_bench.check_flat_matches(admin)
+    batches = ingest_bench.generate_batches([t.id for t in tenants], args.ingest_events, args.ingest_batch,
+                                            args.seed, day)
+    h.log(f"ingest at {len(tenants):,} tenants: {args.ingest_events:,} events in {len(batches):,} batches")
+    warmup = batches[:INGEST_WARMUP_BATCHES]
+    for variant in variants:
+        ingest_bench.run_once(variant, warmup, admin, dsn, args.synchronous_commit, "ingest warm-up")
+    runs = []
+    for round_ in range(args.ingest_repeat):
+        for variant in variants if round_ % 2 == 0 else reversed(variants):
+            run = ingest_bench.run_once(variant, batches, admin, dsn, args.synchronous_commit,
+                                        f"ingest round {round_ + 1}/{args.ingest_repeat}")
+            run.pop("leaves", None)  # one line per leaf: too much for the results file at 1,000 tenants
+            runs.append(run)
+    admin.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(ingest_bench.FLAT_TABLE)))
+    del batches
+    gc.collect()
+    keys = [v.key for v in variants]
+    clean = [r for r in runs if not r.get("disturbed")]
+    clean_basis = all(any(r["variant"] == key for r in clean) for key in keys)
+    counted = clean if clean_basis else runs
+    medians = {key: statistics.median(r["rows_per_second"] for r in counted if r["variant"] == key)
+               for key in keys}
+    return {"tenants": len(tenants), "events": args.ingest_events, "batch": args.ingest_batch,
+            "repeat": args.ingest_repeat, "runs": runs,
+            "basis": "undisturbed runs" if clean_basis else "all runs (a variant had no undisturbed run)",
+            "median_rows_per_second": medians, "labels": {v.key: v.label for v in variants},
+            "ratio_subject_to_flat_rls": medians["subject"] / medians["flat_rls"]}
+
+
+# -- the benchmark ---------------------------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], pct: float) -> float:
+    """Nearest-rank percentile."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(pct / 100 * len(ordered)) - 1)]
+
+
+def check_tiers(conn: psycopg.Connection, mix: dict[str, float]) -> dict[str, bool]:
+    """The tiers and which are split by month, from tier_limits; the mix must use real tiers."""
+    by_month = dict(conn.execute("SELECT tier, partition_by_month FROM tier_limits ORDER BY tier").fetchall())
+    unknown = sorted(set(mix) - set(by_month))
+    if unknown:
+        raise SystemExit(f"--mix names tiers that tier_limits does not have: {', '.join(unknown)} "
+                         f"(tiers: {', '.join(by_month)})")
+    if {t for t, monthly in by_month.items() if monthly} != set(MONTHLY_TIERS):
+        h.log("note: tier_limits.partition_by_month differs from MONTHLY_TIERS; the lock estimate may be off")
+    return by_month
+
+
+def measure_scale(admin: psycopg.Connection, dsn: str, tenants: list[Tenant], scale: int, mix: TierMix,
+                  rng: random.Random, args: argparse.Namespace, anchor: datetime) -> dict:
+    growth = grow(admin, tenants, scale, mix, rng, args, anchor)
+    probes = probe_tenants(tenants)
+    catalog = measure_catalog(admin, tenants, probes)
+    analyze_seconds = analyze_parent(admin)
+    h.log(f"ANALYZE {PARENT} at {scale:,} tenants: {analyze_seconds:.1f}s")
+    load = h.wait_until_idle(IDLE_LOAD, timeout=IDLE_WAIT_S)
+    queries = [measure_query(dsn, args, tenant, kind, scale) for tenant in probes.values() for kind in QUERY_KINDS]
+    result = {"scale": scale, "tiers": dict(sorted(Counter(t.tier for t in tenants).items())),
+              "growth": growth, "catalog": catalog, "analyze_seconds": analyze_seconds,
+              "load_before_queries_cores": load, "queries": queries}
+    if scale == args.ingest_at and args.ingest_events:
+        result["ingest"] = measure_ingest(admin, dsn, tenants, args)
+        # The runs emptied usage_events_mt: give the tenants their events back, in their partitions.
+        copy_events(admin, event_rows(tenants, args.events_per_tenant, anchor))
+    result["one_more"] = onboard_one_more(admin, tenants, mix, rng, args, anchor)
+    return result
+
+
+def benchmark(args: argparse.Namespace, dsn: str, server_kind: str) -> dict:
+    with ingest_bench.connect(dsn, args.synchronous_commit) as admin:
+        if not admin.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()[0]:
+            raise SystemExit("the DSN must be a superuser's: the benchmark migrates, creates partitions, "
+                             "checkpoints and reads function statistics")
+        h.log("migrating the scratch database")
+        migrate(admin)
+        tiers = check_tiers(admin, args.mix)
+        admin.execute("SET track_functions = 'pl'")  # prepare/attach time of the onboarding functions
+        server, locks = h.server_info(admin), lock_capacity(admin)
+        h.log(f"server: {server['version']}; lock table: {locks['lock_slots']:,} slots "
+              f"(max_locks_per_transaction={locks['max_locks_per_transaction']})")
+        anchor = admin.execute("SELECT now()").fetchone()[0]
+        mix, rng, tenants = TierMix(args.mix), random.Random(args.seed), []
+        baseline = measure_catalog(admin, tenants, {})
+        started = time.perf_counter()
+        scales = [measure_scale(admin, dsn, tenants, scale, mix, rng, args, anchor) for scale in args.scales]
+        return {
+            "benchmark": NAME,
+            "command": command_line(args),
+            "parameters": {k: v for k, v in vars(args).items() if k not in ("dsn", "no_docs")},
+            "targets": targets(scales),
+            "machine": h.machine_info(),
+            "server": server,
+            "server_kind": server_kind,
+            "lock_capacity": locks,
+            "tier_by_month": tiers,
+            "events_anchor": anchor.isoformat(),
+            "catalog_before_tenants": baseline,
+            "scales": scales,
+            "seconds": time.perf_counter() - started,
+            "python_peak_rss_bytes": h.python_peak_rss(),
+        }
+
+
+# -- targets ---------------------------------------------------------------------------------------
+
+
+def _query(scale: dict, kind: str, tier: str) -> dict | None:
+    return next((q for q in scale["queries"] if q["kind"] == kind and q["tier"] == tier and "error" not in q), None)
+
+
+def targets(scales: list[dict]) -> list[dict]:
+    """Each target: what is required, what was measured at the largest scale, met or not."""
+    first, last = scales[0], scales[-1]
+    out = [{
+        "target": f"Onboard one more tenant at {last['scale']:,} tenants (median)",
+        "required": f"< {TARGET_ONBOARD_ONE_MS:.0f} ms", "measured_value": last["one_more"]["median_ms"],
+        "measured": f"{last['one_more']['median_ms']:.1f} ms",
+        "met": last["one_more"]["median_ms"] < TARGET_ONBOARD_ONE_MS,
+        "margin": _margin(last["one_more"]["median_ms"], TARGET_ONBOARD_ONE_MS),
+    }]
+    for tier in PROBE_TIERS:
+        small, large = _query(first, "explicit", tier), _query(last, "explicit", tier)
+        if small and large:
+            ratio = large["total_median_ms"] / small["total_median_ms"]
+            out.append({
+                "target": f"Explicit predicate, {tier} tenant: planning + execution at {last['scale']:,} "
+                          f"vs {first['scale']:,} tenants (medians)",
+                "required": f"≤ {TARGET_EXPLICIT_RATIO}×", "measured_value": ratio,
+                "measured": f"{ratio:.2f}× ({small['total_median_ms']:.2f} → {large['total_median_ms']:.2f} ms)",
+                "met": ratio <= TARGET_EXPLICIT_RATIO, "margin": _margin(ratio, TARGET_EXPLICIT_RATIO),
+            })
+    for tier in PROBE_TIERS:
+        rls = _query(last, "rls_only", tier)
+        failed = next((q for q in last["queries"] if q["kind"] == "rls_only" and q["tier"] == tier and "error" in q), None)
+        if rls or failed:
+            value = rls["planning_median_ms"] if rls else None
+            out.append({
+                "target": f"RLS alone, {tier} tenant: planning at {last['scale']:,} tenants (median)",
+                "required": f"< {TARGET_RLS_PLANNING_MS:.0f} ms", "measured_value": value,
+                "measured": f"{value:,.1f} ms" if rls else f"failed: {failed['error']}",
+                "met": bool(rls) and value < TARGET_RLS_PLANNING_MS,
+                "margin": _margin(value, TARGET_RLS_PLANNING_MS) if rls else "",
+            })
+    relations = last["catalog"]["relations"]
+    out.append({
+        "target": f"Relations in pg_class at {last['scale']:,} tenants", "required": f"< {TARGET_RELATIONS:,}",
+        "measured_value": relations, "measured": f"{relations:,}", "met": relations < TARGET_RELATIONS,
+        "margin": _margin(relations, TARGET_RELATIONS),
+    })
+    ingest = next((s["ingest"] for s in scales if "ingest" in s), None)
+    if ingest:
+        ratio = ingest["ratio_subject_to_flat_rls"]
+        out.append({
+            "target": f"Ingest with {ingest['tenants']:,} tenants onboarded: usage_events_mt vs flat table + RLS",
+            "required": f"≥ {TARGET_INGEST_PARITY}×", "measured_value": ratio, "measured": f"{ratio:.3f}×",
+            "met": ratio >= TARGET_INGEST_PARITY, "margin": _margin(ratio, TARGET_INGEST_PARITY, minimum=True),
+        })
+    if last["scale"] != TARGET_SCALE:
+        for entry in out:
+            entry["target"] += f" (the targets are set for {TARGET_SCALE:,})"
+    return out
+
+
+def _margin(measured: float, limit: float, *, minimum: bool = False) -> str:
+    """How far from the limit, as a share of it: '43% under the limit', '4.1× the limit',
+    or for a minimum ('≥' targets) '4% above the minimum', '10% short of the minimum'."""
+    ratio = measured / limit
+    if minimum:
+        return (f"{_percent(ratio - 1)} above the minimum" if ratio >= 1
+                else f"{_percent(1 - ratio)} short of the minimum")
+    if ratio <= 1:
+        return f"{_percent(1 - ratio)} under the limit"
+    return f"{ratio:.1f}× the limit" if ratio >= 2 else f"{_percent(ratio - 1)} over the limit"
+
+
+def _percent(share: float) -> str:
+    return f"{share * 100:.1f}%" if share < 0.1 else f"{share * 100:.0f}%"
+
+
+# -- report ----------------------------------------------------------------------------------------
+
+
+def _ms(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.2f}" if value < 10 else f"{value:.1f}" if value < 100 else f"{value:,.0f}"
+
+
+def _verdict(entry: dict) -> str:
+    return "**met**" if entry["met"] else "**missed**"
+
+
+def _layout_medians(records: list[dict]) -> str:
+    parts = []
+    for layout in ("single", "monthly"):
+        times = [r["ms"] for r in records if r["layout"] == layout]
+        parts.append(_ms(statistics.median(times)) if times else "–")
+    return " / ".join(parts)
+
+
+def onboarding_buckets(records: list[dict], size: int = 1_000) -> list[list[str]]:
+    """Per-tenant onboarding time by how many tenants were attached already, in buckets."""
+    buckets: dict[int, list[dict]] = {}
+    for r in records:
+        buckets.setdefault(r["tenants_before"] // size, []).append(r)
+    rows = []
+    for key in sorted(buckets):
+        group = buckets[key]
+        times = [r["ms"] for r in group]
+        rows.append([f"{key * size:,}–{key * size + size - 1:,}", f"{len(group):,}", _ms(statistics.median(times)),
+                     _ms(percentile(times, 95)), _layout_medians(group),
+                     f"{len(group) / (sum(times) / 1000):,.1f}"])
+    return rows
+
+
+def render_markdown(results: dict) -> str:
+    m, srv, scales = results["machine"], results["server"], results["scales"]
+    p = results["parameters"]
+    mix = ", ".join(f"{share:g}% {tier}" for tier, share in p["mix"].items())
+    monthly = sorted(t for t, by_month in results["tier_by_month"].items() if by_month)
+    out = [
+        "# Benchmark: tenant partitions at scale",
+        "",
+        f"Generated by `bench/partitions.py` on {m['date_utc']}; re-run it to refresh this page "
+        "(see [bench/README.md](../../bench/README.md)). Command:",
+        "",
+        f"    {results['command']}",
+        "",
+        f"One database grows through {', '.join(f'{s:,}' for s in p['scales'])} onboarded tenants "
+        f"(whole run: {results['seconds'] / 60:.1f} min). Tier mix: {mix} of the tenants, dealt "
+        f"smoothly, the first four tenants one of each tier; {', '.join(monthly)} tenants are split by "
+        "month (`tier_limits.partition_by_month`: a partition per month, this one and "
+        "`partition_config.premake_months` ahead, besides `_rest`), the others keep one partition "
+        f"(`_rest`). Each tenant gets {p['events_per_tenant']} usage events in the current month, "
+        "inserted as the superuser before it is onboarded, so they wait in the DEFAULT partition.",
+        "",
+        "## Targets",
+        "",
+        h.markdown_table(["Target", "Required", "Measured", "Result", "Margin"],
+                         [[t["target"], t["required"], t["measured"], _verdict(t), t["margin"]]
+                          for t in results["targets"]]),
+        "",
+        *render_onboarding(results),
+        *render_queries(results),
+        *render_catalog(results),
+        *render_ingest(results),
+        *render_setup(results),
+    ]
+    return "\n".join(out)
+
+
+def render_onboarding(results: dict) -> list[str]:
+    scales = results["scales"]
+    growth_rows = [
+        [f"{g['from']:,} → {g['to']:,}", f"{g['tenants_added']:,}", f"{g['setup_seconds']:.1f}",
+         f"{g['seconds']:.1f}", f"{g['tenants_per_second']:,.1f}",
+         _ms(statistics.median(r["ms"] for r in g["records"])), _ms(percentile([r["ms"] for r in g["records"]], 95)),
+         _layout_medians(g["records"]), h.mib(g["backend_peak_private_bytes"])]
+        for g in (s["growth"] for s in scales)
+    ]
+    one_more_rows = [
+        [f"{o['scale']:,}", len(o["samples_ms"]), _ms(o["median_ms"]), _ms(o["p95_ms"]), _ms(o["max_ms"]),
+         _ms(o["function_ms_per_tenant"]["fn_prepare_tenant_partition"]),
+         _ms(o["function_ms_per_tenant"]["fn_attach_tenant_partition"]),
+         _ms(o["outside_functions_ms_per_tenant"])]
+        for o in (s["one_more"] for s in scales)
+    ]
+    largest = max(scales, key=lambda s: s["growth"]["tenants_added"])["growth"]
+    return [
+        "## Onboarding",
+        "",
+        "`ensure_tenant_partition(conn, tenant)` for each new tenant in turn, on one superuser "
+        "connection: (1) `fn_prepare_tenant_partition` creates the tenant's partition standalone "
+        "(and its months), (2) `fn_attach_tenant_partition` moves its rows out of DEFAULT and ATTACHes "
+        "it, two transactions. *Set-up* (creating the organizations and their events, not timed as "
+        "onboarding) and *onboarding* are wall-clock seconds; the rate is tenants onboarded per second "
+        "of onboarding. During a growth step the DEFAULT partition starts with every new tenant's "
+        "events and is drained as they are onboarded.",
+        "",
+        h.markdown_table(
+            ["Growth step", "Tenants", "Set-up s", "Onboarding s", "Tenants/s", "Median ms", "p95 ms",
+             "Median ms single / monthly", "Backend peak private"],
+            growth_rows, "lrrrrrrrr"),
+        "",
+        "### Onboarding one more tenant",
+        "",
+        f"At each scale, {len(scales[0]['one_more']['samples_ms'])} more free-tier tenants, each with "
+        f"{results['parameters']['events_per_tenant']} events waiting in DEFAULT, onboarded one by one "
+        "after a `VACUUM` of the drained DEFAULT partition and a `CHECKPOINT`. Time per call of "
+        "`ensure_tenant_partition`, and its split from `pg_stat_user_functions` (mean per tenant): inside "
+        "`fn_prepare_tenant_partition`, inside `fn_attach_tenant_partition`, and outside both (round "
+        "trips, BEGIN/COMMIT, commit-time work).",
+        "",
+        h.markdown_table(
+            ["Tenants onboarded", "Samples", "Median ms", "p95 ms", "Max ms", "prepare ms", "attach ms",
+             "outside ms"],
+            one_more_rows, "rrrrrrrr"),
+        "",
+        f"### Time per tenant as the count grows ({largest['from']:,} → {largest['to']:,})",
+        "",
+        "Bucketed by how many tenants were attached before the tenant was onboarded; the rate is "
+        "tenants per second of onboarding time in the bucket.",
+        "",
+        h.markdown_table(["Tenants attached before", "Tenants", "Median ms", "p95 ms",
+                          "Median ms single / monthly", "Tenants/s"],
+                         onboarding_buckets(largest["records"]), "lrrrrr"),
+        "",
+    ]
+
+
+def render_queries(results: dict) -> list[str]:
+    rows = []
+    for s in results["scales"]:
+        for q in s["queries"]:
+            if "error" in q:
+                rows.append([f"{s['scale']:,}", f"{s['catalog']['usage_events_leaves']:,}", q["tier"],
+                             q["kind"], "failed", q["error"], "", "", "", "", "", "", ""])
+                continue
+            rows.append([
+                f"{s['scale']:,}", f"{s['catalog']['usage_events_leaves']:,}", q["tier"], q["kind"],
+                _ms(q["planning_median_ms"]), _ms(q["planning_p95_ms"]), _ms(q["execution_median_ms"]),
+                _ms(q["execution_p95_ms"]), _ms(q["cold_planning_ms"]), q["samples"],
+                f"{q['leaves_scanned']} / {q['subplans_removed_at_startup']:,}", f"{q['locks_held']:,}",
+                h.mib(q["backend_peak_private_bytes"]),
+            ])
+    return [
+        "## Single-tenant query latency",
+        "",
+        "As billing_app: in a transaction, `SELECT fn_set_tenant_context(tenant)`, `SET LOCAL ROLE "
+        "billing_app`, then `EXPLAIN (ANALYZE, FORMAT JSON)` of the query; *Planning Time* and "
+        "*Execution Time* as the server reports them (tier limits are not applied). Queries:",
+        "",
+        "- **explicit**: `SELECT count(*), sum(quantity) FROM usage_events WHERE organization_id = "
+        "'<tenant>'::uuid AND \"timestamp\" >= now() - interval '7 days'`. The tenant id is a literal "
+        "in the SQL text (`psycopg.sql.Literal`), so the planner prunes to the tenant's partition.",
+        "- **rls_only**: the same without the `organization_id` predicate: the tenant comes from the "
+        "policy alone (`organization_id = fn_current_tenant_id()`, STABLE), which prunes only at "
+        "executor start-up: the planner plans every leaf.",
+        "",
+        f"Each series runs on a fresh connection: the first run (*cold*) fills that backend's caches "
+        f"and is not counted; then up to {results['parameters']['query_repeat']} warm runs, stopping "
+        f"after {results['parameters']['query_budget']:g}s with at least {MIN_QUERY_SAMPLES}. The free "
+        "tenant has one leaf (`_rest`); the enterprise tenant has `_rest` and its month leaves. "
+        "*Leaves scanned / removed* are from the last warm plan: leaves in the plan, and subplans removed at "
+        "executor start-up. *Locks* are the locks the cold run's transaction held; *backend private* is "
+        "the sampled peak of the serving backend's private memory over the series (its caches of "
+        "every partition it planned).",
+        "",
+        h.markdown_table(
+            ["Tenants", "Leaves", "Tenant", "Query", "Planning median ms", "Planning p95 ms",
+             "Execution median ms", "Execution p95 ms", "Cold planning ms", "Runs",
+             "Leaves scanned / removed", "Locks", "Backend private"],
+            rows, "rrllrrrrrrrrr"),
+        "",
+    ]
+
+
+def render_catalog(results: dict) -> list[str]:
+    rows, previous = [], results["catalog_before_tenants"]
+    rows.append(["0", f"{previous['relations']:,}", h.mib(previous["catalog_bytes"]),
+                 h.mib(previous["database_bytes"]), f"{previous['usage_events_leaves']:,}", "–", "–", "–"])
+    for s in results["scales"]:
+        c = s["catalog"]
+        per_tenant = (c["relations"] - previous["relations"]) / (c["tenants"] - previous["tenants"])
+        rows.append([f"{c['tenants']:,}", f"{c['relations']:,}", h.mib(c["catalog_bytes"]),
+                     h.mib(c["database_bytes"]), f"{c['usage_events_leaves']:,}",
+                     f"{per_tenant:.1f}",
+                     " / ".join(str(c["relations_per_tenant"].get(t, "–")) for t in PROBE_TIERS),
+                     f"{s['analyze_seconds']:.1f}"])
+        previous = c
+    return [
+        "## Catalog",
+        "",
+        "From `catalog_size()` (tenant_pipelines.core.partitions): relations in `pg_class`, bytes of "
+        "the `pg_catalog` tables with their indexes and TOAST, and leaf partitions under "
+        "`usage_events_mt`. *Per tenant (growth)* is the growth in relations over the growth in tenants "
+        "since the previous scale (the tier mix); *per free / enterprise tenant* counts one tenant's tables, "
+        "partitioned tables, indexes, TOAST tables and TOAST indexes. *ANALYZE* is `ANALYZE "
+        "usage_events_mt` before the queries.",
+        "",
+        h.markdown_table(["Tenants", "Relations", "Catalog", "Database", "Leaves", "Per tenant (growth)",
+                          "Per free / enterprise tenant", "ANALYZE s"],
+                         rows, "rrrrrrrr"),
+        "",
+    ]
+
+
+def render_ingest(results: dict) -> list[str]:
+    ingest = next((s["ingest"] for s in results["scales"] if "ingest" in s), None)
+    if ingest is None:
+        return []
+    rows = [[ingest["labels"][key], f"{rate:,.0f}", f"{rate / ingest['median_rows_per_second']['flat_rls']:.3f}×",
+             ", ".join(f"{r['rows_per_second']:,.0f}" + (" ⚠" if r.get("disturbed") else "")
+                       for r in ingest["runs"] if r["variant"] == key)]
+            for key, rate in ingest["median_rows_per_second"].items()]
+    return [
+        f"## Ingest with {ingest['tenants']:,} tenants onboarded",
+        "",
+        f"bench/ingest.py's subject and baseline A ({ingest['events']:,} time-ordered events over the "
+        f"current UTC day, batches of {ingest['batch']:,} rows sent to the tenants in turn, every run on a "
+        "fresh connection into the emptied, checkpointed table, after waiting for the machine to go "
+        f"idle; an unmeasured warm-up of {INGEST_WARMUP_BATCHES} batches; {ingest['repeat']} run(s) of each, "
+        "order alternated). The subject's rows land in the tenants' own partitions (the current month's "
+        "for monthly tenants). bench/ingest.py marks ⚠ a run disturbed by other work on the machine; "
+        f"the medians are over **{ingest['basis']}**.",
+        "",
+        h.markdown_table(["Variant", "Median rows/s", "vs A", "All runs (rows/s)"], rows, "lrrl"),
+        "",
+    ]
+
+
+def render_setup(results: dict) -> list[str]:
+    m, srv, locks, p = results["machine"], results["server"], results["lock_capacity"], results["parameters"]
+    last = results["scales"][-1]
+    rls_locks = max((q.get("locks_held") or 0 for q in last["queries"] if q["kind"] == "rls_only"), default=0)
+    loads = [(f"onboarding up to {s['scale']:,}", s["growth"]["load_before_cores"]) for s in results["scales"]]
+    loads += [(f"the queries at {s['scale']:,}", s["load_before_queries_cores"]) for s in results["scales"]]
+    loads += [(f"one more tenant at {s['scale']:,}", s["one_more"]["load_before_cores"]) for s in results["scales"]]
+    busy = [what for what, load in loads if load >= IDLE_LOAD]
+    tiers = "; ".join(f"{s['scale']:,}: " + ", ".join(f"{n:,} {t}" for t, n in s["tiers"].items())
+                      for s in results["scales"])
+    default_slots = 64 * (locks["lock_slots"] // locks["max_locks_per_transaction"])
+    return [
+        "## Set-up",
+        "",
+        f"- PostgreSQL: {srv['version']}",
+        f"- Machine: {m['cores']} cores ({m['cores_usable']} usable), {m['cpu_model']}, "
+        f"{h.mib(m['memory_bytes'])} RAM; {m['platform']}; Python {m['python']}, psycopg {m['psycopg']}",
+        f"- Server: {results['server_kind']}. Settings: "
+        + ", ".join(f"{k}={v}" for k, v in srv["settings"].items()),
+        f"- Lock table: max_locks_per_transaction={locks['max_locks_per_transaction']} "
+        f"({locks['lock_slots']:,} slots for the whole server). The RLS-alone query at "
+        f"{last['scale']:,} tenants held {rls_locks:,} locks in one transaction"
+        + (f": {rls_locks / default_slots:.1f}× the {default_slots:,} slots the default "
+           "max_locks_per_transaction=64 gives this server (PostgreSQL sizes the shared lock table "
+           "to that, plus some slack; a transaction that overflows it fails with *out of shared "
+           "memory*)" if rls_locks > default_slots else "")
+        + ".",
+        f"- Tenants per tier at each scale (the one-more tenants of the previous scale included, those of "
+        f"the scale itself not): {tiers}.",
+        f"- synchronous_commit={p['synchronous_commit']} on every benchmark connection; seed {p['seed']}.",
+        f"- Each timed phase first waited (up to {IDLE_WAIT_S:g}s) for the machine to go idle (fewer than "
+        f"{IDLE_LOAD} cores busy): "
+        + (f"**still busy before {', '.join(busy)}: those figures are depressed by other work**."
+           if busy else "it was idle before each."),
+        f"- Python process peak RSS: {h.mib(results['python_peak_rss_bytes'])}.",
+    ]
+
+
+# -- main ------------------------------------------------------------------------------------------
+
+
+def parse_scales(text: str) -> list[int]:
+    try:
+        scales = [int(part.replace("_", "")) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: write tenant counts separated by commas, e.g. 10,1000,10000") from None
+    if not scales or scales[0] < 1 or any(b <= a for a, b in zip(scales, scales[1:])):
+        raise argparse.ArgumentTypeError(f"{text!r}: the scales must be positive and increasing")
+    return scales
+
+
+def parse_mix(text: str) -> dict[str, float]:
+    mix = {}
+    for part in text.split(","):
+        tier, _, share = part.partition("=")
+        try:
+            mix[tier.strip()] = float(share)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{part!r}: write tier=share, e.g. {DEFAULT_MIX}") from None
+    if any(share < 0 for share in mix.values()) or not sum(mix.values()):
+        raise argparse.ArgumentTypeError("the shares must be zero or more, and not all zero")
+    return mix
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python bench/partitions.py",
+        description=(
+            "Tenant-partition benchmark: one database grows through the scales of onboarded tenants; "
+            "at each it measures onboarding (tenants/s, and the time to onboard one more), "
+            "single-tenant query planning and execution as billing_app (explicit predicate vs RLS "
+            "alone), the catalog's size, and at one scale ingestion against a flat table. Writes "
+            "bench/results/partitions.json and docs/benchmarks/partitions.md. Targets at 10,000 tenants: "
+            f"one more tenant < {TARGET_ONBOARD_ONE_MS:.0f} ms, explicit predicate within "
+            f"{TARGET_EXPLICIT_RATIO}x of the figure at 10, RLS-alone planning < {TARGET_RLS_PLANNING_MS:.0f} ms, "
+            f"< {TARGET_RELATIONS:,} relations, ingest >= {TARGET_INGEST_PARITY}x flat."
+        ),
+    )
+    parser.add_argument("--scales", type=parse_scales, default=list(DEFAULT_SCALES), metavar="N,N,...",
+                        help="onboarded tenant counts to measure at, increasing (default: 10,1000,10000)")
+    parser.add_argument("--mix", type=parse_mix, default=parse_mix(DEFAULT_MIX), metavar="TIER=SHARE,...",
+                        help=f"tier mix of the tenants (default: {DEFAULT_MIX})")
+    parser.add_argument("--events-per-tenant", type=int, default=5, metavar="E",
+                        help="usage events each tenant has in DEFAULT before it is onboarded (default: 5)")
+    parser.add_argument("--extra-tenants", type=int, default=20, metavar="K",
+                        help="free-tier tenants onboarded at each scale to time one more onboarding (default: 20)")
+    parser.add_argument("--query-repeat", type=int, default=30, metavar="R",
+                        help="warm runs of each query series (default: 30)")
+    parser.add_argument("--query-budget", type=float, default=60.0, metavar="S",
+                        help=f"stop a query series after S seconds, with at least {MIN_QUERY_SAMPLES} runs (default: 60)")
+    parser.add_argument("--ingest-at", type=int, metavar="N",
+                        help="the scale at which to measure ingestion (default: 1000 when it is one of "
+                             "the scales, else the largest scale below it, else the smallest)")
+    parser.add_argument("--ingest-events", type=int, default=500_000, metavar="N",
+                        help="events per ingestion run; 0 skips the ingestion part (default: 500,000)")
+    parser.add_argument("--ingest-batch", type=int, default=500, metavar="B",
+                        help="rows per ingestion batch, sent to the tenants in turn (default: 500)")
+    parser.add_argument("--ingest-repeat", type=int, default=3, metavar="R",
+                        help="ingestion runs of each variant (default: 3)")
+    parser.add_argument("--seed", type=int, default=42, help="seed of the tenants and the ingested events")
+    parser.add_argument("--max-locks-per-transaction", type=int, metavar="L",
+                        help="for the throwaway cluster (default: enough for a query that locks every "
+                             "partition at the largest scale; ignored with --dsn)")
+    parser.add_argument("--dsn", metavar="DSN",
+                        help="a superuser DSN of a PostgreSQL 15+ server to use: the benchmark creates a "
+                             "scratch database there and drops it afterwards (default: start a throwaway "
+                             "cluster in /tmp with durable settings)")
+    parser.add_argument("--synchronous-commit", choices=("off", "on"), default="off",
+                        help="synchronous_commit of every benchmark connection (default: off)")
+    parser.add_argument("--no-docs", action="store_true",
+                        help="write only bench/results/partitions.json, not docs/benchmarks/partitions.md "
+                             "(for smoke runs that should not replace the committed figures)")
+    args = parser.parse_args(argv)
+    for name in ("events_per_tenant", "extra_tenants", "query_repeat", "ingest_batch", "ingest_repeat"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.ingest_events < 0:
+        parser.error("--ingest-events must be 0 or more")
+    if args.ingest_at is None:
+        below = [s for s in args.scales if s <= 1_000]
+        args.ingest_at = below[-1] if below else args.scales[0]
+    elif args.ingest_at not in args.scales:
+        parser.error(f"--ingest-at {args.ingest_at} is not one of --scales")
+    for a, b in zip(args.scales, args.scales[1:]):
+        if b < a + args.extra_tenants:
+            parser.error(f"--scales: {b} is less than {a} + the {args.extra_tenants} one-more tenants onboarded at {a}")
+    return args
+
+
+def command_line(args: argparse.Namespace) -> str:
+    parts = ["python bench/partitions.py", "--scales " + ",".join(str(s) for s in args.scales)]
+    if args.mix != parse_mix(DEFAULT_MIX):
+        parts.append("--mix " + ",".join(f"{t}={s:g}" for t, s in args.mix.items()))
+    defaults = parse_args([])
+    for name in ("events_per_tenant", "extra_tenants", "query_repeat", "query_budget", "ingest_events",
+                 "ingest_batch", "ingest_repeat", "seed", "max_locks_per_transaction", "synchronous_commit"):
+        if getattr(args, name) != getattr(defaults, name):
+            parts.append(f"--{name.replace('_', '-')} {getattr(args, name)}")
+    if args.ingest_at != 1_000:
+        parts.append(f"--ingest-at {args.ingest_at}")
+    if args.dsn:
+        parts.append("--dsn <admin DSN>")
+    return " ".join(parts)
+
+
+def _stop(signum: int, _frame: object) -> None:
+    raise SystemExit(f"stopped by signal {signum}")  # unwinds: the throwaway cluster is deleted
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _stop)
+    if args.dsn:
+        with h.scratch_database(args.dsn, "bench_partitions") as dsn:
+            results = benchmark(args, dsn, f"the server at {h.describe_dsn(args.dsn)}, scratch database")
+    else:
+        locks = args.max_locks_per_transaction or locks_setting_for(args.scales[-1], args.mix)
+        settings = {"max_locks_per_transaction": str(locks)}
+        with h.throwaway_cluster(settings) as admin_dsn:
+            with h.scratch_database(admin_dsn, "bench_partitions") as dsn:
+                results = benchmark(args, dsn, "throwaway cluster started by the benchmark (initdb defaults, "
+                                               "the project's BASE_SETTINGS and "
+                                               f"max_locks_per_transaction={locks})")
+    written = h.write_results(NAME, results, render_markdown(results), docs=not args.no_docs)
+    for target in results["targets"]:
+        h.log(f"{'MET   ' if target['met'] else 'MISSED'} {target['target']}: {target['measured']} "
+              f"(required {target['required']}; {target['margin']})")
+    h.log(f"whole run: {results['seconds'] / 60:.1f} min")
+    for path in written:
+        h.log(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
