@@ -8,6 +8,7 @@ import uuid
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from tenant_pipelines.core.partitions import ensure_tenant_partition, partition_name
 from tests.conftest import app_dsn_for, make_tenant
@@ -71,3 +72,22 @@ def test_time_range_in_a_monthly_tenant_touches_one_month(tenants: list[uuid.UUI
         )
     tables = scanned_tables(plan)
     assert len({t.rsplit("_p", 1)[-1] for t in tables if "_p" in t}) == 1, plan
+
+
+def test_prepared_statements_keep_plan_time_pruning(tenants: list[uuid.UUID], admin_dsn: str) -> None:
+    """billing_app gets custom plans (plan_cache_mode = force_custom_plan): a prepared statement
+    run many times still prunes at plan time, never falling back to a generic plan that locks
+    every tenant's partitions."""
+    target = tenants[2]
+    with psycopg.connect(app_dsn_for(admin_dsn)) as app:
+        assert app.execute("SHOW plan_cache_mode").fetchone()[0] == "force_custom_plan"
+        with app.transaction():
+            app.execute("SELECT fn_set_tenant_context(%s)", (target,))
+            app.execute("PREPARE q(uuid) AS SELECT count(*) FROM usage_events WHERE organization_id = $1")
+            execute = sql.SQL("EXECUTE q({})").format(sql.Literal(str(target)))
+            for _ in range(7):
+                app.execute(execute)
+            plan = "\n".join(r[0] for r in app.execute(
+                sql.SQL("EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) ") + execute))
+    assert "Subplans Removed" not in plan, plan
+    assert scanned_tables(plan) and all(t.startswith(partition_name(target)) for t in scanned_tables(plan)), plan
