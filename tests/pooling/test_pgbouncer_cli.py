@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 import stat
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -17,15 +15,7 @@ from psycopg.conninfo import make_conninfo
 
 from tenant_pipelines.core.pooling import connect_pooled, stop_pgbouncer
 from tenant_pipelines.db.embedded import EmbeddedCluster
-
-CLI = [sys.executable, "-m", "tenant_pipelines.cli"]
-
-
-def run(args: list[str], env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(CLI + args, env=env, capture_output=True, text=True, timeout=180)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{args} exited {proc.returncode}: {proc.stderr}")
-    return proc
+from tests.test_cli import run
 
 
 @pytest.fixture
