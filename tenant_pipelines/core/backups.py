@@ -916,7 +916,10 @@ def read_batches(path: Path, manifest: dict, table: str, master_key: bytes | Non
         properties = decryption_properties(master_key)
     for f in manifest["tables"][table]["files"]:
         try:
-            parquet = pq.ParquetFile(path / f["path"], decryption_properties=properties)
+            # No pre-buffering: by default the reader keeps every row group it has read cached
+            # until the file is closed, and memory then grows with the table.
+            parquet = pq.ParquetFile(path / f["path"], decryption_properties=properties,
+                                     pre_buffer=False, buffer_size=1 << 20)
             yield from parquet.iter_batches(batch_size=batch_size, use_threads=True)
         except OSError as exc:
             raise BackupInvalid(f"{path}: {f['path']} cannot be read ({str(exc).splitlines()[0]})") from None
