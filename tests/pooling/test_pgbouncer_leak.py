@@ -39,7 +39,7 @@ EnterContext = Callable[[psycopg.Connection, uuid.UUID], None]
 
 
 def transaction_local_context(conn: psycopg.Connection, tenant: uuid.UUID) -> None:
-    """The project's way (sql/0005, sql/0007): everything set for this transaction only."""
+    """The project's way (sql/0005): everything set for this transaction only."""
     conn.execute("SELECT fn_set_tenant_resources(fn_set_tenant_context(%s))", (tenant,))
 
 
