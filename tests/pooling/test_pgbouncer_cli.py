@@ -4,6 +4,7 @@ cluster: separate processes, a real PostgreSQL and a real PgBouncer."""
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import tempfile
 from pathlib import Path
@@ -29,6 +30,7 @@ def cli_env() -> Iterator[dict[str, str]]:
     finally:
         stop_pgbouncer(home, immediate=True)
         EmbeddedCluster.in_state_dir(home).destroy()
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def test_pgbouncer_up_config_down_in_front_of_the_embedded_cluster(cli_env: dict[str, str], tmp_path: Path) -> None:
