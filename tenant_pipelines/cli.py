@@ -166,6 +166,13 @@ def cmd_dev(args: argparse.Namespace) -> int:
         DATABASE_URL_ENV: dsn,
         **{k: v for k, v in dagster_storage_env(with_database(dsn, "dagster")).items() if k not in os.environ},
     }
+    if embedded:
+        # Tenant sessions of the code location go through a real PgBouncer (transaction
+        # pooling, per-tier pools); DDL and Dagster's own storage connect directly.
+        from tenant_pipelines.config import APP_DATABASE_URL_ENV
+        from tenant_pipelines.core.pooling import start_pgbouncer_for
+
+        env[APP_DATABASE_URL_ENV] = start_pgbouncer_for(dsn, manage_app_password=True, log=_log)
     _run_main_job(dsn, env)
     if args.no_ui:
         return 0

@@ -100,7 +100,7 @@ def test_same_seed_gives_the_same_tenants(cli_env: dict[str, str]) -> None:
             "SELECT md5(string_agg(t::text, ',' ORDER BY t.id)) FROM usage_events_mt t"
         ).fetchone()[0]
         conn.execute("TRUNCATE organizations, subscriptions, invoices, payment_methods, usage_events_mt, "
-                     "tenant_classifications, tenant_backup_config, tenant_schemas")
+                     "tenant_classifications, tenant_backup_config, tenant_schemas, tenant_metrics_history")
         conn.commit()
     run(["demo", "seed", "--tenants", "3", "--events-per-tenant", "5", "--seed", "11", "--as-of", "2026-01-31"], cli_env)
     with psycopg.connect(dsn) as conn:

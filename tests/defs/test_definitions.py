@@ -20,8 +20,10 @@ from tenant_pipelines.defs.tenants.assets import tenant_isolation_holds, tenant_
 
 # A renamed or dropped asset, check, job, schedule or sensor is a visible diff here.
 EXPECTED = {
-    "assets": ["tenant_metrics", "tenant_partition", "tenant_registry", "tier_placement"],
+    "assets": ["tenant_backup", "tenant_metrics", "tenant_partition", "tenant_registry", "tier_placement"],
     "asset_checks": [
+        "tenant_backup:backup_restorable",
+        "tenant_backup:tenant_backups_fresh",
         "tenant_metrics:monthly_events_quota",
         "tenant_metrics:storage_quota",
         "tenant_metrics:tier_limits_in_force",
@@ -30,9 +32,9 @@ EXPECTED = {
         "tenant_registry:tenant_isolation_holds",
         "tier_placement:tiers_match_policy",
     ],
-    "jobs": ["create_tenant_partitions", "refresh_tenant_registry", "rollup_tenant_metrics", "tier_storage"],
+    "jobs": ["back_up_tenants", "create_tenant_partitions", "refresh_tenant_registry", "rollup_tenant_metrics", "tier_storage"],
     "schedules": ["metrics_schedule", "premake_schedule", "tiering_schedule"],
-    "sensors": ["tenant_onboarding_sensor"],
+    "sensors": ["tenant_backup_sensor", "tenant_onboarding_sensor"],
 }
 
 

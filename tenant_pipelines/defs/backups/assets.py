@@ -11,6 +11,7 @@ from tenant_pipelines.core.restore import restore_drill
 from tenant_pipelines.defs.backups.resources import BackupStorage
 from tenant_pipelines.defs.batching import for_each_tenant, run_tenant_keys
 from tenant_pipelines.defs.resources import BillingDatabase
+from tenant_pipelines.defs.tags import tenant_run_tags
 from tenant_pipelines.defs.tenants.assets import OWNERS
 from tenant_pipelines.defs.tenants.partitions import tenants_partitions
 from tenant_pipelines.errors import TenantPipelinesError
@@ -187,6 +188,7 @@ def tenant_backup_sensor(context: dg.SensorEvaluationContext, billing_db: Billin
     known = set(context.instance.get_dynamic_partitions(tenants_partitions.name))
     with billing_db.connection() as conn:
         due = tenants_due(conn)
+        tiers = dict(conn.execute("SELECT organization_id::text, tier FROM tenant_classifications").fetchall())
     hour = datetime.now(timezone.utc).strftime("%Y%m%d%H")
     runs, waiting = [], 0
     for tenant, due_at in due:
@@ -202,7 +204,7 @@ def tenant_backup_sensor(context: dg.SensorEvaluationContext, billing_db: Billin
         )
         if any(_backs_up(r.dagster_run) for r in finished):  # it ran since it fell due, and it is still due: it failed
             run_key = f"{run_key}:retry-{hour}"
-        runs.append(dg.RunRequest(partition_key=tenant, run_key=run_key))
+        runs.append(dg.RunRequest(partition_key=tenant, run_key=run_key, tags=tenant_run_tags(tiers, tenant)))
     if not runs:
         return dg.SensorResult(skip_reason=f"no backup due; {waiting} due tenants wait for the onboarding sensor "
                                "to add their `tenants` key" if waiting else "no backup due")

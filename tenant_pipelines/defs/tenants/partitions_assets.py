@@ -15,6 +15,7 @@ from tenant_pipelines.core.partitions import (
 from tenant_pipelines.db.session import parse_tenant_id
 from tenant_pipelines.defs.batching import batched_range_requests, for_each_tenant, run_tenant_keys
 from tenant_pipelines.defs.resources import BillingDatabase
+from tenant_pipelines.defs.tags import tenant_run_tags
 from tenant_pipelines.defs.tenants.assets import OWNERS
 from tenant_pipelines.defs.tenants.partitions import tenants_partitions
 from tenant_pipelines.errors import TenantPipelinesError
@@ -139,6 +140,7 @@ def tenant_onboarding_sensor(context: dg.SensorEvaluationContext, billing_db: Bi
     with billing_db.connection() as conn:
         organizations = organization_ids(conn)
         in_default = default_partition_tenants(conn)
+        tiers = dict(conn.execute("SELECT organization_id::text, tier FROM tenant_classifications").fetchall())
     new_keys, rejected = [], []
     for key in sorted(set(organizations) | set(in_default)):
         if key in known:
@@ -151,12 +153,13 @@ def tenant_onboarding_sensor(context: dg.SensorEvaluationContext, billing_db: Bi
     # is pending, the same run key again (the daemon drops duplicates); once a run for it has
     # finished without draining it, a new run at most once an hour.
     hour = datetime.now(timezone.utc).strftime("%Y%m%d%H")
-    runs = [dg.RunRequest(partition_key=k, run_key=f"onboard:{k}") for k in new_keys]
+    runs = [dg.RunRequest(partition_key=k, run_key=f"onboard:{k}", tags=tenant_run_tags(tiers, k)) for k in new_keys]
     for k in sorted(k for k in in_default if k in known):
         finished = context.instance.get_run_records(
             dg.RunsFilter(tags={"dagster/partition": k}, statuses=_FINISHED), limit=1
         )
-        runs.append(dg.RunRequest(partition_key=k, run_key=f"drain:{k}:{hour}" if finished else f"onboard:{k}"))
+        runs.append(dg.RunRequest(partition_key=k, run_key=f"drain:{k}:{hour}" if finished else f"onboard:{k}",
+                                  tags=tenant_run_tags(tiers, k)))
     for message in rejected:
         context.log.warning(message)
     if not runs:
