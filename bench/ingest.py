@@ -12,10 +12,21 @@ the same pre-generated events:
 * flat_copy (baseline B, reference only): plain COPY into the same flat table as the
   superuser, which bypasses RLS.
 
-The reference is the seed's 850K events/min on a single primary; the targets are a subject
-rate of at least 10x that (141,667 rows/s) on one node, and at least 0.9x flat_rls.
+Every variant runs with the same number of concurrent writers (--writers, default: the
+usable cores): one connection and one thread each, the tenants split between them so that
+each tenant is written by exactly one writer, in time order. A run's rate is all its rows over
+the wall time from the start of the first writer to the end of the last. By default each
+variant also runs with one writer, in the same rounds, for comparison (--compare-writers).
 
-Run on demand:  python bench/ingest.py [--events N] [--tenants T] [--batch B] [--dsn DSN]
+The reference is the seed's 850K events/min on a single primary; the targets are a subject
+rate of at least 10x that (141,667 rows/s) on one node, and at least 0.9x flat_rls, both
+judged at --writers.
+
+Optional experiments (--experiment), measured in the same rounds and reported apart:
+ordered-ids (caller-supplied, time-ordered UUIDv7-style ids instead of the column's
+gen_random_uuid() default) and wal-compression (wal_compression=on for the throwaway cluster).
+
+Run on demand:  python bench/ingest.py [--events N] [--tenants T] [--batch B] [--writers W] [--dsn DSN]
 """
 
 from __future__ import annotations
@@ -25,10 +36,12 @@ import gc
 import importlib
 import json
 import math
+import os
 import random
 import re
 import statistics
 import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -58,6 +71,7 @@ TARGET_PARITY = 0.9
 IDLE_LOAD = 0.25  # a run waits until fewer cores than this are busy
 IDLE_WAIT = 20.0  # seconds a run waits at most for that
 DISTURBED_LOAD = 0.25  # other work beyond this many cores on average during a run marks it disturbed
+USABLE_CORES = len(os.sched_getaffinity(0))  # the default number of concurrent writers
 
 SUBJECT_TABLE = "usage_events_mt"
 FLAT_TABLE = "usage_events_flat"
@@ -115,6 +129,7 @@ class Variant:
     table: str
     write: Callable[[psycopg.Connection, uuid.UUID, Sequence[UsageEvent]], int]
     description: str
+    ids: str = ""  # "ordered" or "random": its rows carry a caller-supplied id first, (id, *UsageEvent); see with_ids()
 
 
 VARIANTS = (
@@ -126,6 +141,120 @@ VARIANTS = (
     Variant("flat_copy", "B: flat table, superuser COPY", FLAT_TABLE, copy_flat_as_superuser,
             "plain COPY into usage_events_flat as the superuser (reference only: no RLS, no staging)"),
 )
+
+
+# -- experiment: caller-supplied, time-ordered ids ---------------------------------------------------
+#
+# ingest_usage_events() lets the column default (gen_random_uuid()) pick each row's id: random
+# UUIDs land all over the primary key (organization_id, id, "timestamp"), so every batch dirties
+# leaf pages across the tenant's whole key range, and each page's first change after a
+# checkpoint writes a full-page image to WAL. These writers are the same path with one change:
+# the staging table has an id column and the caller supplies time-ordered (UUIDv7-style) ids,
+# so a tenant's new keys go to the right edge of its key range. Nothing in the schema changes.
+
+_STAGE_IDS = """
+CREATE TEMP TABLE IF NOT EXISTS usage_events_stage_ids (
+    id           uuid NOT NULL,
+    metric_name  varchar(100) NOT NULL,
+    quantity     numeric(20, 6) NOT NULL,
+    "timestamp"  timestamptz NOT NULL,
+    properties   jsonb NOT NULL
+) ON COMMIT DELETE ROWS
+"""
+
+_INSERT_WITH_IDS = """INSERT INTO {} (id, organization_id, metric_name, quantity, "timestamp", properties)
+       SELECT id, fn_current_tenant_id(), metric_name, quantity, "timestamp", properties
+         FROM usage_events_stage_ids"""
+
+
+def _ingest_with_ids(table: str) -> Callable[[psycopg.Connection, uuid.UUID, Sequence[tuple]], int]:
+    insert = sql.SQL(_INSERT_WITH_IDS).format(sql.Identifier(table))
+
+    def write(conn: psycopg.Connection, tenant_id: uuid.UUID, events: Iterable[tuple]) -> int:
+        with tenant_session(conn, tenant_id) as tx:
+            tx.execute(_STAGE_IDS)
+            with tx.cursor().copy(
+                'COPY usage_events_stage_ids (id, metric_name, quantity, "timestamp", properties) FROM STDIN'
+            ) as copy:
+                for event in events:
+                    copy.write_row(event)
+            return tx.execute(insert).rowcount
+
+    write.__name__ = f"ingest_with_ids_{table}"
+    return write
+
+
+def uuid7(when: datetime, rng: random.Random) -> uuid.UUID:
+    """A UUIDv7-style id (RFC 9562 layout): 48 bits of Unix milliseconds, version 7, random rest."""
+    millis = int(when.timestamp() * 1000) & ((1 << 48) - 1)
+    value = (millis << 80) | (0x7 << 76) | (rng.getrandbits(12) << 64) | (0b10 << 62) | rng.getrandbits(62)
+    return uuid.UUID(int=value)
+
+
+def uuid4(rng: random.Random) -> uuid.UUID:
+    """A random (version 4) UUID, as gen_random_uuid() makes, from ``rng``."""
+    return uuid.UUID(int=rng.getrandbits(128), version=4)
+
+
+def with_ids(batches: Sequence[Batch], seed: int, kind: str) -> list[Batch]:
+    """The same batches, each row prefixed with an id: time-ordered (``kind`` "ordered", taken
+    from the row's timestamp) or random ("random"). Pre-generated like the events, and as
+    text, which is what COPY sends: not part of the runs."""
+    rng = random.Random(f"{seed}-{kind}-ids")
+    if kind == "ordered":
+        return [(tenant, [(str(uuid7(row[2], rng)), *row) for row in rows]) for tenant, rows in batches]
+    if kind == "random":
+        return [(tenant, [(str(uuid4(rng)), *row) for row in rows]) for tenant, rows in batches]
+    raise ValueError(f"ids: {kind!r}")
+
+
+def with_ordered_ids(batches: Sequence[Batch], seed: int) -> list[Batch]:
+    return with_ids(batches, seed, "ordered")
+
+
+@dataclass(frozen=True)
+class Experiment:
+    key: str
+    title: str
+    variants: tuple[Variant, ...]
+    baseline: dict[str, str]  # experiment variant key -> the VARIANTS key it is compared with
+    setting: tuple[str, str] | None  # (name, value) set with ALTER SYSTEM for its runs
+    description: str
+
+
+EXPERIMENTS = {
+    "ordered-ids": Experiment(
+        "ordered-ids", "time-ordered ids",
+        (
+            Variant("subject_ordered_ids", "subject + time-ordered ids", SUBJECT_TABLE,
+                    _ingest_with_ids(SUBJECT_TABLE),
+                    "the subject's path (billing_app, tenant context, RLS, COPY to staging + "
+                    "INSERT ... SELECT) with caller-supplied UUIDv7-style ids", ids="ordered"),
+            Variant("flat_rls_ordered_ids", "A + time-ordered ids", FLAT_TABLE,
+                    _ingest_with_ids(FLAT_TABLE),
+                    "baseline A's path with caller-supplied UUIDv7-style ids", ids="ordered"),
+            Variant("subject_random_ids", "subject + caller's random ids (control)", SUBJECT_TABLE,
+                    _ingest_with_ids(SUBJECT_TABLE),
+                    "the same path as subject + time-ordered ids, with caller-supplied random "
+                    "(version 4) ids: what supplying ids costs or saves by itself", ids="random"),
+        ),
+        {"subject_ordered_ids": "subject", "flat_rls_ordered_ids": "flat_rls", "subject_random_ids": "subject"},
+        None,
+        "the staging table gets an id column and the caller supplies UUIDv7-style ids (48-bit "
+        "millisecond timestamp, then random bits), pre-generated with the events, instead of "
+        "the column default gen_random_uuid(): each tenant's new primary-key entries go to the "
+        "right edge of its key range instead of all over it. The control supplies random ids "
+        "through the same path, so that the difference between the two is the ordering alone",
+    ),
+    "wal-compression": Experiment(
+        "wal-compression", "wal_compression=on",
+        VARIANTS,
+        {v.key: v.key for v in VARIANTS},
+        ("wal_compression", "on"),
+        "ALTER SYSTEM SET wal_compression = on and a reload before each of its runs (RESET "
+        "after): full-page images in WAL are compressed (pglz); the same variants and events",
+    ),
+}
 
 
 # -- events -----------------------------------------------------------------------------------------
@@ -294,6 +423,66 @@ def reset(admin: psycopg.Connection, table: str) -> None:
 # -- runs ---------------------------------------------------------------------------------------------
 
 
+def split_by_writer(batches: Sequence[Batch], writers: int) -> list[list[Batch]]:
+    """The batches of each writer: tenants in order of first appearance go to writers 1..W in
+    turn, and a writer gets all of its tenants' batches in their original order, so every
+    tenant is written by exactly one writer, in time order. Never more writers than tenants."""
+    owner: dict[uuid.UUID, int] = {}
+    for tenant, _ in batches:
+        owner.setdefault(tenant, len(owner) % writers)
+    parts: list[list[Batch]] = [[] for _ in range(min(writers, len(owner)))]
+    for batch in batches:
+        parts[owner[batch[0]]].append(batch)
+    return parts
+
+
+class WritersProbe(h.ResourceProbe):
+    """h.ResourceProbe over the server backends of several writer connections: backend CPU is
+    their sum; backend peak RSS (VmHWM) and peak private memory are those of the largest one.
+    The whole server's CPU and PSS, the machine's CPU and this process's are as in the base."""
+
+    def __init__(self, backend_pids: Sequence[int | None], interval: float = 0.25) -> None:
+        known = [pid for pid in backend_pids if pid is not None]
+        complete = bool(known) and len(known) == len(backend_pids)
+        super().__init__(known[0] if complete else None, interval)
+        self.backend_pids = known if complete else []
+        self._backends_cpu_start: float | None = None
+
+    def _backends_cpu(self) -> float | None:
+        try:
+            return sum(h._cpu_seconds(pid) for pid in self.backend_pids)
+        except OSError:
+            return None
+
+    def __enter__(self) -> "WritersProbe":
+        super().__enter__()
+        if self.backend_pids:
+            self._backends_cpu_start = self._backends_cpu()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        end = self._backends_cpu() if self._backends_cpu_start is not None else None
+        super().__exit__(*exc)
+        if end is not None and self._backends_cpu_start is not None:
+            self.backend_cpu_seconds = end - self._backends_cpu_start
+        elif len(self.backend_pids) > 1:
+            self.backend_cpu_seconds = None  # not one backend's figure passed off as all of them
+        if len(self.backend_pids) > 1:
+            try:
+                self.backend_hwm = max(h._status(pid).get("VmHWM", 0) for pid in self.backend_pids)
+            except OSError:
+                pass
+
+    def _sample(self) -> None:
+        super()._sample()
+        for pid in self.backend_pids[1:]:
+            try:
+                anon = h._status(pid).get("RssAnon", 0)
+            except OSError:
+                continue
+            self.backend_anon_peak = max(self.backend_anon_peak or 0, anon)
+
+
 def run_once(
     variant: Variant,
     batches: Sequence[Batch],
@@ -301,25 +490,68 @@ def run_once(
     dsn: str,
     synchronous_commit: str,
     label: str,
+    writers: int = 1,
 ) -> dict:
-    """Write ``batches`` with ``variant`` on a fresh connection into an empty table; timed."""
+    """Write ``batches`` with ``variant`` into an empty table; timed. ``writers`` concurrent
+    connections (fresh ones, one thread each) share the work, each tenant's batches going to
+    one writer (split_by_writer); the time runs from the start of the first writer to the end
+    of the last."""
     expected = sum(len(rows) for _, rows in batches)
+    parts = split_by_writer(batches, writers)
     reset(admin, variant.table)
     load = h.wait_until_idle(IDLE_LOAD, timeout=IDLE_WAIT)
     checkpoints = checkpoints_so_far(admin)
-    with connect(dsn, synchronous_commit) as conn:
-        backend = h.local_backend_pid(conn)
+    conns = [connect(dsn, synchronous_commit) for _ in parts]
+    try:
+        backends = [h.local_backend_pid(conn) for conn in conns]
+        wal_compression = conns[0].execute("SELECT current_setting('wal_compression')").fetchone()[0]
         lsn = wal_lsn(admin)
-        progress_every = max(1, len(batches) // 4)
-        h.log(f"{label}: {variant.key} starts ({expected:,} rows in {len(batches)} batches)")
-        written = 0
-        with h.ResourceProbe(backend) as probe:
-            started = time.perf_counter()
-            for index, (tenant, rows) in enumerate(batches, 1):
-                written += variant.write(conn, tenant, rows)
-                if index % progress_every == 0 and index < len(batches):
-                    h.log(f"{label}: {variant.key} {written:,}/{expected:,} rows")
-            seconds = time.perf_counter() - started
+        quarter = max(1, expected // 4)
+        go, stop, lock = threading.Event(), threading.Event(), threading.Lock()
+        starts = [0.0] * len(parts)
+        ends = [0.0] * len(parts)
+        done = [0] * len(parts)
+        errors: list[BaseException | None] = [None] * len(parts)
+        progress = {"written": 0, "next": quarter}
+
+        def writer(index: int) -> None:
+            go.wait()
+            starts[index] = time.perf_counter()
+            try:
+                for tenant, rows in parts[index]:
+                    if stop.is_set():
+                        break
+                    n = variant.write(conns[index], tenant, rows)
+                    done[index] += n
+                    with lock:
+                        progress["written"] += n
+                        if progress["written"] >= progress["next"] and progress["written"] < expected:
+                            progress["next"] += quarter
+                            h.log(f"{label}: {variant.key} {progress['written']:,}/{expected:,} rows")
+            except BaseException as exc:  # re-raised in the main thread
+                errors[index] = exc
+                stop.set()
+            finally:
+                ends[index] = time.perf_counter()
+
+        threads = [threading.Thread(target=writer, args=(i,), name=f"writer-{i + 1}", daemon=True)
+                   for i in range(len(parts))]
+        for thread in threads:
+            thread.start()
+        h.log(f"{label}: {variant.key} starts ({expected:,} rows in {len(batches)} batches, "
+              f"{len(parts)} writer{'s' if len(parts) != 1 else ''})")
+        with WritersProbe(backends) as probe:
+            go.set()
+            for thread in threads:
+                thread.join()
+        for error in errors:
+            if error is not None:
+                raise error
+        seconds = max(ends) - min(starts)
+    finally:
+        for conn in conns:
+            conn.close()
+    written = sum(done)
     end_lsn = wal_lsn(admin)
     stored = admin.execute(
         sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(variant.table))
@@ -328,9 +560,13 @@ def run_once(
         raise SystemExit(f"{variant.key}: wrote {written:,} and stored {stored:,} rows, expected {expected:,}")
     result = {
         "variant": variant.key,
+        "writers": len(parts),
         "rows": expected,
         "seconds": seconds,
         "rows_per_second": expected / seconds,
+        "writer_rows": list(done),
+        "writer_seconds": [e - b for b, e in zip(starts, ends)],
+        "wal_compression": wal_compression,
         "wal_bytes": wal_bytes(admin, lsn, end_lsn),
         "size_after_bytes": total_size(admin, variant.table),
         "checkpoints_during_run": checkpoints_so_far(admin) - checkpoints,
@@ -341,37 +577,71 @@ def run_once(
     other = result["other_cpu_seconds"]
     result["disturbed"] = load >= IDLE_LOAD or (other is not None and other / seconds > DISTURBED_LOAD)
     h.log(f"{label}: {variant.key} done: {expected:,} rows in {seconds:.1f}s = {result['rows_per_second']:,.0f} rows/s"
+          f" ({len(parts)} writer{'s' if len(parts) != 1 else ''})"
           + (f" (disturbed: other work took {other or 0:.1f} CPU-s)" if result["disturbed"] else ""))
     admin.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(variant.table)))
     return result
 
 
+def apply_setting(admin: psycopg.Connection, dsn: str, name: str, value: str | None, expect: str) -> None:
+    """ALTER SYSTEM SET ``name`` = ``value`` (RESET when None), reload, and wait until a new
+    connection sees ``expect``."""
+    if value is None:
+        admin.execute(sql.SQL("ALTER SYSTEM RESET {}").format(sql.Identifier(name)))
+    else:
+        admin.execute(sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(name), sql.Literal(value)))
+    admin.execute("SELECT pg_reload_conf()")
+    with admin.transaction():  # how the server shows the value: 'on' may read back as 'pglz'
+        admin.execute("SELECT set_config(%s, %s, true)", (name, expect))
+        want = admin.execute("SELECT current_setting(%s)", (name,)).fetchone()[0]
+    deadline = time.monotonic() + 10
+    while True:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            seen = conn.execute("SELECT current_setting(%s)", (name,)).fetchone()[0]
+        if seen == want:
+            return
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{name}: set to {want!r} but new connections still see {seen!r}")
+        time.sleep(0.1)
+
+
+def _variant_stats(variant: Variant, mine: list[dict], clean_basis: bool) -> dict:
+    counted = [r for r in mine if not r["disturbed"]] if clean_basis else mine
+    rates = [r["rows_per_second"] for r in counted]
+    return {
+        "label": variant.label,
+        "description": variant.description,
+        "runs_rows_per_second": [r["rows_per_second"] for r in mine],
+        "runs_disturbed": [r["disturbed"] for r in mine],
+        "runs_counted": len(counted),
+        "median_rows_per_second": statistics.median(rates),
+        "best_rows_per_second": max(rates),
+        "reference_multiple": statistics.median(rates) / REFERENCE_RPS,
+        "median_wal_bytes": statistics.median(r["wal_bytes"] for r in counted),
+        "median_server_cpu_seconds": (
+            None if any(r["server_cpu_seconds"] is None for r in counted)
+            else statistics.median(r["server_cpu_seconds"] for r in counted)),
+        "median_checkpoints": statistics.median(r["checkpoints_during_run"] for r in counted),
+    }
+
+
 def summarize(runs: list[dict]) -> dict:
-    summary: dict = {}
     """Per variant, the median and best of its undisturbed runs, then the ratios and the
     verdicts on the targets. When some variant has no undisturbed run, every variant's runs
-    all count instead, so that the variants are always compared on the same basis."""
+    all count instead, so that the variants are always compared on the same basis. ``runs``
+    are those of one configuration (one writer count, no experiment)."""
+    summary: dict = {}
     clean_basis = all(any(not r["disturbed"] for r in runs if r["variant"] == v.key) for v in VARIANTS)
     for variant in VARIANTS:
-        mine = [r for r in runs if r["variant"] == variant.key]
-        counted = [r for r in mine if not r["disturbed"]] if clean_basis else mine
-        rates = [r["rows_per_second"] for r in counted]
-        summary[variant.key] = {
-            "label": variant.label,
-            "description": variant.description,
-            "runs_rows_per_second": [r["rows_per_second"] for r in mine],
-            "runs_disturbed": [r["disturbed"] for r in mine],
-            "runs_counted": len(counted),
-            "median_rows_per_second": statistics.median(rates),
-            "best_rows_per_second": max(rates),
-            "reference_multiple": statistics.median(rates) / REFERENCE_RPS,
-        }
+        summary[variant.key] = _variant_stats(
+            variant, [r for r in runs if r["variant"] == variant.key], clean_basis)
     subject = summary["subject"]["median_rows_per_second"]
     flat_rls = summary["flat_rls"]["median_rows_per_second"]
     for entry in summary.values():
         entry["ratio_to_flat_rls"] = entry["median_rows_per_second"] / flat_rls
     return {
         "basis": "undisturbed runs" if clean_basis else "all runs (some variant had no undisturbed run)",
+        "writers": runs[0]["writers"],
         "variants": summary,
         "ratio_subject_to_flat_rls": subject / flat_rls,
         "ratio_subject_to_flat_copy": subject / summary["flat_copy"]["median_rows_per_second"],
@@ -389,6 +659,42 @@ def summarize(runs: list[dict]) -> dict:
             },
         },
     }
+
+
+def summarize_experiment(experiment: Experiment, runs: list[dict], baseline: dict) -> dict:
+    """The experiment's variants (median and best of their undisturbed runs, or of all when one
+    has none) against their baseline variants' figures in ``baseline`` (a summarize() result
+    for the same writer count, measured in the same rounds)."""
+    clean_basis = all(any(not r["disturbed"] for r in runs if r["variant"] == v.key)
+                      for v in experiment.variants)
+    variants = {}
+    for variant in experiment.variants:
+        entry = _variant_stats(variant, [r for r in runs if r["variant"] == variant.key], clean_basis)
+        base = baseline["variants"][experiment.baseline[variant.key]]
+        entry["baseline"] = experiment.baseline[variant.key]
+        entry["baseline_label"] = base["label"]
+        entry["baseline_median_rows_per_second"] = base["median_rows_per_second"]
+        entry["ratio_to_baseline"] = entry["median_rows_per_second"] / base["median_rows_per_second"]
+        entry["baseline_median_wal_bytes"] = base["median_wal_bytes"]
+        variants[variant.key] = entry
+    subject = next((e for e in variants.values() if e["baseline"] == "subject"), None)
+    flat_rls = next((e for e in variants.values() if e["baseline"] == "flat_rls"), None)
+    result = {
+        "key": experiment.key,
+        "title": experiment.title,
+        "description": experiment.description,
+        "setting": experiment.setting,
+        "basis": "undisturbed runs" if clean_basis else "all runs (some variant had no undisturbed run)",
+        "variants": variants,
+    }
+    if subject is not None:
+        result["subject_rows_per_second"] = subject["median_rows_per_second"]
+        result["subject_reference_multiple"] = subject["reference_multiple"]
+        result["meets_throughput_target"] = subject["median_rows_per_second"] >= TARGET_RPS
+        if flat_rls is not None:
+            result["ratio_subject_to_flat_rls"] = (subject["median_rows_per_second"]
+                                                   / flat_rls["median_rows_per_second"])
+    return result
 
 
 # -- report ---------------------------------------------------------------------------------------------
@@ -431,10 +737,129 @@ def _verdict(ok: bool) -> str:
     return "**PASS**" if ok else "**FAIL**"
 
 
+def _writers(count: int) -> str:
+    return f"{count} writer{'s' if count != 1 else ''}"
+
+
+def _mib_or_na(value: float | None) -> str:
+    return "n/a" if value is None else h.mib(int(value))
+
+
+def _throughput_table(s: dict) -> str:
+    return h.markdown_table(
+        ["Variant", "Median rows/s", "Best rows/s", "× 850K/min", "vs A", "Runs counted",
+         "All runs (rows/s)"],
+        [
+            [e["label"], _rate(e["median_rows_per_second"]), _rate(e["best_rows_per_second"]),
+             f"{e['reference_multiple']:.1f}×", f"{_ratio(e['ratio_to_flat_rls'])}×",
+             f"{e['runs_counted']} of {len(e['runs_rows_per_second'])}",
+             ", ".join(_rate(rate) + (" ⚠" if disturbed else "")
+                       for rate, disturbed in zip(e["runs_rows_per_second"], e["runs_disturbed"]))]
+            for e in s["variants"].values()
+        ],
+        "lrrrrrl",
+    )
+
+
+def _writers_section(results: dict) -> list[str]:
+    by = {int(k): v for k, v in results["summaries_by_writers"].items()}
+    if len(by) < 2:
+        return []
+    counts = sorted(by)
+    headline = results["summary"]["writers"]
+    rows = []
+    for key in by[headline]["variants"]:
+        rates = [by[c]["variants"][key]["median_rows_per_second"] for c in counts]
+        rows.append([by[headline]["variants"][key]["label"], *[_rate(r) for r in rates],
+                     *[f"{r / rates[0]:.2f}×" for r in rates[1:]]])
+    rows.append(["subject vs A", *[f"{_ratio(by[c]['ratio_subject_to_flat_rls'])}×" for c in counts],
+                 *["" for _ in counts[1:]]])
+    rows.append(["subject × 850K/min", *[f"{by[c]['reference_multiple']:.1f}×" for c in counts],
+                 *["" for _ in counts[1:]]])
+    bases = ", ".join(_writers(c) + ": " + by[c]["basis"] for c in counts)
+    out = [
+        "## Writers",
+        "",
+        "The same variants and events in the same rounds, with each writer count: median rows/s "
+        f"(over {bases}).",
+        "",
+        h.markdown_table(
+            ["Variant", *[_writers(c) for c in counts], *[f"{_writers(c)} vs {_writers(counts[0])}" for c in counts[1:]]],
+            rows,
+            "l" + "r" * (2 * len(counts) - 1),
+        ),
+        "",
+    ]
+    if counts[0] != headline:
+        out += [f"Every run with {_writers(counts[0])} (rows/s):", ""]
+        out += [f"- {e['label']}: " + ", ".join(_rate(r) + (" ⚠" if d else "")
+                                              for r, d in zip(e["runs_rows_per_second"], e["runs_disturbed"]))
+                for e in by[counts[0]]["variants"].values()]
+    out.append("")
+    return out
+
+
+def _experiments_section(results: dict) -> list[str]:
+    experiments = results.get("experiments") or {}
+    if not experiments:
+        return []
+    headline = results["summary"]
+    out = [
+        "## Experiments",
+        "",
+        f"Measured in the same rounds as the figures above, with {_writers(headline['writers'])}, on the "
+        "same events, each against its baseline's median from the main table. Not part of the "
+        "targets: neither changes `sql/` or `tenant_pipelines/`.",
+        "",
+    ]
+    rows = []
+    for exp in experiments.values():
+        for e in exp["variants"].values():
+            rows.append([
+                exp["title"], e["label"], _rate(e["median_rows_per_second"]),
+                _rate(e["baseline_median_rows_per_second"]), f"{e['ratio_to_baseline']:.3f}×",
+                f"{e['reference_multiple']:.1f}×",
+                f"{_mib_or_na(e['median_wal_bytes'])} (vs {_mib_or_na(e['baseline_median_wal_bytes'])})",
+                f"{e['median_checkpoints']:g}",
+                ", ".join(_rate(r) + (" ⚠" if d else "") for r, d in zip(e["runs_rows_per_second"], e["runs_disturbed"])),
+            ])
+    out += [
+        h.markdown_table(
+            ["Experiment", "Variant", "Median rows/s", "Baseline median", "vs baseline", "× 850K/min",
+             "WAL per run (baseline)", "Checkpoints", "All runs (rows/s)"],
+            rows, "llrrrrrrl"),
+        "",
+    ]
+    for exp in experiments.values():
+        line = f"- **{exp['title']}**: {exp['description']}."
+        if "subject_rows_per_second" in exp:
+            line += (f" Subject: {_rate(exp['subject_rows_per_second'])} rows/s "
+                     f"({exp['subject_reference_multiple']:.1f}×, throughput target "
+                     f"{'met' if exp['meets_throughput_target'] else 'not met'})")
+            if "ratio_subject_to_flat_rls" in exp:
+                line += f", {_ratio(exp['ratio_subject_to_flat_rls'])}× A under the same experiment"
+            line += "."
+        line += f" Median over {exp['basis']}."
+        out.append(line)
+    out.append("")
+    return out
+
+
 def render_markdown(results: dict) -> str:
     p, s, m, srv = results["parameters"], results["summary"], results["machine"], results["server"]
     tp, par = s["targets"]["throughput"], s["targets"]["parity_with_flat_rls"]
+    exps = results.get("experiments") or {}
     short = {v.key: v.label for v in VARIANTS}
+    short.update({v.key: v.label for e in EXPERIMENTS.values() for v in e.variants if v.key not in short})
+    writers = s["writers"]
+
+    def run_label(r: dict) -> str:
+        label = short[r["variant"]]
+        experiment = r.get("experiment")
+        if experiment and EXPERIMENTS[experiment].setting:
+            label += " [" + "=".join(EXPERIMENTS[experiment].setting) + "]"
+        return label
+
     out = [
         "# Benchmark: usage-event ingestion",
         "",
@@ -444,7 +869,13 @@ def render_markdown(results: dict) -> str:
         f"    {results['command']}",
         "",
         f"{p['events']:,} time-ordered usage events for {p['tenants']} tenants, in batches of "
-        f"{p['batch']:,} rows sent to the tenants in turn; each variant ran {p['repeat']} times "
+        f"{p['batch']:,} rows sent to the tenants in turn, written by **{_writers(writers)}** at once "
+        "(one connection and one thread each; the tenants split between them, each tenant written "
+        "by one writer in time order; a run's rate is all its rows over the time from the start of "
+        "the first writer to the end of the last)"
+        + (f", and for comparison by {' and by '.join(_writers(c) for c in p['compare_writers'])}"
+           if p.get("compare_writers") else "")
+        + f". Each variant ran {p['repeat']} times per writer count "
         "(order alternated between rounds) into an emptied, checkpointed table, on the same "
         "pre-generated events. Median and best are over the runs not disturbed by other work on "
         "the machine (disturbed runs are marked ⚠), or over all runs when some variant had no "
@@ -455,12 +886,12 @@ def render_markdown(results: dict) -> str:
         h.markdown_table(
             ["Target", "Required", "Measured", "Result"],
             [
-                ["Throughput of the subject on one node",
+                [f"Throughput of the subject on one node ({_writers(writers)})",
                  f"≥ {_rate(tp['required_rows_per_second'])} rows/s "
                  f"({TARGET_MULTIPLE}× the seed's {REFERENCE_EVENTS_PER_MIN:,} events/min)",
                  f"{_rate(tp['measured_rows_per_second'])} rows/s ({s['reference_multiple']:.1f}×)",
                  _verdict(tp["pass"])],
-                ["Subject vs flat table with RLS (A)",
+                [f"Subject vs flat table with RLS (A), {_writers(writers)}",
                  f"≥ {par['required_ratio']:.2f}×",
                  f"{_ratio(par['measured_ratio'])}×",
                  _verdict(par["pass"])],
@@ -468,69 +899,64 @@ def render_markdown(results: dict) -> str:
             "llll",
         ),
         "",
-        "## Throughput",
+        f"## Throughput, {_writers(writers)}",
         "",
-        h.markdown_table(
-            ["Variant", "Median rows/s", "Best rows/s", "× 850K/min", "vs A", "Runs counted",
-             "All runs (rows/s)"],
-            [
-                [e["label"], _rate(e["median_rows_per_second"]), _rate(e["best_rows_per_second"]),
-                 f"{e['reference_multiple']:.1f}×", f"{_ratio(e['ratio_to_flat_rls'])}×",
-                 f"{e['runs_counted']} of {len(e['runs_rows_per_second'])}",
-                 ", ".join(_rate(rate) + (" ⚠" if disturbed else "")
-                           for rate, disturbed in zip(e["runs_rows_per_second"], e["runs_disturbed"]))]
-                for e in s["variants"].values()
-            ],
-            "lrrrrrl",
-        ),
+        _throughput_table(s),
         "",
         *[f"- **{e['label']}**: {e['description']}." for e in s["variants"].values()],
         "",
+        *_writers_section(results),
+        *_experiments_section(results),
         "## Every run",
         "",
-        "In the order they ran. CPU is user + system seconds: of the Python process; of the "
-        "server process serving the run's connection; of the whole server (that backend, the "
-        "checkpointer, WAL writer, autovacuum); and *other*: the rest of the machine's busy "
-        f"time (kernel I/O threads, other programs). {results['machine']['cores']} cores give "
-        f"{results['machine']['cores']} CPU-seconds per second. WAL is what the server wrote "
-        f"during the run. ⚠ marks a disturbed run: other work averaged more than {DISTURBED_LOAD} "
-        "of a core, or the machine was still busy when it started.",
+        "In the order they ran. CPU is user + system seconds: of the Python process (all its "
+        "writer threads); of the server processes serving the run's writer connections (summed); "
+        "of the whole server (those backends, the checkpointer, WAL writer, autovacuum); and "
+        "*other*: the rest of the machine's busy time (kernel I/O threads, other programs). "
+        f"{results['machine']['cores']} cores give {results['machine']['cores']} CPU-seconds per "
+        "second. WAL is what the server wrote during the run. *Writer seconds* are each writer's "
+        f"own time. ⚠ marks a disturbed run: other work averaged more than {DISTURBED_LOAD} of a "
+        "core, or the machine was still busy when it started.",
         "",
         h.markdown_table(
-            ["#", "Variant", "Seconds", "Rows/s", "Python CPU s", "Backend CPU s", "Server CPU s",
-             "Other CPU s", "WAL", "Table + indexes", "Checkpoints"],
+            ["#", "Variant", "Writers", "Seconds", "Writer seconds", "Rows/s", "Python CPU s",
+             "Backend CPU s", "Server CPU s", "Other CPU s", "WAL", "Table + indexes", "Checkpoints"],
             [
-                [f"{i}{' ⚠' if r['disturbed'] else ''}", short[r["variant"]], f"{r['seconds']:.1f}",
+                [f"{i}{' ⚠' if r['disturbed'] else ''}", run_label(r), r["writers"], f"{r['seconds']:.1f}",
+                 " / ".join(f"{w:.1f}" for w in r["writer_seconds"]),
                  _rate(r["rows_per_second"]), f"{r['client_cpu_seconds']:.1f}",
                  _seconds(r["backend_cpu_seconds"]), _seconds(r["server_cpu_seconds"]),
                  _seconds(r["other_cpu_seconds"]), h.mib(r["wal_bytes"]), h.mib(r["size_after_bytes"]),
                  r["checkpoints_during_run"]]
                 for i, r in enumerate(results["runs"], 1)
             ],
-            "rlrrrrrrrrr",
+            "rlrrrrrrrrrrr",
         ),
         "",
         "## Memory",
         "",
         h.markdown_table(
-            ["#", "Variant", "Python RSS growth", "Backend peak RSS", "Backend peak private",
+            ["#", "Variant", "Writers", "Python RSS growth", "Backend peak RSS", "Backend peak private",
              "Server peak PSS"],
             [
-                [i, short[r["variant"]], h.mib(r["client_rss_growth_bytes"]),
+                [i, run_label(r), r["writers"], h.mib(r["client_rss_growth_bytes"]),
                  h.mib(r["backend_peak_rss_bytes"]), h.mib(r["backend_peak_private_bytes"]),
                  h.mib(r["server_peak_pss_bytes"])]
                 for i, r in enumerate(results["runs"], 1)
             ],
-            "rlrrrr",
+            "rlrrrrr",
         ),
         "",
         f"- Python process peak RSS: {h.mib(results['memory']['python_peak_rss_bytes'])} over the whole "
         f"benchmark; {h.mib(results['memory']['python_rss_after_generation_bytes'])} right after "
-        "generating the events, which it holds throughout (the same for every variant). "
+        "generating the events"
+        + (" (and the experiments' ids)" if "ordered-ids" in exps else "")
+        + ", which it holds throughout (the same for every variant). "
         "*Python RSS growth* is the increase over the RSS at the start of a run.",
-        "- *Backend peak RSS* is the VmHWM of the server process serving the run's connection "
+        "- *Backend peak RSS* is the VmHWM of the server process serving a writer connection "
         "(it includes the shared buffers that process touched); *backend peak private* is its "
-        "sampled peak of anonymous memory (work memory, caches, local buffers for the staging table).",
+        "sampled peak of anonymous memory (work memory, caches, local buffers for the staging "
+        "table). With several writers, both are those of the largest writer backend.",
         "- *Server peak PSS* is the sampled peak of the proportional set size summed over the "
         "postmaster and all its children (shared memory counted once).",
         "",
@@ -540,9 +966,16 @@ def render_markdown(results: dict) -> str:
         f"- Machine: {m['cores']} cores ({m['cores_usable']} usable), {m['cpu_model']}, "
         f"{h.mib(m['memory_bytes'])} RAM; {m['platform']}; Python {m['python']}, psycopg {m['psycopg']}",
         f"- Server: {results['server_kind']}. Settings: "
-        + ", ".join(f"{k}={v}" for k, v in srv["settings"].items()),
+        + ", ".join(f"{k}={v}" for k, v in srv["settings"].items())
+        + (" (wal_compression changed only for the wal-compression experiment's runs)" if "wal-compression" in exps else ""),
+        f"- Writers: {_writers(writers)}"
+        + (f" (--writers {p['writers_requested']}, capped at the number of tenants)"
+           if p.get("writers_requested", writers) != writers else "")
+        + "; every variant used the same count. The benchmark's own Python process shares the "
+        "machine with the server: its CPU (column *Python CPU s*) is time the server's backends "
+        "could not use.",
         f"- Partitioning: {results['partitioning']}.",
-        f"- Where the subject's rows landed (last run): {describe_leaves(results['subject_leaves'])}.",
+        f"- Where the subject's rows landed (last run, {_writers(writers)}): {describe_leaves(results['subject_leaves'])}.",
         "- Indexes of the flat table (identical to usage_events_mt's partitioned indexes): "
         + "; ".join(f"`{i}`" for i in results["flat_indexes"]),
         f"- Events: generated before timing ({p['events']:,} in {results['generation_seconds']:.1f}s, "
@@ -551,7 +984,7 @@ def render_markdown(results: dict) -> str:
         f"- Each run waited for the machine to go idle (fewer than {IDLE_LOAD} cores busy) before "
         f"starting. Disturbed runs: {_disturbed(results['runs'])}.",
         f"- Warm-up: one round ({results['warmup_batches']} batches) per variant before the measured "
-        "runs, not reported.",
+        f"runs, with {_writers(writers)}, not reported.",
     ]
     return "\n".join(out)
 
@@ -569,7 +1002,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             "way (A) and a plain superuser COPY into it (B, reference only). Reports rows/s, their "
             "ratio and peak memory in bench/results/ingest.json and docs/benchmarks/ingest.md. "
             f"Targets: subject >= {TARGET_RPS:,.0f} rows/s ({TARGET_MULTIPLE}x the seed's "
-            f"{REFERENCE_EVENTS_PER_MIN:,} events/min) and >= {TARGET_PARITY}x A."
+            f"{REFERENCE_EVENTS_PER_MIN:,} events/min) and >= {TARGET_PARITY}x A, at --writers."
         ),
     )
     parser.add_argument("--events", type=int, default=2_000_000, metavar="N",
@@ -582,6 +1015,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                              "statement_timeout (free tier: 10s)")
     parser.add_argument("--repeat", type=int, default=3, metavar="R",
                         help="runs per variant, order alternated between rounds (default: 3)")
+    parser.add_argument("--writers", type=int, default=USABLE_CORES, metavar="W",
+                        help="concurrent writer connections (one thread each) of every variant; the "
+                             "tenants are split between them, each tenant written by one writer in "
+                             f"time order; the targets are judged at this count (default: the usable "
+                             f"cores, {USABLE_CORES} here; at most the number of tenants)")
+    parser.add_argument("--compare-writers", type=_writer_counts, default=[1], metavar="N[,N...]",
+                        help="also run every variant with these writer counts, in the same rounds, for "
+                             "comparison; 'none' for no comparison (default: 1; a count equal to "
+                             "--writers is skipped)")
+    parser.add_argument("--experiment", action="append", choices=sorted(EXPERIMENTS), default=[],
+                        help="also measure an experiment at --writers, in the same rounds, reported "
+                             "apart from the targets: ordered-ids (caller-supplied time-ordered ids "
+                             "through the same path, subject and A), wal-compression (ALTER SYSTEM SET "
+                             "wal_compression = on for its runs, all variants; throwaway cluster only). "
+                             "Repeat the option for both")
     parser.add_argument("--seed", type=int, default=42, help="seed of the generated events and tenants")
     parser.add_argument("--dsn", metavar="DSN",
                         help="a superuser DSN of a PostgreSQL 15+ server to use: the benchmark creates "
@@ -597,15 +1045,33 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="write only bench/results/ingest.json, not docs/benchmarks/ingest.md "
                              "(for smoke runs that should not replace the committed figures)")
     args = parser.parse_args(argv)
-    for name in ("events", "tenants", "batch", "repeat"):
+    for name in ("events", "tenants", "batch", "repeat", "writers"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1")
+    args.experiment = list(dict.fromkeys(args.experiment))
+    if args.dsn and any(EXPERIMENTS[key].setting for key in args.experiment):
+        parser.error("--experiment wal-compression changes the server's configuration (ALTER SYSTEM): "
+                     "only with the throwaway cluster, not with --dsn")
     return args
+
+
+def _writer_counts(text: str) -> list[int]:
+    if text.strip().lower() in ("none", ""):
+        return []
+    try:
+        counts = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: a comma-separated list of writer counts, or 'none'") from None
+    if any(count < 1 for count in counts):
+        raise argparse.ArgumentTypeError(f"{text!r}: writer counts must be at least 1")
+    return counts
 
 
 def command_line(args: argparse.Namespace) -> str:
     parts = ["python bench/ingest.py", f"--events {args.events}", f"--tenants {args.tenants}",
-             f"--batch {args.batch}", f"--repeat {args.repeat}"]
+             f"--batch {args.batch}", f"--repeat {args.repeat}", f"--writers {args.writers}",
+             "--compare-writers " + (",".join(map(str, args.compare_writers)) or "none")]
+    parts += [f"--experiment {key}" for key in args.experiment]
     if args.seed != 42:
         parts.append(f"--seed {args.seed}")
     if args.no_tenant_partitions:
@@ -644,30 +1110,74 @@ def benchmark(args: argparse.Namespace, dsn: str, server_kind: str) -> dict:
         started = time.perf_counter()
         batches = generate_batches(tenants, args.events, args.batch, args.seed, day)
         generation_seconds = time.perf_counter() - started
+        experiments = [EXPERIMENTS[key] for key in args.experiment]
+        id_batches: dict[str, list[Batch]] = {}
+        for kind in dict.fromkeys(v.ids for e in experiments for v in e.variants if v.ids):
+            started = time.perf_counter()
+            id_batches[kind] = with_ids(batches, args.seed, kind)
+            h.log(f"generated {kind} ids for the experiments in {time.perf_counter() - started:.1f}s")
         gc.collect()
         gc.freeze()  # the events live until the end: keep the collector from rescanning them
         rss_after_generation = h.python_peak_rss()
         h.log(f"generated {args.events:,} events in {generation_seconds:.1f}s "
               f"({args.events / generation_seconds:,.0f} rows/s), python RSS {h.mib(rss_after_generation)}")
 
+        # Every run's writer count, as run_once() will use it: never more writers than tenants.
+        writers = min(args.writers, len(tenants))
+        compared = sorted({min(w, len(tenants)) for w in args.compare_writers} - {writers})
+        if writers != args.writers:
+            h.log(f"--writers {args.writers}: only {len(tenants)} tenants, so {writers} writers")
+        # (variant, writers, experiment): the headline configuration first, then the writer
+        # counts compared, then the experiments, all at --writers.
+        configs: list[tuple[Variant, int, Experiment | None]] = (
+            [(v, writers, None) for v in VARIANTS]
+            + [(v, w, None) for w in compared for v in VARIANTS]
+            + [(v, writers, e) for e in experiments for v in e.variants]
+        )
+
         warmup = batches[: len(tenants)]
-        for variant in VARIANTS:
-            run_once(variant, warmup, admin, dsn, args.synchronous_commit, "warm-up")
+        for variant in VARIANTS + tuple(v for e in experiments for v in e.variants if v.ids):
+            run_once(variant, id_batches[variant.ids][: len(tenants)] if variant.ids else warmup, admin, dsn,
+                     args.synchronous_commit, "warm-up", writers)
 
+        settings_changed: dict[str, str] = {}  # name -> value before the benchmark changed it
         runs = []
-        for round_ in range(args.repeat):
-            order = VARIANTS if round_ % 2 == 0 else tuple(reversed(VARIANTS))
-            for variant in order:
-                runs.append(run_once(variant, batches, admin, dsn, args.synchronous_commit,
-                                     f"round {round_ + 1}/{args.repeat}"))
+        try:
+            for round_ in range(args.repeat):
+                order = configs if round_ % 2 == 0 else list(reversed(configs))
+                for variant, count, experiment in order:
+                    wanted = dict([experiment.setting]) if experiment and experiment.setting else {}
+                    for name in [n for n in settings_changed if n not in wanted]:
+                        apply_setting(admin, dsn, name, None, settings_changed.pop(name))
+                    for name, value in wanted.items():
+                        if name not in settings_changed:
+                            settings_changed[name] = admin.execute(
+                                "SELECT current_setting(%s)", (name,)).fetchone()[0]
+                            apply_setting(admin, dsn, name, value, value)
+                    label = f"round {round_ + 1}/{args.repeat}" + (f", {experiment.key}" if experiment else "")
+                    run = run_once(variant, id_batches[variant.ids] if variant.ids else batches, admin, dsn,
+                                   args.synchronous_commit, label, count)
+                    run["experiment"] = experiment.key if experiment else None
+                    runs.append(run)
+        finally:
+            for name, before in settings_changed.items():
+                apply_setting(admin, dsn, name, None, before)
 
-        subject_leaves = next(r["leaves"] for r in reversed(runs) if r["variant"] == "subject")
+        def plain(count: int) -> list[dict]:
+            return [r for r in runs if r["experiment"] is None and r["writers"] == count]
+
+        by_writers = {count: summarize(plain(count)) for count in sorted({writers, *compared})}
+        headline = by_writers[writers]
+        subject_leaves = next(r["leaves"] for r in reversed(runs)
+                              if r["variant"] == "subject" and r["experiment"] is None and r["writers"] == writers)
         return {
             "benchmark": NAME,
             "command": command_line(args),
             "parameters": {"events": args.events, "tenants": args.tenants, "batch": args.batch,
                            "repeat": args.repeat, "seed": args.seed,
-                           "synchronous_commit": args.synchronous_commit},
+                           "synchronous_commit": args.synchronous_commit,
+                           "writers": writers, "writers_requested": args.writers,
+                           "compare_writers": compared, "experiments": list(args.experiment)},
             "reference": {"events_per_minute": REFERENCE_EVENTS_PER_MIN, "rows_per_second": REFERENCE_RPS,
                           "target_multiple": TARGET_MULTIPLE, "target_rows_per_second": TARGET_RPS,
                           "target_parity_with_flat_rls": TARGET_PARITY},
@@ -681,7 +1191,10 @@ def benchmark(args: argparse.Namespace, dsn: str, server_kind: str) -> dict:
             "generation_seconds": generation_seconds,
             "warmup_batches": len(warmup),
             "runs": runs,
-            "summary": summarize(runs),
+            "summary": headline,
+            "summaries_by_writers": {str(count): summary for count, summary in by_writers.items()},
+            "experiments": {e.key: summarize_experiment(e, [r for r in runs if r["experiment"] == e.key], headline)
+                            for e in experiments},
             "memory": {"python_peak_rss_bytes": h.python_peak_rss(),
                        "python_rss_after_generation_bytes": rss_after_generation},
         }
@@ -703,9 +1216,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                          "statement_timeout is 10s; lower --batch") from None
     written = h.write_results(NAME, results, render_markdown(results), docs=not args.no_docs)
     s = results["summary"]
-    for entry in s["variants"].values():
-        h.log(f"{entry['label']}: median {entry['median_rows_per_second']:,.0f} rows/s "
-              f"({entry['reference_multiple']:.1f}x reference)")
+    for count, summary in results["summaries_by_writers"].items():
+        for entry in summary["variants"].values():
+            h.log(f"{count} writer{'s' if count != '1' else ''}: {entry['label']}: median "
+                  f"{entry['median_rows_per_second']:,.0f} rows/s ({entry['reference_multiple']:.1f}x reference)")
+    for experiment in results["experiments"].values():
+        for entry in experiment["variants"].values():
+            h.log(f"experiment {experiment['key']}: {entry['label']}: median {entry['median_rows_per_second']:,.0f} "
+                  f"rows/s ({entry['ratio_to_baseline']:.3f}x {entry['baseline']})")
+    h.log(f"targets judged at {s['writers']} writer{'s' if s['writers'] != 1 else ''}:")
     tp, par = s["targets"]["throughput"], s["targets"]["parity_with_flat_rls"]
     h.log(f"throughput target {TARGET_RPS:,.0f} rows/s: {'PASS' if tp['pass'] else 'FAIL'} "
           f"({tp['measured_rows_per_second']:,.0f}); parity >= {TARGET_PARITY}: "
