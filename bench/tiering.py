@@ -1,0 +1,858 @@
+#!/usr/bin/env python
+"""Benchmark: storage tiering, as the pipelines run it.
+
+Enterprise (monthly) tenants get three old months of usage events (--rows in all, per tenant),
+then ``tenant_pipelines.core.tiering.tier_tenant()`` moves them, with ``as_of`` at the 16th of
+the current month (UTC) so that, whatever today's date, the month four back turns cold and the
+months three and two back turn warm. It measures, in the same run:
+
+1. move throughput: bytes moved / time of the moves (tier_tenant's per-move bytes and time
+   under lock), against plain file copies of the same size on the same filesystem: (a) the
+   partition's own relation files (pg_relation_filepath) copied with shutil.copyfile + fsync,
+   (b) a file of os.urandom bytes written, fsynced and evicted from the page cache first
+   (posix_fadvise DONTNEED), so that its copy reads from the disk. VACUUM (FREEZE) of the cold
+   month is timed apart.
+2. insert latency while tiering: an inserter thread writes small batches (ingest_usage_events:
+   billing_app, tenant context, RLS) into the current month of the tenant being tiered, at a
+   fixed rate, through baseline windows (no tiering) and tiering windows, interleaved:
+   baseline, tiering, baseline, tiering, ..., baseline. Targets: no insert fails, and the p99
+   latency during tiering within 1.2x of the baseline's.
+
+Run on demand:  python bench/tiering.py [--rows N] [--rounds R] [--dsn DSN] [--no-docs]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
+from decimal import Decimal
+from pathlib import Path
+from typing import Callable, Sequence
+
+import psycopg
+from psycopg import sql
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout, not installed
+
+import _harness as h  # noqa: E402  (bench/ is sys.path[0] when run as a script)
+from tenant_pipelines.core import tiering  # noqa: E402
+from tenant_pipelines.core.demo import METRICS  # noqa: E402
+from tenant_pipelines.core.ingest import ingest_usage_events  # noqa: E402
+from tenant_pipelines.core.partitions import ensure_tenant_partition, partition_name  # noqa: E402
+from tenant_pipelines.db.embedded import TABLESPACES  # noqa: E402
+from tenant_pipelines.db.migrate import migrate  # noqa: E402
+
+NAME = "tiering"
+TARGET_P99_RATIO = 1.2
+IDLE_LOAD = 0.25
+IDLE_WAIT_S = 60.0
+WARMUP_S = 3.0
+SETTLE_S = 1.0
+COPY_CHUNK = 8 * h.MIB
+AS_OF_DAY = 16  # as_of = the 16th of the current month, 00:00 UTC
+# Months back from the current one -> the tier they reach at as_of (see month_targets()).
+OLD_MONTHS = (4, 3, 2)
+PROPERTIES = '{"source": "bench", "region": "eu-west-1"}'
+
+
+# -- months -----------------------------------------------------------------------------------------
+
+
+def add_months(day: date, months: int) -> date:
+    index = day.year * 12 + day.month - 1 + months
+    return date(index // 12, index % 12 + 1, 1)
+
+
+def utc(day: date) -> datetime:
+    return datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
+
+
+def month_targets(this_month: date, as_of: datetime, warm_after: timedelta, cold_after: timedelta) -> dict[date, str]:
+    """The tier fn_tier_plan() gives each old month at ``as_of``: age = as_of - the month's end."""
+    out = {}
+    for back in OLD_MONTHS:
+        start = add_months(this_month, -back)
+        age = as_of - utc(add_months(start, 1))
+        out[start] = "cold" if age >= cold_after else "warm" if age >= warm_after else "hot"
+    return out
+
+
+# -- set-up -----------------------------------------------------------------------------------------
+
+
+def connect(dsn: str, synchronous_commit: str = "on") -> psycopg.Connection:
+    conn = psycopg.connect(dsn, autocommit=True)
+    conn.execute("SELECT set_config('synchronous_commit', %s, false)", (synchronous_commit,))
+    return conn
+
+
+def prepare_tablespaces(conn: psycopg.Connection, throwaway: bool) -> dict[str, str]:
+    """hot/warm/cold -> tablespace. The throwaway cluster has hot_storage, warm_storage and
+    cold_storage (EmbeddedCluster creates them); point the tiers at them as the test suite does.
+    On another server the tiers must already name three distinct, existing tablespaces."""
+    if throwaway:
+        tiering.configure_tablespaces(conn, TABLESPACES)
+    tiering.require_tablespaces(conn)
+    tiers = dict(conn.execute("SELECT storage_tier, tablespace::text FROM storage_tiers").fetchall())
+    if len(set(tiers.values())) != 3:
+        raise SystemExit(f"the tiers share tablespaces ({tiers}): nothing would move; point them at three "
+                         "tablespaces with 'tenant-pipelines tiering configure'")
+    return tiers
+
+
+def tablespace_folder(conn: psycopg.Connection, name: str) -> Path | None:
+    """The folder of a tablespace (the server's data folder for pg_default), None if unknown."""
+    location = conn.execute(
+        "SELECT CASE WHEN spcname IN ('pg_default', 'pg_global') THEN current_setting('data_directory')"
+        " ELSE pg_tablespace_location(oid) END FROM pg_tablespace WHERE spcname = %s",
+        (name,),
+    ).fetchone()
+    return Path(location[0]) if location and location[0] else None
+
+
+def policy(conn: psycopg.Connection) -> tuple[timedelta, timedelta]:
+    """warm_after / cold_after for the enterprise tier (its own row, else the global one)."""
+    return conn.execute(
+        "SELECT warm_after, cold_after FROM tiering_policy WHERE tenant_tier = 'enterprise' OR tenant_tier IS NULL"
+        " ORDER BY tenant_tier NULLS LAST LIMIT 1"
+    ).fetchone()
+
+
+def create_enterprise_tenants(conn: psycopg.Connection, count: int, label: str) -> list[uuid.UUID]:
+    """Organizations on the enterprise tier (monthly partitions), each with an active subscription."""
+    tenants = [uuid.uuid4() for _ in range(count)]
+    names = [f"Tiering bench {label} {i + 1}" for i in range(count)]
+    with conn.transaction():
+        conn.execute("INSERT INTO organizations (id, name) SELECT * FROM unnest(%s::uuid[], %s::text[])",
+                     (tenants, names))
+        conn.execute(
+            "INSERT INTO tenant_classifications (organization_id, tier, monthly_events_limit, storage_quota_gb)"
+            " SELECT t, tier, monthly_events_limit, storage_quota_gb FROM unnest(%s::uuid[]) t, tier_limits"
+            " WHERE tier = 'enterprise'",
+            (tenants,),
+        )
+        conn.execute("INSERT INTO subscriptions (organization_id, plan, status)"
+                     " SELECT t, 'enterprise_custom', 'active' FROM unnest(%s::uuid[]) t", (tenants,))
+    return tenants
+
+
+_GENERATE = """
+SELECT %(tenant)s::uuid,
+       (ARRAY['api_calls', 'compute_seconds', 'storage_gb_hours', 'messages_sent'])[1 + i %% 4],
+       ((i * 7919 + 13) %% 10000000000) / 1000000.0,
+       %(first)s::timestamptz + %(step)s::interval * i,
+       %(properties)s::jsonb
+  FROM generate_series(%(lo)s::bigint, %(hi)s::bigint) AS i
+"""
+_COPY_IN = sql.SQL(
+    'COPY usage_events_mt (organization_id, metric_name, quantity, "timestamp", properties) FROM STDIN'
+)
+
+
+def copy_generated(source: psycopg.Connection, target: psycopg.Connection, params: dict) -> int:
+    """Rows generated by the server on ``source`` (COPY (SELECT ... generate_series) TO STDOUT),
+    streamed into usage_events_mt on ``target`` with COPY FROM STDIN as the superuser. Time
+    ordered; COPY routes them to the tenant's month partitions."""
+    out_query = sql.SQL("COPY ({}) TO STDOUT").format(sql.SQL(_GENERATE))
+    with target.transaction(), target.cursor() as cur:
+        with source.cursor().copy(out_query, params) as out, cur.copy(_COPY_IN) as into:
+            for chunk in out:
+                into.write(chunk)
+        return cur.rowcount
+
+
+def load_tenant(admin: psycopg.Connection, source: psycopg.Connection, tenant: uuid.UUID, rows: int,
+                first: datetime, end: datetime) -> dict:
+    """``rows`` events spread evenly over [first, end), time ordered. The first one goes in
+    before onboarding, so ensure_tenant_partition() premakes the months from ``first`` on;
+    the rest are COPYed straight into the month partitions."""
+    params = {"tenant": tenant, "first": first, "step": (end - first) / rows, "properties": PROPERTIES}
+    copy_generated(source, admin, {**params, "lo": 0, "hi": 0})
+    report = ensure_tenant_partition(admin, tenant)
+    if report.layout != "monthly":
+        raise SystemExit(f"tenant {tenant}: layout {report.layout}, expected monthly (enterprise tier)")
+    started = time.perf_counter()
+    loaded = 1 + copy_generated(source, admin, {**params, "lo": 1, "hi": rows - 1})
+    return {"tenant": str(tenant), "rows": loaded, "seconds": time.perf_counter() - started,
+            "tables_created": len(report.tables_created)}
+
+
+def vacuum_tenant(conn: psycopg.Connection, tenant: uuid.UUID) -> float:
+    """VACUUM (ANALYZE) of the tenant's partition tree, as autovacuum would have done long
+    before a month turns warm: the hint bits and visibility map are set, tuples not frozen."""
+    started = time.perf_counter()
+    conn.execute(sql.SQL("VACUUM (ANALYZE) {}").format(sql.Identifier("public", partition_name(tenant))))
+    return time.perf_counter() - started
+
+
+def month_partitions(conn: psycopg.Connection, tenant: uuid.UUID, months: Sequence[date]) -> list[dict]:
+    out = []
+    for month in months:
+        name = f"{partition_name(tenant)}_p{month:%Y%m}"
+        rows, size, space = conn.execute(
+            sql.SQL("SELECT (SELECT count(*) FROM {}), pg_total_relation_size(%s::regclass),"
+                    " (SELECT coalesce(t.spcname, 'default') FROM pg_class c LEFT JOIN pg_tablespace t"
+                    "   ON t.oid = c.reltablespace WHERE c.oid = %s::regclass)").format(sql.Identifier("public", name)),
+            (f"public.{name}", f"public.{name}"),
+        ).fetchone()
+        out.append({"partition": name, "month": month.isoformat(), "rows": rows, "bytes": size, "tablespace": space})
+    return out
+
+
+# -- plain file copies (the baseline) ------------------------------------------------------------------
+
+
+def relation_files(conn: psycopg.Connection, partition: str, data_dir: Path) -> list[Path]:
+    """Every file of the partition: heap, TOAST and its index, the indexes; all forks and
+    1 GB segments. Paths under the server's data folder (pg_tblspc/... for tablespaces)."""
+    rel = f"public.{partition}"
+    bases = [r[0] for r in conn.execute(
+        """
+        SELECT pg_relation_filepath(oid) FROM (
+            SELECT %s::regclass::oid AS oid
+            UNION ALL SELECT indexrelid FROM pg_index WHERE indrelid = %s::regclass
+            UNION ALL SELECT reltoastrelid FROM pg_class WHERE oid = %s::regclass AND reltoastrelid <> 0
+            UNION ALL SELECT x.indexrelid FROM pg_index x JOIN pg_class c ON x.indrelid = c.reltoastrelid
+                       WHERE c.oid = %s::regclass) r
+        """,
+        (rel, rel, rel, rel),
+    )]
+    files = []
+    for base in bases:
+        path = data_dir / base
+        for candidate in [path, *path.parent.glob(path.name + ".*"), *path.parent.glob(path.name + "_*")]:
+            if candidate.is_file():
+                files.append(candidate)
+    return sorted(set(files))
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def copy_files(sources: Sequence[Path], folder: Path) -> tuple[int, float]:
+    """shutil.copyfile of each file into ``folder``, each fsynced (as SET TABLESPACE syncs each
+    fork it writes), then the folder. Returns bytes and seconds."""
+    started = time.perf_counter()
+    total = 0
+    for i, src in enumerate(sources):
+        dst = folder / f"{i:04d}_{src.name}"
+        shutil.copyfile(src, dst)
+        _fsync_path(dst)
+        total += dst.stat().st_size
+    _fsync_path(folder)
+    return total, time.perf_counter() - started
+
+
+def random_file(path: Path, size: int) -> None:
+    """``size`` bytes of os.urandom, fsynced, then dropped from the page cache."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        left = size
+        while left > 0:
+            left -= os.write(fd, os.urandom(min(COPY_CHUNK, left)))
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def scratch_folder(near: Path | None) -> Path:
+    """A temporary folder beside ``near`` (a tablespace's folder: the same filesystem), else in
+    the system's temporary folder."""
+    for parent in ([near.parent] if near is not None else []) + [Path(tempfile.gettempdir())]:
+        if os.access(parent, os.W_OK):
+            return Path(tempfile.mkdtemp(prefix="tp-bench-copy-", dir=parent))
+    raise SystemExit("no writable folder for the file-copy baseline")
+
+
+def file_copy_baselines(conn: psycopg.Connection, partitions: Sequence[str], data_dir: Path | None,
+                        source_space: Path | None, target_space: Path | None) -> dict:
+    """Copy (a) the partitions' relation files and (b) an equal-sized random file that is not
+    in the page cache, onto the target tablespace's filesystem. Both fsynced."""
+    result: dict = {"relation_files": None, "random_file": None}
+    target = scratch_folder(target_space)
+    source = scratch_folder(source_space)
+    try:
+        result["same_filesystem"] = (source_space is not None and target_space is not None
+                                     and os.stat(source_space).st_dev == os.stat(target_space).st_dev)
+        files: list[Path] = []
+        if data_dir is not None and os.access(data_dir, os.R_OK | os.X_OK):
+            for part in partitions:
+                files += relation_files(conn, part, data_dir)
+        if files:
+            size, seconds = copy_files(files, target)
+            result["relation_files"] = {"files": len(files), "bytes": size, "seconds": seconds,
+                                        "mb_per_second": size / h.MIB / seconds}
+            for f in target.iterdir():
+                f.unlink()
+        size = result["relation_files"]["bytes"] if result["relation_files"] else sum(
+            conn.execute("SELECT pg_total_relation_size(%s::regclass)", (f"public.{p}",)).fetchone()[0]
+            for p in partitions)
+        blob = source / "random.bin"
+        random_file(blob, size)
+        size, seconds = copy_files([blob], target)
+        result["random_file"] = {"bytes": size, "seconds": seconds, "mb_per_second": size / h.MIB / seconds}
+        result["folders"] = [str(source), str(target)]
+    finally:
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.rmtree(source, ignore_errors=True)
+    return result
+
+
+# -- the inserter -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sample:
+    scheduled: float  # perf_counter when the insert was due (fixed rate)
+    started: float
+    finished: float
+    ok: bool
+
+
+class Inserter:
+    """Writes ``rows`` events per transaction into the current month of ``tenant`` with
+    ingest_usage_events() (billing_app, tenant context, RLS), ``rate`` transactions a second,
+    on its own connection. Latency is measured from when each insert was due, so a stall
+    counts for every insert queued behind it, and from when it started (service time)."""
+
+    def __init__(self, dsn: str, synchronous_commit: str, rate: float, rows: int, tenant: uuid.UUID) -> None:
+        self.dsn, self.synchronous_commit, self.interval, self.rows = dsn, synchronous_commit, 1.0 / rate, rows
+        self.tenant = tenant  # the main thread switches it between rounds
+        self.samples: list[Sample] = []
+        self.errors: list[dict] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="inserter", daemon=True)
+        self._seq = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _events(self) -> list[tuple]:
+        now = datetime.now(timezone.utc)
+        self._seq += 1
+        return [(METRICS[(self._seq + i) % len(METRICS)], Decimal(self._seq % 1000 + i), now, PROPERTIES)
+                for i in range(self.rows)]
+
+    def _run(self) -> None:
+        conn = connect(self.dsn, self.synchronous_commit)
+        due = time.perf_counter()
+        try:
+            while not self._stop.is_set():
+                wait = due - time.perf_counter()
+                if wait > 0 and self._stop.wait(wait):
+                    break
+                started = time.perf_counter()
+                ok = True
+                try:
+                    ingest_usage_events(conn, self.tenant, self._events())
+                except Exception as exc:  # noqa: BLE001  every failure is a finding
+                    ok = False
+                    self.errors.append({"at": started, "error": f"{type(exc).__name__}: {exc}"})
+                    if conn.broken or conn.closed:
+                        conn = connect(self.dsn, self.synchronous_commit)
+                self.samples.append(Sample(due, started, time.perf_counter(), ok))
+                due += self.interval
+        finally:
+            conn.close()
+
+
+def percentile(values: Sequence[float], pct: float) -> float:
+    """Nearest-rank percentile."""
+    ordered = sorted(values)
+    rank = max(1, -(-len(ordered) * pct // 100))
+    return ordered[int(rank) - 1]
+
+
+def latency_summary(samples: Sequence[Sample]) -> dict:
+    if not samples:
+        return {"inserts": 0}
+    response = [(s.finished - s.scheduled) * 1000 for s in samples]
+    service = [(s.finished - s.started) * 1000 for s in samples]
+    return {
+        "inserts": len(samples),
+        "failed": sum(1 for s in samples if not s.ok),
+        "p50_ms": percentile(response, 50), "p99_ms": percentile(response, 99), "max_ms": max(response),
+        "service_p50_ms": percentile(service, 50), "service_p99_ms": percentile(service, 99),
+        "service_max_ms": max(service),
+    }
+
+
+def in_window(samples: Sequence[Sample], window: dict) -> list[Sample]:
+    return [s for s in samples if window["start"] <= s.scheduled < window["end"]]
+
+
+# -- one synchronous_commit mode ------------------------------------------------------------------------
+
+
+def wal_lsn(conn: psycopg.Connection) -> str:
+    return str(conn.execute("SELECT pg_current_wal_lsn()").fetchone()[0])
+
+
+def wal_bytes(conn: psycopg.Connection, start: str) -> int:
+    return int(conn.execute("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s::pg_lsn)", (start,)).fetchone()[0])
+
+
+class FreezeTimer:
+    """Times tiering's VACUUM (FREEZE, ANALYZE) of cold partitions: wraps the module's helper,
+    which tier_tenant() looks up at call time."""
+
+    def __init__(self) -> None:
+        self.records: list[dict] = []
+        self._original: Callable | None = None
+
+    def __enter__(self) -> "FreezeTimer":
+        self._original = tiering._vacuum_freeze
+
+        def timed(conn: psycopg.Connection, partition: str) -> None:
+            started = time.perf_counter()
+            self._original(conn, partition)
+            self.records.append({"partition": partition, "seconds": time.perf_counter() - started})
+
+        tiering._vacuum_freeze = timed
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        tiering._vacuum_freeze = self._original
+
+
+def tier_round(admin: psycopg.Connection, tenant: uuid.UUID, as_of: datetime, expected: dict[str, str]) -> dict:
+    """tier_tenant() for one tenant, timed, with its WAL and the freeze time apart."""
+    lsn = wal_lsn(admin)
+    with FreezeTimer() as freezes, h.ResourceProbe(h.local_backend_pid(admin)) as probe:
+        started = time.perf_counter()
+        report = tiering.tier_tenant(admin, tenant, as_of=as_of)
+        seconds = time.perf_counter() - started
+    moves = [{"partition": m.partition, "from": m.from_tablespace, "to": m.to_tablespace, "bytes": m.bytes,
+              "seconds": m.lock_held_s, "attempts": m.attempts, "frozen": m.frozen,
+              "mb_per_second": m.bytes / h.MIB / m.lock_held_s} for m in report.moves]
+    for move in moves:
+        move["freeze_seconds"] = next((f["seconds"] for f in freezes.records if f["partition"] == move["partition"]), None)
+    moved = {m["partition"]: m["to"] for m in moves}
+    wrong = {p: (moved.get(p), t) for p, t in expected.items() if moved.get(p) != t}
+    if wrong or report.misplaced_left:
+        raise SystemExit(f"tenant {tenant}: moves {moved} differ from the plan {expected} "
+                         f"({report.misplaced_left} misplaced left)")
+    move_seconds = sum(m["seconds"] for m in moves)
+    return {
+        "tenant": str(tenant), "seconds": seconds, "moves": moves,
+        "bytes_moved": report.bytes_moved, "move_seconds": move_seconds,
+        "freeze_seconds": sum(f["seconds"] for f in freezes.records),
+        "mb_per_second": report.bytes_moved / h.MIB / move_seconds,
+        "mb_per_second_with_freeze": report.bytes_moved / h.MIB / seconds,
+        "wal_bytes": wal_bytes(admin, lsn), "placement": report.placement, **probe.as_dict(),
+    }
+
+
+def run_mode(args: argparse.Namespace, dsn: str, admin: psycopg.Connection, mode: str, ctx: dict) -> dict:
+    """Build ``args.rounds`` tenants, then: baseline, tier tenant 1, baseline, tier tenant 2, ...,
+    baseline, with the inserter writing throughout at a fixed rate."""
+    label = f"synchronous_commit={mode}"
+    h.log(f"{label}: creating {args.rounds} enterprise tenants with {args.rows:,} rows each")
+    tenants = create_enterprise_tenants(admin, args.rounds, mode)
+    loads = []
+    with connect(dsn) as source:
+        for tenant in tenants:
+            loads.append(load_tenant(admin, source, tenant, args.rows, ctx["first"], ctx["end"]))
+            loads[-1]["vacuum_seconds"] = vacuum_tenant(admin, tenant)
+            h.log(f"{label}: loaded {loads[-1]['rows']:,} rows in {loads[-1]['seconds']:.1f}s "
+                  f"(vacuum {loads[-1]['vacuum_seconds']:.1f}s)")
+    expected_by_tenant = {
+        t: {f"{partition_name(t)}_p{m:%Y%m}": ctx["tiers"][target] for m, target in ctx["targets"].items()}
+        for t in tenants
+    }
+    admin.execute("CHECKPOINT")
+    load_before = h.wait_until_idle(IDLE_LOAD, timeout=IDLE_WAIT_S)
+    inserter = Inserter(dsn, mode, args.insert_rate, args.insert_rows, tenants[0])
+    windows: list[dict] = []
+    rounds: list[dict] = []
+
+    def window(kind: str, number: int, work: Callable[[], object]) -> object:
+        start = time.perf_counter()
+        value = work()
+        windows.append({"kind": kind, "round": number, "start": start, "end": time.perf_counter()})
+        return value
+
+    inserter.start()
+    try:
+        time.sleep(WARMUP_S)
+        for number, tenant in enumerate(tenants, 1):
+            inserter.tenant = tenant
+            window("baseline", number, lambda: time.sleep(args.baseline_seconds))
+            admin.execute("CHECKPOINT")
+            before = month_partitions(admin, tenant, list(ctx["targets"]))
+            parts = [p["partition"] for p in before]
+            copies = file_copy_baselines(admin, parts, ctx["data_dir"], ctx["folders"]["hot"], ctx["folders"]["warm"])
+            time.sleep(SETTLE_S)
+            h.log(f"{label}: round {number}: tiering tenant {tenant}")
+            result = window("tiering", number, lambda: tier_round(admin, tenant, ctx["as_of"], expected_by_tenant[tenant]))
+            after = month_partitions(admin, tenant, list(ctx["targets"]))
+            if [p["rows"] for p in before] != [p["rows"] for p in after]:
+                raise SystemExit(f"tenant {tenant}: rows per month changed by tiering: {before} -> {after}")
+            result.update({"number": number, "partitions_before": before, "partitions_after": after,
+                           "copies": copies})
+            rounds.append(result)
+            h.log(f"{label}: round {number}: moved {h.mib(result['bytes_moved'])} in {result['move_seconds']:.2f}s "
+                  f"= {result['mb_per_second']:.0f} MB/s; freeze {result['freeze_seconds']:.2f}s; "
+                  f"file copy {copies['relation_files']['mb_per_second'] if copies['relation_files'] else 0:.0f} MB/s"
+                  f" (relation files), {copies['random_file']['mb_per_second']:.0f} MB/s (random file, from disk)")
+            admin.execute("CHECKPOINT")
+            time.sleep(SETTLE_S)
+        window("baseline", len(tenants) + 1, lambda: time.sleep(args.baseline_seconds))
+    finally:
+        inserter.stop()
+
+    per_window = []
+    for w in windows:
+        summary = latency_summary(in_window(inserter.samples, w))
+        per_window.append({**{k: w[k] for k in ("kind", "round")}, "seconds": w["end"] - w["start"], **summary})
+    pooled = {kind: latency_summary([s for w in windows if w["kind"] == kind for s in in_window(inserter.samples, w)])
+              for kind in ("baseline", "tiering")}
+    ratio = pooled["tiering"]["p99_ms"] / pooled["baseline"]["p99_ms"]
+    service_ratio = pooled["tiering"]["service_p99_ms"] / pooled["baseline"]["service_p99_ms"]
+    errors = [{**e, "at": e["at"] - windows[0]["start"]} for e in inserter.errors]
+    return {
+        "synchronous_commit": mode, "tenants": [str(t) for t in tenants], "loads": loads,
+        "load_before_cores": load_before, "rounds": rounds, "windows": per_window, "pooled": pooled,
+        "inserts_total": len(inserter.samples), "insert_errors": errors,
+        "p99_ratio": ratio, "service_p99_ratio": service_ratio,
+        "targets": {"no_failed_insert": not errors, "p99_ratio": ratio <= TARGET_P99_RATIO},
+    }
+
+
+# -- report ------------------------------------------------------------------------------------------------
+
+
+def _ms(value: float) -> str:
+    return f"{value:,.1f}" if value < 100 else f"{value:,.0f}"
+
+
+def _verdict(ok: bool) -> str:
+    return "**MET**" if ok else "**MISSED**"
+
+
+def _mbps(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:,.0f}"
+
+
+def throughput_summary(modes: list[dict]) -> dict:
+    rounds = [r for m in modes for r in m["rounds"]]
+    moved = sum(r["bytes_moved"] for r in rounds)
+    move_s = sum(r["move_seconds"] for r in rounds)
+    rel = [r["copies"]["relation_files"] for r in rounds if r["copies"]["relation_files"]]
+    rnd = [r["copies"]["random_file"] for r in rounds]
+    by_tier: dict[str, list] = {}
+    for r in rounds:
+        for m in r["moves"]:
+            by_tier.setdefault(m["to"], []).append(m)
+    return {
+        "bytes_moved": moved, "move_seconds": move_s, "mb_per_second": moved / h.MIB / move_s,
+        "median_round_mb_per_second": statistics.median(r["mb_per_second"] for r in rounds),
+        "relation_files_mb_per_second": (sum(c["bytes"] for c in rel) / h.MIB / sum(c["seconds"] for c in rel))
+        if rel else None,
+        "random_file_mb_per_second": sum(c["bytes"] for c in rnd) / h.MIB / sum(c["seconds"] for c in rnd),
+        "by_target": {t: {"moves": len(ms), "bytes": sum(m["bytes"] for m in ms),
+                          "seconds": sum(m["seconds"] for m in ms),
+                          "mb_per_second": sum(m["bytes"] for m in ms) / h.MIB / sum(m["seconds"] for m in ms)}
+                      for t, ms in sorted(by_tier.items())},
+        "freeze": [f for r in rounds for f in ([{"seconds": m["freeze_seconds"], "bytes": m["bytes"]}
+                                                for m in r["moves"] if m["frozen"]])],
+        "wal_bytes": sum(r["wal_bytes"] for r in rounds),
+    }
+
+
+def render_markdown(results: dict) -> str:
+    p, m, srv, t = results["parameters"], results["machine"], results["server"], results["throughput"]
+    modes = results["modes"]
+    target_rows = []
+    for mode in modes:
+        pool = mode["pooled"]
+        target_rows.append([f"No insert fails (synchronous_commit={mode['synchronous_commit']})", "0 failed",
+                            f"{len(mode['insert_errors'])} failed of {mode['inserts_total']:,}",
+                            _verdict(mode["targets"]["no_failed_insert"])])
+        target_rows.append([
+            f"p99 insert latency while tiering (synchronous_commit={mode['synchronous_commit']})",
+            f"≤ {TARGET_P99_RATIO}× baseline p99",
+            f"{_ms(pool['tiering']['p99_ms'])} ms vs {_ms(pool['baseline']['p99_ms'])} ms = "
+            f"{mode['p99_ratio']:.2f}×", _verdict(mode["targets"]["p99_ratio"])])
+    freeze = t["freeze"]
+    rel = t["relation_files_mb_per_second"]
+    out = [
+        "# Benchmark: storage tiering",
+        "",
+        f"Generated by `bench/tiering.py` on {m['date_utc']}; re-run it to refresh this page "
+        "(see [bench/README.md](../../bench/README.md)). Command:",
+        "",
+        f"    {results['command']}",
+        "",
+        f"Per round, one enterprise tenant (monthly partitions) with {p['rows']:,} usage events spread evenly "
+        f"over three old months ({', '.join(f'{k} → {v}' for k, v in results['month_targets'].items())} at "
+        f"`as_of` = {results['as_of']}), loaded, vacuumed (not frozen) and checkpointed, is tiered with "
+        "`tier_tenant()` while an inserter thread writes "
+        f"{p['insert_rows']} rows per transaction, {p['insert_rate']:g} transactions/s, into the same tenant's "
+        "current month with `ingest_usage_events()` (billing_app, tenant context, RLS). "
+        f"{p['rounds']} rounds per `synchronous_commit` setting of the inserter, each on a fresh tenant: "
+        "baseline window, tiering, baseline, tiering, ..., baseline.",
+        "",
+        "## Targets",
+        "",
+        h.markdown_table(["Target", "Required", "Measured", "Result"], target_rows, "llll"),
+        "",
+        "Latency is counted from when each insert was due at the fixed rate, so a stall also counts "
+        "for the inserts queued behind it; the service time (from when it started) is listed below too.",
+        "",
+        "## Move throughput",
+        "",
+        h.markdown_table(
+            ["What", "MB/s", "Notes"],
+            [
+                ["tier_tenant(): moves (bytes / time under lock)", _mbps(t["mb_per_second"]),
+                 f"{h.mib(t['bytes_moved'])} in {t['move_seconds']:.1f}s over {len(modes) * p['rounds']} tenants; "
+                 f"median round {_mbps(t['median_round_mb_per_second'])} MB/s"],
+                *[[f"… to {to}", _mbps(v["mb_per_second"]), f"{v['moves']} moves, {h.mib(v['bytes'])}"]
+                  for to, v in t["by_target"].items()],
+                ["Plain copy: the partitions' relation files (page cache warm)", _mbps(rel),
+                 "shutil.copyfile + fsync per file, same files, same filesystem, just before the moves"],
+                ["Plain copy: random file of the same size, read from disk", _mbps(t["random_file_mb_per_second"]),
+                 "os.urandom file, fsynced and evicted from this machine's page cache (posix_fadvise "
+                 "DONTNEED), then copied + fsync; a virtual disk may still be cached by its host"],
+            ],
+            "lrl",
+        ),
+        "",
+        f"- Moves vs plain copy of the same files: {t['mb_per_second'] / rel:.2f}×." if rel else
+        "- The relation files were not readable (remote server): only the random-file copy is a baseline.",
+        f"- WAL written by the moves (and the freezes): {h.mib(t['wal_bytes'])} for {h.mib(t['bytes_moved'])} "
+        f"moved ({t['wal_bytes'] / t['bytes_moved']:.2f}×): with wal_level={srv['settings'].get('wal_level')} "
+        "`SET TABLESPACE` writes every page to the WAL as well as to the new file, then fsyncs the file.",
+        "- What the plain copy means: the same bytes copied once, on the same filesystem, with no WAL and no "
+        "locks: the floor under any move. The relation files and the moved partitions were loaded minutes "
+        "before, on a machine with free memory, so both read from the page cache (caches cannot be dropped "
+        "here); the random-file copy shows what reading from the disk costs.",
+        f"- VACUUM (FREEZE, ANALYZE) of each cold month (timed apart, inside `tier_tenant()`): "
+        + ", ".join(f"{f['seconds']:.2f}s for {h.mib(f['bytes'])}" for f in freeze) + ".",
+        "",
+        "## Every tiering round",
+        "",
+        h.markdown_table(
+            ["Mode", "Round", "Moves (to: MiB in s)", "Moves MB/s", "Freeze s", "tier_tenant s", "WAL",
+             "Copy relation files MB/s", "Copy random file MB/s"],
+            [[mode["synchronous_commit"], r["number"],
+              "; ".join(f"{mv['to']}: {mv['bytes'] / h.MIB:,.0f} in {mv['seconds']:.2f}" for mv in r["moves"]),
+              _mbps(r["mb_per_second"]), f"{r['freeze_seconds']:.2f}", f"{r['seconds']:.2f}", h.mib(r["wal_bytes"]),
+              _mbps(r["copies"]["relation_files"]["mb_per_second"] if r["copies"]["relation_files"] else None),
+              _mbps(r["copies"]["random_file"]["mb_per_second"])]
+             for mode in modes for r in mode["rounds"]],
+            "lrlrrrrrr",
+        ),
+        "",
+        "## Insert latency",
+        "",
+        h.markdown_table(
+            ["Mode", "Windows", "Inserts", "Failed", "p50 ms", "p99 ms", "max ms", "service p50", "service p99",
+             "service max"],
+            [[mode["synchronous_commit"], kind, f"{pool['inserts']:,}", pool["failed"], _ms(pool["p50_ms"]),
+              _ms(pool["p99_ms"]), _ms(pool["max_ms"]), _ms(pool["service_p50_ms"]), _ms(pool["service_p99_ms"]),
+              _ms(pool["service_max_ms"])]
+             for mode in modes for kind, pool in mode["pooled"].items()],
+            "llrrrrrrrr",
+        ),
+        "",
+        "Every window, in the order they ran:",
+        "",
+        h.markdown_table(
+            ["Mode", "Window", "Seconds", "Inserts", "Failed", "p50 ms", "p99 ms", "max ms", "service p99"],
+            [[mode["synchronous_commit"], f"{w['kind']} {w['round']}", f"{w['seconds']:.1f}", w["inserts"],
+              w.get("failed", 0), _ms(w.get("p50_ms", 0)), _ms(w.get("p99_ms", 0)), _ms(w.get("max_ms", 0)),
+              _ms(w.get("service_p99_ms", 0))]
+             for mode in modes for w in mode["windows"]],
+            "llrrrrrrr",
+        ),
+        "",
+    ]
+    for mode in modes:
+        if mode["insert_errors"]:
+            out.append(f"- Failed inserts (synchronous_commit={mode['synchronous_commit']}): "
+                       + "; ".join(f"{e['at']:.1f}s: {e['error']}" for e in mode["insert_errors"][:5]))
+    out += [
+        "",
+        "## Set-up",
+        "",
+        f"- PostgreSQL: {srv['version']}",
+        f"- Machine: {m['cores']} cores ({m['cores_usable']} usable), {m['cpu_model']}, "
+        f"{h.mib(m['memory_bytes'])} RAM; {m['platform']}; Python {m['python']}, psycopg {m['psycopg']}",
+        f"- Server: {results['server_kind']}. Settings: "
+        + ", ".join(f"{k}={v}" for k, v in {**srv["settings"], **srv.get("wal", {})}.items()),
+        f"- Tiers: {', '.join(f'{k} = `{v}`' for k, v in results['tiers'].items())}; folders: "
+        + ", ".join(f"{k} `{v}`" for k, v in results["folders"].items())
+        + f"; same filesystem: {results['same_filesystem']}.",
+        f"- Policy (enterprise): warm after {results['policy']['warm_after']}, cold after "
+        f"{results['policy']['cold_after']}; `as_of` = {results['as_of']} (the current and later months are "
+        "never movable: the inserter's month stays hot).",
+        "- Data: generated by the server (`generate_series`) and streamed with COPY into `usage_events_mt` as "
+        "the superuser; each tenant's first event went in before `ensure_tenant_partition()` so that its "
+        "old months exist. Then `VACUUM (ANALYZE)` of the tenant (hint bits and visibility map set, as "
+        "autovacuum would have done long before; tuples not frozen) and a CHECKPOINT.",
+        f"- Windows: {p['baseline_seconds']:g}s baselines; a tiering window lasts as long as `tier_tenant()` "
+        f"(moves, then VACUUM FREEZE of the cold month). Between windows (not measured): a CHECKPOINT, the "
+        f"file-copy baselines, {SETTLE_S:g}s pause. The inserter ran {WARMUP_S:g}s before the first window.",
+        "- The tiering connection uses the server's synchronous_commit (on); the inserter's is the mode shown.",
+        f"- Machine load before each mode's runs: "
+        + ", ".join(f"{mode['synchronous_commit']}: {mode['load_before_cores']:.2f} cores" for mode in modes)
+        + f" (waited up to {IDLE_WAIT_S:g}s for < {IDLE_LOAD}).",
+        f"- Python process peak RSS: {h.mib(results['python_peak_rss_bytes'])}. Whole run: "
+        f"{results['seconds'] / 60:.1f} min.",
+    ]
+    return "\n".join(out)
+
+
+# -- main ---------------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python bench/tiering.py",
+        description=(
+            "Storage-tiering benchmark: tier_tenant() moves three old months of an enterprise tenant to the "
+            "warm and cold tablespaces (MB/s against plain file copies of the same size, VACUUM FREEZE apart), "
+            "while an inserter writes small batches into the same tenant's current month (p50/p99/max latency "
+            "with and without tiering). Writes bench/results/tiering.json and docs/benchmarks/tiering.md. "
+            f"Targets: no insert fails; p99 while tiering <= {TARGET_P99_RATIO}x the baseline's."
+        ),
+    )
+    parser.add_argument("--rows", type=int, default=2_000_000, metavar="N",
+                        help="events per tiered tenant, over its three old months (default: 2,000,000)")
+    parser.add_argument("--rounds", type=int, default=5, metavar="R",
+                        help="tiering rounds per synchronous_commit mode, one fresh tenant each (default: 5)")
+    parser.add_argument("--baseline-seconds", type=float, default=10.0, metavar="S",
+                        help="length of each baseline window (default: 10)")
+    parser.add_argument("--insert-rate", type=float, default=100.0, metavar="TPS",
+                        help="inserter transactions per second (default: 100; keep it well under what one connection can commit, or a backlog builds)")
+    parser.add_argument("--insert-rows", type=int, default=10, metavar="K",
+                        help="rows per inserter transaction (default: 10)")
+    parser.add_argument("--synchronous-commit", choices=("on", "off", "both"), default="both",
+                        help="the inserter's synchronous_commit: on, off, or both one after the other (default)")
+    parser.add_argument("--dsn", metavar="DSN",
+                        help="a superuser DSN of a PostgreSQL 15+ server whose storage_tiers name three existing "
+                             "tablespaces: the benchmark uses a scratch database there (default: a throwaway "
+                             "cluster in /tmp with hot_storage/warm_storage/cold_storage)")
+    parser.add_argument("--setting", action="append", default=[], metavar="NAME=VALUE",
+                        help="a server setting for the throwaway cluster, e.g. wal_buffers=64MB (repeatable; to "
+                             "try what would soften the moves' effect on writers)")
+    parser.add_argument("--no-docs", action="store_true",
+                        help="write only bench/results/tiering.json, not docs/benchmarks/tiering.md")
+    args = parser.parse_args(argv)
+    try:
+        args.settings = dict(item.split("=", 1) for item in args.setting)
+    except ValueError:
+        parser.error("--setting takes NAME=VALUE")
+    if args.settings and args.dsn:
+        parser.error("--setting applies to the throwaway cluster only, not to --dsn")
+    if args.rows < 1000 or args.rounds < 1 or args.insert_rate <= 0 or args.insert_rows < 1:
+        parser.error("--rows >= 1000, --rounds >= 1, --insert-rate > 0, --insert-rows >= 1")
+    return args
+
+
+def command_line(args: argparse.Namespace) -> str:
+    parts = ["python bench/tiering.py", f"--rows {args.rows}", f"--rounds {args.rounds}",
+             f"--baseline-seconds {args.baseline_seconds:g}", f"--insert-rate {args.insert_rate:g}",
+             f"--insert-rows {args.insert_rows}", f"--synchronous-commit {args.synchronous_commit}"]
+    parts += [f"--setting {k}={v}" for k, v in args.settings.items()]
+    if args.dsn:
+        parts.append("--dsn <admin DSN>")
+    return " ".join(parts)
+
+
+def benchmark(args: argparse.Namespace, dsn: str, server_kind: str, throwaway: bool) -> dict:
+    started = time.perf_counter()
+    with connect(dsn) as admin:
+        if not admin.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()[0]:
+            raise SystemExit("the DSN must be a superuser's")
+        h.log("migrating the scratch database")
+        migrate(admin)
+        tiers = prepare_tablespaces(admin, throwaway)
+        warm_after, cold_after = policy(admin)
+        this_month = admin.execute("SELECT date_trunc('month', now() AT TIME ZONE 'UTC')::date").fetchone()[0]
+        as_of = utc(this_month) + timedelta(days=AS_OF_DAY - 1)
+        targets = month_targets(this_month, as_of, warm_after, cold_after)
+        if sorted(targets.values()) != ["cold", "warm", "warm"]:
+            raise SystemExit(f"the policy (warm after {warm_after}, cold after {cold_after}) gives {targets} at "
+                             f"{as_of}: the benchmark expects one cold and two warm months")
+        folders = {tier: tablespace_folder(admin, name) for tier, name in tiers.items()}
+        data_dir = Path(admin.execute("SELECT current_setting('data_directory')").fetchone()[0])
+        if h.local_backend_pid(admin) is None:
+            data_dir, folders = None, {k: None for k in folders}
+        ctx = {"as_of": as_of, "targets": targets, "tiers": tiers, "folders": folders, "data_dir": data_dir,
+               "first": utc(add_months(this_month, -max(OLD_MONTHS))),
+               "end": utc(add_months(this_month, -min(OLD_MONTHS) + 1))}
+        server = h.server_info(admin)
+        server["wal"] = dict(admin.execute(
+            "SELECT name, current_setting(name) FROM pg_settings WHERE name = ANY(%s) ORDER BY name",
+            (["wal_buffers", "wal_segment_size", "wal_writer_delay", "commit_delay"],)).fetchall())
+        h.log(f"server: {server['version']}; as_of {as_of:%Y-%m-%d}: {targets}")
+        modes = ["on", "off"] if args.synchronous_commit == "both" else [args.synchronous_commit]
+        results_modes = [run_mode(args, dsn, admin, mode, ctx) for mode in modes]
+        same_fs = next((r["copies"].get("same_filesystem") for m in results_modes for r in m["rounds"]), None)
+    return {
+        "benchmark": NAME, "command": command_line(args),
+        "parameters": {k: getattr(args, k) for k in ("rows", "rounds", "baseline_seconds", "insert_rate",
+                                                     "insert_rows", "synchronous_commit")},
+        "machine": h.machine_info(), "server": server, "server_kind": server_kind,
+        "tiers": tiers, "folders": {k: str(v) for k, v in folders.items()}, "same_filesystem": same_fs,
+        "policy": {"warm_after": f"{warm_after.days} days", "cold_after": f"{cold_after.days} days"},
+        "as_of": as_of.isoformat(), "month_targets": {f"{k:%Y-%m}": v for k, v in targets.items()},
+        "modes": results_modes, "throughput": throughput_summary(results_modes),
+        "python_peak_rss_bytes": h.python_peak_rss(), "seconds": time.perf_counter() - started,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.dsn:
+        with h.scratch_database(args.dsn, "bench_tiering") as dsn:
+            results = benchmark(args, dsn, f"the server at {h.describe_dsn(args.dsn)}, scratch database", False)
+    else:
+        settings = {k: f"'{v}'" for k, v in args.settings.items()}
+        extra = "; plus " + ", ".join(f"{k}={v}" for k, v in args.settings.items()) if settings else ""
+        with h.throwaway_cluster(settings) as admin_dsn:
+            with h.scratch_database(admin_dsn, "bench_tiering") as dsn:
+                results = benchmark(args, dsn, "throwaway cluster started by the benchmark (initdb defaults plus "
+                                               "the project's BASE_SETTINGS; durable: fsync and "
+                                               f"full_page_writes on{extra})", True)
+    written = h.write_results(NAME, results, render_markdown(results), docs=not args.no_docs)
+    t = results["throughput"]
+    h.log(f"moves: {t['mb_per_second']:.0f} MB/s; plain copy of the relation files "
+          f"{_mbps(t['relation_files_mb_per_second'])} MB/s, random file from disk "
+          f"{t['random_file_mb_per_second']:.0f} MB/s")
+    for mode in results["modes"]:
+        pool = mode["pooled"]
+        h.log(f"synchronous_commit={mode['synchronous_commit']}: p99 baseline {pool['baseline']['p99_ms']:.1f} ms, "
+              f"tiering {pool['tiering']['p99_ms']:.1f} ms = {mode['p99_ratio']:.2f}x "
+              f"({'MET' if mode['targets']['p99_ratio'] else 'MISSED'}); failed inserts "
+              f"{len(mode['insert_errors'])} ({'MET' if mode['targets']['no_failed_insert'] else 'MISSED'})")
+    h.log(f"whole run: {results['seconds'] / 60:.1f} min")
+    for path in written:
+        h.log(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
