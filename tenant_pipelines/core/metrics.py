@@ -55,8 +55,35 @@ class QuotaUse:
                 f"({self.ratio:.0%})")
 
 
-def collect(conn: psycopg.Connection) -> list[TenantMetrics]:
-    """Every tenant's figures now, from vw_tenant_metrics, with its quotas. Admin connection."""
+COLLECT_BATCH = 500
+
+
+def collect(conn: psycopg.Connection, *, batch: int = COLLECT_BATCH) -> list[TenantMetrics]:
+    """Every tenant's figures now, from vw_tenant_metrics, with its quotas. Admin connection.
+
+    The view locks each tenant's partitions (and their indexes) as it reads them, and a
+    transaction keeps its locks to its end: 10,000 tenants in one statement take ~70,000
+    locks, past the default lock table (max_locks_per_transaction 64 is ~14,000 slots). So
+    the tenants are read ``batch`` at a time, one transaction each, and an idle connection
+    never holds more than one batch's locks. (Inside a caller's transaction the batches are
+    savepoints: the figures are the same, the locks stay until the caller commits.) Each
+    batch has its own ``now()``: figures are as of a few seconds apart at most."""
+    if batch < 1:
+        raise ValueError("batch must be at least 1")
+    ids = tenant_ids(conn)
+    metrics: list[TenantMetrics] = []
+    for start in range(0, len(ids), batch):
+        with conn.transaction():
+            metrics.extend(collect_batch(conn, ids[start:start + batch]))
+    return metrics
+
+
+def tenant_ids(conn: psycopg.Connection) -> list[uuid.UUID]:
+    return [row[0] for row in conn.execute("SELECT id FROM organizations ORDER BY id").fetchall()]
+
+
+def collect_batch(conn: psycopg.Connection, ids: list[uuid.UUID]) -> list[TenantMetrics]:
+    """The figures of the tenants ``ids``, in the caller's transaction."""
     with conn.cursor(row_factory=class_row(TenantMetrics)) as cur:
         cur.execute(
             """
@@ -65,8 +92,10 @@ def collect(conn: psycopg.Connection) -> list[TenantMetrics]:
                    tc.monthly_events_limit, tc.storage_quota_gb
               FROM vw_tenant_metrics m
               LEFT JOIN tenant_classifications tc ON tc.organization_id = m.organization_id
+             WHERE m.organization_id = ANY(%s)
              ORDER BY m.organization_id
-            """
+            """,
+            (ids,),
         )
         return cur.fetchall()
 

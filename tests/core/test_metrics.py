@@ -144,3 +144,17 @@ def test_billing_app_sees_only_its_own_history(admin_conn: psycopg.Connection, a
                 app.execute("UPDATE tenant_metrics_history SET tier = 'enterprise' WHERE organization_id = %s", (b,))
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             app.execute("SELECT * FROM vw_tenant_metrics")
+
+
+def test_collect_in_batches_gives_the_same_figures(admin_conn: psycopg.Connection) -> None:
+    tenants = [make_tenant(admin_conn, tier=tier) for tier in ("free", "growth", "enterprise")]
+    for n, tenant in enumerate(tenants):
+        events(admin_conn, tenant, [timedelta(hours=h) for h in range(1, 3 + n)])
+        ensure_tenant_partition(admin_conn, tenant)
+    whole = collect(admin_conn, batch=100_000)
+    assert collect(admin_conn, batch=1) == whole
+    assert {t for t in tenants} <= {m.organization_id for m in whole}
+    # one transaction per batch on an autocommit connection: nothing left open, no locks kept
+    assert admin_conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    with pytest.raises(ValueError):
+        collect(admin_conn, batch=0)
