@@ -1,11 +1,20 @@
-"""Audits of the live catalog for ways tenant isolation, or the tier limits, could have been
-weakened. Each finding names the object and the fix."""
+"""Audits of the live catalog (and of PgBouncer's configuration) for ways tenant isolation, or
+the tier limits, could have been weakened. Each finding names the object and the fix."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import psycopg
+
+from tenant_pipelines.core.pooling import (
+    pgbouncer_tier_pool_sizes,
+    read_pgbouncer_ini,
+    tier_alias,
+    tier_pool_sizes,
+)
+from tenant_pipelines.errors import InvalidInput
 
 APP_ROLE = "billing_app"
 # Tables with an organization_id that are not tenant data (none yet); everything else is audited.
@@ -201,10 +210,12 @@ def _definer_views(conn: psycopg.Connection, app_role: str) -> list[Finding]:
             for view, owner in rows]
 
 
-def audit_tier_limits(conn: psycopg.Connection, app_role: str = APP_ROLE) -> list[Finding]:
+def audit_tier_limits(conn: psycopg.Connection, app_role: str = APP_ROLE,
+                      pgbouncer_ini: Path | None = None) -> list[Finding]:
     """The limits in force match the tiers: for one tenant of each tier, what tenant_session
-    actually applies equals tier_limits; and no role-level setting of ``app_role`` overrides
-    them outside a tenant session."""
+    actually applies equals tier_limits; no role-level setting of ``app_role`` overrides
+    them outside a tenant session; and, given ``pgbouncer_ini``, its tier pools have the sizes
+    of tier_limits (``audit_pool_sizes``)."""
     findings = []
     tiers = conn.execute(
         """SELECT tl.tier, tl.work_mem, tl.statement_timeout,
@@ -236,4 +247,42 @@ def audit_tier_limits(conn: psycopg.Connection, app_role: str = APP_ROLE) -> lis
             findings.append(Finding(f"role {app_role}", f"has a role-level setting {setting[0]} that applies outside "
                                     "tenant sessions and differs by no tier",
                                     f"ALTER ROLE {app_role} RESET {name}"))
+    if pgbouncer_ini is not None:
+        findings += audit_pool_sizes(conn, pgbouncer_ini)
+    return findings
+
+
+_REGENERATE = ("run 'tenant-pipelines pgbouncer up' (or 'pgbouncer config' for your own PgBouncer) "
+               "to regenerate it from tier_limits")
+
+
+def audit_pool_sizes(conn: psycopg.Connection, pgbouncer_ini: Path | str) -> list[Finding]:
+    """PgBouncer's tier pools match tier_limits.pool_size: every tier has its ``billing_<tier>``
+    pool, of that size, and no such pool is for a tier tier_limits lacks. ``pgbouncer_ini`` is
+    the file (a Path) or its text (a str). Other pools, such as plain ``billing``, are not checked."""
+    if isinstance(pgbouncer_ini, Path):
+        source, text = str(pgbouncer_ini), read_pgbouncer_ini(pgbouncer_ini)
+    else:
+        source, text = "the PgBouncer config", pgbouncer_ini
+    configured = pgbouncer_tier_pool_sizes(text, source)
+    expected = tier_pool_sizes(conn)
+    findings = []
+    for tier, size in expected.items():
+        try:
+            alias = tier_alias(tier)
+        except InvalidInput:
+            findings.append(Finding(f"tier {tier!r}", "cannot have a PgBouncer pool: its name is not 1-40 lower-case "
+                                    "letters, digits or '_'", "rename the tier in tier_limits"))
+            continue
+        if tier not in configured:
+            findings.append(Finding(f"tier {tier}", f"has no pool {alias} in {source} "
+                                    f"(tier_limits.pool_size is {size})", _REGENERATE))
+        elif configured[tier] != size:
+            findings.append(Finding(f"tier {tier}", f"pool {alias} has pool_size {configured[tier]} in {source}; "
+                                    f"tier_limits.pool_size is {size}",
+                                    f"{_REGENERATE}, or set tier_limits.pool_size of {tier} to {configured[tier]}"))
+    for tier in sorted(set(configured) - set(expected)):
+        findings.append(Finding(f"pool {tier_alias(tier)}", f"in {source} (pool_size {configured[tier]}) is for tier "
+                                f"{tier}, which tier_limits does not have",
+                                f"{_REGENERATE}, or add tier {tier} to tier_limits"))
     return findings

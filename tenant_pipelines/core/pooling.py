@@ -19,10 +19,14 @@ advisory locks) connects to PostgreSQL directly. docs/pooling.md has the reasoni
 Every name and value that goes into a generated file is checked or quoted here: tier names
 become database names and are refused unless plain; connection-string values are quoted;
 auth-file fields are quoted; nothing with a line break or NUL is written.
+
+The pool sizes of a pgbouncer.ini can also be read back (``pgbouncer_tier_pool_sizes``), for
+the drift check that compares the configuration in force with ``tier_limits``.
 """
 
 from __future__ import annotations
 
+import configparser
 import json
 import os
 import re
@@ -38,6 +42,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from tenant_pipelines import config
 from tenant_pipelines.db.connect import connect
+from tenant_pipelines.db.embedded import ClusterError
 from tenant_pipelines.db.pgbouncer import PgBouncerProcess, find_pgbouncer
 from tenant_pipelines.db.session import APP_ROLE
 from tenant_pipelines.errors import InvalidInput, TenantPipelinesError
@@ -46,6 +51,7 @@ POOLED_DATABASE = "billing"
 # The seed's per-tier pool sizes; the database's tier_limits.pool_size holds the same figures.
 SEED_POOL_SIZES: dict[str, int] = {"enterprise": 50, "growth": 25, "starter": 10, "free": 5}
 DEFAULT_POOL_SIZE = 20  # the plain `billing` alias
+PGBOUNCER_DEFAULT_POOL_SIZE = 20  # PgBouncer's own default_pool_size, when the file sets none
 MAX_POOL_SIZE = 10_000
 MAX_CLIENT_CONN = 1000
 DEFAULT_LISTEN_PORT = 6432  # for a config printed for someone else's PgBouncer
@@ -223,6 +229,121 @@ def render_userlist(logins: Mapping[str, str]) -> str:
     for role, secret in logins.items():
         lines.append(f"{auth_field(role, 'role name')} {auth_field(secret, f'password of {role}')}")
     return "\n".join(lines) + "\n"
+
+
+# -- reading a pgbouncer.ini back ------------------------------------------------------------------
+
+# One ``key=value`` of a [databases] connection string, the value bare or in single quotes with
+# ``'`` doubled; blanks around ``=`` are allowed, as PgBouncer allows them.
+_CONNSTR_PAIR = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*('(?:[^']|'')*'|[^\s']+)")
+
+
+def _connstr_params(text: str) -> dict[str, str] | None:
+    """The parameters of a connection string, or None when it is not one."""
+    params: dict[str, str] = {}
+    text, pos = text.strip(), 0
+    while pos < len(text):
+        match = _CONNSTR_PAIR.match(text, pos)
+        if match is None:
+            return None
+        value = match.group(2)
+        params[match.group(1)] = value[1:-1].replace("''", "'") if value.startswith("'") else value
+        pos = match.end()
+    return params
+
+
+def _ini_section(parser: configparser.ConfigParser, name: str) -> Mapping[str, str]:
+    """A section by its name in any case (PgBouncer's ``[databases]``, ``[pgbouncer]``); merged
+    when the file has it more than once."""
+    merged: dict[str, str] = {}
+    for section in parser.sections():
+        if section.strip().lower() == name:
+            merged.update(parser[section])
+    return merged
+
+
+def pgbouncer_tier_pool_sizes(text: str, source: str = "pgbouncer.ini") -> dict[str, int]:
+    """The pool size of each ``billing_<tier>`` entry in the ``[databases]`` section of a
+    pgbouncer.ini's text, by tier. An entry without ``pool_size=`` gets ``[pgbouncer]``'s
+    ``default_pool_size`` (20 when unset, as in PgBouncer). Other databases (``billing``,
+    ``*``) are left out; ``%include`` lines are skipped, not followed. A file that cannot be
+    read as a PgBouncer config raises TenantPipelinesError naming ``source``."""
+    fix = "fix the file, or regenerate it from tier_limits with 'tenant-pipelines pgbouncer up'"
+    # PgBouncer skips leading blanks, where configparser would read a continuation line.
+    lines = [line.lstrip() for line in text.splitlines()]
+    parser = configparser.ConfigParser(
+        delimiters=("=",), comment_prefixes=(";", "#"), interpolation=None, strict=False,
+        default_section="\n",  # no header can name it: PgBouncer has no [DEFAULT] section
+    )
+    parser.optionxform = str  # type: ignore[assignment,method-assign]  # keep the case
+    try:
+        parser.read_string("\n".join(l for l in lines if not l.startswith("%include")), source=source)
+    except configparser.Error as exc:
+        problem = " ".join(str(exc).split()) or type(exc).__name__
+        raise TenantPipelinesError(f"{source}: not a config PgBouncer can read ({problem}); {fix}") from None
+    for section in parser.sections():
+        for key in parser[section]:
+            if not key or any(c.isspace() for c in key):
+                raise TenantPipelinesError(f"{source}: [{section}] has the key {key!r}, which PgBouncer "
+                                           f"cannot read (a blank in it, or no '=' after it); {fix}")
+
+    def whole_number(value: str, what: str) -> int:
+        if not value.strip().isdigit():
+            raise TenantPipelinesError(f"{source}: {what} is {value!r}, not a whole number; {fix}")
+        return int(value)
+
+    settings = {key.lower(): value for key, value in _ini_section(parser, "pgbouncer").items()}
+    default = whole_number(settings["default_pool_size"], "default_pool_size") \
+        if "default_pool_size" in settings else PGBOUNCER_DEFAULT_POOL_SIZE
+    prefix = f"{POOLED_DATABASE}_"
+    sizes: dict[str, int] = {}
+    for alias, connstr in _ini_section(parser, "databases").items():
+        tier = alias[len(prefix):]
+        if not alias.startswith(prefix) or not _TIER.fullmatch(tier):
+            continue
+        params = _connstr_params(connstr)
+        if params is None:
+            raise TenantPipelinesError(f"{source}: the entry of {alias} is not a connection string "
+                                       f"(key=value ...): {connstr!r}; {fix}")
+        sizes[tier] = whole_number(params["pool_size"], f"pool_size of {alias}") if "pool_size" in params else default
+    return sizes
+
+
+def read_pgbouncer_ini(path: Path) -> str:
+    """The text of a pgbouncer.ini, or a one-line error naming it."""
+    try:
+        return path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise TenantPipelinesError(
+            f"PgBouncer config {path}: cannot read it ({reason}); make it readable, or point "
+            f"{config.PGBOUNCER_INI_ENV} at the pgbouncer.ini your PgBouncer reads"
+        ) from None
+
+
+def pgbouncer_ini_in_force(state_dir: Path | None = None) -> Path | None:
+    """The pgbouncer.ini to compare with tier_limits: $TENANT_PIPELINES_PGBOUNCER_INI (which must
+    exist), else the project's own PgBouncer's when it has written one, else None."""
+    explicit = config.pgbouncer_ini_from_env()
+    if explicit is not None:
+        if not _is_file(explicit):
+            raise TenantPipelinesError(
+                f"{config.PGBOUNCER_INI_ENV} names {explicit}, which is not a file: point it at the "
+                "pgbouncer.ini your PgBouncer reads, or unset it"
+            )
+        return explicit
+    try:
+        own = PgBouncerProcess.in_state_dir(state_dir or config.state_dir()).config_file
+    except ClusterError:  # root without a postgres OS user: the project's PgBouncer cannot have run
+        return None
+    return own if _is_file(own) else None
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except PermissionError:  # there, but not ours to see: reading it says so
+        return True
 
 
 # -- what the database says ------------------------------------------------------------------------

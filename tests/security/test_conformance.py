@@ -3,10 +3,16 @@ planted in a scratch database, is found and named with its fix."""
 
 from __future__ import annotations
 
+import re
+from dataclasses import replace
+from pathlib import Path
+
 import psycopg
 import pytest
 
-from tenant_pipelines.core.conformance import audit_isolation, audit_tier_limits
+from tenant_pipelines.core.conformance import audit_isolation, audit_pool_sizes, audit_tier_limits
+from tenant_pipelines.core.pooling import pooler_config, render_pgbouncer_ini
+from tenant_pipelines.errors import TenantPipelinesError
 from tests.conftest import make_tenant
 
 
@@ -98,3 +104,55 @@ def test_role_level_override_is_found(admin_conn: psycopg.Connection) -> None:
         assert any("statement_timeout=5min" in str(f) for f in audit_tier_limits(admin_conn))
     finally:
         admin_conn.execute("ALTER ROLE billing_app RESET statement_timeout")
+
+
+def rendered_ini(conn: psycopg.Connection, dsn: str, **changes: object) -> str:
+    """pgbouncer.ini as `pgbouncer up` writes it from the database's tier_limits, with ``changes``."""
+    cfg = pooler_config(conn, dsn, listen_port=6432, auth_file="/tmp/userlist.txt")
+    return render_pgbouncer_ini(replace(cfg, **changes))
+
+
+def test_a_config_rendered_from_tier_limits_has_no_pool_findings(admin_conn: psycopg.Connection, admin_dsn: str,
+                                                                tmp_path: Path) -> None:
+    # The plain `billing` pool is not a tier's: its size is not checked.
+    ini = tmp_path / "pgbouncer.ini"
+    ini.write_text(rendered_ini(admin_conn, admin_dsn, default_pool_size=3))
+    assert audit_pool_sizes(admin_conn, ini.read_text()) == []
+    make_tenant(admin_conn, tier="starter")
+    assert audit_tier_limits(admin_conn, pgbouncer_ini=ini) == []
+
+
+def test_pool_size_drift_is_found(admin_conn: psycopg.Connection, admin_dsn: str, tmp_path: Path) -> None:
+    """A changed size, a missing tier and a pool for an unknown tier: one finding each."""
+    ini = tmp_path / "pgbouncer.ini"
+    ini.write_text(rendered_ini(admin_conn, admin_dsn,
+                                pool_sizes={"enterprise": 50, "growth": 30, "starter": 10, "gold": 3}))
+    found = [str(f) for f in audit_pool_sizes(admin_conn, ini)]
+    assert len(found) == 3, found
+    changed, missing, unknown = found
+    assert changed.startswith("tier growth: pool billing_growth has pool_size 30 in " + str(ini))
+    assert "tier_limits.pool_size is 25" in changed and "tenant-pipelines pgbouncer up" in changed
+    assert missing.startswith("tier free: has no pool billing_free in " + str(ini)) and "pool_size is 5" in missing
+    assert unknown.startswith("pool billing_gold: in " + str(ini) + " (pool_size 3) is for tier gold, which "
+                              "tier_limits does not have") and "fix: " in unknown
+    # The same findings through the tier drift check, and none without a config to compare.
+    assert [str(f) for f in audit_tier_limits(admin_conn, pgbouncer_ini=ini)] == found
+    assert audit_tier_limits(admin_conn) == []
+
+
+def test_a_changed_tier_limit_drifts_from_the_config(admin_conn: psycopg.Connection, admin_dsn: str) -> None:
+    text = rendered_ini(admin_conn, admin_dsn)
+    admin_conn.execute("UPDATE tier_limits SET pool_size = 8 WHERE tier = 'free'")
+    found = audit_pool_sizes(admin_conn, text)
+    assert [f.obj for f in found] == ["tier free"]
+    assert "pool_size 5 in the PgBouncer config; tier_limits.pool_size is 8" in str(found[0])
+
+
+def test_an_unreadable_config_is_an_error_naming_it(admin_conn: psycopg.Connection, tmp_path: Path) -> None:
+    ini = tmp_path / "pgbouncer.ini"
+    ini.write_text("[databases]\nbilling_free host=127.0.0.1\n")
+    with pytest.raises(TenantPipelinesError, match=re.escape(str(ini)) + ": .*PgBouncer cannot read.*pgbouncer up"):
+        audit_pool_sizes(admin_conn, ini)
+    missing = tmp_path / "missing.ini"
+    with pytest.raises(TenantPipelinesError, match=re.escape(f"PgBouncer config {missing}: cannot read it")):
+        audit_tier_limits(admin_conn, pgbouncer_ini=missing)

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import dagster as dg
 
-from tenant_pipelines.config import state_dir
+from tenant_pipelines.config import PGBOUNCER_INI_ENV, state_dir
 from tenant_pipelines.core.conformance import audit_tier_limits
 from tenant_pipelines.core.metrics import collect, export_parquet, quota_use, record_history
+from tenant_pipelines.core.pooling import pgbouncer_ini_in_force
 from tenant_pipelines.defs.resources import BillingDatabase
 from tenant_pipelines.defs.tenants.assets import OWNERS, tenant_registry
 
@@ -111,13 +112,18 @@ def storage_quota(billing_db: BillingDatabase) -> dg.AssetCheckResult:
 
 @dg.asset_check(asset=tenant_metrics, description="The limits in force match the tiers: what a tenant "
                 "session applies (work_mem, statement_timeout) equals tier_limits for one tenant of each "
-                "tier, and no role-level setting of billing_app overrides them.")
+                "tier, no role-level setting of billing_app overrides them, and PgBouncer's billing_<tier> "
+                f"pool sizes equal tier_limits.pool_size (the pgbouncer.ini in ${PGBOUNCER_INI_ENV}, else "
+                "the project's own PgBouncer's; without either, pool sizes are not checked).")
 def tier_limits_in_force(billing_db: BillingDatabase) -> dg.AssetCheckResult:
+    ini = pgbouncer_ini_in_force()
     with billing_db.connection() as conn:
-        findings = audit_tier_limits(conn)
+        findings = audit_tier_limits(conn, pgbouncer_ini=ini)
     return dg.AssetCheckResult(
         passed=not findings,
         metadata={"findings": len(findings),
+                  "pgbouncer_config": dg.MetadataValue.path(str(ini)) if ini else dg.MetadataValue.text(
+                      f"no PgBouncer configuration found; set {PGBOUNCER_INI_ENV} to check pool sizes"),
                   "details": dg.MetadataValue.md("\n".join(f"- {f}" for f in findings) or "none")},
     )
 
