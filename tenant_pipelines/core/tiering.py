@@ -1,11 +1,23 @@
 """Storage tiering: month partitions move hot -> warm -> cold as they age.
 
 The policy lives in the database (``storage_tiers``, ``tiering_policy``) and is evaluated by
-``fn_tier_plan()``; a DBA's ``fn_tier_usage_data()`` applies the same plan. Here each move
-is its own short transaction with ``lock_timeout`` and a retry, so a crash loses at most the
-move in flight (PostgreSQL rolls it back) and a re-run picks up where it stopped. Partitions
-that land in the cold tier are frozen (``VACUUM (FREEZE)``) so anti-wraparound vacuums find
-them all-frozen later; autovacuum stays on.
+``fn_tier_plan()``; a DBA's ``fn_tier_usage_data()`` applies the same plan in one go.
+
+Two ways to move a partition:
+
+- ``online`` (the default): copy-and-swap, paced (sql/0014). A shadow copy of the partition
+  is made in the target tablespace in small batches, one short transaction each, at no more
+  than ``Pace.max_mb_per_s``; a trigger logs the keys of rows written meanwhile, which are
+  copied again before the swap; the swap (DETACH the old table, ATTACH the copy) takes
+  milliseconds under lock. Live writers see neither a long lock nor a burst of I/O.
+- ``set-tablespace``: ``ALTER TABLE ... SET TABLESPACE``, one transaction per partition: the
+  fastest (a file copy), but it writes the whole partition and its WAL at full disk speed,
+  and writers' commits queue behind that (docs/benchmarks/tiering.md). For maintenance windows.
+
+Every step runs with ``lock_timeout`` and retries. A crash loses at most the move in flight:
+the partition itself stays whole, and the next run drops the leftovers and starts that move
+again. Partitions that land in the cold tier are frozen (``VACUUM (FREEZE)``, paced like the
+copy) so anti-wraparound vacuums find them all-frozen later; autovacuum stays on.
 """
 
 from __future__ import annotations
@@ -14,6 +26,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Callable, TypeVar
 
 import psycopg
 from psycopg import sql
@@ -22,7 +35,16 @@ from tenant_pipelines.core.partitions import run_with_lock_retry
 from tenant_pipelines.db.session import parse_tenant_id
 from tenant_pipelines.errors import InvalidInput, TenantPipelinesError
 
+T = TypeVar("T")
+
 TIERS = ("hot", "warm", "cold")
+ONLINE = "online"
+SET_TABLESPACE = "set-tablespace"
+METHODS = (ONLINE, SET_TABLESPACE)
+DEFAULT_MAX_MB_PER_S = 16.0
+DEFAULT_BATCH_BLOCKS = 32  # 256 KiB of the partition per copy transaction
+BLOCK = 8192
+MiB = 1024 * 1024
 
 
 class MissingTablespace(TenantPipelinesError):
@@ -56,6 +78,9 @@ class Move:
     lock_held_s: float
     attempts: int
     frozen: bool
+    method: str = SET_TABLESPACE
+    seconds: float = 0.0  # the whole move, copy and pauses included
+    rows_caught_up: int = 0  # rows written during the copy, copied again before the swap
 
 
 @dataclass
@@ -64,6 +89,7 @@ class TieringReport:
     moves: list[Move] = field(default_factory=list)
     placement: dict[str, dict[str, int]] = field(default_factory=dict)  # tier -> partitions, bytes
     misplaced_left: int = 0
+    restarted: list[str] = field(default_factory=list)  # moves a crash left behind, started again
 
     @property
     def bytes_moved(self) -> int:
@@ -122,35 +148,55 @@ def configure_tablespaces(conn: psycopg.Connection, tablespaces: dict[str, str])
             conn.execute("UPDATE storage_tiers SET tablespace = %s WHERE storage_tier = %s", (name, tier))
 
 
+@dataclass(frozen=True)
+class Pace:
+    """How fast the online mover may go: ``max_mb_per_s`` of the partition's data (None: no
+    limit), ``batch_blocks`` blocks of it per transaction."""
+
+    max_mb_per_s: float | None = DEFAULT_MAX_MB_PER_S
+    batch_blocks: int = DEFAULT_BATCH_BLOCKS
+
+    def __post_init__(self) -> None:
+        if self.max_mb_per_s is not None and not self.max_mb_per_s > 0:
+            raise InvalidInput(f"max MB/s {self.max_mb_per_s}: give a positive rate, or none for no limit")
+        if not 1 <= self.batch_blocks <= 131072:
+            raise InvalidInput(f"batch of {self.batch_blocks} blocks: give 1 to 131072")
+
+    @property
+    def bytes_per_s(self) -> float | None:
+        return None if self.max_mb_per_s is None else self.max_mb_per_s * MiB
+
+
 def tier_tenant(
-    conn: psycopg.Connection, tenant: object, *, as_of: datetime | None = None, attempts: int = 5
+    conn: psycopg.Connection,
+    tenant: object,
+    *,
+    as_of: datetime | None = None,
+    attempts: int = 5,
+    method: str = ONLINE,
+    pace: Pace = Pace(),
+    log: Callable[[str], None] = lambda message: None,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> TieringReport:
     """Move the tenant's month partitions whose age puts them in another tier. Idempotent:
-    a second run moves nothing. ``conn`` must be idle; it is used in autocommit for VACUUM."""
+    a second run moves nothing. ``conn`` must be idle; every step commits on its own."""
+    if method not in METHODS:
+        raise InvalidInput(f"tiering method {method!r}: use one of {', '.join(METHODS)}")
     tenant_id = str(parse_tenant_id(tenant))
     require_tablespaces(conn)
     report = TieringReport(tenant=tenant_id)
-    for part in plan(conn, tenant_id, as_of):
+    planned = plan(conn, tenant_id, as_of)
+    report.restarted = _abandon_leftovers(conn, [p.partition_name for p in planned])
+    for part in planned:
         if not (part.movable and part.misplaced):
             continue
-
-        def move(c: psycopg.Connection, part: PlannedPartition = part) -> tuple[int, float]:
-            c.execute("SELECT set_config('lock_timeout', lock_timeout, true) FROM partition_config")
-            started = time.monotonic()
-            moved = c.execute("SELECT fn_move_partition(%s, %s)", (part.partition_name, part.target_tablespace)).fetchone()[0]
-            return moved, started
-
-        (moved_bytes, started), tries = run_with_lock_retry(
-            conn, f"tenant {tenant_id}: moving {part.partition_name} to {part.target_tablespace}", move,
-            attempts=attempts,
-        )
-        held = time.monotonic() - started  # from the ALTER to COMMIT: the time under ACCESS EXCLUSIVE
-        frozen = False
-        if part.target_tier == "cold":
-            _vacuum_freeze(conn, part.partition_name)
-            frozen = True
-        report.moves.append(Move(part.partition_name, part.current_tablespace, part.target_tablespace,
-                                 moved_bytes, held, tries, frozen))
+        if method == ONLINE:
+            move = _move_online(conn, tenant_id, part, attempts=attempts, pace=pace, log=log, sleep=sleep)
+        else:
+            move = _move_set_tablespace(conn, tenant_id, part, attempts=attempts)
+        log(f"tenant {tenant_id}: moved {part.partition_name} to {part.target_tablespace} "
+            f"({move.bytes / MiB:,.1f} MiB in {move.seconds:.1f}s, {move.lock_held_s * 1000:.0f} ms under lock)")
+        report.moves.append(move)
     after = plan(conn, tenant_id, as_of)
     counts: dict[str, dict[str, int]] = defaultdict(lambda: {"partitions": 0, "bytes": 0})
     for part in after:
@@ -162,12 +208,149 @@ def tier_tenant(
     return report
 
 
-def _vacuum_freeze(conn: psycopg.Connection, partition: str) -> None:
+def _set_lock_timeout(conn: psycopg.Connection) -> None:
+    conn.execute("SELECT set_config('lock_timeout', lock_timeout, true) FROM partition_config")
+
+
+def _in_transaction(conn: psycopg.Connection, work: Callable[[psycopg.Connection], T]) -> T:
+    with conn.transaction():
+        return work(conn)
+
+
+def _move_set_tablespace(conn: psycopg.Connection, tenant_id: str, part: PlannedPartition, *, attempts: int) -> Move:
+    started = time.monotonic()
+
+    def move(c: psycopg.Connection) -> tuple[int, float]:
+        _set_lock_timeout(c)
+        locked = time.monotonic()
+        moved = c.execute("SELECT fn_move_partition(%s, %s)", (part.partition_name, part.target_tablespace)).fetchone()[0]
+        return moved, locked
+
+    (moved_bytes, locked), tries = run_with_lock_retry(
+        conn, f"tenant {tenant_id}: moving {part.partition_name} to {part.target_tablespace}", move, attempts=attempts)
+    held = time.monotonic() - locked  # from the ALTER to COMMIT: the time under ACCESS EXCLUSIVE
+    frozen = part.target_tier == "cold"
+    if frozen:
+        _vacuum(conn, sql.Identifier("public", part.partition_name), freeze=True, pace=Pace(None))
+    return Move(part.partition_name, part.current_tablespace, part.target_tablespace, moved_bytes, held, tries,
+                frozen, SET_TABLESPACE, time.monotonic() - started)
+
+
+def _move_online(conn: psycopg.Connection, tenant_id: str, part: PlannedPartition, *, attempts: int, pace: Pace,
+                 log: Callable[[str], None], sleep: Callable[[float], None]) -> Move:
+    what = f"tenant {tenant_id}: moving {part.partition_name} to {part.target_tablespace}"
+    started = time.monotonic()
+
+    def begin(c: psycopg.Connection) -> tuple[str, int, float]:
+        _set_lock_timeout(c)
+        t = time.monotonic()
+        shadow, blocks = c.execute("SELECT shadow_name, blocks FROM fn_move_begin(%s, %s)",
+                                   (part.partition_name, part.target_tablespace)).fetchone()
+        return shadow, blocks, t
+
+    (shadow_name, blocks, t0), tries = run_with_lock_retry(conn, what, begin, attempts=attempts)
+    held = time.monotonic() - t0
+    shadow = sql.Identifier("tenant_pipelines", shadow_name)
+    try:
+        _copy_paced(conn, part, shadow, blocks, pace, log, sleep, what)
+        caught_up = 0
+        for _ in range(20):  # until the log is nearly empty, so that the swap's own catch-up is short
+            n = _in_transaction(conn, lambda c: c.execute("SELECT fn_move_catch_up(%s)",
+                                                          (part.partition_name,)).fetchone()[0])
+            caught_up += n
+            if n < 1000:
+                break
+        frozen = part.target_tier == "cold"
+        _vacuum(conn, shadow, freeze=frozen, pace=pace)
+
+        def finish(c: psycopg.Connection) -> tuple[int, float]:
+            _set_lock_timeout(c)
+            t = time.monotonic()
+            return c.execute("SELECT fn_move_finish(%s)", (part.partition_name,)).fetchone()[0], t
+
+        (moved_bytes, t1), more = run_with_lock_retry(conn, what + " (swap)", finish, attempts=attempts)
+        held += time.monotonic() - t1
+    except BaseException:
+        _abandon_quietly(conn, part.partition_name)
+        raise
+    return Move(part.partition_name, part.current_tablespace, part.target_tablespace, moved_bytes, held,
+                max(tries, more), frozen, ONLINE, time.monotonic() - started, caught_up)
+
+
+def _copy_paced(conn: psycopg.Connection, part: PlannedPartition, shadow: sql.Identifier, blocks: int, pace: Pace,
+                log: Callable[[str], None], sleep: Callable[[float], None], what: str) -> None:
+    """Copy the partition's blocks into the shadow, ``pace.batch_blocks`` per transaction, no
+    faster than ``pace.bytes_per_s``. A row met twice (an update moved it to a later block)
+    is skipped here; the change log brings its last version before the swap."""
+    insert = sql.SQL(
+        "INSERT INTO {} SELECT * FROM {} WHERE ctid >= %s::tid AND ctid < %s::tid ON CONFLICT DO NOTHING"
+    ).format(shadow, sql.Identifier("public", part.partition_name))
+    rate = pace.bytes_per_s
+    started = time.monotonic()
+    next_report = started + 10
+    for first in range(0, blocks, pace.batch_blocks):
+        last = min(first + pace.batch_blocks, blocks)
+        _in_transaction(conn, lambda c: c.execute(insert, (f"({first},0)", f"({last},0)")))
+        now = time.monotonic()
+        if rate:
+            ahead = last * BLOCK / rate - (now - started)
+            if ahead > 0:
+                sleep(ahead)
+        if now >= next_report:
+            log(f"{what}: {last * BLOCK / MiB:,.0f} of {blocks * BLOCK / MiB:,.0f} MiB copied")
+            next_report = now + 10
+
+
+def _abandon(conn: psycopg.Connection, partition: str) -> None:
+    def work(c: psycopg.Connection) -> None:
+        _set_lock_timeout(c)
+        c.execute("SELECT fn_move_abandon(%s)", (partition,))
+
+    run_with_lock_retry(conn, f"partition {partition}: dropping what an unfinished move left", work)
+
+
+def _abandon_leftovers(conn: psycopg.Connection, partitions: list[str]) -> list[str]:
+    """Drop what crashed moves of these partitions left (shadow, log, trigger); their moves
+    start again from scratch."""
+    names = [row[0] for row in conn.execute(
+        "SELECT partition_name FROM tenant_pipelines.partition_moves WHERE partition_name = ANY(%s) ORDER BY 1",
+        (partitions,)).fetchall()]
+    for name in names:
+        _abandon(conn, name)
+    return names
+
+
+def _abandon_quietly(conn: psycopg.Connection, partition: str) -> None:
+    """After a failed move: drop its leftovers if the connection still works (else the next
+    run does)."""
+    try:
+        if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            conn.rollback()
+        _abandon(conn, partition)
+    except (psycopg.Error, TenantPipelinesError):
+        pass
+
+
+def _vacuum(conn: psycopg.Connection, table: sql.Identifier, *, freeze: bool, pace: Pace) -> None:
+    """VACUUM (FREEZE, ANALYZE) ``table``, or ANALYZE it, with a cost delay that keeps the
+    pages it dirties near ``pace``'s rate (vacuum_cost_page_dirty is 20, a miss 2)."""
     previous = conn.autocommit
     conn.autocommit = True
+    rate = pace.bytes_per_s
     try:
-        conn.execute(sql.SQL("VACUUM (FREEZE, ANALYZE) {}").format(sql.Identifier("public", partition)))
+        if rate:
+            delay_ms = 2
+            limit = max(1, min(10000, round(rate / BLOCK * 22 * delay_ms / 1000)))
+            conn.execute(sql.SQL("SET vacuum_cost_delay = {}").format(sql.Literal(f"{delay_ms}ms")))
+            conn.execute(sql.SQL("SET vacuum_cost_limit = {}").format(sql.Literal(limit)))
+        if freeze:
+            conn.execute(sql.SQL("VACUUM (FREEZE, ANALYZE) {}").format(table))
+        else:
+            conn.execute(sql.SQL("ANALYZE {}").format(table))
     finally:
+        if rate:
+            conn.execute("RESET vacuum_cost_delay")
+            conn.execute("RESET vacuum_cost_limit")
         conn.autocommit = previous
 
 

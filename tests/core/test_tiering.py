@@ -13,7 +13,10 @@ import psycopg
 import pytest
 
 from tenant_pipelines.core.partitions import ensure_tenant_partition, partition_name
-from tenant_pipelines.core.tiering import MissingTablespace, configure_tablespaces, misplaced, plan, tier_tenant
+from tenant_pipelines.core.conformance import audit_isolation
+from tenant_pipelines.core.tiering import (
+    MissingTablespace, Pace, configure_tablespaces, misplaced, plan, tier_tenant)
+from tenant_pipelines.errors import InvalidInput
 from tests.conftest import make_tenant
 
 NOW = datetime.now(timezone.utc)
@@ -179,3 +182,130 @@ def test_sql_function_for_dbas_applies_the_same_policy(admin_conn: psycopg.Conne
                            leaf(tenant, -4): "cold_storage", leaf(tenant, -5): "cold_storage"}
     assert admin_conn.execute("SELECT count(*) FROM fn_tier_usage_data(%s, %s)", (tenant, AS_OF)).fetchone()[0] == 0
     assert tier_tenant(admin_conn, tenant, as_of=AS_OF).moves == []
+
+
+# -- the online mover (copy-and-swap) ------------------------------------------------------------
+
+
+def rows_of(conn: psycopg.Connection, relation: str) -> list[tuple]:
+    return conn.execute(f'SELECT id, "timestamp", quantity, metric_name, properties FROM "{relation}" ORDER BY id').fetchall()
+
+
+def moves_in_progress(conn: psycopg.Connection) -> int:
+    return conn.execute("SELECT count(*) FROM tenant_pipelines.partition_moves").fetchone()[0] + conn.execute(
+        "SELECT count(*) FROM pg_tables WHERE schemaname = 'tenant_pipelines' AND tablename LIKE 'tiering_move_%'"
+    ).fetchone()[0] + conn.execute("SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'tiering_move_%'").fetchone()[0]
+
+
+def test_online_move_keeps_rows_names_bounds_and_security(admin_conn: psycopg.Connection, tenant: uuid.UUID) -> None:
+    old = leaf(tenant, -5)
+
+    def shape(relation: str) -> tuple:
+        indexes = admin_conn.execute(
+            "SELECT array_agg(c.relname::text ORDER BY c.relname) FROM pg_index x JOIN pg_class c ON c.oid = x.indexrelid"
+            " WHERE x.indrelid = %s::regclass", (relation,)).fetchone()[0]
+        bound, rls, forced, parent = admin_conn.execute(
+            "SELECT pg_get_expr(c.relpartbound, c.oid), c.relrowsecurity, c.relforcerowsecurity, i.inhparent::regclass::text"
+            " FROM pg_class c JOIN pg_inherits i ON i.inhrelid = c.oid WHERE c.oid = %s::regclass", (relation,)).fetchone()
+        owner = admin_conn.execute("SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = %s::regclass",
+                                   (relation,)).fetchone()[0]
+        app = admin_conn.execute("SELECT has_table_privilege('billing_app', %s, 'SELECT')", (relation,)).fetchone()[0]
+        return indexes, bound, rls, forced, parent, owner, app
+
+    before_rows, before_shape = rows_of(admin_conn, old), shape(old)
+    report = tier_tenant(admin_conn, tenant, as_of=AS_OF, pace=Pace(max_mb_per_s=None, batch_blocks=1))
+    assert {m.method for m in report.moves} == {"online"} and len(report.moves) == 4
+    assert rows_of(admin_conn, old) == before_rows and len(before_rows) == 200
+    assert shape(old) == before_shape
+    assert before_shape[2:] == (True, True, partition_name(tenant), "billing_owner", False)
+    assert tablespace_of(admin_conn, old) == "cold_storage" and index_tablespaces(admin_conn, old) == {"cold_storage"}
+    assert moves_in_progress(admin_conn) == 0
+    # every index of the moved partition still belongs to the parent's partitioned index
+    assert admin_conn.execute(
+        "SELECT count(*) FROM pg_index x JOIN pg_inherits i ON i.inhrelid = x.indexrelid"
+        " WHERE x.indrelid = %s::regclass", (old,)).fetchone()[0] == len(before_shape[0])
+
+
+def test_writes_to_the_moving_partition_during_the_copy_are_kept(
+    admin_conn: psycopg.Connection, admin_dsn: str, tenant: uuid.UUID
+) -> None:
+    """billing_app inserts, updates and deletes rows of the month being moved while it is
+    copied (from the mover's pauses, so it happens mid-copy every time): the moved month has
+    exactly the rows the old one had at the swap."""
+    old = leaf(tenant, -5)
+    calls = [0]
+
+    def write_between_batches(_: float) -> None:
+        moving = admin_conn.execute("SELECT count(*) FROM tenant_pipelines.partition_moves WHERE partition_name = %s",
+                                    (old,)).fetchone()[0]
+        calls[0] += moving
+        if not moving or calls[0] not in (1, 3):
+            return
+        with psycopg.connect(admin_dsn) as app, app.transaction():
+            app.execute("SET LOCAL ROLE billing_app")
+            app.execute("SELECT fn_set_tenant_context(%s)", (tenant,))
+            app.execute('INSERT INTO usage_events_mt (organization_id, metric_name, quantity, "timestamp")'
+                        " SELECT %s, 'late', 7, %s::timestamptz + g * interval '1 minute' FROM generate_series(1, 5) g",
+                        (tenant, month(-5) + timedelta(days=20)))
+            app.execute("UPDATE usage_events_mt SET quantity = quantity + 1000 WHERE organization_id = %s"
+                        ' AND "timestamp" < %s', (tenant, month(-5) + timedelta(hours=10)))
+            app.execute("DELETE FROM usage_events_mt WHERE organization_id = %s AND metric_name = 'api_calls'"
+                        ' AND "timestamp" >= %s AND "timestamp" < %s',
+                        (tenant, month(-5) + timedelta(hours=100), month(-5) + timedelta(hours=103)))
+
+    tier_tenant(admin_conn, tenant, as_of=AS_OF, pace=Pace(max_mb_per_s=0.001, batch_blocks=1),
+                sleep=write_between_batches)
+    assert calls[0] >= 3
+    after = rows_of(admin_conn, old)
+    assert len(after) == 200 + 2 * 5 - 3  # two rounds of 5 inserts; 3 deleted (by the first round)
+    expected = sorted([Decimal(i + 2000) for i in range(10)]  # updated by both rounds
+                      + [Decimal(i) for i in range(10, 200) if i not in (100, 101, 102)] + [Decimal(7)] * 10)
+    assert sorted(r[2] for r in after) == expected
+    assert tablespace_of(admin_conn, old) == "cold_storage" and moves_in_progress(admin_conn) == 0
+
+
+def test_a_crashed_online_move_is_started_again(admin_conn: psycopg.Connection, admin_dsn: str, tenant: uuid.UUID) -> None:
+    old = leaf(tenant, -5)
+    before = rows_of(admin_conn, old)
+    with psycopg.connect(admin_dsn, autocommit=True) as crashed:  # began, copied a little, then died
+        shadow = crashed.execute("SELECT shadow_name FROM fn_move_begin(%s, 'cold_storage')", (old,)).fetchone()[0]
+        crashed.execute(f'INSERT INTO tenant_pipelines."{shadow}" SELECT * FROM "{old}" LIMIT 10')
+    assert moves_in_progress(admin_conn) == 5  # the move's row, shadow, log and two triggers
+    report = tier_tenant(admin_conn, tenant, as_of=AS_OF)
+    assert report.restarted == [old]
+    assert rows_of(admin_conn, old) == before and tablespace_of(admin_conn, old) == "cold_storage"
+    assert moves_in_progress(admin_conn) == 0
+
+
+def test_a_failed_online_move_leaves_the_partition_whole(admin_conn: psycopg.Connection, tenant: uuid.UUID) -> None:
+    """A TRUNCATE of the month mid-copy cannot be caught up with: the move stops with a clear
+    error and drops its shadow; the partition is as the TRUNCATE left it; a re-run moves it."""
+    old = leaf(tenant, -5)
+
+    def truncate(_: float) -> None:
+        with psycopg.connect(admin_conn.info.dsn, password=admin_conn.info.password, autocommit=True) as other:
+            other.execute(f'TRUNCATE "{old}"')
+
+    with pytest.raises(psycopg.Error, match="truncated while it was being moved"):
+        tier_tenant(admin_conn, tenant, as_of=AS_OF, pace=Pace(max_mb_per_s=0.001, batch_blocks=1), sleep=truncate)
+    assert moves_in_progress(admin_conn) == 0
+    assert admin_conn.execute(f'SELECT count(*) FROM "{old}"').fetchone()[0] == 0
+    tier_tenant(admin_conn, tenant, as_of=AS_OF)
+    assert tablespace_of(admin_conn, old) == "cold_storage"
+
+
+def test_no_isolation_findings_while_a_move_is_in_progress(admin_conn: psycopg.Connection, tenant: uuid.UUID) -> None:
+    admin_conn.execute("SELECT fn_move_begin(%s, 'cold_storage')", (leaf(tenant, -5),))
+    try:
+        assert audit_isolation(admin_conn) == []
+    finally:
+        admin_conn.execute("SELECT fn_move_abandon(%s)", (leaf(tenant, -5),))
+
+
+def test_set_tablespace_method_and_bad_options(admin_conn: psycopg.Connection, tenant: uuid.UUID) -> None:
+    report = tier_tenant(admin_conn, tenant, as_of=AS_OF, method="set-tablespace")
+    assert {m.method for m in report.moves} == {"set-tablespace"} and len(report.moves) == 4
+    with pytest.raises(InvalidInput, match="tiering method 'fast'"):
+        tier_tenant(admin_conn, tenant, as_of=AS_OF, method="fast")
+    with pytest.raises(InvalidInput, match="positive rate"):
+        Pace(max_mb_per_s=0)
