@@ -270,6 +270,11 @@ def _move_online(conn: psycopg.Connection, tenant_id: str, part: PlannedPartitio
 
         (moved_bytes, t1), more = run_with_lock_retry(conn, what + " (swap)", finish, attempts=attempts)
         held += time.monotonic() - t1
+    except psycopg.Error as exc:
+        _abandon_quietly(conn, part.partition_name)
+        hint = f" ({exc.diag.message_hint})" if exc.diag.message_hint else ""
+        raise TenantPipelinesError(f"{what}: {exc.diag.message_primary or exc}{hint}; "
+                                   "the partition is untouched and a re-run starts this move again") from None
     except BaseException:
         _abandon_quietly(conn, part.partition_name)
         raise

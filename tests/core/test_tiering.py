@@ -16,7 +16,7 @@ from tenant_pipelines.core.partitions import ensure_tenant_partition, partition_
 from tenant_pipelines.core.conformance import audit_isolation
 from tenant_pipelines.core.tiering import (
     MissingTablespace, Pace, configure_tablespaces, misplaced, plan, tier_tenant)
-from tenant_pipelines.errors import InvalidInput
+from tenant_pipelines.errors import InvalidInput, TenantPipelinesError
 from tests.conftest import make_tenant
 
 NOW = datetime.now(timezone.utc)
@@ -286,8 +286,9 @@ def test_a_failed_online_move_leaves_the_partition_whole(admin_conn: psycopg.Con
         with psycopg.connect(admin_conn.info.dsn, password=admin_conn.info.password, autocommit=True) as other:
             other.execute(f'TRUNCATE "{old}"')
 
-    with pytest.raises(psycopg.Error, match="truncated while it was being moved"):
+    with pytest.raises(TenantPipelinesError, match="truncated while it was being moved") as info:
         tier_tenant(admin_conn, tenant, as_of=AS_OF, pace=Pace(max_mb_per_s=0.001, batch_blocks=1), sleep=truncate)
+    assert str(tenant) in str(info.value) and "re-run" in str(info.value) and "\n" not in str(info.value)
     assert moves_in_progress(admin_conn) == 0
     assert admin_conn.execute(f'SELECT count(*) FROM "{old}"').fetchone()[0] == 0
     tier_tenant(admin_conn, tenant, as_of=AS_OF)

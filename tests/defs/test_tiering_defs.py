@@ -13,7 +13,8 @@ import psycopg
 from tenant_pipelines.core.partitions import ensure_tenant_partition
 from tenant_pipelines.defs.resources import BillingDatabase
 from tenant_pipelines.defs.tenants.partitions_assets import TENANTS_PER_RUN
-from tenant_pipelines.defs.tiering.assets import tier_placement, tiering_schedule, tiers_match_policy
+from tenant_pipelines.defs.tiering.assets import (
+    TierPlacementConfig, tier_placement, tiering_schedule, tiers_match_policy)
 from tests.conftest import make_tenant
 
 
@@ -42,8 +43,31 @@ def test_backfill_moves_months_and_reports_per_tier(admin_conn: psycopg.Connecti
     assert meta["tenants"].value == 2 and meta["partitions_moved"].value >= 4
     assert meta["bytes_moved"].value > 0 and meta["cold/partitions"].value >= 2
     assert "lock_time_s" in meta and len(meta["moves"].value.records) == meta["partitions_moved"].value
+    assert meta["method"].value == "online" and meta["moves_restarted_after_a_crash"].value == 0
+    assert {r.data["rows_caught_up"] for r in meta["moves"].value.records} == {0}
     (check,) = result.get_asset_check_evaluations()
     assert check.passed, check.metadata
+
+
+def _run_config(**config: object) -> dg.RunConfig:
+    return dg.RunConfig(ops={"tier_placement": TierPlacementConfig(**config)})
+
+
+def test_method_is_run_config_and_a_bad_one_is_a_clear_failure(admin_conn: psycopg.Connection, admin_dsn: str) -> None:
+    tenant = str(tenant_with_old_months(admin_conn))
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("tenants", [tenant])
+        resources = {"billing_db": BillingDatabase(dsn=admin_dsn)}
+        bad = dg.materialize([tier_placement], instance=instance, resources=resources, partition_key=tenant,
+                             run_config=_run_config(method="fast"), raise_on_error=False)
+        assert not bad.success
+        (failure,) = [e for e in bad.all_events if e.is_step_failure]
+        assert "method 'fast': use one of online, set-tablespace" in failure.step_failure_data.error.message
+        result = dg.materialize([tier_placement], instance=instance, resources=resources, partition_key=tenant,
+                                run_config=_run_config(method="set-tablespace"))
+    meta = result.get_asset_materialization_events()[0].materialization.metadata
+    assert meta["method"].value == "set-tablespace" and meta["partitions_moved"].value >= 2
+    assert {r.data["rows_caught_up"] for r in meta["moves"].value.records} == {0}
 
 
 def test_tiering_schedule_batches_tenants(admin_conn: psycopg.Connection) -> None:

@@ -5,7 +5,11 @@ from collections import defaultdict
 
 import dagster as dg
 
-from tenant_pipelines.core.tiering import misplaced, tier_tenant
+from pydantic import Field
+
+from tenant_pipelines.core.tiering import (
+    DEFAULT_BATCH_BLOCKS, DEFAULT_MAX_MB_PER_S, METHODS, ONLINE, Pace, misplaced, tier_tenant)
+from tenant_pipelines.errors import TenantPipelinesError
 from tenant_pipelines.defs.batching import batched_range_requests, for_each_tenant, run_tenant_keys
 from tenant_pipelines.defs.resources import BillingDatabase
 from tenant_pipelines.defs.tenants.assets import OWNERS
@@ -15,6 +19,23 @@ from tenant_pipelines.defs.tenants.partitions_assets import TENANTS_PER_RUN, ten
 # At most this many tiering steps move partitions at once (dagster.yaml's pool default, or
 # `dagster instance concurrency set tiering N`).
 TIERING_POOL = "tiering"
+
+
+class TierPlacementConfig(dg.Config):
+    """How partitions move. The defaults suit any hour: online, paced."""
+
+    method: str = Field(
+        default=ONLINE,
+        description="online: paced copy-and-swap, milliseconds under lock, no I/O burst (default). "
+        "set-tablespace: ALTER TABLE ... SET TABLESPACE, a file copy at full disk speed that live "
+        "writers' commits queue behind: for maintenance windows.",
+    )
+    max_mb_per_s: float | None = Field(
+        default=DEFAULT_MAX_MB_PER_S,
+        description="online: the most MB of a partition copied per second (null: no limit).",
+    )
+    batch_blocks: int = Field(
+        default=DEFAULT_BATCH_BLOCKS, description="online: 8 KiB blocks copied per transaction.")
 
 
 @dg.asset(
@@ -27,26 +48,35 @@ TIERING_POOL = "tiering"
     backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=TENANTS_PER_RUN),
     description="Where the tenant's month partitions live: hot, warm or cold tablespace, by age "
     "(storage_tiers, tiering_policy). Materialising moves each month whose age puts it in another "
-    "tier, one partition per transaction with lock_timeout and retries; never the current or a "
-    "future month, never a parent. Cold months are frozen.",
+    "tier: by default online (a paced copy into the target tablespace, then a swap of milliseconds "
+    "under lock), every step with lock_timeout and retries; never the current or a future month, "
+    "never a parent. Cold months are frozen. A crashed move is started again on the next run.",
 )
-def tier_placement(context: dg.AssetExecutionContext, billing_db: BillingDatabase) -> dg.MaterializeResult:
+def tier_placement(
+    context: dg.AssetExecutionContext, config: TierPlacementConfig, billing_db: BillingDatabase
+) -> dg.MaterializeResult:
     started = time.monotonic()
+    try:
+        if config.method not in METHODS:
+            raise TenantPipelinesError(f"method {config.method!r}: use one of {', '.join(METHODS)}")
+        pace = Pace(config.max_mb_per_s, config.batch_blocks)
+    except TenantPipelinesError as exc:
+        raise dg.Failure(description=f"tier_placement config: {exc}") from None
     with billing_db.connection() as conn:
-        reports = for_each_tenant(context, lambda key: tier_tenant(conn, key))
+        reports = for_each_tenant(
+            context, lambda key: tier_tenant(conn, key, method=config.method, pace=pace, log=context.log.info))
     per_tier: dict[str, dict[str, int]] = defaultdict(lambda: {"partitions": 0, "bytes": 0})
     for report in reports:
         for tier, figures in report.placement.items():
             per_tier[tier]["partitions"] += figures["partitions"]
             per_tier[tier]["bytes"] += figures["bytes"]
     moves = [m for r in reports for m in r.moves]
-    for move in moves:
-        context.log.info(
-            f"moved {move.partition} {move.from_tablespace} -> {move.to_tablespace}: "
-            f"{move.bytes} bytes, {move.lock_held_s * 1000:.0f} ms under lock"
-        )
+    restarted = [name for r in reports for name in r.restarted]
     metadata: dict = {
         "tenants": len(reports),
+        "method": config.method,
+        "max_mb_per_s": config.max_mb_per_s if config.method == ONLINE else None,
+        "moves_restarted_after_a_crash": len(restarted),
         "partitions_moved": len(moves),
         "bytes_moved": sum(m.bytes for m in moves),
         "lock_time_s": round(sum(m.lock_held_s for m in moves), 3),
@@ -55,13 +85,16 @@ def tier_placement(context: dg.AssetExecutionContext, billing_db: BillingDatabas
         "moves": dg.MetadataValue.table(
             records=[
                 dg.TableRecord({"partition": m.partition, "from": m.from_tablespace, "to": m.to_tablespace,
-                                "bytes": m.bytes, "lock_ms": round(m.lock_held_s * 1000, 1), "frozen": m.frozen})
+                                "bytes": m.bytes, "seconds": round(m.seconds, 2),
+                                "lock_ms": round(m.lock_held_s * 1000, 1), "rows_caught_up": m.rows_caught_up,
+                                "frozen": m.frozen})
                 for m in moves[:200]
             ],
             schema=dg.TableSchema(columns=[
                 dg.TableColumn("partition", "string"), dg.TableColumn("from", "string"),
                 dg.TableColumn("to", "string"), dg.TableColumn("bytes", "int"),
-                dg.TableColumn("lock_ms", "float"), dg.TableColumn("frozen", "bool"),
+                dg.TableColumn("seconds", "float"), dg.TableColumn("lock_ms", "float"),
+                dg.TableColumn("rows_caught_up", "int"), dg.TableColumn("frozen", "bool"),
             ]),
         ),
     }
