@@ -23,6 +23,7 @@
 CREATE TABLE tenant_pipelines.partition_moves (
     partition_oid    oid PRIMARY KEY,
     partition_name   text NOT NULL,
+    partition_filenode oid NOT NULL,  -- a rewrite (TRUNCATE, VACUUM FULL, CLUSTER) changes it
     shadow_name      text NOT NULL,
     log_name         text NOT NULL,
     target_tablespace name NOT NULL,
@@ -130,8 +131,9 @@ BEGIN
                    ' FOR EACH ROW EXECUTE FUNCTION public.fn_move_capture(%L)', v_rel, v_log);
     EXECUTE format('CREATE TRIGGER tiering_move_truncate AFTER TRUNCATE ON %s'
                    ' FOR EACH STATEMENT EXECUTE FUNCTION public.fn_move_capture(%L)', v_rel, v_log);
-    INSERT INTO tenant_pipelines.partition_moves (partition_oid, partition_name, shadow_name, log_name, target_tablespace)
-    VALUES (v_rel, p_partition, shadow_name, v_log, p_tablespace);
+    INSERT INTO tenant_pipelines.partition_moves
+        (partition_oid, partition_name, partition_filenode, shadow_name, log_name, target_tablespace)
+    VALUES (v_rel, p_partition, pg_relation_filenode(v_rel), shadow_name, v_log, p_tablespace);
     blocks := pg_relation_size(v_rel) / current_setting('block_size')::bigint;
 END
 $$;
@@ -159,6 +161,12 @@ BEGIN
     GET DIAGNOSTICS v_n = ROW_COUNT;
     IF EXISTS (SELECT 1 FROM move_keys WHERE event_id IS NULL) THEN
         RAISE EXCEPTION 'partition %: truncated while it was being moved', p_partition
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 're-run tiering: the move starts again from the partition as it is now';
+    END IF;
+    -- The copy went by block and line pointer: a rewrite in between invalidates it.
+    IF pg_relation_filenode(to_regclass('public.' || quote_ident(p_partition))) IS DISTINCT FROM v_move.partition_filenode THEN
+        RAISE EXCEPTION 'partition %: rewritten (VACUUM FULL, CLUSTER or TRUNCATE) while it was being moved', p_partition
             USING ERRCODE = 'object_not_in_prerequisite_state',
                   HINT = 're-run tiering: the move starts again from the partition as it is now';
     END IF;

@@ -295,6 +295,23 @@ def test_a_failed_online_move_leaves_the_partition_whole(admin_conn: psycopg.Con
     assert tablespace_of(admin_conn, old) == "cold_storage"
 
 
+def test_a_rewrite_during_an_online_move_is_caught(admin_conn: psycopg.Connection, admin_dsn: str, tenant: uuid.UUID) -> None:
+    """VACUUM FULL gives the partition new line pointers mid-copy: the move must not swap in a
+    copy made by the old ones."""
+    old = leaf(tenant, -5)
+    before = rows_of(admin_conn, old)
+
+    def vacuum_full(_: float) -> None:
+        with psycopg.connect(admin_dsn, autocommit=True) as other:
+            if other.execute("SELECT count(*) FROM tenant_pipelines.partition_moves WHERE partition_name = %s",
+                             (old,)).fetchone()[0]:
+                other.execute(f'VACUUM FULL "{old}"')
+
+    with pytest.raises(TenantPipelinesError, match="rewritten .VACUUM FULL, CLUSTER or TRUNCATE. while it was being moved"):
+        tier_tenant(admin_conn, tenant, as_of=AS_OF, pace=Pace(max_mb_per_s=0.001, batch_blocks=1), sleep=vacuum_full)
+    assert moves_in_progress(admin_conn) == 0 and rows_of(admin_conn, old) == before
+
+
 def test_no_isolation_findings_while_a_move_is_in_progress(admin_conn: psycopg.Connection, tenant: uuid.UUID) -> None:
     admin_conn.execute("SELECT fn_move_begin(%s, 'cold_storage')", (leaf(tenant, -5),))
     try:
