@@ -1,24 +1,40 @@
 #!/usr/bin/env python
-"""Benchmark: storage tiering, as the pipelines run it.
+"""Benchmark: storage tiering, as the pipelines run it, by both of tier_tenant()'s methods.
 
 Enterprise (monthly) tenants get three old months of usage events (--rows in all, per tenant),
 then ``tenant_pipelines.core.tiering.tier_tenant()`` moves them, with ``as_of`` at the 16th of
 the current month (UTC) so that, whatever today's date, the month four back turns cold and the
-months three and two back turn warm. It measures, in the same run:
+months three and two back turn warm. Each month moves by one of the two methods:
 
-1. move throughput: bytes moved / time of the moves (tier_tenant's per-move bytes and time
-   under lock), against plain file copies of the same size on the same filesystem: (a) the
-   partition's own relation files (pg_relation_filepath) copied with shutil.copyfile + fsync,
-   (b) a file of os.urandom bytes written, fsynced and evicted from the page cache first
-   (posix_fadvise DONTNEED), so that its copy reads from the disk. VACUUM (FREEZE) of the cold
-   month is timed apart.
+- ``online`` (tier_tenant's default): copy-and-swap. A shadow copy in the target tablespace is
+  filled in batches of ``--batch-blocks`` blocks, one short transaction each, paced to
+  ``--max-mb-per-s`` of the partition's heap; a trigger logs rows written meanwhile, which are
+  copied again; the swap (DETACH, ATTACH) is the only time under a lock that writers wait for.
+- ``set-tablespace``: ``ALTER TABLE ... SET TABLESPACE``, one transaction per partition: a file
+  copy at full disk speed, WAL included.
+
+A "mode" is a (method, the inserter's synchronous_commit) pair; ``--method both`` (the
+default) runs both methods in the same run, one after the other, each on fresh tenants. It
+measures, per mode:
+
+1. move throughput, from tier_tenant()'s Move records: MB/s over the whole move (``seconds``:
+   copy, the pacer's sleeps, catch-up, VACUUM/ANALYZE and swap), MB/s over the move's working
+   time (the pacer's sleeps, timed through tier_tenant's ``sleep`` argument, left out), and for
+   online moves the block copy alone (timed by wrapping the module's helpers); the time under
+   lock per move (``lock_held_s``: the ALTER for set-tablespace, the begin and swap
+   transactions for online), max and total. Against plain file copies of the same size on the
+   same filesystem: (a) the partition's own relation files (pg_relation_filepath) copied with
+   shutil.copyfile + fsync, (b) a file of os.urandom bytes written, fsynced and evicted from the
+   page cache first (posix_fadvise DONTNEED), so that its copy reads from the disk.
 2. insert latency while tiering: an inserter thread writes small batches (ingest_usage_events:
    billing_app, tenant context, RLS) into the current month of the tenant being tiered, at a
-   fixed rate, through baseline windows (no tiering) and tiering windows, interleaved:
-   baseline, tiering, baseline, tiering, ..., baseline. Targets: no insert fails, and the p99
-   latency during tiering within 1.2x of the baseline's.
+   fixed rate, through baseline windows (no tiering) and tiering windows (as long as
+   tier_tenant() runs), interleaved: baseline, tiering, baseline, tiering, ..., baseline.
+   Targets, per mode: no insert fails, and the p99 latency during tiering within 1.2x of the
+   baseline's.
 
-Run on demand:  python bench/tiering.py [--rows N] [--rounds R] [--dsn DSN] [--no-docs]
+Run on demand:  python bench/tiering.py [--method online|set-tablespace|both] [--max-mb-per-s X]
+                [--batch-blocks N] [--rows N] [--rounds R] [--dsn DSN] [--no-docs]
 """
 
 from __future__ import annotations
@@ -400,7 +416,17 @@ def in_window(samples: Sequence[Sample], window: dict) -> list[Sample]:
     return [s for s in samples if window["start"] <= s.scheduled < window["end"]]
 
 
-# -- one synchronous_commit mode ------------------------------------------------------------------------
+# -- one mode: a tiering method and the inserter's synchronous_commit ------------------------------------
+
+
+@dataclass(frozen=True)
+class Mode:
+    method: str  # tiering.ONLINE or tiering.SET_TABLESPACE: how tier_tenant() moves the months
+    synchronous_commit: str  # the inserter's
+
+    @property
+    def label(self) -> str:
+        return f"{self.method}, synchronous_commit={self.synchronous_commit}"
 
 
 def wal_lsn(conn: psycopg.Connection) -> str:
@@ -411,63 +437,150 @@ def wal_bytes(conn: psycopg.Connection, start: str) -> int:
     return int(conn.execute("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s::pg_lsn)", (start,)).fetchone()[0])
 
 
-class FreezeTimer:
-    """Times tiering's VACUUM (FREEZE, ANALYZE) of cold partitions: wraps the module's helper,
-    which tier_tenant() looks up at call time."""
+class MovePhases:
+    """Where each move's time went, measured cheaply. The pacer's sleeps: tier_tenant()'s
+    ``sleep`` argument (only the online block copy sleeps through it), timed as they happen.
+    The rest by wrapping the module's helpers, which tier_tenant() looks up at call time: each
+    move (``_move_online`` / ``_move_set_tablespace``: which partition the sleeps belong to), the
+    online block copy (``_copy_paced``: its wall time and the heap bytes it copies) and the
+    VACUUM/ANALYZE (``_vacuum``). A helper that no longer exists is not wrapped; its figures
+    show as n/a and the sleeps are still counted per tier_tenant() call."""
+
+    HELPERS = ("_move_online", "_move_set_tablespace", "_copy_paced", "_vacuum")
 
     def __init__(self) -> None:
-        self.records: list[dict] = []
-        self._original: Callable | None = None
+        self.current: str | None = None  # the partition being moved
+        self.phases: dict[str | None, dict] = {}
+        self.wrapped: list[str] = []
+        self._originals: dict[str, Callable] = {}
 
-    def __enter__(self) -> "FreezeTimer":
-        self._original = tiering._vacuum_freeze
+    def phase(self, partition: str | None = None) -> dict:
+        key = self.current if partition is None else partition
+        return self.phases.setdefault(key, {"slept": 0.0, "sleeps": 0, "copy_seconds": None,
+                                            "copy_heap_bytes": None, "vacuum_seconds": None})
 
-        def timed(conn: psycopg.Connection, partition: str) -> None:
+    def sleep(self, seconds: float) -> None:
+        started = time.perf_counter()
+        time.sleep(seconds)
+        phase = self.phase()
+        phase["slept"] += time.perf_counter() - started
+        phase["sleeps"] += 1
+
+    def _wrapper(self, name: str, original: Callable) -> Callable:
+        def move(conn: psycopg.Connection, tenant_id: str, part: tiering.PlannedPartition, *args, **kwargs):
+            self.current = part.partition_name
+            self.phase()
+            return original(conn, tenant_id, part, *args, **kwargs)
+
+        def copy(*args, **kwargs):
+            phase = self.phase()
+            blocks = args[3] if len(args) > 3 else kwargs.get("blocks")
             started = time.perf_counter()
-            self._original(conn, partition)
-            self.records.append({"partition": partition, "seconds": time.perf_counter() - started})
+            try:
+                return original(*args, **kwargs)
+            finally:
+                phase["copy_seconds"] = time.perf_counter() - started
+                phase["copy_heap_bytes"] = blocks * tiering.BLOCK if isinstance(blocks, int) else None
 
-        tiering._vacuum_freeze = timed
+        def vacuum(*args, **kwargs):
+            phase = self.phase()
+            started = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                phase["vacuum_seconds"] = (phase["vacuum_seconds"] or 0.0) + time.perf_counter() - started
+
+        return {"_copy_paced": copy, "_vacuum": vacuum}.get(name, move)
+
+    def __enter__(self) -> "MovePhases":
+        for name in self.HELPERS:
+            original = getattr(tiering, name, None)
+            if callable(original):
+                self._originals[name] = original
+                setattr(tiering, name, self._wrapper(name, original))
+                self.wrapped.append(name)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        tiering._vacuum_freeze = self._original
+        for name, original in self._originals.items():
+            setattr(tiering, name, original)
 
 
-def tier_round(admin: psycopg.Connection, tenant: uuid.UUID, as_of: datetime, expected: dict[str, str]) -> dict:
-    """tier_tenant() for one tenant, timed, with its WAL and the freeze time apart."""
+def _rate(nbytes: float | None, seconds: float | None) -> float | None:
+    return nbytes / h.MIB / seconds if nbytes is not None and seconds else None
+
+
+def tier_round(admin: psycopg.Connection, tenant: uuid.UUID, as_of: datetime, expected: dict[str, str],
+               mode: Mode, pace: tiering.Pace) -> dict:
+    """tier_tenant() for one tenant by ``mode.method`` (paced by ``pace`` when online), timed,
+    with its WAL, the time under lock and where each move's time went."""
     lsn = wal_lsn(admin)
-    with FreezeTimer() as freezes, h.ResourceProbe(h.local_backend_pid(admin)) as probe:
+    with MovePhases() as phases, h.ResourceProbe(h.local_backend_pid(admin)) as probe:
         started = time.perf_counter()
-        report = tiering.tier_tenant(admin, tenant, as_of=as_of)
+        report = tiering.tier_tenant(admin, tenant, as_of=as_of, method=mode.method, pace=pace,
+                                     sleep=phases.sleep)
         seconds = time.perf_counter() - started
-    moves = [{"partition": m.partition, "from": m.from_tablespace, "to": m.to_tablespace, "bytes": m.bytes,
-              "seconds": m.lock_held_s, "attempts": m.attempts, "frozen": m.frozen,
-              "mb_per_second": m.bytes / h.MIB / m.lock_held_s} for m in report.moves]
-    for move in moves:
-        move["freeze_seconds"] = next((f["seconds"] for f in freezes.records if f["partition"] == move["partition"]), None)
+    moves = []
+    for m in report.moves:
+        ph = phases.phases.get(m.partition, {})
+        slept = ph.get("slept", 0.0)
+        copy_s, heap = ph.get("copy_seconds"), ph.get("copy_heap_bytes")
+        moves.append({
+            "partition": m.partition, "method": m.method, "from": m.from_tablespace, "to": m.to_tablespace,
+            "bytes": m.bytes, "seconds": m.seconds, "lock_seconds": m.lock_held_s, "slept_seconds": slept,
+            "working_seconds": m.seconds - slept, "copy_seconds": copy_s, "copy_heap_bytes": heap,
+            "vacuum_seconds": ph.get("vacuum_seconds"), "rows_caught_up": m.rows_caught_up,
+            "attempts": m.attempts, "frozen": m.frozen,
+            "mb_per_second": _rate(m.bytes, m.seconds), "working_mb_per_second": _rate(m.bytes, m.seconds - slept),
+            "lock_mb_per_second": _rate(m.bytes, m.lock_held_s),
+            "copy_heap_mb_per_second": _rate(heap, copy_s),
+            "copy_heap_active_mb_per_second": _rate(heap, copy_s - slept) if copy_s is not None else None,
+        })
+    wrong_method = sorted({m["method"] for m in moves} - {mode.method})
+    if wrong_method:
+        raise SystemExit(f"tenant {tenant}: tier_tenant(method={mode.method!r}) moved by {wrong_method}")
     moved = {m["partition"]: m["to"] for m in moves}
     wrong = {p: (moved.get(p), t) for p, t in expected.items() if moved.get(p) != t}
     if wrong or report.misplaced_left:
         raise SystemExit(f"tenant {tenant}: moves {moved} differ from the plan {expected} "
                          f"({report.misplaced_left} misplaced left)")
     move_seconds = sum(m["seconds"] for m in moves)
+    slept = sum(p["slept"] for p in phases.phases.values())
+    vacuums = [m["vacuum_seconds"] for m in moves if m["vacuum_seconds"] is not None]
     return {
-        "tenant": str(tenant), "seconds": seconds, "moves": moves,
-        "bytes_moved": report.bytes_moved, "move_seconds": move_seconds,
-        "freeze_seconds": sum(f["seconds"] for f in freezes.records),
+        "tenant": str(tenant), "method": mode.method, "seconds": seconds, "moves": moves,
+        "bytes_moved": report.bytes_moved, "move_seconds": move_seconds, "slept_seconds": slept,
+        "working_seconds": move_seconds - slept,
+        "lock_seconds": sum(m["lock_seconds"] for m in moves), "lock_max_seconds": max(m["lock_seconds"] for m in moves),
+        "vacuum_seconds": sum(vacuums) if vacuums else None,
         "mb_per_second": report.bytes_moved / h.MIB / move_seconds,
-        "mb_per_second_with_freeze": report.bytes_moved / h.MIB / seconds,
+        "working_mb_per_second": report.bytes_moved / h.MIB / (move_seconds - slept),
+        "rows_caught_up": sum(m["rows_caught_up"] for m in moves), "restarted": report.restarted,
+        "helpers_wrapped": phases.wrapped,
         "wal_bytes": wal_bytes(admin, lsn), "placement": report.placement, **probe.as_dict(),
     }
 
 
-def run_mode(args: argparse.Namespace, dsn: str, admin: psycopg.Connection, mode: str, ctx: dict) -> dict:
+def move_leftovers(conn: psycopg.Connection) -> dict:
+    """What online moves left behind: rows of tenant_pipelines.partition_moves, shadow and
+    change-log tables (tiering_move_*) in schema tenant_pipelines, capture triggers anywhere."""
+    return {
+        "partition_moves": conn.execute("SELECT count(*) FROM tenant_pipelines.partition_moves").fetchone()[0],
+        "tables": [r[0] for r in conn.execute(
+            "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = 'tenant_pipelines' AND left(c.relname, 13) = 'tiering_move_' ORDER BY 1")],
+        "triggers": [r[0] for r in conn.execute(
+            "SELECT format('%I on %s', tgname, tgrelid::regclass) FROM pg_trigger"
+            " WHERE left(tgname, 13) = 'tiering_move_' ORDER BY 1")],
+    }
+
+
+def run_mode(args: argparse.Namespace, dsn: str, admin: psycopg.Connection, mode: Mode, ctx: dict) -> dict:
     """Build ``args.rounds`` tenants, then: baseline, tier tenant 1, baseline, tier tenant 2, ...,
     baseline, with the inserter writing throughout at a fixed rate."""
-    label = f"synchronous_commit={mode}"
+    label = mode.label
     h.log(f"{label}: creating {args.rounds} enterprise tenants with {args.rows:,} rows each")
-    tenants = create_enterprise_tenants(admin, args.rounds, mode)
+    tenants = create_enterprise_tenants(admin, args.rounds, f"{mode.method} sc={mode.synchronous_commit}")
     loads = []
     with connect(dsn) as source:
         for tenant in tenants:
@@ -481,7 +594,7 @@ def run_mode(args: argparse.Namespace, dsn: str, admin: psycopg.Connection, mode
     }
     admin.execute("CHECKPOINT")
     load_before = h.wait_until_idle(IDLE_LOAD, timeout=IDLE_WAIT_S)
-    inserter = Inserter(dsn, mode, args.insert_rate, args.insert_rows, tenants[0])
+    inserter = Inserter(dsn, mode.synchronous_commit, args.insert_rate, args.insert_rows, tenants[0])
     windows: list[dict] = []
     rounds: list[dict] = []
 
@@ -503,7 +616,8 @@ def run_mode(args: argparse.Namespace, dsn: str, admin: psycopg.Connection, mode
             copies = file_copy_baselines(admin, parts, ctx["data_dir"], ctx["folders"]["hot"], ctx["folders"]["warm"])
             time.sleep(SETTLE_S)
             h.log(f"{label}: round {number}: tiering tenant {tenant}")
-            result = window("tiering", number, lambda: tier_round(admin, tenant, ctx["as_of"], expected_by_tenant[tenant]))
+            result = window("tiering", number, lambda: tier_round(admin, tenant, ctx["as_of"],
+                                                                  expected_by_tenant[tenant], mode, ctx["pace"]))
             after = month_partitions(admin, tenant, list(ctx["targets"]))
             if [p["rows"] for p in before] != [p["rows"] for p in after]:
                 raise SystemExit(f"tenant {tenant}: rows per month changed by tiering: {before} -> {after}")
@@ -511,7 +625,9 @@ def run_mode(args: argparse.Namespace, dsn: str, admin: psycopg.Connection, mode
                            "copies": copies})
             rounds.append(result)
             h.log(f"{label}: round {number}: moved {h.mib(result['bytes_moved'])} in {result['move_seconds']:.2f}s "
-                  f"= {result['mb_per_second']:.0f} MB/s; freeze {result['freeze_seconds']:.2f}s; "
+                  f"= {result['mb_per_second']:.0f} MB/s ({_mbps(result['working_mb_per_second'])} MB/s without "
+                  f"the pacer's {result['slept_seconds']:.1f}s of sleeps); under lock max "
+                  f"{result['lock_max_seconds'] * 1000:.1f} ms, total {result['lock_seconds'] * 1000:.1f} ms; "
                   f"file copy {copies['relation_files']['mb_per_second'] if copies['relation_files'] else 0:.0f} MB/s"
                   f" (relation files), {copies['random_file']['mb_per_second']:.0f} MB/s (random file, from disk)")
             admin.execute("CHECKPOINT")
@@ -529,11 +645,13 @@ def run_mode(args: argparse.Namespace, dsn: str, admin: psycopg.Connection, mode
     ratio = pooled["tiering"]["p99_ms"] / pooled["baseline"]["p99_ms"]
     service_ratio = pooled["tiering"]["service_p99_ms"] / pooled["baseline"]["service_p99_ms"]
     errors = [{**e, "at": e["at"] - windows[0]["start"]} for e in inserter.errors]
+    leftovers = move_leftovers(admin)
     return {
-        "synchronous_commit": mode, "tenants": [str(t) for t in tenants], "loads": loads,
+        "method": mode.method, "synchronous_commit": mode.synchronous_commit, "label": label,
+        "tenants": [str(t) for t in tenants], "loads": loads,
         "load_before_cores": load_before, "rounds": rounds, "windows": per_window, "pooled": pooled,
         "inserts_total": len(inserter.samples), "insert_errors": errors,
-        "p99_ratio": ratio, "service_p99_ratio": service_ratio,
+        "p99_ratio": ratio, "service_p99_ratio": service_ratio, "leftovers": leftovers,
         "targets": {"no_failed_insert": not errors, "p99_ratio": ratio <= TARGET_P99_RATIO},
     }
 
@@ -550,51 +668,176 @@ def _verdict(ok: bool) -> str:
 
 
 def _mbps(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:,.0f}"
+    return "n/a" if value is None else f"{value:,.0f}" if value >= 10 else f"{value:,.1f}"
+
+
+def _secs(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def _sum(values: Sequence[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return sum(known) if known and len(known) == len(values) else None
+
+
+def method_summary(rounds: list[dict]) -> dict:
+    """Throughput and time under lock of one method's moves, over all its rounds."""
+    moves = [m for r in rounds for m in r["moves"]]
+    moved = sum(m["bytes"] for m in moves)
+    move_s = sum(m["seconds"] for m in moves)
+    slept = sum(r["slept_seconds"] for r in rounds)
+    locks = [m["lock_seconds"] for m in moves]
+    copied = [m for m in moves if m["copy_seconds"] is not None and m["copy_heap_bytes"] is not None]
+    copy_s = sum(m["copy_seconds"] for m in copied)
+    copy_heap = sum(m["copy_heap_bytes"] for m in copied)
+    copy_slept = sum(m["slept_seconds"] for m in copied)
+    by_target: dict[str, list] = {}
+    for m in moves:
+        by_target.setdefault(m["to"], []).append(m)
+    return {
+        "rounds": len(rounds), "moves": len(moves), "bytes_moved": moved, "move_seconds": move_s,
+        "slept_seconds": slept, "working_seconds": move_s - slept,
+        "mb_per_second": moved / h.MIB / move_s, "working_mb_per_second": moved / h.MIB / (move_s - slept),
+        "median_round_mb_per_second": statistics.median(r["mb_per_second"] for r in rounds),
+        "lock_seconds": sum(locks), "lock_max_seconds": max(locks), "lock_median_seconds": statistics.median(locks),
+        "lock_mb_per_second": moved / h.MIB / sum(locks),
+        "copy_seconds": copy_s if copied else None, "copy_heap_bytes": copy_heap if copied else None,
+        "copy_slept_seconds": copy_slept if copied else None,
+        "copy_heap_mb_per_second": _rate(copy_heap, copy_s) if copied else None,
+        "copy_heap_active_mb_per_second": _rate(copy_heap, copy_s - copy_slept) if copied else None,
+        "by_target": {t: {"moves": len(ms), "bytes": sum(m["bytes"] for m in ms),
+                          "seconds": sum(m["seconds"] for m in ms),
+                          "mb_per_second": sum(m["bytes"] for m in ms) / h.MIB / sum(m["seconds"] for m in ms)}
+                      for t, ms in sorted(by_target.items())},
+        "vacuum": [{"seconds": m["vacuum_seconds"], "bytes": m["bytes"], "frozen": m["frozen"], "to": m["to"]}
+                   for m in moves if m["vacuum_seconds"] is not None],
+        "rows_caught_up": sum(m["rows_caught_up"] for m in moves),
+        "attempts_max": max(m["attempts"] for m in moves),
+        "wal_bytes": sum(r["wal_bytes"] for r in rounds),
+    }
 
 
 def throughput_summary(modes: list[dict]) -> dict:
     rounds = [r for m in modes for r in m["rounds"]]
-    moved = sum(r["bytes_moved"] for r in rounds)
-    move_s = sum(r["move_seconds"] for r in rounds)
     rel = [r["copies"]["relation_files"] for r in rounds if r["copies"]["relation_files"]]
     rnd = [r["copies"]["random_file"] for r in rounds]
-    by_tier: dict[str, list] = {}
-    for r in rounds:
-        for m in r["moves"]:
-            by_tier.setdefault(m["to"], []).append(m)
+    methods = list(dict.fromkeys(m["method"] for m in modes))
     return {
-        "bytes_moved": moved, "move_seconds": move_s, "mb_per_second": moved / h.MIB / move_s,
-        "median_round_mb_per_second": statistics.median(r["mb_per_second"] for r in rounds),
+        "by_method": {method: method_summary([r for m in modes if m["method"] == method for r in m["rounds"]])
+                      for method in methods},
         "relation_files_mb_per_second": (sum(c["bytes"] for c in rel) / h.MIB / sum(c["seconds"] for c in rel))
         if rel else None,
         "random_file_mb_per_second": sum(c["bytes"] for c in rnd) / h.MIB / sum(c["seconds"] for c in rnd),
-        "by_target": {t: {"moves": len(ms), "bytes": sum(m["bytes"] for m in ms),
-                          "seconds": sum(m["seconds"] for m in ms),
-                          "mb_per_second": sum(m["bytes"] for m in ms) / h.MIB / sum(m["seconds"] for m in ms)}
-                      for t, ms in sorted(by_tier.items())},
-        "freeze": [f for r in rounds for f in ([{"seconds": m["freeze_seconds"], "bytes": m["bytes"]}
-                                                for m in r["moves"] if m["frozen"]])],
-        "wal_bytes": sum(r["wal_bytes"] for r in rounds),
     }
+
+
+def _pace_text(p: dict) -> str:
+    cap = "no rate limit" if p["max_mb_per_s"] is None else f"at most {p['max_mb_per_s']:g} MB/s"
+    return f"{cap}, {p['batch_blocks']} blocks ({p['batch_blocks'] * tiering.BLOCK // 1024} KiB) per transaction"
+
+
+def verdicts(results: dict) -> list[str]:
+    """One honest sentence per method: does it meet the issue's target in every mode it ran?"""
+    out = []
+    p = results["parameters"]
+    for method in dict.fromkeys(m["method"] for m in results["modes"]):
+        modes = [m for m in results["modes"] if m["method"] == method]
+        ok = all(m["targets"]["no_failed_insert"] and m["targets"]["p99_ratio"] for m in modes)
+        figures = "; ".join(
+            f"synchronous_commit={m['synchronous_commit']}: p99 {_ms(m['pooled']['tiering']['p99_ms'])} ms vs "
+            f"{_ms(m['pooled']['baseline']['p99_ms'])} ms = {m['p99_ratio']:.2f}×, "
+            f"{len(m['insert_errors'])} failed inserts" for m in modes)
+        how = f" ({_pace_text(p)})" if method == tiering.ONLINE else ""
+        if ok:
+            out.append(f"- `{method}`{how} **meets** the target: {figures}.")
+        else:
+            missed = [what for m in modes for what, good in (("p99", m["targets"]["p99_ratio"]),
+                                                             ("no failed insert", m["targets"]["no_failed_insert"]))
+                      if not good]
+            out.append(f"- `{method}`{how} **misses** the target ({', '.join(dict.fromkeys(missed))}): {figures}.")
+    return out
 
 
 def render_markdown(results: dict) -> str:
     p, m, srv, t = results["parameters"], results["machine"], results["server"], results["throughput"]
     modes = results["modes"]
+    by_method = t["by_method"]
     target_rows = []
     for mode in modes:
         pool = mode["pooled"]
-        target_rows.append([f"No insert fails (synchronous_commit={mode['synchronous_commit']})", "0 failed",
+        target_rows.append([f"No insert fails ({mode['label']})", "0 failed",
                             f"{len(mode['insert_errors'])} failed of {mode['inserts_total']:,}",
                             _verdict(mode["targets"]["no_failed_insert"])])
         target_rows.append([
-            f"p99 insert latency while tiering (synchronous_commit={mode['synchronous_commit']})",
+            f"p99 insert latency while tiering ({mode['label']})",
             f"≤ {TARGET_P99_RATIO}× baseline p99",
             f"{_ms(pool['tiering']['p99_ms'])} ms vs {_ms(pool['baseline']['p99_ms'])} ms = "
             f"{mode['p99_ratio']:.2f}×", _verdict(mode["targets"]["p99_ratio"])])
-    freeze = t["freeze"]
     rel = t["relation_files_mb_per_second"]
+    tenants_of = {method: sum(len(mo["tenants"]) for mo in modes if mo["method"] == method) for method in by_method}
+    throughput_rows = []
+    for method, s in by_method.items():
+        throughput_rows.append([
+            method, "whole move: bytes / `Move.seconds`" + (" (copy, pacing, catch-up, ANALYZE or VACUUM FREEZE, "
+                                                           "swap)" if method == tiering.ONLINE else
+                                                           " (the ALTER, then VACUUM FREEZE of the cold month)"),
+            _mbps(s["mb_per_second"]),
+            f"{h.mib(s['bytes_moved'])} in {s['move_seconds']:.1f}s over {tenants_of[method]} tenants; "
+            f"median round {_mbps(s['median_round_mb_per_second'])} MB/s"])
+        if method == tiering.ONLINE:
+            throughput_rows += [
+                [method, "working time: the same without the pacer's sleeps", _mbps(s["working_mb_per_second"]),
+                 f"{s['slept_seconds']:.1f}s of sleeps left out of {s['move_seconds']:.1f}s"],
+                [method, "block copy, paced: heap bytes / copy time", _mbps(s["copy_heap_mb_per_second"]),
+                 f"{h.mib(s['copy_heap_bytes'])} of heap in {_secs(s['copy_seconds'])}s; the pace caps the heap "
+                 f"bytes copied ({_pace_text(p)}); the copy's inserts build the indexes too"],
+                [method, "block copy without its sleeps: heap bytes / (copy time − sleeps)",
+                 _mbps(s["copy_heap_active_mb_per_second"]),
+                 "what the INSERT … SELECT batches ran at, heap and index maintenance included"],
+            ]
+        else:
+            throughput_rows.append([method, "the ALTER … SET TABLESPACE alone: bytes / time under lock",
+                                    _mbps(s["lock_mb_per_second"]), f"{h.mib(s['bytes_moved'])} in "
+                                    f"{s['lock_seconds']:.1f}s"])
+        throughput_rows += [[method, f"… to {to} (whole move)", _mbps(v["mb_per_second"]),
+                             f"{v['moves']} moves, {h.mib(v['bytes'])}"] for to, v in s["by_target"].items()]
+    throughput_rows += [
+        ["—", "Plain copy: the partitions' relation files (page cache warm)", _mbps(rel),
+         "shutil.copyfile + fsync per file, same files, same filesystem, just before the moves"],
+        ["—", "Plain copy: random file of the same size, read from disk", _mbps(t["random_file_mb_per_second"]),
+         "os.urandom file, fsynced and evicted from this machine's page cache (posix_fadvise "
+         "DONTNEED), then copied + fsync; a virtual disk may still be cached by its host"],
+    ]
+    lock_what = {
+        tiering.ONLINE: "the begin transaction (shadow table, change-log trigger: SHARE ROW EXCLUSIVE on the month) "
+                        "and the swap (ACCESS EXCLUSIVE on the tenant's partition and the month: last catch-up, "
+                        "DETACH, ATTACH, renames)",
+        tiering.SET_TABLESPACE: "the ALTER TABLE … SET TABLESPACE transaction (ACCESS EXCLUSIVE on the month "
+                                "being moved, for the whole file copy)",
+    }
+    lock_rows = [[method, s["moves"], f"{s['lock_max_seconds'] * 1000:,.1f}", f"{s['lock_median_seconds'] * 1000:,.1f}",
+                  f"{s['lock_seconds'] * 1000:,.1f}", s["attempts_max"], lock_what.get(method, "")]
+                 for method, s in by_method.items()]
+    wal_notes = {
+        tiering.ONLINE: "the copy is INSERT … SELECT in batches: every row and its index entries are WAL-logged",
+        tiering.SET_TABLESPACE: f"with wal_level={srv['settings'].get('wal_level')} `SET TABLESPACE` writes every "
+                                "page to the WAL as well as to the new file, then fsyncs the file",
+    }
+    vacuum_notes = {
+        tiering.ONLINE: "ANALYZE of each shadow, VACUUM (FREEZE, ANALYZE) of the cold one, both before the swap and "
+                        "paced with vacuum_cost_delay/limit to the copy's rate",
+        tiering.SET_TABLESPACE: "VACUUM (FREEZE, ANALYZE) of the cold month after its move, not paced",
+    }
+    leftover_lines = []
+    for mode in modes:
+        lo = mode["leftovers"]
+        if lo["partition_moves"] or lo["tables"] or lo["triggers"]:
+            leftover_lines.append(f"- Left behind after {mode['label']}: {lo['partition_moves']} rows in "
+                                  f"tenant_pipelines.partition_moves, tables {lo['tables'] or 'none'}, "
+                                  f"triggers {lo['triggers'] or 'none'}.")
+    if not leftover_lines:
+        leftover_lines = ["- Left behind after every mode: nothing (no row in tenant_pipelines.partition_moves, no "
+                          "`tiering_move_*` table in schema tenant_pipelines, no capture trigger)."]
     out = [
         "# Benchmark: storage tiering",
         "",
@@ -609,89 +852,107 @@ def render_markdown(results: dict) -> str:
         "`tier_tenant()` while an inserter thread writes "
         f"{p['insert_rows']} rows per transaction, {p['insert_rate']:g} transactions/s, into the same tenant's "
         "current month with `ingest_usage_events()` (billing_app, tenant context, RLS). "
-        f"{p['rounds']} rounds per `synchronous_commit` setting of the inserter, each on a fresh tenant: "
-        "baseline window, tiering, baseline, tiering, ..., baseline.",
+        f"{p['rounds']} rounds per mode (a tiering method and the inserter's `synchronous_commit`), each on a "
+        "fresh tenant: baseline window, tiering, baseline, tiering, ..., baseline. The modes ran one after the "
+        "other: " + "; ".join(mode["label"] for mode in modes) + ".",
+        "",
+        "The methods (`tier_tenant(method=...)`):",
+        "",
+        f"- `{tiering.ONLINE}` (the default): copy-and-swap (sql/0014). A shadow copy of the month in the target "
+        f"tablespace is filled in small batches, one short transaction each, paced ({_pace_text(p)}); a trigger "
+        "logs the keys of rows written meanwhile, which are copied again; the swap (DETACH the old table, ATTACH "
+        "the copy) is the only time under a lock that writers wait for.",
+        f"- `{tiering.SET_TABLESPACE}`: `ALTER TABLE … SET TABLESPACE`, one transaction per month: a file copy at "
+        "full disk speed, its WAL included, under ACCESS EXCLUSIVE on that month.",
         "",
         "## Targets",
         "",
         h.markdown_table(["Target", "Required", "Measured", "Result"], target_rows, "llll"),
         "",
+        *verdicts(results),
+        "",
         "Latency is counted from when each insert was due at the fixed rate, so a stall also counts "
-        "for the inserts queued behind it; the service time (from when it started) is listed below too.",
+        "for the inserts queued behind it; the service time (from when it started) is listed below too. "
+        "A tiering window lasts as long as `tier_tenant()`: an online move is paced, so its windows are longer "
+        "and hold more inserts.",
         "",
         "## Move throughput",
         "",
-        h.markdown_table(
-            ["What", "MB/s", "Notes"],
-            [
-                ["tier_tenant(): moves (bytes / time under lock)", _mbps(t["mb_per_second"]),
-                 f"{h.mib(t['bytes_moved'])} in {t['move_seconds']:.1f}s over {len(modes) * p['rounds']} tenants; "
-                 f"median round {_mbps(t['median_round_mb_per_second'])} MB/s"],
-                *[[f"… to {to}", _mbps(v["mb_per_second"]), f"{v['moves']} moves, {h.mib(v['bytes'])}"]
-                  for to, v in t["by_target"].items()],
-                ["Plain copy: the partitions' relation files (page cache warm)", _mbps(rel),
-                 "shutil.copyfile + fsync per file, same files, same filesystem, just before the moves"],
-                ["Plain copy: random file of the same size, read from disk", _mbps(t["random_file_mb_per_second"]),
-                 "os.urandom file, fsynced and evicted from this machine's page cache (posix_fadvise "
-                 "DONTNEED), then copied + fsync; a virtual disk may still be cached by its host"],
-            ],
-            "lrl",
-        ),
+        h.markdown_table(["Method", "What", "MB/s", "Notes"], throughput_rows, "llrl"),
         "",
-        f"- Moves vs plain copy of the same files: {t['mb_per_second'] / rel:.2f}×." if rel else
-        "- The relation files were not readable (remote server): only the random-file copy is a baseline.",
-        f"- WAL written by the moves (and the freezes): {h.mib(t['wal_bytes'])} for {h.mib(t['bytes_moved'])} "
-        f"moved ({t['wal_bytes'] / t['bytes_moved']:.2f}×): with wal_level={srv['settings'].get('wal_level')} "
-        "`SET TABLESPACE` writes every page to the WAL as well as to the new file, then fsyncs the file.",
+        *[f"- {method}: whole move vs plain copy of the same files: {s['mb_per_second'] / rel:.2f}×." if rel else
+          f"- {method}: the relation files were not readable (remote server): only the random-file copy is a "
+          "baseline." for method, s in by_method.items()],
+        *[f"- WAL written by the {method} moves (their VACUUM/ANALYZE included): {h.mib(s['wal_bytes'])} for "
+          f"{h.mib(s['bytes_moved'])} moved ({s['wal_bytes'] / s['bytes_moved']:.2f}×): "
+          f"{wal_notes.get(method, '')}." for method, s in by_method.items()],
         "- What the plain copy means: the same bytes copied once, on the same filesystem, with no WAL and no "
         "locks: the floor under any move. The relation files and the moved partitions were loaded minutes "
         "before, on a machine with free memory, so both read from the page cache (caches cannot be dropped "
         "here); the random-file copy shows what reading from the disk costs.",
-        f"- VACUUM (FREEZE, ANALYZE) of each cold month (timed apart, inside `tier_tenant()`): "
-        + ", ".join(f"{f['seconds']:.2f}s for {h.mib(f['bytes'])}" for f in freeze) + ".",
+        *[f"- VACUUM / ANALYZE inside the {method} moves ({vacuum_notes.get(method, '')}): "
+          + (", ".join(f"{v['to']} {v['seconds']:.2f}s" + (" (freeze)" if v["frozen"] else "")
+                       for v in s["vacuum"]) or "not timed") + "."
+          for method, s in by_method.items()],
+        *[f"- Rows written to the old months during the online copies and copied again: {s['rows_caught_up']:,} "
+          "(the inserter writes the current month only)." for method, s in by_method.items()
+          if method == tiering.ONLINE],
+        "",
+        "## Time under lock",
+        "",
+        "Per move, `Move.lock_held_s`: the time from the start of the locking statement to the commit.",
+        "",
+        h.markdown_table(["Method", "Moves", "max ms", "median ms", "total ms", "max attempts", "What"], lock_rows,
+                         "lrrrrrl"),
+        "",
+        *leftover_lines,
         "",
         "## Every tiering round",
         "",
         h.markdown_table(
-            ["Mode", "Round", "Moves (to: MiB in s)", "Moves MB/s", "Freeze s", "tier_tenant s", "WAL",
-             "Copy relation files MB/s", "Copy random file MB/s"],
-            [[mode["synchronous_commit"], r["number"],
-              "; ".join(f"{mv['to']}: {mv['bytes'] / h.MIB:,.0f} in {mv['seconds']:.2f}" for mv in r["moves"]),
-              _mbps(r["mb_per_second"]), f"{r['freeze_seconds']:.2f}", f"{r['seconds']:.2f}", h.mib(r["wal_bytes"]),
+            ["Method", "Sync commit", "Round", "Moves (to: MiB in s, lock ms)", "Whole move MB/s", "Working MB/s",
+             "VACUUM/ANALYZE s", "tier_tenant s", "WAL", "Copy relation files MB/s", "Copy random file MB/s"],
+            [[mode["method"], mode["synchronous_commit"], r["number"],
+              "; ".join(f"{mv['to']}: {mv['bytes'] / h.MIB:,.0f} in {mv['seconds']:.2f}, "
+                        f"{mv['lock_seconds'] * 1000:,.1f}" for mv in r["moves"]),
+              _mbps(r["mb_per_second"]), _mbps(r["working_mb_per_second"]), _secs(r["vacuum_seconds"]),
+              f"{r['seconds']:.2f}", h.mib(r["wal_bytes"]),
               _mbps(r["copies"]["relation_files"]["mb_per_second"] if r["copies"]["relation_files"] else None),
               _mbps(r["copies"]["random_file"]["mb_per_second"])]
              for mode in modes for r in mode["rounds"]],
-            "lrlrrrrrr",
+            "llrlrrrrrrr",
         ),
         "",
         "## Insert latency",
         "",
         h.markdown_table(
-            ["Mode", "Windows", "Inserts", "Failed", "p50 ms", "p99 ms", "max ms", "service p50", "service p99",
-             "service max"],
-            [[mode["synchronous_commit"], kind, f"{pool['inserts']:,}", pool["failed"], _ms(pool["p50_ms"]),
-              _ms(pool["p99_ms"]), _ms(pool["max_ms"]), _ms(pool["service_p50_ms"]), _ms(pool["service_p99_ms"]),
-              _ms(pool["service_max_ms"])]
+            ["Method", "Sync commit", "Windows", "Inserts", "Failed", "p50 ms", "p99 ms", "max ms", "service p50",
+             "service p99", "service max"],
+            [[mode["method"], mode["synchronous_commit"], kind, f"{pool['inserts']:,}", pool["failed"],
+              _ms(pool["p50_ms"]), _ms(pool["p99_ms"]), _ms(pool["max_ms"]), _ms(pool["service_p50_ms"]),
+              _ms(pool["service_p99_ms"]), _ms(pool["service_max_ms"])]
              for mode in modes for kind, pool in mode["pooled"].items()],
-            "llrrrrrrrr",
+            "lllrrrrrrrr",
         ),
         "",
         "Every window, in the order they ran:",
         "",
         h.markdown_table(
-            ["Mode", "Window", "Seconds", "Inserts", "Failed", "p50 ms", "p99 ms", "max ms", "service p99"],
-            [[mode["synchronous_commit"], f"{w['kind']} {w['round']}", f"{w['seconds']:.1f}", w["inserts"],
-              w.get("failed", 0), _ms(w.get("p50_ms", 0)), _ms(w.get("p99_ms", 0)), _ms(w.get("max_ms", 0)),
-              _ms(w.get("service_p99_ms", 0))]
+            ["Method", "Sync commit", "Window", "Seconds", "Inserts", "Failed", "p50 ms", "p99 ms", "max ms",
+             "service p99"],
+            [[mode["method"], mode["synchronous_commit"], f"{w['kind']} {w['round']}", f"{w['seconds']:.1f}",
+              w["inserts"], w.get("failed", 0), _ms(w.get("p50_ms", 0)), _ms(w.get("p99_ms", 0)),
+              _ms(w.get("max_ms", 0)), _ms(w.get("service_p99_ms", 0))]
              for mode in modes for w in mode["windows"]],
-            "llrrrrrrr",
+            "lllrrrrrrr",
         ),
         "",
     ]
     for mode in modes:
         if mode["insert_errors"]:
-            out.append(f"- Failed inserts (synchronous_commit={mode['synchronous_commit']}): "
+            out.append(f"- Failed inserts ({mode['label']}): "
                        + "; ".join(f"{e['at']:.1f}s: {e['error']}" for e in mode["insert_errors"][:5]))
+    wrapped = sorted({w for mode in modes for r in mode["rounds"] for w in r["helpers_wrapped"]})
     out += [
         "",
         "## Set-up",
@@ -712,11 +973,15 @@ def render_markdown(results: dict) -> str:
         "old months exist. Then `VACUUM (ANALYZE)` of the tenant (hint bits and visibility map set, as "
         "autovacuum would have done long before; tuples not frozen) and a CHECKPOINT.",
         f"- Windows: {p['baseline_seconds']:g}s baselines; a tiering window lasts as long as `tier_tenant()` "
-        f"(moves, then VACUUM FREEZE of the cold month). Between windows (not measured): a CHECKPOINT, the "
+        f"(the moves with their VACUUM/ANALYZE). Between windows (not measured): a CHECKPOINT, the "
         f"file-copy baselines, {SETTLE_S:g}s pause. The inserter ran {WARMUP_S:g}s before the first window.",
-        "- The tiering connection uses the server's synchronous_commit (on); the inserter's is the mode shown.",
+        f"- `tier_tenant()` was called with `method` = the mode's method and `pace = Pace(max_mb_per_s="
+        f"{p['max_mb_per_s']!r}, batch_blocks={p['batch_blocks']})` (used by online moves only), and a `sleep` "
+        "that times the pacer's sleeps. Phases timed by wrapping the module's helpers: "
+        + (", ".join(f"`{w}`" for w in wrapped) or "none (renamed: n/a)") + ".",
+        "- The tiering connection uses the server's synchronous_commit (on); the inserter's is the mode's.",
         f"- Machine load before each mode's runs: "
-        + ", ".join(f"{mode['synchronous_commit']}: {mode['load_before_cores']:.2f} cores" for mode in modes)
+        + "; ".join(f"{mode['label']}: {mode['load_before_cores']:.2f} cores" for mode in modes)
         + f" (waited up to {IDLE_WAIT_S:g}s for < {IDLE_LOAD}).",
         f"- Python process peak RSS: {h.mib(results['python_peak_rss_bytes'])}. Whole run: "
         f"{results['seconds'] / 60:.1f} min.",
@@ -727,29 +992,55 @@ def render_markdown(results: dict) -> str:
 # -- main ---------------------------------------------------------------------------------------------------
 
 
+def _rate_arg(text: str) -> float | None:
+    if text.strip().lower() in ("none", "unlimited"):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give MB/s as a number, or 'none' for no limit") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a positive rate, or 'none' for no limit")
+    return value
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python bench/tiering.py",
         description=(
             "Storage-tiering benchmark: tier_tenant() moves three old months of an enterprise tenant to the "
-            "warm and cold tablespaces (MB/s against plain file copies of the same size, VACUUM FREEZE apart), "
-            "while an inserter writes small batches into the same tenant's current month (p50/p99/max latency "
-            "with and without tiering). Writes bench/results/tiering.json and docs/benchmarks/tiering.md. "
-            f"Targets: no insert fails; p99 while tiering <= {TARGET_P99_RATIO}x the baseline's."
+            "warm and cold tablespaces by each method (online: paced copy-and-swap; set-tablespace: ALTER TABLE "
+            "... SET TABLESPACE): MB/s over the whole move and without the pacer's sleeps, time under lock per "
+            "move, against plain file copies of the same size; while an inserter writes small batches into the "
+            "same tenant's current month (p50/p99/max latency with and without tiering). A mode is a (method, "
+            "the inserter's synchronous_commit) pair. Writes bench/results/tiering.json and "
+            f"docs/benchmarks/tiering.md. Targets, per mode: no insert fails; p99 while tiering <= "
+            f"{TARGET_P99_RATIO}x the baseline's."
         ),
     )
+    parser.add_argument("--method", choices=(*tiering.METHODS, "both"), default="both",
+                        help="how tier_tenant() moves the months: online (paced copy-and-swap, its default), "
+                             "set-tablespace, or both one after the other in the same run (default)")
+    parser.add_argument("--max-mb-per-s", type=_rate_arg, default=tiering.DEFAULT_MAX_MB_PER_S, metavar="X",
+                        help="online moves: the pace, MB/s of the partition's heap ('none': no limit; default: "
+                             f"{tiering.DEFAULT_MAX_MB_PER_S:g}, the core's)")
+    parser.add_argument("--batch-blocks", type=int, default=tiering.DEFAULT_BATCH_BLOCKS, metavar="N",
+                        help="online moves: heap blocks copied per transaction (default: "
+                             f"{tiering.DEFAULT_BATCH_BLOCKS}, the core's)")
     parser.add_argument("--rows", type=int, default=2_000_000, metavar="N",
                         help="events per tiered tenant, over its three old months (default: 2,000,000)")
     parser.add_argument("--rounds", type=int, default=5, metavar="R",
-                        help="tiering rounds per synchronous_commit mode, one fresh tenant each (default: 5)")
+                        help="tiering rounds per mode (method and synchronous_commit), one fresh tenant each "
+                             "(default: 5)")
     parser.add_argument("--baseline-seconds", type=float, default=10.0, metavar="S",
                         help="length of each baseline window (default: 10)")
     parser.add_argument("--insert-rate", type=float, default=100.0, metavar="TPS",
                         help="inserter transactions per second (default: 100; keep it well under what one connection can commit, or a backlog builds)")
     parser.add_argument("--insert-rows", type=int, default=10, metavar="K",
                         help="rows per inserter transaction (default: 10)")
-    parser.add_argument("--synchronous-commit", choices=("on", "off", "both"), default="both",
-                        help="the inserter's synchronous_commit: on, off, or both one after the other (default)")
+    parser.add_argument("--synchronous-commit", choices=("on", "off", "both"), default="on",
+                        help="the inserter's synchronous_commit: on (default), off, or both one after the other "
+                             "(for each method)")
     parser.add_argument("--dsn", metavar="DSN",
                         help="a superuser DSN of a PostgreSQL 15+ server whose storage_tiers name three existing "
                              "tablespaces: the benchmark uses a scratch database there (default: a throwaway "
@@ -768,11 +1059,23 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--setting applies to the throwaway cluster only, not to --dsn")
     if args.rows < 1000 or args.rounds < 1 or args.insert_rate <= 0 or args.insert_rows < 1:
         parser.error("--rows >= 1000, --rounds >= 1, --insert-rate > 0, --insert-rows >= 1")
+    try:
+        args.pace = tiering.Pace(max_mb_per_s=args.max_mb_per_s, batch_blocks=args.batch_blocks)
+    except tiering.InvalidInput as exc:
+        parser.error(str(exc))
     return args
 
 
+def modes_of(args: argparse.Namespace) -> list[Mode]:
+    methods = list(tiering.METHODS) if args.method == "both" else [args.method]
+    commits = ["on", "off"] if args.synchronous_commit == "both" else [args.synchronous_commit]
+    return [Mode(method, commit) for method in methods for commit in commits]
+
+
 def command_line(args: argparse.Namespace) -> str:
-    parts = ["python bench/tiering.py", f"--rows {args.rows}", f"--rounds {args.rounds}",
+    rate = "none" if args.max_mb_per_s is None else f"{args.max_mb_per_s:g}"
+    parts = ["python bench/tiering.py", f"--method {args.method}", f"--max-mb-per-s {rate}",
+             f"--batch-blocks {args.batch_blocks}", f"--rows {args.rows}", f"--rounds {args.rounds}",
              f"--baseline-seconds {args.baseline_seconds:g}", f"--insert-rate {args.insert_rate:g}",
              f"--insert-rows {args.insert_rows}", f"--synchronous-commit {args.synchronous_commit}"]
     parts += [f"--setting {k}={v}" for k, v in args.settings.items()]
@@ -802,19 +1105,19 @@ def benchmark(args: argparse.Namespace, dsn: str, server_kind: str, throwaway: b
             data_dir, folders = None, {k: None for k in folders}
         ctx = {"as_of": as_of, "targets": targets, "tiers": tiers, "folders": folders, "data_dir": data_dir,
                "first": utc(add_months(this_month, -max(OLD_MONTHS))),
-               "end": utc(add_months(this_month, -min(OLD_MONTHS) + 1))}
+               "end": utc(add_months(this_month, -min(OLD_MONTHS) + 1)), "pace": args.pace}
         server = h.server_info(admin)
         server["wal"] = dict(admin.execute(
             "SELECT name, current_setting(name) FROM pg_settings WHERE name = ANY(%s) ORDER BY name",
             (["wal_buffers", "wal_segment_size", "wal_writer_delay", "commit_delay"],)).fetchall())
         h.log(f"server: {server['version']}; as_of {as_of:%Y-%m-%d}: {targets}")
-        modes = ["on", "off"] if args.synchronous_commit == "both" else [args.synchronous_commit]
-        results_modes = [run_mode(args, dsn, admin, mode, ctx) for mode in modes]
+        results_modes = [run_mode(args, dsn, admin, mode, ctx) for mode in modes_of(args)]
         same_fs = next((r["copies"].get("same_filesystem") for m in results_modes for r in m["rounds"]), None)
     return {
         "benchmark": NAME, "command": command_line(args),
-        "parameters": {k: getattr(args, k) for k in ("rows", "rounds", "baseline_seconds", "insert_rate",
-                                                     "insert_rows", "synchronous_commit")},
+        "parameters": {k: getattr(args, k) for k in ("method", "max_mb_per_s", "batch_blocks", "rows", "rounds",
+                                                     "baseline_seconds", "insert_rate", "insert_rows",
+                                                     "synchronous_commit")},
         "machine": h.machine_info(), "server": server, "server_kind": server_kind,
         "tiers": tiers, "folders": {k: str(v) for k, v in folders.items()}, "same_filesystem": same_fs,
         "policy": {"warm_after": f"{warm_after.days} days", "cold_after": f"{cold_after.days} days"},
@@ -839,12 +1142,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                f"full_page_writes on{extra})", True)
     written = h.write_results(NAME, results, render_markdown(results), docs=not args.no_docs)
     t = results["throughput"]
-    h.log(f"moves: {t['mb_per_second']:.0f} MB/s; plain copy of the relation files "
-          f"{_mbps(t['relation_files_mb_per_second'])} MB/s, random file from disk "
+    for method, s in t["by_method"].items():
+        h.log(f"{method}: moves {s['mb_per_second']:.1f} MB/s whole move, {s['working_mb_per_second']:.1f} MB/s "
+              f"without the pacer's sleeps; under lock max {s['lock_max_seconds'] * 1000:.1f} ms, total "
+              f"{s['lock_seconds'] * 1000:.1f} ms over {s['moves']} moves")
+    h.log(f"plain copy of the relation files {_mbps(t['relation_files_mb_per_second'])} MB/s, random file from disk "
           f"{t['random_file_mb_per_second']:.0f} MB/s")
     for mode in results["modes"]:
         pool = mode["pooled"]
-        h.log(f"synchronous_commit={mode['synchronous_commit']}: p99 baseline {pool['baseline']['p99_ms']:.1f} ms, "
+        h.log(f"{mode['label']}: p99 baseline {pool['baseline']['p99_ms']:.1f} ms, "
               f"tiering {pool['tiering']['p99_ms']:.1f} ms = {mode['p99_ratio']:.2f}x "
               f"({'MET' if mode['targets']['p99_ratio'] else 'MISSED'}); failed inserts "
               f"{len(mode['insert_errors'])} ({'MET' if mode['targets']['no_failed_insert'] else 'MISSED'})")
