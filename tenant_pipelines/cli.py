@@ -112,6 +112,24 @@ def cmd_tiering_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tiering_run(args: argparse.Namespace) -> int:
+    from tenant_pipelines.core.tiering import Pace, tier_tenant
+    from tenant_pipelines.db.connect import connect
+    from tenant_pipelines.db.target import admin_dsn
+
+    pace = Pace(None if args.max_mb_per_s == 0 else args.max_mb_per_s, args.batch_blocks)
+    with connect(admin_dsn(), autocommit=True) as conn:
+        report = tier_tenant(conn, args.tenant, method=args.method, pace=pace, log=_log)
+    for name in report.restarted:
+        _log(f"{name}: an unfinished move was found and started again")
+    print("partition	from	to	bytes	seconds	lock_ms")
+    for m in report.moves:
+        print(f"{m.partition}\t{m.from_tablespace}\t{m.to_tablespace}\t{m.bytes}\t{m.seconds:.2f}\t{m.lock_held_s * 1000:.1f}")
+    _log(f"tenant {report.tenant}: {len(report.moves)} partitions moved ({report.bytes_moved:,} bytes), "
+         f"{report.misplaced_left} still misplaced")
+    return 0 if report.misplaced_left == 0 else 1
+
+
 def _seed(dsn: str, tenants: int, events: int, seed: int, as_of: date | None) -> None:
     from tenant_pipelines.core.demo import seed_demo
     from tenant_pipelines.db.connect import connect
@@ -344,6 +362,23 @@ def _non_negative(text: str) -> int:
     return value
 
 
+def _positive_int(text: str) -> int:
+    value = _non_negative(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("0: give 1 or more")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative; give 0 or more")
+    return value
+
+
 def _day(text: str) -> date:
     try:
         return date.fromisoformat(text)
@@ -394,6 +429,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--tenant", default=None, help="only this tenant (organization UUID)")
     p.set_defaults(func=cmd_tiering_plan)
+    p = tiering_sub.add_parser(
+        "run", help="move one tenant's month partitions to the tablespaces its policy says",
+        description="What the tier_placement asset does, for one tenant, from the shell: each month whose "
+        "age puts it in another tier moves, online by default (a paced copy, then a swap of milliseconds "
+        "under lock). Progress on stderr; the moves as a table on stdout. Exit 0 when everything is in "
+        "place, 1 when something is still misplaced, 2 for bad input.",
+    )
+    p.add_argument("--tenant", required=True, help="the organization UUID")
+    p.add_argument("--method", choices=("online", "set-tablespace"), default="online",
+                   help="online (default): paced copy-and-swap; set-tablespace: ALTER TABLE ... SET "
+                   "TABLESPACE, fastest, but a burst of I/O that live writers wait behind")
+    p.add_argument("--max-mb-per-s", type=_non_negative_float, default=16.0, metavar="MB",
+                   help="online: the most MB per second copied (default: 16; 0: no limit)")
+    p.add_argument("--batch-blocks", type=_positive_int, default=32, metavar="N",
+                   help="online: 8 KiB blocks copied per transaction (default: 32)")
+    p.set_defaults(func=cmd_tiering_run)
 
     p = sub.add_parser(
         "backup", help="back one tenant up now (Parquet, encrypted when its config says so)",

@@ -71,6 +71,14 @@ def test_db_up_migrate_seed_down(cli_env: dict[str, str]) -> None:
     refused = run(["tiering", "configure", "--cold", "no_such_space"], cli_env, check=False)
     assert refused.returncode == 2 and "no_such_space" in refused.stderr and "CREATE TABLESPACE" in refused.stderr
     assert run(["tiering", "plan"], cli_env).stdout.startswith("partition\t")
+    with psycopg.connect(dsn) as conn:
+        tenant = conn.execute("SELECT organization_id FROM tenant_classifications WHERE tier = 'enterprise'"
+                              " ORDER BY organization_id LIMIT 1").fetchone()[0]
+    moved = run(["tiering", "run", "--tenant", str(tenant)], cli_env)
+    assert moved.stdout.startswith("partition\tfrom\tto\tbytes") and "still misplaced" in moved.stderr
+    assert run(["tiering", "run", "--tenant", str(tenant)], cli_env).stdout.count("\n") == 1, "a re-run moves nothing"
+    bad = run(["tiering", "run", "--tenant", "not-a-uuid"], cli_env, check=False)
+    assert bad.returncode == 2 and "not-a-uuid" in bad.stderr and "Traceback" not in bad.stderr
 
     down = run(["db", "down"], cli_env)
     assert "stopped" in down.stderr
@@ -127,7 +135,7 @@ def test_commands_before_db_up_say_what_to_do(cli_env: dict[str, str]) -> None:
 
 @pytest.mark.parametrize(
     "args", [[], ["db"], ["db", "up"], ["db", "down"], ["db", "migrate"], ["demo", "seed"], ["dev"],
-             ["tiering"], ["tiering", "configure"], ["tiering", "plan"]]
+             ["tiering"], ["tiering", "configure"], ["tiering", "plan"], ["tiering", "run"]]
 )
 def test_every_command_has_help(args: list[str]) -> None:
     proc = subprocess.run(CLI + args + ["--help"], capture_output=True, text=True)
