@@ -9,7 +9,8 @@ months three and two back turn warm. Each month moves by one of the two methods:
 - ``online`` (tier_tenant's default): copy-and-swap. A shadow copy in the target tablespace is
   filled in batches of ``--batch-blocks`` blocks, one short transaction each, paced to
   ``--max-mb-per-s`` of the partition's heap; a trigger logs rows written meanwhile, which are
-  copied again; the swap (DETACH, ATTACH) is the only time under a lock that writers wait for.
+  copied again; writers wait for a lock only while the trigger is created (the moved month's
+  writers) and during the swap (DETACH, ATTACH: the tenant's writers).
 - ``set-tablespace``: ``ALTER TABLE ... SET TABLESPACE``, one transaction per partition: a file
   copy at full disk speed, WAL included.
 
@@ -860,8 +861,9 @@ def render_markdown(results: dict) -> str:
         "",
         f"- `{tiering.ONLINE}` (the default): copy-and-swap (sql/0014). A shadow copy of the month in the target "
         f"tablespace is filled in small batches, one short transaction each, paced ({_pace_text(p)}); a trigger "
-        "logs the keys of rows written meanwhile, which are copied again; the swap (DETACH the old table, ATTACH "
-        "the copy) is the only time under a lock that writers wait for.",
+        "logs the keys of rows written meanwhile, which are copied again. Writers wait for a lock only while the "
+        "trigger is created (the moved month's writers) and during the swap (DETACH the old table, ATTACH the copy: "
+        "the tenant's writers).",
         f"- `{tiering.SET_TABLESPACE}`: `ALTER TABLE … SET TABLESPACE`, one transaction per month: a file copy at "
         "full disk speed, its WAL included, under ACCESS EXCLUSIVE on that month.",
         "",
