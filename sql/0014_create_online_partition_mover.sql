@@ -15,7 +15,8 @@
 --   fn_move_finish   under lock: the last catch-up, DETACH the partition, ATTACH the shadow in
 --                    its place, drop the old table, give the shadow the old names. Milliseconds:
 --                    the data is already there.
---   fn_move_abandon  drops a move's shadow, log and trigger (a crashed or cancelled move).
+--   fn_move_abandon  drops a move's shadow, log and trigger (a crashed or cancelled move), or,
+--                    after the swap, the replaced table (parked in tenant_pipelines by the swap).
 --
 -- A crash at any point leaves the partition itself untouched and complete: the next run
 -- abandons the leftovers and starts that partition's copy again.
@@ -26,8 +27,10 @@ CREATE TABLE tenant_pipelines.partition_moves (
     partition_filenode oid NOT NULL,  -- a rewrite (TRUNCATE, VACUUM FULL, CLUSTER) changes it
     shadow_name      text NOT NULL,
     log_name         text NOT NULL,
+    old_name         text NOT NULL,   -- the replaced table, parked here after the swap
     target_tablespace name NOT NULL,
-    started_at       timestamptz NOT NULL DEFAULT now()
+    started_at       timestamptz NOT NULL DEFAULT now(),
+    swapped_at       timestamptz      -- set by the swap; the row goes when the old table does
 );
 ALTER TABLE tenant_pipelines.partition_moves OWNER TO billing_owner;
 GRANT USAGE ON SCHEMA tenant_pipelines TO billing_owner;
@@ -70,12 +73,16 @@ BEGIN
     IF NOT FOUND THEN
         RETURN false;
     END IF;
-    IF v_rel IS NOT NULL THEN
-        EXECUTE format('DROP TRIGGER IF EXISTS tiering_move_capture ON %s', v_rel);
-        EXECUTE format('DROP TRIGGER IF EXISTS tiering_move_truncate ON %s', v_rel);
+    IF v_move.swapped_at IS NULL THEN  -- unfinished: the partition is the original, the shadow goes
+        IF v_rel IS NOT NULL THEN
+            EXECUTE format('DROP TRIGGER IF EXISTS tiering_move_capture ON %s', v_rel);
+            EXECUTE format('DROP TRIGGER IF EXISTS tiering_move_truncate ON %s', v_rel);
+        END IF;
+        EXECUTE format('DROP TABLE IF EXISTS tenant_pipelines.%I', v_move.shadow_name);
+        EXECUTE format('DROP TABLE IF EXISTS tenant_pipelines.%I', v_move.log_name);
     END IF;
-    EXECUTE format('DROP TABLE IF EXISTS tenant_pipelines.%I', v_move.shadow_name);
-    EXECUTE format('DROP TABLE IF EXISTS tenant_pipelines.%I', v_move.log_name);
+    -- swapped: the partition is the copy; only the replaced table is left to drop
+    EXECUTE format('DROP TABLE IF EXISTS tenant_pipelines.%I', v_move.old_name);
     DELETE FROM tenant_pipelines.partition_moves m WHERE m.partition_oid = v_move.partition_oid;
     RETURN true;
 END
@@ -132,8 +139,9 @@ BEGIN
     EXECUTE format('CREATE TRIGGER tiering_move_truncate AFTER TRUNCATE ON %s'
                    ' FOR EACH STATEMENT EXECUTE FUNCTION public.fn_move_capture(%L)', v_rel, v_log);
     INSERT INTO tenant_pipelines.partition_moves
-        (partition_oid, partition_name, partition_filenode, shadow_name, log_name, target_tablespace)
-    VALUES (v_rel, p_partition, pg_relation_filenode(v_rel), shadow_name, v_log, p_tablespace);
+        (partition_oid, partition_name, partition_filenode, shadow_name, log_name, old_name, target_tablespace)
+    VALUES (v_rel, p_partition, pg_relation_filenode(v_rel), shadow_name, v_log, 'tiering_old_' || v_rel::oid,
+            p_tablespace);
     blocks := pg_relation_size(v_rel) / current_setting('block_size')::bigint;
 END
 $$;
@@ -217,7 +225,13 @@ BEGIN
      WHERE x.indrelid = v_rel;
     EXECUTE format('ALTER TABLE %s DETACH PARTITION %s', v_parent, v_rel);
     EXECUTE format('ALTER TABLE %s ATTACH PARTITION tenant_pipelines.%I %s', v_parent, v_move.shadow_name, v_bound);
-    EXECUTE format('DROP TABLE %s', v_rel);
+    -- The old table is not dropped here: dropping truncates its files at COMMIT (tens of ms
+    -- for a large month) while this transaction still holds the tenant's partition. It is
+    -- parked in the work schema and dropped by fn_move_abandon, in a transaction of its own.
+    EXECUTE format('DROP TRIGGER tiering_move_capture ON %s', v_rel);
+    EXECUTE format('DROP TRIGGER tiering_move_truncate ON %s', v_rel);
+    EXECUTE format('ALTER TABLE %s SET SCHEMA tenant_pipelines', v_rel);
+    EXECUTE format('ALTER TABLE tenant_pipelines.%I RENAME TO %I', p_partition, v_move.old_name);
     EXECUTE format('DROP TABLE tenant_pipelines.%I', v_move.log_name);
     EXECUTE format('ALTER TABLE tenant_pipelines.%I SET SCHEMA public', v_move.shadow_name);
     EXECUTE format('ALTER TABLE public.%I RENAME TO %I', v_move.shadow_name, p_partition);
@@ -230,7 +244,7 @@ BEGIN
             EXECUTE format('ALTER INDEX %s RENAME TO %I', v_new_index, v_old_names[k]);
         END IF;
     END LOOP;
-    DELETE FROM tenant_pipelines.partition_moves m WHERE m.partition_oid = v_move.partition_oid;
+    UPDATE tenant_pipelines.partition_moves m SET swapped_at = now() WHERE m.partition_oid = v_move.partition_oid;
     RETURN pg_total_relation_size(to_regclass('public.' || quote_ident(p_partition)));
 END
 $$;

@@ -270,6 +270,9 @@ def _move_online(conn: psycopg.Connection, tenant_id: str, part: PlannedPartitio
 
         (moved_bytes, t1), more = run_with_lock_retry(conn, what + " (swap)", finish, attempts=attempts)
         held += time.monotonic() - t1
+        # The replaced table goes now, in a transaction of its own: no lock anyone waits for.
+        # If this fails, the next run drops it (it is listed in tenant_pipelines.partition_moves).
+        _abandon_quietly(conn, part.partition_name)
     except psycopg.Error as exc:
         _abandon_quietly(conn, part.partition_name)
         hint = f" ({exc.diag.message_hint})" if exc.diag.message_hint else ""
@@ -315,14 +318,15 @@ def _abandon(conn: psycopg.Connection, partition: str) -> None:
 
 
 def _abandon_leftovers(conn: psycopg.Connection, partitions: list[str]) -> list[str]:
-    """Drop what crashed moves of these partitions left (shadow, log, trigger); their moves
-    start again from scratch."""
-    names = [row[0] for row in conn.execute(
-        "SELECT partition_name FROM tenant_pipelines.partition_moves WHERE partition_name = ANY(%s) ORDER BY 1",
-        (partitions,)).fetchall()]
-    for name in names:
+    """Drop what crashed moves of these partitions left: before the swap, the shadow, log and
+    trigger (that move starts again from scratch); after it, the replaced table. Returns the
+    partitions whose move starts again."""
+    rows = conn.execute(
+        "SELECT partition_name, swapped_at IS NULL FROM tenant_pipelines.partition_moves"
+        " WHERE partition_name = ANY(%s) ORDER BY 1", (partitions,)).fetchall()
+    for name, _ in rows:
         _abandon(conn, name)
-    return names
+    return [name for name, unfinished in rows if unfinished]
 
 
 def _abandon_quietly(conn: psycopg.Connection, partition: str) -> None:

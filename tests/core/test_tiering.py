@@ -193,7 +193,8 @@ def rows_of(conn: psycopg.Connection, relation: str) -> list[tuple]:
 
 def moves_in_progress(conn: psycopg.Connection) -> int:
     return conn.execute("SELECT count(*) FROM tenant_pipelines.partition_moves").fetchone()[0] + conn.execute(
-        "SELECT count(*) FROM pg_tables WHERE schemaname = 'tenant_pipelines' AND tablename LIKE 'tiering_move_%'"
+        "SELECT count(*) FROM pg_tables WHERE schemaname = 'tenant_pipelines'"
+        " AND (tablename LIKE 'tiering_move_%' OR tablename LIKE 'tiering_old_%')"
     ).fetchone()[0] + conn.execute("SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'tiering_move_%'").fetchone()[0]
 
 
@@ -275,6 +276,22 @@ def test_a_crashed_online_move_is_started_again(admin_conn: psycopg.Connection, 
     assert report.restarted == [old]
     assert rows_of(admin_conn, old) == before and tablespace_of(admin_conn, old) == "cold_storage"
     assert moves_in_progress(admin_conn) == 0
+
+
+def test_a_crash_after_the_swap_leaves_only_the_old_table_to_drop(
+    admin_conn: psycopg.Connection, admin_dsn: str, tenant: uuid.UUID
+) -> None:
+    old = leaf(tenant, -5)
+    before = rows_of(admin_conn, old)
+    with psycopg.connect(admin_dsn, autocommit=True) as crashed:  # swapped, died before dropping the old table
+        shadow = crashed.execute("SELECT shadow_name FROM fn_move_begin(%s, 'cold_storage')", (old,)).fetchone()[0]
+        crashed.execute(f'INSERT INTO tenant_pipelines."{shadow}" SELECT * FROM "{old}"')
+        crashed.execute("SELECT fn_move_finish(%s)", (old,))
+    assert tablespace_of(admin_conn, old) == "cold_storage" and rows_of(admin_conn, old) == before
+    assert moves_in_progress(admin_conn) == 2  # the move's row and the parked old table
+    report = tier_tenant(admin_conn, tenant, as_of=AS_OF)
+    assert report.restarted == [] and old not in [m.partition for m in report.moves]
+    assert moves_in_progress(admin_conn) == 0 and rows_of(admin_conn, old) == before
 
 
 def test_a_failed_online_move_leaves_the_partition_whole(admin_conn: psycopg.Connection, tenant: uuid.UUID) -> None:
