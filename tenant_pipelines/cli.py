@@ -429,6 +429,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--tenant", default=None, help="only this tenant (organization UUID)")
     p.set_defaults(func=cmd_tiering_plan)
+    from tenant_pipelines.core.tiering import DEFAULT_BATCH_BLOCKS, DEFAULT_MAX_MB_PER_S
+
     p = tiering_sub.add_parser(
         "run", help="move one tenant's month partitions to the tablespaces its policy says",
         description="What the tier_placement asset does, for one tenant, from the shell: each month whose "
@@ -440,10 +442,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=("online", "set-tablespace"), default="online",
                    help="online (default): paced copy-and-swap; set-tablespace: ALTER TABLE ... SET "
                    "TABLESPACE, fastest, but a burst of I/O that live writers wait behind")
-    p.add_argument("--max-mb-per-s", type=_non_negative_float, default=16.0, metavar="MB",
-                   help="online: the most MB per second copied (default: 16; 0: no limit)")
-    p.add_argument("--batch-blocks", type=_positive_int, default=32, metavar="N",
-                   help="online: 8 KiB blocks copied per transaction (default: 32)")
+    p.add_argument("--max-mb-per-s", type=_non_negative_float, default=DEFAULT_MAX_MB_PER_S, metavar="MB",
+                   help=f"online: the most MB per second copied (default: {DEFAULT_MAX_MB_PER_S:g}; 0: no limit)")
+    p.add_argument("--batch-blocks", type=_positive_int, default=DEFAULT_BATCH_BLOCKS, metavar="N",
+                   help=f"online: 8 KiB blocks copied per transaction (default: {DEFAULT_BATCH_BLOCKS})")
     p.set_defaults(func=cmd_tiering_run)
 
     p = sub.add_parser(
