@@ -43,6 +43,9 @@ SET_TABLESPACE = "set-tablespace"
 METHODS = (ONLINE, SET_TABLESPACE)
 DEFAULT_MAX_MB_PER_S = 8.0
 DEFAULT_BATCH_BLOCKS = 32  # 256 KiB of the partition per copy transaction
+# Advisory lock space (with hashtext(tenant)) held by a session while it tiers a tenant: two
+# runs moving the same tenant would drop each other's moves in progress.
+_TIERING_LOCK = 0x7469_6572  # "tier"
 BLOCK = 8192
 MiB = 1024 * 1024
 
@@ -184,6 +187,24 @@ def tier_tenant(
         raise InvalidInput(f"tiering method {method!r}: use one of {', '.join(METHODS)}")
     tenant_id = str(parse_tenant_id(tenant))
     require_tablespaces(conn)
+    if not conn.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))", (_TIERING_LOCK, tenant_id)).fetchone()[0]:
+        raise TenantPipelinesError(
+            f"tenant {tenant_id}: another tiering run is moving this tenant's partitions; "
+            "let it finish (pg_stat_activity shows it), then re-run")
+    try:
+        return _tier_tenant(conn, tenant_id, as_of=as_of, attempts=attempts, method=method, pace=pace,
+                            log=log, sleep=sleep)
+    finally:
+        try:
+            if conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
+                conn.rollback()
+            conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", (_TIERING_LOCK, tenant_id))
+        except psycopg.Error:
+            pass  # the connection is gone, and the session's lock with it
+
+
+def _tier_tenant(conn: psycopg.Connection, tenant_id: str, *, as_of: datetime | None, attempts: int, method: str,
+                 pace: Pace, log: Callable[[str], None], sleep: Callable[[float], None]) -> TieringReport:
     report = TieringReport(tenant=tenant_id)
     planned = plan(conn, tenant_id, as_of)
     report.restarted = _abandon_leftovers(conn, [p.partition_name for p in planned])

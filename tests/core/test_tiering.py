@@ -337,6 +337,23 @@ def test_no_isolation_findings_while_a_move_is_in_progress(admin_conn: psycopg.C
         admin_conn.execute("SELECT fn_move_abandon(%s)", (leaf(tenant, -5),))
 
 
+def test_two_runs_on_one_tenant_do_not_undo_each_other(admin_conn: psycopg.Connection, admin_dsn: str, tenant: uuid.UUID) -> None:
+    with psycopg.connect(admin_dsn, autocommit=True) as other:
+        seen: list[str] = []
+
+        def second_run_meanwhile(_: float) -> None:
+            if not seen:
+                with pytest.raises(TenantPipelinesError, match="another tiering run is moving") as info:
+                    tier_tenant(other, tenant, as_of=AS_OF)
+                seen.append(str(info.value))
+
+        report = tier_tenant(admin_conn, tenant, as_of=AS_OF, pace=Pace(max_mb_per_s=0.001, batch_blocks=1),
+                             sleep=second_run_meanwhile)
+        assert seen and str(tenant) in seen[0] and len(report.moves) == 4
+        assert tier_tenant(other, tenant, as_of=AS_OF).moves == []  # the lock is released afterwards
+    assert moves_in_progress(admin_conn) == 0
+
+
 def test_set_tablespace_method_and_bad_options(admin_conn: psycopg.Connection, tenant: uuid.UUID) -> None:
     report = tier_tenant(admin_conn, tenant, as_of=AS_OF, method="set-tablespace")
     assert {m.method for m in report.moves} == {"set-tablespace"} and len(report.moves) == 4
