@@ -392,7 +392,8 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]], ali
 
 
 def write_results(name: str, results: dict, markdown: str, *, docs: bool = True) -> list[Path]:
-    """bench/results/<name>.json always; docs/benchmarks/<name>.md unless ``docs`` is False."""
+    """bench/results/<name>.json always; docs/benchmarks/<name>.md unless ``docs`` is False.
+    Logs each file written."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     written = [RESULTS_DIR / f"{name}.json"]
     written[0].write_text(json.dumps(results, indent=2, default=str) + "\n")
@@ -400,4 +401,6 @@ def write_results(name: str, results: dict, markdown: str, *, docs: bool = True)
         DOCS_DIR.mkdir(parents=True, exist_ok=True)
         written.append(DOCS_DIR / f"{name}.md")
         written[1].write_text(markdown.rstrip() + "\n")
+    for path in written:
+        log(f"wrote {path}")
     return written

@@ -1214,7 +1214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except psycopg.errors.QueryCanceled as exc:
         raise SystemExit(f"a batch was cancelled ({exc.diag.message_primary}): the free tier's "
                          "statement_timeout is 10s; lower --batch") from None
-    written = h.write_results(NAME, results, render_markdown(results), docs=not args.no_docs)
+    h.write_results(NAME, results, render_markdown(results), docs=not args.no_docs)
     s = results["summary"]
     for count, summary in results["summaries_by_writers"].items():
         for entry in summary["variants"].values():
@@ -1229,8 +1229,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     h.log(f"throughput target {TARGET_RPS:,.0f} rows/s: {'PASS' if tp['pass'] else 'FAIL'} "
           f"({tp['measured_rows_per_second']:,.0f}); parity >= {TARGET_PARITY}: "
           f"{'PASS' if par['pass'] else 'FAIL'} ({_ratio(par['measured_ratio'])})")
-    for path in written:
-        h.log(f"wrote {path}")
     return 0
 
 

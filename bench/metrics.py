@@ -919,13 +919,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                  "project's BASE_SETTINGS, durable; plus max_locks_per_transaction="
                                                  f"{locks} so that one transaction can lock every tenant's relations, "
                                                  "and max_wal_size=8GB, checkpoint_timeout=30min for the load)", True)
-    written = h.write_results(NAME, results, render_markdown(results), docs=not args.no_docs)
+    h.write_results(NAME, results, render_markdown(results), docs=not args.no_docs)
     for s in results["scales"]:
         h.log(f"{s['scale']:,} tenants: rollup median {s['median']['seconds']:.2f}s (collect "
               f"{s['median']['collect_seconds']:.2f}s); collect() holds {s['collect_locks']['locks_held']:,} locks per batch")
     h.log(f"whole run: {results['seconds'] / 60:.1f} min")
-    for path in written:
-        h.log(f"wrote {path}")
     return 0
 
 

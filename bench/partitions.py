@@ -1003,13 +1003,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 results = benchmark(args, dsn, "throwaway cluster started by the benchmark (initdb defaults, "
                                                "the project's BASE_SETTINGS and "
                                                f"max_locks_per_transaction={locks})")
-    written = h.write_results(NAME, results, render_markdown(results), docs=not args.no_docs)
+    h.write_results(NAME, results, render_markdown(results), docs=not args.no_docs)
     for target in results["targets"]:
         h.log(f"{'MET   ' if target['met'] else 'MISSED'} {target['target']}: {target['measured']} "
               f"(required {target['required']}; {target['margin']})")
     h.log(f"whole run: {results['seconds'] / 60:.1f} min")
-    for path in written:
-        h.log(f"wrote {path}")
     return 0
 
 

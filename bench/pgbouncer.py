@@ -487,8 +487,7 @@ def main() -> None:
             res = run(args, root)
     res["machine"] = machine
     res["args"] = vars(args)
-    for path in h.write_results(NAME, res, markdown(args, res, machine), docs=not args.no_docs):
-        h.log(f"wrote {path}")
+    h.write_results(NAME, res, markdown(args, res, machine), docs=not args.no_docs)
 
 
 if __name__ == "__main__":

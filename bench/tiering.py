@@ -1142,7 +1142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 results = benchmark(args, dsn, "throwaway cluster started by the benchmark (initdb defaults plus "
                                                "the project's BASE_SETTINGS; durable: fsync and "
                                                f"full_page_writes on{extra})", True)
-    written = h.write_results(NAME, results, render_markdown(results), docs=not args.no_docs)
+    h.write_results(NAME, results, render_markdown(results), docs=not args.no_docs)
     t = results["throughput"]
     for method, s in t["by_method"].items():
         h.log(f"{method}: moves {s['mb_per_second']:.1f} MB/s whole move, {s['working_mb_per_second']:.1f} MB/s "
@@ -1157,8 +1157,6 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"({'MET' if mode['targets']['p99_ratio'] else 'MISSED'}); failed inserts "
               f"{len(mode['insert_errors'])} ({'MET' if mode['targets']['no_failed_insert'] else 'MISSED'})")
     h.log(f"whole run: {results['seconds'] / 60:.1f} min")
-    for path in written:
-        h.log(f"wrote {path}")
     return 0
 
 
