@@ -170,6 +170,11 @@ class Pace:
         return None if self.max_mb_per_s is None else self.max_mb_per_s * MiB
 
 
+def check_method(method: str) -> None:
+    if method not in METHODS:
+        raise InvalidInput(f"tiering method {method!r}: use one of {', '.join(METHODS)}")
+
+
 def tier_tenant(
     conn: psycopg.Connection,
     tenant: object,
@@ -183,8 +188,7 @@ def tier_tenant(
 ) -> TieringReport:
     """Move the tenant's month partitions whose age puts them in another tier. Idempotent:
     a second run moves nothing. ``conn`` must be idle; every step commits on its own."""
-    if method not in METHODS:
-        raise InvalidInput(f"tiering method {method!r}: use one of {', '.join(METHODS)}")
+    check_method(method)
     tenant_id = str(parse_tenant_id(tenant))
     require_tablespaces(conn)
     if not conn.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))", (_TIERING_LOCK, tenant_id)).fetchone()[0]:
@@ -229,8 +233,15 @@ def _tier_tenant(conn: psycopg.Connection, tenant_id: str, *, as_of: datetime | 
     return report
 
 
-def _set_lock_timeout(conn: psycopg.Connection) -> None:
-    conn.execute("SELECT set_config('lock_timeout', lock_timeout, true) FROM partition_config")
+def _with_lock_timeout(conn: psycopg.Connection, what: str, work: Callable[[psycopg.Connection], T], *,
+                       attempts: int = 5) -> tuple[T, int]:
+    """``work`` in its own transaction with partition_config's lock_timeout, retried on a lock
+    timeout (``run_with_lock_retry``). Returns its result and the tries used."""
+    def locked(c: psycopg.Connection) -> T:
+        c.execute("SELECT set_config('lock_timeout', lock_timeout, true) FROM partition_config")
+        return work(c)
+
+    return run_with_lock_retry(conn, what, locked, attempts=attempts)
 
 
 def _in_transaction(conn: psycopg.Connection, work: Callable[[psycopg.Connection], T]) -> T:
@@ -242,12 +253,11 @@ def _move_set_tablespace(conn: psycopg.Connection, tenant_id: str, part: Planned
     started = time.monotonic()
 
     def move(c: psycopg.Connection) -> tuple[int, float]:
-        _set_lock_timeout(c)
         locked = time.monotonic()
         moved = c.execute("SELECT fn_move_partition(%s, %s)", (part.partition_name, part.target_tablespace)).fetchone()[0]
         return moved, locked
 
-    (moved_bytes, locked), tries = run_with_lock_retry(
+    (moved_bytes, locked), tries = _with_lock_timeout(
         conn, f"tenant {tenant_id}: moving {part.partition_name} to {part.target_tablespace}", move, attempts=attempts)
     held = time.monotonic() - locked  # from the ALTER to COMMIT: the time under ACCESS EXCLUSIVE
     frozen = part.target_tier == "cold"
@@ -263,13 +273,12 @@ def _move_online(conn: psycopg.Connection, tenant_id: str, part: PlannedPartitio
     started = time.monotonic()
 
     def begin(c: psycopg.Connection) -> tuple[str, int, float]:
-        _set_lock_timeout(c)
         t = time.monotonic()
         shadow, blocks = c.execute("SELECT shadow_name, blocks FROM fn_move_begin(%s, %s)",
                                    (part.partition_name, part.target_tablespace)).fetchone()
         return shadow, blocks, t
 
-    (shadow_name, blocks, t0), tries = run_with_lock_retry(conn, what, begin, attempts=attempts)
+    (shadow_name, blocks, t0), tries = _with_lock_timeout(conn, what, begin, attempts=attempts)
     held = time.monotonic() - t0
     shadow = sql.Identifier("tenant_pipelines", shadow_name)
     try:
@@ -285,11 +294,10 @@ def _move_online(conn: psycopg.Connection, tenant_id: str, part: PlannedPartitio
         _vacuum(conn, shadow, freeze=frozen, pace=pace)
 
         def finish(c: psycopg.Connection) -> tuple[int, float]:
-            _set_lock_timeout(c)
             t = time.monotonic()
             return c.execute("SELECT fn_move_finish(%s)", (part.partition_name,)).fetchone()[0], t
 
-        (moved_bytes, t1), more = run_with_lock_retry(conn, what + " (swap)", finish, attempts=attempts)
+        (moved_bytes, t1), more = _with_lock_timeout(conn, what + " (swap)", finish, attempts=attempts)
         held += time.monotonic() - t1
         # The replaced table goes now, in a transaction of its own: no lock anyone waits for.
         # If this fails, the next run drops it (it is listed in tenant_pipelines.partition_moves).
@@ -331,11 +339,8 @@ def _copy_paced(conn: psycopg.Connection, part: PlannedPartition, shadow: sql.Id
 
 
 def _abandon(conn: psycopg.Connection, partition: str) -> None:
-    def work(c: psycopg.Connection) -> None:
-        _set_lock_timeout(c)
-        c.execute("SELECT fn_move_abandon(%s)", (partition,))
-
-    run_with_lock_retry(conn, f"partition {partition}: dropping what an unfinished move left", work)
+    _with_lock_timeout(conn, f"partition {partition}: dropping what an unfinished move left",
+                       lambda c: c.execute("SELECT fn_move_abandon(%s)", (partition,)))
 
 
 def _abandon_leftovers(conn: psycopg.Connection, partitions: list[str]) -> list[str]:

@@ -4,17 +4,16 @@ import time
 from collections import defaultdict
 
 import dagster as dg
-
 from pydantic import Field
 
 from tenant_pipelines.core.tiering import (
-    DEFAULT_BATCH_BLOCKS, DEFAULT_MAX_MB_PER_S, METHODS, ONLINE, Pace, misplaced, tier_tenant)
-from tenant_pipelines.errors import TenantPipelinesError
+    DEFAULT_BATCH_BLOCKS, DEFAULT_MAX_MB_PER_S, ONLINE, Pace, check_method, misplaced, tier_tenant)
 from tenant_pipelines.defs.batching import batched_range_requests, for_each_tenant, run_tenant_keys
 from tenant_pipelines.defs.resources import BillingDatabase
 from tenant_pipelines.defs.tenants.assets import OWNERS
 from tenant_pipelines.defs.tenants.partitions import tenants_partitions
 from tenant_pipelines.defs.tenants.partitions_assets import TENANTS_PER_RUN, tenant_partition
+from tenant_pipelines.errors import TenantPipelinesError
 
 # At most this many tiering steps move partitions at once (dagster.yaml's pool default, or
 # `dagster instance concurrency set tiering N`).
@@ -57,8 +56,7 @@ def tier_placement(
 ) -> dg.MaterializeResult:
     started = time.monotonic()
     try:
-        if config.method not in METHODS:
-            raise TenantPipelinesError(f"method {config.method!r}: use one of {', '.join(METHODS)}")
+        check_method(config.method)
         pace = Pace(config.max_mb_per_s, config.batch_blocks)
     except TenantPipelinesError as exc:
         raise dg.Failure(description=f"tier_placement config: {exc}") from None
