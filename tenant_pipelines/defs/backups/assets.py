@@ -11,7 +11,7 @@ from tenant_pipelines.core.restore import restore_drill
 from tenant_pipelines.defs.backups.resources import BackupStorage
 from tenant_pipelines.defs.batching import for_each_tenant, run_tenant_keys
 from tenant_pipelines.defs.resources import BillingDatabase
-from tenant_pipelines.defs.tags import tenant_run_tags
+from tenant_pipelines.defs.tags import tenant_run_tags, tenant_tiers
 from tenant_pipelines.defs.tenants.assets import OWNERS
 from tenant_pipelines.defs.tenants.partitions import tenants_partitions
 from tenant_pipelines.errors import TenantPipelinesError
@@ -188,7 +188,7 @@ def tenant_backup_sensor(context: dg.SensorEvaluationContext, billing_db: Billin
     known = set(context.instance.get_dynamic_partitions(tenants_partitions.name))
     with billing_db.connection() as conn:
         due = tenants_due(conn)
-        tiers = dict(conn.execute("SELECT organization_id::text, tier FROM tenant_classifications").fetchall())
+        tiers = tenant_tiers(conn)
     hour = datetime.now(timezone.utc).strftime("%Y%m%d%H")
     runs, waiting = [], 0
     for tenant, due_at in due:

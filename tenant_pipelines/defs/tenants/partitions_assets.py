@@ -15,7 +15,7 @@ from tenant_pipelines.core.partitions import (
 from tenant_pipelines.db.session import parse_tenant_id
 from tenant_pipelines.defs.batching import batched_range_requests, for_each_tenant, run_tenant_keys
 from tenant_pipelines.defs.resources import BillingDatabase
-from tenant_pipelines.defs.tags import tenant_run_tags
+from tenant_pipelines.defs.tags import tenant_run_tags, tenant_tiers
 from tenant_pipelines.defs.tenants.assets import OWNERS
 from tenant_pipelines.defs.tenants.partitions import tenants_partitions
 from tenant_pipelines.errors import TenantPipelinesError
@@ -140,7 +140,7 @@ def tenant_onboarding_sensor(context: dg.SensorEvaluationContext, billing_db: Bi
     with billing_db.connection() as conn:
         organizations = organization_ids(conn)
         in_default = default_partition_tenants(conn)
-        tiers = dict(conn.execute("SELECT organization_id::text, tier FROM tenant_classifications").fetchall())
+        tiers = tenant_tiers(conn)
     new_keys, rejected = [], []
     for key in sorted(set(organizations) | set(in_default)):
         if key in known:
