@@ -161,8 +161,7 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION 'partition %: no move in progress', p_partition USING HINT = 'start it with fn_move_begin';
     END IF;
-    EXECUTE format('CREATE TEMP TABLE IF NOT EXISTS move_keys (seq bigint, event_id uuid, event_ts timestamptz)'
-                   ' ON COMMIT DROP');
+    CREATE TEMP TABLE IF NOT EXISTS move_keys (seq bigint, event_id uuid, event_ts timestamptz) ON COMMIT DROP;
     TRUNCATE move_keys;
     EXECUTE format('WITH taken AS (DELETE FROM tenant_pipelines.%I RETURNING seq, event_id, event_ts)'
                    ' INSERT INTO move_keys SELECT * FROM taken', v_move.log_name);

@@ -122,7 +122,7 @@ def cmd_tiering_run(args: argparse.Namespace) -> int:
         report = tier_tenant(conn, args.tenant, method=args.method, pace=pace, log=_log)
     for name in report.restarted:
         _log(f"{name}: an unfinished move was found and started again")
-    print("partition	from	to	bytes	seconds	lock_ms")
+    print("partition\tfrom\tto\tbytes\tseconds\tlock_ms")
     for m in report.moves:
         print(f"{m.partition}\t{m.from_tablespace}\t{m.to_tablespace}\t{m.bytes}\t{m.seconds:.2f}\t{m.lock_held_s * 1000:.1f}")
     _log(f"tenant {report.tenant}: {len(report.moves)} partitions moved ({report.bytes_moved:,} bytes), "
