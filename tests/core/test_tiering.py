@@ -354,6 +354,23 @@ def test_two_runs_on_one_tenant_do_not_undo_each_other(admin_conn: psycopg.Conne
     assert moves_in_progress(admin_conn) == 0
 
 
+def test_billing_app_cannot_read_a_move_in_progress(admin_conn: psycopg.Connection, tenant: uuid.UUID) -> None:
+    """The shadow copy holds a tenant's rows (organization_id and all) outside the partition
+    tree, and the change log their keys: billing_app reaches neither, in any tenant context."""
+    shadow = admin_conn.execute("SELECT shadow_name FROM fn_move_begin(%s, 'cold_storage')",
+                                (leaf(tenant, -5),)).fetchone()[0]
+    admin_conn.execute(f'INSERT INTO tenant_pipelines."{shadow}" SELECT * FROM "{leaf(tenant, -5)}"')
+    try:
+        for table in (shadow, f"{shadow}_log"):
+            with admin_conn.transaction(force_rollback=True):
+                admin_conn.execute("SET LOCAL ROLE billing_app")
+                admin_conn.execute("SELECT fn_set_tenant_context(%s)", (tenant,))
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    admin_conn.execute(f'SELECT count(*) FROM tenant_pipelines."{table}"')
+    finally:
+        admin_conn.execute("SELECT fn_move_abandon(%s)", (leaf(tenant, -5),))
+
+
 def test_set_tablespace_method_and_bad_options(admin_conn: psycopg.Connection, tenant: uuid.UUID) -> None:
     report = tier_tenant(admin_conn, tenant, as_of=AS_OF, method="set-tablespace")
     assert {m.method for m in report.moves} == {"set-tablespace"} and len(report.moves) == 4
