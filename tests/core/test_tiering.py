@@ -378,3 +378,30 @@ def test_set_tablespace_method_and_bad_options(admin_conn: psycopg.Connection, t
         tier_tenant(admin_conn, tenant, as_of=AS_OF, method="fast")
     with pytest.raises(InvalidInput, match="positive rate"):
         Pace(max_mb_per_s=0)
+
+
+def test_the_shadow_is_left_alone_by_autovacuum_and_the_partition_keeps_its_storage_parameters(
+    admin_conn: psycopg.Connection, tenant: uuid.UUID
+) -> None:
+    """Autovacuum on the shadow would hold the swap (and the tenant's writers behind it) until the
+    deadlock check cancels it; a DBA's storage parameters must survive the move."""
+    old = leaf(tenant, -5)
+    admin_conn.execute(f'ALTER TABLE "{old}" SET (fillfactor = 90, autovacuum_vacuum_scale_factor = 0.02,'
+                       ' toast.autovacuum_vacuum_scale_factor = 0.05)')
+    seen: list[list[str] | None] = []
+
+    def look_at_the_shadow(_: float) -> None:
+        if not seen:
+            seen.append(admin_conn.execute(
+                "SELECT c.reloptions || t.reloptions FROM tenant_pipelines.partition_moves m"
+                " JOIN pg_class c ON c.oid = format('tenant_pipelines.%%I', m.shadow_name)::regclass"
+                " JOIN pg_class t ON t.oid = c.reltoastrelid WHERE m.partition_name = %s", (old,)).fetchone()[0])
+
+    tier_tenant(admin_conn, tenant, as_of=AS_OF, pace=Pace(max_mb_per_s=0.001, batch_blocks=1), sleep=look_at_the_shadow)
+    assert seen == [["autovacuum_enabled=off", "autovacuum_enabled=off"]]
+    table, toast = admin_conn.execute(
+        "SELECT c.reloptions, t.reloptions FROM pg_class c JOIN pg_class t ON t.oid = c.reltoastrelid"
+        " WHERE c.oid = %s::regclass", (old,)).fetchone()
+    assert tablespace_of(admin_conn, old) == "cold_storage"
+    assert sorted(table) == ["autovacuum_vacuum_scale_factor=0.02", "fillfactor=90"]
+    assert toast == ["autovacuum_vacuum_scale_factor=0.05"]
