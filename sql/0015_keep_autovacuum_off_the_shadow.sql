@@ -11,11 +11,14 @@
 -- the ones a DBA had set (fillfactor, per-table autovacuum settings). The swap now gives the
 -- new table the old one's, table and TOAST.
 --
--- fn_move_begin and fn_move_finish keep their names, arguments and results: the 0014
--- functions are renamed and wrapped, not rewritten.
+-- And the swap locked the tenant's parent with a plain LOCK TABLE, which locks every month of
+-- the tenant too: it waited for autovacuum on a sibling month (the month moved just before,
+-- now with autovacuum on again), for up to deadlock_timeout. It locks the parent ONLY now.
+--
+-- fn_move_begin keeps its name, arguments and result: the 0014 function is renamed and
+-- wrapped. fn_move_finish is replaced (its locking changed).
 
 ALTER FUNCTION fn_move_begin(text, name) RENAME TO fn_move_begin_shadow;
-ALTER FUNCTION fn_move_finish(text) RENAME TO fn_move_swap;
 
 CREATE FUNCTION fn_move_begin(p_partition text, p_tablespace name, OUT shadow_name text, OUT blocks bigint)
     LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
@@ -28,43 +31,81 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION fn_move_finish(p_partition text) RETURNS bigint
+CREATE OR REPLACE FUNCTION fn_move_finish(p_partition text) RETURNS bigint
     LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_rel     regclass := to_regclass('public.' || quote_ident(p_partition));
-    v_options text[];
-    v_toast   text[];
-    v_moved   bigint;
+    v_move   record;
+    v_rel    regclass := to_regclass('public.' || quote_ident(p_partition));
+    v_parent regclass;
+    v_bound  text;
+    v_parent_indexes oid[];
+    v_old_names      text[];
+    v_new_index      regclass;
+    k                integer;
+    v_options        text[];
+    v_toast          text[];
 BEGIN
+    SELECT * INTO v_move FROM tenant_pipelines.partition_moves m WHERE m.partition_name = p_partition;
+    IF NOT FOUND OR v_rel IS NULL OR v_rel::oid <> v_move.partition_oid THEN
+        RAISE EXCEPTION 'partition %: no move in progress', p_partition USING HINT = 're-run tiering';
+    END IF;
+    SELECT i.inhparent::regclass INTO v_parent FROM pg_inherits i WHERE i.inhrelid = v_rel;
+    -- Parent first, as writers lock it (routing) before the partition: no deadlock. ONLY: the
+    -- plain form locks every month of the tenant, and waits for autovacuum on any of them.
+    EXECUTE format('LOCK TABLE ONLY %s IN ACCESS EXCLUSIVE MODE', v_parent);
+    EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', v_rel);
+    PERFORM public.fn_move_catch_up(p_partition);
     SELECT c.reloptions, t.reloptions INTO v_options, v_toast
       FROM pg_class c LEFT JOIN pg_class t ON t.oid = c.reltoastrelid
      WHERE c.oid = v_rel;
-    v_moved := public.fn_move_swap(p_partition);  -- the shadow is public.<p_partition> from here on
-    v_rel := to_regclass('public.' || quote_ident(p_partition));
-    EXECUTE format('ALTER TABLE %s RESET (autovacuum_enabled, toast.autovacuum_enabled)', v_rel);
-    -- Stored as 'name=value' strings: quote each value, the catalog's names are plain words.
+    -- The bound as the catalog prints it ("FOR VALUES FROM (...) TO (...)"), not user input.
+    v_bound := pg_get_expr((SELECT relpartbound FROM pg_class WHERE oid = v_rel), v_rel);
+    -- The shadow's indexes get the partition's index names: pair them through the parent's
+    -- partitioned indexes they are both attached to.
+    SELECT array_agg(pi.inhparent ORDER BY c.relname), array_agg(c.relname::text ORDER BY c.relname)
+      INTO v_parent_indexes, v_old_names
+      FROM pg_inherits pi JOIN pg_index x ON x.indexrelid = pi.inhrelid
+      JOIN pg_class c ON c.oid = x.indexrelid
+     WHERE x.indrelid = v_rel;
+    EXECUTE format('ALTER TABLE %s DETACH PARTITION %s', v_parent, v_rel);
+    EXECUTE format('ALTER TABLE %s ATTACH PARTITION tenant_pipelines.%I %s', v_parent, v_move.shadow_name, v_bound);
+    -- The old table is not dropped here: dropping truncates its files at COMMIT (tens of ms
+    -- for a large month) while this transaction still holds the tenant's partition. It is
+    -- parked in the work schema and dropped by fn_move_abandon, in a transaction of its own.
+    EXECUTE format('DROP TRIGGER tiering_move_capture ON %s', v_rel);
+    EXECUTE format('DROP TRIGGER tiering_move_truncate ON %s', v_rel);
+    EXECUTE format('ALTER TABLE %s SET SCHEMA tenant_pipelines', v_rel);
+    EXECUTE format('ALTER TABLE tenant_pipelines.%I RENAME TO %I', p_partition, v_move.old_name);
+    EXECUTE format('DROP TABLE tenant_pipelines.%I', v_move.log_name);
+    EXECUTE format('ALTER TABLE tenant_pipelines.%I SET SCHEMA public', v_move.shadow_name);
+    EXECUTE format('ALTER TABLE public.%I RENAME TO %I', v_move.shadow_name, p_partition);
+    FOR k IN 1 .. coalesce(array_length(v_parent_indexes, 1), 0) LOOP
+        SELECT pi.inhrelid::regclass INTO v_new_index
+          FROM pg_inherits pi JOIN pg_index x ON x.indexrelid = pi.inhrelid
+         WHERE pi.inhparent = v_parent_indexes[k]
+           AND x.indrelid = to_regclass('public.' || quote_ident(p_partition));
+        IF v_new_index IS NOT NULL THEN
+            EXECUTE format('ALTER INDEX %s RENAME TO %I', v_new_index, v_old_names[k]);
+        END IF;
+    END LOOP;
+    -- Autovacuum back on, and the old table's storage parameters (stored as 'name=value';
+    -- the names are the catalog's plain words, the values are quoted).
+    EXECUTE format('ALTER TABLE public.%I RESET (autovacuum_enabled, toast.autovacuum_enabled)', p_partition);
     IF v_options IS NOT NULL THEN
-        EXECUTE format('ALTER TABLE %s SET (%s)', v_rel,
+        EXECUTE format('ALTER TABLE public.%I SET (%s)', p_partition,
                        (SELECT string_agg(format('%s = %L', split_part(o, '=', 1), substr(o, strpos(o, '=') + 1)), ', ')
                           FROM unnest(v_options) o));
     END IF;
     IF v_toast IS NOT NULL THEN
-        EXECUTE format('ALTER TABLE %s SET (%s)', v_rel,
+        EXECUTE format('ALTER TABLE public.%I SET (%s)', p_partition,
                        (SELECT string_agg(format('toast.%s = %L', split_part(o, '=', 1), substr(o, strpos(o, '=') + 1)), ', ')
                           FROM unnest(v_toast) o));
     END IF;
-    RETURN v_moved;
+    UPDATE tenant_pipelines.partition_moves m SET swapped_at = now() WHERE m.partition_oid = v_move.partition_oid;
+    RETURN pg_total_relation_size(to_regclass('public.' || quote_ident(p_partition)));
 END
 $$;
 
-DO $$
-DECLARE
-    f text;
-BEGIN
-    FOREACH f IN ARRAY ARRAY['fn_move_begin(text, name)', 'fn_move_finish(text)'] LOOP
-        EXECUTE format('ALTER FUNCTION public.%s OWNER TO billing_owner', f);
-        EXECUTE format('REVOKE ALL ON FUNCTION public.%s FROM PUBLIC', f);
-    END LOOP;
-END
-$$;
+ALTER FUNCTION public.fn_move_begin(text, name) OWNER TO billing_owner;
+REVOKE ALL ON FUNCTION public.fn_move_begin(text, name) FROM PUBLIC;

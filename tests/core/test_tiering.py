@@ -405,3 +405,17 @@ def test_the_shadow_is_left_alone_by_autovacuum_and_the_partition_keeps_its_stor
     assert tablespace_of(admin_conn, old) == "cold_storage"
     assert sorted(table) == ["autovacuum_vacuum_scale_factor=0.02", "fillfactor=90"]
     assert toast == ["autovacuum_vacuum_scale_factor=0.05"]
+
+
+def test_the_swap_does_not_wait_for_a_lock_on_another_month(
+    admin_conn: psycopg.Connection, admin_dsn: str, tenant: uuid.UUID
+) -> None:
+    """Autovacuum holds SHARE UPDATE EXCLUSIVE on the month it vacuums. The swap locks the
+    tenant's parent ONLY, so a vacuum of another month (here: the current one, as the inserts
+    of the day would have it) does not hold it, or the tenant's writers queued behind it, up."""
+    with psycopg.connect(admin_dsn) as vacuum_like:
+        vacuum_like.execute(f'LOCK TABLE "{leaf(tenant, 0)}" IN SHARE UPDATE EXCLUSIVE MODE')
+        report = tier_tenant(admin_conn, tenant, as_of=AS_OF)
+        vacuum_like.rollback()
+    assert len(report.moves) == 4 and report.misplaced_left == 0
+    assert all(m.attempts == 1 for m in report.moves)
