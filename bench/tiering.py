@@ -516,7 +516,8 @@ def tier_round(admin: psycopg.Connection, tenant: uuid.UUID, as_of: datetime, ex
     """tier_tenant() for one tenant by ``mode.method`` (paced by ``pace`` when online), timed,
     with its WAL, the time under lock and where each move's time went."""
     lsn = wal_lsn(admin)
-    with MovePhases() as phases, h.ResourceProbe(h.local_backend_pid(admin)) as probe:
+    # No PSS sampling: it steals CPU from the inserter whose latency this window measures.
+    with MovePhases() as phases, h.ResourceProbe(h.local_backend_pid(admin), pss=False) as probe:
         started = time.perf_counter()
         report = tiering.tier_tenant(admin, tenant, as_of=as_of, method=mode.method, pace=pace,
                                      sleep=phases.sleep)
