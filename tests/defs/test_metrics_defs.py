@@ -78,3 +78,23 @@ def test_tier_limits_check_compares_pgbouncer_pool_sizes(admin_conn: psycopg.Con
     details = drifted.metadata["details"].value
     assert "tier growth: pool billing_growth has pool_size 40" in details and "tier_limits.pool_size is 25" in details
     assert drifted.metadata["pgbouncer_config"].value == str(ini)
+
+
+def test_tier_limits_check_fails_on_a_pgbouncer_config_it_cannot_read(admin_conn: psycopg.Connection, admin_dsn: str,
+                                                                    tmp_path: Path, monkeypatch) -> None:
+    """A named config that is gone, or is not a pgbouncer.ini, fails the check with the one-line
+    reason and its fix; the run does not error, and the tier limits are still checked."""
+    monkeypatch.setenv("TENANT_PIPELINES_METRICS_ROOT", str(tmp_path))
+    make_tenant(admin_conn, tier="growth")
+    monkeypatch.setenv("TENANT_PIPELINES_PGBOUNCER_INI", str(tmp_path / "gone.ini"))
+    missing = _tier_limits_check(admin_dsn)
+    assert not missing.passed and missing.metadata["findings"].value == 1
+    assert f"names {tmp_path / 'gone.ini'}, which is not a file" in missing.metadata["details"].value
+    assert missing.metadata["pgbouncer_config"].value.startswith("pool sizes not checked: ")
+
+    broken = tmp_path / "pgbouncer.ini"
+    broken.write_text("[databases]\nbilling_growth = this is not a connection string\n")
+    monkeypatch.setenv("TENANT_PIPELINES_PGBOUNCER_INI", str(broken))
+    malformed = _tier_limits_check(admin_dsn)
+    assert not malformed.passed and malformed.metadata["findings"].value == 1
+    assert "billing_growth" in malformed.metadata["details"].value and "\n" not in malformed.metadata["details"].value

@@ -13,6 +13,7 @@ from tenant_pipelines.core.conformance import audit_tier_limits
 from tenant_pipelines.core.metrics import collect, export_parquet, quota_use, record_history
 from tenant_pipelines.core.pooling import pgbouncer_ini_in_force
 from tenant_pipelines.defs.resources import BillingDatabase
+from tenant_pipelines.errors import TenantPipelinesError
 from tenant_pipelines.defs.tenants.assets import OWNERS, tenant_registry
 
 METRICS_ROOT_ENV = "TENANT_PIPELINES_METRICS_ROOT"
@@ -116,14 +117,30 @@ def storage_quota(billing_db: BillingDatabase) -> dg.AssetCheckResult:
                 f"pool sizes equal tier_limits.pool_size (the pgbouncer.ini in ${PGBOUNCER_INI_ENV}, else "
                 "the project's own PgBouncer's; without either, pool sizes are not checked).")
 def tier_limits_in_force(billing_db: BillingDatabase) -> dg.AssetCheckResult:
-    ini = pgbouncer_ini_in_force()
+    # A PgBouncer config that is named but missing, unreadable or malformed is a finding of
+    # this check (with its one-line fix), not an error of the run: the other limits still get checked.
+    unreadable = None
+    try:
+        ini = pgbouncer_ini_in_force()
+    except TenantPipelinesError as exc:
+        ini, unreadable = None, str(exc)
     with billing_db.connection() as conn:
-        findings = audit_tier_limits(conn, pgbouncer_ini=ini)
+        try:
+            findings = [str(f) for f in audit_tier_limits(conn, pgbouncer_ini=ini)]
+        except TenantPipelinesError as exc:
+            if ini is None:
+                raise
+            findings, unreadable = [str(f) for f in audit_tier_limits(conn)], str(exc)
+    if unreadable:
+        findings.append(unreadable)
+        config_meta = dg.MetadataValue.text(f"pool sizes not checked: {unreadable}")
+    elif ini:
+        config_meta = dg.MetadataValue.path(str(ini))
+    else:
+        config_meta = dg.MetadataValue.text(f"no PgBouncer configuration found; set {PGBOUNCER_INI_ENV} to check pool sizes")
     return dg.AssetCheckResult(
         passed=not findings,
-        metadata={"findings": len(findings),
-                  "pgbouncer_config": dg.MetadataValue.path(str(ini)) if ini else dg.MetadataValue.text(
-                      f"no PgBouncer configuration found; set {PGBOUNCER_INI_ENV} to check pool sizes"),
+        metadata={"findings": len(findings), "pgbouncer_config": config_meta,
                   "details": dg.MetadataValue.md("\n".join(f"- {f}" for f in findings) or "none")},
     )
 
