@@ -27,7 +27,7 @@ measures, per mode:
    same filesystem: (a) the partition's own relation files (pg_relation_filepath) copied with
    shutil.copyfile + fsync, (b) a file of os.urandom bytes written, fsynced and evicted from the
    page cache first (posix_fadvise DONTNEED), so that its copy reads from the disk.
-2. insert latency while tiering: an inserter thread writes small batches (ingest_usage_events:
+2. insert latency while tiering: an inserter process writes small batches (ingest_usage_events:
    billing_app, tenant context, RLS) into the current month of the tenant being tiered, at a
    fixed rate, through baseline windows (no tiering) and tiering windows (as long as
    tier_tenant() runs), interleaved: baseline, tiering, baseline, tiering, ..., baseline.
@@ -41,12 +41,12 @@ Run on demand:  python bench/tiering.py [--method online|set-tablespace|both] [-
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import shutil
 import statistics
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -344,52 +344,70 @@ class Sample:
 class Inserter:
     """Writes ``rows`` events per transaction into the current month of ``tenant`` with
     ingest_usage_events() (billing_app, tenant context, RLS), ``rate`` transactions a second,
-    on its own connection. Latency is measured from when each insert was due, so a stall
-    counts for every insert queued behind it, and from when it started (service time)."""
+    on its own connection, in its own process (as an application's writer would be: not
+    sharing this process's interpreter lock or CPU time with the benchmark). Latency is
+    measured from when each insert was due, so a stall counts for every insert queued behind
+    it, and from when it started (service time). Times are time.perf_counter(), which is
+    CLOCK_MONOTONIC on Linux: the same clock in both processes."""
 
     def __init__(self, dsn: str, synchronous_commit: str, rate: float, rows: int, tenant: uuid.UUID) -> None:
-        self.dsn, self.synchronous_commit, self.interval, self.rows = dsn, synchronous_commit, 1.0 / rate, rows
-        self.tenant = tenant  # the main thread switches it between rounds
+        ctx = multiprocessing.get_context("spawn")
+        self._tenant = ctx.Array("c", 36)
+        self.tenant = tenant  # the main process switches it between rounds
+        self._stop = ctx.Event()
+        self._results, child_end = ctx.Pipe(duplex=False)
+        self._process = ctx.Process(target=_insert_loop, name="inserter", daemon=True,
+                                    args=(dsn, synchronous_commit, 1.0 / rate, rows, self._tenant, self._stop, child_end))
         self.samples: list[Sample] = []
         self.errors: list[dict] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="inserter", daemon=True)
-        self._seq = 0
+
+    @property
+    def tenant(self) -> uuid.UUID:
+        return uuid.UUID(self._tenant.value.decode())
+
+    @tenant.setter
+    def tenant(self, value: uuid.UUID) -> None:
+        self._tenant.value = str(value).encode()
 
     def start(self) -> None:
-        self._thread.start()
+        self._process.start()
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join()
+        samples, self.errors = self._results.recv()
+        self.samples = [Sample(*s) for s in samples]
+        self._process.join()
 
-    def _events(self) -> list[tuple]:
-        now = datetime.now(timezone.utc)
-        self._seq += 1
-        return [(METRICS[(self._seq + i) % len(METRICS)], Decimal(self._seq % 1000 + i), now, PROPERTIES)
-                for i in range(self.rows)]
 
-    def _run(self) -> None:
-        conn = connect(self.dsn, self.synchronous_commit)
-        due = time.perf_counter()
-        try:
-            while not self._stop.is_set():
-                wait = due - time.perf_counter()
-                if wait > 0 and self._stop.wait(wait):
-                    break
-                started = time.perf_counter()
-                ok = True
-                try:
-                    ingest_usage_events(conn, self.tenant, self._events())
-                except Exception as exc:  # noqa: BLE001  every failure is a finding
-                    ok = False
-                    self.errors.append({"at": started, "error": f"{type(exc).__name__}: {exc}"})
-                    if conn.broken or conn.closed:
-                        conn = connect(self.dsn, self.synchronous_commit)
-                self.samples.append(Sample(due, started, time.perf_counter(), ok))
-                due += self.interval
-        finally:
-            conn.close()
+def _insert_loop(dsn: str, synchronous_commit: str, interval: float, rows: int, tenant, stop, results) -> None:
+    """The inserter process: runs until ``stop`` is set, then sends (samples, errors) back."""
+    samples: list[tuple] = []
+    errors: list[dict] = []
+    seq = 0
+    conn = connect(dsn, synchronous_commit)
+    due = time.perf_counter()
+    try:
+        while not stop.is_set():
+            wait = due - time.perf_counter()
+            if wait > 0 and stop.wait(wait):
+                break
+            started = time.perf_counter()
+            now = datetime.now(timezone.utc)
+            seq += 1
+            events = [(METRICS[(seq + i) % len(METRICS)], Decimal(seq % 1000 + i), now, PROPERTIES) for i in range(rows)]
+            ok = True
+            try:
+                ingest_usage_events(conn, uuid.UUID(tenant.value.decode()), events)
+            except Exception as exc:  # noqa: BLE001  every failure is a finding
+                ok = False
+                errors.append({"at": started, "error": f"{type(exc).__name__}: {exc}"})
+                if conn.broken or conn.closed:
+                    conn = connect(dsn, synchronous_commit)
+            samples.append((due, started, time.perf_counter(), ok))
+            due += interval
+    finally:
+        conn.close()
+        results.send((samples, errors))
 
 
 def percentile(values: Sequence[float], pct: float) -> float:
@@ -851,7 +869,7 @@ def render_markdown(results: dict) -> str:
         f"Per round, one enterprise tenant (monthly partitions) with {p['rows']:,} usage events spread evenly "
         f"over three old months ({', '.join(f'{k} → {v}' for k, v in results['month_targets'].items())} at "
         f"`as_of` = {results['as_of']}), loaded, vacuumed (not frozen) and checkpointed, is tiered with "
-        "`tier_tenant()` while an inserter thread writes "
+        "`tier_tenant()` while an inserter process writes "
         f"{p['insert_rows']} rows per transaction, {p['insert_rate']:g} transactions/s, into the same tenant's "
         "current month with `ingest_usage_events()` (billing_app, tenant context, RLS). "
         f"{p['rounds']} rounds per mode (a tiering method and the inserter's `synchronous_commit`), each on a "
