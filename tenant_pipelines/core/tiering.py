@@ -43,7 +43,7 @@ SET_TABLESPACE = "set-tablespace"
 METHODS = (ONLINE, SET_TABLESPACE)
 DEFAULT_MAX_MB_PER_S = 8.0
 DEFAULT_BATCH_BLOCKS = 32  # 256 KiB of the partition per copy transaction
-SWAP_LOCK_TIMEOUT = "100ms"  # the online swap's lock_timeout, if partition_config's is longer
+SWAP_LOCK_TIMEOUT_MS = 100  # the online swap's lock_timeout, if partition_config's is longer (or 0: none)
 # Advisory lock space (with hashtext(tenant)) held by a session while it tiers a tenant: two
 # runs moving the same tenant would drop each other's moves in progress.
 _TIERING_LOCK = 0x7469_6572  # "tier"
@@ -235,13 +235,16 @@ def _tier_tenant(conn: psycopg.Connection, tenant_id: str, *, as_of: datetime | 
 
 
 def _with_lock_timeout(conn: psycopg.Connection, what: str, work: Callable[[psycopg.Connection], T], *,
-                       attempts: int = 5, at_most: str | None = None) -> tuple[T, int]:
-    """``work`` in its own transaction with partition_config's lock_timeout (or ``at_most``, if
-    shorter), retried on a lock timeout (``run_with_lock_retry``). Returns its result and the
-    tries used."""
+                       attempts: int = 5, at_most_ms: int | None = None) -> tuple[T, int]:
+    """``work`` in its own transaction with partition_config's lock_timeout (or ``at_most_ms``,
+    if that is shorter or lock_timeout is 0, i.e. none), retried on a lock timeout
+    (``run_with_lock_retry``). Returns its result and the tries used."""
     def locked(c: psycopg.Connection) -> T:
-        c.execute("SELECT set_config('lock_timeout', CASE WHEN %s::interval < lock_timeout::interval"
-                  " THEN %s ELSE lock_timeout END, true) FROM partition_config", (at_most, at_most))
+        c.execute("SELECT set_config('lock_timeout', lock_timeout, true) FROM partition_config")
+        if at_most_ms is not None:  # pg_settings has the value in ms, however it was written
+            c.execute("SELECT set_config('lock_timeout', %s, true) FROM pg_settings"
+                      " WHERE name = 'lock_timeout' AND (setting::bigint = 0 OR setting::bigint > %s)",
+                      (f"{at_most_ms}ms", at_most_ms))
         return work(c)
 
     return run_with_lock_retry(conn, what, locked, attempts=attempts)
@@ -303,7 +306,7 @@ def _move_online(conn: psycopg.Connection, tenant_id: str, part: PlannedPartitio
         # While the swap waits for its lock, the tenant's writers queue behind it: give up soon
         # and try again (an autovacuum of the month, say, finishes in the meantime).
         (moved_bytes, t1), more = _with_lock_timeout(conn, what + " (swap)", finish, attempts=max(attempts, 8),
-                                                     at_most=SWAP_LOCK_TIMEOUT)
+                                                     at_most_ms=SWAP_LOCK_TIMEOUT_MS)
         held += time.monotonic() - t1
         # The replaced table goes now, in a transaction of its own: no lock anyone waits for.
         # If this fails, the next run drops it (it is listed in tenant_pipelines.partition_moves).

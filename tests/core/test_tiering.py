@@ -419,3 +419,28 @@ def test_the_swap_does_not_wait_for_a_lock_on_another_month(
         vacuum_like.rollback()
     assert len(report.moves) == 4 and report.misplaced_left == 0
     assert all(m.attempts == 1 for m in report.moves)
+
+
+@pytest.mark.parametrize("configured", ["2s", "0"])
+def test_the_swap_gives_up_a_lock_wait_soon_and_retries(
+    admin_conn: psycopg.Connection, admin_dsn: str, tenant: uuid.UUID, configured: str
+) -> None:
+    """The tenant's writers queue behind a swap that waits for its lock: it waits 100 ms at
+    most (also when partition_config.lock_timeout is 0, no timeout), then tries again."""
+    admin_conn.execute("UPDATE partition_config SET lock_timeout = %s", (configured,))
+    holder = psycopg.connect(admin_dsn)
+    released = threading.Event()
+
+    def hold_the_parent_while_copying(_: float) -> None:
+        if not released.is_set() and not holder.info.transaction_status:
+            holder.execute(f'LOCK TABLE ONLY "{partition_name(tenant)}" IN ACCESS SHARE MODE')
+            threading.Timer(0.6, lambda: (holder.rollback(), released.set())).start()
+
+    try:
+        report = tier_tenant(admin_conn, tenant, as_of=AS_OF, pace=Pace(max_mb_per_s=0.001, batch_blocks=1),
+                             sleep=hold_the_parent_while_copying)
+    finally:
+        released.wait(5)
+        holder.close()
+        admin_conn.execute("UPDATE partition_config SET lock_timeout = '2s'")
+    assert report.misplaced_left == 0 and max(m.attempts for m in report.moves) > 1
