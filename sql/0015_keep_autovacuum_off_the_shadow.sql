@@ -45,6 +45,7 @@ DECLARE
     k                integer;
     v_options        text[];
     v_toast          text[];
+    v_set            text;
 BEGIN
     SELECT * INTO v_move FROM tenant_pipelines.partition_moves m WHERE m.partition_name = p_partition;
     IF NOT FOUND OR v_rel IS NULL OR v_rel::oid <> v_move.partition_oid THEN
@@ -89,18 +90,14 @@ BEGIN
             EXECUTE format('ALTER INDEX %s RENAME TO %I', v_new_index, v_old_names[k]);
         END IF;
     END LOOP;
-    -- Autovacuum back on, and the old table's storage parameters (stored as 'name=value';
-    -- the names are the catalog's plain words, the values are quoted).
+    -- Autovacuum back on, and the old table's storage parameters, table and TOAST (stored as
+    -- 'name=value'; the names are the catalog's plain words, the values are quoted).
     EXECUTE format('ALTER TABLE public.%I RESET (autovacuum_enabled, toast.autovacuum_enabled)', p_partition);
-    IF v_options IS NOT NULL THEN
-        EXECUTE format('ALTER TABLE public.%I SET (%s)', p_partition,
-                       (SELECT string_agg(format('%s = %L', split_part(o, '=', 1), substr(o, strpos(o, '=') + 1)), ', ')
-                          FROM unnest(v_options) o));
-    END IF;
-    IF v_toast IS NOT NULL THEN
-        EXECUTE format('ALTER TABLE public.%I SET (%s)', p_partition,
-                       (SELECT string_agg(format('toast.%s = %L', split_part(o, '=', 1), substr(o, strpos(o, '=') + 1)), ', ')
-                          FROM unnest(v_toast) o));
+    v_set := (SELECT string_agg(format('%s%s = %L', prefix, split_part(o, '=', 1), substr(o, strpos(o, '=') + 1)), ', ')
+                FROM (SELECT '' AS prefix, o FROM unnest(v_options) o
+                      UNION ALL SELECT 'toast.', o FROM unnest(v_toast) o) stored);
+    IF v_set IS NOT NULL THEN
+        EXECUTE format('ALTER TABLE public.%I SET (%s)', p_partition, v_set);
     END IF;
     UPDATE tenant_pipelines.partition_moves m SET swapped_at = now() WHERE m.partition_oid = v_move.partition_oid;
     RETURN pg_total_relation_size(to_regclass('public.' || quote_ident(p_partition)));
