@@ -429,7 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--tenant", default=None, help="only this tenant (organization UUID)")
     p.set_defaults(func=cmd_tiering_plan)
-    from tenant_pipelines.core.tiering import DEFAULT_BATCH_BLOCKS, DEFAULT_MAX_MB_PER_S
+    from tenant_pipelines.core.tiering import DEFAULT_BATCH_BLOCKS, DEFAULT_MAX_MB_PER_S, METHODS, ONLINE
 
     p = tiering_sub.add_parser(
         "run", help="move one tenant's month partitions to the tablespaces its policy says",
@@ -439,7 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
         "place, 1 when something is still misplaced, 2 for bad input.",
     )
     p.add_argument("--tenant", required=True, help="the organization UUID")
-    p.add_argument("--method", choices=("online", "set-tablespace"), default="online",
+    p.add_argument("--method", choices=METHODS, default=ONLINE,
                    help="online (default): paced copy-and-swap; set-tablespace: ALTER TABLE ... SET "
                    "TABLESPACE, fastest, but a burst of I/O that live writers wait behind")
     p.add_argument("--max-mb-per-s", type=_non_negative_float, default=DEFAULT_MAX_MB_PER_S, metavar="MB",
