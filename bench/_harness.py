@@ -293,7 +293,8 @@ class ResourceProbe:
         if self.backend_pid is not None:
             try:
                 self._postmaster = _status(self.backend_pid)["PPid"]
-                self._server_pids = _server_processes(self._postmaster)
+                if self.pss:  # the server's processes are only needed for their PSS
+                    self._server_pids = _server_processes(self._postmaster)
             except (OSError, KeyError):
                 self._postmaster = None
         self._sample()
