@@ -34,6 +34,7 @@ class PartitionReport:
     rows_moved: int = 0
     rows_split_into_months: int = 0
     attached_now: bool = False
+    note: str = ""
     attempts: int = 0
     duration_s: float = 0.0
 
@@ -76,37 +77,82 @@ def run_with_lock_retry(
 def ensure_tenant_partition(
     conn: psycopg.Connection, tenant_id: object, *, premake_months: int | None = None, attempts: int = 5
 ) -> PartitionReport:
-    """Make sure ``tenant_id`` has its partition, attached, with its month partitions premade.
+    """Make sure ``tenant_id`` has its storage: the pool's months premade and, for a tenant
+    that earns a dedicated partition (its tier, its ``dedicated_resources`` flag or its size,
+    within ``partition_config.leaf_budget``), that partition, attached, with its months.
 
-    Two transactions, each safe to re-run after a crash: (1) create what is missing, standalone,
-    and split months off the tenant's own ``_rest``; (2) move the tenant's rows out of the
-    DEFAULT partition and ATTACH, together. Needs an admin connection.
+    Each step is its own transaction, safe to re-run after a crash:
+
+    1. create what is missing, standalone (the pool's months; the tenant's tables);
+    2. for a tenant to promote, holding its advisory lock (its writers wait, no one else's):
+       a NOT VALID exclusion CHECK on every pool leaf; then its rows moved out of the pool,
+       the CHECKs validated and the partition ATTACHed, together; then the CHECKs dropped.
+
+    Needs an admin connection in autocommit mode.
     """
     tenant = parse_tenant_id(tenant_id)
     started = time.monotonic()
-    prepared, tries_1 = run_with_lock_retry(
+    prepared, tries = run_with_lock_retry(
         conn,
         f"tenant {tenant}: preparing its partition",
         lambda c: c.execute("SELECT fn_prepare_tenant_partition(%s, %s)", (tenant, premake_months)).fetchone()[0],
         attempts=attempts,
     )
-    attached, tries_2 = run_with_lock_retry(
-        conn,
-        f"tenant {tenant}: attaching its partition",
-        lambda c: c.execute("SELECT fn_attach_tenant_partition(%s)", (tenant,)).fetchone()[0],
-        attempts=attempts,
-    )
-    return PartitionReport(
+    report = PartitionReport(
         tenant=str(tenant),
         partition=prepared["partition"],
         layout=prepared["layout"],
         tables_created=list(prepared["tables_created"]),
-        rows_moved=int(attached["rows_moved"]),
         rows_split_into_months=int(prepared["rows_split_into_months"]),
-        attached_now=bool(attached["attached_now"]),
-        attempts=tries_1 + tries_2,
-        duration_s=time.monotonic() - started,
+        note=prepared.get("note") or "",
+        attempts=tries,
     )
+    if report.layout != "pooled":
+        attached, more_tries = _promote(conn, tenant, attempts)
+        report.rows_moved = int(attached["rows_moved"])
+        report.attached_now = bool(attached["attached_now"])
+        report.attempts += more_tries
+    report.duration_s = time.monotonic() - started
+    return report
+
+
+def _promote(conn: psycopg.Connection, tenant: uuid.UUID, attempts: int) -> tuple[dict, int]:
+    """Move the tenant out of the pool into its partition, online (see ensure_tenant_partition)."""
+    if tenant_is_attached(conn, tenant):
+        return {"rows_moved": 0, "attached_now": False}, 0
+    what = f"tenant {tenant}: attaching its partition"
+    _, tries = run_with_lock_retry(
+        conn, what, lambda c: _session_tenant_lock(c, tenant), attempts=attempts)
+    try:
+        _, t1 = run_with_lock_retry(
+            conn, f"tenant {tenant}: excluding it from the pool",
+            lambda c: c.execute("SELECT fn_pool_exclude_tenant(%s)", (tenant,)), attempts=max(attempts, 8))
+        attached, t2 = run_with_lock_retry(
+            conn, what, lambda c: c.execute("SELECT fn_attach_tenant_partition(%s)", (tenant,)).fetchone()[0],
+            attempts=max(attempts, 8))
+        # Dropped after a failure too: while the tenant is still pooled, they would refuse its rows.
+        return attached, tries + t1 + t2
+    finally:
+        try:
+            run_with_lock_retry(
+                conn, f"tenant {tenant}: dropping its pool exclusion checks",
+                lambda c: c.execute("SELECT fn_pool_unexclude_tenant(%s)", (tenant,)), attempts=max(attempts, 8))
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(fn_tenant_lock_key(%s))", (tenant,))
+
+
+def _session_tenant_lock(conn: psycopg.Connection, tenant: uuid.UUID) -> None:
+    """The tenant's advisory lock, EXCLUSIVE, for the session: its writers (which take it
+    shared in fn_set_tenant_context) wait until the promotion is over; nobody else does."""
+    timeout = conn.execute("SELECT lock_timeout FROM partition_config").fetchone()[0]
+    conn.execute("SELECT set_config('lock_timeout', %s, true)", (timeout,))
+    conn.execute("SELECT pg_advisory_lock(fn_tenant_lock_key(%s))", (tenant,))
+
+
+def tenant_is_attached(conn: psycopg.Connection, tenant: uuid.UUID) -> bool:
+    return conn.execute(
+        "SELECT fn_is_partition_of(fn_tenant_partition_name(%s), 'usage_events_mt')", (tenant,)
+    ).fetchone()[0]
 
 
 def organization_ids(conn: psycopg.Connection) -> list[str]:
@@ -114,13 +160,42 @@ def organization_ids(conn: psycopg.Connection) -> list[str]:
     return [str(r[0]) for r in conn.execute("SELECT id FROM organizations ORDER BY id")]
 
 
-def default_partition_tenants(conn: psycopg.Connection) -> dict[str, int]:
-    """Tenants with rows in the DEFAULT partition, and how many. The DEFAULT partition is
-    kept drained, so this reads little."""
+def pool_tenants(conn: psycopg.Connection) -> list[str]:
+    """Tenants with rows in the pool's last two months or its _rest: where the events of a
+    tenant never seen before land. A skip scan of the pool's primary key (one index probe per
+    tenant), not a scan of the events."""
     rows = conn.execute(
-        "SELECT organization_id, count(*) FROM usage_events_mt_default GROUP BY organization_id ORDER BY 1"
+        """
+        WITH RECURSIVE bound AS (
+            SELECT (date_trunc('month', now() AT TIME ZONE 'UTC') - interval '1 month') AT TIME ZONE 'UTC' AS since
+        ), t(org) AS (
+            (SELECT organization_id FROM usage_events_mt_default, bound WHERE "timestamp" >= bound.since
+              ORDER BY organization_id LIMIT 1)
+            UNION ALL
+            SELECT (SELECT p.organization_id FROM usage_events_mt_default p, bound
+                     WHERE p."timestamp" >= bound.since AND p.organization_id > t.org
+                     ORDER BY p.organization_id LIMIT 1)
+              FROM t WHERE t.org IS NOT NULL
+        )
+        SELECT org FROM t WHERE org IS NOT NULL
+        UNION
+        SELECT DISTINCT organization_id FROM usage_events_mt_pool_rest
+        ORDER BY 1
+        """
     ).fetchall()
-    return {str(tenant): count for tenant, count in rows}
+    return [str(tenant) for (tenant,) in rows]
+
+
+def stranded_in_pool(conn: psycopg.Connection, tenants: Iterable[str]) -> dict[str, int]:
+    """Tenants with a dedicated partition that still have rows in the pool, and how many.
+    ATTACH refuses while any are left, so this holds by construction; the check proves it."""
+    dedicated = sorted(attached_tenant_partitions(conn) & set(tenants))
+    if not dedicated:
+        return {}
+    rows = conn.execute(
+        "SELECT organization_id, count(*) FROM usage_events_mt_default WHERE organization_id = ANY(%s::uuid[])"
+        " GROUP BY 1", (dedicated,)).fetchall()
+    return {str(tenant): n for tenant, n in rows}
 
 
 def attached_tenant_partitions(conn: psycopg.Connection) -> set[str]:
@@ -135,54 +210,64 @@ def attached_tenant_partitions(conn: psycopg.Connection) -> set[str]:
 
 
 def audit_tenant_partitions(conn: psycopg.Connection, tenants: Iterable[object] | None = None) -> list[Finding]:
-    """What is missing or wrong in the tenants' partitions (all attached ones by default):
-    not attached, no _rest, a gap in the months up to the premade horizon, an index missing,
-    RLS not forced, the wrong owner, or privileges for billing_app."""
+    """What is missing or wrong in the pool and in the tenants' dedicated partitions (all of
+    them by default): no _rest, a gap in the months up to the premade horizon, an index
+    missing, RLS not forced, the wrong owner, privileges for billing_app, or a promotion's
+    exclusion CHECK left on the pool. Pooled tenants need nothing beyond the pool."""
     attached = attached_tenant_partitions(conn)
     wanted = sorted(attached) if tenants is None else [str(parse_tenant_id(t)) for t in tenants]
-    findings: list[Finding] = []
     premake = conn.execute("SELECT premake_months FROM partition_config").fetchone()[0]
+    horizon = _add_months(_this_month(conn), premake)
+    findings = _audit_tree(conn, DEFAULT_PARTITION, "usage_events_mt_pool", horizon,
+                           "materialise tenant_partition for any tenant (or SELECT fn_premake_pool_months())")
+    for name, tenant in conn.execute(
+        "SELECT DISTINCT conname, substr(conname, 15) FROM pg_constraint WHERE conname LIKE 'pool\\_excludes\\_%%'"
+    ).fetchall():
+        findings.append(Finding(
+            f"pool", f"still has {name} from an interrupted promotion of tenant {uuid.UUID(tenant)}: "
+            "its rows are refused by the pool",
+            f"materialise tenant_partition for {uuid.UUID(tenant)} (or SELECT fn_pool_unexclude_tenant('{uuid.UUID(tenant)}'))"))
     for tenant in wanted:
-        part = partition_name(uuid.UUID(tenant))
-        fix = f"materialise tenant_partition for {tenant} (or SELECT fn_create_tenant_partition('{tenant}'))"
-        if tenant not in attached:
-            findings.append(Finding(f"tenant {tenant}", "has no attached partition", fix))
-            continue
-        rows = conn.execute(
-            """
-            SELECT c.relname, t.isleaf, t.level, c.relrowsecurity, c.relforcerowsecurity,
-                   pg_get_userbyid(c.relowner),
-                   has_table_privilege('billing_app', c.oid, 'SELECT,INSERT,UPDATE,DELETE'),
-                   (SELECT count(*) FROM pg_index x WHERE x.indrelid = c.oid),
-                   (SELECT count(*) FROM pg_index x WHERE x.indrelid = c.oid AND NOT x.indisvalid),
-                   pg_get_expr(c.relpartbound, c.oid)
-              FROM pg_partition_tree(%s::regclass) t JOIN pg_class c ON c.oid = t.relid
-             ORDER BY c.relname
-            """,
-            (f"public.{part}",),
-        ).fetchall()
-        names = {r[0] for r in rows}
-        if f"{part}_rest" not in names:
-            findings.append(Finding(f"partition {part}", "has no _rest (DEFAULT) partition", fix))
-        for name, isleaf, level, rls, forced, owner, app_access, n_idx, n_invalid, _bound in rows:
-            if not (rls and forced):
-                findings.append(Finding(f"partition {name}", "does not force row-level security",
-                                        f"ALTER TABLE {name} ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY"))
-            if owner != "billing_owner":
-                findings.append(Finding(f"partition {name}", f"is owned by {owner}",
-                                        f"ALTER TABLE {name} OWNER TO billing_owner"))
-            if app_access:
-                findings.append(Finding(f"partition {name}", "billing_app can access it directly",
-                                        f"REVOKE ALL ON {name} FROM billing_app, PUBLIC"))
-            if n_idx < 3 or n_invalid:
-                findings.append(Finding(f"partition {name}",
-                                        f"has {n_idx - n_invalid} of its 3 indexes", fix))
-        months = sorted(n.rsplit("_p", 1)[1] for n in names if n.startswith(part + "_p"))
-        if months:
-            expected = _month_range(months[0], _add_months(_this_month(conn), premake))
-            missing = sorted(set(expected) - set(months))
-            if missing:
-                findings.append(Finding(f"partition {part}", f"is missing months {', '.join(missing)}", fix))
+        if tenant in attached:
+            fix = f"materialise tenant_partition for {tenant} (or SELECT fn_create_tenant_partition('{tenant}'))"
+            findings += _audit_tree(conn, partition_name(uuid.UUID(tenant)), partition_name(uuid.UUID(tenant)),
+                                    horizon, fix)
+    return findings
+
+
+def _audit_tree(conn: psycopg.Connection, root: str, leaf_prefix: str, horizon: str, fix: str) -> list[Finding]:
+    findings: list[Finding] = []
+    rows = conn.execute(
+        """
+        SELECT c.relname, c.relrowsecurity, c.relforcerowsecurity, pg_get_userbyid(c.relowner),
+               has_table_privilege('billing_app', c.oid, 'SELECT,INSERT,UPDATE,DELETE'),
+               (SELECT count(*) FROM pg_index x WHERE x.indrelid = c.oid),
+               (SELECT count(*) FROM pg_index x WHERE x.indrelid = c.oid AND NOT x.indisvalid)
+          FROM pg_partition_tree(%s::regclass) t JOIN pg_class c ON c.oid = t.relid
+         ORDER BY c.relname
+        """,
+        (f"public.{root}",),
+    ).fetchall()
+    names = {r[0] for r in rows}
+    if f"{leaf_prefix}_rest" not in names:
+        findings.append(Finding(f"partition {root}", "has no _rest (DEFAULT) partition", fix))
+    for name, rls, forced, owner, app_access, n_idx, n_invalid in rows:
+        if not (rls and forced):
+            findings.append(Finding(f"partition {name}", "does not force row-level security",
+                                    f"ALTER TABLE {name} ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY"))
+        if owner != "billing_owner":
+            findings.append(Finding(f"partition {name}", f"is owned by {owner}",
+                                    f"ALTER TABLE {name} OWNER TO billing_owner"))
+        if app_access:
+            findings.append(Finding(f"partition {name}", "billing_app can access it directly",
+                                    f"REVOKE ALL ON {name} FROM billing_app, PUBLIC"))
+        if n_idx < 3 or n_invalid:
+            findings.append(Finding(f"partition {name}", f"has {n_idx - n_invalid} of its 3 indexes", fix))
+    months = sorted(n.rsplit("_p", 1)[1] for n in names if n.startswith(leaf_prefix + "_p"))
+    if months:
+        missing = sorted(set(_month_range(months[0], horizon)) - set(months))
+        if missing:
+            findings.append(Finding(f"partition {root}", f"is missing months {', '.join(missing)}", fix))
     return findings
 
 

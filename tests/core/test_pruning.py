@@ -1,6 +1,6 @@
-"""A query in a tenant context touches only that tenant's partitions: pruned at plan time with
-an explicit predicate, at executor start-up with RLS alone (the policy calls the STABLE
-context function directly, not through a sub-select)."""
+"""A query in a tenant context touches only that tenant's partitions (for a pooled tenant: the
+pool's): pruned at plan time with an explicit predicate, at executor start-up with RLS alone
+(the policy calls the STABLE context function directly, not through a sub-select)."""
 
 from __future__ import annotations
 
@@ -46,12 +46,25 @@ def test_rls_alone_prunes_at_executor_startup(tenants: list[uuid.UUID], admin_ds
     assert not any(o in plan for o in others) and "usage_events_mt_default" not in plan
 
 
-def test_explicit_predicate_prunes_at_plan_time(tenants: list[uuid.UUID], admin_dsn: str) -> None:
-    target = tenants[0]
+def test_rls_alone_prunes_a_pooled_tenant_to_the_pool(tenants: list[uuid.UUID], admin_dsn: str) -> None:
+    target = tenants[0]  # free: pooled
+    with psycopg.connect(app_dsn_for(admin_dsn)) as app:
+        plan = explain(app, target, "SELECT count(*) FROM usage_events")
+    assert "Subplans Removed" in plan, plan
+    assert scanned_tables(plan) and all(t.startswith("usage_events_mt_pool_") for t in scanned_tables(plan)), plan
+    assert not any(partition_name(t) in plan for t in tenants)
+
+
+@pytest.mark.parametrize("which, prefix", [(1, None), (0, "usage_events_mt_pool_")], ids=["dedicated", "pooled"])
+def test_explicit_predicate_prunes_at_plan_time(
+    tenants: list[uuid.UUID], admin_dsn: str, which: int, prefix: str | None
+) -> None:
+    target = tenants[which]
+    prefix = prefix or partition_name(target)
     with psycopg.connect(app_dsn_for(admin_dsn)) as app:
         plan = explain(app, target, "SELECT count(*) FROM usage_events WHERE organization_id = %s", (target,))
     assert "Subplans Removed" not in plan, "nothing left for the executor to prune: the planner did it"
-    assert scanned_tables(plan) and all(t.startswith(partition_name(target)) for t in scanned_tables(plan)), plan
+    assert scanned_tables(plan) and all(t.startswith(prefix) for t in scanned_tables(plan)), plan
 
 
 def test_explicit_predicate_for_another_tenant_returns_nothing(tenants: list[uuid.UUID], admin_dsn: str) -> None:
@@ -78,7 +91,7 @@ def test_prepared_statements_keep_plan_time_pruning(tenants: list[uuid.UUID], ad
     """billing_app gets custom plans (plan_cache_mode = force_custom_plan): a prepared statement
     run many times still prunes at plan time, never falling back to a generic plan that locks
     every tenant's partitions."""
-    target = tenants[2]
+    target = tenants[3]  # growth: dedicated
     with psycopg.connect(app_dsn_for(admin_dsn)) as app:
         assert app.execute("SHOW plan_cache_mode").fetchone()[0] == "force_custom_plan"
         with app.transaction():

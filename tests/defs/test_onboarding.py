@@ -11,7 +11,7 @@ import dagster as dg
 import psycopg
 import pytest
 
-from tenant_pipelines.core.partitions import attached_tenant_partitions, default_partition_tenants
+from tenant_pipelines.core.partitions import attached_tenant_partitions, stranded_in_pool
 from tenant_pipelines.defs.resources import BillingDatabase
 from tenant_pipelines.defs.tenants.partitions import tenants_partitions
 from tenant_pipelines.defs.tenants.partitions_assets import (
@@ -83,10 +83,11 @@ def test_new_organizations_and_unknown_tenants_show_up_in_one_tick(
         run = materialise(instance, admin_dsn, key)
         assert run.success, key
         assert all(c.passed for c in run.get_asset_check_evaluations())
-    assert default_partition_tenants(admin_conn) == {}
-    assert attached_tenant_partitions(admin_conn) == set(expected)
+    assert attached_tenant_partitions(admin_conn) == {str(orgs[1])}, "only the enterprise tenant is dedicated"
+    assert stranded_in_pool(admin_conn, expected) == {}
+    event(admin_conn, stranger)  # pooled tenants keep writing to the pool: nothing new
     done = tick(instance, admin_dsn)
-    assert done.skip_reason and "none without a partition" in str(done.skip_reason)
+    assert done.skip_reason and "no new ones" in str(done.skip_reason)
 
     # A later organization: only it is new.
     late = make_tenant(admin_conn)
@@ -94,24 +95,16 @@ def test_new_organizations_and_unknown_tenants_show_up_in_one_tick(
     assert [r.partition_key for r in result.run_requests] == [str(late)]
 
 
-def test_known_tenant_with_rows_in_default_is_asked_again(
+def test_known_tenant_in_the_pool_is_not_asked_again(
     admin_conn: psycopg.Connection, admin_dsn: str, instance: dg.DagsterInstance
 ) -> None:
+    """A pooled tenant's rows belong in the pool: its events do not make runs. (A tenant due
+    for promotion whose run failed is retried by the daily premake schedule.)"""
     tenant = make_tenant(admin_conn)
-    instance.add_dynamic_partitions("tenants", [str(tenant)])  # known, but its run never happened
+    instance.add_dynamic_partitions("tenants", [str(tenant)])
     event(admin_conn, tenant)
     result = tick(instance, admin_dsn)
-    (request,) = result.run_requests
-    assert request.partition_key == str(tenant) and request.run_key == f"onboard:{tenant}"
-    assert not result.dynamic_partitions_requests
-    # Its run failed (say, a lock timeout): the next tick asks again under a new key.
-    failed = dg.materialize(
-        [tenant_partition], instance=instance, partition_key=str(tenant), raise_on_error=False,
-        resources={"billing_db": BillingDatabase(dsn="postgresql://nobody@127.0.0.1:1/none")},
-    )
-    assert not failed.success
-    (retry,) = tick(instance, admin_dsn).run_requests
-    assert retry.run_key.startswith(f"drain:{tenant}:")
+    assert not result.run_requests and not result.dynamic_partitions_requests
 
 
 def test_materialisation_metadata_says_what_was_done(
@@ -125,6 +118,7 @@ def test_materialisation_metadata_says_what_was_done(
     meta = mat.materialization.metadata
     assert meta["rows_moved"].value == 5 and meta["tables_created"].value >= 6 and meta["attached_now"].value == 1
     assert "duration_s" in meta and len(meta["partitions"].value.records) == 1
+    assert meta["dedicated"].value == 1 and meta["pooled"].value == 0
     second = materialise(instance, admin_dsn, str(tenant))
     (mat,) = second.get_asset_materialization_events()
     assert mat.materialization.metadata["tables_created"].value == 0
@@ -152,7 +146,9 @@ def test_backfill_of_several_tenants_runs_in_one_run(
         tags={"dagster/asset_partition_range_start": tenants[0], "dagster/asset_partition_range_end": tenants[-1]},
     )
     assert run.success
-    assert attached_tenant_partitions(admin_conn) == set(tenants)
+    mats = run.get_asset_materialization_events()
+    assert len(mats) == 3 and mats[0].materialization.metadata["pooled"].value == 3, "free tenants stay in the pool"
+    assert attached_tenant_partitions(admin_conn) == set()
 
 
 def test_premake_schedule_makes_a_bounded_number_of_runs(instance: dg.DagsterInstance) -> None:

@@ -3,10 +3,11 @@
 Every probe logs in as ``billing_app`` with its own login (``app_dsn``), never via SET ROLE,
 against a fresh database holding three tenants with rows in every tenant table:
 
-* A: free tier, not onboarded to a partition: its usage events are in usage_events_mt_default;
+* A: free tier, pooled: its usage events are in the pool, usage_events_mt_default, split by month;
 * B: enterprise tier, onboarded with fn_create_tenant_partition: a partition of its own,
   split into months;
-* C: starter tier, onboarded the same way: a partition of its own, not split.
+* C: starter tier flagged dedicated_resources, onboarded the same way: a partition of its own,
+  not split.
 
 so probes through the parent cross every routing path of the partition layout.
 
@@ -146,8 +147,8 @@ def seed_tenant(admin: psycopg.Connection, name: str, tier: str) -> uuid.UUID:
 
 
 def onboard_partition(admin: psycopg.Connection, tenant: uuid.UUID) -> str:
-    """Give the tenant its own partition the way operators do (sql/0007), moving its rows out of
-    DEFAULT. Returns the layout: 'single' or 'monthly'."""
+    """Give the tenant its own partition the way operators do (sql/0007, sql/0016), moving its
+    rows out of the pool. Returns the layout: 'single' or 'monthly'."""
     result = admin.execute("SELECT fn_create_tenant_partition(%s)", (tenant,)).fetchone()[0]
     return result["layout"]
 
@@ -196,6 +197,7 @@ def world(admin_conn: psycopg.Connection, app_dsn: str) -> World:
     a = seed_tenant(admin_conn, "Tenant A", "free")
     b = seed_tenant(admin_conn, "Tenant B", "enterprise")
     c = seed_tenant(admin_conn, "Tenant C", "starter")
+    admin_conn.execute("UPDATE tenant_classifications SET dedicated_resources = true WHERE organization_id = %s", (c,))
     assert (onboard_partition(admin_conn, b), onboard_partition(admin_conn, c)) == ("monthly", "single")
     return World(admin_conn, app_dsn, a, b, c, seeded=snapshot(admin_conn))
 

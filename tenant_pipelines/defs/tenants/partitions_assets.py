@@ -2,15 +2,15 @@
 onboarding sensor that finds new tenants, and the daily premake schedule."""
 
 import time
-from datetime import datetime, timezone
 
 import dagster as dg
 
 from tenant_pipelines.core.partitions import (
     audit_tenant_partitions,
-    default_partition_tenants,
     ensure_tenant_partition,
     organization_ids,
+    pool_tenants,
+    stranded_in_pool,
 )
 from tenant_pipelines.db.session import parse_tenant_id
 from tenant_pipelines.defs.batching import batched_range_requests, for_each_tenant, run_tenant_keys
@@ -23,7 +23,6 @@ from tenant_pipelines.errors import TenantPipelinesError
 # Runs of many tenants at once (backfills, the premake schedule) take this many per run.
 TENANTS_PER_RUN = 500
 PARTITION_DDL_POOL = "partition_ddl"
-_FINISHED = [dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED]
 
 
 @dg.asset(
@@ -33,10 +32,12 @@ _FINISHED = [dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.Dagste
     owners=OWNERS,
     pool=PARTITION_DDL_POOL,
     backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=TENANTS_PER_RUN),
-    description="The tenant's partition of usage_events_mt: created standalone, then ATTACHed "
-    "(other tenants' writers never wait), with its rows moved out of the DEFAULT partition in "
-    "the same transaction, and month partitions premade when the tenant is split by month. "
-    "Idempotent: re-run one tenant, or backfill any set.",
+    description="The tenant's storage in usage_events_mt. Most tenants are pooled: their rows "
+    "live in the DEFAULT partition, a pool split by month, whose months this keeps premade. A "
+    "tenant whose tier asks for it, flagged dedicated_resources, or past the split threshold "
+    "gets a partition of its own within partition_config.leaf_budget: created standalone, "
+    "then ATTACHed with its rows moved out of the pool in the same transaction (other tenants' "
+    "writers never wait). Idempotent: re-run one tenant, or backfill any set.",
 )
 def tenant_partition(context: dg.AssetExecutionContext, billing_db: BillingDatabase) -> dg.MaterializeResult:
     started = time.monotonic()
@@ -45,11 +46,15 @@ def tenant_partition(context: dg.AssetExecutionContext, billing_db: BillingDatab
     for report in reports:
         context.log.info(
             f"tenant {report.tenant}: {report.layout}, {len(report.tables_created)} tables created, "
-            f"{report.rows_moved} rows moved out of DEFAULT, attached now: {report.attached_now}"
+            f"{report.rows_moved} rows moved out of the pool, attached now: {report.attached_now}"
+            + (f"; {report.note}" if report.note else "")
         )
     return dg.MaterializeResult(
         metadata={
             "tenants": len(reports),
+            "pooled": sum(r.layout == "pooled" for r in reports),
+            "dedicated": sum(r.layout != "pooled" for r in reports),
+            "over_leaf_budget": sum("leaf budget" in r.note for r in reports),
             "tables_created": sum(len(r.tables_created) for r in reports),
             "rows_moved": sum(r.rows_moved for r in reports),
             "rows_split_into_months": sum(r.rows_split_into_months for r in reports),
@@ -62,6 +67,7 @@ def tenant_partition(context: dg.AssetExecutionContext, billing_db: BillingDatab
                         "tenant": r.tenant, "partition": r.partition, "layout": r.layout,
                         "tables_created": len(r.tables_created), "rows_moved": r.rows_moved,
                         "attached_now": r.attached_now, "duration_ms": round(r.duration_s * 1000, 1),
+                        "note": r.note,
                     })
                     for r in reports[:200]
                 ],
@@ -69,7 +75,7 @@ def tenant_partition(context: dg.AssetExecutionContext, billing_db: BillingDatab
                     dg.TableColumn("tenant", "string"), dg.TableColumn("partition", "string"),
                     dg.TableColumn("layout", "string"), dg.TableColumn("tables_created", "int"),
                     dg.TableColumn("rows_moved", "int"), dg.TableColumn("attached_now", "bool"),
-                    dg.TableColumn("duration_ms", "float"),
+                    dg.TableColumn("duration_ms", "float"), dg.TableColumn("note", "string"),
                 ]),
             ),
         }
@@ -79,22 +85,21 @@ def tenant_partition(context: dg.AssetExecutionContext, billing_db: BillingDatab
 @dg.asset_check(
     asset=tenant_partition,
     blocking=True,
-    description="The DEFAULT partition holds no rows of a tenant this run onboarded (or, run on "
-    "its own, of any tenant with a partition key): nothing was left behind by the move.",
+    description="The pool (the DEFAULT partition) holds no rows of a tenant with a partition of "
+    "its own, among this run's tenants (or, run on its own, all tenants): nothing was left "
+    "behind by a promotion. Pooled tenants' rows belong in the pool.",
 )
 def default_partition_drained(context: dg.AssetCheckExecutionContext, billing_db: BillingDatabase) -> dg.AssetCheckResult:
     tenants = run_tenant_keys(context)
     if tenants is None:
         tenants = context.instance.get_dynamic_partitions(tenants_partitions.name)
     with billing_db.connection() as conn:
-        in_default = default_partition_tenants(conn)
-    left = {t: n for t, n in in_default.items() if t in set(tenants)}
+        left = stranded_in_pool(conn, tenants)
     return dg.AssetCheckResult(
         passed=not left,
         metadata={
             "tenants_checked": len(tenants),
-            "tenants_with_rows_in_default": len(left),
-            "rows_in_default_total": sum(in_default.values()),
+            "dedicated_tenants_with_rows_in_pool": len(left),
             "details": dg.MetadataValue.md("\n".join(f"- {t}: {n} rows" for t, n in sorted(left.items())) or "none"),
         },
     )
@@ -102,9 +107,10 @@ def default_partition_drained(context: dg.AssetCheckExecutionContext, billing_db
 
 @dg.asset_check(
     asset=tenant_partition,
-    description="Every tenant partition is complete: attached, with its _rest partition, every "
-    "month up to the premade horizon, all three indexes on every partition, RLS forced, owned by "
-    "billing_owner, and no direct privilege for billing_app.",
+    description="The pool and every dedicated tenant partition are complete: a _rest partition, "
+    "every month up to the premade horizon, all three indexes on every partition, RLS forced, "
+    "owned by billing_owner, no direct privilege for billing_app, and no exclusion CHECK left "
+    "on the pool by an interrupted promotion.",
 )
 def tenant_partitions_complete(context: dg.AssetCheckExecutionContext, billing_db: BillingDatabase) -> dg.AssetCheckResult:
     tenants = run_tenant_keys(context)
@@ -131,42 +137,32 @@ tenant_partition_job = dg.define_asset_job(
     job=tenant_partition_job,
     minimum_interval_seconds=30,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Finds tenants without a partition: organizations with no `tenants` partition key, "
-    "and tenants whose events sit in the DEFAULT partition. Adds their keys and requests a "
-    "tenant_partition run for each, in one tick.",
+    description="Finds new tenants: organizations with no `tenants` partition key, and tenants "
+    "never seen before whose events sit in the pool (the DEFAULT partition). Adds their keys and "
+    "requests a tenant_partition run for each, in one tick (idempotent run keys).",
 )
 def tenant_onboarding_sensor(context: dg.SensorEvaluationContext, billing_db: BillingDatabase) -> dg.SensorResult:
     known = set(context.instance.get_dynamic_partitions(tenants_partitions.name))
     with billing_db.connection() as conn:
         organizations = organization_ids(conn)
-        in_default = default_partition_tenants(conn)
+        in_pool = pool_tenants(conn)
         tiers = tenant_tiers(conn)
     new_keys, rejected = [], []
-    for key in sorted(set(organizations) | set(in_default)):
+    for key in sorted(set(organizations) | set(in_pool)):
         if key in known:
             continue
         try:
             new_keys.append(str(parse_tenant_id(key)))
         except TenantPipelinesError as exc:  # cannot happen for uuid columns; never add a bad key
             rejected.append(str(exc))
-    # A known tenant with rows in DEFAULT has no attached partition yet. While its first run
-    # is pending, the same run key again (the daemon drops duplicates); once a run for it has
-    # finished without draining it, a new run at most once an hour.
-    hour = datetime.now(timezone.utc).strftime("%Y%m%d%H")
-    runs = [dg.RunRequest(partition_key=k, run_key=f"onboard:{k}", tags=tenant_run_tags(tiers, k)) for k in new_keys]
-    for k in sorted(k for k in in_default if k in known):
-        finished = context.instance.get_run_records(
-            dg.RunsFilter(tags={"dagster/partition": k}, statuses=_FINISHED), limit=1
-        )
-        runs.append(dg.RunRequest(partition_key=k, run_key=f"drain:{k}:{hour}" if finished else f"onboard:{k}",
-                                  tags=tenant_run_tags(tiers, k)))
     for message in rejected:
         context.log.warning(message)
-    if not runs:
-        return dg.SensorResult(skip_reason=f"{len(known)} tenants known; none without a partition")
+    if not new_keys:
+        return dg.SensorResult(skip_reason=f"{len(known)} tenants known; no new ones")
     return dg.SensorResult(
-        run_requests=runs,
-        dynamic_partitions_requests=[tenants_partitions.build_add_request(new_keys)] if new_keys else [],
+        run_requests=[dg.RunRequest(partition_key=k, run_key=f"onboard:{k}", tags=tenant_run_tags(tiers, k))
+                      for k in new_keys],
+        dynamic_partitions_requests=[tenants_partitions.build_add_request(new_keys)],
     )
 
 

@@ -1,0 +1,434 @@
+-- Bounded leaves: most tenants share a pool, split by month; only the largest get partitions.
+--
+-- Before: every onboarded tenant got a partition of its own, so usage_events_mt had one leaf
+-- per tenant (14,001 at 10,000 tenants). A query that relies on RLS alone is planned over
+-- every leaf (3.9 s at 10,000 tenants), and a time bound written with now() sets up run-time
+-- pruning over all of them. bench/layouts.py measured the budget: about 300 leaves.
+--
+--   usage_events_mt                          LIST (organization_id)
+--   ├── usage_events_mt_default              DEFAULT: the pool, shared by pooled tenants, RANGE ("timestamp")
+--   │   ├── usage_events_mt_pool_pYYYYMM     one month of every pooled tenant; tiered by the global policy
+--   │   └── usage_events_mt_pool_rest        DEFAULT of the pool: rows outside its months
+--   └── usage_events_mt_t_<32 hex>           dedicated: a tenant that earned it, within the leaf budget
+--
+-- Onboarding a tenant is registering it: its rows land in the pool, with no DDL. A tenant
+-- gets a dedicated partition when its tier says so (tier_limits.partition_by_month), when it
+-- is flagged (tenant_classifications.dedicated_resources), or when it outgrows
+-- partition_config.split_threshold_rows, and only while the leaves under usage_events_mt stay
+-- within partition_config.leaf_budget. Otherwise it stays pooled, which is correct, only
+-- less isolated physically: RLS guards the pool exactly as it guards a partition.
+--
+-- Promotion is online (core/partitions.py): the pipelines hold the tenant's advisory lock,
+-- add a NOT VALID CHECK (organization_id <> tenant) to every pool leaf in a short
+-- transaction, then move the tenant's rows, VALIDATE those CHECKs (SHARE UPDATE EXCLUSIVE:
+-- writers go on) and ATTACH in one transaction. With the CHECKs validated, ATTACH does not
+-- scan the pool. Then the CHECKs are dropped.
+
+ALTER TABLE partition_config ADD COLUMN leaf_budget integer NOT NULL DEFAULT 300 CHECK (leaf_budget > 0);
+
+CREATE FUNCTION fn_pool_month_name(p_month date) RETURNS text
+    LANGUAGE sql STABLE STRICT PARALLEL SAFE
+AS $$ SELECT 'usage_events_mt_pool_p' || pg_catalog.to_char(p_month, 'YYYYMM') $$;
+
+CREATE FUNCTION fn_pool_exclusion_name(p_tenant uuid) RETURNS text
+    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+AS $$ SELECT 'pool_excludes_' || pg_catalog.replace(p_tenant::text, '-', '') $$;
+
+-- The DEFAULT partition becomes the pool: a partitioned table of the same name. Its rows
+-- (tenants not onboarded before this migration) are moved into it, then into its months.
+ALTER TABLE usage_events_mt DETACH PARTITION usage_events_mt_default;
+ALTER TABLE usage_events_mt_default RENAME TO usage_events_mt_default_before_0016;
+DO $$
+DECLARE
+    v_index text;
+BEGIN
+    -- Free the index names for the pool's own indexes.
+    FOR v_index IN SELECT c.relname FROM pg_index x JOIN pg_class c ON c.oid = x.indexrelid
+                    WHERE x.indrelid = 'public.usage_events_mt_default_before_0016'::regclass LOOP
+        EXECUTE format('ALTER INDEX public.%I RENAME TO %I', v_index, left('old_' || v_index, 63));
+    END LOOP;
+END
+$$;
+
+-- The primary key leads with organization_id, which serves the pool's per-tenant lookups:
+-- no extra index to maintain on every insert.
+CREATE TABLE usage_events_mt_default (LIKE usage_events_mt INCLUDING DEFAULTS)
+    PARTITION BY RANGE ("timestamp");
+CREATE TABLE usage_events_mt_pool_rest PARTITION OF usage_events_mt_default DEFAULT;
+ALTER TABLE usage_events_mt ATTACH PARTITION usage_events_mt_default DEFAULT;
+SELECT fn_secure_partition(t) FROM unnest(ARRAY['usage_events_mt_default', 'usage_events_mt_pool_rest']) t;
+INSERT INTO usage_events_mt SELECT * FROM usage_events_mt_default_before_0016;
+DROP TABLE usage_events_mt_default_before_0016;
+
+-- Keep the pool's months in place: from its oldest row (at most max_history_months back) to
+-- premake_months ahead. A month is created standalone and ATTACHed to the pool, with its rows
+-- moved out of the pool's _rest in the same transaction. ATTACH takes SHARE UPDATE EXCLUSIVE
+-- on the pool, so pooled tenants' writers go on; only writers into _rest (rows outside every
+-- month) wait. Serialised by an advisory lock when something is missing.
+CREATE FUNCTION fn_premake_pool_months(p_premake_months integer DEFAULT NULL) RETURNS jsonb
+    LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    cfg          public.partition_config%ROWTYPE;
+    v_this_month date := date_trunc('month', now() AT TIME ZONE 'UTC')::date;
+    v_oldest     timestamptz;
+    v_first      date;
+    v_last       date;
+    v_month      date;
+    v_leaf       text;
+    v_from       timestamptz;
+    v_to         timestamptz;
+    v_n          bigint;
+    v_moved      bigint := 0;
+    v_created    text[] := '{}';
+    v_locked     boolean := false;
+BEGIN
+    SELECT * INTO STRICT cfg FROM public.partition_config;
+    p_premake_months := COALESCE(p_premake_months, cfg.premake_months);
+    IF p_premake_months NOT BETWEEN 0 AND 36 THEN
+        RAISE EXCEPTION 'pool: premake months must be between 0 and 36, not %', p_premake_months;
+    END IF;
+    PERFORM set_config('lock_timeout', cfg.lock_timeout, true);
+    PERFORM set_config('default_tablespace', public.fn_hot_tablespace(), true);
+    SELECT min("timestamp") INTO v_oldest FROM public.usage_events_mt_pool_rest;
+    v_first := GREATEST(COALESCE(date_trunc('month', v_oldest AT TIME ZONE 'UTC')::date, v_this_month),
+                        (v_this_month - make_interval(months => cfg.max_history_months))::date);
+    v_first := LEAST(v_first, v_this_month);
+    v_last := (v_this_month + make_interval(months => p_premake_months))::date;
+    FOR v_month IN SELECT generate_series(v_first, v_last, interval '1 month')::date LOOP
+        v_leaf := public.fn_pool_month_name(v_month);
+        CONTINUE WHEN public.fn_is_partition_of(v_leaf, 'usage_events_mt_default');
+        IF NOT v_locked THEN
+            PERFORM pg_advisory_xact_lock(public.fn_tenant_lock_key('00000000-0000-0000-0000-000000000000'));
+            v_locked := true;
+            CONTINUE WHEN public.fn_is_partition_of(v_leaf, 'usage_events_mt_default');
+        END IF;
+        v_from := v_month::timestamp AT TIME ZONE 'UTC';
+        v_to := (v_month + interval '1 month')::timestamp AT TIME ZONE 'UTC';
+        IF to_regclass('public.' || quote_ident(v_leaf)) IS NULL THEN
+            EXECUTE format('CREATE TABLE public.%I (LIKE public.usage_events_mt_default'
+                           ' INCLUDING DEFAULTS INCLUDING INDEXES)', v_leaf);
+            EXECUTE format('ALTER TABLE public.%I ADD CONSTRAINT month_bounds_check'
+                           ' CHECK ("timestamp" >= %L AND "timestamp" < %L)', v_leaf, v_from, v_to);
+            PERFORM public.fn_secure_partition(v_leaf);
+            v_created := v_created || v_leaf;
+        END IF;
+        LOCK TABLE public.usage_events_mt_pool_rest IN SHARE ROW EXCLUSIVE MODE;
+        EXECUTE format('WITH moved AS (DELETE FROM public.usage_events_mt_pool_rest'
+                       ' WHERE "timestamp" >= %L AND "timestamp" < %L RETURNING *)'
+                       ' INSERT INTO public.%I SELECT * FROM moved', v_from, v_to, v_leaf);
+        GET DIAGNOSTICS v_n = ROW_COUNT;
+        v_moved := v_moved + v_n;
+        EXECUTE format('ALTER TABLE public.usage_events_mt_default ATTACH PARTITION public.%I'
+                       ' FOR VALUES FROM (%L) TO (%L)', v_leaf, v_from, v_to);
+    END LOOP;
+    RETURN jsonb_build_object('tables_created', to_jsonb(v_created), 'rows_split_into_months', v_moved);
+END
+$$;
+SELECT fn_premake_pool_months();
+
+-- A lock that pooled tenants' writers queue behind (ACCESS EXCLUSIVE on a pool leaf, or on
+-- the pool for ATTACH) is waited for at most this long, then given up and retried, so that
+-- an open transaction somewhere stalls the pool for 100 ms at most, not for lock_timeout.
+-- Compared in ms from pg_settings, however lock_timeout was written; 0 (none) is capped too.
+CREATE FUNCTION fn_cap_lock_timeout(p_ms integer) RETURNS void
+    LANGUAGE sql SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT set_config('lock_timeout', p_ms || 'ms', true) FROM pg_settings
+     WHERE name = 'lock_timeout' AND (setting::bigint = 0 OR setting::bigint > p_ms)
+$$;
+
+-- Leaves under usage_events_mt now, and the budget.
+CREATE FUNCTION fn_leaf_count() RETURNS integer
+    LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+AS $$ SELECT count(*)::int FROM pg_partition_tree('public.usage_events_mt'::regclass) WHERE isleaf $$;
+
+-- Step 1 of onboarding, and all of premaking: the pool's months, and, for a tenant that gets
+-- a dedicated partition, that partition and its months (created standalone; months split off
+-- the tenant's own _rest). A pooled tenant needs nothing else: the result says 'pooled'.
+CREATE OR REPLACE FUNCTION fn_prepare_tenant_partition(p_tenant uuid, p_premake_months integer DEFAULT NULL)
+    RETURNS jsonb
+    LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    cfg          public.partition_config%ROWTYPE;
+    v_pool       jsonb;
+    v_part       text;
+    v_rest       text;
+    v_exists     boolean;
+    v_attached   boolean;
+    v_monthly    boolean;
+    v_dedicated  boolean;
+    v_tier       text;
+    v_flagged    boolean;
+    v_rows       double precision := 0;
+    v_pooled     bigint;
+    v_oldest     timestamptz;
+    v_this_month date := date_trunc('month', now() AT TIME ZONE 'UTC')::date;
+    v_first      date;
+    v_last       date;
+    v_month      date;
+    v_leaf       text;
+    v_from       timestamptz;
+    v_to         timestamptz;
+    v_moved      bigint := 0;
+    v_n          bigint;
+    v_leaves     integer;
+    v_needed     integer;
+    v_created    text[] := '{}';
+    v_note       text := '';
+BEGIN
+    IF p_tenant IS NULL THEN
+        RAISE EXCEPTION 'tenant partition: the tenant id is NULL' USING HINT = 'pass the organization''s UUID';
+    END IF;
+    SELECT * INTO STRICT cfg FROM public.partition_config;
+    p_premake_months := COALESCE(p_premake_months, cfg.premake_months);
+    IF p_premake_months NOT BETWEEN 0 AND 36 THEN
+        RAISE EXCEPTION 'tenant %: premake months must be between 0 and 36, not %', p_tenant, p_premake_months;
+    END IF;
+    v_pool := public.fn_premake_pool_months(p_premake_months);
+    PERFORM set_config('lock_timeout', cfg.lock_timeout, true);
+    PERFORM set_config('default_tablespace', public.fn_hot_tablespace(), true);
+    v_part := public.fn_tenant_partition_name(p_tenant);
+    v_rest := v_part || '_rest';
+    v_exists := to_regclass('public.' || quote_ident(v_part)) IS NOT NULL;
+    v_attached := v_exists AND public.fn_is_partition_of(v_part, 'usage_events_mt');
+
+    SELECT tc.tier, tc.dedicated_resources INTO v_tier, v_flagged
+      FROM public.tenant_classifications tc WHERE tc.organization_id = p_tenant;
+    SELECT tl.partition_by_month INTO v_monthly FROM public.tier_limits tl WHERE tl.tier = COALESCE(v_tier, 'free');
+    v_monthly := COALESCE(v_monthly, false);
+    -- Size: catalog estimates of its own partition, plus its rows in the pool, counted up to
+    -- the threshold (an index-only range of the pool's primary key).
+    IF v_exists THEN
+        SELECT COALESCE(sum(GREATEST(c.reltuples, 0)), 0) INTO v_rows
+          FROM pg_partition_tree(to_regclass('public.' || quote_ident(v_part))) t
+          JOIN pg_class c ON c.oid = t.relid
+         WHERE t.isleaf;
+    END IF;
+    SELECT count(*) INTO v_pooled FROM (
+        SELECT 1 FROM public.usage_events_mt_default WHERE organization_id = p_tenant
+         LIMIT cfg.split_threshold_rows) s;
+    v_rows := v_rows + v_pooled;
+    v_dedicated := v_exists OR v_monthly OR COALESCE(v_flagged, false) OR v_rows >= cfg.split_threshold_rows;
+    v_monthly := v_monthly OR v_rows >= cfg.split_threshold_rows;
+
+    IF v_monthly THEN
+        IF v_exists THEN
+            EXECUTE format('SELECT min("timestamp") FROM public.%I', v_part) INTO v_oldest;
+        END IF;
+        v_oldest := LEAST(v_oldest, (SELECT min("timestamp") FROM public.usage_events_mt_default
+                                      WHERE organization_id = p_tenant));
+        v_first := GREATEST(COALESCE(date_trunc('month', v_oldest AT TIME ZONE 'UTC')::date, v_this_month),
+                            (v_this_month - make_interval(months => cfg.max_history_months))::date);
+        v_first := LEAST(v_first, v_this_month);
+        v_last := (v_this_month + make_interval(months => p_premake_months))::date;
+    END IF;
+
+    -- Within the leaf budget? Leaves it has already count as spent.
+    IF v_dedicated THEN
+        v_leaves := public.fn_leaf_count();
+        IF NOT v_exists THEN
+            v_needed := 1;
+        ELSE
+            v_needed := 0;
+        END IF;
+        IF v_monthly THEN
+            SELECT v_needed + count(*) FILTER (WHERE NOT public.fn_is_partition_of(
+                       public.fn_month_partition_name(p_tenant, m::date), v_part))
+              INTO v_needed
+              FROM generate_series(v_first, v_last, interval '1 month') m;
+        END IF;
+        IF v_leaves + v_needed > cfg.leaf_budget THEN
+            IF v_exists THEN
+                -- It has a partition: keep it, without the months that do not fit.
+                v_note := format('leaf budget full (%s of %s leaves, %s more needed): no new months; '
+                                 'raise partition_config.leaf_budget', v_leaves, cfg.leaf_budget, v_needed);
+                v_monthly := false;
+            ELSIF NOT v_exists THEN
+                v_note := format('leaf budget full (%s of %s leaves, %s needed): stays pooled; '
+                                 'raise partition_config.leaf_budget to promote it', v_leaves, cfg.leaf_budget, v_needed);
+                v_dedicated := false;
+            END IF;
+        END IF;
+    END IF;
+
+    IF NOT v_dedicated THEN
+        RETURN jsonb_build_object(
+            'tenant', p_tenant, 'partition', 'usage_events_mt_default', 'layout', 'pooled',
+            'tables_created', v_pool->'tables_created',
+            'rows_split_into_months', (v_pool->>'rows_split_into_months')::bigint,
+            'note', v_note);
+    END IF;
+
+    IF NOT v_exists THEN
+        EXECUTE format(
+            'CREATE TABLE public.%I (LIKE public.usage_events_mt INCLUDING DEFAULTS INCLUDING INDEXES)'
+            ' PARTITION BY RANGE ("timestamp")', v_part);
+        -- Lets ATTACH skip scanning the new partition for rows of other tenants.
+        EXECUTE format('ALTER TABLE public.%I ADD CONSTRAINT tenant_partition_check CHECK (organization_id = %L::uuid)',
+                       v_part, p_tenant);
+        EXECUTE format('CREATE TABLE public.%I PARTITION OF public.%I DEFAULT', v_rest, v_part);
+        PERFORM public.fn_secure_partition(v_part);
+        PERFORM public.fn_secure_partition(v_rest);
+        v_created := v_created || v_part || v_rest;
+    END IF;
+
+    IF v_monthly THEN
+        FOR v_month IN SELECT generate_series(v_first, v_last, interval '1 month')::date LOOP
+            v_leaf := public.fn_month_partition_name(p_tenant, v_month);
+            CONTINUE WHEN public.fn_is_partition_of(v_leaf, v_part);
+            v_from := v_month::timestamp AT TIME ZONE 'UTC';
+            v_to := (v_month + interval '1 month')::timestamp AT TIME ZONE 'UTC';
+            IF to_regclass('public.' || quote_ident(v_leaf)) IS NULL THEN
+                EXECUTE format('CREATE TABLE public.%I (LIKE public.%I INCLUDING DEFAULTS INCLUDING INDEXES'
+                               ' INCLUDING CONSTRAINTS)', v_leaf, v_part);
+                EXECUTE format('ALTER TABLE public.%I ADD CONSTRAINT month_bounds_check'
+                               ' CHECK ("timestamp" >= %L AND "timestamp" < %L)', v_leaf, v_from, v_to);
+                PERFORM public.fn_secure_partition(v_leaf);
+                v_created := v_created || v_leaf;
+            END IF;
+            PERFORM pg_advisory_xact_lock(public.fn_tenant_lock_key(p_tenant));
+            EXECUTE format('LOCK TABLE public.%I IN SHARE ROW EXCLUSIVE MODE', v_rest);
+            EXECUTE format('WITH moved AS (DELETE FROM public.%I WHERE "timestamp" >= %L AND "timestamp" < %L'
+                           ' RETURNING *) INSERT INTO public.%I SELECT * FROM moved', v_rest, v_from, v_to, v_leaf);
+            GET DIAGNOSTICS v_n = ROW_COUNT;
+            v_moved := v_moved + v_n;
+            EXECUTE format('ALTER TABLE public.%I ATTACH PARTITION public.%I FOR VALUES FROM (%L) TO (%L)',
+                           v_part, v_leaf, v_from, v_to);
+        END LOOP;
+    END IF;
+
+    RETURN jsonb_build_object(
+        'tenant', p_tenant,
+        'partition', v_part,
+        'layout', CASE WHEN EXISTS (SELECT 1 FROM pg_inherits i
+                                     WHERE i.inhparent = to_regclass('public.' || quote_ident(v_part))
+                                       AND i.inhrelid <> to_regclass('public.' || quote_ident(v_rest)))
+                       THEN 'monthly' ELSE 'single' END,
+        'tables_created', to_jsonb(v_created) || (v_pool->'tables_created'),
+        'rows_split_into_months', v_moved + (v_pool->>'rows_split_into_months')::bigint,
+        'note', v_note);
+END
+$$;
+
+-- Promotion, step 1 (its own short transaction; the caller holds the tenant's advisory lock
+-- so that none of its rows enter the pool until the attach): a NOT VALID CHECK
+-- (organization_id <> tenant) on every pool leaf. Each ADD takes ACCESS EXCLUSIVE on one leaf
+-- for an instant. Returns how many were added.
+CREATE FUNCTION fn_pool_exclude_tenant(p_tenant uuid) RETURNS integer
+    LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_name text := public.fn_pool_exclusion_name(p_tenant);
+    v_leaf regclass;
+    v_n    integer := 0;
+BEGIN
+    PERFORM set_config('lock_timeout', (SELECT lock_timeout FROM public.partition_config), true);
+    PERFORM public.fn_cap_lock_timeout(100);
+    FOR v_leaf IN SELECT relid FROM pg_partition_tree('public.usage_events_mt_default'::regclass) WHERE isleaf LOOP
+        CONTINUE WHEN EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = v_leaf AND conname = v_name);
+        EXECUTE format('ALTER TABLE %s ADD CONSTRAINT %I CHECK (organization_id <> %L::uuid) NOT VALID',
+                       v_leaf, v_name, p_tenant);
+        v_n := v_n + 1;
+    END LOOP;
+    RETURN v_n;
+END
+$$;
+
+-- Promotion, last step: drop those CHECKs again (each an instant under ACCESS EXCLUSIVE).
+CREATE FUNCTION fn_pool_unexclude_tenant(p_tenant uuid) RETURNS integer
+    LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_name text := public.fn_pool_exclusion_name(p_tenant);
+    v_leaf regclass;
+    v_n    integer := 0;
+BEGIN
+    PERFORM set_config('lock_timeout', (SELECT lock_timeout FROM public.partition_config), true);
+    PERFORM public.fn_cap_lock_timeout(100);
+    FOR v_leaf IN SELECT conrelid::regclass FROM pg_constraint WHERE conname = v_name
+                     AND conrelid IN (SELECT relid FROM pg_partition_tree('public.usage_events_mt_default'::regclass)) LOOP
+        EXECUTE format('ALTER TABLE %s DROP CONSTRAINT %I', v_leaf, v_name);
+        v_n := v_n + 1;
+    END LOOP;
+    RETURN v_n;
+END
+$$;
+
+-- Step 2 of onboarding a dedicated tenant: move its rows out of the pool and ATTACH its
+-- partition, in one transaction: nothing lost, nothing doubled. The tenant's advisory lock,
+-- taken EXCLUSIVE, holds off its writers (they take it shared in fn_set_tenant_context);
+-- other tenants' writers never wait for the move. When the pool's leaves carry the tenant's
+-- exclusion CHECKs (fn_pool_exclude_tenant), they are validated here, and ATTACH does not
+-- scan the pool; without them (a DBA's one-call fn_create_tenant_partition), ATTACH scans
+-- the pool under ACCESS EXCLUSIVE, which pooled writers wait for. A no-op when attached.
+CREATE OR REPLACE FUNCTION fn_attach_tenant_partition(p_tenant uuid) RETURNS jsonb
+    LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_part  text;
+    v_leaf  regclass;
+    v_moved bigint := 0;
+    v_validated integer := 0;
+BEGIN
+    IF p_tenant IS NULL THEN
+        RAISE EXCEPTION 'tenant partition: the tenant id is NULL' USING HINT = 'pass the organization''s UUID';
+    END IF;
+    v_part := public.fn_tenant_partition_name(p_tenant);
+    IF to_regclass('public.' || quote_ident(v_part)) IS NULL THEN
+        RAISE EXCEPTION 'tenant %: partition % does not exist', p_tenant, v_part
+            USING HINT = 'run fn_prepare_tenant_partition() first, or fn_create_tenant_partition()';
+    END IF;
+    IF public.fn_is_partition_of(v_part, 'usage_events_mt') THEN
+        RETURN jsonb_build_object('tenant', p_tenant, 'partition', v_part, 'attached_now', false, 'rows_moved', 0,
+                                  'checks_validated', 0);
+    END IF;
+    PERFORM set_config('lock_timeout', (SELECT lock_timeout FROM public.partition_config), true);
+    PERFORM pg_advisory_xact_lock(public.fn_tenant_lock_key(p_tenant));
+    EXECUTE format('WITH moved AS (DELETE FROM public.usage_events_mt_default WHERE organization_id = %L::uuid'
+                   ' RETURNING *) INSERT INTO public.%I SELECT * FROM moved', p_tenant, v_part);
+    GET DIAGNOSTICS v_moved = ROW_COUNT;
+    FOR v_leaf IN SELECT c.conrelid::regclass FROM pg_constraint c
+                   WHERE c.conname = public.fn_pool_exclusion_name(p_tenant) AND NOT c.convalidated
+                     AND c.conrelid IN (SELECT relid FROM pg_partition_tree('public.usage_events_mt_default'::regclass)) LOOP
+        EXECUTE format('ALTER TABLE %s VALIDATE CONSTRAINT %I', v_leaf, public.fn_pool_exclusion_name(p_tenant));
+        v_validated := v_validated + 1;
+    END LOOP;
+    PERFORM public.fn_cap_lock_timeout(100);
+    EXECUTE format('ALTER TABLE public.usage_events_mt ATTACH PARTITION public.%I FOR VALUES IN (%L)',
+                   v_part, p_tenant);
+    RETURN jsonb_build_object('tenant', p_tenant, 'partition', v_part, 'attached_now', true, 'rows_moved', v_moved,
+                              'checks_validated', v_validated);
+END
+$$;
+
+-- For DBAs: both steps in one call (one transaction). Idempotent; re-run it after any failure.
+CREATE OR REPLACE FUNCTION fn_create_tenant_partition(p_tenant uuid, p_premake_months integer DEFAULT NULL)
+    RETURNS jsonb
+    LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_prepared jsonb := public.fn_prepare_tenant_partition(p_tenant, p_premake_months);
+BEGIN
+    IF v_prepared->>'layout' = 'pooled' THEN
+        RETURN v_prepared || jsonb_build_object('attached_now', false, 'rows_moved', 0);
+    END IF;
+    RETURN v_prepared || public.fn_attach_tenant_partition(p_tenant);
+END
+$$;
+
+DO $$
+DECLARE
+    f text;
+BEGIN
+    FOREACH f IN ARRAY ARRAY[
+        'fn_premake_pool_months(integer)', 'fn_leaf_count()', 'fn_pool_exclude_tenant(uuid)',
+        'fn_pool_unexclude_tenant(uuid)', 'fn_cap_lock_timeout(integer)', 'fn_pool_month_name(date)', 'fn_pool_exclusion_name(uuid)'
+    ] LOOP
+        EXECUTE format('ALTER FUNCTION public.%s OWNER TO billing_owner', f);
+        EXECUTE format('REVOKE ALL ON FUNCTION public.%s FROM PUBLIC', f);
+    END LOOP;
+END
+$$;
+ALTER TABLE usage_events_mt_default OWNER TO billing_owner;
