@@ -113,19 +113,22 @@ def cmd_tiering_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_tiering_run(args: argparse.Namespace) -> int:
-    from tenant_pipelines.core.tiering import Pace, tier_tenant
+    from tenant_pipelines.core.tiering import Pace, tier_pool, tier_tenant
     from tenant_pipelines.db.connect import connect
     from tenant_pipelines.db.target import admin_dsn
 
     pace = Pace(None if args.max_mb_per_s == 0 else args.max_mb_per_s, args.batch_blocks)
     with connect(admin_dsn(), autocommit=True) as conn:
-        report = tier_tenant(conn, args.tenant, method=args.method, pace=pace, log=_log)
+        if args.pool:
+            report = tier_pool(conn, method=args.method, pace=pace, log=_log)
+        else:
+            report = tier_tenant(conn, args.tenant, method=args.method, pace=pace, log=_log)
     for name in report.restarted:
         _log(f"{name}: an unfinished move was found and started again")
     print("partition\tfrom\tto\tbytes\tseconds\tlock_ms")
     for m in report.moves:
         print(f"{m.partition}\t{m.from_tablespace}\t{m.to_tablespace}\t{m.bytes}\t{m.seconds:.2f}\t{m.lock_held_s * 1000:.1f}")
-    _log(f"tenant {report.tenant}: {len(report.moves)} partitions moved ({report.bytes_moved:,} bytes), "
+    _log(f"{'the pool' if args.pool else 'tenant ' + report.tenant}: {len(report.moves)} partitions moved ({report.bytes_moved:,} bytes), "
          f"{report.misplaced_left} still misplaced")
     return 0 if report.misplaced_left == 0 else 1
 
@@ -432,13 +435,16 @@ def build_parser() -> argparse.ArgumentParser:
     from tenant_pipelines.core.tiering import DEFAULT_BATCH_BLOCKS, DEFAULT_MAX_MB_PER_S, METHODS, ONLINE
 
     p = tiering_sub.add_parser(
-        "run", help="move one tenant's month partitions to the tablespaces its policy says",
-        description="What the tier_placement asset does, for one tenant, from the shell: each month whose "
+        "run", help="move one tenant's (or the pool's) month partitions to the tablespaces the policy says",
+        description="What the tier_placement asset does, for one tenant, or pool_tier_placement for the "
+        "pool that holds every pooled tenant's rows, from the shell: each month whose "
         "age puts it in another tier moves, online by default (a paced copy, then a swap of milliseconds "
         "under lock). Progress on stderr; the moves as a table on stdout. Exit 0 when everything is in "
         "place, 1 when something is still misplaced, 2 for bad input.",
     )
-    p.add_argument("--tenant", required=True, help="the organization UUID")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--tenant", help="the organization UUID (a tenant with a dedicated partition)")
+    target.add_argument("--pool", action="store_true", help="the pool's months (pooled tenants), by the global policy")
     p.add_argument("--method", choices=METHODS, default=ONLINE,
                    help="online (default): paced copy-and-swap; set-tablespace: ALTER TABLE ... SET "
                    "TABLESPACE, fastest, but a burst of I/O that live writers wait behind")

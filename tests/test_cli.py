@@ -79,6 +79,10 @@ def test_db_up_migrate_seed_down(cli_env: dict[str, str]) -> None:
     assert run(["tiering", "run", "--tenant", str(tenant)], cli_env).stdout.count("\n") == 1, "a re-run moves nothing"
     bad = run(["tiering", "run", "--tenant", "not-a-uuid"], cli_env, check=False)
     assert bad.returncode == 2 and "not-a-uuid" in bad.stderr and "Traceback" not in bad.stderr
+    pool = run(["tiering", "run", "--pool"], cli_env)
+    assert pool.stdout.startswith("partition\tfrom") and "the pool: " in pool.stderr
+    both = run(["tiering", "run", "--pool", "--tenant", str(tenant)], cli_env, check=False)
+    assert both.returncode == 2 and "not allowed with" in both.stderr
 
     down = run(["db", "down"], cli_env)
     assert "stopped" in down.stderr

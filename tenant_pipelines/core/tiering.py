@@ -47,6 +47,7 @@ SWAP_LOCK_TIMEOUT_MS = 100  # the online swap's lock_timeout, if partition_confi
 # Advisory lock space (with hashtext(tenant)) held by a session while it tiers a tenant: two
 # runs moving the same tenant would drop each other's moves in progress.
 _TIERING_LOCK = 0x7469_6572  # "tier"
+POOL = "pool"  # the tiering report's and lock's name for the pool's months
 BLOCK = 8192
 MiB = 1024 * 1024
 
@@ -58,7 +59,7 @@ class MissingTablespace(TenantPipelinesError):
 @dataclass(frozen=True)
 class PlannedPartition:
     partition_name: str
-    tenant: str
+    tenant: str | None
     month_start: object
     current_tier: str | None
     target_tier: str
@@ -89,7 +90,7 @@ class Move:
 
 @dataclass
 class TieringReport:
-    tenant: str
+    tenant: str | None
     moves: list[Move] = field(default_factory=list)
     placement: dict[str, dict[str, int]] = field(default_factory=dict)  # tier -> partitions, bytes
     misplaced_left: int = 0
@@ -188,42 +189,71 @@ def tier_tenant(
     sleep: Callable[[float], None] = time.sleep,
 ) -> TieringReport:
     """Move the tenant's month partitions whose age puts them in another tier. Idempotent:
-    a second run moves nothing. ``conn`` must be idle; every step commits on its own."""
+    a second run moves nothing. ``conn`` must be idle; every step commits on its own. A
+    pooled tenant has no months of its own: its rows move with the pool's (``tier_pool``)."""
     check_method(method)
-    tenant_id = str(parse_tenant_id(tenant))
+    return _tier(conn, str(parse_tenant_id(tenant)), as_of=as_of, attempts=attempts, method=method, pace=pace,
+                 log=log, sleep=sleep)
+
+
+def tier_pool(
+    conn: psycopg.Connection,
+    *,
+    as_of: datetime | None = None,
+    attempts: int = 5,
+    method: str = ONLINE,
+    pace: Pace = Pace(),
+    log: Callable[[str], None] = lambda message: None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> TieringReport:
+    """The same for the pool's month partitions (every pooled tenant's rows), by the global
+    policy: the tiering_policy row for all tiers."""
+    check_method(method)
+    return _tier(conn, None, as_of=as_of, attempts=attempts, method=method, pace=pace, log=log, sleep=sleep)
+
+
+def _tier(conn: psycopg.Connection, tenant_id: str | None, **options) -> TieringReport:
     require_tablespaces(conn)
-    if not conn.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))", (_TIERING_LOCK, tenant_id)).fetchone()[0]:
+    lock_name = tenant_id or POOL
+    who = f"tenant {tenant_id}" if tenant_id else "the pool"
+    if not conn.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))", (_TIERING_LOCK, lock_name)).fetchone()[0]:
         raise TenantPipelinesError(
-            f"tenant {tenant_id}: another tiering run is moving this tenant's partitions; "
+            f"{who}: another tiering run is moving these partitions; "
             "let it finish (pg_stat_activity shows it), then re-run")
     try:
-        return _tier_tenant(conn, tenant_id, as_of=as_of, attempts=attempts, method=method, pace=pace,
-                            log=log, sleep=sleep)
+        return _tier_partitions(conn, tenant_id, who, **options)
     finally:
         try:
             if conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
                 conn.rollback()
-            conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", (_TIERING_LOCK, tenant_id))
+            conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", (_TIERING_LOCK, lock_name))
         except psycopg.Error:
             pass  # the connection is gone, and the session's lock with it
 
 
-def _tier_tenant(conn: psycopg.Connection, tenant_id: str, *, as_of: datetime | None, attempts: int, method: str,
-                 pace: Pace, log: Callable[[str], None], sleep: Callable[[float], None]) -> TieringReport:
-    report = TieringReport(tenant=tenant_id)
-    planned = plan(conn, tenant_id, as_of)
+def _scope_plan(conn: psycopg.Connection, tenant_id: str | None, as_of: datetime | None) -> list[PlannedPartition]:
+    if tenant_id is not None:
+        return plan(conn, tenant_id, as_of)
+    return [p for p in plan(conn, None, as_of) if p.tenant is None]
+
+
+def _tier_partitions(conn: psycopg.Connection, tenant_id: str | None, who: str, *, as_of: datetime | None,
+                     attempts: int, method: str, pace: Pace, log: Callable[[str], None],
+                     sleep: Callable[[float], None]) -> TieringReport:
+    report = TieringReport(tenant=tenant_id or POOL)
+    planned = _scope_plan(conn, tenant_id, as_of)
     report.restarted = _abandon_leftovers(conn, [p.partition_name for p in planned])
     for part in planned:
         if not (part.movable and part.misplaced):
             continue
         if method == ONLINE:
-            move = _move_online(conn, tenant_id, part, attempts=attempts, pace=pace, log=log, sleep=sleep)
+            move = _move_online(conn, who, part, attempts=attempts, pace=pace, log=log, sleep=sleep)
         else:
-            move = _move_set_tablespace(conn, tenant_id, part, attempts=attempts)
-        log(f"tenant {tenant_id}: moved {part.partition_name} to {part.target_tablespace} "
+            move = _move_set_tablespace(conn, who, part, attempts=attempts)
+        log(f"{who}: moved {part.partition_name} to {part.target_tablespace} "
             f"({move.bytes / MiB:,.1f} MiB in {move.seconds:.1f}s, {move.lock_held_s * 1000:.0f} ms under lock)")
         report.moves.append(move)
-    after = plan(conn, tenant_id, as_of)
+    after = _scope_plan(conn, tenant_id, as_of)
     counts: dict[str, dict[str, int]] = defaultdict(lambda: {"partitions": 0, "bytes": 0})
     for part in after:
         tier = part.current_tier or f"unmapped:{part.current_tablespace}"
@@ -255,7 +285,7 @@ def _in_transaction(conn: psycopg.Connection, work: Callable[[psycopg.Connection
         return work(conn)
 
 
-def _move_set_tablespace(conn: psycopg.Connection, tenant_id: str, part: PlannedPartition, *, attempts: int) -> Move:
+def _move_set_tablespace(conn: psycopg.Connection, who: str, part: PlannedPartition, *, attempts: int) -> Move:
     started = time.monotonic()
 
     def move(c: psycopg.Connection) -> tuple[int, float]:
@@ -264,7 +294,7 @@ def _move_set_tablespace(conn: psycopg.Connection, tenant_id: str, part: Planned
         return moved, locked
 
     (moved_bytes, locked), tries = _with_lock_timeout(
-        conn, f"tenant {tenant_id}: moving {part.partition_name} to {part.target_tablespace}", move, attempts=attempts)
+        conn, f"{who}: moving {part.partition_name} to {part.target_tablespace}", move, attempts=attempts)
     held = time.monotonic() - locked  # from the ALTER to COMMIT: the time under ACCESS EXCLUSIVE
     frozen = part.target_tier == "cold"
     if frozen:
@@ -273,9 +303,9 @@ def _move_set_tablespace(conn: psycopg.Connection, tenant_id: str, part: Planned
                 frozen, SET_TABLESPACE, time.monotonic() - started)
 
 
-def _move_online(conn: psycopg.Connection, tenant_id: str, part: PlannedPartition, *, attempts: int, pace: Pace,
+def _move_online(conn: psycopg.Connection, who: str, part: PlannedPartition, *, attempts: int, pace: Pace,
                  log: Callable[[str], None], sleep: Callable[[float], None]) -> Move:
-    what = f"tenant {tenant_id}: moving {part.partition_name} to {part.target_tablespace}"
+    what = f"{who}: moving {part.partition_name} to {part.target_tablespace}"
     started = time.monotonic()
 
     def begin(c: psycopg.Connection) -> tuple[str, int, float]:
@@ -399,7 +429,8 @@ def _vacuum(conn: psycopg.Connection, table: sql.Identifier, *, freeze: bool, pa
 
 
 def misplaced(conn: psycopg.Connection, tenants: list[str] | None = None, as_of: datetime | None = None) -> list[PlannedPartition]:
-    """Movable month partitions not in the tablespace their policy says."""
+    """Movable month partitions not in the tablespace their policy says: of ``tenants``, or
+    of every tenant and the pool. (The pool's months have ``tenant`` None.)"""
     wanted = None if tenants is None else {str(parse_tenant_id(t)) for t in tenants}
     return [p for p in plan(conn, None, as_of) if p.movable and p.misplaced and (wanted is None or p.tenant in wanted)]
 

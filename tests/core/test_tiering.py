@@ -15,7 +15,7 @@ import pytest
 from tenant_pipelines.core.partitions import ensure_tenant_partition, partition_name
 from tenant_pipelines.core.conformance import audit_isolation
 from tenant_pipelines.core.tiering import (
-    MissingTablespace, Pace, configure_tablespaces, misplaced, plan, tier_tenant)
+    MissingTablespace, Pace, configure_tablespaces, misplaced, plan, tier_pool, tier_tenant)
 from tenant_pipelines.errors import InvalidInput, TenantPipelinesError
 from tests.conftest import make_tenant
 
@@ -444,3 +444,64 @@ def test_the_swap_gives_up_a_lock_wait_soon_and_retries(
         holder.close()
         admin_conn.execute("UPDATE partition_config SET lock_timeout = '2s'")
     assert report.misplaced_left == 0 and max(m.attempts for m in report.moves) > 1
+
+
+def pool_leaf(offset: int) -> str:
+    return f"usage_events_mt_pool_p{month(offset):%Y%m}"
+
+
+@pytest.fixture
+def pooled(admin_conn: psycopg.Connection, tenant: uuid.UUID) -> list[uuid.UUID]:
+    """Two free tenants, pooled, with events in this month and 1 to 5 months back (and the
+    enterprise ``tenant``, dedicated, so that the pool's partition constraint is not empty)."""
+    made = [make_tenant(admin_conn, tier="free") for _ in range(2)]
+    with admin_conn.cursor().copy('COPY usage_events_mt (organization_id, metric_name, quantity, "timestamp") FROM STDIN') as copy:
+        for who in made:
+            for offset in range(-5, 1):
+                for i in range(100):
+                    copy.write_row((who, "api_calls", Decimal(i), month(offset) + timedelta(hours=i)))
+    for who in made:
+        assert ensure_tenant_partition(admin_conn, who).layout == "pooled"
+    return made
+
+
+def test_the_pools_months_move_by_the_global_policy(
+    admin_conn: psycopg.Connection, tenant: uuid.UUID, pooled: list[uuid.UUID]
+) -> None:
+    admin_conn.execute("INSERT INTO tiering_policy (tenant_tier, warm_after, cold_after) VALUES ('free', '1 day', '2 days')")
+    assert tier_tenant(admin_conn, pooled[0], as_of=AS_OF).moves == [], "a pooled tenant has no months of its own"
+
+    report = tier_pool(admin_conn, as_of=AS_OF)
+
+    expected = {-2: "warm_storage", -3: "warm_storage", -4: "cold_storage", -5: "cold_storage"}
+    for offset, tablespace in expected.items():
+        assert tablespace_of(admin_conn, pool_leaf(offset)) == tablespace, offset
+        assert index_tablespaces(admin_conn, pool_leaf(offset)) == {tablespace}, offset
+    assert tablespace_of(admin_conn, pool_leaf(0)) != "warm_storage", "the current month stays"
+    assert report.tenant == "pool" and report.misplaced_left == 0
+    assert {m.partition for m in report.moves} >= {pool_leaf(o) for o in expected}
+    for who in pooled:
+        assert admin_conn.execute("SELECT count(*) FROM usage_events_mt WHERE organization_id = %s",
+                                  (who,)).fetchone()[0] == 600
+    # The swap proved the pool's partition constraint from a CHECK, not by scanning the month.
+    check = admin_conn.execute(
+        "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = %s::regclass"
+        " AND conname = 'pool_partition_check'", (pool_leaf(-4),)).fetchone()
+    assert check and str(tenant) in check[0]
+    assert tier_pool(admin_conn, as_of=AS_OF).moves == [], "a second run moves nothing"
+    assert [p for p in misplaced(admin_conn, as_of=AS_OF) if p.tenant is None] == []
+    assert audit_isolation(admin_conn) == []
+
+
+def test_a_pool_month_moved_twice_gets_the_constraint_of_its_time(
+    admin_conn: psycopg.Connection, tenant: uuid.UUID, pooled: list[uuid.UUID]
+) -> None:
+    tier_pool(admin_conn, as_of=AS_OF)
+    newcomer = make_tenant(admin_conn, tier="enterprise")
+    ensure_tenant_partition(admin_conn, newcomer)  # the pool's constraint now names two tenants
+    tier_pool(admin_conn, as_of=AS_OF + timedelta(days=120))  # warm months turn cold
+    (definition,) = admin_conn.execute(
+        "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = %s::regclass"
+        " AND conname = 'pool_partition_check'", (pool_leaf(-2),)).fetchone()
+    assert str(newcomer) in definition and str(tenant) in definition
+    assert tablespace_of(admin_conn, pool_leaf(-2)) == "cold_storage"

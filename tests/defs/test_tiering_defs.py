@@ -14,7 +14,8 @@ from tenant_pipelines.core.partitions import ensure_tenant_partition
 from tenant_pipelines.defs.resources import BillingDatabase
 from tenant_pipelines.defs.tenants.partitions_assets import TENANTS_PER_RUN
 from tenant_pipelines.defs.tiering.assets import (
-    TierPlacementConfig, tier_placement, tiering_schedule, tiers_match_policy)
+    TierPlacementConfig, pool_tier_placement, pool_tiering_schedule, pool_tiers_match_policy, tier_placement,
+    tiering_schedule, tiers_match_policy)
 from tests.conftest import make_tenant
 
 
@@ -78,3 +79,28 @@ def test_tiering_schedule_batches_tenants(admin_conn: psycopg.Connection) -> Non
                                             scheduled_execution_time=datetime(2026, 12, 1, tzinfo=timezone.utc))
         requests = tiering_schedule(context)
     assert [r.run_key for r in requests] == ["tiering:2026-12-01:0", "tiering:2026-12-01:1"]
+
+
+def test_pool_tier_placement_moves_the_pools_months_and_its_check_passes(
+    admin_conn: psycopg.Connection, admin_dsn: str
+) -> None:
+    pooled = make_tenant(admin_conn, tier="free")
+    now = datetime.now(timezone.utc)
+    with admin_conn.cursor().copy('COPY usage_events_mt (organization_id, metric_name, quantity, "timestamp") FROM STDIN') as copy:
+        for days in (5, 75, 150):
+            copy.write_row((pooled, "api_calls", Decimal(1), now - timedelta(days=days)))
+    assert ensure_tenant_partition(admin_conn, pooled).layout == "pooled"
+    with dg.instance_for_test() as instance:
+        resources = {"billing_db": BillingDatabase(dsn=admin_dsn)}
+        result = dg.materialize([pool_tier_placement, pool_tiers_match_policy], instance=instance,
+                                resources=resources)
+        context = dg.build_schedule_context(instance=instance, scheduled_execution_time=datetime(2026, 12, 1, tzinfo=timezone.utc))
+        request = pool_tiering_schedule(context)
+    assert result.success
+    meta = result.get_asset_materialization_events()[0].materialization.metadata
+    assert meta["partitions_moved"].value >= 2 and meta["cold/partitions"].value >= 1
+    (check,) = result.get_asset_check_evaluations()
+    assert check.passed, check.metadata
+    assert request.run_key == "pool-tiering:2026-12-01"
+    assert admin_conn.execute("SELECT count(*) FROM usage_events_mt WHERE organization_id = %s",
+                              (pooled,)).fetchone()[0] == 3

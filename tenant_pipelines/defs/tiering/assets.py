@@ -7,7 +7,8 @@ import dagster as dg
 from pydantic import Field
 
 from tenant_pipelines.core.tiering import (
-    DEFAULT_BATCH_BLOCKS, DEFAULT_MAX_MB_PER_S, ONLINE, Pace, check_method, misplaced, tier_tenant)
+    DEFAULT_BATCH_BLOCKS, DEFAULT_MAX_MB_PER_S, ONLINE, Pace, TieringReport, check_method, misplaced, tier_pool,
+    tier_tenant)
 from tenant_pipelines.defs.batching import batched_range_requests, for_each_tenant, run_tenant_keys
 from tenant_pipelines.defs.resources import BillingDatabase
 from tenant_pipelines.defs.tenants.assets import OWNERS
@@ -55,14 +56,46 @@ def tier_placement(
     context: dg.AssetExecutionContext, config: TierPlacementConfig, billing_db: BillingDatabase
 ) -> dg.MaterializeResult:
     started = time.monotonic()
-    try:
-        check_method(config.method)
-        pace = Pace(config.max_mb_per_s, config.batch_blocks)
-    except TenantPipelinesError as exc:
-        raise dg.Failure(description=f"tier_placement config: {exc}") from None
+    pace = _pace(config)
     with billing_db.connection() as conn:
         reports = for_each_tenant(
             context, lambda key: tier_tenant(conn, key, method=config.method, pace=pace, log=context.log.info))
+    return dg.MaterializeResult(metadata=_metadata(reports, config, started))
+
+
+@dg.asset(
+    deps=[tenant_partition],
+    group_name="storage",
+    kinds={"postgres"},
+    owners=OWNERS,
+    pool=TIERING_POOL,
+    description="Where the pool's month partitions live (the DEFAULT partition of usage_events_mt, "
+    "holding every pooled tenant's rows): hot, warm or cold tablespace, by age, under the global "
+    "tiering_policy row. Moves like tier_placement: online by default, never the current or a "
+    "future month; cold months are frozen.",
+)
+def pool_tier_placement(
+    context: dg.AssetExecutionContext, config: TierPlacementConfig, billing_db: BillingDatabase
+) -> dg.MaterializeResult:
+    started = time.monotonic()
+    pace = _pace(config)
+    with billing_db.connection() as conn:
+        try:
+            report = tier_pool(conn, method=config.method, pace=pace, log=context.log.info)
+        except TenantPipelinesError as exc:
+            raise dg.Failure(description=str(exc)) from None
+    return dg.MaterializeResult(metadata=_metadata([report], config, started))
+
+
+def _pace(config: TierPlacementConfig) -> Pace:
+    try:
+        check_method(config.method)
+        return Pace(config.max_mb_per_s, config.batch_blocks)
+    except TenantPipelinesError as exc:
+        raise dg.Failure(description=f"tier_placement config: {exc}") from None
+
+
+def _metadata(reports: list[TieringReport], config: TierPlacementConfig, started: float) -> dict:
     per_tier: dict[str, dict[str, int]] = defaultdict(lambda: {"partitions": 0, "bytes": 0})
     for report in reports:
         for tier, figures in report.placement.items():
@@ -99,13 +132,13 @@ def tier_placement(
     for tier in ("hot", "warm", "cold"):
         metadata[f"{tier}/partitions"] = per_tier.get(tier, {}).get("partitions", 0)
         metadata[f"{tier}/bytes"] = per_tier.get(tier, {}).get("bytes", 0)
-    return dg.MaterializeResult(metadata=metadata)
+    return metadata
 
 
 @dg.asset_check(
     asset=tier_placement,
-    description="Every month partition (of this run's tenants, or of all) is in the tablespace its "
-    "policy says. Lists the ones that are not.",
+    description="Every month partition (of this run's tenants, or of all and the pool's) is in the "
+    "tablespace its policy says. Lists the ones that are not.",
 )
 def tiers_match_policy(context: dg.AssetCheckExecutionContext, billing_db: BillingDatabase) -> dg.AssetCheckResult:
     tenants = run_tenant_keys(context)
@@ -123,11 +156,48 @@ def tiers_match_policy(context: dg.AssetCheckExecutionContext, billing_db: Billi
     )
 
 
+@dg.asset_check(
+    asset=pool_tier_placement,
+    description="Every month partition of the pool is in the tablespace the global policy says.",
+)
+def pool_tiers_match_policy(billing_db: BillingDatabase) -> dg.AssetCheckResult:
+    with billing_db.connection() as conn:
+        wrong = [p for p in misplaced(conn) if p.tenant is None]
+    return dg.AssetCheckResult(
+        passed=not wrong,
+        metadata={
+            "misplaced": len(wrong),
+            "details": dg.MetadataValue.md(
+                "\n".join(f"- {p.partition_name}: in {p.current_tablespace}, policy says {p.target_tablespace} "
+                          f"({p.target_tier})" for p in wrong[:200]) or "none"
+            ),
+        },
+    )
+
+
 tiering_job = dg.define_asset_job(
     "tier_storage",
     selection=[tier_placement],
     description="Moves ageing month partitions between the hot, warm and cold tablespaces.",
 )
+
+pool_tiering_job = dg.define_asset_job(
+    "tier_pool_storage",
+    selection=[pool_tier_placement],
+    description="Moves the pool's ageing month partitions (pooled tenants' rows) between the hot, warm "
+    "and cold tablespaces.",
+)
+
+
+@dg.schedule(
+    job=pool_tiering_job,
+    cron_schedule="0 2 * * *",
+    execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Daily tiering of the pool's months, one run.",
+)
+def pool_tiering_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
+    return dg.RunRequest(run_key=f"pool-tiering:{context.scheduled_execution_time.strftime('%Y-%m-%d')}")
 
 
 @dg.schedule(
