@@ -80,7 +80,7 @@ def test_enterprise_schema_counts_towards_storage(admin_conn: psycopg.Connection
 
 def test_tenant_without_data_or_partition(admin_conn: psycopg.Connection) -> None:
     empty = make_tenant(admin_conn)
-    waiting = make_tenant(admin_conn)  # events, but still in DEFAULT
+    waiting = make_tenant(admin_conn)  # events in the pool, which has not been analysed yet
     events(admin_conn, waiting, [timedelta(minutes=5), timedelta(days=2)])
     metrics = by_tenant(admin_conn)
     e = metrics[empty]
@@ -88,6 +88,21 @@ def test_tenant_without_data_or_partition(admin_conn: psycopg.Connection) -> Non
     w = metrics[waiting]
     assert w.events_last_24h == 1 and w.storage_bytes == 0
     assert abs((w.last_activity - (NOW - timedelta(minutes=5))).total_seconds()) < 1
+
+
+def test_pooled_tenants_storage_is_their_share_of_the_pool(admin_conn: psycopg.Connection) -> None:
+    big, small = make_tenant(admin_conn), make_tenant(admin_conn)
+    events(admin_conn, big, [timedelta(hours=h) for h in range(300)])
+    events(admin_conn, small, [timedelta(hours=h) for h in range(100)])
+    for tenant in (big, small):
+        assert ensure_tenant_partition(admin_conn, tenant).layout == "pooled"
+    admin_conn.execute("ANALYZE usage_events_mt_default")
+    metrics = by_tenant(admin_conn)
+    pool = admin_conn.execute(
+        "SELECT sum(pg_total_relation_size(relid)) FROM pg_partition_tree('usage_events_mt_default')").fetchone()[0]
+    shares = metrics[big].storage_bytes, metrics[small].storage_bytes
+    assert shares[0] == pytest.approx(3 * shares[1], rel=0.01)
+    assert sum(shares) == pytest.approx(pool, rel=0.5), "an estimate from the catalog, of the right size"
 
 
 def test_events_this_month_and_last_activity(admin_conn: psycopg.Connection) -> None:
