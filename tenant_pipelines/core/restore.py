@@ -293,8 +293,9 @@ def _explain(tenant: uuid.UUID, what: str, exc: Exception) -> str:
 
 
 def _delete_tenant_rows(conn: psycopg.Connection, run: Callable[[sql.Composable], None], tenant: uuid.UUID) -> None:
-    """The tenant's rows, children first. Its own usage_events_mt partition is truncated (that
-    locks only the tenant's tables); rows still in DEFAULT are deleted."""
+    """The tenant's rows, children first. A dedicated tenant's usage_events_mt partition is
+    truncated (that locks only the tenant's tables); a pooled tenant's rows are deleted from the
+    pool (row locks only: the pool's other tenants go on)."""
     partition = "usage_events_mt_t_" + tenant.hex
     attached = conn.execute(
         """SELECT EXISTS (SELECT 1 FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid

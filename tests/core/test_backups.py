@@ -87,7 +87,7 @@ def dump(conn: psycopg.Connection, tenant: uuid.UUID, schema: str = "public") ->
 def test_round_trip_is_exact_and_leaves_other_tenants_alone(admin_conn: psycopg.Connection, tmp_path: Path) -> None:
     tenant = seed_tenant(admin_conn)
     ensure_tenant_partition(admin_conn, tenant)  # split by month (growth): TRUNCATE path
-    other = seed_tenant(admin_conn, tier="free")  # stays in DEFAULT
+    other = seed_tenant(admin_conn, tier="free")  # pooled
     before, other_before = dump(admin_conn, tenant), dump(admin_conn, other)
 
     report = backup_tenant(admin_conn, tenant, tmp_path, master_key=KEY)
@@ -119,6 +119,26 @@ def test_round_trip_is_exact_and_leaves_other_tenants_alone(admin_conn: psycopg.
     leaves = admin_conn.execute("SELECT DISTINCT tableoid::regclass::text FROM usage_events_mt WHERE organization_id = %s",
                                 (tenant,)).fetchall()
     assert all(leaf.startswith("usage_events_mt_t_" + tenant.hex) for (leaf,) in leaves), "routed to its own partition"
+
+
+def test_a_pooled_tenant_is_restored_by_delete_and_insert_in_the_pool(admin_conn: psycopg.Connection, tmp_path: Path) -> None:
+    tenant = seed_tenant(admin_conn, tier="free")
+    neighbour = seed_tenant(admin_conn, tier="free")
+    for who in (tenant, neighbour):
+        assert ensure_tenant_partition(admin_conn, who).layout == "pooled"
+    before, neighbour_before = dump(admin_conn, tenant), dump(admin_conn, neighbour)
+    report = backup_tenant(admin_conn, tenant, tmp_path, master_key=KEY)
+    with admin_conn.transaction():
+        admin_conn.execute("DELETE FROM usage_events_mt WHERE organization_id = %s AND metric_name = 'm1'", (tenant,))
+        admin_conn.execute("INSERT INTO usage_events_mt (organization_id, metric_name, quantity, \"timestamp\") VALUES (%s, 'x', 1, now())", (tenant,))
+
+    restore_tenant(admin_conn, tenant, report.path, master_key=KEY)
+
+    assert dump(admin_conn, tenant) == before
+    assert dump(admin_conn, neighbour) == neighbour_before, "the pool's other tenant is untouched"
+    leaves = admin_conn.execute("SELECT DISTINCT tableoid::regclass::text FROM usage_events_mt WHERE organization_id = %s",
+                                (tenant,)).fetchall()
+    assert all(leaf.startswith("usage_events_mt_pool_") for (leaf,) in leaves), "back in the pool"
 
 
 def test_backup_reads_exact_types_and_is_readable_with_pyarrow_and_the_key(admin_conn: psycopg.Connection, tmp_path: Path) -> None:
