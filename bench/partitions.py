@@ -1,14 +1,16 @@
 #!/usr/bin/env python
-"""Benchmark: tenant partitions of usage_events_mt as the tenant count grows.
+"""Benchmark: tenant storage in usage_events_mt as the tenant count grows.
 
-One database grows through the scales (10 -> 1,000 -> 10,000 onboarded tenants by default).
-At each scale it measures:
+The layout (sql/0016): most tenants share the pool, the DEFAULT partition split by month; a
+tenant whose tier, flag or size asks for it gets a dedicated partition, while the leaves under
+usage_events_mt stay within partition_config.leaf_budget. One database grows through the
+scales (10 -> 1,000 -> 10,000 onboarded tenants by default). At each scale it measures:
 
 1. onboarding: ensure_tenant_partition() for every new tenant, one by one (tenants/s over the
    growth step), and the time to onboard ONE more tenant (median of --extra-tenants free-tier
-   tenants with a few events waiting in the DEFAULT partition);
+   tenants with a few events already in the pool);
 2. single-tenant query latency as billing_app, planning and execution apart, for a free
-   (single partition) and an enterprise (monthly) tenant: with an explicit organization_id
+   (pooled) and an enterprise (dedicated, monthly) tenant: with an explicit organization_id
    predicate (a literal: pruned at plan time) and with row-level security alone;
 3. the catalog: relations in pg_class, catalog bytes, leaf partitions, relations per tenant;
 4. at one scale (1,000 by default): ingest_usage_events() into usage_events_mt against the flat
@@ -51,9 +53,9 @@ from tenant_pipelines.core.partitions import (  # noqa: E402
     DEFAULT_PARTITION,
     attached_tenant_partitions,
     catalog_size,
-    default_partition_tenants,
     ensure_tenant_partition,
     partition_name,
+    stranded_in_pool,
 )
 from tenant_pipelines.db.embedded import BASE_SETTINGS  # noqa: E402
 from tenant_pipelines.db.migrate import migrate  # noqa: E402
@@ -63,7 +65,7 @@ NAME = "partitions"
 PARENT = "usage_events_mt"
 DEFAULT_SCALES = (10, 1_000, 10_000)
 DEFAULT_MIX = "free=70,starter=20,growth=8,enterprise=2"
-PROBE_TIERS = ("free", "enterprise")  # the tenants whose queries are timed: one partition / months
+PROBE_TIERS = ("free", "enterprise")  # the tenants whose queries are timed: pooled / dedicated, monthly
 PROGRESS_EVERY = 250
 IDLE_LOAD = 0.25  # a timed phase waits until fewer cores than this are busy, and is flagged if not
 IDLE_WAIT_S = 30.0  # for at most this long
@@ -183,10 +185,11 @@ def onboard(conn: psycopg.Connection, tenants: Sequence[Tenant], attached_before
         started = time.perf_counter()
         report = ensure_tenant_partition(conn, tenant.id)
         seconds = time.perf_counter() - started
-        if not report.attached_now:
+        if report.layout != "pooled" and not report.attached_now:
             raise SystemExit(f"tenant {tenant.id} was attached already: the database is not the benchmark's")
         records.append({"tier": tenant.tier, "layout": report.layout, "ms": seconds * 1000,
-                        "tenants_before": attached_before + done - 1, "rows_moved": report.rows_moved})
+                        "tenants_before": attached_before + done - 1, "rows_moved": report.rows_moved,
+                        "over_budget": "leaf budget" in report.note})
         if done % PROGRESS_EVERY == 0 and done < len(tenants):
             recent = [r["ms"] for r in records[-PROGRESS_EVERY:]]
             h.log(f"{label}: {done:,}/{len(tenants):,} onboarded; last {PROGRESS_EVERY}: "
@@ -196,12 +199,13 @@ def onboard(conn: psycopg.Connection, tenants: Sequence[Tenant], attached_before
     return records
 
 
-def check_all_attached(conn: psycopg.Connection, expected: int) -> None:
-    attached = len(attached_tenant_partitions(conn))
-    waiting = default_partition_tenants(conn)
-    if attached != expected or waiting:
-        raise SystemExit(f"{attached:,} tenant partitions attached (expected {expected:,}); "
-                         f"{len(waiting):,} tenants still have rows in {DEFAULT_PARTITION}")
+def check_storage(conn: psycopg.Connection, tenants: Sequence[Tenant]) -> None:
+    """No dedicated tenant left rows in the pool, and the leaves stay within the budget."""
+    stranded = stranded_in_pool(conn, [str(t.id) for t in tenants])
+    leaves, budget = conn.execute("SELECT fn_leaf_count(), leaf_budget FROM partition_config").fetchone()
+    if stranded or leaves > budget:
+        raise SystemExit(f"{len(stranded):,} dedicated tenants still have rows in {DEFAULT_PARTITION}; "
+                         f"{leaves:,} leaves under usage_events_mt (budget {budget:,})")
 
 
 def function_times(conn: psycopg.Connection) -> dict[str, dict]:
@@ -235,7 +239,7 @@ def grow(conn: psycopg.Connection, tenants: list[Tenant], scale: int, mix: TierM
         records = onboard(conn, added, len(tenants), label)
         seconds = time.perf_counter() - started
     tenants.extend(added)
-    check_all_attached(conn, len(tenants))
+    check_storage(conn, tenants)
     h.log(f"{label}: onboarded {len(added):,} in {seconds:.1f}s = {len(added) / seconds:,.1f} tenants/s")
     return {"from": scale - len(added), "to": scale, "tenants_added": len(added),
             "events_in_default": events, "setup_seconds": setup_seconds, "seconds": seconds,
@@ -246,8 +250,8 @@ def grow(conn: psycopg.Connection, tenants: list[Tenant], scale: int, mix: TierM
 def onboard_one_more(conn: psycopg.Connection, tenants: list[Tenant], mix: TierMix,
                      rng: random.Random, args: argparse.Namespace, anchor: datetime) -> dict:
     """The time to onboard one more free-tier tenant at the current scale: --extra-tenants of
-    them, each with its events waiting in DEFAULT, onboarded one by one after a VACUUM of the
-    drained DEFAULT partition and a CHECKPOINT."""
+    them, each with its events in the pool, onboarded one by one after a VACUUM of the pool and
+    a CHECKPOINT."""
     scale = len(tenants)
     extra = new_tenants(rng, ["free"] * args.extra_tenants, scale + 1)
     for _ in extra:
@@ -261,7 +265,7 @@ def onboard_one_more(conn: psycopg.Connection, tenants: list[Tenant], mix: TierM
     records = onboard(conn, extra, scale, f"one more tenant at {scale:,}")
     after = function_times(conn)
     tenants.extend(extra)
-    check_all_attached(conn, len(tenants))
+    check_storage(conn, tenants)
     times = [r["ms"] for r in records]
     inside = {name: (after[name]["ms"] - before[name]["ms"]) / len(extra) for name in FUNCTIONS_TRACKED}
     result = {"scale": scale, "samples_ms": times, "median_ms": statistics.median(times),
@@ -290,8 +294,10 @@ SELECT (SELECT count(*) FROM tables)
 
 def tenant_relations(conn: psycopg.Connection, tenant: Tenant) -> int:
     """Relations one tenant's partition tree adds to pg_class: tables, partitioned tables,
-    indexes, TOAST tables and their indexes."""
+    indexes, TOAST tables and their indexes. A pooled tenant adds none."""
     part = f"public.{partition_name(tenant.id)}"
+    if conn.execute("SELECT to_regclass(%s)", (part,)).fetchone()[0] is None:
+        return 0
     return conn.execute(_TENANT_RELATIONS, {"part": part}).fetchone()[0]
 
 
@@ -300,6 +306,8 @@ def measure_catalog(conn: psycopg.Connection, tenants: Sequence[Tenant], probes:
     catalog["database_bytes"] = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
     catalog["tenants"] = len(tenants)
     catalog["relations_per_tenant"] = {tier: tenant_relations(conn, t) for tier, t in probes.items()}
+    catalog["dedicated_tenants"] = len(attached_tenant_partitions(conn))
+    catalog["leaf_budget"] = conn.execute("SELECT leaf_budget FROM partition_config").fetchone()[0]
     h.log(f"catalog at {len(tenants):,} tenants: {catalog['relations']:,} relations, "
           f"{h.mib(catalog['catalog_bytes'])} of catalog, {catalog['usage_events_leaves']:,} leaves")
     return catalog
@@ -623,7 +631,7 @@ def _verdict(entry: dict) -> str:
 
 def _layout_medians(records: list[dict]) -> str:
     parts = []
-    for layout in ("single", "monthly"):
+    for layout in ("pooled", "single", "monthly"):
         times = [r["ms"] for r in records if r["layout"] == layout]
         parts.append(_ms(statistics.median(times)) if times else "–")
     return " / ".join(parts)
@@ -659,11 +667,14 @@ def render_markdown(results: dict) -> str:
         "",
         f"One database grows through {', '.join(f'{s:,}' for s in p['scales'])} onboarded tenants "
         f"(whole run: {results['seconds'] / 60:.1f} min). Tier mix: {mix} of the tenants, dealt "
-        f"smoothly, the first four tenants one of each tier; {', '.join(monthly)} tenants are split by "
-        "month (`tier_limits.partition_by_month`: a partition per month, this one and "
-        "`partition_config.premake_months` ahead, besides `_rest`), the others keep one partition "
-        f"(`_rest`). Each tenant gets {p['events_per_tenant']} usage events in the current month, "
-        "inserted as the superuser before it is onboarded, so they wait in the DEFAULT partition.",
+        f"smoothly, the first four tenants one of each tier. Layout (sql/0016): {', '.join(monthly)} "
+        "tenants ask for a dedicated partition split by month (`tier_limits.partition_by_month`: a "
+        "partition per month, this one and `partition_config.premake_months` ahead, besides `_rest`) "
+        "and get one while the leaves under `usage_events_mt` stay within "
+        "`partition_config.leaf_budget`, first come first served; every other tenant, and those past "
+        "the budget, is pooled: its rows live in the DEFAULT partition, one pool shared by all, split "
+        f"by month. Each tenant gets {p['events_per_tenant']} usage events in the current month, "
+        "inserted as the superuser before it is onboarded, so they land in the pool.",
         "",
         "## Targets",
         "",
@@ -701,23 +712,26 @@ def render_onboarding(results: dict) -> list[str]:
         "## Onboarding",
         "",
         "`ensure_tenant_partition(conn, tenant)` for each new tenant in turn, on one superuser "
-        "connection: (1) `fn_prepare_tenant_partition` creates the tenant's partition standalone "
-        "(and its months), (2) `fn_attach_tenant_partition` moves its rows out of DEFAULT and ATTACHes "
-        "it, two transactions. *Set-up* (creating the organizations and their events, not timed as "
+        "connection. For a pooled tenant that is one transaction, `fn_prepare_tenant_partition`, "
+        "which checks that the pool's months are in place and creates nothing. For a tenant that "
+        "gets a dedicated partition: `fn_prepare_tenant_partition` creates it standalone (and its "
+        "months); then, holding the tenant's advisory lock, `fn_pool_exclude_tenant` adds NOT VALID "
+        "CHECKs to the pool's leaves, `fn_attach_tenant_partition` moves its rows out of the pool, "
+        "validates the CHECKs and ATTACHes, and `fn_pool_unexclude_tenant` drops them: four "
+        "transactions. *Set-up* (creating the organizations and their events, not timed as "
         "onboarding) and *onboarding* are wall-clock seconds; the rate is tenants onboarded per second "
-        "of onboarding. During a growth step the DEFAULT partition starts with every new tenant's "
-        "events and is drained as they are onboarded.",
+        "of onboarding.",
         "",
         h.markdown_table(
             ["Growth step", "Tenants", "Set-up s", "Onboarding s", "Tenants/s", "Median ms", "p95 ms",
-             "Median ms single / monthly", "Backend peak private"],
+             "Median ms pooled / single / monthly", "Backend peak private"],
             growth_rows, "lrrrrrrrr"),
         "",
         "### Onboarding one more tenant",
         "",
         f"At each scale, {len(scales[0]['one_more']['samples_ms'])} more free-tier tenants, each with "
-        f"{results['parameters']['events_per_tenant']} events waiting in DEFAULT, onboarded one by one "
-        "after a `VACUUM` of the drained DEFAULT partition and a `CHECKPOINT`. Time per call of "
+        f"{results['parameters']['events_per_tenant']} events in the pool, onboarded one by one "
+        "after a `VACUUM` of the pool and a `CHECKPOINT`: pooled, so onboarding is registering. Time per call of "
         "`ensure_tenant_partition`, and its split from `pg_stat_user_functions` (mean per tenant): inside "
         "`fn_prepare_tenant_partition`, inside `fn_attach_tenant_partition`, and outside both (round "
         "trips, BEGIN/COMMIT, commit-time work).",
@@ -729,11 +743,11 @@ def render_onboarding(results: dict) -> list[str]:
         "",
         f"### Time per tenant as the count grows ({largest['from']:,} → {largest['to']:,})",
         "",
-        "Bucketed by how many tenants were attached before the tenant was onboarded; the rate is "
+        "Bucketed by how many tenants were onboarded before the tenant; the rate is "
         "tenants per second of onboarding time in the bucket.",
         "",
-        h.markdown_table(["Tenants attached before", "Tenants", "Median ms", "p95 ms",
-                          "Median ms single / monthly", "Tenants/s"],
+        h.markdown_table(["Tenants onboarded before", "Tenants", "Median ms", "p95 ms",
+                          "Median ms pooled / single / monthly", "Tenants/s"],
                          onboarding_buckets(largest["records"]), "lrrrrr"),
         "",
     ]
@@ -763,15 +777,18 @@ def render_queries(results: dict) -> list[str]:
         "",
         "- **explicit**: `SELECT count(*), sum(quantity) FROM usage_events WHERE organization_id = "
         "'<tenant>'::uuid AND \"timestamp\" >= now() - interval '7 days'`. The tenant id is a literal "
-        "in the SQL text (`psycopg.sql.Literal`), so the planner prunes to the tenant's partition.",
+        "in the SQL text (`psycopg.sql.Literal`), so the planner prunes to the tenant's partition "
+        "(for a pooled tenant: to the pool).",
         "- **rls_only**: the same without the `organization_id` predicate: the tenant comes from the "
         "policy alone (`organization_id = fn_current_tenant_id()`, STABLE), which prunes only at "
-        "executor start-up: the planner plans every leaf.",
+        "executor start-up: the planner plans every leaf, which is why the layout bounds them.",
         "",
         f"Each series runs on a fresh connection: the first run (*cold*) fills that backend's caches "
         f"and is not counted; then up to {results['parameters']['query_repeat']} warm runs, stopping "
         f"after {results['parameters']['query_budget']:g}s with at least {MIN_QUERY_SAMPLES}. The free "
-        "tenant has one leaf (`_rest`); the enterprise tenant has `_rest` and its month leaves. "
+        "tenant is pooled: its rows are in the pool's months, with every other pooled tenant's; "
+        "the enterprise tenant (the first one dealt) has a dedicated partition, `_rest` and its "
+        "month leaves. "
         "*Leaves scanned / removed* are from the last warm plan: leaves in the plan, and subplans removed at "
         "executor start-up. *Locks* are the locks the cold run's transaction held; *backend private* is "
         "the sampled peak of the serving backend's private memory over the series (its caches of "
@@ -789,12 +806,13 @@ def render_queries(results: dict) -> list[str]:
 def render_catalog(results: dict) -> list[str]:
     rows, previous = [], results["catalog_before_tenants"]
     rows.append(["0", f"{previous['relations']:,}", h.mib(previous["catalog_bytes"]),
-                 h.mib(previous["database_bytes"]), f"{previous['usage_events_leaves']:,}", "–", "–", "–"])
+                 h.mib(previous["database_bytes"]), f"{previous['usage_events_leaves']:,}", "0", "–", "–", "–"])
     for s in results["scales"]:
         c = s["catalog"]
         per_tenant = (c["relations"] - previous["relations"]) / (c["tenants"] - previous["tenants"])
         rows.append([f"{c['tenants']:,}", f"{c['relations']:,}", h.mib(c["catalog_bytes"]),
-                     h.mib(c["database_bytes"]), f"{c['usage_events_leaves']:,}",
+                     h.mib(c["database_bytes"]), f"{c['usage_events_leaves']:,} ({c['leaf_budget']:,})",
+                     f"{c['dedicated_tenants']:,}",
                      f"{per_tenant:.1f}",
                      " / ".join(str(c["relations_per_tenant"].get(t, "–")) for t in PROBE_TIERS),
                      f"{s['analyze_seconds']:.1f}"])
@@ -806,12 +824,13 @@ def render_catalog(results: dict) -> list[str]:
         "the `pg_catalog` tables with their indexes and TOAST, and leaf partitions under "
         "`usage_events_mt`. *Per tenant (growth)* is the growth in relations over the growth in tenants "
         "since the previous scale (the tier mix); *per free / enterprise tenant* counts one tenant's tables, "
-        "partitioned tables, indexes, TOAST tables and TOAST indexes. *ANALYZE* is `ANALYZE "
-        "usage_events_mt` before the queries.",
+        "partitioned tables, indexes, TOAST tables and TOAST indexes (a pooled tenant has none). "
+        "*Dedicated* is the tenants with a partition of their own; the leaves are bounded by "
+        "`partition_config.leaf_budget`. *ANALYZE* is `ANALYZE usage_events_mt` before the queries.",
         "",
-        h.markdown_table(["Tenants", "Relations", "Catalog", "Database", "Leaves", "Per tenant (growth)",
-                          "Per free / enterprise tenant", "ANALYZE s"],
-                         rows, "rrrrrrrr"),
+        h.markdown_table(["Tenants", "Relations", "Catalog", "Database", "Leaves (budget)", "Dedicated",
+                          "Per tenant (growth)", "Per free / enterprise tenant", "ANALYZE s"],
+                         rows, "rrrrrrrrr"),
         "",
     ]
 
@@ -831,8 +850,8 @@ def render_ingest(results: dict) -> list[str]:
         f"current UTC day, batches of {ingest['batch']:,} rows sent to the tenants in turn, every run on a "
         "fresh connection into the emptied, checkpointed table, after waiting for the machine to go "
         f"idle; an unmeasured warm-up of {INGEST_WARMUP_BATCHES} batches; {ingest['repeat']} run(s) of each, "
-        "order alternated). The subject's rows land in the tenants' own partitions (the current month's "
-        "for monthly tenants). bench/ingest.py marks ⚠ a run disturbed by other work on the machine; "
+        "order alternated). The subject's rows land in the pool's current month for pooled tenants, and "
+        "in their own partitions for dedicated ones (the current month's for monthly tenants). bench/ingest.py marks ⚠ a run disturbed by other work on the machine; "
         f"the medians are over **{ingest['basis']}**.",
         "",
         h.markdown_table(["Variant", "Median rows/s", "vs A", "All runs (rows/s)"], rows, "lrrl"),
