@@ -161,9 +161,9 @@ def organization_ids(conn: psycopg.Connection) -> list[str]:
 
 
 def pool_tenants(conn: psycopg.Connection) -> list[str]:
-    """Tenants with rows in the pool's last two months or its _rest: where the events of a
-    tenant never seen before land. A skip scan of the pool's primary key (one index probe per
-    tenant), not a scan of the events."""
+    """Tenants with rows in the pool from the start of last month on (its newest months and
+    _after): where the events of a tenant never seen before land. A skip scan of the pool's
+    primary key (one index probe per tenant), not a scan of the events."""
     rows = conn.execute(
         """
         WITH RECURSIVE bound AS (
@@ -177,10 +177,7 @@ def pool_tenants(conn: psycopg.Connection) -> list[str]:
                      ORDER BY p.organization_id LIMIT 1)
               FROM t WHERE t.org IS NOT NULL
         )
-        SELECT org FROM t WHERE org IS NOT NULL
-        UNION
-        SELECT DISTINCT organization_id FROM usage_events_mt_pool_rest
-        ORDER BY 1
+        SELECT org FROM t WHERE org IS NOT NULL ORDER BY 1
         """
     ).fetchall()
     return [str(tenant) for (tenant,) in rows]
@@ -211,7 +208,7 @@ def attached_tenant_partitions(conn: psycopg.Connection) -> set[str]:
 
 def audit_tenant_partitions(conn: psycopg.Connection, tenants: Iterable[object] | None = None) -> list[Finding]:
     """What is missing or wrong in the pool and in the tenants' dedicated partitions (all of
-    them by default): no _rest, a gap in the months up to the premade horizon, an index
+    them by default): no _rest (the pool: _before or _after), a gap in the months up to the premade horizon, an index
     missing, RLS not forced, the wrong owner, privileges for billing_app, or a promotion's
     exclusion CHECK left on the pool. Pooled tenants need nothing beyond the pool."""
     attached = attached_tenant_partitions(conn)
@@ -219,7 +216,8 @@ def audit_tenant_partitions(conn: psycopg.Connection, tenants: Iterable[object] 
     premake = conn.execute("SELECT premake_months FROM partition_config").fetchone()[0]
     horizon = _add_months(_this_month(conn), premake)
     findings = _audit_tree(conn, DEFAULT_PARTITION, "usage_events_mt_pool", horizon,
-                           "materialise tenant_partition for any tenant (or SELECT fn_premake_pool_months())")
+                           "materialise tenant_partition for any tenant (or SELECT fn_premake_pool_months())",
+                           edges=("_before", "_after"))
     for name, tenant in conn.execute(
         "SELECT DISTINCT conname, substr(conname, 15) FROM pg_constraint WHERE conname LIKE 'pool\\_excludes\\_%%'"
     ).fetchall():
@@ -235,7 +233,8 @@ def audit_tenant_partitions(conn: psycopg.Connection, tenants: Iterable[object] 
     return findings
 
 
-def _audit_tree(conn: psycopg.Connection, root: str, leaf_prefix: str, horizon: str, fix: str) -> list[Finding]:
+def _audit_tree(conn: psycopg.Connection, root: str, leaf_prefix: str, horizon: str, fix: str,
+                edges: tuple[str, ...] = ("_rest",)) -> list[Finding]:
     findings: list[Finding] = []
     rows = conn.execute(
         """
@@ -249,8 +248,9 @@ def _audit_tree(conn: psycopg.Connection, root: str, leaf_prefix: str, horizon: 
         (f"public.{root}",),
     ).fetchall()
     names = {r[0] for r in rows}
-    if f"{leaf_prefix}_rest" not in names:
-        findings.append(Finding(f"partition {root}", "has no _rest (DEFAULT) partition", fix))
+    for edge in edges:
+        if leaf_prefix + edge not in names:
+            findings.append(Finding(f"partition {root}", f"has no {edge[1:]} partition (rows outside the months)", fix))
     for name, rls, forced, owner, app_access, n_idx, n_invalid in rows:
         if not (rls and forced):
             findings.append(Finding(f"partition {name}", "does not force row-level security",

@@ -74,8 +74,8 @@ def test_small_tenant_stays_pooled_in_the_pools_months(admin_conn: psycopg.Conne
     tenant = make_tenant(admin_conn, tier="free")
     add_events(admin_conn, tenant, 300)
     before = tenant_rows(admin_conn, tenant)
-    in_rest = admin_conn.execute("SELECT count(*) FROM usage_events_mt_pool_rest").fetchone()[0]
-    assert in_rest > 0, "months before the pool's first landed in its _rest"
+    in_rest = admin_conn.execute("SELECT count(*) FROM usage_events_mt_pool_before").fetchone()[0]
+    assert in_rest > 0, "months before the pool's first landed in its _before"
 
     report = ensure_tenant_partition(admin_conn, tenant)
 
@@ -90,7 +90,7 @@ def test_small_tenant_stays_pooled_in_the_pools_months(admin_conn: psycopg.Conne
     assert ensure_tenant_partition(admin_conn, newcomer).tables_created == []
     assert admin_conn.execute("SELECT count(*) FROM pg_class").fetchone()[0] == relations, "onboarding: no DDL"
     placement = leaf_of_each_row(admin_conn, tenant)
-    assert "usage_events_mt_pool_rest" not in placement and all("_pool_p" in leaf for leaf in placement)
+    assert all("_pool_p" in leaf for leaf in placement), placement
     assert str(tenant) not in attached_tenant_partitions(admin_conn)
     assert audit_tenant_partitions(admin_conn, [tenant]) == []
 
@@ -134,6 +134,28 @@ def test_the_leaf_budget_keeps_a_tenant_pooled_until_raised(admin_conn: psycopg.
     assert report.layout == "monthly" and report.rows_moved == 20 and report.note == ""
 
 
+def test_the_pools_edges_give_up_months_without_losing_a_row(admin_conn: psycopg.Connection) -> None:
+    """Rows past the premade months wait in _after (and older ones in _before); when the
+    horizon moves, their months are split off the edge and the edge is attached again."""
+    tenant = make_tenant(admin_conn)
+    admin_conn.execute(
+        "INSERT INTO usage_events_mt (organization_id, metric_name, quantity, \"timestamp\")"
+        " SELECT %s, 'x', 1, date_trunc('month', now()) + make_interval(months => m) + interval '1 day'"
+        " FROM generate_series(-7, 7) m", (tenant,))
+    before = tenant_rows(admin_conn, tenant)
+    edges = leaf_of_each_row(admin_conn, tenant)
+    assert edges["usage_events_mt_pool_after"] > 0 and edges["usage_events_mt_pool_before"] > 0
+
+    report = ensure_tenant_partition(admin_conn, tenant, premake_months=6)
+
+    assert report.layout == "pooled" and report.rows_split_into_months == 7 + 3
+    assert tenant_rows(admin_conn, tenant) == before
+    placement = leaf_of_each_row(admin_conn, tenant)
+    assert placement["usage_events_mt_pool_after"] == 1 and "usage_events_mt_pool_before" not in placement
+    assert audit_tenant_partitions(admin_conn, [tenant]) == []
+    assert ensure_tenant_partition(admin_conn, tenant, premake_months=6).tables_created == []
+
+
 def test_pool_tenants_lists_who_has_recent_rows_in_the_pool(admin_conn: psycopg.Connection) -> None:
     a, b = make_tenant(admin_conn), make_tenant(admin_conn)
     old = make_tenant(admin_conn)
@@ -141,9 +163,10 @@ def test_pool_tenants_lists_who_has_recent_rows_in_the_pool(admin_conn: psycopg.
     add_events(admin_conn, b, 5, days_back=1)
     admin_conn.execute("INSERT INTO usage_events_mt (organization_id, metric_name, quantity, \"timestamp\")"
                        " VALUES (%s, 'x', 1, now() - interval '200 days')", (old,))
-    assert pool_tenants(admin_conn) == sorted([str(a), str(b), str(old)]), "rows in the pool's _rest count"
-    admin_conn.execute("SELECT fn_premake_pool_months()")  # gives the old row its month
-    assert pool_tenants(admin_conn) == sorted([str(a), str(b)])
+    future = make_tenant(admin_conn)
+    admin_conn.execute("INSERT INTO usage_events_mt (organization_id, metric_name, quantity, \"timestamp\")"
+                       " VALUES (%s, 'x', 1, now() + interval '2 years')", (future,))
+    assert pool_tenants(admin_conn) == sorted([str(a), str(b), str(future)]), "old rows are not looked at"
 
 
 def test_second_run_changes_nothing(admin_conn: psycopg.Connection) -> None:
@@ -323,7 +346,8 @@ def test_rls_holds_on_the_new_tables(admin_conn: psycopg.Connection, admin_dsn: 
     ensure_tenant_partition(admin_conn, b)
     with psycopg.connect(app_dsn_for(admin_dsn)) as app:
         for table in (partition_name(a), partition_name(a) + "_rest", "usage_events_mt_default",
-                      "usage_events_mt_pool_rest", "usage_events_mt_pool_p" + NOW.strftime("%Y%m"),
+                      "usage_events_mt_pool_before", "usage_events_mt_pool_after",
+                      "usage_events_mt_pool_p" + NOW.strftime("%Y%m"),
                       partition_name(a) + "_p" + NOW.strftime("%Y%m")):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 app.execute(f'SELECT count(*) FROM "{table}"')
