@@ -512,6 +512,8 @@ def benchmark(args: argparse.Namespace, dsn: str, server_kind: str) -> dict:
                              "checkpoints and reads function statistics")
         h.log("migrating the scratch database")
         migrate(admin)
+        if args.leaf_budget is not None:
+            admin.execute("UPDATE partition_config SET leaf_budget = %s", (args.leaf_budget,))
         tiers = check_tiers(admin, args.mix)
         admin.execute("SET track_functions = 'pl'")  # prepare/attach time of the onboarding functions
         server, locks = h.server_info(admin), lock_capacity(admin)
@@ -959,6 +961,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--ingest-repeat", type=int, default=3, metavar="R",
                         help="ingestion runs of each variant (default: 3)")
     parser.add_argument("--seed", type=int, default=42, help="seed of the tenants and the ingested events")
+    parser.add_argument("--leaf-budget", type=int, metavar="L",
+                        help="partition_config.leaf_budget for the run (default: the migration's)")
     parser.add_argument("--max-locks-per-transaction", type=int, metavar="L",
                         help="for the throwaway cluster (default: enough for a query that locks every "
                              "partition at the largest scale; ignored with --dsn)")
@@ -977,6 +981,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.ingest_events < 0:
         parser.error("--ingest-events must be 0 or more")
+    if args.leaf_budget is not None and args.leaf_budget < 1:
+        parser.error("--leaf-budget must be at least 1")
     if args.ingest_at is None:
         below = [s for s in args.scales if s <= 1_000]
         args.ingest_at = below[-1] if below else args.scales[0]
@@ -994,7 +1000,8 @@ def command_line(args: argparse.Namespace) -> str:
         parts.append("--mix " + ",".join(f"{t}={s:g}" for t, s in args.mix.items()))
     defaults = parse_args([])
     for name in ("events_per_tenant", "extra_tenants", "query_repeat", "query_budget", "ingest_events",
-                 "ingest_batch", "ingest_repeat", "seed", "max_locks_per_transaction", "synchronous_commit"):
+                 "ingest_batch", "ingest_repeat", "seed", "max_locks_per_transaction", "synchronous_commit",
+                 "leaf_budget"):
         if getattr(args, name) != getattr(defaults, name):
             parts.append(f"--{name.replace('_', '-')} {getattr(args, name)}")
     if args.ingest_at != 1_000:
