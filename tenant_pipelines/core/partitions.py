@@ -183,6 +183,21 @@ def pool_tenants(conn: psycopg.Connection) -> list[str]:
     return [str(tenant) for (tenant,) in rows]
 
 
+def interrupted_promotions(conn: psycopg.Connection) -> list[str]:
+    """Tenants whose promotion stopped after its exclusion CHECKs went onto the pool (a killed
+    process) and that nobody is promoting now: until it is re-run, the pool refuses their rows.
+    "Nobody" means the tenant's advisory lock is free (tried shared, released at once)."""
+    tenants = [str(uuid.UUID(hex_)) for (hex_,) in conn.execute(
+        "SELECT DISTINCT substr(conname, 15) FROM pg_constraint WHERE conname ~ '^pool_excludes_[0-9a-f]{32}$'"
+        " ORDER BY 1")]
+    stuck = []
+    for tenant in tenants:
+        with conn.transaction():
+            if conn.execute("SELECT pg_try_advisory_xact_lock_shared(fn_tenant_lock_key(%s))", (tenant,)).fetchone()[0]:
+                stuck.append(tenant)
+    return stuck
+
+
 def stranded_in_pool(conn: psycopg.Connection, tenants: Iterable[str]) -> dict[str, int]:
     """Tenants with a dedicated partition that still have rows in the pool, and how many.
     ATTACH refuses while any are left, so this holds by construction; the check proves it."""

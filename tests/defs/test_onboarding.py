@@ -160,3 +160,35 @@ def test_premake_schedule_makes_a_bounded_number_of_runs(instance: dg.DagsterIns
     assert requests[0].tags["dagster/asset_partition_range_start"] == keys[0]
     assert requests[-1].tags["dagster/asset_partition_range_end"] == keys[-1]
     assert len({r.run_key for r in requests}) == 3 and requests[0].run_key == "premake:2026-11-30:0"
+
+
+def test_an_interrupted_promotion_is_resumed_by_the_next_tick(
+    admin_conn: psycopg.Connection, admin_dsn: str, instance: dg.DagsterInstance
+) -> None:
+    tenant = make_tenant(admin_conn, tier="enterprise")
+    event(admin_conn, tenant, 3)
+    instance.add_dynamic_partitions("tenants", [str(tenant)])
+    # The run died after its first promotion step: the pool now refuses the tenant's rows.
+    admin_conn.execute("SELECT fn_prepare_tenant_partition(%s)", (tenant,))
+    admin_conn.execute("SELECT fn_pool_exclude_tenant(%s)", (tenant,))
+    with pytest.raises(psycopg.errors.CheckViolation):
+        event(admin_conn, tenant)
+
+    (request,) = tick(instance, admin_dsn).run_requests
+    assert request.partition_key == str(tenant) and request.run_key.startswith(f"resume:{tenant}:")
+    assert materialise(instance, admin_dsn, str(tenant)).success
+    event(admin_conn, tenant)
+    assert admin_conn.execute("SELECT count(*) FROM usage_events_mt WHERE organization_id = %s",
+                              (tenant,)).fetchone()[0] == 4
+    assert not tick(instance, admin_dsn).run_requests
+
+
+def test_a_promotion_in_progress_is_not_resumed(
+    admin_conn: psycopg.Connection, admin_dsn: str, instance: dg.DagsterInstance
+) -> None:
+    tenant = make_tenant(admin_conn, tier="enterprise")
+    instance.add_dynamic_partitions("tenants", [str(tenant)])
+    admin_conn.execute("SELECT fn_pool_exclude_tenant(%s)", (tenant,))
+    with psycopg.connect(admin_dsn, autocommit=True) as promoter:
+        promoter.execute("SELECT pg_advisory_lock(fn_tenant_lock_key(%s))", (tenant,))
+        assert not tick(instance, admin_dsn).run_requests

@@ -2,12 +2,14 @@
 onboarding sensor that finds new tenants, and the daily premake schedule."""
 
 import time
+from datetime import datetime, timezone
 
 import dagster as dg
 
 from tenant_pipelines.core.partitions import (
     audit_tenant_partitions,
     ensure_tenant_partition,
+    interrupted_promotions,
     organization_ids,
     pool_tenants,
     stranded_in_pool,
@@ -139,13 +141,15 @@ tenant_partition_job = dg.define_asset_job(
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Finds new tenants: organizations with no `tenants` partition key, and tenants "
     "never seen before whose events sit in the pool (the DEFAULT partition). Adds their keys and "
-    "requests a tenant_partition run for each, in one tick (idempotent run keys).",
+    "requests a tenant_partition run for each, in one tick (idempotent run keys). Also resumes a "
+    "promotion that a killed run left half done (the pool would refuse that tenant's rows).",
 )
 def tenant_onboarding_sensor(context: dg.SensorEvaluationContext, billing_db: BillingDatabase) -> dg.SensorResult:
     known = set(context.instance.get_dynamic_partitions(tenants_partitions.name))
     with billing_db.connection() as conn:
         organizations = organization_ids(conn)
         in_pool = pool_tenants(conn)
+        stuck = interrupted_promotions(conn)
         tiers = tenant_tiers(conn)
     new_keys, rejected = [], []
     for key in sorted(set(organizations) | set(in_pool)):
@@ -157,12 +161,18 @@ def tenant_onboarding_sensor(context: dg.SensorEvaluationContext, billing_db: Bi
             rejected.append(str(exc))
     for message in rejected:
         context.log.warning(message)
-    if not new_keys:
+    runs = [dg.RunRequest(partition_key=k, run_key=f"onboard:{k}", tags=tenant_run_tags(tiers, k)) for k in new_keys]
+    # A new run key every 10 minutes at most, while the promotion stays interrupted.
+    window = datetime.now(timezone.utc).strftime("%Y%m%d%H%M")[:-1]
+    for k in stuck:
+        context.log.warning(f"tenant {k}: a promotion was interrupted; the pool refuses its rows until it is resumed")
+        if k in known or k in new_keys:
+            runs.append(dg.RunRequest(partition_key=k, run_key=f"resume:{k}:{window}", tags=tenant_run_tags(tiers, k)))
+    if not runs:
         return dg.SensorResult(skip_reason=f"{len(known)} tenants known; no new ones")
     return dg.SensorResult(
-        run_requests=[dg.RunRequest(partition_key=k, run_key=f"onboard:{k}", tags=tenant_run_tags(tiers, k))
-                      for k in new_keys],
-        dynamic_partitions_requests=[tenants_partitions.build_add_request(new_keys)],
+        run_requests=runs,
+        dynamic_partitions_requests=[tenants_partitions.build_add_request(new_keys)] if new_keys else [],
     )
 
 
