@@ -54,12 +54,16 @@ from tenant_pipelines.core.partitions import (  # noqa: E402
     attached_tenant_partitions,
     catalog_size,
     ensure_tenant_partition,
+    interrupted_promotions,
+    organization_ids,
     partition_name,
+    pool_tenants,
     stranded_in_pool,
 )
 from tenant_pipelines.db.embedded import BASE_SETTINGS  # noqa: E402
 from tenant_pipelines.db.migrate import migrate  # noqa: E402
 from tenant_pipelines.db.session import APP_ROLE  # noqa: E402
+from tenant_pipelines.defs.tags import tenant_tiers  # noqa: E402
 
 NAME = "partitions"
 PARENT = "usage_events_mt"
@@ -274,6 +278,31 @@ def onboard_one_more(conn: psycopg.Connection, tenants: list[Tenant], mix: TierM
               "outside_functions_ms_per_tenant": statistics.mean(times) - sum(inside.values())}
     h.log(f"one more tenant at {scale:,}: median {result['median_ms']:.1f} ms, p95 {result['p95_ms']:.1f} ms "
           f"(prepare {inside['fn_prepare_tenant_partition']:.1f} ms, attach {inside['fn_attach_tenant_partition']:.1f} ms)")
+    return result
+
+
+SENSOR_SAMPLES = 7
+
+
+def measure_sensor(conn: psycopg.Connection, scale: int) -> dict:
+    """What one tick of tenant_onboarding_sensor reads from the billing database (every
+    organization id, the tenants in the pool's recent months, interrupted promotions, the tier
+    map), timed as the sensor runs it; the median of SENSOR_SAMPLES ticks after one warm-up."""
+    def tick() -> tuple[float, int, int]:
+        started = time.perf_counter()
+        organizations = organization_ids(conn)
+        in_pool = pool_tenants(conn)
+        interrupted_promotions(conn)
+        tenant_tiers(conn)
+        return (time.perf_counter() - started) * 1000, len(organizations), len(in_pool)
+
+    tick()
+    samples = [tick() for _ in range(SENSOR_SAMPLES)]
+    times = [ms for ms, _, _ in samples]
+    result = {"scale": scale, "median_ms": statistics.median(times), "max_ms": max(times),
+              "organizations": samples[-1][1], "tenants_in_pool_recently": samples[-1][2]}
+    h.log(f"sensor reads at {scale:,} tenants: median {result['median_ms']:.1f} ms "
+          f"({result['organizations']:,} organizations, {result['tenants_in_pool_recently']:,} in the pool's recent months)")
     return result
 
 
@@ -502,6 +531,7 @@ def measure_scale(admin: psycopg.Connection, dsn: str, tenants: list[Tenant], sc
         # The runs emptied usage_events_mt: give the tenants their events back, in their partitions.
         copy_events(admin, event_rows(tenants, args.events_per_tenant, anchor))
     result["one_more"] = onboard_one_more(admin, tenants, mix, rng, args, anchor)
+    result["sensor"] = measure_sensor(admin, len(tenants))
     return result
 
 
@@ -742,6 +772,19 @@ def render_onboarding(results: dict) -> list[str]:
             ["Tenants onboarded", "Samples", "Median ms", "p95 ms", "Max ms", "prepare ms", "attach ms",
              "outside ms"],
             one_more_rows, "rrrrrrrr"),
+        "",
+        "### What the onboarding sensor reads per tick",
+        "",
+        "What one tick of `tenant_onboarding_sensor` reads from the billing database, timed on the "
+        "benchmark's connection: every organization id (an index-only scan), the tenants with rows "
+        "in the pool's recent months (a skip scan of its primary key: one index probe per tenant "
+        "there), interrupted promotions and the tier map. Median of "
+        f"{SENSOR_SAMPLES} ticks after a warm-up.",
+        "",
+        h.markdown_table(["Tenants", "Organizations read", "Tenants in the pool's recent months", "Median ms", "Max ms"],
+                         [[f"{o['scale']:,}", f"{o['organizations']:,}", f"{o['tenants_in_pool_recently']:,}",
+                           _ms(o["median_ms"]), _ms(o["max_ms"])]
+                          for o in (s["sensor"] for s in scales if "sensor" in s)], "rrrrr"),
         "",
         f"### Time per tenant as the count grows ({largest['from']:,} → {largest['to']:,})",
         "",
