@@ -93,12 +93,13 @@ $$;
 -- premake_months ahead. The months are contiguous, between _before (MINVALUE to the first
 -- month) and _after (the end of the last month to MAXVALUE). A month in the middle that went
 -- missing is created and ATTACHed: SHARE UPDATE EXCLUSIVE on the pool, writers go on. Moving
--- the edge takes one short transaction per side: _after (or _before) is DETACHed, which holds
--- ACCESS EXCLUSIVE on the pool until commit, its rows of the new months move into them, the
--- months are ATTACHed and it is ATTACHed again with its new bound. Tables are created
--- beforehand, so the pool is locked for the moves and the attaches only (rows beyond the
--- horizon are rare), once a month; the lock is waited for 100 ms at most (the caller
--- retries). Serialised by an advisory lock when something is missing.
+-- an edge: _after (or _before) is DETACHed, which holds ACCESS EXCLUSIVE on the pool until the
+-- caller's transaction commits, its rows of the new months move into them, the months are
+-- ATTACHed and the edge is ATTACHed again with its new bound. Tables are created beforehand,
+-- so the pool is locked for the moves and the attaches only (rows beyond the horizon are
+-- rare), about once a month; the lock is waited for 100 ms at most (the caller retries). The
+-- caller commits soon after: the pipelines call this in a transaction of its own or in a
+-- tenant's prepare step. Serialised by an advisory lock when something is missing.
 CREATE FUNCTION fn_premake_pool_months(p_premake_months integer DEFAULT NULL) RETURNS jsonb
     LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
@@ -114,7 +115,6 @@ DECLARE
     v_missing    date[];
     v_created    text[] := '{}';
     v_moved      bigint := 0;
-    v_n          bigint;
     v_edge       text;
     v_months     date[];
 BEGIN
