@@ -505,3 +505,18 @@ def test_a_pool_month_moved_twice_gets_the_constraint_of_its_time(
         " AND conname = 'pool_partition_check'", (pool_leaf(-2),)).fetchone()
     assert str(newcomer) in definition and str(tenant) in definition
     assert tablespace_of(admin_conn, pool_leaf(-2)) == "cold_storage"
+
+
+def test_a_pool_months_swap_does_not_scan_it(
+    admin_conn: psycopg.Connection, tenant: uuid.UUID, pooled: list[uuid.UUID]
+) -> None:
+    """The shadow carries the pool's partition constraint, so ATTACH proves it from the
+    catalog (PostgreSQL says so at DEBUG1) instead of scanning the month under the pool's lock."""
+    notices: list[str] = []
+    admin_conn.add_notice_handler(lambda diag: notices.append(diag.message_primary or ""))
+    admin_conn.execute("SET client_min_messages = debug1")
+    report = tier_pool(admin_conn, as_of=AS_OF)
+    admin_conn.execute("RESET client_min_messages")
+    assert report.moves and all(m.method == "online" for m in report.moves)
+    implied = [n for n in notices if "tiering_move_" in n and "is implied by existing constraints" in n]
+    assert len(implied) == len(report.moves), notices
