@@ -717,8 +717,10 @@ def render_locks(scales: list[dict]) -> list[str]:
 def render_correctness(scales: list[dict]) -> list[str]:
     lines = ["## Correctness of `vw_tenant_metrics` (ours)", "",
              "`collect()` and a direct `GROUP BY organization_id` on `usage_events_mt` (plus a count of active "
-             "subscriptions, and the size of the tenant's partition tree) for a sample of tenants (random, plus "
-             "the first of every tier, churned and idle), in one transaction, so with the same `now()`.", ""]
+             "subscriptions, and for storage: the size of a dedicated tenant's partition tree, or for a pooled "
+             "tenant its rows in the pool counted directly times the pool's bytes per row, the estimate "
+             "`vw_tenant_metrics` documents) for a sample of tenants (random, plus the first of every tier, "
+             "churned and idle), in one transaction, so with the same `now()`.", ""]
     rows = []
     for s in scales:
         c = s["correctness"]
