@@ -44,6 +44,7 @@ import sys
 import threading
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
@@ -311,7 +312,7 @@ def find_partition_onboarding(enabled: bool = True) -> tuple[Callable | None, st
                  "attach_tenant_partition"):
         fn = getattr(module, name, None)
         if callable(fn):
-            return fn, f"tenants onboarded with partitions.{name}(conn, tenant) first: rows land in tenant partitions"
+            return fn, f"tenants onboarded with partitions.{name}(conn, tenant) first"
     return None, ("tenants not yet partitioned: rows land in the DEFAULT partition "
                   "(tenant_pipelines/core/partitions.py has no function to create a tenant partition)")
 
@@ -1098,8 +1099,10 @@ def benchmark(args: argparse.Namespace, dsn: str, server_kind: str) -> dict:
         tenants = [t.organization_id for t in list_tenants(admin)]
         onboard, partitioning = find_partition_onboarding(not args.no_tenant_partitions)
         if onboard is not None:
-            for tenant in tenants:
-                onboard(admin, tenant)
+            layouts = Counter(getattr(onboard(admin, tenant), "layout", "partition") for tenant in tenants)
+            partitioning += ": " + ", ".join(
+                f"{n} {'pooled (rows in the month-split pool)' if layout == 'pooled' else layout + ' (own partition)'}"
+                for layout, n in sorted(layouts.items()))
         h.log(partitioning)
         create_flat_table(admin)
         check_flat_matches(admin)
