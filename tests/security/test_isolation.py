@@ -7,7 +7,9 @@ against a fresh database holding three tenants with rows in every tenant table:
 * B: enterprise tier, onboarded with fn_create_tenant_partition: a partition of its own,
   split into months;
 * C: starter tier flagged dedicated_resources, onboarded the same way: a partition of its own,
-  not split.
+  not split;
+* D: free tier, pooled like A: its rows share the pool's leaves (the very same tables) with A's,
+  and only row-level security keeps them apart.
 
 so probes through the parent cross every routing path of the partition layout.
 
@@ -174,12 +176,14 @@ class World:
     a: uuid.UUID
     b: uuid.UUID
     c: uuid.UUID
+    d: uuid.UUID
     seeded: dict = field(default_factory=dict)
 
     @property
     def others(self) -> list[uuid.UUID]:
-        """The tenants A must never reach: B (monthly partitions) and C (a single partition)."""
-        return [self.b, self.c]
+        """The tenants A must never reach: B (monthly partitions), C (a single partition) and D
+        (in the same pool leaves as A)."""
+        return [self.b, self.c, self.d]
 
     def rows_of(self, table: TenantTable, tenant: uuid.UUID) -> int:
         return self.seeded[(table.stored_in, tenant)][0]
@@ -198,8 +202,14 @@ def world(admin_conn: psycopg.Connection, app_dsn: str) -> World:
     b = seed_tenant(admin_conn, "Tenant B", "enterprise")
     c = seed_tenant(admin_conn, "Tenant C", "starter")
     admin_conn.execute("UPDATE tenant_classifications SET dedicated_resources = true WHERE organization_id = %s", (c,))
+    d = seed_tenant(admin_conn, "Tenant D", "free")
     assert (onboard_partition(admin_conn, b), onboard_partition(admin_conn, c)) == ("monthly", "single")
-    return World(admin_conn, app_dsn, a, b, c, seeded=snapshot(admin_conn))
+    assert {onboard_partition(admin_conn, a), onboard_partition(admin_conn, d)} == {"pooled"}
+    shared = admin_conn.execute(
+        "SELECT count(DISTINCT organization_id) FROM usage_events_mt_default"
+        " WHERE tableoid = (SELECT tableoid FROM usage_events_mt WHERE organization_id = %s LIMIT 1)", (a,))
+    assert shared.fetchone()[0] == 2, "A and D share a leaf"
+    return World(admin_conn, app_dsn, a, b, c, d, seeded=snapshot(admin_conn))
 
 
 @pytest.fixture
@@ -328,7 +338,7 @@ def test_cached_plans_do_not_carry_a_tenant(world: World, app: psycopg.Connectio
     time), so one prepared statement reused across tenants on one connection shows each its own."""
     query = "SELECT DISTINCT organization_id FROM usage_events_mt"
     for _ in range(3):
-        for tenant in (world.a, world.b, world.c):
+        for tenant in (world.a, world.b, world.c, world.d):
             with in_tenant(app, tenant):
                 assert app.execute(query, prepare=True).fetchall() == [(tenant,)]
 
@@ -402,7 +412,7 @@ def test_partitions_granted_by_mistake_still_show_nothing(world: World, app: psy
         world.admin.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON {partition} TO billing_app")
     holding = {p: world.admin.execute(f"SELECT count(*) FROM {p}").fetchone()[0] for p in partitions}
     assert holding["usage_events_mt_default"] > 0 and sum(holding.values()) > holding["usage_events_mt_default"]
-    for tenant in (world.a, world.b, world.c):
+    for tenant in (world.a, world.b, world.c, world.d):
         with in_tenant(app, tenant):
             for partition in partitions:
                 assert app.execute(f"SELECT count(*) FROM {partition}").fetchone()[0] == 0, partition
