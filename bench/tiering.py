@@ -144,8 +144,8 @@ def policy(conn: psycopg.Connection) -> tuple[timedelta, timedelta]:
     ).fetchone()
 
 
-def create_enterprise_tenants(conn: psycopg.Connection, count: int, label: str) -> list[uuid.UUID]:
-    """Organizations on the enterprise tier (monthly partitions), each with an active subscription."""
+def create_tenants(conn: psycopg.Connection, count: int, label: str, tier: str = "enterprise") -> list[uuid.UUID]:
+    """Organizations on ``tier`` (enterprise: monthly partitions), each with an active subscription."""
     tenants = [uuid.uuid4() for _ in range(count)]
     names = [f"Tiering bench {label} {i + 1}" for i in range(count)]
     with conn.transaction():
@@ -154,8 +154,8 @@ def create_enterprise_tenants(conn: psycopg.Connection, count: int, label: str) 
         conn.execute(
             "INSERT INTO tenant_classifications (organization_id, tier, monthly_events_limit, storage_quota_gb)"
             " SELECT t, tier, monthly_events_limit, storage_quota_gb FROM unnest(%s::uuid[]) t, tier_limits"
-            " WHERE tier = 'enterprise'",
-            (tenants,),
+            " WHERE tier = %s",
+            (tenants, tier),
         )
         conn.execute("INSERT INTO subscriptions (organization_id, plan, status)"
                      " SELECT t, 'enterprise_custom', 'active' FROM unnest(%s::uuid[]) t", (tenants,))
@@ -203,6 +203,46 @@ def load_tenant(admin: psycopg.Connection, source: psycopg.Connection, tenant: u
             "tables_created": len(report.tables_created)}
 
 
+POOL_TENANTS = 10
+
+
+def load_pool(args: argparse.Namespace, dsn: str, admin: psycopg.Connection,
+              mode: Mode) -> tuple[list[None], list[uuid.UUID], list[dict]]:
+    """--pool: POOL_TENANTS free (pooled) tenants share --rows events over the three old
+    months, in the pool's months; every round tiers the pool (tenant None), and the inserter
+    writes as the first of them into the pool's current month."""
+    label = mode.label
+    h.log(f"{label}: creating {POOL_TENANTS} pooled tenants with {args.rows:,} rows in all")
+    tenants = create_tenants(admin, POOL_TENANTS, f"pool {mode.method} sc={mode.synchronous_commit}", tier="free")
+    this_month = admin.execute("SELECT date_trunc('month', now() AT TIME ZONE 'UTC')::date").fetchone()[0]
+    first, end = utc(add_months(this_month, -max(OLD_MONTHS))), utc(add_months(this_month, -min(OLD_MONTHS) + 1))
+    per_tenant = args.rows // POOL_TENANTS
+    started = time.perf_counter()
+    with connect(dsn) as source:
+        for tenant in tenants:
+            params = {"tenant": tenant, "first": first, "step": (end - first) / per_tenant, "properties": PROPERTIES}
+            copy_generated(source, admin, {**params, "lo": 0, "hi": 0})
+            if ensure_tenant_partition(admin, tenant).layout != "pooled":
+                raise SystemExit(f"tenant {tenant}: expected pooled (free tier)")
+            copy_generated(source, admin, {**params, "lo": 1, "hi": per_tenant - 1})
+    seconds = time.perf_counter() - started
+    vacuum_started = time.perf_counter()
+    admin.execute("VACUUM (ANALYZE) usage_events_mt_default")
+    load = {"tenant": "pool", "rows": per_tenant * POOL_TENANTS, "seconds": seconds,
+            "vacuum_seconds": time.perf_counter() - vacuum_started}
+    h.log(f"{label}: loaded {load['rows']:,} rows into the pool in {seconds:.1f}s (vacuum {load['vacuum_seconds']:.1f}s)")
+    return [None] * args.rounds, [tenants[0]] * args.rounds, [load]
+
+
+def pool_round_mapping(conn: psycopg.Connection, tiers: dict[str, str], *, back: bool) -> None:
+    """The pool's rounds move the same three months each time: odd rounds by the policy (to
+    warm and cold), even rounds back to hot, by pointing the warm and cold tiers at the hot
+    tier's tablespace for that round."""
+    for tier in ("warm", "cold"):
+        conn.execute("UPDATE storage_tiers SET tablespace = %s WHERE storage_tier = %s",
+                     (tiers["hot"] if back else tiers[tier], tier))
+
+
 def vacuum_tenant(conn: psycopg.Connection, tenant: uuid.UUID) -> float:
     """VACUUM (ANALYZE) of the tenant's partition tree, as autovacuum would have done long
     before a month turns warm: the hint bits and visibility map are set, tuples not frozen."""
@@ -211,10 +251,15 @@ def vacuum_tenant(conn: psycopg.Connection, tenant: uuid.UUID) -> float:
     return time.perf_counter() - started
 
 
-def month_partitions(conn: psycopg.Connection, tenant: uuid.UUID, months: Sequence[date]) -> list[dict]:
+def month_name(tenant: uuid.UUID | None, month: date) -> str:
+    """The month partition of ``tenant``, or of the pool (None)."""
+    return f"usage_events_mt_pool_p{month:%Y%m}" if tenant is None else f"{partition_name(tenant)}_p{month:%Y%m}"
+
+
+def month_partitions(conn: psycopg.Connection, tenant: uuid.UUID | None, months: Sequence[date]) -> list[dict]:
     out = []
     for month in months:
-        name = f"{partition_name(tenant)}_p{month:%Y%m}"
+        name = month_name(tenant, month)
         rows, size, space = conn.execute(
             sql.SQL("SELECT (SELECT count(*) FROM {}), pg_total_relation_size(%s::regclass),"
                     " (SELECT coalesce(t.spcname, 'default') FROM pg_class c LEFT JOIN pg_tablespace t"
@@ -529,16 +574,20 @@ def _rate(nbytes: float | None, seconds: float | None) -> float | None:
     return nbytes / h.MIB / seconds if nbytes is not None and seconds else None
 
 
-def tier_round(admin: psycopg.Connection, tenant: uuid.UUID, as_of: datetime, expected: dict[str, str],
+def tier_round(admin: psycopg.Connection, tenant: uuid.UUID | None, as_of: datetime, expected: dict[str, str],
                mode: Mode, pace: tiering.Pace) -> dict:
-    """tier_tenant() for one tenant by ``mode.method`` (paced by ``pace`` when online), timed,
-    with its WAL, the time under lock and where each move's time went."""
+    """tier_tenant() for one tenant (tier_pool() for the pool: ``tenant`` None) by
+    ``mode.method`` (paced by ``pace`` when online), timed, with its WAL, the time under lock
+    and where each move's time went."""
     lsn = wal_lsn(admin)
     # No PSS sampling: it steals CPU from the inserter whose latency this window measures.
     with MovePhases() as phases, h.ResourceProbe(h.local_backend_pid(admin), pss=False) as probe:
         started = time.perf_counter()
-        report = tiering.tier_tenant(admin, tenant, as_of=as_of, method=mode.method, pace=pace,
-                                     sleep=phases.sleep)
+        if tenant is None:
+            report = tiering.tier_pool(admin, as_of=as_of, method=mode.method, pace=pace, sleep=phases.sleep)
+        else:
+            report = tiering.tier_tenant(admin, tenant, as_of=as_of, method=mode.method, pace=pace,
+                                         sleep=phases.sleep)
         seconds = time.perf_counter() - started
     moves = []
     for m in report.moves:
@@ -558,17 +607,17 @@ def tier_round(admin: psycopg.Connection, tenant: uuid.UUID, as_of: datetime, ex
         })
     wrong_method = sorted({m["method"] for m in moves} - {mode.method})
     if wrong_method:
-        raise SystemExit(f"tenant {tenant}: tier_tenant(method={mode.method!r}) moved by {wrong_method}")
+        raise SystemExit(f"tenant {tenant or 'pool'}: method={mode.method!r} moved by {wrong_method}")
     moved = {m["partition"]: m["to"] for m in moves}
     wrong = {p: (moved.get(p), t) for p, t in expected.items() if moved.get(p) != t}
     if wrong or report.misplaced_left:
-        raise SystemExit(f"tenant {tenant}: moves {moved} differ from the plan {expected} "
+        raise SystemExit(f"{tenant or 'pool'}: moves {moved} differ from the plan {expected} "
                          f"({report.misplaced_left} misplaced left)")
     move_seconds = sum(m["seconds"] for m in moves)
     slept = sum(p["slept"] for p in phases.phases.values())
     vacuums = [m["vacuum_seconds"] for m in moves if m["vacuum_seconds"] is not None]
     return {
-        "tenant": str(tenant), "method": mode.method, "seconds": seconds, "moves": moves,
+        "tenant": str(tenant) if tenant else "pool", "method": mode.method, "seconds": seconds, "moves": moves,
         "bytes_moved": report.bytes_moved, "move_seconds": move_seconds, "slept_seconds": slept,
         "working_seconds": move_seconds - slept,
         "lock_seconds": sum(m["lock_seconds"] for m in moves), "lock_max_seconds": max(m["lock_seconds"] for m in moves),
@@ -599,22 +648,28 @@ def run_mode(args: argparse.Namespace, dsn: str, admin: psycopg.Connection, mode
     """Build ``args.rounds`` tenants, then: baseline, tier tenant 1, baseline, tier tenant 2, ...,
     baseline, with the inserter writing throughout at a fixed rate."""
     label = mode.label
-    h.log(f"{label}: creating {args.rounds} enterprise tenants with {args.rows:,} rows each")
-    tenants = create_enterprise_tenants(admin, args.rounds, f"{mode.method} sc={mode.synchronous_commit}")
-    loads = []
-    with connect(dsn) as source:
-        for tenant in tenants:
-            loads.append(load_tenant(admin, source, tenant, args.rows, ctx["first"], ctx["end"]))
-            loads[-1]["vacuum_seconds"] = vacuum_tenant(admin, tenant)
-            h.log(f"{label}: loaded {loads[-1]['rows']:,} rows in {loads[-1]['seconds']:.1f}s "
-                  f"(vacuum {loads[-1]['vacuum_seconds']:.1f}s)")
-    expected_by_tenant = {
-        t: {f"{partition_name(t)}_p{m:%Y%m}": ctx["tiers"][target] for m, target in ctx["targets"].items()}
-        for t in tenants
-    }
+    if args.pool:
+        tenants, writers, loads = load_pool(args, dsn, admin, mode)
+    else:
+        h.log(f"{label}: creating {args.rounds} enterprise tenants with {args.rows:,} rows each")
+        tenants = create_tenants(admin, args.rounds, f"{mode.method} sc={mode.synchronous_commit}")
+        writers = tenants
+        loads = []
+        with connect(dsn) as source:
+            for tenant in tenants:
+                loads.append(load_tenant(admin, source, tenant, args.rows, ctx["first"], ctx["end"]))
+                loads[-1]["vacuum_seconds"] = vacuum_tenant(admin, tenant)
+                h.log(f"{label}: loaded {loads[-1]['rows']:,} rows in {loads[-1]['seconds']:.1f}s "
+                      f"(vacuum {loads[-1]['vacuum_seconds']:.1f}s)")
+
+    def expected(number: int, tenant: uuid.UUID | None) -> dict[str, str]:
+        """Where tiering puts each old month: by the policy; in the pool's even rounds, back to
+        the hot tablespace (pool_round_mapping() points warm and cold there)."""
+        back = tenant is None and number % 2 == 0
+        return {month_name(tenant, m): ctx["tiers"]["hot" if back else target] for m, target in ctx["targets"].items()}
     admin.execute("CHECKPOINT")
     load_before = h.wait_until_idle(IDLE_LOAD, timeout=IDLE_WAIT_S)
-    inserter = Inserter(dsn, mode.synchronous_commit, args.insert_rate, args.insert_rows, tenants[0])
+    inserter = Inserter(dsn, mode.synchronous_commit, args.insert_rate, args.insert_rows, writers[0])
     windows: list[dict] = []
     rounds: list[dict] = []
 
@@ -628,16 +683,18 @@ def run_mode(args: argparse.Namespace, dsn: str, admin: psycopg.Connection, mode
     try:
         time.sleep(WARMUP_S)
         for number, tenant in enumerate(tenants, 1):
-            inserter.tenant = tenant
+            inserter.tenant = writers[number - 1]
             window("baseline", number, lambda: time.sleep(args.baseline_seconds))
+            if tenant is None:
+                pool_round_mapping(admin, ctx["tiers"], back=number % 2 == 0)
             admin.execute("CHECKPOINT")
             before = month_partitions(admin, tenant, list(ctx["targets"]))
             parts = [p["partition"] for p in before]
             copies = file_copy_baselines(admin, parts, ctx["data_dir"], ctx["folders"]["hot"], ctx["folders"]["warm"])
             time.sleep(SETTLE_S)
-            h.log(f"{label}: round {number}: tiering tenant {tenant}")
+            h.log(f"{label}: round {number}: tiering {f'tenant {tenant}' if tenant else 'the pool'}")
             result = window("tiering", number, lambda: tier_round(admin, tenant, ctx["as_of"],
-                                                                  expected_by_tenant[tenant], mode, ctx["pace"]))
+                                                                  expected(number, tenant), mode, ctx["pace"]))
             after = month_partitions(admin, tenant, list(ctx["targets"]))
             if [p["rows"] for p in before] != [p["rows"] for p in after]:
                 raise SystemExit(f"tenant {tenant}: rows per month changed by tiering: {before} -> {after}")
@@ -668,7 +725,7 @@ def run_mode(args: argparse.Namespace, dsn: str, admin: psycopg.Connection, mode
     leftovers = move_leftovers(admin)
     return {
         "method": mode.method, "synchronous_commit": mode.synchronous_commit, "label": label,
-        "tenants": [str(t) for t in tenants], "loads": loads,
+        "tenants": [str(t) if t else "pool" for t in tenants], "loads": loads,
         "load_before_cores": load_before, "rounds": rounds, "windows": per_window, "pooled": pooled,
         "inserts_total": len(inserter.samples), "insert_errors": errors,
         "p99_ratio": ratio, "service_p99_ratio": service_ratio, "leftovers": leftovers,
@@ -859,22 +916,34 @@ def render_markdown(results: dict) -> str:
         leftover_lines = ["- Left behind after every mode: nothing (no row in tenant_pipelines.partition_moves, no "
                           "`tiering_move_*` table in schema tenant_pipelines, no capture trigger)."]
     out = [
-        "# Benchmark: storage tiering",
+        "# Benchmark: storage tiering" + (" of the pool" if p.get("pool") else ""),
         "",
         f"Generated by `bench/tiering.py` on {m['date_utc']}; re-run it to refresh this page "
         "(see [bench/README.md](../../bench/README.md)). Command:",
         "",
         f"    {results['command']}",
         "",
-        f"Per round, one enterprise tenant (monthly partitions) with {p['rows']:,} usage events spread evenly "
-        f"over three old months ({', '.join(f'{k} → {v}' for k, v in results['month_targets'].items())} at "
-        f"`as_of` = {results['as_of']}), loaded, vacuumed (not frozen) and checkpointed, is tiered with "
-        "`tier_tenant()` while an inserter process writes "
-        f"{p['insert_rows']} rows per transaction, {p['insert_rate']:g} transactions/s, into the same tenant's "
-        "current month with `ingest_usage_events()` (billing_app, tenant context, RLS). "
-        f"{p['rounds']} rounds per mode (a tiering method and the inserter's `synchronous_commit`), each on a "
-        "fresh tenant: baseline window, tiering, baseline, tiering, ..., baseline. The modes ran one after the "
-        "other: " + "; ".join(mode["label"] for mode in modes) + ".",
+        (f"**The pool** (`--pool`): {POOL_TENANTS} free tenants, pooled, share {p['rows']:,} usage events "
+         f"spread evenly over three old months of the pool "
+         f"({', '.join(f'{k} → {v}' for k, v in results['month_targets'].items())} at `as_of` = "
+         f"{results['as_of']}), loaded, vacuumed (not frozen) and checkpointed. Each round tiers the pool with "
+         "`tier_pool()`: odd rounds move the three months to warm and cold by the policy, even rounds back to hot "
+         "(the warm and cold tiers pointed at the hot tablespace for that round), so every round moves the same "
+         f"bytes. An inserter process writes {p['insert_rows']} rows per transaction, {p['insert_rate']:g} "
+         "transactions/s, as the first of those tenants, into the pool's current month with "
+         "`ingest_usage_events()` (billing_app, tenant context, RLS): the swap of a pool month locks the pool, "
+         f"so this writer, like every pooled tenant's, waits for it. {p['rounds']} rounds per mode: baseline "
+         "window, tiering, baseline, ..., baseline. Modes: " + "; ".join(mode["label"] for mode in modes) + "."
+         if p.get("pool") else
+         f"Per round, one enterprise tenant (monthly partitions) with {p['rows']:,} usage events spread evenly "
+         f"over three old months ({', '.join(f'{k} → {v}' for k, v in results['month_targets'].items())} at "
+         f"`as_of` = {results['as_of']}), loaded, vacuumed (not frozen) and checkpointed, is tiered with "
+         "`tier_tenant()` while an inserter process writes "
+         f"{p['insert_rows']} rows per transaction, {p['insert_rate']:g} transactions/s, into the same tenant's "
+         "current month with `ingest_usage_events()` (billing_app, tenant context, RLS). "
+         f"{p['rounds']} rounds per mode (a tiering method and the inserter's `synchronous_commit`), each on a "
+         "fresh tenant: baseline window, tiering, baseline, tiering, ..., baseline. The modes ran one after the "
+         "other: " + "; ".join(mode["label"] for mode in modes) + "."),
         "",
         "The methods (`tier_tenant(method=...)`):",
         "",
@@ -1069,6 +1138,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--setting", action="append", default=[], metavar="NAME=VALUE",
                         help="a server setting for the throwaway cluster, e.g. wal_buffers=64MB (repeatable; to "
                              "try what would soften the moves' effect on writers)")
+    parser.add_argument("--pool", action="store_true",
+                        help="tier the pool's months (pooled tenants, tier_pool()) instead of dedicated tenants': "
+                             f"{POOL_TENANTS} free tenants share --rows; the rounds move the same three months, to "
+                             "warm and cold and back to hot; writes tiering_pool.json and tiering_pool.md")
     parser.add_argument("--no-docs", action="store_true",
                         help="write only bench/results/tiering.json, not docs/benchmarks/tiering.md")
     args = parser.parse_args(argv)
@@ -1100,6 +1173,8 @@ def command_line(args: argparse.Namespace) -> str:
              f"--baseline-seconds {args.baseline_seconds:g}", f"--insert-rate {args.insert_rate:g}",
              f"--insert-rows {args.insert_rows}", f"--synchronous-commit {args.synchronous_commit}"]
     parts += [f"--setting {k}={v}" for k, v in args.settings.items()]
+    if args.pool:
+        parts.append("--pool")
     if args.dsn:
         parts.append("--dsn <admin DSN>")
     return " ".join(parts)
@@ -1138,7 +1213,7 @@ def benchmark(args: argparse.Namespace, dsn: str, server_kind: str, throwaway: b
         "benchmark": NAME, "command": command_line(args),
         "parameters": {k: getattr(args, k) for k in ("method", "max_mb_per_s", "batch_blocks", "rows", "rounds",
                                                      "baseline_seconds", "insert_rate", "insert_rows",
-                                                     "synchronous_commit")},
+                                                     "synchronous_commit", "pool")},
         "machine": h.machine_info(), "server": server, "server_kind": server_kind,
         "tiers": tiers, "folders": {k: str(v) for k, v in folders.items()}, "same_filesystem": same_fs,
         "policy": {"warm_after": f"{warm_after.days} days", "cold_after": f"{cold_after.days} days"},
@@ -1161,7 +1236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 results = benchmark(args, dsn, "throwaway cluster started by the benchmark (initdb defaults plus "
                                                "the project's BASE_SETTINGS; durable: fsync and "
                                                f"full_page_writes on{extra})", True)
-    h.write_results(NAME, results, render_markdown(results), docs=not args.no_docs)
+    h.write_results(NAME + "_pool" if args.pool else NAME, results, render_markdown(results), docs=not args.no_docs)
     t = results["throughput"]
     for method, s in t["by_method"].items():
         h.log(f"{method}: moves {s['mb_per_second']:.1f} MB/s whole move, {s['working_mb_per_second']:.1f} MB/s "
