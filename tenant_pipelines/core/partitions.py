@@ -130,9 +130,9 @@ def _promote(conn: psycopg.Connection, tenant: uuid.UUID, attempts: int) -> tupl
         attached, t2 = run_with_lock_retry(
             conn, what, lambda c: c.execute("SELECT fn_attach_tenant_partition(%s)", (tenant,)).fetchone()[0],
             attempts=max(attempts, 8))
-        # Dropped after a failure too: while the tenant is still pooled, they would refuse its rows.
         return attached, tries + t1 + t2
     finally:
+        # After a failure too: while the tenant is still pooled, the CHECKs would refuse its rows.
         try:
             run_with_lock_retry(
                 conn, f"tenant {tenant}: dropping its pool exclusion checks",
