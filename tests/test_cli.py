@@ -79,6 +79,13 @@ def test_db_up_migrate_seed_down(cli_env: dict[str, str]) -> None:
     assert run(["tiering", "run", "--tenant", str(tenant)], cli_env).stdout.count("\n") == 1, "a re-run moves nothing"
     bad = run(["tiering", "run", "--tenant", "not-a-uuid"], cli_env, check=False)
     assert bad.returncode == 2 and "not-a-uuid" in bad.stderr and "Traceback" not in bad.stderr
+    status = run(["partitions", "status"], cli_env)
+    assert status.stdout.startswith("leaves\t") and "dedicated tenants\t0" in status.stdout
+    ensured = run(["partitions", "ensure", "--tenant", str(tenant)], cli_env)
+    assert f"{tenant}\tmonthly\t" in ensured.stdout and "\tTrue" in ensured.stdout
+    assert "dedicated tenants\t1" in run(["partitions", "status"], cli_env).stdout
+    hostile = run(["partitions", "ensure", "--tenant", "x'; DROP TABLE usage_events_mt; --"], cli_env, check=False)
+    assert hostile.returncode == 2 and "not a valid UUID" in hostile.stderr and "Traceback" not in hostile.stderr
     pool = run(["tiering", "run", "--pool"], cli_env)
     assert pool.stdout.startswith("partition\tfrom") and "the pool: " in pool.stderr
     both = run(["tiering", "run", "--pool", "--tenant", str(tenant)], cli_env, check=False)
@@ -139,7 +146,8 @@ def test_commands_before_db_up_say_what_to_do(cli_env: dict[str, str]) -> None:
 
 @pytest.mark.parametrize(
     "args", [[], ["db"], ["db", "up"], ["db", "down"], ["db", "migrate"], ["demo", "seed"], ["dev"],
-             ["tiering"], ["tiering", "configure"], ["tiering", "plan"], ["tiering", "run"]]
+             ["tiering"], ["tiering", "configure"], ["tiering", "plan"], ["tiering", "run"],
+             ["partitions"], ["partitions", "status"], ["partitions", "ensure"]]
 )
 def test_every_command_has_help(args: list[str]) -> None:
     proc = subprocess.run(CLI + args + ["--help"], capture_output=True, text=True)

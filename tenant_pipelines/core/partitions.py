@@ -303,6 +303,18 @@ def _month_range(first: str, last: str) -> list[str]:
     return out
 
 
+def storage_status(conn: psycopg.Connection) -> dict:
+    """Leaves against the budget, dedicated tenants, the pool's months, interrupted promotions."""
+    leaves, budget = conn.execute("SELECT fn_leaf_count(), leaf_budget FROM partition_config").fetchone()
+    months = sorted(name.rsplit("_p", 1)[1] for (name,) in conn.execute(
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+        " WHERE i.inhparent = 'public.usage_events_mt_default'::regclass AND c.relname ~ '_p[0-9]{6}$'"))
+    return {"leaves": leaves, "leaf_budget": budget, "dedicated_tenants": len(attached_tenant_partitions(conn)),
+            "pool_months": len(months), "first_pool_month": months[0] if months else None,
+            "last_pool_month": months[-1] if months else None,
+            "interrupted_promotions": interrupted_promotions(conn)}
+
+
 def catalog_size(conn: psycopg.Connection) -> dict[str, int]:
     """Relations and catalog bytes: what 10,000 tenants cost the catalog."""
     relations, catalog_bytes = conn.execute(
