@@ -156,6 +156,21 @@ def test_the_pools_edges_give_up_months_without_losing_a_row(admin_conn: psycopg
     assert ensure_tenant_partition(admin_conn, tenant, premake_months=6).tables_created == []
 
 
+def test_a_pool_month_detached_by_hand_is_attached_again_with_its_rows(admin_conn: psycopg.Connection) -> None:
+    tenant = make_tenant(admin_conn)
+    add_events(admin_conn, tenant, 200, days_back=100)
+    ensure_tenant_partition(admin_conn, tenant)
+    before = tenant_rows(admin_conn, tenant)
+    month = "usage_events_mt_pool_p" + months_ahead(0)[0]
+    admin_conn.execute(f'ALTER TABLE usage_events_mt_default DETACH PARTITION "{month}"')
+    assert any("missing months" in str(f) for f in audit_tenant_partitions(admin_conn, [tenant]))
+
+    report = ensure_tenant_partition(admin_conn, tenant)
+
+    assert report.tables_created == [] and tenant_rows(admin_conn, tenant) == before
+    assert audit_tenant_partitions(admin_conn, [tenant]) == []
+
+
 def test_pool_tenants_lists_who_has_recent_rows_in_the_pool(admin_conn: psycopg.Connection) -> None:
     a, b = make_tenant(admin_conn), make_tenant(admin_conn)
     old = make_tenant(admin_conn)
