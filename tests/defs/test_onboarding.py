@@ -119,6 +119,7 @@ def test_materialisation_metadata_says_what_was_done(
     assert meta["rows_moved"].value == 5 and meta["tables_created"].value >= 6 and meta["attached_now"].value == 1
     assert "duration_s" in meta and len(meta["partitions"].value.records) == 1
     assert meta["dedicated"].value == 1 and meta["pooled"].value == 0
+    assert 0 < meta["leaves"].value <= meta["leaf_budget"].value == 200 and meta["dedicated_tenants_in_all"].value == 1
     second = materialise(instance, admin_dsn, str(tenant))
     (mat,) = second.get_asset_materialization_events()
     assert mat.materialization.metadata["tables_created"].value == 0

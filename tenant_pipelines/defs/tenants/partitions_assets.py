@@ -12,6 +12,7 @@ from tenant_pipelines.core.partitions import (
     interrupted_promotions,
     organization_ids,
     pool_tenants,
+    storage_status,
     stranded_in_pool,
 )
 from tenant_pipelines.db.session import parse_tenant_id
@@ -45,6 +46,7 @@ def tenant_partition(context: dg.AssetExecutionContext, billing_db: BillingDatab
     started = time.monotonic()
     with billing_db.connection() as conn:
         reports = for_each_tenant(context, lambda key: ensure_tenant_partition(conn, key))
+        status = storage_status(conn)
     for report in reports:
         context.log.info(
             f"tenant {report.tenant}: {report.layout}, {len(report.tables_created)} tables created, "
@@ -57,6 +59,9 @@ def tenant_partition(context: dg.AssetExecutionContext, billing_db: BillingDatab
             "pooled": sum(r.layout == "pooled" for r in reports),
             "dedicated": sum(r.layout != "pooled" for r in reports),
             "over_leaf_budget": sum("leaf budget" in r.note for r in reports),
+            "leaves": status["leaves"],
+            "leaf_budget": status["leaf_budget"],
+            "dedicated_tenants_in_all": status["dedicated_tenants"],
             "tables_created": sum(len(r.tables_created) for r in reports),
             "rows_moved": sum(r.rows_moved for r in reports),
             "rows_split_into_months": sum(r.rows_split_into_months for r in reports),
