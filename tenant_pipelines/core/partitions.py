@@ -74,6 +74,26 @@ def run_with_lock_retry(
     raise AssertionError("unreachable")
 
 
+def run_with_lock_timeout(
+    conn: psycopg.Connection,
+    what: str,
+    work: Callable[[psycopg.Connection], T],
+    *,
+    attempts: int = 5,
+    at_most_ms: int | None = None,
+) -> tuple[T, int]:
+    """``work`` in its own transaction with partition_config's lock_timeout (or ``at_most_ms``,
+    if that is shorter or lock_timeout is 0, i.e. none: sql/0016's ``fn_cap_lock_timeout``),
+    retried on a lock timeout (``run_with_lock_retry``). Returns its result and the tries used."""
+    def locked(c: psycopg.Connection) -> T:
+        c.execute("SELECT set_config('lock_timeout', lock_timeout, true) FROM partition_config")
+        if at_most_ms is not None:
+            c.execute("SELECT fn_cap_lock_timeout(%s)", (at_most_ms,))
+        return work(c)
+
+    return run_with_lock_retry(conn, what, locked, attempts=attempts)
+
+
 def ensure_tenant_partition(
     conn: psycopg.Connection, tenant_id: object, *, premake_months: int | None = None, attempts: int = 5
 ) -> PartitionReport:
@@ -121,8 +141,11 @@ def _promote(conn: psycopg.Connection, tenant: uuid.UUID, attempts: int) -> tupl
     if tenant_is_attached(conn, tenant):
         return {"rows_moved": 0, "attached_now": False}, 0
     what = f"tenant {tenant}: attaching its partition"
-    _, tries = run_with_lock_retry(
-        conn, what, lambda c: _session_tenant_lock(c, tenant), attempts=attempts)
+    # The tenant's advisory lock, EXCLUSIVE, for the session: its writers (which take it shared
+    # in fn_set_tenant_context) wait until the promotion is over; nobody else does.
+    _, tries = run_with_lock_timeout(
+        conn, what, lambda c: c.execute("SELECT pg_advisory_lock(fn_tenant_lock_key(%s))", (tenant,)),
+        attempts=attempts)
     try:
         _, t1 = run_with_lock_retry(
             conn, f"tenant {tenant}: excluding it from the pool",
@@ -139,14 +162,6 @@ def _promote(conn: psycopg.Connection, tenant: uuid.UUID, attempts: int) -> tupl
                 lambda c: c.execute("SELECT fn_pool_unexclude_tenant(%s)", (tenant,)), attempts=max(attempts, 8))
         finally:
             conn.execute("SELECT pg_advisory_unlock(fn_tenant_lock_key(%s))", (tenant,))
-
-
-def _session_tenant_lock(conn: psycopg.Connection, tenant: uuid.UUID) -> None:
-    """The tenant's advisory lock, EXCLUSIVE, for the session: its writers (which take it
-    shared in fn_set_tenant_context) wait until the promotion is over; nobody else does."""
-    timeout = conn.execute("SELECT lock_timeout FROM partition_config").fetchone()[0]
-    conn.execute("SELECT set_config('lock_timeout', %s, true)", (timeout,))
-    conn.execute("SELECT pg_advisory_lock(fn_tenant_lock_key(%s))", (tenant,))
 
 
 def tenant_is_attached(conn: psycopg.Connection, tenant: uuid.UUID) -> bool:

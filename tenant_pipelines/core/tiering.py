@@ -31,7 +31,7 @@ from typing import Callable, TypeVar
 import psycopg
 from psycopg import sql
 
-from tenant_pipelines.core.partitions import run_with_lock_retry
+from tenant_pipelines.core.partitions import run_with_lock_timeout
 from tenant_pipelines.db.session import parse_tenant_id
 from tenant_pipelines.errors import InvalidInput, TenantPipelinesError
 
@@ -264,22 +264,6 @@ def _tier_partitions(conn: psycopg.Connection, tenant_id: str | None, who: str, 
     return report
 
 
-def _with_lock_timeout(conn: psycopg.Connection, what: str, work: Callable[[psycopg.Connection], T], *,
-                       attempts: int = 5, at_most_ms: int | None = None) -> tuple[T, int]:
-    """``work`` in its own transaction with partition_config's lock_timeout (or ``at_most_ms``,
-    if that is shorter or lock_timeout is 0, i.e. none), retried on a lock timeout
-    (``run_with_lock_retry``). Returns its result and the tries used."""
-    def locked(c: psycopg.Connection) -> T:
-        c.execute("SELECT set_config('lock_timeout', lock_timeout, true) FROM partition_config")
-        if at_most_ms is not None:  # pg_settings has the value in ms, however it was written
-            c.execute("SELECT set_config('lock_timeout', %s, true) FROM pg_settings"
-                      " WHERE name = 'lock_timeout' AND (setting::bigint = 0 OR setting::bigint > %s)",
-                      (f"{at_most_ms}ms", at_most_ms))
-        return work(c)
-
-    return run_with_lock_retry(conn, what, locked, attempts=attempts)
-
-
 def _in_transaction(conn: psycopg.Connection, work: Callable[[psycopg.Connection], T]) -> T:
     with conn.transaction():
         return work(conn)
@@ -293,7 +277,7 @@ def _move_set_tablespace(conn: psycopg.Connection, who: str, part: PlannedPartit
         moved = c.execute("SELECT fn_move_partition(%s, %s)", (part.partition_name, part.target_tablespace)).fetchone()[0]
         return moved, locked
 
-    (moved_bytes, locked), tries = _with_lock_timeout(
+    (moved_bytes, locked), tries = run_with_lock_timeout(
         conn, f"{who}: moving {part.partition_name} to {part.target_tablespace}", move, attempts=attempts)
     held = time.monotonic() - locked  # from the ALTER to COMMIT: the time under ACCESS EXCLUSIVE
     frozen = part.target_tier == "cold"
@@ -314,7 +298,7 @@ def _move_online(conn: psycopg.Connection, who: str, part: PlannedPartition, *, 
                                    (part.partition_name, part.target_tablespace)).fetchone()
         return shadow, blocks, t
 
-    (shadow_name, blocks, t0), tries = _with_lock_timeout(conn, what, begin, attempts=attempts)
+    (shadow_name, blocks, t0), tries = run_with_lock_timeout(conn, what, begin, attempts=attempts)
     held = time.monotonic() - t0
     shadow = sql.Identifier("tenant_pipelines", shadow_name)
     try:
@@ -335,7 +319,7 @@ def _move_online(conn: psycopg.Connection, who: str, part: PlannedPartition, *, 
 
         # While the swap waits for its lock, the tenant's writers queue behind it: give up soon
         # and try again (an autovacuum of the month, say, finishes in the meantime).
-        (moved_bytes, t1), more = _with_lock_timeout(conn, what + " (swap)", finish, attempts=max(attempts, 8),
+        (moved_bytes, t1), more = run_with_lock_timeout(conn, what + " (swap)", finish, attempts=max(attempts, 8),
                                                      at_most_ms=SWAP_LOCK_TIMEOUT_MS)
         held += time.monotonic() - t1
         # The replaced table goes now, in a transaction of its own: no lock anyone waits for.
@@ -378,7 +362,7 @@ def _copy_paced(conn: psycopg.Connection, part: PlannedPartition, shadow: sql.Id
 
 
 def _abandon(conn: psycopg.Connection, partition: str) -> None:
-    _with_lock_timeout(conn, f"partition {partition}: dropping what an unfinished move left",
+    run_with_lock_timeout(conn, f"partition {partition}: dropping what an unfinished move left",
                        lambda c: c.execute("SELECT fn_move_abandon(%s)", (partition,)))
 
 
