@@ -198,15 +198,19 @@ def pool_tenants(conn: psycopg.Connection) -> list[str]:
     return [str(tenant) for (tenant,) in rows]
 
 
+def pool_exclusions(conn: psycopg.Connection) -> list[str]:
+    """Tenants with a promotion's exclusion CHECK (``pool_excludes_<hex>``) on the pool."""
+    return [str(uuid.UUID(hex_)) for (hex_,) in conn.execute(
+        "SELECT DISTINCT substr(conname, 15) FROM pg_constraint WHERE conname ~ '^pool_excludes_[0-9a-f]{32}$'"
+        " ORDER BY 1")]
+
+
 def interrupted_promotions(conn: psycopg.Connection) -> list[str]:
     """Tenants whose promotion stopped after its exclusion CHECKs went onto the pool (a killed
     process) and that nobody is promoting now: until it is re-run, the pool refuses their rows.
     "Nobody" means the tenant's advisory lock is free (tried shared, released at once)."""
-    tenants = [str(uuid.UUID(hex_)) for (hex_,) in conn.execute(
-        "SELECT DISTINCT substr(conname, 15) FROM pg_constraint WHERE conname ~ '^pool_excludes_[0-9a-f]{32}$'"
-        " ORDER BY 1")]
     stuck = []
-    for tenant in tenants:
+    for tenant in pool_exclusions(conn):
         with conn.transaction():
             if conn.execute("SELECT pg_try_advisory_xact_lock_shared(fn_tenant_lock_key(%s))", (tenant,)).fetchone()[0]:
                 stuck.append(tenant)
@@ -248,13 +252,11 @@ def audit_tenant_partitions(conn: psycopg.Connection, tenants: Iterable[object] 
     findings = _audit_tree(conn, DEFAULT_PARTITION, "usage_events_mt_pool", horizon,
                            "materialise tenant_partition for any tenant (or SELECT fn_premake_pool_months())",
                            edges=("_before", "_after"))
-    for name, tenant in conn.execute(
-        "SELECT DISTINCT conname, substr(conname, 15) FROM pg_constraint WHERE conname LIKE 'pool\\_excludes\\_%%'"
-    ).fetchall():
+    for tenant in pool_exclusions(conn):
         findings.append(Finding(
-            f"pool", f"still has {name} from an interrupted promotion of tenant {uuid.UUID(tenant)}: "
-            "its rows are refused by the pool",
-            f"materialise tenant_partition for {uuid.UUID(tenant)} (or SELECT fn_pool_unexclude_tenant('{uuid.UUID(tenant)}'))"))
+            "pool", f"still has pool_excludes_{uuid.UUID(tenant).hex} from an interrupted promotion of tenant "
+            f"{tenant}: its rows are refused by the pool",
+            f"materialise tenant_partition for {tenant} (or SELECT fn_pool_unexclude_tenant('{tenant}'))"))
     for tenant in wanted:
         if tenant in attached:
             fix = f"materialise tenant_partition for {tenant} (or SELECT fn_create_tenant_partition('{tenant}'))"
