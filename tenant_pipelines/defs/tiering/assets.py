@@ -7,7 +7,7 @@ import dagster as dg
 from pydantic import Field
 
 from tenant_pipelines.core.tiering import (
-    DEFAULT_BATCH_BLOCKS, DEFAULT_MAX_MB_PER_S, ONLINE, Pace, TieringReport, check_method, misplaced, tier_pool,
+    DEFAULT_BATCH_BLOCKS, DEFAULT_MAX_MB_PER_S, ONLINE, Pace, PlannedPartition, TieringReport, check_method, misplaced, tier_pool,
     tier_tenant)
 from tenant_pipelines.defs.batching import batched_range_requests, for_each_tenant, run_tenant_keys
 from tenant_pipelines.defs.resources import BillingDatabase
@@ -144,16 +144,7 @@ def tiers_match_policy(context: dg.AssetCheckExecutionContext, billing_db: Billi
     tenants = run_tenant_keys(context)
     with billing_db.connection() as conn:
         wrong = misplaced(conn, tenants)
-    return dg.AssetCheckResult(
-        passed=not wrong,
-        metadata={
-            "misplaced": len(wrong),
-            "details": dg.MetadataValue.md(
-                "\n".join(f"- {p.partition_name}: in {p.current_tablespace}, policy says {p.target_tablespace} "
-                          f"({p.target_tier})" for p in wrong[:200]) or "none"
-            ),
-        },
-    )
+    return _misplaced_result(wrong)
 
 
 @dg.asset_check(
@@ -163,6 +154,10 @@ def tiers_match_policy(context: dg.AssetCheckExecutionContext, billing_db: Billi
 def pool_tiers_match_policy(billing_db: BillingDatabase) -> dg.AssetCheckResult:
     with billing_db.connection() as conn:
         wrong = [p for p in misplaced(conn) if p.tenant is None]
+    return _misplaced_result(wrong)
+
+
+def _misplaced_result(wrong: list[PlannedPartition]) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(
         passed=not wrong,
         metadata={
