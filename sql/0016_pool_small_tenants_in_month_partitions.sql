@@ -152,14 +152,7 @@ BEGIN
     END IF;
 
     FOREACH v_month IN ARRAY v_missing LOOP
-        IF to_regclass('public.' || quote_ident(public.fn_pool_month_name(v_month))) IS NULL THEN
-            EXECUTE format('CREATE TABLE public.%I (LIKE public.usage_events_mt_default'
-                           ' INCLUDING DEFAULTS INCLUDING INDEXES)', public.fn_pool_month_name(v_month));
-            -- Lets ATTACH skip scanning the new month for rows outside it.
-            EXECUTE format('ALTER TABLE public.%I ADD CONSTRAINT month_bounds_check'
-                           ' CHECK ("timestamp" >= %L AND "timestamp" < %L)', public.fn_pool_month_name(v_month),
-                           v_month::timestamp AT TIME ZONE 'UTC', (v_month + interval '1 month')::timestamp AT TIME ZONE 'UTC');
-            PERFORM public.fn_secure_partition(public.fn_pool_month_name(v_month));
+        IF public.fn_create_month_table('usage_events_mt_default', public.fn_pool_month_name(v_month), v_month) THEN
             v_created := v_created || public.fn_pool_month_name(v_month);
         END IF;
     END LOOP;
@@ -167,7 +160,7 @@ BEGIN
     -- Inside the range: nothing else holds those rows, attach as they are.
     FOREACH v_month IN ARRAY v_missing LOOP
         CONTINUE WHEN v_month < v_lo OR v_month >= v_hi;
-        PERFORM public.fn_attach_pool_month(v_month, NULL);
+        PERFORM public.fn_attach_month('usage_events_mt_default', public.fn_pool_month_name(v_month), v_month, NULL);
     END LOOP;
     -- Past either edge: the edge partition gives up the months, under the pool's lock.
     FOREACH v_edge IN ARRAY ARRAY['after', 'before'] LOOP
@@ -181,7 +174,8 @@ BEGIN
         EXECUTE format('ALTER TABLE public.usage_events_mt_default DETACH PARTITION public.%I',
                        'usage_events_mt_pool_' || v_edge);
         FOREACH v_month IN ARRAY v_months LOOP
-            v_moved := v_moved + public.fn_attach_pool_month(v_month, 'usage_events_mt_pool_' || v_edge);
+            v_moved := v_moved + public.fn_attach_month('usage_events_mt_default', public.fn_pool_month_name(v_month),
+                                                        v_month, 'usage_events_mt_pool_' || v_edge);
         END LOOP;
         IF v_edge = 'after' THEN
             EXECUTE format('ALTER TABLE public.usage_events_mt_default ATTACH PARTITION public.usage_events_mt_pool_after'
@@ -196,24 +190,45 @@ BEGIN
 END
 $$;
 
--- One pool month, created already: its rows moved out of p_from (a detached edge partition),
--- if given, then ATTACHed to the pool. Returns the rows moved.
-CREATE FUNCTION fn_attach_pool_month(p_month date, p_from text) RETURNS bigint
+-- A month table for p_parent (the pool, or a tenant's partition), created standalone if it is
+-- not there yet: LIKE the parent, its columns, defaults, indexes and CHECKs (a tenant's), plus
+-- one for the month, which lets ATTACH skip scanning it for rows outside the month; secured
+-- like every partition. Returns whether it was created.
+CREATE FUNCTION fn_create_month_table(p_parent text, p_leaf text, p_month date) RETURNS boolean
+    LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF to_regclass('public.' || quote_ident(p_leaf)) IS NOT NULL THEN
+        RETURN false;
+    END IF;
+    EXECUTE format('CREATE TABLE public.%I (LIKE public.%I INCLUDING DEFAULTS INCLUDING INDEXES'
+                   ' INCLUDING CONSTRAINTS)', p_leaf, p_parent);
+    EXECUTE format('ALTER TABLE public.%I ADD CONSTRAINT month_bounds_check'
+                   ' CHECK ("timestamp" >= %L AND "timestamp" < %L)', p_leaf,
+                   p_month::timestamp AT TIME ZONE 'UTC', (p_month + interval '1 month')::timestamp AT TIME ZONE 'UTC');
+    PERFORM public.fn_secure_partition(p_leaf);
+    RETURN true;
+END
+$$;
+
+-- A month table, created already, ATTACHed to p_parent for its month, with that month's rows
+-- moved into it first out of p_from (a detached edge of the pool, or a tenant's _rest), if
+-- given: in the caller's transaction, so nothing is lost or doubled. Returns the rows moved.
+CREATE FUNCTION fn_attach_month(p_parent text, p_leaf text, p_month date, p_from text) RETURNS bigint
     LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_leaf text := public.fn_pool_month_name(p_month);
     v_from timestamptz := p_month::timestamp AT TIME ZONE 'UTC';
     v_to   timestamptz := (p_month + interval '1 month')::timestamp AT TIME ZONE 'UTC';
     v_n    bigint := 0;
 BEGIN
     IF p_from IS NOT NULL THEN
         EXECUTE format('WITH moved AS (DELETE FROM public.%I WHERE "timestamp" >= %L AND "timestamp" < %L'
-                       ' RETURNING *) INSERT INTO public.%I SELECT * FROM moved', p_from, v_from, v_to, v_leaf);
+                       ' RETURNING *) INSERT INTO public.%I SELECT * FROM moved', p_from, v_from, v_to, p_leaf);
         GET DIAGNOSTICS v_n = ROW_COUNT;
     END IF;
-    EXECUTE format('ALTER TABLE public.usage_events_mt_default ATTACH PARTITION public.%I FOR VALUES FROM (%L) TO (%L)',
-                   v_leaf, v_from, v_to);
+    EXECUTE format('ALTER TABLE public.%I ATTACH PARTITION public.%I FOR VALUES FROM (%L) TO (%L)',
+                   p_parent, p_leaf, v_from, v_to);
     RETURN v_n;
 END
 $$;
@@ -250,10 +265,7 @@ DECLARE
     v_last       date;
     v_month      date;
     v_leaf       text;
-    v_from       timestamptz;
-    v_to         timestamptz;
     v_moved      bigint := 0;
-    v_n          bigint;
     v_leaves     integer;
     v_needed     integer;
     v_created    text[] := '{}';
@@ -367,24 +379,13 @@ BEGIN
         FOR v_month IN SELECT generate_series(v_first, v_last, interval '1 month')::date LOOP
             v_leaf := public.fn_month_partition_name(p_tenant, v_month);
             CONTINUE WHEN public.fn_is_partition_of(v_leaf, v_part);
-            v_from := v_month::timestamp AT TIME ZONE 'UTC';
-            v_to := (v_month + interval '1 month')::timestamp AT TIME ZONE 'UTC';
-            IF to_regclass('public.' || quote_ident(v_leaf)) IS NULL THEN
-                EXECUTE format('CREATE TABLE public.%I (LIKE public.%I INCLUDING DEFAULTS INCLUDING INDEXES'
-                               ' INCLUDING CONSTRAINTS)', v_leaf, v_part);
-                EXECUTE format('ALTER TABLE public.%I ADD CONSTRAINT month_bounds_check'
-                               ' CHECK ("timestamp" >= %L AND "timestamp" < %L)', v_leaf, v_from, v_to);
-                PERFORM public.fn_secure_partition(v_leaf);
+            IF public.fn_create_month_table(v_part, v_leaf, v_month) THEN
                 v_created := v_created || v_leaf;
             END IF;
+            -- SHARE ROW EXCLUSIVE holds off this tenant's writers to _rest while readers go on.
             PERFORM pg_advisory_xact_lock(public.fn_tenant_lock_key(p_tenant));
             EXECUTE format('LOCK TABLE public.%I IN SHARE ROW EXCLUSIVE MODE', v_rest);
-            EXECUTE format('WITH moved AS (DELETE FROM public.%I WHERE "timestamp" >= %L AND "timestamp" < %L'
-                           ' RETURNING *) INSERT INTO public.%I SELECT * FROM moved', v_rest, v_from, v_to, v_leaf);
-            GET DIAGNOSTICS v_n = ROW_COUNT;
-            v_moved := v_moved + v_n;
-            EXECUTE format('ALTER TABLE public.%I ATTACH PARTITION public.%I FOR VALUES FROM (%L) TO (%L)',
-                           v_part, v_leaf, v_from, v_to);
+            v_moved := v_moved + public.fn_attach_month(v_part, v_leaf, v_month, v_rest);
         END LOOP;
     END IF;
 
@@ -681,7 +682,8 @@ DECLARE
     f text;
 BEGIN
     FOREACH f IN ARRAY ARRAY[
-        'fn_premake_pool_months(integer)', 'fn_attach_pool_month(date, text)', 'fn_leaf_count()', 'fn_pool_bytes_per_row()', 'fn_pool_exclude_tenant(uuid)',
+        'fn_premake_pool_months(integer)', 'fn_create_month_table(text, text, date)',
+        'fn_attach_month(text, text, date, text)', 'fn_leaf_count()', 'fn_pool_bytes_per_row()', 'fn_pool_exclude_tenant(uuid)',
         'fn_pool_unexclude_tenant(uuid)', 'fn_cap_lock_timeout(integer)', 'fn_pool_month_name(date)', 'fn_pool_exclusion_name(uuid)'
     ] LOOP
         EXECUTE format('ALTER FUNCTION public.%s OWNER TO billing_owner', f);
