@@ -206,16 +206,15 @@ def load_tenant(admin: psycopg.Connection, source: psycopg.Connection, tenant: u
 POOL_TENANTS = 10
 
 
-def load_pool(args: argparse.Namespace, dsn: str, admin: psycopg.Connection,
-              mode: Mode) -> tuple[list[None], list[uuid.UUID], list[dict]]:
+def load_pool(args: argparse.Namespace, dsn: str, admin: psycopg.Connection, mode: Mode,
+              ctx: dict) -> tuple[list[None], list[uuid.UUID], list[dict]]:
     """--pool: POOL_TENANTS free (pooled) tenants share --rows events over the three old
     months, in the pool's months; every round tiers the pool (tenant None), and the inserter
     writes as the first of them into the pool's current month."""
     label = mode.label
     h.log(f"{label}: creating {POOL_TENANTS} pooled tenants with {args.rows:,} rows in all")
     tenants = create_tenants(admin, POOL_TENANTS, f"pool {mode.method} sc={mode.synchronous_commit}", tier="free")
-    this_month = admin.execute("SELECT date_trunc('month', now() AT TIME ZONE 'UTC')::date").fetchone()[0]
-    first, end = utc(add_months(this_month, -max(OLD_MONTHS))), utc(add_months(this_month, -min(OLD_MONTHS) + 1))
+    first, end = ctx["first"], ctx["end"]
     per_tenant = args.rows // POOL_TENANTS
     started = time.perf_counter()
     with connect(dsn) as source:
@@ -649,7 +648,7 @@ def run_mode(args: argparse.Namespace, dsn: str, admin: psycopg.Connection, mode
     baseline, with the inserter writing throughout at a fixed rate."""
     label = mode.label
     if args.pool:
-        tenants, writers, loads = load_pool(args, dsn, admin, mode)
+        tenants, writers, loads = load_pool(args, dsn, admin, mode, ctx)
     else:
         h.log(f"{label}: creating {args.rounds} enterprise tenants with {args.rows:,} rows each")
         tenants = create_tenants(admin, args.rounds, f"{mode.method} sc={mode.synchronous_commit}")
