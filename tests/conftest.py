@@ -21,6 +21,7 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
+from tenant_pipelines.config import STATE_DIR_ENV
 from tenant_pipelines.core.tiering import configure_tablespaces
 from tenant_pipelines.db.embedded import FAST_UNSAFE_SETTINGS, TABLESPACES, EmbeddedCluster
 from tenant_pipelines.db.migrate import migrate
@@ -28,6 +29,14 @@ from tenant_pipelines.db.migrate import migrate
 APP_PASSWORD = "app-test-password"
 TEMPLATE = "tp_template"
 _counter = itertools.count()
+
+
+@pytest.fixture(autouse=True)
+def private_state_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing of this checkout's own .tenant-pipelines (README command 1 fills it: the demo's
+    backup key, its cluster, its PgBouncer) reaches a test: each test gets an empty state folder
+    of its own unless it sets TENANT_PIPELINES_HOME itself."""
+    monkeypatch.setenv(STATE_DIR_ENV, str(tmp_path_factory.mktemp("state")))
 
 
 @pytest.fixture(scope="session")
