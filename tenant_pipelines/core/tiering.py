@@ -43,6 +43,9 @@ SET_TABLESPACE = "set-tablespace"
 METHODS = (ONLINE, SET_TABLESPACE)
 DEFAULT_MAX_MB_PER_S = 8.0
 DEFAULT_BATCH_BLOCKS = 32  # 256 KiB of the partition per copy transaction
+# What a move writes is handed to the disk every FLUSH_AFTER (backend_flush_after), so that no
+# checkpoint or kernel writeback finds hundreds of MB of it to flush at once.
+FLUSH_AFTER = "256kB"
 SWAP_LOCK_TIMEOUT_MS = 100  # the online swap's lock_timeout, if partition_config's is longer (or 0: none)
 # Advisory lock space (with hashtext(tenant)) held by a session while it tiers a tenant: two
 # runs moving the same tenant would drop each other's moves in progress.
@@ -348,9 +351,21 @@ def _copy_paced(conn: psycopg.Connection, part: PlannedPartition, shadow: sql.Id
     rate = pace.bytes_per_s
     started = time.monotonic()
     next_report = started + 10
+    def copy(c: psycopg.Connection, first: int, last: int) -> None:
+        # A batch need not wait for the disk. Crash recovery replays a prefix of the WAL, so a
+        # swap that survives a crash brings every batch before it; one that does not leaves
+        # the partition as it was and its move starts again. Waiting would cost an fsync per
+        # batch, which the tenant's writers queue behind to flush their own commits.
+        c.execute("SET LOCAL synchronous_commit = off")
+        # The shadow's pages that this backend writes out go to disk now, 256 KiB at a time,
+        # rather than piling up in the kernel's cache until a checkpoint or the kernel's own
+        # writeback flushes hundreds of MB at once while the tenant's commits wait behind it.
+        c.execute(sql.SQL("SET LOCAL backend_flush_after = {}").format(sql.Literal(FLUSH_AFTER)))
+        c.execute(insert, (f"({first},0)", f"({last},0)"))
+
     for first in range(0, blocks, pace.batch_blocks):
         last = min(first + pace.batch_blocks, blocks)
-        _in_transaction(conn, lambda c: c.execute(insert, (f"({first},0)", f"({last},0)")))
+        _in_transaction(conn, lambda c: copy(c, first, last))
         now = time.monotonic()
         if rate:
             ahead = last * BLOCK / rate - (now - started)
@@ -396,6 +411,9 @@ def _vacuum(conn: psycopg.Connection, table: sql.Identifier, *, freeze: bool, pa
     conn.autocommit = True
     rate = pace.bytes_per_s
     try:
+        # Like the copy's: what it writes (hint bits, frozen tuples) goes to disk now, not in
+        # one burst at the next checkpoint.
+        conn.execute(sql.SQL("SET backend_flush_after = {}").format(sql.Literal(FLUSH_AFTER)))
         if rate:
             delay_ms = 2
             limit = max(1, min(10000, round(rate / BLOCK * 22 * delay_ms / 1000)))
@@ -406,6 +424,7 @@ def _vacuum(conn: psycopg.Connection, table: sql.Identifier, *, freeze: bool, pa
         else:
             conn.execute(sql.SQL("ANALYZE {}").format(table))
     finally:
+        conn.execute("RESET backend_flush_after")
         if rate:
             conn.execute("RESET vacuum_cost_delay")
             conn.execute("RESET vacuum_cost_limit")

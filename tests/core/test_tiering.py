@@ -10,6 +10,7 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
 import psycopg
+from psycopg import sql
 import pytest
 
 from tenant_pipelines.core.partitions import ensure_tenant_partition, partition_name
@@ -225,6 +226,20 @@ def test_online_move_keeps_rows_names_bounds_and_security(admin_conn: psycopg.Co
     assert admin_conn.execute(
         "SELECT count(*) FROM pg_index x JOIN pg_inherits i ON i.inhrelid = x.indexrelid"
         " WHERE x.indrelid = %s::regclass", (old,)).fetchone()[0] == len(before_shape[0])
+
+
+def test_a_move_leaves_the_callers_session_settings_as_they_were(admin_conn: psycopg.Connection, tenant: uuid.UUID) -> None:
+    """The copy commits asynchronously and hands its writes to the disk early (SET LOCAL in its
+    batches, SET/RESET around its VACUUM): none of it may stay on the caller's connection."""
+    names = ("synchronous_commit", "backend_flush_after", "vacuum_cost_delay", "vacuum_cost_limit")
+
+    def settings() -> dict[str, str]:
+        return {n: admin_conn.execute(sql.SQL("SHOW {}").format(sql.Identifier(n))).fetchone()[0] for n in names}
+
+    before = settings()
+    report = tier_tenant(admin_conn, tenant, as_of=AS_OF, pace=Pace(max_mb_per_s=None, batch_blocks=1))
+    assert len(report.moves) == 4 and any(m.frozen for m in report.moves)
+    assert settings() == before
 
 
 def test_writes_to_the_moving_partition_during_the_copy_are_kept(
