@@ -7,7 +7,8 @@ the current month (UTC) so that, whatever today's date, the month four back turn
 months three and two back turn warm. Each month moves by one of the two methods:
 
 - ``online`` (tier_tenant's default): copy-and-swap. A shadow copy in the target tablespace is
-  filled in batches of ``--batch-blocks`` blocks, one short transaction each, paced to
+  filled in batches of ``--batch-blocks`` blocks, one short transaction each (committed
+  asynchronously, its writes handed to the disk every 256 kB), paced to
   ``--max-mb-per-s`` of the partition's heap; a trigger logs rows written meanwhile, which are
   copied again; writers wait for a lock only while the trigger is created (the moved month's
   writers) and during the swap (DETACH, ATTACH: the tenant's writers).
@@ -947,7 +948,9 @@ def render_markdown(results: dict) -> str:
         "The methods (`tier_tenant(method=...)`):",
         "",
         f"- `{tiering.ONLINE}` (the default): copy-and-swap (sql/0014). A shadow copy of the month in the target "
-        f"tablespace is filled in small batches, one short transaction each, paced ({_pace_text(p)}); a trigger "
+        f"tablespace is filled in small batches, one short transaction each, committed asynchronously, with its "
+        f"writes handed to the disk every {tiering.FLUSH_AFTER} (`backend_flush_after`), paced ({_pace_text(p)}); "
+        "a trigger "
         "logs the keys of rows written meanwhile, which are copied again. Writers wait for a lock only while the "
         "trigger is created (the moved month's writers) and during the swap (DETACH the old table, ATTACH the copy: "
         "the tenant's writers).",
