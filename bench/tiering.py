@@ -1155,6 +1155,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--setting applies to the throwaway cluster only, not to --dsn")
     if args.rows < 1000 or args.rounds < 1 or args.insert_rate <= 0 or args.insert_rows < 1:
         parser.error("--rows >= 1000, --rounds >= 1, --insert-rate > 0, --insert-rows >= 1")
+    if args.pool and args.method == "both" and args.rounds % 2:
+        # The modes share the pool: an odd round count leaves its months in warm and cold, and
+        # the next mode's first round would find nothing to move.
+        parser.error("--pool with --method both needs an even --rounds (e.g. --rounds 4), so that each mode "
+                     "leaves the pool's months back in hot for the next")
     try:
         args.pace = tiering.Pace(max_mb_per_s=args.max_mb_per_s, batch_blocks=args.batch_blocks)
     except tiering.InvalidInput as exc:
