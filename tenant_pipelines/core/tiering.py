@@ -351,6 +351,7 @@ def _copy_paced(conn: psycopg.Connection, part: PlannedPartition, shadow: sql.Id
     rate = pace.bytes_per_s
     started = time.monotonic()
     next_report = started + 10
+
     def copy(c: psycopg.Connection, first: int, last: int) -> None:
         # A batch need not wait for the disk. Crash recovery replays a prefix of the WAL, so a
         # swap that survives a crash brings every batch before it; one that does not leaves
