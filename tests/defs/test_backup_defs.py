@@ -129,8 +129,8 @@ def test_freshness_warns_about_a_tenant_without_a_recent_backup(
 
 
 def tick(instance: dg.DagsterInstance, dsn: str) -> dg.SensorResult:
-    context = dg.build_sensor_context(instance=instance, resources={"billing_db": BillingDatabase(dsn=dsn)})
-    return tenant_backup_sensor(context)
+    with dg.build_sensor_context(instance=instance, resources={"billing_db": BillingDatabase(dsn=dsn)}) as context:
+        return tenant_backup_sensor(context)
 
 
 def test_sensor_requests_due_tenants_with_idempotent_run_keys(

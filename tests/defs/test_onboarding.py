@@ -32,8 +32,9 @@ def instance():
 
 
 def tick(instance: dg.DagsterInstance, dsn: str) -> dg.SensorResult:
-    context = dg.build_sensor_context(instance=instance, resources={"billing_db": BillingDatabase(dsn=dsn)})
-    result = tenant_onboarding_sensor(context)
+    # Closed at once: an open context would outlive its instance as Dagster's current state storage.
+    with dg.build_sensor_context(instance=instance, resources={"billing_db": BillingDatabase(dsn=dsn)}) as context:
+        result = tenant_onboarding_sensor(context)
     # What the daemon does with the result: add the keys.
     for request in result.dynamic_partitions_requests or []:
         instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
@@ -155,8 +156,9 @@ def test_backfill_of_several_tenants_runs_in_one_run(
 def test_premake_schedule_makes_a_bounded_number_of_runs(instance: dg.DagsterInstance) -> None:
     keys = [str(uuid.UUID(int=i)) for i in range(TENANTS_PER_RUN * 2 + 1)]
     instance.add_dynamic_partitions("tenants", keys)
-    context = dg.build_schedule_context(instance=instance, scheduled_execution_time=datetime(2026, 11, 30, tzinfo=timezone.utc))
-    requests = premake_schedule(context)
+    with dg.build_schedule_context(instance=instance,
+                                   scheduled_execution_time=datetime(2026, 11, 30, tzinfo=timezone.utc)) as context:
+        requests = premake_schedule(context)
     assert len(requests) == 3
     assert requests[0].tags["dagster/asset_partition_range_start"] == keys[0]
     assert requests[-1].tags["dagster/asset_partition_range_end"] == keys[-1]

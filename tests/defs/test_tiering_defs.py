@@ -75,9 +75,11 @@ def test_tiering_schedule_batches_tenants(admin_conn: psycopg.Connection) -> Non
     keys = [str(uuid.UUID(int=i)) for i in range(TENANTS_PER_RUN + 1)]
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("tenants", keys)
-        context = dg.build_schedule_context(instance=instance,
-                                            scheduled_execution_time=datetime(2026, 12, 1, tzinfo=timezone.utc))
-        requests = tiering_schedule(context)
+        # A context left open keeps the instance's state storage as the current one after the
+        # instance is gone; a later Definitions load in this process then fails on its weakref.
+        with dg.build_schedule_context(instance=instance,
+                                       scheduled_execution_time=datetime(2026, 12, 1, tzinfo=timezone.utc)) as context:
+            requests = tiering_schedule(context)
     assert [r.run_key for r in requests] == ["tiering:2026-12-01:0", "tiering:2026-12-01:1"]
 
 
@@ -94,8 +96,9 @@ def test_pool_tier_placement_moves_the_pools_months_and_its_check_passes(
         resources = {"billing_db": BillingDatabase(dsn=admin_dsn)}
         result = dg.materialize([pool_tier_placement, pool_tiers_match_policy], instance=instance,
                                 resources=resources)
-        context = dg.build_schedule_context(instance=instance, scheduled_execution_time=datetime(2026, 12, 1, tzinfo=timezone.utc))
-        request = pool_tiering_schedule(context)
+        with dg.build_schedule_context(instance=instance,
+                                       scheduled_execution_time=datetime(2026, 12, 1, tzinfo=timezone.utc)) as context:
+            request = pool_tiering_schedule(context)
     assert result.success
     meta = result.get_asset_materialization_events()[0].materialization.metadata
     assert meta["partitions_moved"].value >= 2 and meta["cold/partitions"].value >= 1
