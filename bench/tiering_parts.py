@@ -85,7 +85,7 @@ def run_load(args: argparse.Namespace, admin: psycopg.Connection, work: psycopg.
     """One load; returns its window(s): start, end, heap MB/s and what it wrote."""
     source = sql.Identifier("public", part)
     if load not in ("none", "file-copy"):
-        make_shadow(work, source, "indexes" if load == "indexes" else ("heap" if load == "build" else load))
+        make_shadow(work, source, "heap" if load == "build" else load)
     conflict = " ON CONFLICT DO NOTHING" if load == "indexes" else ""
     insert = sql.SQL("INSERT INTO bench_parts_shadow SELECT * FROM {} WHERE ctid >= %s::tid AND ctid < %s::tid"
                      + conflict).format(source)
@@ -139,13 +139,9 @@ def run_load(args: argparse.Namespace, admin: psycopg.Connection, work: psycopg.
 
 
 def latency(samples: Sequence[bt.Sample], windows: list[dict]) -> dict:
-    inside = [s for w in windows for s in samples if w["start"] <= s.started <= w["end"]]
-    service = [(s.finished - s.started) * 1000 for s in inside]
-    response = [(s.finished - s.scheduled) * 1000 for s in inside]
-    return {"seconds": sum(w["end"] - w["start"] for w in windows), "inserts": len(inside),
-            "failed": sum(not s.ok for s in inside),
-            "service_p50_ms": bt.percentile(service, 50), "service_p99_ms": bt.percentile(service, 99),
-            "p99_ms": bt.percentile(response, 99), "max_ms": max(response)}
+    """bench/tiering.py's summary of the inserts due within ``windows``, with their length."""
+    return {"seconds": sum(w["end"] - w["start"] for w in windows),
+            **bt.latency_summary([s for w in windows for s in bt.in_window(samples, w)])}
 
 
 def summarize(samples: Sequence[bt.Sample], windows: list[dict]) -> tuple[list[dict], list[dict]]:
