@@ -90,11 +90,8 @@ def run_load(args: argparse.Namespace, admin: psycopg.Connection, work: psycopg.
     insert = sql.SQL("INSERT INTO bench_parts_shadow SELECT * FROM {} WHERE ctid >= %s::tid AND ctid < %s::tid"
                      + conflict).format(source)
 
-    def copy_rows(first: int, last: int) -> None:
-        with work.transaction():
-            work.execute("SET LOCAL synchronous_commit = off")
-            work.execute(sql.SQL("SET LOCAL backend_flush_after = {}").format(sql.Literal(tiering.FLUSH_AFTER)))
-            work.execute(insert, (f"({first},0)", f"({last},0)"))
+    def copy_rows(first: int, last: int) -> None:  # autocommitted, with the move's COPY_SETTINGS (below)
+        work.execute(insert, (f"({first},0)", f"({last},0)"))
 
     rate = args.max_mb_per_s * 1e6
     windows = []
@@ -118,7 +115,8 @@ def run_load(args: argparse.Namespace, admin: psycopg.Connection, work: psycopg.
             os.close(dst)
             target.unlink()
     else:
-        mbps = paced(args.batch_blocks, blocks, rate, args.seconds, copy_rows)
+        with tiering.session_settings(work, tiering.COPY_SETTINGS):
+            mbps = paced(args.batch_blocks, blocks, rate, args.seconds, copy_rows)
     windows.append({"load": "build:heap" if load == "build" else load, "start": start, "end": time.perf_counter(),
                     "heap_mb_per_s": mbps, "wal_bytes": bt.wal_bytes(admin, lsn)})
     if load == "build":

@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Callable, TypeVar
+from typing import Callable, Iterator, TypeVar
 
 import psycopg
 from psycopg import sql
@@ -41,11 +42,25 @@ TIERS = ("hot", "warm", "cold")
 ONLINE = "online"
 SET_TABLESPACE = "set-tablespace"
 METHODS = (ONLINE, SET_TABLESPACE)
-DEFAULT_MAX_MB_PER_S = 8.0
-DEFAULT_BATCH_BLOCKS = 32  # 256 KiB of the partition per copy transaction
+# A writer's commit that meets a batch queues behind that batch's WAL and pages, so batches are
+# small; the pace sets the share of its commits that meet one (docs/tiering.md).
+DEFAULT_MAX_MB_PER_S = 1.0
+DEFAULT_BATCH_BLOCKS = 4  # 32 KiB of the partition per copy transaction
 # What a move writes is handed to the disk every FLUSH_AFTER (backend_flush_after), so that no
 # checkpoint or kernel writeback finds hundreds of MB of it to flush at once.
 FLUSH_AFTER = "256kB"
+# The online copy's session settings.
+COPY_SETTINGS = {
+    # A batch need not wait for the disk. Crash recovery replays a prefix of the WAL, so a swap
+    # that survives a crash brings every batch before it; one that does not leaves the partition
+    # as it was and its move starts again. Waiting would cost an fsync per batch, which the
+    # tenant's writers queue behind to flush their own commits.
+    "synchronous_commit": "off",
+    # The shadow's pages that the mover's backend writes out go to disk now, 256 KiB at a time,
+    # rather than piling up in the kernel's cache until a checkpoint or the kernel's own
+    # writeback flushes hundreds of MB at once while the tenant's commits wait behind it.
+    "backend_flush_after": FLUSH_AFTER,
+}
 SWAP_LOCK_TIMEOUT_MS = 100  # the online swap's lock_timeout, if partition_config's is longer (or 0: none)
 # Advisory lock space (with hashtext(tenant)) held by a session while it tiers a tenant: two
 # runs moving the same tenant would drop each other's moves in progress.
@@ -351,30 +366,37 @@ def _copy_paced(conn: psycopg.Connection, part: PlannedPartition, shadow: sql.Id
     rate = pace.bytes_per_s
     started = time.monotonic()
     next_report = started + 10
+    # Each batch is one autocommitted statement: a single round trip, so that small batches
+    # cost little.
+    with session_settings(conn, COPY_SETTINGS):
+        for first in range(0, blocks, pace.batch_blocks):
+            last = min(first + pace.batch_blocks, blocks)
+            conn.execute(insert, (f"({first},0)", f"({last},0)"))
+            now = time.monotonic()
+            if rate:
+                ahead = last * BLOCK / rate - (now - started)
+                if ahead > 0:
+                    sleep(ahead)
+            if now >= next_report:
+                log(f"{what}: {last * BLOCK / MiB:,.0f} of {blocks * BLOCK / MiB:,.0f} MiB copied")
+                next_report = now + 10
 
-    def copy(c: psycopg.Connection, first: int, last: int) -> None:
-        # A batch need not wait for the disk. Crash recovery replays a prefix of the WAL, so a
-        # swap that survives a crash brings every batch before it; one that does not leaves
-        # the partition as it was and its move starts again. Waiting would cost an fsync per
-        # batch, which the tenant's writers queue behind to flush their own commits.
-        c.execute("SET LOCAL synchronous_commit = off")
-        # The shadow's pages that this backend writes out go to disk now, 256 KiB at a time,
-        # rather than piling up in the kernel's cache until a checkpoint or the kernel's own
-        # writeback flushes hundreds of MB at once while the tenant's commits wait behind it.
-        c.execute(sql.SQL("SET LOCAL backend_flush_after = {}").format(sql.Literal(FLUSH_AFTER)))
-        c.execute(insert, (f"({first},0)", f"({last},0)"))
 
-    for first in range(0, blocks, pace.batch_blocks):
-        last = min(first + pace.batch_blocks, blocks)
-        _in_transaction(conn, lambda c: copy(c, first, last))
-        now = time.monotonic()
-        if rate:
-            ahead = last * BLOCK / rate - (now - started)
-            if ahead > 0:
-                sleep(ahead)
-        if now >= next_report:
-            log(f"{what}: {last * BLOCK / MiB:,.0f} of {blocks * BLOCK / MiB:,.0f} MiB copied")
-            next_report = now + 10
+@contextmanager
+def session_settings(conn: psycopg.Connection, settings: dict[str, str]) -> Iterator[None]:
+    """Autocommit, with these session settings; then the caller's autocommit and settings as
+    they were."""
+    previous_autocommit = conn.autocommit
+    conn.autocommit = True
+    previous = conn.execute("SELECT name, setting FROM pg_settings WHERE name = ANY(%s)", (list(settings),)).fetchall()
+    try:
+        for name, value in settings.items():
+            conn.execute("SELECT set_config(%s, %s, false)", (name, value))
+        yield
+    finally:
+        for name, value in previous:
+            conn.execute("SELECT set_config(%s, %s, false)", (name, value))
+        conn.autocommit = previous_autocommit
 
 
 def _abandon(conn: psycopg.Connection, partition: str) -> None:
@@ -408,28 +430,19 @@ def _abandon_quietly(conn: psycopg.Connection, partition: str) -> None:
 def _vacuum(conn: psycopg.Connection, table: sql.Identifier, *, freeze: bool, pace: Pace) -> None:
     """VACUUM (FREEZE, ANALYZE) ``table``, or ANALYZE it, with a cost delay that keeps the
     pages it dirties near ``pace``'s rate (vacuum_cost_page_dirty is 20, a miss 2)."""
-    previous = conn.autocommit
-    conn.autocommit = True
+    # Like the copy's: what it writes (hint bits, frozen tuples) goes to disk now, not in one
+    # burst at the next checkpoint.
+    settings = {"backend_flush_after": FLUSH_AFTER}
     rate = pace.bytes_per_s
-    try:
-        # Like the copy's: what it writes (hint bits, frozen tuples) goes to disk now, not in
-        # one burst at the next checkpoint.
-        conn.execute(sql.SQL("SET backend_flush_after = {}").format(sql.Literal(FLUSH_AFTER)))
-        if rate:
-            delay_ms = 2
-            limit = max(1, min(10000, round(rate / BLOCK * 22 * delay_ms / 1000)))
-            conn.execute(sql.SQL("SET vacuum_cost_delay = {}").format(sql.Literal(f"{delay_ms}ms")))
-            conn.execute(sql.SQL("SET vacuum_cost_limit = {}").format(sql.Literal(limit)))
+    if rate:
+        delay_ms = 2
+        settings["vacuum_cost_delay"] = f"{delay_ms}ms"
+        settings["vacuum_cost_limit"] = str(max(1, min(10000, round(rate / BLOCK * 22 * delay_ms / 1000))))
+    with session_settings(conn, settings):
         if freeze:
             conn.execute(sql.SQL("VACUUM (FREEZE, ANALYZE) {}").format(table))
         else:
             conn.execute(sql.SQL("ANALYZE {}").format(table))
-    finally:
-        conn.execute("RESET backend_flush_after")
-        if rate:
-            conn.execute("RESET vacuum_cost_delay")
-            conn.execute("RESET vacuum_cost_limit")
-        conn.autocommit = previous
 
 
 def misplaced(conn: psycopg.Connection, tenants: list[str] | None = None, as_of: datetime | None = None) -> list[PlannedPartition]:

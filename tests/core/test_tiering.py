@@ -229,17 +229,23 @@ def test_online_move_keeps_rows_names_bounds_and_security(admin_conn: psycopg.Co
 
 
 def test_a_move_leaves_the_callers_session_settings_as_they_were(admin_conn: psycopg.Connection, tenant: uuid.UUID) -> None:
-    """The copy commits asynchronously and hands its writes to the disk early (SET LOCAL in its
-    batches, SET/RESET around its VACUUM): none of it may stay on the caller's connection."""
+    """The copy commits asynchronously and hands its writes to the disk early, its VACUUM has
+    a cost delay, and both run in autocommit: none of it may stay on the caller's connection,
+    and values the caller set itself come back (not the server's defaults)."""
     names = ("synchronous_commit", "backend_flush_after", "vacuum_cost_delay", "vacuum_cost_limit")
+    for name, value in (("synchronous_commit", "local"), ("backend_flush_after", "64kB"), ("vacuum_cost_limit", "321")):
+        admin_conn.execute("SELECT set_config(%s, %s, false)", (name, value))
+    admin_conn.commit()
 
     def settings() -> dict[str, str]:
         return {n: admin_conn.execute(sql.SQL("SHOW {}").format(sql.Identifier(n))).fetchone()[0] for n in names}
 
-    before = settings()
-    report = tier_tenant(admin_conn, tenant, as_of=AS_OF, pace=Pace(max_mb_per_s=None, batch_blocks=1))
+    before, autocommit = settings(), admin_conn.autocommit
+    assert before["synchronous_commit"] == "local" and before["vacuum_cost_limit"] == "321"
+    # a rate: the VACUUM gets a cost delay and limit of its own
+    report = tier_tenant(admin_conn, tenant, as_of=AS_OF, pace=Pace(max_mb_per_s=1000, batch_blocks=1))
     assert len(report.moves) == 4 and any(m.frozen for m in report.moves)
-    assert settings() == before
+    assert settings() == before and admin_conn.autocommit == autocommit
 
 
 def test_writes_to_the_moving_partition_during_the_copy_are_kept(
