@@ -972,7 +972,7 @@ def render_markdown(results: dict) -> str:
         "",
         h.markdown_table(["Method", "What", "MB/s", "Notes"], throughput_rows, "llrl"),
         "",
-        *[f"- {method}: whole move vs plain copy of the same files: {s['mb_per_second'] / rel:.2f}×." if rel else
+        *[f"- {method}: whole move vs plain copy of the same files: {s['mb_per_second'] / rel:.2g}×." if rel else
           f"- {method}: the relation files were not readable (remote server): only the random-file copy is a "
           "baseline." for method, s in by_method.items()],
         *[f"- WAL written by the {method} moves (their VACUUM/ANALYZE included): {h.mib(s['wal_bytes'])} for "
