@@ -115,11 +115,16 @@ class PgBouncerProcess:
 
     # -- state ---------------------------------------------------------------------------
     def running_pid(self) -> int | None:
+        pid = self._written_pid()
+        return pid if pid is not None and _pid_alive(pid) else None
+
+    def _written_pid(self) -> int | None:
+        """The pid in the pidfile; None while there is none, or while PgBouncer has created the
+        file but not yet written to it."""
         try:
-            pid = int(self.pidfile.read_text().split()[0])
+            return int(self.pidfile.read_text().split()[0])
         except (FileNotFoundError, IndexError, ValueError, PermissionError):
             return None
-        return pid if _pid_alive(pid) else None
 
     def _write(self, path: Path, text: str, mode: int, user: OSUser) -> bool:
         """Write ``text`` to ``path`` atomically, owned by ``user``. Returns whether it changed."""
@@ -216,7 +221,7 @@ class PgBouncerProcess:
             if pid is not None:
                 if port_in_use(port):
                     return True
-            elif self.pidfile.exists() or time.monotonic() - started > 2:
+            elif self._written_pid() is not None or time.monotonic() - started > 2:
                 break  # it wrote its pid and exited, or never wrote one
             time.sleep(0.05)
         raise PgBouncerError(f"PgBouncer did not start: {self._log_tail(log_offset) or 'no log line'} (log: {self.logfile})")
