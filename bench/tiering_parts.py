@@ -55,19 +55,16 @@ ONE_INDEX = {"pk": 'organization_id, id, "timestamp"', "timestamp": '"timestamp"
              "metric": 'metric_name, "timestamp" DESC'}
 
 
-def paced(batch_blocks: int, blocks: int, bytes_per_s: float, seconds: float,
-          copy: Callable[[int, int], None]) -> float:
-    """copy(first, last) over [0, blocks) in batches, no faster than ``bytes_per_s``, for at
-    most ``seconds``. Returns the heap MB/s achieved."""
+def paced(pace: tiering.Pace, blocks: int, seconds: float, copy: Callable[[int, int], None]) -> float:
+    """copy(first, last) over [0, blocks) in the move's paced batches, for at most ``seconds``.
+    Returns the heap MB/s achieved."""
     started = time.monotonic()
     done = 0
-    while done < blocks and time.monotonic() - started < seconds:
-        last = min(done + batch_blocks, blocks)
-        copy(done, last)
+    for first, last in tiering.paced_batches(blocks, pace):
+        if time.monotonic() - started >= seconds:
+            break
+        copy(first, last)
         done = last
-        ahead = done * BLOCK / bytes_per_s - (time.monotonic() - started)
-        if ahead > 0:
-            time.sleep(ahead)
     return done * BLOCK / 1e6 / (time.monotonic() - started)
 
 
@@ -93,7 +90,7 @@ def run_load(args: argparse.Namespace, admin: psycopg.Connection, work: psycopg.
     def copy_rows(first: int, last: int) -> None:  # autocommitted, with the move's COPY_SETTINGS (below)
         work.execute(insert, (f"({first},0)", f"({last},0)"))
 
-    rate = args.max_mb_per_s * 1e6
+    pace = tiering.Pace(args.max_mb_per_s, args.batch_blocks)
     windows = []
     lsn = bt.wal_lsn(admin)
     start = time.perf_counter()
@@ -109,14 +106,14 @@ def run_load(args: argparse.Namespace, admin: psycopg.Connection, work: psycopg.
             def copy_file(first: int, last: int) -> None:
                 os.write(dst, os.pread(src, (last - first) * BLOCK, first * BLOCK))
                 os.fdatasync(dst)
-            mbps = paced(args.batch_blocks, blocks, rate, args.seconds, copy_file)
+            mbps = paced(pace, blocks, args.seconds, copy_file)
         finally:
             os.close(src)
             os.close(dst)
             target.unlink()
     else:
         with tiering.session_settings(work, tiering.COPY_SETTINGS):
-            mbps = paced(args.batch_blocks, blocks, rate, args.seconds, copy_rows)
+            mbps = paced(pace, blocks, args.seconds, copy_rows)
     windows.append({"load": "build:heap" if load == "build" else load, "start": start, "end": time.perf_counter(),
                     "heap_mb_per_s": mbps, "wal_bytes": bt.wal_bytes(admin, lsn)})
     if load == "build":

@@ -363,23 +363,30 @@ def _copy_paced(conn: psycopg.Connection, part: PlannedPartition, shadow: sql.Id
     insert = sql.SQL(
         "INSERT INTO {} SELECT * FROM {} WHERE ctid >= %s::tid AND ctid < %s::tid ON CONFLICT DO NOTHING"
     ).format(shadow, sql.Identifier("public", part.partition_name))
-    rate = pace.bytes_per_s
-    started = time.monotonic()
-    next_report = started + 10
+    next_report = time.monotonic() + 10
     # Each batch is one autocommitted statement: a single round trip, so that small batches
     # cost little.
     with session_settings(conn, COPY_SETTINGS):
-        for first in range(0, blocks, pace.batch_blocks):
-            last = min(first + pace.batch_blocks, blocks)
+        for first, last in paced_batches(blocks, pace, sleep):
             conn.execute(insert, (f"({first},0)", f"({last},0)"))
             now = time.monotonic()
-            if rate:
-                ahead = last * BLOCK / rate - (now - started)
-                if ahead > 0:
-                    sleep(ahead)
             if now >= next_report:
                 log(f"{what}: {last * BLOCK / MiB:,.0f} of {blocks * BLOCK / MiB:,.0f} MiB copied")
                 next_report = now + 10
+
+
+def paced_batches(blocks: int, pace: Pace, sleep: Callable[[float], None] = time.sleep) -> Iterator[tuple[int, int]]:
+    """The block ranges [first, last) of ``pace.batch_blocks`` over [0, blocks). After the
+    caller has handled one, sleeps as long as it takes to stay under ``pace.bytes_per_s``."""
+    rate = pace.bytes_per_s
+    started = time.monotonic()
+    for first in range(0, blocks, pace.batch_blocks):
+        last = min(first + pace.batch_blocks, blocks)
+        yield first, last
+        if rate:
+            ahead = last * BLOCK / rate - (time.monotonic() - started)
+            if ahead > 0:
+                sleep(ahead)
 
 
 @contextmanager
