@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
+
+from tenant_pipelines.errors import InvalidInput
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 DATABASE_URL_ENV = "BILLING_DATABASE_URL"
@@ -18,9 +21,68 @@ PGBOUNCER_INI_ENV = "TENANT_PIPELINES_PGBOUNCER_INI"
 
 def state_dir() -> Path:
     """Where the embedded cluster's state (and, when reachable, its data) lives.
-    Default: the git-ignored ``.tenant-pipelines`` folder of the project."""
+    Default: the git-ignored ``.tenant-pipelines`` folder of the project. Something there that
+    is not a folder (a file, or a path through a file) is a one-line InvalidInput."""
     value = os.environ.get(STATE_DIR_ENV, "").strip()
-    return Path(value).resolve() if value else PROJECT_DIR / ".tenant-pipelines"
+    path = Path(value).resolve() if value else PROJECT_DIR / ".tenant-pipelines"
+    problem = _not_a_folder(path)
+    if problem:
+        raise InvalidInput(f"state folder {path}{_named_by_env()}: {problem}; {_state_dir_fix()}")
+    return path
+
+
+def writable_state_dir(path: Path | None = None) -> Path:
+    """The state folder (``path``, default ``state_dir()``), created if missing, once a file
+    could be written in it; else a one-line InvalidInput that names it and the fix. Commands
+    that write state call this before they change anything."""
+    path = path or state_dir()
+    return writable_folder(path, f"state folder {path}{_named_by_env(path)}", _state_dir_fix())
+
+
+def writable_folder(path: Path, what: str, fix: str) -> Path:
+    """``path`` as a folder we can write in: created (with its parents) if missing, and a probe
+    file created and removed in it. Else InvalidInput ``<what>: <why>; <fix>``. Root ignores
+    mode bits, so only the probe tells (a read-only mount, /proc, /sys)."""
+    problem = _not_a_folder(path)
+    if problem:
+        raise InvalidInput(f"{what}: {problem}; {fix}")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InvalidInput(f"{what}: cannot create it ({exc.strerror or type(exc).__name__}); {fix}") from None
+    try:
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".tenant-pipelines-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise InvalidInput(f"{what}: cannot write in it ({exc.strerror or type(exc).__name__}); {fix}") from None
+    return path
+
+
+def _not_a_folder(path: Path) -> str | None:
+    """Why ``path`` cannot be a folder (it, or a folder above it, is something else), or None."""
+    for candidate in (path, *path.parents):
+        try:
+            if candidate.is_dir():
+                return None
+            if candidate.exists() or candidate.is_symlink():
+                return "it is a file, not a folder" if candidate == path else f"{candidate} is a file, not a folder"
+        except OSError as exc:
+            return f"cannot look at it ({exc.strerror or type(exc).__name__})"
+    return None
+
+
+def _named_by_env(path: Path | None = None) -> str:
+    value = os.environ.get(STATE_DIR_ENV, "").strip()
+    if not value or (path is not None and Path(value).resolve() != path):
+        return ""
+    return f" (${STATE_DIR_ENV})"
+
+
+def _state_dir_fix() -> str:
+    if os.environ.get(STATE_DIR_ENV, "").strip():
+        return f"point {STATE_DIR_ENV} at a folder you can write, or unset it"
+    return f"make it a folder you can write, or set {STATE_DIR_ENV} to one"
 
 
 def database_url_from_env() -> str | None:

@@ -17,10 +17,22 @@ from typing import Callable
 
 import psycopg
 
+from tenant_pipelines.errors import InvalidInput
+
 TIERS = ("free", "starter", "growth", "enterprise")
 METRICS = ("api_calls", "compute_seconds", "storage_gb_hours", "messages_sent")
 PLANS = {"free": "free", "starter": "starter_monthly", "growth": "growth_annual", "enterprise": "enterprise_custom"}
 HISTORY_DAYS = 120  # enough for hot (<30d), warm (30-90d) and cold (>90d) data
+# Organizations are created up to a year before the history starts; invoices fall due up to
+# 14 days after its last day. Every one of those dates must be a date Python can hold.
+CREATED_BEFORE_DAYS = 365
+DUE_AFTER_DAYS = 14
+MIN_AS_OF = date.min + timedelta(days=HISTORY_DAYS + CREATED_BEFORE_DAYS)
+MAX_AS_OF = date.max - timedelta(days=DUE_AFTER_DAYS)
+# Upper bounds: the demo numbers its tenants with five digits, and writes each tenant's events
+# in one transaction.
+MAX_TENANTS = 99_999
+MAX_EVENTS_PER_TENANT = 1_000_000
 _ADJECTIVES = ("Acme", "Globex", "Initech", "Umbrella", "Hooli", "Vandelay", "Stark", "Wayne", "Tyrell", "Cyberdyne")
 _NOUNS = ("Labs", "Analytics", "Cloud", "Systems", "Robotics", "Media", "Foods", "Logistics", "Health", "Energy")
 
@@ -52,8 +64,9 @@ def seed_demo(
 
     Needs an admin connection (it writes every tenant's rows).
     """
-    if tenants < 0 or events_per_tenant < 0:
-        raise ValueError("tenants and events per tenant must be zero or more")
+    check_demo_size(tenants, events_per_tenant)
+    if as_of is not None:
+        check_as_of(as_of)
     rng = random.Random(seed)
     end = datetime.combine(as_of or datetime.now(timezone.utc).date(), time(), tzinfo=timezone.utc)
     start = end - timedelta(days=HISTORY_DAYS)
@@ -126,6 +139,25 @@ def seed_demo(
         if created and created % 100 == 0:
             log(f"seeded {created} tenants")
     return SeedReport(tenants_created=created, tenants_existing=existing, events=events)
+
+
+def check_demo_size(tenants: int, events_per_tenant: int) -> None:
+    """0 to MAX_TENANTS tenants, 0 to MAX_EVENTS_PER_TENANT events each; else InvalidInput."""
+    if not 0 <= tenants <= MAX_TENANTS:
+        raise InvalidInput(f"demo tenants {tenants}: give 0 to {MAX_TENANTS:,} (the demo numbers its tenants "
+                           "with five digits)")
+    if not 0 <= events_per_tenant <= MAX_EVENTS_PER_TENANT:
+        raise InvalidInput(f"demo events per tenant {events_per_tenant}: give 0 to {MAX_EVENTS_PER_TENANT:,} "
+                           "(each tenant's events are written in one transaction)")
+
+
+def check_as_of(as_of: date) -> None:
+    """A last day whose whole demo history fits in the calendar; else InvalidInput."""
+    if not MIN_AS_OF <= as_of <= MAX_AS_OF:
+        raise InvalidInput(
+            f"demo --as-of {as_of.isoformat()}: the demo's dates run from "
+            f"{HISTORY_DAYS + CREATED_BEFORE_DAYS} days before it to {DUE_AFTER_DAYS} days after it; "
+            f"give a day from {MIN_AS_OF.isoformat()} to {MAX_AS_OF.isoformat()}")
 
 
 def database_is_empty(conn: psycopg.Connection) -> bool:

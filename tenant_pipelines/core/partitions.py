@@ -18,7 +18,7 @@ import psycopg
 
 from tenant_pipelines.core.conformance import Finding
 from tenant_pipelines.db.session import parse_tenant_id
-from tenant_pipelines.errors import TenantPipelinesError
+from tenant_pipelines.errors import TenantPipelinesError, UnknownTenant
 
 DEFAULT_PARTITION = "usage_events_mt_default"
 _RETRYABLE = (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected)
@@ -41,6 +41,22 @@ class PartitionReport:
 
 def partition_name(tenant: uuid.UUID) -> str:
     return "usage_events_mt_t_" + tenant.hex
+
+
+def require_known_tenant(conn: psycopg.Connection, tenant_id: object) -> uuid.UUID:
+    """``tenant_id`` as a UUID once the database knows it: an organization, or a tenant with
+    usage events (which the onboarding sensor picks up before its organization exists). Else
+    a one-line UnknownTenant, before anything is created for it."""
+    tenant = parse_tenant_id(tenant_id)
+    known = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM organizations WHERE id = %s)"
+        " OR EXISTS (SELECT 1 FROM usage_events_mt WHERE organization_id = %s)",
+        (tenant, tenant),
+    ).fetchone()[0]
+    if not known:
+        raise UnknownTenant(f"tenant {tenant}: unknown tenant (no organization and no usage events with this id); "
+                            "check the id, or onboard the organization first")
+    return tenant
 
 
 def run_with_lock_retry(

@@ -156,10 +156,20 @@ def require_tablespaces(conn: psycopg.Connection) -> None:
 
 
 def configure_tablespaces(conn: psycopg.Connection, tablespaces: dict[str, str]) -> None:
-    """Point tiers at existing tablespaces, e.g. ``{"warm": "standard_disk"}``."""
+    """Point tiers at existing tablespaces, e.g. ``{"warm": "standard_disk"}``. Every name is
+    checked before any is written: a tier that is not hot, warm or cold, an empty name,
+    ``pg_global`` (it holds only shared catalogs: no table can move there) and a tablespace
+    that does not exist are each refused with the fix, and nothing changes."""
     for tier, name in tablespaces.items():
         if tier not in TIERS:
             raise InvalidInput(f"tier {tier!r}: the tiers are hot, warm and cold")
+        if not isinstance(name, str) or not name.strip():
+            raise InvalidInput(f"tablespace for the {tier} tier: the name is empty; give an existing "
+                               "tablespace's name (SELECT spcname FROM pg_tablespace lists them)")
+        if name == "pg_global":
+            raise InvalidInput(f"tablespace pg_global for the {tier} tier: it holds only PostgreSQL's shared "
+                               "catalogs and no table can be moved into it; name another tablespace "
+                               "(pg_default, or one made with CREATE TABLESPACE)")
         exists = conn.execute("SELECT EXISTS (SELECT 1 FROM pg_tablespace WHERE spcname = %s)", (name,)).fetchone()[0]
         if not exists:
             raise MissingTablespace(

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
 
+from tenant_pipelines.config import writable_state_dir
 from tenant_pipelines.errors import TenantPipelinesError
 
 MIN_SERVER_MAJOR = 15
@@ -234,8 +235,14 @@ class EmbeddedCluster:
     def _read_state(self) -> dict:
         try:
             return json.loads(self.state_file.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
+        except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
             return {}
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise ClusterError(
+                f"{self.state_file}: cannot read it ({reason}); make it a readable file, or remove it "
+                "together with the cluster's data folder to start afresh"
+            ) from None
 
     def _write_state(self, state: dict) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -301,6 +308,7 @@ class EmbeddedCluster:
 
     def up(self) -> str:
         """Start the cluster, or reuse the one already running. Returns the billing DSN."""
+        writable_state_dir(self.state_dir)  # before anything is created or started
         user = server_os_user()
         bindir = find_bindir()
         state = self._read_state()
