@@ -486,31 +486,57 @@ def start_pgbouncer_for(
     state = _read_state(state_path)
     process = PgBouncerProcess.in_state_dir(home, log=log)
     password: str | None = None
+    gave_password = False
     with connect(admin_dsn, autocommit=True) as conn:
-        if manage_app_password:
-            password = state.get("app_password") or secrets.token_urlsafe(24)
-            if ensure_role_password(conn, APP_ROLE, password):
-                log(f"gave {APP_ROLE} a generated password (kept in {state_path})")
-            elif not _password_works(admin_dsn, APP_ROLE, password):
-                log(f"{APP_ROLE} has a password tenant-pipelines did not set: the DSN carries none, supply it yourself")
-                password = None
-        userlist = render_userlist({APP_ROLE: role_scram_secret(conn, APP_ROLE)})
+        # Everything is checked before anything changes: the pools (tiers, sizes) and every name
+        # and path that goes into the files. Only then may billing_app get a password.
         base = pooler_config(
             conn, admin_dsn, listen_port=DEFAULT_LISTEN_PORT, auth_file=str(process.auth_file),
             pool_overrides=pool_overrides, default_pool_size=default_pool_size,
             logfile=str(process.logfile), pidfile=str(process.pidfile),
         )
 
-    def render(port: int) -> str:
-        return render_pgbouncer_ini(replace(base, listen_port=port))
+        def render(port: int) -> str:
+            return render_pgbouncer_ini(replace(base, listen_port=port))
 
-    render(DEFAULT_LISTEN_PORT)  # refuse a hostile name before anything starts
-    port = process.up(render, userlist, preferred_port=state.get("port"))
-    state.update({"port": port, "folder": str(process.folder)})
-    if password:
-        state["app_password"] = password
-    _write_state(state_path, state)
+        render(DEFAULT_LISTEN_PORT)  # refuse a hostile name before anything starts
+        if manage_app_password:
+            password = state.get("app_password") or secrets.token_urlsafe(24)
+            gave_password = ensure_role_password(conn, APP_ROLE, password)
+            if gave_password:
+                log(f"gave {APP_ROLE} a generated password (kept in {state_path})")
+            elif not _password_works(admin_dsn, APP_ROLE, password):
+                log(f"{APP_ROLE} has a password tenant-pipelines did not set: the DSN carries none, supply it yourself")
+                password = None
+        try:
+            userlist = render_userlist({APP_ROLE: role_scram_secret(conn, APP_ROLE)})
+        except BaseException:
+            if gave_password:
+                _take_back_password(admin_dsn, APP_ROLE, log)
+            raise
+    try:
+        port = process.up(render, userlist, preferred_port=state.get("port"))
+        state.update({"port": port, "folder": str(process.folder)})
+        if password:
+            state["app_password"] = password
+        _write_state(state_path, state)
+    except BaseException:
+        # A password that pgbouncer.json does not keep would be one "tenant-pipelines did not
+        # set" on the next run: a failed start leaves the role as it found it.
+        if gave_password:
+            _take_back_password(admin_dsn, APP_ROLE, log)
+        raise
     return pooled_dsn(port, password=password)
+
+
+def _take_back_password(admin_dsn: str, role: str, log: Callable[[str], None]) -> None:
+    """Undo ``ensure_role_password`` of a start that failed: ``role`` has no password again."""
+    try:
+        with connect(admin_dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("ALTER ROLE {} PASSWORD NULL").format(sql.Identifier(role)))
+    except (TenantPipelinesError, psycopg.Error):
+        log(f"could not take back the password just given to {role}: run ALTER ROLE {role} PASSWORD NULL, "
+            "then 'tenant-pipelines pgbouncer up' again")
 
 
 def pgbouncer_config_text(
@@ -526,6 +552,10 @@ def pgbouncer_config_text(
     the project's config without its log and pid files. The port defaults to the project's
     PgBouncer's (6432 when it never ran). With ``userlist``, the auth file is written there
     (mode 0600) and named in the config; else the config names the project's auth file."""
+    if listen_port is not None:
+        check_listen_port(listen_port)
+    if userlist is not None:
+        userlist = check_userlist_path(userlist)
     home = state_dir or config.state_dir()
     process = PgBouncerProcess.in_state_dir(home)
     port = listen_port or _read_state(home / STATE_FILE).get("port") or DEFAULT_LISTEN_PORT
@@ -537,11 +567,47 @@ def pgbouncer_config_text(
         text = render_pgbouncer_ini(cfg)
         if userlist is not None:
             secret = render_userlist({APP_ROLE: role_scram_secret(conn, APP_ROLE)})
-            fd = os.open(userlist, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            os.fchmod(fd, 0o600)  # also when the file was there already
-            with os.fdopen(fd, "w") as fh:
-                fh.write(secret)
+            try:
+                fd = os.open(userlist, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                os.fchmod(fd, 0o600)  # also when the file was there already
+                with os.fdopen(fd, "w") as fh:
+                    fh.write(secret)
+            except OSError as exc:
+                raise InvalidInput(f"auth file {userlist}: cannot write it ({exc.strerror or type(exc).__name__}); "
+                                   f"{_USERLIST_FIX}") from None
     return text
+
+
+MAX_PORT = 65535
+_USERLIST_FIX = "give a file path in an existing folder you can write"
+
+
+def check_listen_port(port: object) -> int:
+    """A TCP port, 1 to 65535, or a one-line InvalidInput."""
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= MAX_PORT:
+        raise InvalidInput(f"listen port {port!r}: out of range; give 1 to {MAX_PORT}")
+    return port
+
+
+def check_userlist_path(path: Path) -> Path:
+    """Where ``pgbouncer config --userlist`` may write the auth file, as an absolute path: a new
+    or existing file (not a folder) in an existing folder, on one line; else a one-line
+    InvalidInput, before anything is read or written. Whether the folder takes the file shows
+    only when it is written (root ignores mode bits): that error is one line too."""
+    path = Path(path).absolute()
+    try:
+        if path.is_dir():
+            raise InvalidInput(f"auth file {path}: it is a folder; {_USERLIST_FIX}, e.g. {path / 'userlist.txt'}")
+        if not path.parent.exists():
+            raise InvalidInput(f"auth file {path}: the folder {path.parent} does not exist; create it, or "
+                               f"{_USERLIST_FIX}")
+        if not path.parent.is_dir():
+            raise InvalidInput(f"auth file {path}: {path.parent} is a file, not a folder; {_USERLIST_FIX}")
+    except OSError as exc:
+        raise InvalidInput(f"auth file {path}: cannot look at it ({exc.strerror or type(exc).__name__}); "
+                           f"{_USERLIST_FIX}") from None
+    ini_path(str(path), "auth file")  # the config names it: PgBouncer must be able to read it back
+    return path
 
 
 def stop_pgbouncer(
