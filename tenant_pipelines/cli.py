@@ -12,7 +12,7 @@ import os
 import sys
 from datetime import date, datetime, timezone
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, NoReturn, Sequence
 
 from tenant_pipelines import __version__
 from tenant_pipelines.config import DATABASE_URL_ENV, PROJECT_DIR, dagster_home, database_url_from_env
@@ -88,7 +88,7 @@ def cmd_tiering_configure(args: argparse.Namespace) -> int:
     from tenant_pipelines.db.connect import connect
     from tenant_pipelines.db.target import admin_dsn
 
-    wanted = {tier: getattr(args, tier) for tier in ("hot", "warm", "cold") if getattr(args, tier)}
+    wanted = {tier: getattr(args, tier) for tier in ("hot", "warm", "cold") if getattr(args, tier) is not None}
     with connect(admin_dsn()) as conn:
         if wanted:
             configure_tablespaces(conn, wanted)
@@ -99,12 +99,14 @@ def cmd_tiering_configure(args: argparse.Namespace) -> int:
 
 
 def cmd_tiering_plan(args: argparse.Namespace) -> int:
+    from tenant_pipelines.core.partitions import require_known_tenant
     from tenant_pipelines.core.tiering import plan
     from tenant_pipelines.db.connect import connect
     from tenant_pipelines.db.target import admin_dsn
 
     with connect(admin_dsn()) as conn:
-        parts = plan(conn, args.tenant)
+        tenant = require_known_tenant(conn, args.tenant) if args.tenant is not None else None
+        parts = plan(conn, tenant)
     print("partition\tcurrent\ttarget\tbytes\tmove")
     for p in parts:
         move = "yes" if p.movable and p.misplaced else "no"
@@ -113,6 +115,7 @@ def cmd_tiering_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_tiering_run(args: argparse.Namespace) -> int:
+    from tenant_pipelines.core.partitions import require_known_tenant
     from tenant_pipelines.core.tiering import Pace, tier_pool, tier_tenant
     from tenant_pipelines.db.connect import connect
     from tenant_pipelines.db.target import admin_dsn
@@ -122,7 +125,8 @@ def cmd_tiering_run(args: argparse.Namespace) -> int:
         if args.pool:
             report = tier_pool(conn, method=args.method, pace=pace, log=_log)
         else:
-            report = tier_tenant(conn, args.tenant, method=args.method, pace=pace, log=_log)
+            report = tier_tenant(conn, require_known_tenant(conn, args.tenant), method=args.method, pace=pace,
+                                 log=_log)
     for name in report.restarted:
         _log(f"{name}: an unfinished move was found and started again")
     print("partition\tfrom\tto\tbytes\tseconds\tlock_ms")
@@ -152,12 +156,13 @@ def cmd_partitions_status(args: argparse.Namespace) -> int:
 
 
 def cmd_partitions_ensure(args: argparse.Namespace) -> int:
-    from tenant_pipelines.core.partitions import ensure_tenant_partition
+    from tenant_pipelines.core.partitions import ensure_tenant_partition, require_known_tenant
     from tenant_pipelines.db.connect import connect
     from tenant_pipelines.db.target import admin_dsn
 
     with connect(admin_dsn(), autocommit=True) as conn:
-        report = ensure_tenant_partition(conn, args.tenant, premake_months=args.premake_months)
+        tenant = require_known_tenant(conn, args.tenant)
+        report = ensure_tenant_partition(conn, tenant, premake_months=args.premake_months)
     print("tenant\tlayout\tpartition\ttables_created\trows_moved\tattached_now")
     print(f"{report.tenant}\t{report.layout}\t{report.partition}\t{len(report.tables_created)}\t"
           f"{report.rows_moved}\t{report.attached_now}")
@@ -317,11 +322,13 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 
 def cmd_pgbouncer_up(args: argparse.Namespace) -> int:
+    from tenant_pipelines.config import writable_state_dir
     from tenant_pipelines.core.pooling import parse_pool_sizes, start_pgbouncer_for
     from tenant_pipelines.db.target import admin_dsn
 
     embedded = not database_url_from_env()
     overrides = parse_pool_sizes(args.pool_size)
+    writable_state_dir()  # PgBouncer's files and state go there: refuse before anything starts
     dsn = admin_dsn(start=embedded, log=_log)
     print(start_pgbouncer_for(dsn, pool_overrides=overrides, default_pool_size=args.default_pool_size,
                               manage_app_password=embedded, log=_log))
@@ -360,7 +367,7 @@ def _add_pgbouncer_parser(sub: argparse._SubParsersAction) -> None:
     def pool_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--pool-size", action="append", default=[], metavar="TIER=N",
                        help="override one tier's pool size (repeatable); default: tier_limits.pool_size")
-        p.add_argument("--default-pool-size", type=int, default=DEFAULT_POOL_SIZE, metavar="N",
+        p.add_argument("--default-pool-size", type=_pool_size_arg, default=DEFAULT_POOL_SIZE, metavar="N",
                        help=f"server connections of the plain billing pool (default {DEFAULT_POOL_SIZE})")
 
     p = pgb_sub.add_parser(
@@ -378,7 +385,7 @@ def _add_pgbouncer_parser(sub: argparse._SubParsersAction) -> None:
         description="Print the pgbouncer.ini the project generates for the billing database (without log "
         "and pid files), for a PgBouncer you run yourself.",
     )
-    p.add_argument("--port", type=int, default=None, help="listen_port (default: the project's PgBouncer's, else 6432)")
+    p.add_argument("--port", type=_port, default=None, help="listen_port, 1 to 65535 (default: the project's PgBouncer's, else 6432)")
     p.add_argument("--userlist", type=Path, default=None, metavar="PATH",
                    help="also write the auth file there (mode 0600) and name it in the config")
     pool_options(p)
@@ -422,8 +429,71 @@ def _day(text: str) -> date:
         raise argparse.ArgumentTypeError(f"{text!r} is not a date like 2026-11-30") from None
 
 
+def _figure(n: int) -> str:
+    return f"{n:,}" if n >= 100_000 else str(n)
+
+
+def _bounded(low: int, high: int, why: str = "") -> Callable[[str], int]:
+    """An argparse type: a whole number from ``low`` to ``high``, else one line with the range
+    (and ``why``, the reason for the bound)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number; give {low} to {_figure(high)}") from None
+        if not low <= value <= high:
+            shown = text if len(text) <= 30 else text[:27] + "..."
+            wrong = "is negative" if value < 0 <= low else "is out of range"
+            raise argparse.ArgumentTypeError(f"{shown} {wrong}; give {low} to {_figure(high)}{why}")
+        return value
+    return parse
+
+
+_port = _bounded(1, 65535, " (a TCP port)")
+_premake_months = _bounded(0, 36, " (partition_config allows 36 months ahead; each premade month is a leaf "
+                                  "under the leaf budget)")
+
+
+def _pool_size_arg(text: str) -> int:
+    from tenant_pipelines.core.pooling import MAX_POOL_SIZE
+
+    return _bounded(1, MAX_POOL_SIZE, " (server connections)")(text)
+
+
+def _demo_tenants(text: str) -> int:
+    from tenant_pipelines.core.demo import MAX_TENANTS
+
+    return _bounded(0, MAX_TENANTS, " (the demo numbers its tenants with five digits)")(text)
+
+
+def _demo_events(text: str) -> int:
+    from tenant_pipelines.core.demo import MAX_EVENTS_PER_TENANT
+
+    return _bounded(0, MAX_EVENTS_PER_TENANT, " (each tenant's events are written in one transaction)")(text)
+
+
+def _demo_day(text: str) -> date:
+    from tenant_pipelines.core.demo import check_as_of
+
+    day = _day(text)
+    try:
+        check_as_of(day)
+    except InvalidInput as exc:
+        raise argparse.ArgumentTypeError(str(exc).split(": ", 1)[1]) from None
+    return day
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line (usage stays in --help), exit 2."""
+
+    def error(self, message: str) -> "NoReturn":  # type: ignore[override]
+        command = self.prog.removeprefix("tenant-pipelines").strip()
+        self.exit(2, f"tenant-pipelines: error: {command + ': ' if command else ''}{message} "
+                     f"(see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="tenant-pipelines",
         description="Run the multi-tenant storage layer of the billing database. "
         f"Uses ${DATABASE_URL_ENV} (an admin DSN) when set, else a project-local PostgreSQL cluster.",
@@ -505,8 +575,8 @@ def build_parser() -> argparse.ArgumentParser:
         "online, with its months) when its tier, flag or size asks for one and the leaf budget allows. "
         "Idempotent. Exit 0 on success, 2 for a malformed tenant id, 1 when a lock could not be had.")
     p.add_argument("--tenant", required=True, help="the organization UUID")
-    p.add_argument("--premake-months", type=int, default=None, metavar="N",
-                   help="months to premake ahead (default: partition_config.premake_months)")
+    p.add_argument("--premake-months", type=_premake_months, default=None, metavar="N",
+                   help="months to premake ahead, 0 to 36 (default: partition_config.premake_months)")
     p.set_defaults(func=cmd_partitions_ensure)
 
     p = sub.add_parser(
@@ -549,10 +619,11 @@ def build_parser() -> argparse.ArgumentParser:
         "payment methods and time-ordered usage events. The same --seed gives the same data; "
         "existing tenants are left alone.",
     )
-    p.add_argument("--tenants", type=_non_negative, default=12, help="how many tenants (default 12)")
-    p.add_argument("--events-per-tenant", type=_non_negative, default=2000, help="usage events each (default 2000)")
+    p.add_argument("--tenants", type=_demo_tenants, default=12, help="how many tenants, 0 to 99,999 (default 12)")
+    p.add_argument("--events-per-tenant", type=_demo_events, default=2000,
+                   help="usage events each, 0 to 1,000,000 (default 2000)")
     p.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
-    p.add_argument("--as-of", type=_day, default=None, help="last day of the event history (default today, UTC)")
+    p.add_argument("--as-of", type=_demo_day, default=None, help="last day of the event history (default today, UTC)")
     p.set_defaults(func=cmd_demo_seed)
 
     p = sub.add_parser(
@@ -560,11 +631,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Bring up the embedded cluster (or use $BILLING_DATABASE_URL), apply migrations, seed "
         "demo data into an empty database, run the main job, then start `dagster dev`.",
     )
-    p.add_argument("--tenants", type=_non_negative, default=12, help="demo tenants when seeding (default 12)")
-    p.add_argument("--events-per-tenant", type=_non_negative, default=2000, help="demo events each (default 2000)")
+    p.add_argument("--tenants", type=_demo_tenants, default=12, help="demo tenants when seeding (default 12)")
+    p.add_argument("--events-per-tenant", type=_demo_events, default=2000, help="demo events each (default 2000)")
     p.add_argument("--seed", type=int, default=42, help="demo random seed (default 42)")
     p.add_argument("--host", default="127.0.0.1", help="UI host (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=3000, help="UI port (default 3000)")
+    p.add_argument("--port", type=_port, default=3000, help="UI port (default 3000)")
     p.add_argument("--no-ui", action="store_true", help="stop after the main job; do not start the UI")
     p.set_defaults(func=cmd_dev)
     _add_pgbouncer_parser(sub)
