@@ -29,11 +29,38 @@ if ! have_pgbouncer; then
     log "PgBouncer not found: installing Debian's 'pgbouncer' package"
     missing+=(pgbouncer)
 fi
+# Another apt or dpkg (unattended-upgrades on a fresh machine, say) may hold apt's locks: wait
+# for it, up to APT_LOCK_TIMEOUT seconds, instead of failing at once. apt-get install waits by
+# itself with DPkg::Lock::Timeout; apt-get update of apt < 2.7 ignores it for its lists lock,
+# so a refused lock is also retried here until the same deadline.
+APT_LOCK_TIMEOUT=${APT_LOCK_TIMEOUT:-600}
+apt_get() {
+    local deadline=$((SECONDS + APT_LOCK_TIMEOUT)) err said=""
+    err=$(mktemp)
+    while :; do
+        if $SUDO env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout="$APT_LOCK_TIMEOUT" "$@" 2>"$err"; then
+            cat "$err" >&2
+            rm -f "$err"
+            return 0
+        fi
+        if grep -qE 'Could not get lock|Unable to lock|Unable to acquire' "$err" && [ "$SECONDS" -lt "$deadline" ]; then
+            [ -n "$said" ] || log "apt-get $1: another apt/dpkg process holds the lock ($(grep -m1 -oE '(/var/[^ ]*lock[^ .]*|held by process [0-9]+ \([^)]*\))' "$err" | tr '\n' ' ')); waiting for it, up to ${APT_LOCK_TIMEOUT}s (APT_LOCK_TIMEOUT)"
+            said=1
+            sleep 5
+            continue
+        fi
+        cat "$err" >&2
+        rm -f "$err"
+        return 1
+    done
+}
+
 if [ "${#missing[@]}" -gt 0 ]; then
     SUDO=""
     [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+    log "apt-get waits up to ${APT_LOCK_TIMEOUT}s (APT_LOCK_TIMEOUT) if another apt or dpkg process holds its lock"
+    apt_get update -qq
+    apt_get install -y -qq "${missing[@]}" >/dev/null
 fi
 
 PYTHON=${PYTHON:-python3}
