@@ -4,7 +4,6 @@ live inserts into the current month never fail; a killed move is re-run; parents
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
@@ -19,6 +18,7 @@ from tenant_pipelines.core.tiering import (
     MissingTablespace, Pace, configure_tablespaces, misplaced, plan, tier_pool, tier_tenant)
 from tenant_pipelines.errors import InvalidInput, TenantPipelinesError
 from tests.conftest import make_tenant
+from tests.waiting import DEADLINE_S, outwait_one_lock_timeout, wait_until
 
 NOW = datetime.now(timezone.utc)
 THIS_MONTH = NOW.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
@@ -129,14 +129,25 @@ def test_inserts_into_the_current_month_during_moves_never_fail(
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
+    def writes_meanwhile(_: float) -> None:
+        """Between two batches of each copy: the writer has inserted more since (it runs during the moves)."""
+        seen = inserted[0]
+        wait_until(lambda: inserted[0] > seen or errors, "the writer to insert during the move")
+        pauses[0] += 1
+
+    pauses = [0]
     thread = threading.Thread(target=writer)
     thread.start()
-    time.sleep(0.1)
-    report = tier_tenant(admin_conn, tenant, as_of=AS_OF)
-    time.sleep(0.1)
-    stop.set()
-    thread.join()
-    assert not errors and len(report.moves) == 4
+    try:
+        wait_until(lambda: inserted[0] or errors, "the writer's first insert")
+        report = tier_tenant(admin_conn, tenant, as_of=AS_OF, pace=Pace(max_mb_per_s=0.001, batch_blocks=1),
+                             sleep=writes_meanwhile)
+        after_moves = inserted[0]
+        wait_until(lambda: inserted[0] > after_moves or errors, "the writer to insert after the moves")
+    finally:
+        stop.set()
+        thread.join()
+    assert not errors and len(report.moves) == 4 and pauses[0] >= 4
     assert admin_conn.execute("SELECT count(*) FROM usage_events_mt WHERE organization_id = %s",
                               (tenant,)).fetchone()[0] == 1200 + inserted[0]
 
@@ -155,14 +166,30 @@ def test_a_killed_move_is_rolled_back_and_rerun(admin_conn: psycopg.Connection, 
 
 
 def test_lock_timeout_then_retry(admin_conn: psycopg.Connection, admin_dsn: str, tenant: uuid.UUID) -> None:
+    """A reader holds the month; the move waits for it, gives up at lock_timeout, and its retry
+    gets through once the reader is gone. The reader lets go only after the mover has provably
+    waited and given up (pg_locks), whatever the machine's speed."""
     admin_conn.execute("UPDATE partition_config SET lock_timeout = '100ms'")
-    with psycopg.connect(admin_dsn) as reader:
-        reader.execute(f'SELECT count(*) FROM "{leaf(tenant, -3)}"')  # holds ACCESS SHARE
-        timer = threading.Timer(0.4, reader.rollback)
-        timer.start()
-        report = tier_tenant(admin_conn, tenant, as_of=AS_OF, attempts=10)
-        timer.join()
-    assert any(m.attempts > 1 for m in report.moves)
+    mover_pid, done, failed = admin_conn.info.backend_pid, [], []
+
+    def move() -> None:
+        try:
+            done.append(tier_tenant(admin_conn, tenant, as_of=AS_OF, attempts=10))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            failed.append(exc)
+
+    with psycopg.connect(admin_dsn) as reader, psycopg.connect(admin_dsn, autocommit=True) as observer:
+        reader.execute(f'SELECT count(*) FROM "{leaf(tenant, -3)}"')  # holds ACCESS SHARE until rollback
+        mover = threading.Thread(target=move)
+        mover.start()
+        try:
+            outwait_one_lock_timeout(observer, mover_pid, leaf(tenant, -3))
+        finally:
+            reader.rollback()
+            mover.join()
+    assert not failed, failed
+    (report,) = done
+    assert max(m.attempts for m in report.moves if m.partition == leaf(tenant, -3)) > 1
     assert misplaced(admin_conn, [str(tenant)], as_of=AS_OF) == []
 
 
@@ -450,19 +477,29 @@ def test_the_swap_gives_up_a_lock_wait_soon_and_retries(
     most (also when partition_config.lock_timeout is 0, no timeout), then tries again."""
     admin_conn.execute("UPDATE partition_config SET lock_timeout = %s", (configured,))
     holder = psycopg.connect(admin_dsn)
+    observer = psycopg.connect(admin_dsn, autocommit=True)
     released = threading.Event()
+    mover_pid = admin_conn.info.backend_pid
+
+    def release_once_the_swap_gave_up_a_wait() -> None:
+        try:
+            outwait_one_lock_timeout(observer, mover_pid, partition_name(tenant))
+        finally:
+            holder.rollback()
+            released.set()
 
     def hold_the_parent_while_copying(_: float) -> None:
         if not released.is_set() and not holder.info.transaction_status:
             holder.execute(f'LOCK TABLE ONLY "{partition_name(tenant)}" IN ACCESS SHARE MODE')
-            threading.Timer(0.6, lambda: (holder.rollback(), released.set())).start()
+            threading.Thread(target=release_once_the_swap_gave_up_a_wait).start()
 
     try:
         report = tier_tenant(admin_conn, tenant, as_of=AS_OF, pace=Pace(max_mb_per_s=0.001, batch_blocks=1),
                              sleep=hold_the_parent_while_copying)
     finally:
-        released.wait(5)
+        released.wait(DEADLINE_S * 2)
         holder.close()
+        observer.close()
         admin_conn.execute("UPDATE partition_config SET lock_timeout = '2s'")
     assert report.misplaced_left == 0 and max(m.attempts for m in report.moves) > 1
 
