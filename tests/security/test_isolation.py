@@ -467,15 +467,15 @@ HOSTILE_CONTEXTS = {
 
 
 @pytest.mark.parametrize("template", HOSTILE_CONTEXTS.values(), ids=HOSTILE_CONTEXTS.keys())
-def test_hostile_context_values_raise(world: World, app: psycopg.Connection, template: str) -> None:
-    """Item 1: a context value that is not a uuid makes every query on a tenant table fail
-    (invalid uuid), never shows a row of A or B."""
+def test_hostile_context_values_read_as_no_tenant(world: World, app: psycopg.Connection, template: str) -> None:
+    """Items 1 and 2: a context value that fn_set_tenant_context did not write in this
+    transaction is no context (sql/0017): NULL, every table empty, never a row of A or B and
+    never a cast error."""
     value = template.format(a=world.a, b=world.b)
-    for table in TABLES:
-        with pytest.raises(errors.InvalidTextRepresentation, match="invalid input syntax for type uuid"):
-            with app.transaction():
-                app.execute("SELECT set_config('app.current_tenant', %s, true)", (value,))
-                visible(app, table)
+    with app.transaction():
+        app.execute("SELECT set_config('app.current_tenant', %s, true)", (value,))
+        assert current_tenant(app) is None
+        assert visible_everywhere(app) == nothing_visible()
 
 
 def test_nil_uuid_context_shows_nothing(world: World, app: psycopg.Connection) -> None:
@@ -485,18 +485,72 @@ def test_nil_uuid_context_shows_nothing(world: World, app: psycopg.Connection) -
         assert visible_everywhere(app) == nothing_visible()
 
 
-def test_raw_context_accepts_every_spelling_postgres_parses(world: World, app: psycopg.Connection) -> None:
-    """Item 1, for the record: PostgreSQL's uuid input also reads '{B}', upper case and bare hex
-    as B, so a raw set_config with them is simply B's context (billing_app may choose any tenant;
-    the context is not an authentication). The Python layer accepts only the canonical form."""
-    for spelling in ("{%s}" % world.b, str(world.b).upper(), world.b.hex):
-        with app.transaction():
-            app.execute("SELECT set_config('app.current_tenant', %s, true)", (spelling,))
-            assert current_tenant(app) == world.b
-        if spelling != str(world.b).upper():
+def test_a_raw_tenant_id_is_no_context(world: World, app: psycopg.Connection) -> None:
+    """Item 2: set_config('app.current_tenant', B) by hand, in any spelling PostgreSQL's uuid
+    input reads, is not B's context: only fn_set_tenant_context's stamped value is. The Python
+    layer accepts only the canonical form."""
+    for spelling in (str(world.b), "{%s}" % world.b, str(world.b).upper(), world.b.hex):
+        for local in (True, False):
+            with app.transaction():
+                app.execute("SELECT set_config('app.current_tenant', %s, %s)", (spelling, local))
+                assert current_tenant(app) is None
+                assert visible_everywhere(app) == nothing_visible()
+            app.execute("RESET app.current_tenant")
+        if spelling not in (str(world.b), str(world.b).upper()):
             with pytest.raises(InvalidInput, match="canonical form"):
                 with tenant_session(app, spelling):
                     pass
+
+
+def test_a_session_level_context_from_an_earlier_transaction_is_no_context(
+    world: World, app: psycopg.Connection
+) -> None:
+    """Item 2, the seed's mistake: a context written for the session, even correctly stamped
+    for the transaction that wrote it, is no context in any later transaction."""
+    with app.transaction():
+        app.execute("SELECT fn_set_tenant_context(%s)", (world.a,))
+        stamped = app.execute("SELECT current_setting('app.current_tenant')").fetchone()[0]
+        app.execute("SELECT set_config('app.current_tenant', %s, false)", (stamped,))
+        assert current_tenant(app) == world.a
+    assert app.execute("SELECT current_setting('app.current_tenant')").fetchone()[0] == stamped  # still set
+    for _ in range(3):
+        with app.transaction():
+            assert current_tenant(app) is None
+            assert visible_everywhere(app) == nothing_visible()
+    app.execute("SELECT set_config('app.current_tenant', %s, false)", (str(world.a),))  # SET outside a transaction
+    with app.transaction():
+        assert current_tenant(app) is None
+        assert visible_everywhere(app) == nothing_visible()
+    app.execute("RESET app.current_tenant")
+
+
+def test_context_holds_through_the_transaction_whatever_the_client_sets(world: World, app: psycopg.Connection) -> None:
+    """The stamp depends on no client setting: changing the time zone, date style or float
+    output after entering the context keeps it, in every statement and savepoint."""
+    with app.transaction():
+        app.execute("SELECT fn_set_tenant_context(%s)", (world.b,))
+        app.execute("SET LOCAL TIME ZONE 'Pacific/Chatham'")
+        app.execute("SET LOCAL DateStyle = 'German, DMY'")
+        app.execute("SET LOCAL extra_float_digits = -15")
+        assert current_tenant(app) == world.b
+        with app.transaction():  # a savepoint
+            assert current_tenant(app) == world.b
+        seen = visible_everywhere(app)
+        assert all(set(counts) <= {world.b} for counts in seen.values()), seen
+        assert any(counts for counts in seen.values())
+
+
+def test_a_stamped_value_written_by_hand_is_that_transactions_context(world: World, app: psycopg.Connection) -> None:
+    """For the record: inside its own transaction, a client that writes the stamped form by
+    hand gets that tenant, as it would by calling fn_set_tenant_context (billing_app may choose
+    any tenant; the context is not an authentication). What is bound is that it ends with the
+    transaction."""
+    forged = "SELECT set_config('app.current_tenant', %s || '/' || extract(epoch FROM transaction_timestamp())::text, true)"
+    with app.transaction():
+        app.execute(forged, (str(world.b),))
+        assert current_tenant(app) == world.b
+    with app.transaction():
+        assert current_tenant(app) is None
 
 
 def test_set_context_refuses_null(world: World, app: psycopg.Connection) -> None:
@@ -572,20 +626,23 @@ def test_context_ends_with_autocommit_statement(world: World, app: psycopg.Conne
     assert visible_everywhere(app) == nothing_visible()
 
 
-def test_session_level_context_is_overridden_by_tenant_session(world: World, app: psycopg.Connection) -> None:
-    """Item 2: a session-level SET by billing_app itself (never done by this code) is shadowed by
-    tenant_session, which shows A and only A. Documented: once that transaction ends, PostgreSQL
-    restores the session-level value, which is why the context must never be set session-wide."""
+def test_session_level_context_is_no_context_and_tenant_session_overrides_it(
+    world: World, app: psycopg.Connection
+) -> None:
+    """Item 2: a session-level SET by billing_app itself (never done by this code) is no
+    context in any transaction (sql/0017), and tenant_session shows A and only A."""
     app.execute(sql.SQL("SET app.current_tenant = {}").format(sql.Literal(str(world.b))))
     with app.transaction():
-        assert current_tenant(app) == world.b  # billing_app chose B for its whole session
+        assert current_tenant(app) is None
+        assert visible_everywhere(app) == nothing_visible()
     with tenant_session(app, world.a) as tx:
         assert current_tenant(tx) == world.a
         assert visible_everywhere(tx) == only(world, world.a)
     with in_tenant(app, world.a):
         assert visible_everywhere(app) == only(world, world.a)
     with app.transaction():
-        assert current_tenant(app) == world.b  # the session-level value is back: see item 2
+        assert current_tenant(app) is None  # the session-level value is back, and still no context
+        assert visible_everywhere(app) == nothing_visible()
 
 
 # ======================================================================================
