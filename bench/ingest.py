@@ -2,8 +2,9 @@
 """Benchmark: usage-event ingestion through the application path.
 
 The subject is ``ingest_usage_events()`` writing into ``usage_events_mt`` (partitioned by
-tenant, RLS forced) as billing_app in a tenant context: COPY into a session-private staging
-table, then one INSERT ... SELECT per batch. It is measured against, in the same run and on
+tenant, RLS forced) as billing_app in a tenant context: the batch as one array per column,
+sent in binary, and one INSERT ... SELECT unnest(...) per 5,000 rows (billing_app may not
+create the temporary staging table that earlier versions COPYed into). It is measured against, in the same run and on
 the same pre-generated events:
 
 * flat_rls  (baseline A): a flat, unpartitioned ``usage_events_flat`` with the same columns,
@@ -58,7 +59,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 
 import _harness as h  # noqa: E402  (bench/ is sys.path[0] when run as a script)
 from tenant_pipelines.core.demo import METRICS, seed_demo  # noqa: E402
-from tenant_pipelines.core.ingest import _STAGE, UsageEvent, ingest_usage_events  # noqa: E402
+from tenant_pipelines.core.ingest import UsageEvent, ingest_usage_events, insert_usage_events  # noqa: E402
 from tenant_pipelines.core.tenants import list_tenants  # noqa: E402
 from tenant_pipelines.db.migrate import migrate  # noqa: E402
 from tenant_pipelines.db.session import tenant_session  # noqa: E402
@@ -84,12 +85,6 @@ Batch = tuple[uuid.UUID, list[UsageEvent]]
 
 # -- the three ways of writing a batch ------------------------------------------------------------
 
-_FLAT_INSERT = sql.SQL(
-    """INSERT INTO {} (organization_id, metric_name, quantity, "timestamp", properties)
-       SELECT fn_current_tenant_id(), metric_name, quantity, "timestamp", properties
-         FROM usage_events_stage"""
-).format(sql.Identifier(FLAT_TABLE))
-
 _FLAT_COPY = sql.SQL(
     'COPY {} (organization_id, metric_name, quantity, "timestamp", properties) FROM STDIN'
 ).format(sql.Identifier(FLAT_TABLE))
@@ -99,16 +94,10 @@ def ingest_flat_usage_events(
     conn: psycopg.Connection, tenant_id: uuid.UUID, events: Iterable[UsageEvent]
 ) -> int:
     """Baseline A: ingest_usage_events() step for step, into the flat table. Same session
-    (billing_app, tenant context, tier limits), same staging table, same COPY, same
-    INSERT ... SELECT; only the target differs."""
+    (billing_app, tenant context, tier limits), same column arrays and INSERT ... SELECT
+    unnest(...); only the target differs."""
     with tenant_session(conn, tenant_id) as tx:
-        tx.execute(_STAGE)
-        with tx.cursor().copy(
-            'COPY usage_events_stage (metric_name, quantity, "timestamp", properties) FROM STDIN'
-        ) as copy:
-            for event in events:
-                copy.write_row(event)
-        return tx.execute(_FLAT_INSERT).rowcount
+        return insert_usage_events(tx, events, table=FLAT_TABLE)
 
 
 def copy_flat_as_superuser(
@@ -136,11 +125,11 @@ class Variant:
 VARIANTS = (
     Variant("subject", "subject: usage_events_mt, app path", SUBJECT_TABLE, ingest_usage_events,
             "ingest_usage_events() into usage_events_mt: billing_app, tenant context, RLS forced, "
-            "COPY to staging + INSERT ... SELECT"),
+            "column arrays + INSERT ... SELECT unnest()"),
     Variant("flat_rls", "A: flat table, app path + RLS", FLAT_TABLE, ingest_flat_usage_events,
             "the same path into usage_events_flat (unpartitioned, same key and indexes, same policy)"),
     Variant("flat_copy", "B: flat table, superuser COPY", FLAT_TABLE, copy_flat_as_superuser,
-            "plain COPY into usage_events_flat as the superuser (reference only: no RLS, no staging)"),
+            "plain COPY into usage_events_flat as the superuser (reference only: no RLS, no arrays)"),
 )
 
 
@@ -153,19 +142,10 @@ VARIANTS = (
 # the staging table has an id column and the caller supplies time-ordered (UUIDv7-style) ids,
 # so a tenant's new keys go to the right edge of its key range. Nothing in the schema changes.
 
-_STAGE_IDS = """
-CREATE TEMP TABLE IF NOT EXISTS usage_events_stage_ids (
-    id           uuid NOT NULL,
-    metric_name  varchar(100) NOT NULL,
-    quantity     numeric(20, 6) NOT NULL,
-    "timestamp"  timestamptz NOT NULL,
-    properties   jsonb NOT NULL
-) ON COMMIT DELETE ROWS
-"""
-
 _INSERT_WITH_IDS = """INSERT INTO {} (id, organization_id, metric_name, quantity, "timestamp", properties)
-       SELECT id, fn_current_tenant_id(), metric_name, quantity, "timestamp", properties
-         FROM usage_events_stage_ids"""
+       SELECT e.id, fn_current_tenant_id(), e.metric_name, e.quantity, e.ts, e.properties::jsonb
+         FROM unnest(%b::uuid[], %b::text[], %b::numeric[], %b::timestamptz[], %b::text[])
+              AS e(id, metric_name, quantity, ts, properties)"""
 
 
 def _ingest_with_ids(table: str) -> Callable[[psycopg.Connection, uuid.UUID, Sequence[tuple]], int]:
@@ -173,13 +153,8 @@ def _ingest_with_ids(table: str) -> Callable[[psycopg.Connection, uuid.UUID, Seq
 
     def write(conn: psycopg.Connection, tenant_id: uuid.UUID, events: Iterable[tuple]) -> int:
         with tenant_session(conn, tenant_id) as tx:
-            tx.execute(_STAGE_IDS)
-            with tx.cursor().copy(
-                'COPY usage_events_stage_ids (id, metric_name, quantity, "timestamp", properties) FROM STDIN'
-            ) as copy:
-                for event in events:
-                    copy.write_row(event)
-            return tx.execute(insert).rowcount
+            columns = [list(column) for column in zip(*events)]
+            return tx.execute(insert, columns).rowcount if columns else 0
 
     write.__name__ = f"ingest_with_ids_{table}"
     return write
@@ -229,8 +204,8 @@ EXPERIMENTS = {
         (
             Variant("subject_ordered_ids", "subject + time-ordered ids", SUBJECT_TABLE,
                     _ingest_with_ids(SUBJECT_TABLE),
-                    "the subject's path (billing_app, tenant context, RLS, COPY to staging + "
-                    "INSERT ... SELECT) with caller-supplied UUIDv7-style ids", ids="ordered"),
+                    "the subject's path (billing_app, tenant context, RLS, column arrays + "
+                    "INSERT ... SELECT unnest()) with caller-supplied UUIDv7-style ids", ids="ordered"),
             Variant("flat_rls_ordered_ids", "A + time-ordered ids", FLAT_TABLE,
                     _ingest_with_ids(FLAT_TABLE),
                     "baseline A's path with caller-supplied UUIDv7-style ids", ids="ordered"),
@@ -241,7 +216,7 @@ EXPERIMENTS = {
         ),
         {"subject_ordered_ids": "subject", "flat_rls_ordered_ids": "flat_rls", "subject_random_ids": "subject"},
         None,
-        "the staging table gets an id column and the caller supplies UUIDv7-style ids (48-bit "
+        "the batch gets an id column and the caller supplies UUIDv7-style ids (48-bit "
         "millisecond timestamp, then random bits), pre-generated with the events, instead of "
         "the column default gen_random_uuid(): each tenant's new primary-key entries go to the "
         "right edge of its key range instead of all over it. The control supplies random ids "
@@ -956,8 +931,8 @@ def render_markdown(results: dict) -> str:
         "*Python RSS growth* is the increase over the RSS at the start of a run.",
         "- *Backend peak RSS* is the VmHWM of the server process serving a writer connection "
         "(it includes the shared buffers that process touched); *backend peak private* is its "
-        "sampled peak of anonymous memory (work memory, caches, local buffers for the staging "
-        "table). With several writers, both are those of the largest writer backend.",
+        "sampled peak of anonymous memory (work memory, caches, the batch's "
+        "arrays). With several writers, both are those of the largest writer backend.",
         "- *Server peak PSS* is the sampled peak of the proportional set size summed over the "
         "postmaster and all its children (shared memory counted once).",
         "",

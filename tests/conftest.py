@@ -24,7 +24,7 @@ from psycopg.conninfo import make_conninfo
 from tenant_pipelines.config import STATE_DIR_ENV
 from tenant_pipelines.core.tiering import configure_tablespaces
 from tenant_pipelines.db.embedded import FAST_UNSAFE_SETTINGS, TABLESPACES, EmbeddedCluster
-from tenant_pipelines.db.migrate import migrate
+from tenant_pipelines.db.migrate import migrate, revoke_temporary_from_applications
 
 APP_PASSWORD = "app-test-password"
 TEMPLATE = "tp_template"
@@ -64,6 +64,9 @@ def _create_db(cluster: EmbeddedCluster, template: str = TEMPLATE) -> str:
         conn.execute(
             sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(template))
         )
+    if template == TEMPLATE:  # a database's grants are not copied from its template: db migrate sets them
+        with psycopg.connect(cluster.dsn(name), autocommit=True) as conn:
+            revoke_temporary_from_applications(conn, lambda message: None)
     return name
 
 

@@ -9,6 +9,8 @@ from pathlib import Path
 import psycopg
 
 from tenant_pipelines.core.pooling import (
+    SERVER_RESET_QUERY,
+    pgbouncer_session_reset,
     pgbouncer_tier_pool_sizes,
     read_pgbouncer_ini,
     tier_alias,
@@ -67,7 +69,26 @@ def _app_role(conn: psycopg.Connection, app_role: str, role: tuple[bool, bool]) 
     ):
         findings.append(Finding(f"role {app_role}", f"is a member of {other}, which bypasses RLS",
                                 f"REVOKE {other} FROM {app_role}"))
+    findings += _temporary_objects(conn, app_role)
     return findings
+
+
+def _temporary_objects(conn: psycopg.Connection, app_role: str) -> list[Finding]:
+    """An application role (``app_role``, or a login role that is a member of it) that can
+    create temporary tables can shadow a tenant table for every later client of a pooled
+    server connection: pg_temp comes first in the search path (sql/0017)."""
+    rows = conn.execute(
+        """SELECT r.rolname, current_database() FROM pg_roles r
+            WHERE (r.rolname = %s OR (r.rolcanlogin AND NOT r.rolsuper AND pg_has_role(r.oid, %s, 'MEMBER')))
+              AND has_database_privilege(r.oid, current_database(), 'TEMPORARY')
+            ORDER BY r.rolname = %s DESC, 1""",
+        (app_role, app_role, app_role),
+    ).fetchall()
+    return [Finding(f"role {name}", f"can create temporary tables in database {database}: a temp table named like a "
+                    "tenant table shadows it for every later client of a pooled connection",
+                    f"REVOKE TEMPORARY ON DATABASE {database} FROM PUBLIC, {name} ('tenant-pipelines db migrate' "
+                    "does it), and from any role that grants it")
+            for name, database in rows]
 
 
 def _bypassing_login_roles(conn: psycopg.Connection, app_role: str, trusted: tuple[str, ...]) -> list[Finding]:
@@ -265,8 +286,14 @@ def audit_pool_sizes(conn: psycopg.Connection, pgbouncer_ini: Path | str) -> lis
     else:
         source, text = "the PgBouncer config", pgbouncer_ini
     configured = pgbouncer_tier_pool_sizes(text, source)
-    expected = tier_pool_sizes(conn)
     findings = []
+    reset = pgbouncer_session_reset(text, source)
+    if reset is not None:
+        findings.append(Finding(source, f"{reset}: what one client leaves in its session (SET without LOCAL, "
+                                "temp tables, session advisory locks) reaches the next",
+                                f"set server_reset_query = {SERVER_RESET_QUERY} and server_reset_query_always = 1; "
+                                + _REGENERATE))
+    expected = tier_pool_sizes(conn)
     for tier, size in expected.items():
         try:
             alias = tier_alias(tier)

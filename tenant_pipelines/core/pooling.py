@@ -54,6 +54,13 @@ DEFAULT_POOL_SIZE = 20  # the plain `billing` alias
 PGBOUNCER_DEFAULT_POOL_SIZE = 20  # PgBouncer's own default_pool_size, when the file sets none
 MAX_POOL_SIZE = 10_000
 MAX_CLIENT_CONN = 1000
+# What PgBouncer runs on a server connection after every client transaction, before the next
+# client gets it (server_reset_query_always = 1): temp tables, session settings (SET without
+# LOCAL, RESET ROLE), session advisory locks, LISTEN, cursors and prepared statements all go.
+# The tenant context does not depend on it (sql/0017 binds the context to its transaction and
+# billing_app cannot create temp tables): this is the third layer, for everything else a
+# client can leave in a session. Its cost: docs/benchmarks/pgbouncer.md.
+SERVER_RESET_QUERY = "DISCARD ALL"
 DEFAULT_LISTEN_PORT = 6432  # for a config printed for someone else's PgBouncer
 # PgBouncer 1.18 stops reading its auth file at the first field longer than this (it drops
 # every later user), so longer ones are refused; 1,000 bytes was tested.
@@ -166,6 +173,8 @@ class PoolerConfig:
     max_client_conn: int = MAX_CLIENT_CONN
     logfile: str | None = None
     pidfile: str | None = None
+    server_reset_query: str = SERVER_RESET_QUERY
+    server_reset_query_always: bool = True  # False only for bench/pgbouncer.py's comparison
 
 
 def render_pgbouncer_ini(cfg: PoolerConfig) -> str:
@@ -190,9 +199,10 @@ def render_pgbouncer_ini(cfg: PoolerConfig) -> str:
         ";;",
         ";; Transaction pooling: a server connection serves one client transaction, then the next",
         ";; client's. The tenant context and tier limits are transaction-local, so none of them",
-        ";; outlives its transaction. Session state does not survive either: no SET without LOCAL,",
-        ";; session advisory locks, LISTEN, temporary tables across transactions, or named",
-        ";; prepared statements (PgBouncer < 1.21; psycopg: prepare_threshold=None).",
+        ";; outlives its transaction. Nothing else a client leaves in the session survives either:",
+        ";; server_reset_query below clears it after every transaction. So no client may rely on",
+        ";; SET without LOCAL, session advisory locks, LISTEN, temporary tables across transactions,",
+        ";; or named prepared statements (psycopg: prepare_threshold=None).",
         ";; Admin work (migrations, DDL, VACUUM) connects to PostgreSQL directly.",
         "",
         "[databases]",
@@ -213,9 +223,11 @@ def render_pgbouncer_ini(cfg: PoolerConfig) -> str:
         f"max_client_conn = {int(cfg.max_client_conn)}",
         f"default_pool_size = {_pool_size(cfg.default_pool_size, 'default pool size')}",
         "reserve_pool_size = 0",
-        ";; Only used in session mode; transaction mode relies on transaction-local state instead.",
-        "server_reset_query = DISCARD ALL",
-        "server_reset_query_always = 0",
+        ";; Run after every client transaction, before the server connection serves another client:",
+        ";; whatever a client left in its session (temp tables, SET without LOCAL, session advisory",
+        ";; locks) is gone before the next client arrives.",
+        f"server_reset_query = {cfg.server_reset_query}",
+        f"server_reset_query_always = {1 if cfg.server_reset_query_always else 0}",
         "ignore_startup_parameters = extra_float_digits",
         "log_connections = 0",
         "log_disconnections = 0",
@@ -262,13 +274,12 @@ def _ini_section(parser: configparser.ConfigParser, name: str) -> Mapping[str, s
     return merged
 
 
-def pgbouncer_tier_pool_sizes(text: str, source: str = "pgbouncer.ini") -> dict[str, int]:
-    """The pool size of each ``billing_<tier>`` entry in the ``[databases]`` section of a
-    pgbouncer.ini's text, by tier. An entry without ``pool_size=`` gets ``[pgbouncer]``'s
-    ``default_pool_size`` (20 when unset, as in PgBouncer). Other databases (``billing``,
-    ``*``) are left out; ``%include`` lines are skipped, not followed. A file that cannot be
-    read as a PgBouncer config raises TenantPipelinesError naming ``source``."""
-    fix = "fix the file, or regenerate it from tier_limits with 'tenant-pipelines pgbouncer up'"
+_FIX_INI = "fix the file, or regenerate it from tier_limits with 'tenant-pipelines pgbouncer up'"
+
+
+def _parse_pgbouncer_ini(text: str, source: str) -> configparser.ConfigParser:
+    """A pgbouncer.ini's text as PgBouncer reads it, or a one-line error naming ``source``."""
+    fix = _FIX_INI
     # PgBouncer skips leading blanks, where configparser would read a continuation line.
     lines = [line.lstrip() for line in text.splitlines()]
     parser = configparser.ConfigParser(
@@ -286,6 +297,31 @@ def pgbouncer_tier_pool_sizes(text: str, source: str = "pgbouncer.ini") -> dict[
             if not key or any(c.isspace() for c in key):
                 raise TenantPipelinesError(f"{source}: [{section}] has the key {key!r}, which PgBouncer "
                                            f"cannot read (a blank in it, or no '=' after it); {fix}")
+    return parser
+
+
+def pgbouncer_session_reset(text: str, source: str = "pgbouncer.ini") -> str | None:
+    """None when the config clears every client's session state before the next client gets
+    the server connection (``server_reset_query = DISCARD ALL`` with
+    ``server_reset_query_always = 1``); otherwise what is missing, in a few words."""
+    settings = {k.lower(): v.strip() for k, v in _ini_section(_parse_pgbouncer_ini(text, source), "pgbouncer").items()}
+    query = settings.get("server_reset_query", "DISCARD ALL")  # PgBouncer's default
+    always = settings.get("server_reset_query_always", "0").lower() in ("1", "true", "yes", "on")
+    if " ".join(query.rstrip(";").split()).upper() != SERVER_RESET_QUERY:
+        return f"server_reset_query is {query!r}, not {SERVER_RESET_QUERY}"
+    if not always and settings.get("pool_mode", "session").lower() != "session":
+        return "server_reset_query_always is off, so in transaction pooling no client's session state is cleared"
+    return None
+
+
+def pgbouncer_tier_pool_sizes(text: str, source: str = "pgbouncer.ini") -> dict[str, int]:
+    """The pool size of each ``billing_<tier>`` entry in the ``[databases]`` section of a
+    pgbouncer.ini's text, by tier. An entry without ``pool_size=`` gets ``[pgbouncer]``'s
+    ``default_pool_size`` (20 when unset, as in PgBouncer). Other databases (``billing``,
+    ``*``) are left out; ``%include`` lines are skipped, not followed. A file that cannot be
+    read as a PgBouncer config raises TenantPipelinesError naming ``source``."""
+    fix = _FIX_INI
+    parser = _parse_pgbouncer_ini(text, source)
 
     def whole_number(value: str, what: str) -> int:
         if not value.strip().isdigit():

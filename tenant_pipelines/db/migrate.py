@@ -132,9 +132,36 @@ def migrate(
             except psycopg.Error as exc:
                 raise MigrationError(_explain(migration, exc)) from None
             done.append(migration.filename)
+        revoke_temporary_from_applications(conn, log)
         return MigrationReport(applied=done, already_applied=skipped)
     finally:
         conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
+
+
+APP_ROLE = "billing_app"
+
+
+def revoke_temporary_from_applications(conn: psycopg.Connection, log: Callable[[str], None]) -> None:
+    """billing_app must not create temporary objects: a temp table named like a tenant table
+    shadows it for every later client of a pooled server connection (sql/0017). TEMPORARY is
+    PUBLIC's by default and CREATE DATABASE does not copy a template's grants, so this runs on
+    every ``db migrate``, not once. The role running the migration keeps TEMPORARY (the
+    pipelines' own moves and restores use temp tables); other roles that need it get it back
+    by name."""
+    exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (APP_ROLE,)).fetchone()
+    if exists is None:
+        return
+    database = sql.Identifier(conn.execute("SELECT current_database()").fetchone()[0])
+    with conn.transaction():
+        conn.execute(sql.SQL("GRANT TEMPORARY ON DATABASE {} TO CURRENT_USER").format(database))
+        conn.execute(sql.SQL("REVOKE TEMPORARY ON DATABASE {} FROM PUBLIC, {}").format(
+            database, sql.Identifier(APP_ROLE)))
+    still = conn.execute("SELECT has_database_privilege(%s, current_database(), 'TEMPORARY')",
+                         (APP_ROLE,)).fetchone()[0]
+    if still:
+        log(f"{APP_ROLE} can still create temporary tables in this database: as its owner, run "
+            f"REVOKE TEMPORARY ON DATABASE {database.as_string(conn)} FROM PUBLIC, {APP_ROLE} "
+            f"(and REVOKE the role that grants it from {APP_ROLE})")
 
 
 def _explain(migration: Migration, exc: psycopg.Error) -> str:

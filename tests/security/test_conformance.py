@@ -13,7 +13,7 @@ import pytest
 from tenant_pipelines.core.conformance import audit_isolation, audit_pool_sizes, audit_tier_limits
 from tenant_pipelines.core.pooling import pooler_config, render_pgbouncer_ini
 from tenant_pipelines.errors import TenantPipelinesError
-from tests.conftest import make_tenant
+from tests.conftest import APP_PASSWORD, make_tenant
 
 
 def findings(conn: psycopg.Connection) -> list[str]:
@@ -24,6 +24,11 @@ def test_a_clean_database_has_no_findings(admin_conn: psycopg.Connection) -> Non
     make_tenant(admin_conn, tier="enterprise")
     assert findings(admin_conn) == []
     assert audit_tier_limits(admin_conn) == []
+
+
+def _on_database(statement: str) -> str:
+    """``statement`` with %I as the current database's name."""
+    return f"DO $$ BEGIN EXECUTE format('{statement}', current_database()); END $$"
 
 
 # (name, SQL that plants it, what the finding says, SQL that undoes cluster-wide changes)
@@ -64,6 +69,14 @@ WEAKNESSES: list[tuple[str, list[str], str, list[str]]] = [
     ("definer view over tenant data",
      ["CREATE VIEW all_invoices AS SELECT * FROM invoices", "GRANT SELECT ON all_invoices TO billing_app"],
      "view all_invoices: runs with the rights of postgres", []),
+    ("app can create temp tables (through PUBLIC)",
+     [_on_database("GRANT TEMPORARY ON DATABASE %I TO PUBLIC")],
+     "role billing_app: can create temporary tables in database", []),
+    ("a login member of the app role can create temp tables",
+     ["CREATE ROLE tp_app_login LOGIN IN ROLE billing_app",
+      _on_database("GRANT TEMPORARY ON DATABASE %I TO tp_app_login")],
+     "role tp_app_login: can create temporary tables in database",
+     [_on_database("REVOKE TEMPORARY ON DATABASE %I FROM tp_app_login"), "DROP ROLE tp_app_login"]),
 ]
 
 
@@ -156,3 +169,27 @@ def test_an_unreadable_config_is_an_error_naming_it(admin_conn: psycopg.Connecti
     missing = tmp_path / "missing.ini"
     with pytest.raises(TenantPipelinesError, match=re.escape(f"PgBouncer config {missing}: cannot read it")):
         audit_tier_limits(admin_conn, pgbouncer_ini=missing)
+
+
+def test_db_migrate_takes_temporary_back(admin_conn: psycopg.Connection, admin_dsn: str) -> None:
+    """A database whose grants were reset (CREATE DATABASE does not copy them from a template)
+    is mended by the next db migrate."""
+    from tenant_pipelines.db.migrate import migrate
+
+    admin_conn.execute(_on_database("GRANT TEMPORARY ON DATABASE %I TO PUBLIC"))
+    assert any(f.startswith("role billing_app: can create temporary tables") for f in findings(admin_conn))
+    migrate(admin_conn)
+    assert findings(admin_conn) == []
+    with psycopg.connect(admin_dsn, user="billing_app", password=APP_PASSWORD) as app:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="temporary"):
+            app.execute("CREATE TEMP TABLE usage_events (x int)")
+
+
+@pytest.mark.parametrize("changes, problem", [
+    ({"server_reset_query_always": False}, "server_reset_query_always is off"),
+    ({"server_reset_query": "SELECT 1"}, "server_reset_query is 'SELECT 1', not DISCARD ALL"),
+])
+def test_a_pooler_that_keeps_session_state_is_found(admin_conn: psycopg.Connection, admin_dsn: str,
+                                                    changes: dict, problem: str) -> None:
+    found = [str(f) for f in audit_pool_sizes(admin_conn, rendered_ini(admin_conn, admin_dsn, **changes))]
+    assert len(found) == 1 and problem in found[0] and "server_reset_query_always = 1" in found[0], found
