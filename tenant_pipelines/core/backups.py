@@ -55,7 +55,7 @@ from psycopg.conninfo import make_conninfo
 from tenant_pipelines import __version__
 from tenant_pipelines.config import PROJECT_DIR, database_url_from_env, state_dir
 from tenant_pipelines.db.session import parse_tenant_id
-from tenant_pipelines.errors import BackupInvalid, BackupKeyMissing, TenantPipelinesError
+from tenant_pipelines.errors import BackupInvalid, BackupKeyMissing, InvalidInput, TenantPipelinesError
 
 BACKUP_ROOT_ENV = "TENANT_PIPELINES_BACKUP_ROOT"
 BACKUP_KEY_ENV = "TENANT_PIPELINES_BACKUP_KEY"
@@ -128,8 +128,12 @@ def load_master_key(*, generate_dev_key: bool | None = None) -> bytes | None:
     named = os.environ.get(BACKUP_KEY_FILE_ENV, "").strip()
     path = Path(named) if named else dev_key_file()
     if path.is_file():
-        return _decode_key(path.read_text(), str(path))
+        return _read_key_file(path)
     if named:
+        if path.exists():
+            raise BackupKeyMissing(f"${BACKUP_KEY_FILE_ENV} names {path}, which is "
+                                   f"{'a directory' if path.is_dir() else 'not a regular file'}; "
+                                   "point it at a file holding the base64 key, or unset it")
         raise BackupKeyMissing(f"${BACKUP_KEY_FILE_ENV} names {path}, which does not exist; create it or unset it")
     if generate_dev_key is None:
         generate_dev_key = using_embedded_cluster()
@@ -139,12 +143,28 @@ def load_master_key(*, generate_dev_key: bool | None = None) -> bytes | None:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        return _decode_key(path.read_text(), str(path))
+        return _read_key_file(path)
     with os.fdopen(fd, "w") as fh:
         fh.write(base64.b64encode(secrets.token_bytes(32)).decode() + "\n")
         fh.flush()
         os.fsync(fh.fileno())
-    return _decode_key(path.read_text(), str(path))
+    return _read_key_file(path)
+
+
+def _read_key_file(path: Path) -> bytes:
+    """The key in a key file: base64 text. A binary or unreadable file is a one-line error."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise BackupKeyMissing(f"the backup key file {path} cannot be read ({exc.strerror or exc.__class__.__name__}); "
+                               "fix its permissions or point at another file") from None
+    try:
+        text = raw.decode("ascii")
+    except UnicodeDecodeError:
+        raise BackupKeyMissing(
+            f"the backup key file {path} is not base64 text (it holds binary data); write the key as base64, e.g. "
+            "'python -c \"import base64,os; print(base64.b64encode(os.urandom(32)).decode())\"'") from None
+    return _decode_key(text, str(path))
 
 
 def using_embedded_cluster() -> bool:
@@ -164,6 +184,31 @@ def using_embedded_cluster() -> bool:
 def key_fingerprint(key: bytes) -> str:
     """Names the key a backup needs without revealing it."""
     return hmac.new(key, b"tenant-pipelines backup key id", hashlib.sha256).hexdigest()[:16]
+
+
+MANIFEST_MAC_LABEL = b"tenant-pipelines manifest mac v1"
+
+
+def manifest_mac_key(master_key: bytes) -> bytes:
+    """The key that authenticates manifests: HMAC-SHA256 of a fixed label under the backup key
+    (an HKDF-style derivation), so the backup key itself never keys anything but its own KMS
+    wrapping, and the MAC key differs from the content-hash key and from the fingerprint's."""
+    return hmac.new(master_key, MANIFEST_MAC_LABEL, hashlib.sha256).digest()
+
+
+def _canonical(document: dict) -> bytes:
+    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
+                      allow_nan=False).encode()
+
+
+def manifest_mac(manifest: dict, master_key: bytes) -> str:
+    """HMAC-SHA256 (under ``manifest_mac_key``) of the manifest as canonical JSON (sorted keys,
+    no whitespace, ASCII), without ``authentication.mac`` itself."""
+    document = dict(manifest)
+    auth = document.get("authentication")
+    if isinstance(auth, dict):
+        document["authentication"] = {k: v for k, v in auth.items() if k != "mac"}
+    return hmac.new(manifest_mac_key(master_key), _canonical(document), hashlib.sha256).hexdigest()
 
 
 def _missing_key_message(tenant: uuid.UUID) -> str:
@@ -615,6 +660,16 @@ def tenant_folder(root: Path, tenant: uuid.UUID) -> Path:
     return Path(root) / f"tenant={tenant}"
 
 
+def _unusable_root_message(root: Path, exc: OSError) -> str:
+    reason = exc.strerror or exc.__class__.__name__
+    if isinstance(exc, (FileExistsError, NotADirectoryError)):
+        reason = "it, or a folder on its path, is not a directory"
+    elif isinstance(exc, FileNotFoundError) and Path(root).exists():
+        reason = "its file system takes no new folders"
+    return (f"backup root {root}: cannot create a backup folder there ({reason}); pass --root "
+            f"(or set ${BACKUP_ROOT_ENV}) to a folder this user can write")
+
+
 def _tmp_name(backup_id: str) -> str:
     return f"{_TMP_PREFIX}{backup_id}.tmp-{socket.gethostname()}-{os.getpid()}"
 
@@ -651,12 +706,15 @@ def backup_tenant(
     key = master_key if encrypt else None
 
     folder = tenant_folder(root, tenant)
-    folder.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(folder)
     started = time.monotonic()
     backup_id = new_backup_id()
     tmp = folder / _tmp_name(backup_id)
-    tmp.mkdir()
+    try:  # the root must take a folder before the snapshot is taken: a real write, which root's mode bits cannot fake
+        folder.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(folder)
+        tmp.mkdir()
+    except OSError as exc:
+        raise InvalidInput(_unusable_root_message(root, exc)) from None
     exports: list[TableExport] = []
     writer: _TableWriter | None = None
     adbc = None
@@ -712,6 +770,10 @@ def backup_tenant(
         if isinstance(exc, (psycopg.Error, adbc_driver_manager.Error)):
             text = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
             raise TenantPipelinesError(f"tenant {tenant}: the backup failed ({text}); nothing was kept, re-run it") from None
+        if isinstance(exc, OSError):  # the disk filled up, the folder went away...
+            raise TenantPipelinesError(f"tenant {tenant}: writing the backup under {root} failed "
+                                       f"({exc.strerror or exc.__class__.__name__}); nothing was kept, "
+                                       "free space or fix the folder and re-run it") from None
         raise
     finally:
         if adbc is not None:
@@ -751,7 +813,7 @@ def _manifest(tenant: uuid.UUID, backup_id: str, exports: list[TableExport], *, 
             "master_key_fingerprint": key_fingerprint(key),
             "content_hash": "hmac-sha256",
         }
-    return {
+    manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "tool": {"name": "tenant-pipelines", "version": __version__},
@@ -778,6 +840,14 @@ def _manifest(tenant: uuid.UUID, backup_id: str, exports: list[TableExport], *, 
         "totals": {"rows": sum(e.rows for e in exports),
                    "bytes": sum(f["bytes"] for e in exports for f in e.files)},
     }
+    if key is not None:
+        manifest["authentication"] = {
+            "scheme": "hmac-sha256",
+            "key": "HMAC-SHA256(backup key, 'tenant-pipelines manifest mac v1')",
+            "covers": "this manifest without authentication.mac, as JSON with sorted keys, no whitespace, ASCII",
+        }
+        manifest["authentication"]["mac"] = manifest_mac(manifest, key)
+    return manifest
 
 
 def _write_json_durably(path: Path, document: dict) -> None:
@@ -807,19 +877,142 @@ class BackupInfo:
         return self.verified_at is not None
 
 
-def _read_manifest(path: Path) -> dict:
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_HEX16 = re.compile(r"^[0-9a-f]{16}$")
+UNVERIFIED, AUTH_MAC, AUTH_DRILL = "unverified", "mac", "drill digest"
+
+
+def _damaged(path: Path, problem: str) -> BackupInvalid:
+    return BackupInvalid(f"{path}: {problem}; the backup is damaged or was altered, use another one")
+
+
+def _read_manifest_document(path: Path) -> tuple[dict, bytes]:
+    """The manifest and its bytes, with its format checked; nothing else is trusted yet."""
     try:
-        manifest = json.loads((path / MANIFEST).read_text())
+        raw = (path / MANIFEST).read_bytes()
     except FileNotFoundError:
         raise BackupInvalid(f"{path}: no {MANIFEST}; it is not a complete backup (an interrupted one?)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
+    except OSError as exc:
+        raise BackupInvalid(f"{path}: {MANIFEST} is unreadable ({exc.strerror or exc.__class__.__name__}); "
+                            "the backup is damaged") from None
+    try:
+        manifest = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
         raise BackupInvalid(f"{path}: {MANIFEST} is unreadable ({exc.__class__.__name__}); the backup is damaged") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise BackupInvalid(f"{path}: {MANIFEST} is not a tenant-pipelines backup manifest")
     if manifest.get("format_version") != FORMAT_VERSION:
-        raise BackupInvalid(f"{path}: backup format {manifest.get('format_version')} is not {FORMAT_VERSION}; "
+        raise BackupInvalid(f"{path}: backup format {manifest.get('format_version')!r} is not {FORMAT_VERSION}; "
                             "use the tenant-pipelines version that wrote it")
-    return manifest
+    return manifest, raw
+
+
+def _read_manifest(path: Path) -> dict:
+    return _read_manifest_document(path)[0]
+
+
+def _count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def manifest_schema(path: Path, manifest: dict, table: str) -> pa.Schema:
+    """The Arrow schema the manifest stores for a table (``arrow_schema_ipc``)."""
+    text = manifest["tables"][table].get("arrow_schema_ipc")
+    try:
+        if not isinstance(text, str):
+            raise TypeError(text)
+        return pa.ipc.read_schema(pa.py_buffer(base64.b64decode(text, validate=True)))
+    except (TypeError, ValueError, pa.ArrowException):
+        raise _damaged(path, f"table {table}: arrow_schema_ipc is not a serialized Arrow schema") from None
+
+
+def check_manifest(path: Path, manifest: dict, tenant: uuid.UUID | None = None) -> None:
+    """Every field a reader uses has the type and shape the backup wrote, before anything uses
+    it: a malformed manifest is a one-line BackupInvalid, never a traceback further on. This is
+    about shape only; ``authenticate_backup`` says whether the manifest can be trusted."""
+    owner = manifest.get("tenant")
+    try:
+        uuid.UUID(owner) if isinstance(owner, str) else None
+    except ValueError:
+        owner = None
+    if not isinstance(owner, str):
+        raise _damaged(path, "the manifest names no tenant")
+    if tenant is not None and owner != str(tenant):
+        raise BackupInvalid(f"{path}: this is a backup of tenant {owner}, not of tenant {tenant}; "
+                            "pick a backup under tenant=" + str(tenant))
+    if not isinstance(manifest.get("backup_id"), str) or not _BACKUP_ID.match(manifest["backup_id"]):
+        raise _damaged(path, "the manifest has no valid backup_id")
+    snapshot = manifest.get("snapshot")
+    try:
+        taken_at = datetime.fromisoformat(snapshot["taken_at"])
+    except (TypeError, KeyError, ValueError):
+        taken_at = None
+    if taken_at is None or taken_at.tzinfo is None:
+        raise _damaged(path, "the manifest has no snapshot.taken_at time")
+    encryption = manifest.get("encryption")
+    if not isinstance(encryption, dict) or not isinstance(encryption.get("enabled"), bool):
+        raise _damaged(path, "the manifest has no encryption section saying whether the files are encrypted")
+    if encryption["enabled"] and not (isinstance(encryption.get("master_key_fingerprint"), str)
+                                      and _HEX16.match(encryption["master_key_fingerprint"])):
+        raise _damaged(path, "the manifest's encryption section has no key fingerprint")
+    tables = manifest.get("tables")
+    if not isinstance(tables, dict) or set(tables) != set(TABLE_KEYS):
+        raise _damaged(path, f"the manifest does not list exactly the tables of backup format {FORMAT_VERSION} "
+                             f"({', '.join(TABLE_KEYS)})")
+    base = path.resolve()
+    for table, key_column in TABLES:
+        entry = tables[table]
+        what = f"table {table}"
+        if not isinstance(entry, dict):
+            raise _damaged(path, f"{what} is not described")
+        if entry.get("tenant_column") != key_column:
+            raise _damaged(path, f"{what}: its tenant_column is not {key_column}")
+        if not _count(entry.get("rows")):
+            raise _damaged(path, f"{what}: rows is {entry.get('rows')!r}, not a row count")
+        if not isinstance(entry.get("content_hash"), str) or not _HEX64.match(entry["content_hash"]):
+            raise _damaged(path, f"{what} has no content_hash")
+        files = entry.get("files")
+        if not isinstance(files, list) or not files:
+            raise _damaged(path, f"{what}: files is {files!r}; every table has at least one file, an empty one too")
+        total, seen = 0, set()
+        for f in files:
+            if not isinstance(f, dict) or not isinstance(f.get("path"), str) or not f["path"]:
+                raise _damaged(path, f"{what}: a file entry has no path")
+            file = (path / f["path"]).resolve()
+            if base not in file.parents:
+                raise BackupInvalid(f"{path}: the manifest names a file outside the backup ({f['path']}); refusing it")
+            if file.parent != base / f"table={table}" or file in seen:
+                raise _damaged(path, f"{what}: {f['path']} is not a file of its own in table={table}/")
+            seen.add(file)
+            for name in ("rows", "bytes"):
+                if not _count(f.get(name)):
+                    raise _damaged(path, f"{what}: {f['path']}: {name} is {f.get(name)!r}, not a count")
+            if not isinstance(f.get("sha256"), str) or not _HEX64.match(f["sha256"]):
+                raise _damaged(path, f"{what}: {f['path']} has no sha256")
+            total += f["rows"]
+        if total != entry["rows"]:
+            raise _damaged(path, f"{what}: its files hold {total} rows, the manifest says {entry['rows']}")
+        schema = manifest_schema(path, manifest, table)
+        columns = entry.get("columns")
+        names = [c.get("name") for c in columns if isinstance(c, dict)] if isinstance(columns, list) else None
+        if names != schema.names or key_column not in names:
+            raise _damaged(path, f"{what}: its columns and its Arrow schema disagree")
+
+
+def check_files(path: Path, manifest: dict) -> None:
+    """Every listed file is there and matches its sha256."""
+    for table, entry in manifest["tables"].items():
+        for f in entry["files"]:
+            file = path / f["path"]
+            if not file.is_file():
+                raise BackupInvalid(f"{path}: {f['path']} is missing; the backup is damaged, use another one")
+            try:
+                digest = sha256_file(file)
+            except OSError as exc:
+                raise BackupInvalid(f"{path}: {f['path']} cannot be read ({exc.strerror}); use another backup") from None
+            if digest != f["sha256"]:
+                raise BackupInvalid(f"{path}: {f['path']} does not match its sha256 in the manifest; "
+                                    "the backup is damaged or was altered, use another one")
 
 
 def list_backups(root: Path, tenant_id: object) -> list[BackupInfo]:
@@ -836,19 +1029,21 @@ def list_backups(root: Path, tenant_id: object) -> list[BackupInfo]:
             continue
         try:
             manifest = _read_manifest(path)
-        except BackupInvalid:
+            if manifest.get("tenant") != str(tenant):
+                continue
+            backup_id, taken_at = manifest["backup_id"], datetime.fromisoformat(manifest["snapshot"]["taken_at"])
+            if not isinstance(backup_id, str) or taken_at.tzinfo is None:
+                continue
+        except (BackupInvalid, KeyError, TypeError, ValueError):
             continue
-        if manifest.get("tenant") != str(tenant):
-            continue
+        record = drill_record(path, manifest)
         verified_at = None
-        try:
-            marker = json.loads((path / VERIFIED).read_text())
-            if marker.get("backup_id") == manifest["backup_id"] and marker.get("passed") is True:
-                verified_at = datetime.fromisoformat(marker["verified_at"])
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
-        found.append(BackupInfo(str(tenant), manifest["backup_id"], path,
-                                datetime.fromisoformat(manifest["snapshot"]["taken_at"]), verified_at))
+        if record is not None:
+            try:
+                verified_at = datetime.fromisoformat(record["verified_at"])
+            except (KeyError, TypeError, ValueError):
+                pass
+        found.append(BackupInfo(str(tenant), backup_id, path, taken_at, verified_at))
     return sorted(found, key=lambda b: (b.taken_at, b.backup_id))
 
 
@@ -859,42 +1054,107 @@ def newest_backup(root: Path, tenant_id: object, *, verified_only: bool = False,
     return candidates[-1] if candidates else None
 
 
-def verify_backup(path: Path, tenant_id: object | None = None) -> dict:
-    """Check a backup before anything reads it: a complete folder, a manifest of this tenant,
-    every listed file present, inside the folder and matching its sha256. Returns the manifest;
-    raises BackupInvalid naming the problem otherwise."""
+def _folder(path: Path) -> Path:
     path = Path(path)
     if not path.is_dir():
         raise BackupInvalid(f"{path}: no such backup folder; pass a folder like <root>/tenant=<uuid>/backup=<id>")
     if ".tmp" in path.name:
         raise BackupInvalid(f"{path}: a temporary folder of an unfinished backup, not a backup; pick a backup=<id> folder")
+    return path
+
+
+def load_manifest(path: Path, tenant_id: object | None = None) -> dict:
+    """The manifest of a complete backup folder, its shape checked (``check_manifest``) and, when
+    ``tenant_id`` is given, its tenant. Files are not read and the manifest not authenticated."""
+    path = _folder(path)
+    tenant = parse_tenant_id(tenant_id) if tenant_id is not None else None
     manifest = _read_manifest(path)
-    owner = manifest.get("tenant")
-    if tenant_id is not None:
-        tenant = parse_tenant_id(tenant_id)
-        if owner != str(tenant):
-            raise BackupInvalid(f"{path}: this is a backup of tenant {owner}, not of tenant {tenant}; "
-                                "pick a backup under tenant=" + str(tenant))
-    tables = manifest.get("tables")
-    if not isinstance(tables, dict) or set(tables) != set(TABLE_KEYS):
-        raise BackupInvalid(f"{path}: the manifest does not list the tables {', '.join(TABLE_KEYS)}; the backup is damaged")
-    base = path.resolve()
-    for table, entry in tables.items():
-        total = 0
-        for f in entry.get("files", []):
-            file = (path / f["path"]).resolve()
-            if base not in file.parents:
-                raise BackupInvalid(f"{path}: the manifest names a file outside the backup ({f['path']}); refusing it")
-            if not file.is_file():
-                raise BackupInvalid(f"{path}: {f['path']} is missing; the backup is damaged, use another one")
-            if sha256_file(file) != f["sha256"]:
-                raise BackupInvalid(f"{path}: {f['path']} does not match its sha256 in the manifest; "
-                                    "the backup is damaged or was altered, use another one")
-            total += int(f["rows"])
-        if total != int(entry.get("rows", -1)):
-            raise BackupInvalid(f"{path}: table {table}: its files hold {total} rows, the manifest says "
-                                f"{entry.get('rows')}; the backup is damaged")
+    check_manifest(path, manifest, tenant)
     return manifest
+
+
+def verify_backup(path: Path, tenant_id: object | None = None) -> dict:
+    """Check a backup before anything reads it: a complete folder, a well-formed manifest of this
+    tenant, every listed file present, inside the folder and matching its sha256.
+    Returns the manifest; raises BackupInvalid naming the problem otherwise. Whether the manifest
+    itself can be trusted is ``authenticate_backup``'s question."""
+    manifest = load_manifest(path, tenant_id)
+    check_files(Path(path), manifest)
+    return manifest
+
+
+def drill_record(path: Path, manifest: dict) -> dict | None:
+    """``verified.json`` when it is a passing drill's record of this backup, else None."""
+    try:
+        record = json.loads((path / VERIFIED).read_bytes())
+    except (OSError, ValueError, RecursionError):
+        return None
+    if (not isinstance(record, dict) or record.get("passed") is not True
+            or record.get("backup_id") != manifest.get("backup_id") or record.get("tenant") != manifest.get("tenant")):
+        return None
+    return record
+
+
+def manifest_digest(path: Path) -> str:
+    return hashlib.sha256(_read_manifest_document(Path(path))[1]).hexdigest()
+
+
+def _opens_with(path: Path, manifest: dict, master_key: bytes) -> bool:
+    first = manifest["tables"][TABLES[0][0]]["files"][0]["path"]
+    try:
+        pq.ParquetFile(path / first, decryption_properties=decryption_properties(master_key)).schema_arrow
+        return True
+    except Exception:
+        return False
+
+
+def authenticate_backup(path: Path, manifest: dict, master_key: bytes | None) -> str:
+    """Whether the manifest can be trusted, for a manifest that ``check_manifest`` accepted.
+
+    - Encrypted: its MAC (``manifest_mac``) must verify under the configured key; no key is
+      BackupKeyMissing. A MAC that fails is BackupInvalid (exit 5) when the configured key is the
+      backup's, by its fingerprint or because it opens the files (the fingerprint itself was
+      altered), and BackupKeyMissing (exit 6) when it is another key. Returns ``AUTH_MAC``.
+    - Cleartext: its sha256 must equal the digest its passing restore drill recorded in
+      ``verified.json`` (``AUTH_DRILL``); a manifest changed since is BackupInvalid. A cleartext
+      backup no drill verified returns ``UNVERIFIED``: nothing vouches for its manifest, which
+      the caller must say."""
+    path = Path(path)
+    document, raw = _read_manifest_document(path)
+    if document != manifest:
+        raise BackupInvalid(f"{path}: {MANIFEST} changed while it was being checked; re-run")
+    encryption = manifest["encryption"]
+    if encryption["enabled"]:
+        wanted = encryption["master_key_fingerprint"]
+        if master_key is None:
+            raise BackupKeyMissing(
+                f"tenant {manifest['tenant']}: backup {manifest['backup_id']} is encrypted and no backup key is "
+                f"configured; set ${BACKUP_KEY_ENV} to the key with fingerprint {wanted}")
+        auth = manifest.get("authentication")
+        mac = auth.get("mac") if isinstance(auth, dict) else None
+        if not isinstance(mac, str):
+            raise BackupInvalid(f"{path}: the manifest of this encrypted backup carries no MAC (it was altered, or "
+                                "written before manifests were authenticated), so it cannot be trusted; use another backup")
+        if hmac.compare_digest(mac, manifest_mac(manifest, master_key)):
+            return AUTH_MAC
+        configured = key_fingerprint(master_key)
+        if configured == wanted:
+            raise BackupInvalid(f"{path}: the manifest fails its MAC under the backup's own key: it was altered "
+                                "after the backup was written; use another backup")
+        if _opens_with(path, manifest, master_key):
+            raise BackupInvalid(f"{path}: the manifest's key fingerprint {wanted} was altered (the configured key, "
+                                f"fingerprint {configured}, opens the files but the manifest fails its MAC); "
+                                "use another backup")
+        raise BackupKeyMissing(
+            f"tenant {manifest['tenant']}: backup {manifest['backup_id']} needs the key with fingerprint {wanted}, "
+            f"the configured one is {configured}; set ${BACKUP_KEY_ENV} to the key it was written with")
+    record = drill_record(path, manifest)
+    if record is None or not isinstance(record.get("manifest_sha256"), str):
+        return UNVERIFIED
+    if not hmac.compare_digest(record["manifest_sha256"], hashlib.sha256(raw).hexdigest()):
+        raise BackupInvalid(f"{path}: {MANIFEST} changed after the restore drill verified it (its sha256 differs "
+                            f"from the one in {VERIFIED}); use another backup")
+    return AUTH_DRILL
 
 
 def read_batches(path: Path, manifest: dict, table: str, master_key: bytes | None,
@@ -921,14 +1181,18 @@ def read_batches(path: Path, manifest: dict, table: str, master_key: bytes | Non
             parquet = pq.ParquetFile(path / f["path"], decryption_properties=properties,
                                      pre_buffer=False, buffer_size=1 << 20)
             yield from parquet.iter_batches(batch_size=batch_size, use_threads=True)
-        except OSError as exc:
-            raise BackupInvalid(f"{path}: {f['path']} cannot be read ({str(exc).splitlines()[0]})") from None
+        except (OSError, pa.ArrowException) as exc:
+            raise BackupInvalid(f"{path}: {f['path']} cannot be read ({str(exc).splitlines()[0]}); "
+                                "the backup is damaged, use another one") from None
 
 
-def mark_verified(path: Path, manifest: dict, details: dict) -> None:
+def mark_verified(path: Path, manifest: dict, details: dict, *, manifest_sha256: str | None = None) -> None:
+    """Record a passing drill in ``verified.json``, with the sha256 of the manifest it checked:
+    what a later restore of a cleartext backup compares its manifest with."""
     _write_json_durably(path / VERIFIED, {
         "backup_id": manifest["backup_id"], "tenant": manifest["tenant"], "passed": True,
-        "verified_at": datetime.now(timezone.utc).isoformat(), **details,
+        "verified_at": datetime.now(timezone.utc).isoformat(),
+        "manifest_sha256": manifest_sha256 or manifest_digest(path), **details,
     })
 
 

@@ -31,6 +31,7 @@ from typing import Callable, Iterator
 
 import adbc_driver_manager
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -38,20 +39,24 @@ from psycopg import sql
 
 from tenant_pipelines.core.backups import (
     TABLES,
+    UNVERIFIED,
     ContentHasher,
     _INTERVAL_STRUCT,
     adbc_connect,
+    authenticate_backup,
+    check_files,
     decryption_properties,
     denormalize_batch,
-    key_fingerprint,
     list_backups,
+    load_manifest,
+    manifest_digest,
+    manifest_schema,
     mark_verified,
     normalize_batch,
     read_batches,
     stream_table,
     table_columns,
     target_schema,
-    verify_backup,
 )
 from tenant_pipelines.db.migrate import BOOKKEEPING_SCHEMA, load_migrations
 from tenant_pipelines.db.session import parse_tenant_id
@@ -76,6 +81,7 @@ class RestoreReport:
     tables: list[TableRestore] = field(default_factory=list)
     seconds: float = 0.0
     verify_seconds: float = 0.0
+    authentication: str = ""  # "mac", "drill digest" or "unverified" (core.backups.authenticate_backup)
 
     @property
     def rows(self) -> dict[str, int]:
@@ -107,31 +113,40 @@ def _valid_schema_name(name: str) -> str:
     return name
 
 
-def _preflight_files(path: Path, manifest: dict, master_key: bytes | None) -> None:
-    """Open every file's footer with the key: a wrong or missing key fails here, before any write."""
-    properties = None
-    if manifest["encryption"].get("enabled"):
-        if master_key is None:
-            raise BackupKeyMissing(
-                f"tenant {manifest['tenant']}: backup {manifest['backup_id']} is encrypted and no backup key is "
-                f"configured; set $TENANT_PIPELINES_BACKUP_KEY to the key with fingerprint "
-                f"{manifest['encryption']['master_key_fingerprint']}")
-        if key_fingerprint(master_key) != manifest["encryption"]["master_key_fingerprint"]:
-            raise BackupKeyMissing(
-                f"tenant {manifest['tenant']}: backup {manifest['backup_id']} needs the key with fingerprint "
-                f"{manifest['encryption']['master_key_fingerprint']}, the configured one is "
-                f"{key_fingerprint(master_key)}; set $TENANT_PIPELINES_BACKUP_KEY to the right key")
-        properties = decryption_properties(master_key)
+def check_target_dsn(dsn: str) -> str:
+    """An admin DSN given for another database: not empty and parseable, or InvalidInput."""
+    if not isinstance(dsn, str) or not dsn.strip():
+        raise InvalidInput("the target database DSN is empty; pass the admin DSN of a migrated database, "
+                           "like postgresql://user:password@host:5432/billing, or leave --into-database out "
+                           "to restore into the billing database")
+    try:
+        conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else "unparseable"
+        raise InvalidInput(f"the target database DSN is not a valid connection string ({reason}); pass an "
+                           "admin DSN like postgresql://user:password@host:5432/billing") from None
+    return dsn
+
+
+def _preflight_files(path: Path, manifest: dict, master_key: bytes | None,
+                     stored: dict[str, pa.Schema]) -> None:
+    """Open every file's footer with the key (authenticate_backup has checked the key): each
+    must be Parquet, hold the rows the manifest says and the table's schema, before any write."""
+    properties = decryption_properties(master_key) if manifest["encryption"]["enabled"] else None
     for table, entry in manifest["tables"].items():
         for f in entry["files"]:
             try:
-                pq.ParquetFile(path / f["path"], decryption_properties=properties).schema_arrow
-            except OSError as exc:
-                raise BackupInvalid(f"{path}: {f['path']} cannot be opened ({str(exc).splitlines()[0]})") from None
-
-
-def _file_schema(path: Path, manifest: dict, table: str) -> pa.Schema:
-    return pa.ipc.read_schema(pa.py_buffer(__import__("base64").b64decode(manifest["tables"][table]["arrow_schema_ipc"])))
+                parquet = pq.ParquetFile(path / f["path"], decryption_properties=properties)
+                rows, schema = parquet.metadata.num_rows, parquet.schema_arrow
+            except (OSError, pa.ArrowException) as exc:
+                raise BackupInvalid(f"{path}: {f['path']} cannot be opened as Parquet ({str(exc).splitlines()[0]}); "
+                                    "the backup is damaged, use another one") from None
+            if rows != f["rows"]:
+                raise BackupInvalid(f"{path}: {f['path']} holds {rows} rows, the manifest says {f['rows']}; "
+                                    "the backup is damaged or was altered, use another one")
+            if not schema.equals(stored[table], check_metadata=False):
+                raise BackupInvalid(f"{path}: {f['path']} does not have the schema the manifest gives table {table}; "
+                                    "the backup is damaged or was altered, use another one")
 
 
 def _load_schema(stored: pa.Schema, names: list[str]) -> pa.Schema:
@@ -146,12 +161,16 @@ def _load_schema(stored: pa.Schema, names: list[str]) -> pa.Schema:
 
 def _tenant_batches(path: Path, manifest: dict, table: str, key_column: str, tenant: uuid.UUID,
                     master_key: bytes | None, names: list[str], schema: pa.Schema,
-                    counter: list[int], errors: list[BaseException]) -> Iterator[pa.RecordBatch]:
-    """The batches a load sends, each checked to hold only the tenant's rows. An error raised
-    here reaches the caller wrapped by ADBC: it is kept in ``errors`` to be raised as it is."""
+                    counter: list[int], errors: list[BaseException],
+                    hasher: ContentHasher | None = None) -> Iterator[pa.RecordBatch]:
+    """The batches a load sends, each checked to hold only the tenant's rows, and hashed as
+    stored (every column) into ``hasher``. An error raised here reaches the caller wrapped by
+    ADBC: it is kept in ``errors`` to be raised as it is."""
     expected = pa.scalar(tenant.bytes, pa.binary(16))
     try:
         for batch in read_batches(path, manifest, table, master_key):
+            if hasher is not None:
+                hasher.update(batch)
             owner = batch.column(key_column)
             storage = owner.storage if isinstance(owner.type, pa.BaseExtensionType) else owner
             if owner.null_count or not pc.all(pc.equal(storage, expected)).as_py():
@@ -193,18 +212,31 @@ def restore_tenant(
 ) -> RestoreReport:
     """Restore ``tenant_id`` from ``backup_path`` into the live tables of ``conn``'s database, or
     into a new scratch schema ``into_schema``. ``conn`` is an idle admin connection."""
+    # All input is checked before anything is written: the tenant, the target, then the backup --
+    # its manifest's shape, its authenticity (MAC, or the drill's digest), every file's sha256, every
+    # footer with the key. The content hash is recomputed while loading and compared before COMMIT.
     tenant = parse_tenant_id(tenant_id)
+    if backup_path is None or (isinstance(backup_path, str) and not backup_path.strip()):
+        raise InvalidInput("no backup folder given; pass one like <root>/tenant=<uuid>/backup=<id>")
     backup_path = Path(backup_path)
+    schema = "public" if into_schema is None else _valid_schema_name(into_schema)
     started = time.monotonic()
     log(f"tenant {tenant}: verifying {backup_path}")
-    manifest = verify_backup(backup_path, tenant)
-    _preflight_files(backup_path, manifest, master_key)
+    manifest = load_manifest(backup_path, tenant)
+    authentication = authenticate_backup(backup_path, manifest, master_key)
+    if authentication == UNVERIFIED:
+        log(f"warning: backup {backup_path} is not encrypted and no restore drill has verified it, so nothing "
+            "vouches for its manifest (a cleartext manifest carries no MAC); run 'tenant-pipelines backup --verify' "
+            "or the backup_restorable check to verify backups before you need them")
+    check_files(backup_path, manifest)
+    stored = {t: manifest_schema(backup_path, manifest, t) for t, _ in TABLES}
+    _preflight_files(backup_path, manifest, master_key, stored)
     verified_in = time.monotonic() - started
     check_migrated(conn)
-    schema = "public" if into_schema is None else _valid_schema_name(into_schema)
     target = f"schema {schema}" if into_schema else f"the live tables of {conn.info.dbname}"
-    report = RestoreReport(str(tenant), manifest["backup_id"], target, verify_seconds=verified_in)
-    stored = {t: _file_schema(backup_path, manifest, t) for t, _ in TABLES}
+    report = RestoreReport(str(tenant), manifest["backup_id"], target, verify_seconds=verified_in,
+                           authentication=authentication)
+    hash_key = master_key if manifest["encryption"]["enabled"] else None
 
     adbc = adbc_connect(conn, autocommit=False)
     try:
@@ -236,10 +268,11 @@ def restore_tenant(
                                     include_generated=into_schema is not None)
             load_schema = _load_schema(stored[table], names)
             counter, errors = [0], []
+            hasher = ContentHasher(stored[table], hash_key)
             reader = pa.RecordBatchReader.from_batches(
                 load_schema,
                 _tenant_batches(backup_path, manifest, table, key_column, tenant, master_key, names, load_schema,
-                                counter, errors))
+                                counter, errors, hasher))
             try:
                 if into_schema is None and table == "organizations":
                     _upsert_organization(conn, cur, run, reader, names)
@@ -251,6 +284,12 @@ def restore_tenant(
                 if isinstance(exc, TenantPipelinesError):
                     raise
                 raise TenantPipelinesError(_explain(tenant, table, exc)) from None
+            entry = manifest["tables"][table]
+            if counter[0] != entry["rows"] or hasher.hexdigest() != entry["content_hash"]:
+                raise BackupInvalid(
+                    f"{backup_path}: table {table}: the rows loaded ({counter[0]}) do not match the manifest's "
+                    f"{'content hash' if counter[0] == entry['rows'] else 'row count ' + str(entry['rows'])}; "
+                    "the backup is damaged or was altered, nothing was committed, use another backup")
             seconds = time.monotonic() - t0
             report.tables.append(TableRestore(table, counter[0], seconds))
             rate = f", {counter[0] / seconds:,.0f} rows/s" if seconds > 0 and counter[0] > 1000 else ""
@@ -394,7 +433,8 @@ def restore_drill(
     scratch schema in every case."""
     started = time.monotonic()
     backup_path = Path(backup_path)
-    manifest = verify_backup(backup_path)
+    manifest = load_manifest(backup_path)
+    manifest_sha256 = manifest_digest(backup_path)  # what verified.json vouches for, read before the restore checks it
     tenant = manifest["tenant"]
     scratch = f"tp_drill_{secrets.token_hex(6)}"
     key = master_key if manifest["encryption"].get("enabled") else None
@@ -413,9 +453,11 @@ def restore_drill(
         elif digest != entry["content_hash"]:
             mismatches.append(f"{table}: the restored content hash differs from the manifest's")
     seconds = time.monotonic() - started
+    if not mismatches and manifest_digest(backup_path) != manifest_sha256:
+        mismatches.append(f"{backup_path.name}: the manifest changed during the drill")
     if not mismatches:
         mark_verified(backup_path, manifest, {"rows": {t: r for t, (r, _) in found.items()},
-                                              "drill_seconds": round(seconds, 3)})
+                                              "drill_seconds": round(seconds, 3)}, manifest_sha256=manifest_sha256)
     return DrillReport(tenant, manifest["backup_id"], backup_path, not mismatches,
                        {t: r for t, (r, _) in found.items()}, mismatches, seconds)
 
