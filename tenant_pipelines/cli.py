@@ -273,6 +273,9 @@ def cmd_backup(args: argparse.Namespace) -> int:
     from tenant_pipelines.db.connect import connect
     from tenant_pipelines.db.target import admin_dsn
 
+    if args.root is not None and not args.root.strip():
+        raise InvalidInput("--root is empty; pass a backup root folder, or leave it out for "
+                           "$TENANT_PIPELINES_BACKUP_ROOT or .tenant-pipelines/backups")
     root = Path(args.root).resolve() if args.root else default_backup_root()
     key = load_master_key()
     with connect(admin_dsn(), autocommit=True) as conn:
@@ -293,25 +296,30 @@ def cmd_backup(args: argparse.Namespace) -> int:
 
 def cmd_restore(args: argparse.Namespace) -> int:
     from tenant_pipelines.core.backups import default_backup_root, load_master_key
-    from tenant_pipelines.core.restore import backup_as_of, restore_tenant
+    from tenant_pipelines.core.restore import backup_as_of, check_target_dsn, restore_tenant
     from tenant_pipelines.db.connect import connect
     from tenant_pipelines.db.session import parse_tenant_id
     from tenant_pipelines.db.target import admin_dsn
 
     tenant = parse_tenant_id(args.tenant)
-    if args.backup:
+    if args.backup is not None and not args.backup.strip():
+        raise InvalidInput("--backup is empty; pass a backup folder like <root>/tenant=<uuid>/backup=<id>")
+    if args.into_database is not None:
+        check_target_dsn(args.into_database)
+    if args.backup is not None:
         path = Path(args.backup)
     else:
         root = Path(args.root).resolve() if args.root else default_backup_root()
         path = backup_as_of(root, tenant, args.as_of)
         _log(f"tenant {tenant}: restoring {path.name}, the newest verified backup taken at or before "
              f"{args.as_of.isoformat()} (a backup, not point-in-time recovery: changes after it are not replayed)")
-    dsn = args.into_database or admin_dsn()
+    dsn = args.into_database if args.into_database is not None else admin_dsn()
     with connect(dsn, autocommit=True) as conn:
         report = restore_tenant(conn, tenant, path, master_key=load_master_key(generate_dev_key=False),
                                 into_schema=args.into_schema, log=_log)
     _log(f"tenant {tenant}: restored {report.total_rows} rows from backup {report.backup_id} into "
-         f"{report.target} in {report.seconds:.2f}s (checksums verified in {report.verify_seconds:.2f}s)")
+         f"{report.target} in {report.seconds:.2f}s (checksums verified in {report.verify_seconds:.2f}s; manifest "
+         f"{'authenticated by its MAC' if report.authentication == 'mac' else 'matched its restore drill' if report.authentication == 'drill digest' else 'NOT verified'})")
     print("table\trows")
     for table in report.tables:
         print(f"{table.table}\t{table.rows}")
