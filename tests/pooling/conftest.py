@@ -11,14 +11,25 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
+import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-from tenant_pipelines.core.pooling import pooled_dsn, start_pgbouncer_for, stop_pgbouncer
+from tenant_pipelines.core.pooling import (
+    PoolerConfig,
+    ServerAddress,
+    pooled_dsn,
+    render_pgbouncer_ini,
+    render_userlist,
+    role_scram_secret,
+    start_pgbouncer_for,
+    stop_pgbouncer,
+)
+from tenant_pipelines.db.pgbouncer import PgBouncerProcess
 from tests.conftest import APP_PASSWORD
 
 
@@ -51,3 +62,36 @@ def start_pooler(admin_dsn: str) -> Iterator[Callable[..., Pooler]]:
         for home in homes:
             stop_pgbouncer(home, immediate=True)
             shutil.rmtree(home, ignore_errors=True)
+
+
+# sql/0005's context functions, before sql/0017 bound the context to its transaction: what the
+# "binding" layer's absence looks like.
+UNBOUND_CONTEXT = """
+CREATE OR REPLACE FUNCTION fn_current_tenant_id() RETURNS uuid LANGUAGE sql STABLE PARALLEL SAFE
+AS $$ SELECT NULLIF(pg_catalog.current_setting('app.current_tenant', true), '')::pg_catalog.uuid $$;
+CREATE OR REPLACE FUNCTION fn_set_tenant_context(p_tenant_id uuid) RETURNS uuid
+    LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM pg_catalog.set_config('app.current_tenant', p_tenant_id::text, true);
+    PERFORM pg_catalog.pg_advisory_xact_lock_shared(public.fn_tenant_lock_key(p_tenant_id));
+    RETURN p_tenant_id;
+END
+$$;
+"""
+
+
+def start_bare_pgbouncer(admin_dsn: str, home: Path, *, reset: bool, pool_size: int) -> int:
+    """A PgBouncer in ``home`` for billing_app with one pool, ``billing``, of ``pool_size``
+    server connections, and the session reset on or off: for the tests that take the
+    defences away one at a time. Returns its port; ``PgBouncerProcess(home / "pgbouncer")``
+    stops it."""
+    process = PgBouncerProcess(folder=home / "pgbouncer")
+    with psycopg.connect(admin_dsn) as conn:
+        userlist = render_userlist({"billing_app": role_scram_secret(conn, "billing_app")})
+    base = PoolerConfig(
+        server=ServerAddress.from_dsn(admin_dsn), listen_port=0, auth_file=str(process.auth_file),
+        pool_sizes={}, default_pool_size=pool_size, logfile=str(process.logfile), pidfile=str(process.pidfile),
+        server_reset_query_always=reset,
+    )
+    return process.up(lambda port: render_pgbouncer_ini(replace(base, listen_port=port)), userlist)

@@ -12,23 +12,32 @@ tenants in turn. Each client runs a bounded number of transactions of three kind
   all, and the role's default work_mem and statement_timeout;
 * **failed**: sets its context, then fails (division by zero) and rolls back.
 
-The same harness, handed the seed's session-level ``set_config('app.current_tenant', x,
-false)``, must report the leak: that proves it can fail. So must session-level tier limits.
+Careless clients that also leave session-level state behind (the seed's session-level
+``set_config('app.current_tenant', x, false)``, session-level tier limits) leak nothing either:
+the context is bound to its transaction (sql/0017) and PgBouncer resets every session
+(``DISCARD ALL`` after each transaction). With those two defences taken away (the functions
+of sql/0005, no reset), the same harness must report the leaks: that proves it can fail.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 import threading
 import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Iterator
 
 import psycopg
 import pytest
 
-from tenant_pipelines.core.pooling import connect_pooled
-from tests.conftest import app_dsn_for, make_tenant
+from tenant_pipelines.core.pooling import connect_pooled, pooled_dsn
+from tenant_pipelines.db.pgbouncer import PgBouncerProcess
+from tests.conftest import APP_PASSWORD, app_dsn_for, make_tenant
+from tests.pooling.conftest import UNBOUND_CONTEXT, start_bare_pgbouncer
 
 CLIENTS = 20
 ROUNDS = 15  # transactions per client: 300 in all, about a second
@@ -47,6 +56,15 @@ def seed_session_context(conn: psycopg.Connection, tenant: uuid.UUID) -> None:
     """The seed's fn_set_tenant_context: set_config(..., false) lasts for the session."""
     conn.execute("SELECT set_config('app.current_tenant', %s, false)", (str(tenant),))
     conn.execute("SELECT fn_set_tenant_resources(%s)", (tenant,))
+
+
+def careless_client(conn: psycopg.Connection, tenant: uuid.UUID) -> None:
+    """The project's way, after leaving session-level junk: the seed's context and tier limits
+    for the session. The transaction-local values win in this transaction; nothing of the
+    session-level ones may reach the next client."""
+    conn.execute("SELECT set_config('app.current_tenant', %s, false)", (str(tenant),))
+    conn.execute("SELECT set_config('work_mem', '77MB', false), set_config('statement_timeout', '7s', false)")
+    transaction_local_context(conn, tenant)
 
 
 def session_level_limits(conn: psycopg.Connection, tenant: uuid.UUID) -> None:
@@ -155,8 +173,28 @@ def run_clients(
 
 @pytest.fixture
 def leak_setup(admin_conn: psycopg.Connection, admin_dsn: str, start_pooler) -> tuple[str, dict[uuid.UUID, Expected], tuple[str, str]]:
-    """Four tenants with rows in every table read, and PgBouncer with a pool of two server
-    connections for the plain ``billing`` database."""
+    """Four tenants with rows in every table read, and PgBouncer (the project's config) with a
+    pool of two server connections for the plain ``billing`` database."""
+    return _leak_setup(admin_conn, admin_dsn, lambda: start_pooler(default_pool_size=SERVER_CONNECTIONS).dsn("billing"))
+
+
+@pytest.fixture
+def undefended_leak_setup(admin_conn: psycopg.Connection, admin_dsn: str, tmp_path_factory) -> Iterator[tuple[str, dict[uuid.UUID, Expected], tuple[str, str]]]:
+    """The same, without the two defences against session state: sql/0005's unbound context
+    functions, and a PgBouncer that does not reset sessions in transaction mode."""
+    admin_conn.execute(UNBOUND_CONTEXT)
+    home = Path(tempfile.mkdtemp(prefix="tp-pgb-bare-", dir="/tmp"))
+    os.chmod(home, 0o755)
+    try:
+        yield _leak_setup(admin_conn, admin_dsn, lambda: pooled_dsn(
+            start_bare_pgbouncer(admin_dsn, home, reset=False, pool_size=SERVER_CONNECTIONS), password=APP_PASSWORD))
+    finally:
+        PgBouncerProcess(folder=home / "pgbouncer").destroy()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _leak_setup(admin_conn: psycopg.Connection, admin_dsn: str,
+                start: Callable[[], str]) -> tuple[str, dict[uuid.UUID, Expected], tuple[str, str]]:
     limits = {t: (w, s) for t, w, s in admin_conn.execute("SELECT tier, work_mem, statement_timeout FROM tier_limits")}
     tenants: dict[uuid.UUID, Expected] = {}
     for n, tier in enumerate(TIERS):
@@ -184,8 +222,7 @@ def leak_setup(admin_conn: psycopg.Connection, admin_dsn: str, start_pooler) -> 
         tenants[tenant] = Expected(tier, shown[0], shown[1], events)
     with psycopg.connect(app_dsn_for(admin_dsn)) as direct:
         defaults = direct.execute("SELECT current_setting('work_mem'), current_setting('statement_timeout')").fetchone()
-    pooler = start_pooler(default_pool_size=SERVER_CONNECTIONS)
-    return pooler.dsn("billing"), tenants, defaults
+    return start(), tenants, defaults
 
 
 def test_transaction_local_context_never_leaks_through_pgbouncer(leak_setup) -> None:
@@ -201,10 +238,22 @@ def test_transaction_local_context_never_leaks_through_pgbouncer(leak_setup) -> 
     assert max(len(t) for t in report.tenants_by_backend.values()) == len(tenants)
 
 
-def test_the_harness_detects_the_seeds_session_level_context(leak_setup) -> None:
-    """set_config('app.current_tenant', x, false) stays on the server connection: the next
-    client there, which set nothing, runs as the previous tenant and reads its rows."""
+def test_careless_clients_leave_nothing_to_the_next(leak_setup) -> None:
+    """Every client also sets the seed's session-level context and session-level limits: no
+    later client sees any of it."""
     dsn, tenants, defaults = leak_setup
+    report = run_clients(dsn, tenants, defaults, careless_client)
+
+    assert report.violations == [], "\n".join(report.violations[:20])
+    assert report.kinds == {"context": 100, "none": 100, "failed": 100}
+    assert max(len(t) for t in report.tenants_by_backend.values()) == len(tenants)
+
+
+def test_the_harness_detects_the_seeds_session_level_context(undefended_leak_setup) -> None:
+    """Without the defences, set_config('app.current_tenant', x, false) stays on the server
+    connection: the next client there, which set nothing, runs as the previous tenant and
+    reads its rows."""
+    dsn, tenants, defaults = undefended_leak_setup
     report = run_clients(dsn, tenants, defaults, seed_session_context)
 
     leaks = [v for v in report.violations if "without a context" in v]
@@ -212,9 +261,10 @@ def test_the_harness_detects_the_seeds_session_level_context(leak_setup) -> None
     assert any("usage_events rows without a context" in v for v in leaks), report.violations[:5]
 
 
-def test_the_harness_detects_session_level_tier_limits(leak_setup) -> None:
-    """Tier limits SET for the session outlive the transaction: the next client inherits them."""
-    dsn, tenants, defaults = leak_setup
+def test_the_harness_detects_session_level_tier_limits(undefended_leak_setup) -> None:
+    """Without the session reset, tier limits SET for the session outlive the transaction: the
+    next client inherits them."""
+    dsn, tenants, defaults = undefended_leak_setup
     report = run_clients(dsn, tenants, defaults, session_level_limits)
 
     assert any("work_mem without a context" in v for v in report.violations), report.violations[:5]

@@ -23,7 +23,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -38,30 +38,12 @@ from tenant_pipelines.core.pooling import (
     connect_pooled,
     pooled_dsn,
     render_pgbouncer_ini,
-    render_userlist,
-    role_scram_secret,
 )
 from tenant_pipelines.db.pgbouncer import PgBouncerProcess
 from tests.conftest import APP_PASSWORD, make_tenant
+from tests.pooling.conftest import UNBOUND_CONTEXT, start_bare_pgbouncer
 
 LAYERS = ("temp", "binding", "reset")
-
-# sql/0005's context functions, before sql/0017 bound the context to its transaction: what the
-# "binding" layer's absence looks like.
-UNBOUND_CONTEXT = """
-CREATE OR REPLACE FUNCTION fn_current_tenant_id() RETURNS uuid LANGUAGE sql STABLE PARALLEL SAFE
-AS $$ SELECT NULLIF(pg_catalog.current_setting('app.current_tenant', true), '')::pg_catalog.uuid $$;
-CREATE OR REPLACE FUNCTION fn_set_tenant_context(p_tenant_id uuid) RETURNS uuid
-    LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    PERFORM pg_catalog.set_config('app.current_tenant', p_tenant_id::text, true);
-    PERFORM pg_catalog.pg_advisory_xact_lock_shared(public.fn_tenant_lock_key(p_tenant_id));
-    RETURN p_tenant_id;
-END
-$$;
-"""
-
 
 @dataclass(frozen=True)
 class World:
@@ -70,18 +52,6 @@ class World:
     a: uuid.UUID  # the hostile client's tenant (pooled in the shared partition)
     b: uuid.UUID  # the victim's tenant (a dedicated partition)
     b_events: int
-
-
-def _start_pgbouncer(admin_dsn: str, home: Path, reset: bool) -> int:
-    process = PgBouncerProcess(folder=home / "pgbouncer")
-    with psycopg.connect(admin_dsn) as conn:
-        userlist = render_userlist({"billing_app": role_scram_secret(conn, "billing_app")})
-    base = PoolerConfig(
-        server=ServerAddress.from_dsn(admin_dsn), listen_port=0, auth_file=str(process.auth_file),
-        pool_sizes={}, default_pool_size=1, logfile=str(process.logfile), pidfile=str(process.pidfile),
-        server_reset_query_always=reset,
-    )
-    return process.up(lambda port: render_pgbouncer_ini(replace(base, listen_port=port)), userlist)
 
 
 @pytest.fixture
@@ -108,7 +78,7 @@ def world_with(admin_conn: psycopg.Connection, admin_dsn: str) -> Iterator[Calla
         home = Path(tempfile.mkdtemp(prefix="tp-pgb-state-", dir="/tmp"))
         os.chmod(home, 0o755)
         homes.append(home)
-        port = _start_pgbouncer(admin_dsn, home, reset="reset" in layers)
+        port = start_bare_pgbouncer(admin_dsn, home, reset="reset" in layers, pool_size=1)
         return World(admin_dsn, pooled_dsn(port, password=APP_PASSWORD), a, b, 3)
 
     try:
