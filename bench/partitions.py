@@ -82,6 +82,34 @@ TARGET_EXPLICIT_RATIO = 1.5
 TARGET_RLS_PLANNING_MS = 10.0
 TARGET_RELATIONS = 150_000
 TARGET_INGEST_PARITY = 0.9
+TARGET_BINDING_RATIO = 1.05  # the context bound to its transaction (sql/0017) against sql/0005's
+BINDING_ROUNDS = 3  # alternations of the two function versions at the largest scale
+
+# sql/0005's context functions, which sql/0017 replaced: the "before" of the binding comparison.
+UNBOUND_CONTEXT_FUNCTIONS = """
+CREATE OR REPLACE FUNCTION fn_current_tenant_id() RETURNS uuid
+    LANGUAGE sql STABLE PARALLEL SAFE
+AS $$ SELECT NULLIF(pg_catalog.current_setting('app.current_tenant', true), '')::pg_catalog.uuid $$;
+CREATE OR REPLACE FUNCTION fn_set_tenant_context(p_tenant_id uuid) RETURNS uuid
+    LANGUAGE plpgsql VOLATILE SECURITY INVOKER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF p_tenant_id IS NULL THEN
+        RAISE EXCEPTION 'tenant context: the tenant id is NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    PERFORM pg_catalog.set_config('app.current_tenant', p_tenant_id::text, true);
+    IF NOT EXISTS (SELECT 1 FROM public.organizations o WHERE o.id = p_tenant_id) THEN
+        PERFORM pg_catalog.set_config('app.current_tenant', '', true);
+        RAISE EXCEPTION 'unknown tenant %', p_tenant_id USING ERRCODE = 'no_data_found';
+    END IF;
+    PERFORM pg_catalog.pg_advisory_xact_lock_shared(public.fn_tenant_lock_key(p_tenant_id));
+    RETURN p_tenant_id;
+END
+$$;
+"""
+BOUND_CONTEXT_FUNCTIONS = (Path(__file__).resolve().parent.parent / "sql"
+                           / "0017_bind_tenant_context_to_its_transaction.sql")
 
 # Lock-table sizing for the throwaway cluster. A query that cannot prune at plan time (RLS
 # alone) locks every table under usage_events_mt and every leaf's indexes at once: per tenant
@@ -530,9 +558,47 @@ def measure_scale(admin: psycopg.Connection, dsn: str, tenants: list[Tenant], sc
         result["ingest"] = measure_ingest(admin, dsn, tenants, args)
         # The runs emptied usage_events_mt: give the tenants their events back, in their partitions.
         copy_events(admin, event_rows(tenants, args.events_per_tenant, anchor))
+    if scale == args.scales[-1]:
+        result["binding"] = measure_binding(admin, dsn, args, probes, scale)
     result["one_more"] = onboard_one_more(admin, tenants, mix, rng, args, anchor)
     result["sensor"] = measure_sensor(admin, len(tenants))
     return result
+
+
+def measure_binding(admin: psycopg.Connection, dsn: str, args: argparse.Namespace,
+                    probes: dict[str, Tenant], scale: int) -> dict:
+    """The cost of binding the context to its transaction (sql/0017): the same queries with
+    sql/0005's functions ("unbound") and sql/0017's ("bound"), alternating BINDING_ROUNDS
+    times on the same data, in the same run. Leaves the bound functions in place."""
+    series: dict[str, list[dict]] = {"unbound": [], "bound": []}
+    try:
+        for round_number in range(BINDING_ROUNDS):
+            order = ("unbound", "bound") if round_number % 2 == 0 else ("bound", "unbound")
+            for version in order:
+                admin.execute(UNBOUND_CONTEXT_FUNCTIONS if version == "unbound"
+                              else BOUND_CONTEXT_FUNCTIONS.read_text())
+                h.wait_until_idle(IDLE_LOAD, timeout=IDLE_WAIT_S)
+                h.log(f"context binding, round {round_number + 1}: {version} functions")
+                series[version] += [measure_query(dsn, args, tenant, kind, scale)
+                                    for tenant in probes.values() for kind in QUERY_KINDS]
+    finally:
+        admin.execute(BOUND_CONTEXT_FUNCTIONS.read_text())
+    out = []
+    for tier in probes:
+        for kind in QUERY_KINDS:
+            runs = {v: [q for q in series[v] if q["tier"] == tier and q["kind"] == kind and "error" not in q]
+                    for v in series}
+            if not all(runs.values()):
+                continue
+            figure = {v: {"planning_median_ms": statistics.median(x for q in runs[v] for x in q["planning_ms"]),
+                          "total_median_ms": statistics.median(p + e for q in runs[v]
+                                                               for p, e in zip(q["planning_ms"], q["execution_ms"])),
+                          "samples": sum(q["samples"] for q in runs[v])}
+                      for v in runs}
+            out.append({"tier": tier, "kind": kind, **figure,
+                        "planning_ratio": figure["bound"]["planning_median_ms"] / figure["unbound"]["planning_median_ms"],
+                        "total_ratio": figure["bound"]["total_median_ms"] / figure["unbound"]["total_median_ms"]})
+    return {"scale": scale, "rounds": BINDING_ROUNDS, "comparisons": out}
 
 
 def benchmark(args: argparse.Namespace, dsn: str, server_kind: str) -> dict:
@@ -626,6 +692,16 @@ def targets(scales: list[dict]) -> list[dict]:
             "required": f"≥ {TARGET_INGEST_PARITY}×", "measured_value": ratio, "measured": f"{ratio:.3f}×",
             "met": ratio >= TARGET_INGEST_PARITY, "margin": _margin(ratio, TARGET_INGEST_PARITY, minimum=True),
         })
+    for c in last.get("binding", {}).get("comparisons", []):
+        key, what = (("planning_ratio", "planning") if c["kind"] == "rls_only" else ("total_ratio", "planning + execution"))
+        ratio, metric = c[key], key.replace("_ratio", "_median_ms")
+        out.append({
+            "target": f"Context bound to its transaction (sql/0017) vs unbound (sql/0005), {c['kind']}, "
+                      f"{c['tier']} tenant: {what} at {last['scale']:,} tenants (medians, same run)",
+            "required": f"≤ {TARGET_BINDING_RATIO}×", "measured_value": ratio,
+            "measured": f"{ratio:.3f}× ({c['unbound'][metric]:.2f} → {c['bound'][metric]:.2f} ms)",
+            "met": ratio <= TARGET_BINDING_RATIO, "margin": _margin(ratio, TARGET_BINDING_RATIO),
+        })
     if last["scale"] != TARGET_SCALE:
         for entry in out:
             entry["target"] += f" (the targets are set for {TARGET_SCALE:,})"
@@ -716,6 +792,7 @@ def render_markdown(results: dict) -> str:
         "",
         *render_onboarding(results),
         *render_queries(results),
+        *render_binding(results),
         *render_catalog(results),
         *render_ingest(results),
         *render_setup(results),
@@ -844,6 +921,30 @@ def render_queries(results: dict) -> list[str]:
              "Execution median ms", "Execution p95 ms", "Cold planning ms", "Runs",
              "Leaves scanned / removed", "Locks", "Backend private"],
             rows, "rrllrrrrrrrrr"),
+        "",
+    ]
+
+
+def render_binding(results: dict) -> list[str]:
+    binding = results["scales"][-1].get("binding")
+    if not binding:
+        return []
+    rows = [[c["tier"], c["kind"], _ms(c["unbound"]["planning_median_ms"]), _ms(c["bound"]["planning_median_ms"]),
+             f"{c['planning_ratio']:.3f}×", _ms(c["unbound"]["total_median_ms"]), _ms(c["bound"]["total_median_ms"]),
+             f"{c['total_ratio']:.3f}×", f"{c['unbound']['samples']} / {c['bound']['samples']}"]
+            for c in binding["comparisons"]]
+    return [
+        "## The context bound to its transaction",
+        "",
+        f"At {binding['scale']:,} tenants, the queries above with sql/0005's context functions "
+        "(*unbound*: `fn_current_tenant_id()` reads `app.current_tenant` as it is) and with sql/0017's "
+        "(*bound*: the value counts only when its stamp is this transaction's start, so a session-level "
+        f"value from an earlier transaction reads as no context), alternating {binding['rounds']} times "
+        "on the same data, in the same run; medians over every warm run of each version.",
+        "",
+        h.markdown_table(["Tenant", "Query", "Planning unbound ms", "Planning bound ms", "Planning ratio",
+                          "Total unbound ms", "Total bound ms", "Total ratio", "Runs"],
+                         rows, "llrrrrrrr"),
         "",
     ]
 

@@ -253,15 +253,23 @@ def run(args: argparse.Namespace, admin_root_dsn: str) -> dict:
         os.chmod(home, 0o755)
         bouncer = PgBouncerProcess(folder=home / "pgbouncer", log=h.log)
         try:
-            def config(port: int) -> str:
-                return render_pgbouncer_ini(PoolerConfig(
-                    server=ServerAddress.from_dsn(dsn), listen_port=port, auth_file=str(bouncer.auth_file),
-                    default_pool_size=args.server_connections, max_client_conn=args.clients + 50,
-                    logfile=str(bouncer.logfile), pidfile=str(bouncer.pidfile),
-                ))
+            def config_for(process: PgBouncerProcess, reset: bool):
+                def config(port: int) -> str:
+                    return render_pgbouncer_ini(PoolerConfig(
+                        server=ServerAddress.from_dsn(dsn), listen_port=port, auth_file=str(process.auth_file),
+                        default_pool_size=args.server_connections, max_client_conn=args.clients + 50,
+                        logfile=str(process.logfile), pidfile=str(process.pidfile),
+                        server_reset_query_always=reset,
+                    ))
+                return config
 
-            bouncer_port = bouncer.up(config, userlist)
+            # The project's config (DISCARD ALL after every transaction), and for comparison the
+            # one before issue 15 (no reset in transaction mode), side by side.
+            bouncer_port = bouncer.up(config_for(bouncer, True), userlist)
             bouncer_pid = bouncer.running_pid()
+            bouncer_no_reset = PgBouncerProcess(folder=home / "pgbouncer_no_reset", log=h.log)
+            no_reset_port = bouncer_no_reset.up(config_for(bouncer_no_reset, False), userlist)
+            no_reset_pid = bouncer_no_reset.running_pid()
             scripts = {}
             for with_context in (True, False):
                 path = home / f"{'context' if with_context else 'no_rls'}.sql"
@@ -269,13 +277,18 @@ def run(args: argparse.Namespace, admin_root_dsn: str) -> dict:
                 scripts[with_context] = path
             direct = {"host": str(info.get("host") or "127.0.0.1"), "port": int(info.get("port") or 5432), "db": server_db}
             pooled = {"host": "127.0.0.1", "port": bouncer_port, "db": "billing"}
+            pooled_no_reset = {"host": "127.0.0.1", "port": no_reset_port, "db": "billing"}
             variants = [
                 ("pooled_200", pooled, BENCH_APP, True, args.clients),
+                ("pooled_200_no_reset", pooled_no_reset, BENCH_APP, True, args.clients),
                 ("direct_200", direct, BENCH_APP, True, args.clients),
                 ("direct_20", direct, BENCH_APP, True, args.server_connections),
                 ("direct_20_no_rls", direct, BYPASS_ROLE, False, args.server_connections),
                 ("pooled_200_no_rls", pooled, BYPASS_ROLE, False, args.clients),
+                ("pooled_200_no_reset_2", pooled_no_reset, BENCH_APP, True, args.clients),
+                ("pooled_200_2", pooled, BENCH_APP, True, args.clients),
             ]
+            pids = {id(pooled): bouncer_pid, id(pooled_no_reset): no_reset_pid}
             common = dict(threads=args.threads, admin_dsn=dsn, server_db=server_db, postmaster_pid=postmaster)
 
             h.log("warm-up: 5 s direct, 20 clients (not measured)")
@@ -289,10 +302,11 @@ def run(args: argparse.Namespace, admin_root_dsn: str) -> dict:
                 results[name] = pgbench(
                     pgbench_bin, scripts[with_context], name, **target, user=role, password=passwords[role],
                     clients=clients, duration=args.duration, mode="extended",
-                    bouncer_pid=bouncer_pid if target is pooled else None, **common,
+                    bouncer_pid=pids.get(id(target)), **common,
                 )
                 results[name].update({"clients": clients, "role": role, "context": with_context,
-                                      "through": "pgbouncer" if target is pooled else "direct",
+                                      "through": "pgbouncer" if id(target) in pids else "direct",
+                                      "session_reset": target is pooled if id(target) in pids else None,
                                       "load_before": load_now})
                 r = results[name]
                 h.log(f"{name}: {r['tps']} tps, {r['latency_avg_ms']} ms average, "
@@ -305,6 +319,7 @@ def run(args: argparse.Namespace, admin_root_dsn: str) -> dict:
             version = subprocess.run([str(find_pgbouncer()), "--version"], capture_output=True, text=True).stdout
         finally:
             bouncer.destroy()
+            bouncer_no_reset.destroy()
             shutil.rmtree(home, ignore_errors=True)
             with psycopg.connect(dsn, autocommit=True) as admin:
                 drop_roles(admin)
@@ -330,6 +345,9 @@ def markdown(args: argparse.Namespace, res: dict, machine: dict) -> str:
     rows = []
     labels = {
         "pooled_200": "200 clients → PgBouncer → 20 server connections",
+        "pooled_200_2": "the same, second round",
+        "pooled_200_no_reset": "the same without the session reset (before issue 15)",
+        "pooled_200_no_reset_2": "the same without the session reset, second round",
         "direct_200": "200 clients → PostgreSQL (200 backends)",
         "direct_20": "20 clients → PostgreSQL (20 backends)",
         "pooled_200_no_rls": "200 clients → PgBouncer → 20, no context, no RLS",
@@ -346,7 +364,8 @@ def markdown(args: argparse.Namespace, res: dict, machine: dict) -> str:
         known = sum(r[k] or 0 for k in ("server_cpu_seconds", "pgbouncer_cpu_seconds", "pgbench_cpu_seconds"))
         return r["machine_cpu_seconds"] - known - kinds["softirq"] - kinds["steal"]
 
-    order = ("pooled_200", "direct_200", "direct_20", "pooled_200_no_rls", "direct_20_no_rls")
+    order = tuple(n for n in ("pooled_200", "pooled_200_2", "pooled_200_no_reset", "pooled_200_no_reset_2",
+                              "direct_200", "direct_20", "pooled_200_no_rls", "direct_20_no_rls") if n in v)
     disturbed = {n for n in order if (other_work(v[n]) or 0) > DISTURBED_SHARE * capacity}
     for name in order:
         r = v[name]
@@ -379,6 +398,31 @@ def markdown(args: argparse.Namespace, res: dict, machine: dict) -> str:
 
     ratio = lambda a, b: (v[a]["tps"] / v[b]["tps"]) if v[a]["tps"] and v[b]["tps"] else None  # noqa: E731
     prepared = res["prepared_through_pgbouncer"]
+    reset_line = ""
+    if "pooled_200_no_reset" in v:
+        def mean(names: tuple[str, ...], key: str) -> float | None:
+            values = [v[n][key] for n in names if n in v and v[n][key] is not None]
+            return sum(values) / len(values) if values else None
+
+        def mean_us(names: tuple[str, ...]) -> float | None:
+            values = [per_tx_us(v[n], "server_cpu_seconds") for n in names if n in v]
+            values = [x for x in values if x is not None]
+            return sum(values) / len(values) if values else None
+
+        with_reset, without = ("pooled_200", "pooled_200_2"), ("pooled_200_no_reset", "pooled_200_no_reset_2")
+        tps_reset, tps_plain = mean(with_reset, "tps"), mean(without, "tps")
+        us_reset, us_plain = mean_us(with_reset), mean_us(without)
+        res["session_reset"] = {"tps_with_reset": tps_reset, "tps_without_reset": tps_plain,
+                                "ratio": tps_reset / tps_plain if tps_reset and tps_plain else None,
+                                "server_us_per_tx_with_reset": us_reset, "server_us_per_tx_without_reset": us_plain}
+        reset_line = (
+            f"\n- **The session reset** (`server_reset_query = DISCARD ALL`, `server_reset_query_always = 1`, "
+            f"the generated config since issue 15) against the same PgBouncer without it (the config before): "
+            f"**{fmt(res['session_reset']['ratio'], '.3f')}×** the TPS ({fmt(tps_reset)} against {fmt(tps_plain)}, "
+            f"each the mean of two runs, alternating); PostgreSQL CPU per transaction {fmt(us_reset)} µs against "
+            f"{fmt(us_plain)} µs. What it buys: nothing a client leaves in its session (temp tables, SET without "
+            "LOCAL, session advisory locks) reaches the next client (tests/pooling/test_session_state.py).")
+    return f"""# Benchmark: PgBouncer (transaction pooling) against direct connections
     return f"""# Benchmark: PgBouncer (transaction pooling) against direct connections
 
 Run with `.venv/bin/python bench/pgbouncer.py{'' if args.duration == 30 else f' --duration {args.duration}'}` on
@@ -400,7 +444,7 @@ Pgbench, PgBouncer and PostgreSQL share the same {machine['cores_usable']} cores
   (same 200 clients, same script); against 20 direct clients: {fmt(ratio('pooled_200', 'direct_20'), '.2f')}×.
 - The context itself (fn_set_tenant_context + fn_set_tenant_resources, and the RLS predicate) against the
   same query without them: direct, 20 clients, **{fmt(ratio('direct_20', 'direct_20_no_rls'), '.2f')}×** the TPS;
-  through PgBouncer, 200 clients, {fmt(ratio('pooled_200', 'pooled_200_no_rls'), '.2f')}×.
+  through PgBouncer, 200 clients, {fmt(ratio('pooled_200', 'pooled_200_no_rls'), '.2f')}×.{reset_line}
 - Server backends (peak): the run's backends in pg_stat_activity (by application_name), sampled
   every 0.5 s.
 - Other programs' CPU: the machine's busy time during the run outside PostgreSQL, PgBouncer,

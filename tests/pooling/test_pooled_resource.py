@@ -40,8 +40,9 @@ def test_without_a_pooled_dsn_tenant_sessions_use_the_admin_connection(
 
 
 def test_ingest_through_pgbouncer_keeps_each_batch_with_its_tenant(admin_conn: psycopg.Connection, start_pooler) -> None:
-    """ingest_usage_events' staging table is a TEMP table (session state) created IF NOT EXISTS
-    with ON COMMIT DELETE ROWS: on a pooled server connection the next client finds it, empty."""
+    """ingest_usage_events leaves nothing in the session (no staging table: billing_app cannot
+    create temp tables): two clients of two tenants alternate on one pooled server connection
+    and every batch lands with its own tenant."""
     from datetime import datetime, timezone
     from decimal import Decimal
 
