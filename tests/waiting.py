@@ -21,20 +21,37 @@ def wait_until(condition: Callable[[], object], what: str, timeout_s: float = DE
         time.sleep(0.005)
 
 
-def waits_for_lock(observer: psycopg.Connection, pid: int, relation_oid: int) -> bool:
-    """Whether backend ``pid`` is queued for a lock on ``relation_oid`` (an ungranted request in pg_locks)."""
+def waits_for_lock(observer: psycopg.Connection, pid: int, relation_oid: int | None = None) -> bool:
+    """Whether backend ``pid`` is queued for a lock (an ungranted request in pg_locks) on
+    ``relation_oid``, or on any table when it is None."""
     return observer.execute(
-        "SELECT EXISTS (SELECT FROM pg_locks WHERE pid = %s AND relation = %s AND NOT granted)",
+        "SELECT EXISTS (SELECT FROM pg_locks WHERE pid = %s AND relation = COALESCE(%s, relation) AND NOT granted)",
         (pid, relation_oid),
     ).fetchone()[0]
 
 
-def outwait_one_lock_timeout(observer: psycopg.Connection, pid: int, relation: str) -> None:
-    """Return once backend ``pid`` has queued for a lock on ``relation`` and then left the
-    queue, while the caller's session holds a conflicting lock on it the whole time: the
-    request cannot have been granted, so it timed out (lock_timeout) and whatever the backend
-    does next with that relation is a retry. ``observer`` is an autocommit connection other
-    than the holder's and the waiter's."""
-    oid = observer.execute("SELECT %s::regclass::oid", (relation,)).fetchone()[0]
-    wait_until(lambda: waits_for_lock(observer, pid, oid), f"backend {pid} to wait for a lock on {relation}")
-    wait_until(lambda: not waits_for_lock(observer, pid, oid), f"backend {pid} to give up its wait for {relation}")
+def lock_waiter(observer: psycopg.Connection, relation: str) -> int:
+    """The backend that queues for a lock on ``relation`` or on one of its partitions (a
+    partitioned table's lock takes its partitions'), once there is one."""
+    found: list[int] = []
+
+    def queued() -> bool:
+        found[:] = [r[0] for r in observer.execute(
+            "SELECT l.pid FROM pg_locks l WHERE NOT l.granted AND l.relation IN"
+            " (SELECT relid FROM pg_partition_tree(%s::regclass))", (relation,))]
+        return bool(found)
+
+    wait_until(queued, f"a session to wait for a lock on {relation}")
+    return found[0]
+
+
+def outwait_one_lock_timeout(observer: psycopg.Connection, pid: int, relation: str | None = None) -> None:
+    """Return once backend ``pid`` has queued for a lock on ``relation`` (or any table) and
+    then left the queue, while the caller's session holds a conflicting lock on it the whole
+    time: the request cannot have been granted, so it timed out (lock_timeout) and whatever the
+    backend does next with that table is a retry. ``observer`` is an autocommit connection
+    other than the holder's and the waiter's."""
+    oid = None if relation is None else observer.execute("SELECT %s::regclass::oid", (relation,)).fetchone()[0]
+    where = relation or "a table"
+    wait_until(lambda: waits_for_lock(observer, pid, oid), f"backend {pid} to wait for a lock on {where}")
+    wait_until(lambda: not waits_for_lock(observer, pid, oid), f"backend {pid} to give up its wait for {where}")

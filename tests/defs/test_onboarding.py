@@ -3,6 +3,7 @@ Dagster instance."""
 
 from __future__ import annotations
 
+import threading
 import uuid
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -23,6 +24,7 @@ from tenant_pipelines.defs.tenants.partitions_assets import (
     tenant_partitions_complete,
 )
 from tests.conftest import make_tenant
+from tests.waiting import lock_waiter, outwait_one_lock_timeout
 
 
 @pytest.fixture
@@ -195,3 +197,37 @@ def test_a_promotion_in_progress_is_not_resumed(
     with psycopg.connect(admin_dsn, autocommit=True) as promoter:
         promoter.execute("SELECT pg_advisory_lock(fn_tenant_lock_key(%s))", (tenant,))
         assert not tick(instance, admin_dsn).run_requests
+
+
+def test_lock_retries_is_the_number_of_retries(
+    admin_conn: psycopg.Connection, admin_dsn: str, instance: dg.DagsterInstance
+) -> None:
+    """0 for a pooled tenant, a promoted one and one already attached; a promotion that waited
+    out one lock timeout on the pool (held by a writer's open transaction) counts it."""
+    pooled, dedicated, contended = (make_tenant(admin_conn, tier=t) for t in ("free", "enterprise", "enterprise"))
+    event(admin_conn, dedicated, 3)
+    instance.add_dynamic_partitions("tenants", [str(pooled), str(dedicated), str(contended)])
+
+    def lock_retries(tenant: uuid.UUID) -> int:
+        result = materialise(instance, admin_dsn, str(tenant))
+        assert result.success
+        (mat,) = result.get_asset_materialization_events()
+        return mat.materialization.metadata["lock_retries"].value
+
+    assert lock_retries(pooled) == 0
+    assert lock_retries(dedicated) == 0
+    assert lock_retries(dedicated) == 0, "already attached: no promotion steps"
+
+    admin_conn.execute("UPDATE partition_config SET lock_timeout = '100ms'")
+    retries: list[int] = []
+    with psycopg.connect(admin_dsn) as writer, psycopg.connect(admin_dsn, autocommit=True) as observer:
+        writer.execute("LOCK TABLE usage_events_mt_default IN EXCLUSIVE MODE")
+        promoter = threading.Thread(target=lambda: retries.append(lock_retries(contended)))
+        promoter.start()
+        try:
+            pid = lock_waiter(observer, "usage_events_mt_default")  # the promotion, on a month of the pool
+            outwait_one_lock_timeout(observer, pid)  # only the writer holds what it waits for
+        finally:
+            writer.rollback()
+            promoter.join()
+    assert retries and retries[0] >= 1
