@@ -1,8 +1,9 @@
 """The ``tenant-pipelines`` command.
 
-Exit codes: 0 success, 1 operation failed, 2 bad input, 3 database unreachable,
-4 migration refused (or a restore target not migrated), 5 backup damaged,
-incomplete or another tenant's, 6 backup key missing or wrong, 130 interrupted.
+Exit codes (README.md says the same): 0 success, 1 operation failed, 2 bad input, 3 database
+unreachable, 4 the database does not match this checkout's sql/ (db migrate refused or failed,
+or a restore target is not migrated), 5 backup damaged, incomplete or another tenant's, 6 backup
+key missing or wrong, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -605,7 +606,7 @@ def build_parser() -> argparse.ArgumentParser:
         "restore the tenant in one transaction: into the live tables (its rows replaced, no other tenant "
         "touched), into a new scratch schema, or into another, migrated database. Progress on stderr; rows "
         "per table on stdout. Exit codes: 0 done, 1 failed (nothing committed), 2 bad input, 3 database "
-        "unreachable, 4 target not migrated, 5 backup damaged, incomplete or another tenant's, 6 backup key "
+        "unreachable, 4 the target database does not match this checkout's sql/ (not migrated), 5 backup damaged, incomplete or another tenant's, 6 backup key "
         "missing or wrong.",
     )
     p.add_argument("--tenant", required=True, help="organization UUID")
