@@ -50,3 +50,30 @@ def tenant_run_tags(tiers: psycopg.Connection | Mapping[str, str], tenant: objec
         tier = tiers.get(tenant_id, UNCLASSIFIED_TIER)
         priority = SEED_TIER_PRIORITY.get(tier, SEED_TIER_PRIORITY[UNCLASSIFIED_TIER])
     return {TENANT_TAG: tenant_id, TIER_TAG: tier, PRIORITY_TAG: str(10 - priority)}
+
+
+def tier_priorities(conn: psycopg.Connection) -> dict[str, int]:
+    """tier_limits.priority of every tier (1 is the most important)."""
+    return dict(conn.execute("SELECT tier, priority FROM tier_limits").fetchall())
+
+
+def run_tags_for_tenants(
+    tenants: list[str], tiers: Mapping[str, str], priorities: Mapping[str, int] | None = None
+) -> dict[str, str]:
+    """The run-queue tags of a run over ``tenants`` (tenant id -> tier in ``tiers``; a tenant
+    missing there is free tier; ``priorities`` from tier_limits, else the seed's).
+
+    One tenant: ``tenant_run_tags``. Several (a backfill's batch, the premake schedule's): no
+    ``tenant`` (a run tag names one value), and the tier and priority of the least important
+    tier among them, so a batch holding one free-tier tenant waits behind the free tier's limit
+    like that tenant's own run would; a batch cannot jump the queue by mixing tiers."""
+    priorities = priorities or SEED_TIER_PRIORITY
+    fallback = priorities.get(UNCLASSIFIED_TIER, SEED_TIER_PRIORITY[UNCLASSIFIED_TIER])
+
+    def priority(tier: str) -> int:
+        return priorities.get(tier, fallback)
+
+    ids = [str(parse_tenant_id(t)) for t in tenants]
+    tier = max((tiers.get(t, UNCLASSIFIED_TIER) for t in ids), key=priority)
+    tags = {TIER_TAG: tier, PRIORITY_TAG: str(10 - priority(tier))}
+    return {TENANT_TAG: ids[0], **tags} if len(ids) == 1 else tags

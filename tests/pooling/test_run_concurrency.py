@@ -12,6 +12,7 @@ version pinned here and for runs that carry the tags.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from typing import Iterator
 
@@ -20,10 +21,16 @@ import psycopg
 import pytest
 import yaml
 from dagster._core.remote_origin import RegisteredCodeLocationOrigin, RemoteJobOrigin, RemoteRepositoryOrigin
-from dagster._core.test_utils import create_run_for_test
+from dagster._core.remote_origin import InProcessCodeLocationOrigin
+from dagster._core.test_utils import InProcessTestWorkspaceLoadTarget, create_run_for_test
+from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
+from dagster._core.workspace.context import WorkspaceProcessContext
+from dagster._daemon.backfill import execute_backfill_iteration
 from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import QueuedRunCoordinatorDaemon
+from dagster_graphql.test.utils import execute_dagster_graphql
 
-from tenant_pipelines.config import PROJECT_DIR
+from tenant_pipelines.config import DATABASE_URL_ENV, PROJECT_DIR
+from tenant_pipelines.defs.run_coordinator import TenantRunCoordinator
 from tenant_pipelines.defs.tags import PRIORITY_TAG, TENANT_TAG, TIER_TAG, tenant_run_tags
 from tests.conftest import make_tenant
 
@@ -34,10 +41,7 @@ BACKFILL_TAG = "dagster/backfill"
 @pytest.fixture
 def instance() -> Iterator[dg.DagsterInstance]:
     project = yaml.safe_load((PROJECT_DIR / "dagster_home" / "dagster.yaml").read_text())
-    overrides = {
-        "concurrency": project["concurrency"],
-        "run_coordinator": {"module": "dagster._core.run_coordinator", "class": "QueuedRunCoordinator"},
-    }
+    overrides = {"concurrency": project["concurrency"], "run_coordinator": project["run_coordinator"]}
     with dg.instance_for_test(overrides=overrides) as inst:
         yield inst
 
@@ -61,6 +65,7 @@ def dequeued(instance: dg.DagsterInstance) -> list[dg.DagsterRun]:
 
 
 def test_the_project_config_sets_the_limits(instance: dg.DagsterInstance) -> None:
+    assert isinstance(instance.run_coordinator, TenantRunCoordinator), "every run is tagged before it is queued"
     queue = instance.get_concurrency_config().run_queue_config
     assert queue.max_concurrent_runs == 4
     limits = {(l["key"], str(l.get("value"))): l["limit"] for l in queue.tag_concurrency_limits}
@@ -121,3 +126,128 @@ def test_tenant_run_tags_read_the_tier_from_the_database(admin_conn: psycopg.Con
     admin_conn.execute("UPDATE tier_limits SET priority = 2 WHERE tier = 'growth'")
     growth = make_tenant(admin_conn, "Mid", tier="growth")
     assert tenant_run_tags(admin_conn, growth)[PRIORITY_TAG] == "8", "priority comes from tier_limits"
+
+
+# -- runs launched without the sensors' tags: a backfill from the UI, the launchpad ---------------
+
+LAUNCH_BACKFILL = """
+mutation ($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PythonError { message }
+    ... on InvalidSubsetError { message }
+  }
+}"""
+
+
+@pytest.fixture
+def workspace(instance: dg.DagsterInstance, admin_dsn: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[WorkspaceProcessContext]:
+    """The code location loaded as the webserver and the daemon load it; the billing database
+    is the test's, for the code location and the run coordinator alike."""
+    monkeypatch.setenv(DATABASE_URL_ENV, admin_dsn)
+    origin = InProcessCodeLocationOrigin(
+        LoadableTargetOrigin(module_name="tenant_pipelines.definitions", attribute="defs",
+                             working_directory=str(PROJECT_DIR)),
+        location_name="tenant_pipelines",
+    )
+    with WorkspaceProcessContext(instance, InProcessTestWorkspaceLoadTarget(origin)) as context:
+        yield context
+
+
+def backfill_from_the_ui(workspace: WorkspaceProcessContext, asset: str, keys: list[str]) -> list[dg.DagsterRun]:
+    """What the UI's "Materialize selected partitions" does (GraphQL launchPartitionBackfill),
+    then one tick of the backfill daemon, which creates the backfill's runs and submits them."""
+    result = execute_dagster_graphql(workspace.create_request_context(), LAUNCH_BACKFILL,
+                                     {"params": {"partitionNames": keys, "assetSelection": [{"path": [asset]}]}})
+    launched = result.data["launchPartitionBackfill"]
+    assert launched["__typename"] == "LaunchBackfillSuccess", launched
+    list(execute_backfill_iteration(workspace, logging.getLogger("test_backfill_daemon")))
+    runs = workspace.instance.get_runs(dg.RunsFilter(tags={BACKFILL_TAG: launched["backfillId"]}))
+    assert runs, "the backfill daemon submitted its runs"
+    return runs
+
+
+LAUNCH_RUN = """
+mutation ($executionParams: ExecutionParams!) {
+  launchRun(executionParams: $executionParams) {
+    __typename
+    ... on LaunchRunSuccess { run { runId } }
+    ... on PythonError { message }
+  }
+}"""
+
+
+def launch_from_the_launchpad(workspace: WorkspaceProcessContext, job: str, tags: dict[str, str]) -> dg.DagsterRun:
+    """What the launchpad's "Launch run" does (GraphQL launchRun)."""
+    params = {
+        "selector": {"repositoryLocationName": "tenant_pipelines", "repositoryName": "__repository__", "jobName": job},
+        "executionMetadata": {"tags": [{"key": k, "value": v} for k, v in tags.items()]},
+    }
+    result = execute_dagster_graphql(workspace.create_request_context(), LAUNCH_RUN, {"executionParams": params})
+    launched = result.data["launchRun"]
+    assert launched["__typename"] == "LaunchRunSuccess", launched
+    return workspace.instance.get_run_by_id(launched["run"]["runId"])
+
+
+def test_ui_backfills_get_the_tenant_tier_and_priority_and_the_limits_hold(
+    admin_conn: psycopg.Connection, instance: dg.DagsterInstance, workspace: WorkspaceProcessContext
+) -> None:
+    big = str(make_tenant(admin_conn, "Big", tier="enterprise"))
+    small = [str(make_tenant(admin_conn, f"Small {i}", tier="free")) for i in range(3)]
+    instance.add_dynamic_partitions("tenants", [big, *small])
+
+    free_runs = [r for key in small for r in backfill_from_the_ui(workspace, "tenant_backup", [key])]
+    assert [r.tags[TENANT_TAG] for r in free_runs] == small
+    assert {(r.tags[TIER_TAG], r.tags[PRIORITY_TAG]) for r in free_runs} == {("free", "1")}
+    assert all(r.status == QUEUED for r in free_runs)
+    # the same tenant again, through another asset, while its backup waits in the queue
+    (again,) = backfill_from_the_ui(workspace, "tier_placement", [small[0]])
+    (enterprise,) = backfill_from_the_ui(workspace, "tenant_backup", [big])  # queued last
+    assert enterprise.tags[TENANT_TAG] == big and enterprise.tags[TIER_TAG] == "enterprise"
+    assert enterprise.tags[PRIORITY_TAG] == "9"
+
+    chosen = [r.run_id for r in dequeued(instance)]
+    assert chosen == [enterprise.run_id, free_runs[0].run_id], (
+        "the enterprise run first, then one free-tier run; the other free tenants wait for the free tier's "
+        "slot, and the second run of small[0] for its tenant's")
+    assert again.run_id not in chosen
+
+
+def test_a_backfill_batch_over_several_tenants_takes_the_least_important_tier(
+    admin_conn: psycopg.Connection, instance: dg.DagsterInstance, workspace: WorkspaceProcessContext
+) -> None:
+    keys = [str(make_tenant(admin_conn, tier=t)) for t in ("enterprise", "growth", "starter")]
+    instance.add_dynamic_partitions("tenants", keys)
+    add(instance, "tenant_backup", tags_for("starter"), status=STARTED)  # the starter tier's one slot is taken
+
+    (batch,) = backfill_from_the_ui(workspace, "tenant_partition", keys)  # one run of up to 500 tenants
+
+    assert TENANT_TAG not in batch.tags
+    assert (batch.tags[TIER_TAG], batch.tags[PRIORITY_TAG]) == ("starter", "5")
+    assert [r.run_id for r in dequeued(instance)] == [], "it waits for the starter tier's slot"
+
+
+def test_a_launchpad_run_gets_its_tags_from_the_database_not_from_the_launcher(
+    admin_conn: psycopg.Connection, instance: dg.DagsterInstance, workspace: WorkspaceProcessContext
+) -> None:
+    """A run submitted with a partition key and a made-up tier (the launchpad lets anyone type
+    tags): the coordinator replaces the tier and priority with the database's."""
+    tenant = str(make_tenant(admin_conn, tier="free"))
+    run = launch_from_the_launchpad(workspace, "create_tenant_partitions",
+                                    {"dagster/partition": tenant, TIER_TAG: "enterprise", PRIORITY_TAG: "99"})
+    assert run.status == QUEUED
+    assert {k: run.tags[k] for k in (TENANT_TAG, TIER_TAG, PRIORITY_TAG)} == {
+        TENANT_TAG: tenant, TIER_TAG: "free", PRIORITY_TAG: "1"}
+
+
+def test_an_unreachable_billing_database_queues_the_run_as_free_tier(
+    instance: dg.DagsterInstance, workspace: WorkspaceProcessContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(DATABASE_URL_ENV, "postgresql://nobody@127.0.0.1:1/billing")
+    tenant = str(uuid.uuid4())
+    run = launch_from_the_launchpad(workspace, "create_tenant_partitions", {"dagster/partition": tenant})
+    run_id = run.run_id
+    assert run.status == QUEUED and (run.tags[TENANT_TAG], run.tags[TIER_TAG]) == (tenant, "free")
+    messages = [e.message for e in instance.all_logs(run_id)]
+    assert any("could not be read" in m and "127.0.0.1" in m and "\n" not in m for m in messages)
