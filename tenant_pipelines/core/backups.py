@@ -1196,6 +1196,46 @@ def mark_verified(path: Path, manifest: dict, details: dict, *, manifest_sha256:
     })
 
 
+# -- reading backups as a dataset ------------------------------------------------------------
+
+# What a reader of <root>/tenant=<uuid>/ skips so that only the Parquet files remain: the hidden
+# temporary folders of unfinished backups ("."), "_" (pyarrow's default along with "."), the
+# manifest and the drill's marker. The same list is in docs/backups.md.
+DATASET_IGNORE_PREFIXES = [".", "_", MANIFEST, VERIFIED]
+
+
+def backup_dataset(root: Path, tenant_id: object, table: str, *, master_key: bytes | None = None):
+    """One table of every backup of a tenant, as a ``pyarrow.dataset.Dataset`` with the Hive
+    partition columns ``backup`` and ``table``: exactly the call docs/backups.md gives, over
+    ``<root>/tenant=<uuid>/``. The table's schema comes from one of its files (the tables'
+    schemas differ, so it is not inferred from whichever file comes first). ``master_key``
+    decrypts encrypted backups."""
+    import pyarrow.dataset as ds
+
+    tenant = parse_tenant_id(tenant_id)
+    if table not in TABLE_KEYS:
+        raise InvalidInput(f"table {table!r} is not in a backup; pick one of {', '.join(TABLE_KEYS)}")
+    folder = tenant_folder(root, tenant)
+    sample = next(iter(sorted(folder.glob(f"backup=*/table={table}/*.parquet"))), None)
+    if sample is None:
+        raise BackupInvalid(f"tenant {tenant}: no backup under {root} holds table {table}; take a backup first")
+    properties = decryption_properties(master_key) if master_key is not None else None
+    try:
+        schema = pq.read_schema(sample, decryption_properties=properties)
+    except (OSError, pa.ArrowException) as exc:
+        raise BackupKeyMissing(f"{sample} cannot be opened ({str(exc).splitlines()[0]}); an encrypted backup needs "
+                               f"its key: set ${BACKUP_KEY_ENV}") from None
+    schema = schema.append(pa.field("backup", pa.string())).append(pa.field("table", pa.string()))
+    file_format = "parquet"
+    if master_key is not None:
+        file_format = ds.ParquetFileFormat(default_fragment_scan_options=ds.ParquetFragmentScanOptions(
+            decryption_config=ds.ParquetDecryptionConfig(_crypto_factory(master_key), pe.KmsConnectionConfig(),
+                                                         pe.DecryptionConfiguration())))
+    dataset = ds.dataset(folder, format=file_format, partitioning="hive",
+                         ignore_prefixes=DATASET_IGNORE_PREFIXES, schema=schema)
+    return dataset.filter(ds.field("table") == table)
+
+
 # -- retention -------------------------------------------------------------------------------
 
 
