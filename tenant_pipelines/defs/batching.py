@@ -38,6 +38,20 @@ def run_tenant_keys(context: dg.AssetCheckExecutionContext) -> list[str] | None:
     return None
 
 
+def record_per_tenant(context: dg.AssetCheckExecutionContext, asset_key: dg.AssetKey, check_name: str,
+                      passed: dict[str, bool], metadata: dict[str, object]) -> None:
+    """A partitioned check in a run over a range of tenants: Dagster plans it for every tenant
+    of the range but takes one result for the step, with no partition. Record each tenant's
+    result under its partition, so that the asset's page and each partition show it (a planned
+    result never recorded would count as not executed)."""
+    if context.has_partition_key:
+        return  # one tenant: the step's own result is that partition's
+    for key, ok in passed.items():
+        context.op_execution_context.log_event(dg.AssetCheckEvaluation(
+            asset_key=asset_key, check_name=check_name, passed=ok, partition=key,
+            metadata={**metadata, "run_tenants": len(passed)}))
+
+
 def for_each_tenant(context: dg.AssetExecutionContext, work: Callable[[str], T]) -> list[T]:
     """Run ``work`` for every tenant of the run. A tenant that fails with a one-line error does
     not stop the others; the run then fails, listing them, and a re-run is safe."""

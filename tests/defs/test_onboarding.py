@@ -3,6 +3,7 @@ Dagster instance."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import uuid
 from datetime import datetime, timezone
@@ -11,6 +12,8 @@ from decimal import Decimal
 import dagster as dg
 import psycopg
 import pytest
+from dagster._core.loader import LoadingContextForTest
+from dagster._core.storage.event_log.base import PartitionKeyFilter
 
 from tenant_pipelines.core.partitions import attached_tenant_partitions, stranded_in_pool
 from tenant_pipelines.defs.resources import BillingDatabase
@@ -231,3 +234,45 @@ def test_lock_retries_is_the_number_of_retries(
             writer.rollback()
             promoter.join()
     assert retries and retries[0] >= 1
+
+
+def latest_on_the_asset_page(instance: dg.DagsterInstance, check_key: dg.AssetCheckKey) -> str | None:
+    """What the asset's page shows for a check (GraphQL AssetCheck.executionForLatestMaterialization):
+    its latest execution, if that targets the latest materialization; else "Not Evaluated" (None)."""
+    record = instance.event_log_storage.get_latest_asset_check_execution_by_key([check_key]).get(check_key)
+    if record is None:
+        return None
+    context = LoadingContextForTest(instance)
+    if not asyncio.run(record.targets_latest_materialization(context)):
+        return None
+    return asyncio.run(record.resolve_status(context)).value
+
+
+def test_the_checks_latest_results_show_on_the_asset_page(
+    admin_conn: psycopg.Connection, admin_dsn: str, instance: dg.DagsterInstance
+) -> None:
+    """Tenant runs run side by side, so another tenant's materialization often lands after a
+    run's checks. Each check's latest result must still show (it said Not Evaluated), and so
+    must every tenant's after a run over a range of tenants."""
+    tenants = sorted(str(make_tenant(admin_conn, tier=t)) for t in ("free", "enterprise", "free", "growth"))
+    instance.add_dynamic_partitions("tenants", tenants)
+    checks = [default_partition_drained.check_key, tenant_partitions_complete.check_key]
+
+    assert materialise(instance, admin_dsn, tenants[0]).success
+    # another tenant's run materialises after the first run's checks, and its own checks come later
+    assert dg.materialize([tenant_partition], instance=instance, partition_key=tenants[1],
+                          resources={"billing_db": BillingDatabase(dsn=admin_dsn)}).success
+    assert [latest_on_the_asset_page(instance, key) for key in checks] == ["SUCCEEDED", "SUCCEEDED"]
+
+    run = dg.materialize(
+        [tenant_partition, default_partition_drained, tenant_partitions_complete], instance=instance,
+        resources={"billing_db": BillingDatabase(dsn=admin_dsn)},
+        tags={"dagster/asset_partition_range_start": tenants[0], "dagster/asset_partition_range_end": tenants[-1]},
+    )
+    assert run.success
+    assert [latest_on_the_asset_page(instance, key) for key in checks] == ["SUCCEEDED", "SUCCEEDED"]
+    for key in checks:  # each tenant of the range has its result, none is left planned
+        for tenant in tenants:
+            (record,) = instance.event_log_storage.get_asset_check_execution_history(
+                key, limit=1, partition_filter=PartitionKeyFilter(key=tenant))
+            assert (record.run_id, record.status.value) == (run.run_id, "SUCCEEDED"), (key.name, tenant)

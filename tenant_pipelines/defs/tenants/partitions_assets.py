@@ -19,7 +19,7 @@ from tenant_pipelines.core.partitions import (
     tenant_is_attached,
 )
 from tenant_pipelines.db.session import parse_tenant_id
-from tenant_pipelines.defs.batching import batched_range_requests, for_each_tenant, run_tenant_keys
+from tenant_pipelines.defs.batching import batched_range_requests, for_each_tenant, record_per_tenant, run_tenant_keys
 from tenant_pipelines.defs.resources import BillingDatabase
 from tenant_pipelines.defs.tags import tenant_run_tags, tenant_tiers
 from tenant_pipelines.defs.tenants.assets import OWNERS
@@ -108,8 +108,13 @@ def _ensure_counting_retries(conn: psycopg.Connection, key: str) -> tuple[Partit
     return report, max(report.attempts - _PREPARE_STEPS - (_PROMOTION_STEPS if promoted else 0), 0)
 
 
+# Both checks are partitioned like the asset: each run records them for its own tenants, and the
+# asset's page shows the latest result against that tenant's latest materialization. Unpartitioned,
+# a check's latest result was compared with the asset's latest materialization of any tenant, and
+# with tenant runs in parallel it was often another run's: the page said "Not Evaluated".
 @dg.asset_check(
     asset=tenant_partition,
+    partitions_def=tenants_partitions,
     blocking=True,
     description="The pool (the DEFAULT partition) holds no rows of a tenant with a partition of "
     "its own, among this run's tenants (or, run on its own, all tenants): nothing was left "
@@ -121,6 +126,8 @@ def default_partition_drained(context: dg.AssetCheckExecutionContext, billing_db
         tenants = context.instance.get_dynamic_partitions(tenants_partitions.name)
     with billing_db.connection() as conn:
         left = stranded_in_pool(conn, tenants)
+    record_per_tenant(context, tenant_partition.key, "default_partition_drained",
+                      {t: t not in left for t in tenants}, {})
     return dg.AssetCheckResult(
         passed=not left,
         metadata={
@@ -133,6 +140,7 @@ def default_partition_drained(context: dg.AssetCheckExecutionContext, billing_db
 
 @dg.asset_check(
     asset=tenant_partition,
+    partitions_def=tenants_partitions,
     description="The pool and every dedicated tenant partition are complete: a _rest partition, "
     "every month up to the premade horizon, all three indexes on every partition, RLS forced, "
     "owned by billing_owner, no direct privilege for billing_app, and no exclusion CHECK left "
@@ -142,6 +150,9 @@ def tenant_partitions_complete(context: dg.AssetCheckExecutionContext, billing_d
     tenants = run_tenant_keys(context)
     with billing_db.connection() as conn:
         findings = audit_tenant_partitions(conn, tenants)
+    if tenants:  # the audit covers the run's tenants together: each gets the run's result
+        record_per_tenant(context, tenant_partition.key, "tenant_partitions_complete",
+                          {t: not findings for t in tenants}, {"findings_in_run": len(findings)})
     return dg.AssetCheckResult(
         passed=not findings,
         severity=dg.AssetCheckSeverity.ERROR,
