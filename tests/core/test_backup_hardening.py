@@ -210,7 +210,6 @@ MALFORMED: dict[str, Callable[[Path], None]] = {
         arrow_schema_ipc=base64.b64encode(b"\xff\xff\xff\xff garbage, not a schema").decode())),
     "truncated file, sha256 updated": _truncate_and_rehash,
     "file path a number": lambda p: edit(p, lambda m: m["tables"]["invoices"]["files"][0].update(path=7)),
-    "tables a list": lambda p: edit(p, lambda m: m.update(tables=[])),
 }
 
 
