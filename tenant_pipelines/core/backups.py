@@ -1,6 +1,7 @@
 """Per-tenant backups as Parquet: one consistent snapshot, checksums, encryption, retention.
 
-Layout under the backup root (Hive-style, so DuckDB, pyarrow or Spark read it as it is)::
+Layout under the backup root (Hive-style; a reader globs one table or skips manifest.json and
+verified.json, see ``backup_dataset`` and docs/backups.md)::
 
     tenant=<uuid>/backup=<id>/manifest.json
     tenant=<uuid>/backup=<id>/table=<name>/part-00000.parquet
