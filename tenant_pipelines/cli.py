@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable, NoReturn, Sequence
 
 from tenant_pipelines import __version__
-from tenant_pipelines.config import DATABASE_URL_ENV, PROJECT_DIR, dagster_home, database_url_from_env
+from tenant_pipelines.settings import DATABASE_URL_ENV, PROJECT_DIR, dagster_home, database_url_from_env
 from tenant_pipelines.errors import InvalidInput, TenantPipelinesError
 
 
@@ -229,7 +229,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
     if embedded:
         # Tenant sessions of the code location go through a real PgBouncer (transaction
         # pooling, per-tier pools); DDL and Dagster's own storage connect directly.
-        from tenant_pipelines.config import APP_DATABASE_URL_ENV
+        from tenant_pipelines.settings import APP_DATABASE_URL_ENV
         from tenant_pipelines.core.pooling import start_pgbouncer_for
 
         env[APP_DATABASE_URL_ENV] = start_pgbouncer_for(dsn, manage_app_password=True, log=_log)
@@ -331,7 +331,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 
 def cmd_pgbouncer_up(args: argparse.Namespace) -> int:
-    from tenant_pipelines.config import writable_state_dir
+    from tenant_pipelines.settings import writable_state_dir
     from tenant_pipelines.core.pooling import parse_pool_sizes, start_pgbouncer_for
     from tenant_pipelines.db.target import admin_dsn
 

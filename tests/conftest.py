@@ -21,7 +21,7 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from tenant_pipelines.config import STATE_DIR_ENV
+from tenant_pipelines.settings import STATE_DIR_ENV
 from tenant_pipelines.core.tiering import configure_tablespaces
 from tenant_pipelines.db.embedded import FAST_UNSAFE_SETTINGS, TABLESPACES, EmbeddedCluster
 from tenant_pipelines.db.migrate import migrate, revoke_temporary_from_applications

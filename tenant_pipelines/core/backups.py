@@ -54,7 +54,7 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from tenant_pipelines import __version__
-from tenant_pipelines.config import PROJECT_DIR, database_url_from_env, state_dir
+from tenant_pipelines.settings import PROJECT_DIR, database_url_from_env, state_dir
 from tenant_pipelines.db.session import parse_tenant_id
 from tenant_pipelines.errors import BackupInvalid, BackupKeyMissing, InvalidInput, TenantPipelinesError
 

@@ -40,7 +40,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
-from tenant_pipelines import config
+from tenant_pipelines import settings
 from tenant_pipelines.db.connect import connect
 from tenant_pipelines.db.embedded import ClusterError
 from tenant_pipelines.db.pgbouncer import PgBouncerProcess, find_pgbouncer
@@ -353,23 +353,23 @@ def read_pgbouncer_ini(path: Path) -> str:
         reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
         raise TenantPipelinesError(
             f"PgBouncer config {path}: cannot read it ({reason}); make it readable, or point "
-            f"{config.PGBOUNCER_INI_ENV} at the pgbouncer.ini your PgBouncer reads"
+            f"{settings.PGBOUNCER_INI_ENV} at the pgbouncer.ini your PgBouncer reads"
         ) from None
 
 
 def pgbouncer_ini_in_force(state_dir: Path | None = None) -> Path | None:
     """The pgbouncer.ini to compare with tier_limits: $TENANT_PIPELINES_PGBOUNCER_INI (which must
     exist), else the project's own PgBouncer's when it has written one, else None."""
-    explicit = config.pgbouncer_ini_from_env()
+    explicit = settings.pgbouncer_ini_from_env()
     if explicit is not None:
         if not _is_file(explicit):
             raise TenantPipelinesError(
-                f"{config.PGBOUNCER_INI_ENV} names {explicit}, which is not a file: point it at the "
+                f"{settings.PGBOUNCER_INI_ENV} names {explicit}, which is not a file: point it at the "
                 "pgbouncer.ini your PgBouncer reads, or unset it"
             )
         return explicit
     try:
-        own = PgBouncerProcess.in_state_dir(state_dir or config.state_dir()).config_file
+        own = PgBouncerProcess.in_state_dir(state_dir or settings.state_dir()).config_file
     except ClusterError:  # root without a postgres OS user: the project's PgBouncer cannot have run
         return None
     return own if _is_file(own) else None
@@ -517,7 +517,7 @@ def start_pgbouncer_for(
     DSN. Otherwise the DSN carries no password: the application supplies its own.
     """
     find_pgbouncer()  # not installed: say so before touching the database
-    home = state_dir or config.state_dir()
+    home = state_dir or settings.state_dir()
     state_path = home / STATE_FILE
     state = _read_state(state_path)
     process = PgBouncerProcess.in_state_dir(home, log=log)
@@ -592,7 +592,7 @@ def pgbouncer_config_text(
         check_listen_port(listen_port)
     if userlist is not None:
         userlist = check_userlist_path(userlist)
-    home = state_dir or config.state_dir()
+    home = state_dir or settings.state_dir()
     process = PgBouncerProcess.in_state_dir(home)
     port = listen_port or _read_state(home / STATE_FILE).get("port") or DEFAULT_LISTEN_PORT
     with connect(admin_dsn, autocommit=True) as conn:
@@ -651,4 +651,4 @@ def stop_pgbouncer(
 ) -> bool:
     """Stop the project's PgBouncer (``immediate``: without waiting for open transactions).
     Returns False when it was not running."""
-    return PgBouncerProcess.in_state_dir(state_dir or config.state_dir(), log=log).down(immediate=immediate)
+    return PgBouncerProcess.in_state_dir(state_dir or settings.state_dir(), log=log).down(immediate=immediate)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
 
-from tenant_pipelines.config import writable_state_dir
+from tenant_pipelines.settings import writable_state_dir
 from tenant_pipelines.errors import TenantPipelinesError
 
 MIN_SERVER_MAJOR = 15

@@ -16,7 +16,7 @@ from typing import Callable
 import psycopg
 from psycopg import sql
 
-from tenant_pipelines.config import PROJECT_DIR
+from tenant_pipelines.settings import PROJECT_DIR
 from tenant_pipelines.errors import MigrationError
 
 SQL_DIR = PROJECT_DIR / "sql"

@@ -6,7 +6,7 @@ from typing import Callable
 
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from tenant_pipelines.config import database_url_from_env, state_dir
+from tenant_pipelines.settings import database_url_from_env, state_dir
 from tenant_pipelines.db.embedded import EmbeddedCluster
 
 

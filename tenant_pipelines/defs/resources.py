@@ -10,7 +10,7 @@ import psycopg
 from psycopg_pool import ConnectionPool
 from pydantic import Field
 
-from tenant_pipelines.config import APP_DATABASE_URL_ENV, app_database_url_from_env
+from tenant_pipelines.settings import APP_DATABASE_URL_ENV, app_database_url_from_env
 from tenant_pipelines.db.connect import connect
 from tenant_pipelines.db.session import tenant_session
 from tenant_pipelines.db.target import admin_dsn

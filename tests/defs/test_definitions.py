@@ -12,7 +12,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from tenant_pipelines.config import PROJECT_DIR
+from tenant_pipelines.settings import PROJECT_DIR
 from tenant_pipelines.core.demo import seed_demo
 from tenant_pipelines.db.target import dagster_storage_env, with_database
 from tenant_pipelines.defs.resources import BillingDatabase

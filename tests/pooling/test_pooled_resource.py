@@ -6,7 +6,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from tenant_pipelines.config import APP_DATABASE_URL_ENV
+from tenant_pipelines.settings import APP_DATABASE_URL_ENV
 from tenant_pipelines.defs.resources import BillingDatabase
 from tests.conftest import make_tenant
 

@@ -29,7 +29,7 @@ from dagster._daemon.backfill import execute_backfill_iteration
 from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import QueuedRunCoordinatorDaemon
 from dagster_graphql.test.utils import execute_dagster_graphql
 
-from tenant_pipelines.config import DATABASE_URL_ENV, PROJECT_DIR
+from tenant_pipelines.settings import DATABASE_URL_ENV, PROJECT_DIR
 from tenant_pipelines.defs.run_coordinator import TenantRunCoordinator
 from tenant_pipelines.defs.tags import PRIORITY_TAG, TENANT_TAG, TIER_TAG, tenant_run_tags
 from tests.conftest import make_tenant

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from tenant_pipelines.config import PGBOUNCER_INI_ENV, state_dir
+from tenant_pipelines.settings import PGBOUNCER_INI_ENV, state_dir
 from tenant_pipelines.core.conformance import audit_tier_limits
 from tenant_pipelines.core.metrics import collect, export_parquet, quota_use, record_history
 from tenant_pipelines.core.pooling import pgbouncer_ini_in_force
