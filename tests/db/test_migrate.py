@@ -28,7 +28,7 @@ def test_edited_migration_is_refused(empty_dsn: str, tmp_path: Path) -> None:
     shutil.copytree(SQL_DIR, sql_dir)
     with psycopg.connect(empty_dsn, autocommit=True) as conn:
         migrate(conn, sql_dir)
-        edited = sorted(sql_dir.glob("*.sql"))[1]
+        edited = sorted((sql_dir / "migrations").glob("*.sql"))[1]
         edited.write_text(edited.read_text() + "\n-- an innocent-looking edit\n")
         with pytest.raises(MigrationError) as info:
             migrate(conn, sql_dir)
@@ -42,7 +42,7 @@ def test_new_migration_is_applied_after_the_others(empty_dsn: str, tmp_path: Pat
     shutil.copytree(SQL_DIR, sql_dir)
     with psycopg.connect(empty_dsn, autocommit=True) as conn:
         migrate(conn, sql_dir)
-        (sql_dir / "9999_create_extra.sql").write_text("CREATE TABLE extra_thing (id int);")
+        (sql_dir / "migrations" / "9999_create_extra.sql").write_text("CREATE TABLE extra_thing (id int);")
         report = migrate(conn, sql_dir)
         assert report.applied == ["9999_create_extra.sql"]
         assert conn.execute("SELECT to_regclass('extra_thing') IS NOT NULL").fetchone()[0]
@@ -51,14 +51,14 @@ def test_new_migration_is_applied_after_the_others(empty_dsn: str, tmp_path: Pat
 def test_failed_migration_leaves_nothing_half_applied(empty_dsn: str, tmp_path: Path) -> None:
     sql_dir = tmp_path / "sql"
     shutil.copytree(SQL_DIR, sql_dir)
-    (sql_dir / "9999_create_broken.sql").write_text("CREATE TABLE half_done (id int);\nSELECT 1/0;")
+    (sql_dir / "migrations" / "9999_create_broken.sql").write_text("CREATE TABLE half_done (id int);\nSELECT 1/0;")
     with psycopg.connect(empty_dsn, autocommit=True) as conn:
         with pytest.raises(MigrationError, match="9999_create_broken.sql failed: division by zero"):
             migrate(conn, sql_dir)
         assert conn.execute("SELECT to_regclass('half_done') IS NULL").fetchone()[0]
         assert "9999" not in applied_migrations(conn)
         # Everything before it is applied and recorded; fixing the file lets the run finish.
-        (sql_dir / "9999_create_broken.sql").write_text("CREATE TABLE half_done (id int);")
+        (sql_dir / "migrations" / "9999_create_broken.sql").write_text("CREATE TABLE half_done (id int);")
         assert migrate(conn, sql_dir).applied == ["9999_create_broken.sql"]
 
 
@@ -75,7 +75,7 @@ def test_object_in_the_way_is_named(empty_dsn: str) -> None:
 def test_database_newer_than_checkout_is_refused(empty_dsn: str, tmp_path: Path) -> None:
     sql_dir = tmp_path / "sql"
     shutil.copytree(SQL_DIR, sql_dir)
-    (sql_dir / "9999_create_extra.sql").write_text("SELECT 1;")
+    (sql_dir / "migrations" / "9999_create_extra.sql").write_text("SELECT 1;")
     with psycopg.connect(empty_dsn, autocommit=True) as conn:
         migrate(conn, sql_dir)
         with pytest.raises(MigrationError, match="older than the database"):

@@ -1,10 +1,10 @@
 """Upgrading a database with the first layout (one partition per onboarded tenant, a plain
-DEFAULT partition) to the pooled one (sql/0016): nothing lost, partitions kept, the waiting
-rows in the pool's months."""
+DEFAULT partition) to the pooled one (sql/migrations/0016): nothing lost, partitions kept, the
+waiting rows in the pool's months. The database before is migrated with the numbered files as
+main had them then (tests/fixtures/sql_legacy/, up to 0015), functions and all."""
 
 from __future__ import annotations
 
-import shutil
 import uuid
 from decimal import Decimal
 from pathlib import Path
@@ -13,7 +13,9 @@ import psycopg
 
 from tenant_pipelines.core.partitions import (
     attached_tenant_partitions, audit_tenant_partitions, ensure_tenant_partition)
-from tenant_pipelines.db.migrate import SQL_DIR, migrate
+from tenant_pipelines.db.migrate import migrate
+
+from tests.db.legacy import legacy_sql_dir
 
 POOL = "0016_pool_small_tenants_in_month_partitions.sql"
 
@@ -24,11 +26,7 @@ def rows(conn: psycopg.Connection) -> list[tuple]:
 
 
 def test_upgrade_keeps_every_row_and_every_partition(empty_dsn: str, tmp_path: Path) -> None:
-    before_pool = tmp_path / "sql"
-    before_pool.mkdir()
-    for path in sorted(SQL_DIR.glob("*.sql")):
-        if path.name < POOL:
-            shutil.copy(path, before_pool)
+    before_pool = legacy_sql_dir(tmp_path / "sql", before=POOL)
     with psycopg.connect(empty_dsn, autocommit=True) as conn:
         migrate(conn, before_pool)
         onboarded, waiting = uuid.uuid4(), uuid.uuid4()

@@ -40,5 +40,5 @@ REVOKE ALL ON usage_events_mt_default FROM PUBLIC;
 -- What applications may do. Organizations are created by onboarding, not by applications.
 GRANT SELECT, UPDATE ON organizations TO billing_app;
 GRANT SELECT, INSERT, UPDATE, DELETE ON subscriptions, invoices, payment_methods TO billing_app;
-GRANT SELECT, INSERT, UPDATE, DELETE ON usage_events_mt, usage_events TO billing_app;
+GRANT SELECT, INSERT, UPDATE, DELETE ON usage_events_mt TO billing_app;  -- usage_events: its own file
 GRANT SELECT ON tenant_classifications, tenant_schemas, tenant_backup_config, tier_limits TO billing_app;

@@ -1,36 +1,9 @@
--- The online mover's swap must not wait for autovacuum.
---
--- A shadow receives a whole month of inserts, so autovacuum picks it up within a naptime or two.
--- When the swap then asks for its ACCESS EXCLUSIVE lock, it queues behind the autovacuum worker
--- until the deadlock check cancels that worker (deadlock_timeout, 1 s by default), and every
--- writer of the tenant queues behind the swap: the benchmark saw 1.0-1.5 s stalls of the
--- inserter in three runs out of four. The mover vacuums and analyses the shadow itself before
--- the swap, so autovacuum has nothing to do there.
---
--- Also: CREATE TABLE ... (LIKE ...) copies no storage parameters, so a moved partition lost
--- the ones a DBA had set (fillfactor, per-table autovacuum settings). The swap now gives the
--- new table the old one's, table and TOAST.
---
--- And the swap locked the tenant's parent with a plain LOCK TABLE, which locks every month of
--- the tenant too: it waited for autovacuum on a sibling month (the month moved just before,
--- now with autovacuum on again), for up to deadlock_timeout. It locks the parent ONLY now.
---
--- fn_move_begin keeps its name, arguments and result: the 0014 function is renamed and
--- wrapped. fn_move_finish is replaced (its locking changed).
-
-ALTER FUNCTION fn_move_begin(text, name) RENAME TO fn_move_begin_shadow;
-
-CREATE FUNCTION fn_move_begin(p_partition text, p_tablespace name, OUT shadow_name text, OUT blocks bigint)
-    LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    SELECT s.shadow_name, s.blocks INTO shadow_name, blocks FROM public.fn_move_begin_shadow(p_partition, p_tablespace) s;
-    -- The shadow is new and nobody else knows it: no one waits for this.
-    EXECUTE format('ALTER TABLE tenant_pipelines.%I SET (autovacuum_enabled = off, toast.autovacuum_enabled = off)',
-                   shadow_name);
-END
-$$;
-
+-- after: 0001
+-- The swap. The caller sets lock_timeout and retries. Takes ACCESS EXCLUSIVE on the tenant's
+-- partition (DETACH needs it): the tenant's writers wait for this transaction only. The
+-- parent is locked ONLY: the plain form locks every month of the tenant, and would wait for
+-- autovacuum on any of them. The new table gets the old one's storage parameters (CREATE
+-- TABLE ... LIKE copies none). Returns the moved partition's total size in bytes.
 CREATE OR REPLACE FUNCTION fn_move_finish(p_partition text) RETURNS bigint
     LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
@@ -104,5 +77,5 @@ BEGIN
 END
 $$;
 
-ALTER FUNCTION public.fn_move_begin(text, name) OWNER TO billing_owner;
-REVOKE ALL ON FUNCTION public.fn_move_begin(text, name) FROM PUBLIC;
+ALTER FUNCTION fn_move_finish(text) OWNER TO billing_owner;
+REVOKE ALL ON FUNCTION fn_move_finish(text) FROM PUBLIC;

@@ -27,9 +27,4 @@ CREATE INDEX usage_events_mt_default_organization_id_idx ON usage_events_mt_defa
 ALTER TABLE usage_events_mt OWNER TO billing_owner;
 ALTER TABLE usage_events_mt_default OWNER TO billing_owner;
 
--- Applications keep the name usage_events. security_invoker makes the caller's privileges
--- and the caller's RLS policies apply, exactly as on the table.
-CREATE VIEW usage_events WITH (security_invoker = true) AS
-    SELECT id, organization_id, metric_name, quantity, "timestamp", properties
-    FROM usage_events_mt;
-ALTER VIEW usage_events OWNER TO billing_owner;
+-- Applications keep the name usage_events: a view over usage_events_mt, sql/functions/usage_events.sql.

@@ -1,0 +1,31 @@
+-- after: 0001
+-- Drop whatever a move of p_partition left behind. Returns whether there was anything.
+CREATE OR REPLACE FUNCTION fn_move_abandon(p_partition text) RETURNS boolean
+    LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_rel  regclass := to_regclass('public.' || quote_ident(p_partition));
+    v_move record;
+BEGIN
+    SELECT * INTO v_move FROM tenant_pipelines.partition_moves m
+     WHERE m.partition_name = p_partition OR m.partition_oid = v_rel;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    IF v_move.swapped_at IS NULL THEN  -- unfinished: the partition is the original, the shadow goes
+        IF v_rel IS NOT NULL THEN
+            EXECUTE format('DROP TRIGGER IF EXISTS tiering_move_capture ON %s', v_rel);
+            EXECUTE format('DROP TRIGGER IF EXISTS tiering_move_truncate ON %s', v_rel);
+        END IF;
+        EXECUTE format('DROP TABLE IF EXISTS tenant_pipelines.%I', v_move.shadow_name);
+        EXECUTE format('DROP TABLE IF EXISTS tenant_pipelines.%I', v_move.log_name);
+    END IF;
+    -- swapped: the partition is the copy; only the replaced table is left to drop
+    EXECUTE format('DROP TABLE IF EXISTS tenant_pipelines.%I', v_move.old_name);
+    DELETE FROM tenant_pipelines.partition_moves m WHERE m.partition_oid = v_move.partition_oid;
+    RETURN true;
+END
+$$;
+
+ALTER FUNCTION fn_move_abandon(text) OWNER TO billing_owner;
+REVOKE ALL ON FUNCTION fn_move_abandon(text) FROM PUBLIC;

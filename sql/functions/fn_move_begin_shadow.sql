@@ -1,0 +1,61 @@
+-- after: 0001
+-- Start a move: returns the shadow's name and the partition's size in blocks (what the
+-- caller copies; rows written after this transaction are in the log as well).
+CREATE OR REPLACE FUNCTION fn_move_begin_shadow(p_partition text, p_tablespace name, OUT shadow_name text, OUT blocks bigint)
+    LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_rel   regclass := to_regclass('public.' || quote_ident(p_partition));
+    v_log   text;
+    v_index regclass;
+BEGIN
+    IF v_rel IS NULL OR (SELECT relkind FROM pg_class WHERE oid = v_rel) <> 'r'
+       OR NOT (SELECT relispartition FROM pg_class WHERE oid = v_rel) THEN
+        RAISE EXCEPTION 'partition %: no such leaf partition', p_partition
+            USING HINT = 'only leaf partitions hold data; parents are never moved';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_tablespace WHERE spcname = p_tablespace) THEN
+        RAISE EXCEPTION 'tablespace % does not exist', p_tablespace
+            USING ERRCODE = 'undefined_object',
+                  HINT = format('create it as a superuser, outside a transaction: CREATE TABLESPACE %I LOCATION ''/path'' '
+                                '(the folder must exist, be empty and belong to the server''s OS user), '
+                                'or point storage_tiers at an existing tablespace', p_tablespace);
+    END IF;
+    PERFORM public.fn_move_abandon(p_partition);
+    shadow_name := 'tiering_move_' || v_rel::oid;
+    v_log := shadow_name || '_log';
+
+    -- Same columns, defaults, CHECKs (the tenant's and the month's: ATTACH skips its scan)
+    -- and indexes; all of it in the target tablespace.
+    PERFORM set_config('default_tablespace', p_tablespace, true);
+    EXECUTE format('CREATE TABLE tenant_pipelines.%I (LIKE %s INCLUDING DEFAULTS INCLUDING CONSTRAINTS'
+                   ' INCLUDING INDEXES INCLUDING STORAGE) TABLESPACE %I', shadow_name, v_rel, p_tablespace);
+    FOR v_index IN SELECT indexrelid::regclass FROM pg_index
+                    WHERE indrelid = format('tenant_pipelines.%I', shadow_name)::regclass LOOP
+        EXECUTE format('ALTER INDEX %s SET TABLESPACE %I', v_index, p_tablespace);  -- empty: instant
+    END LOOP;
+    EXECUTE format('ALTER TABLE tenant_pipelines.%I OWNER TO billing_owner', shadow_name);
+    EXECUTE format('ALTER TABLE tenant_pipelines.%I ENABLE ROW LEVEL SECURITY', shadow_name);
+    EXECUTE format('ALTER TABLE tenant_pipelines.%I FORCE ROW LEVEL SECURITY', shadow_name);
+    EXECUTE format('REVOKE ALL ON tenant_pipelines.%I FROM PUBLIC, billing_app', shadow_name);
+
+    EXECUTE format('CREATE TABLE tenant_pipelines.%I (seq bigserial PRIMARY KEY, event_id uuid, event_ts timestamptz)',
+                   v_log);
+    EXECUTE format('ALTER TABLE tenant_pipelines.%I OWNER TO billing_owner', v_log);
+    EXECUTE format('REVOKE ALL ON tenant_pipelines.%I FROM PUBLIC, billing_app', v_log);
+
+    -- SHARE ROW EXCLUSIVE on the partition for a moment (its writers wait; lock_timeout).
+    EXECUTE format('CREATE TRIGGER tiering_move_capture AFTER INSERT OR UPDATE OR DELETE ON %s'
+                   ' FOR EACH ROW EXECUTE FUNCTION public.fn_move_capture(%L)', v_rel, v_log);
+    EXECUTE format('CREATE TRIGGER tiering_move_truncate AFTER TRUNCATE ON %s'
+                   ' FOR EACH STATEMENT EXECUTE FUNCTION public.fn_move_capture(%L)', v_rel, v_log);
+    INSERT INTO tenant_pipelines.partition_moves
+        (partition_oid, partition_name, partition_filenode, shadow_name, log_name, old_name, target_tablespace)
+    VALUES (v_rel, p_partition, pg_relation_filenode(v_rel), shadow_name, v_log, 'tiering_old_' || v_rel::oid,
+            p_tablespace);
+    blocks := pg_relation_size(v_rel) / current_setting('block_size')::bigint;
+END
+$$;
+
+ALTER FUNCTION fn_move_begin_shadow(text, name) OWNER TO billing_owner;
+REVOKE ALL ON FUNCTION fn_move_begin_shadow(text, name) FROM PUBLIC;

@@ -1,0 +1,32 @@
+-- after: 0001
+-- Move one partition, its TOAST table and its indexes to a tablespace, in the current
+-- transaction. SET TABLESPACE rewrites under ACCESS EXCLUSIVE on the partition only: the
+-- caller sets lock_timeout and retries, and moves only months whose rows are all old.
+CREATE OR REPLACE FUNCTION fn_move_partition(p_partition text, p_tablespace name) RETURNS bigint
+    LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_rel   regclass := to_regclass('public.' || quote_ident(p_partition));
+    v_index regclass;
+BEGIN
+    IF v_rel IS NULL OR (SELECT relkind FROM pg_class WHERE oid = v_rel) <> 'r' THEN
+        RAISE EXCEPTION 'partition %: no such table partition', p_partition
+            USING HINT = 'only leaf partitions hold data; parents are never moved';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_tablespace WHERE spcname = p_tablespace) THEN
+        RAISE EXCEPTION 'tablespace % does not exist', p_tablespace
+            USING ERRCODE = 'undefined_object',
+                  HINT = format('create it as a superuser, outside a transaction: CREATE TABLESPACE %I LOCATION ''/path'' '
+                                '(the folder must exist, be empty and belong to the server''s OS user), '
+                                'or point storage_tiers at an existing tablespace', p_tablespace);
+    END IF;
+    EXECUTE format('ALTER TABLE %s SET TABLESPACE %I', v_rel, p_tablespace);
+    FOR v_index IN SELECT indexrelid::regclass FROM pg_index WHERE indrelid = v_rel LOOP
+        EXECUTE format('ALTER INDEX %s SET TABLESPACE %I', v_index, p_tablespace);
+    END LOOP;
+    RETURN pg_total_relation_size(v_rel);
+END
+$$;
+
+ALTER FUNCTION fn_move_partition(text, name) OWNER TO billing_owner;
+REVOKE ALL ON FUNCTION fn_move_partition(text, name) FROM PUBLIC;

@@ -1,0 +1,27 @@
+-- after: 0001
+-- Promotion, step 1 (its own short transaction; the caller holds the tenant's advisory lock
+-- so that none of its rows enter the pool until the attach): a NOT VALID CHECK
+-- (organization_id <> tenant) on every pool leaf. Each ADD takes ACCESS EXCLUSIVE on one leaf
+-- for an instant. Returns how many were added.
+CREATE OR REPLACE FUNCTION fn_pool_exclude_tenant(p_tenant uuid) RETURNS integer
+    LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_name text := public.fn_pool_exclusion_name(p_tenant);
+    v_leaf regclass;
+    v_n    integer := 0;
+BEGIN
+    PERFORM set_config('lock_timeout', (SELECT lock_timeout FROM public.partition_config), true);
+    PERFORM public.fn_cap_lock_timeout(100);
+    FOR v_leaf IN SELECT relid FROM pg_partition_tree('public.usage_events_mt_default'::regclass) WHERE isleaf LOOP
+        CONTINUE WHEN EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = v_leaf AND conname = v_name);
+        EXECUTE format('ALTER TABLE %s ADD CONSTRAINT %I CHECK (organization_id <> %L::uuid) NOT VALID',
+                       v_leaf, v_name, p_tenant);
+        v_n := v_n + 1;
+    END LOOP;
+    RETURN v_n;
+END
+$$;
+
+ALTER FUNCTION fn_pool_exclude_tenant(uuid) OWNER TO billing_owner;
+REVOKE ALL ON FUNCTION fn_pool_exclude_tenant(uuid) FROM PUBLIC;

@@ -1,0 +1,20 @@
+-- after: 0004
+-- What the seed's view meant, per organization. For operators (admin roles): it reads every
+-- tenant's partitions, which billing_app cannot.
+CREATE OR REPLACE VIEW vw_tenant_metrics WITH (security_invoker = true) AS
+    SELECT o.id AS organization_id,
+           o.name AS organization_name,
+           COALESCE(tc.tier, 'free') AS tier,
+           (SELECT count(*) FROM public.subscriptions s
+             WHERE s.organization_id = o.id AND s.status = 'active') AS active_subscriptions,
+           u.events_last_24h,
+           u.events_this_month,
+           u.storage_bytes,
+           pg_size_pretty(u.storage_bytes) AS storage_used,
+           u.last_activity
+      FROM public.organizations o
+      LEFT JOIN public.tenant_classifications tc ON tc.organization_id = o.id
+     CROSS JOIN LATERAL public.fn_tenant_usage_stats(o.id) u;
+
+ALTER VIEW vw_tenant_metrics OWNER TO billing_owner;
+REVOKE ALL ON vw_tenant_metrics FROM PUBLIC;

@@ -1,0 +1,20 @@
+-- The online mover's swap must not wait for autovacuum.
+--
+-- A shadow receives a whole month of inserts, so autovacuum picks it up within a naptime or two.
+-- When the swap then asks for its ACCESS EXCLUSIVE lock, it queues behind the autovacuum worker
+-- until the deadlock check cancels that worker (deadlock_timeout, 1 s by default), and every
+-- writer of the tenant queues behind the swap: the benchmark saw 1.0-1.5 s stalls of the
+-- inserter in three runs out of four. The mover vacuums and analyses the shadow itself before
+-- the swap, so autovacuum has nothing to do there.
+--
+-- Also: CREATE TABLE ... (LIKE ...) copies no storage parameters, so a moved partition lost
+-- the ones a DBA had set (fillfactor, per-table autovacuum settings). The swap now gives the
+-- new table the old one's, table and TOAST.
+--
+-- And the swap locked the tenant's parent with a plain LOCK TABLE, which locks every month of
+-- the tenant too: it waited for autovacuum on a sibling month (the month moved just before,
+-- now with autovacuum on again), for up to deadlock_timeout. It locks the parent ONLY now.
+--
+-- fn_move_begin kept its name, arguments and result: the 0014 function was renamed
+-- fn_move_begin_shadow and wrapped. fn_move_finish was replaced (its locking changed).
+-- Both are in sql/functions/ now: fn_move_begin.sql, fn_move_begin_shadow.sql, fn_move_finish.sql.
