@@ -104,6 +104,11 @@ class Move:
     method: str = SET_TABLESPACE
     seconds: float = 0.0  # the whole move, copy and pauses included
     rows_caught_up: int = 0  # rows written during the copy, copied again before the swap
+    # Where the time went, for whoever measures moves (bench/tiering.py):
+    copy_s: float | None = None  # online: the paced block copy, its sleeps included
+    copy_bytes: int | None = None  # online: the heap bytes that copy went through
+    slept_s: float = 0.0  # online: the pacer's sleeps during that copy
+    vacuum_s: float | None = None  # the ANALYZE or VACUUM (FREEZE, ANALYZE) within the move, if any
 
 
 @dataclass
@@ -309,10 +314,13 @@ def _move_set_tablespace(conn: psycopg.Connection, who: str, part: PlannedPartit
         conn, f"{who}: moving {part.partition_name} to {part.target_tablespace}", move, attempts=attempts)
     held = time.monotonic() - locked  # from the ALTER to COMMIT: the time under ACCESS EXCLUSIVE
     frozen = part.target_tier == "cold"
+    vacuum_s = None
     if frozen:
+        vacuumed = time.monotonic()
         _vacuum(conn, sql.Identifier("public", part.partition_name), freeze=True, pace=Pace(None))
+        vacuum_s = time.monotonic() - vacuumed
     return Move(part.partition_name, part.current_tablespace, part.target_tablespace, moved_bytes, held, tries,
-                frozen, SET_TABLESPACE, time.monotonic() - started)
+                frozen, SET_TABLESPACE, time.monotonic() - started, vacuum_s=vacuum_s)
 
 
 def _move_online(conn: psycopg.Connection, who: str, part: PlannedPartition, *, attempts: int, pace: Pace,
@@ -330,7 +338,9 @@ def _move_online(conn: psycopg.Connection, who: str, part: PlannedPartition, *, 
     held = time.monotonic() - t0
     shadow = sql.Identifier("tenant_pipelines", shadow_name)
     try:
-        _copy_paced(conn, part, shadow, blocks, pace, log, sleep, what)
+        copied = time.monotonic()
+        slept = _copy_paced(conn, part, shadow, blocks, pace, log, sleep, what)
+        copy_s = time.monotonic() - copied
         caught_up = 0
         for _ in range(20):  # until the log is nearly empty, so that the swap's own catch-up is short
             n = _in_transaction(conn, lambda c: c.execute("SELECT fn_move_catch_up(%s)",
@@ -339,7 +349,9 @@ def _move_online(conn: psycopg.Connection, who: str, part: PlannedPartition, *, 
             if n < 1000:
                 break
         frozen = part.target_tier == "cold"
+        vacuumed = time.monotonic()
         _vacuum(conn, shadow, freeze=frozen, pace=pace)
+        vacuum_s = time.monotonic() - vacuumed
 
         def finish(c: psycopg.Connection) -> tuple[int, float]:
             t = time.monotonic()
@@ -362,14 +374,24 @@ def _move_online(conn: psycopg.Connection, who: str, part: PlannedPartition, *, 
         _abandon_quietly(conn, part.partition_name)
         raise
     return Move(part.partition_name, part.current_tablespace, part.target_tablespace, moved_bytes, held,
-                max(tries, more), frozen, ONLINE, time.monotonic() - started, caught_up)
+                max(tries, more), frozen, ONLINE, time.monotonic() - started, caught_up,
+                copy_s=copy_s, copy_bytes=blocks * BLOCK, slept_s=slept, vacuum_s=vacuum_s)
 
 
 def _copy_paced(conn: psycopg.Connection, part: PlannedPartition, shadow: sql.Identifier, blocks: int, pace: Pace,
-                log: Callable[[str], None], sleep: Callable[[float], None], what: str) -> None:
+                log: Callable[[str], None], sleep: Callable[[float], None], what: str) -> float:
     """Copy the partition's blocks into the shadow, ``pace.batch_blocks`` per transaction, no
     faster than ``pace.bytes_per_s``. A row met twice (an update moved it to a later block)
-    is skipped here; the change log brings its last version before the swap."""
+    is skipped here; the change log brings its last version before the swap. Returns the
+    seconds spent in the pacer's sleeps."""
+    slept = 0.0
+
+    def timed_sleep(seconds: float) -> None:
+        nonlocal slept
+        started = time.monotonic()
+        sleep(seconds)
+        slept += time.monotonic() - started
+
     insert = sql.SQL(
         "INSERT INTO {} SELECT * FROM {} WHERE ctid >= %s::tid AND ctid < %s::tid ON CONFLICT DO NOTHING"
     ).format(shadow, sql.Identifier("public", part.partition_name))
@@ -377,12 +399,13 @@ def _copy_paced(conn: psycopg.Connection, part: PlannedPartition, shadow: sql.Id
     # Each batch is one autocommitted statement: a single round trip, so that small batches
     # cost little.
     with session_settings(conn, COPY_SETTINGS):
-        for first, last in paced_batches(blocks, pace, sleep):
+        for first, last in paced_batches(blocks, pace, timed_sleep):
             conn.execute(insert, (f"({first},0)", f"({last},0)"))
             now = time.monotonic()
             if now >= next_report:
                 log(f"{what}: {last * BLOCK / MiB:,.0f} of {blocks * BLOCK / MiB:,.0f} MiB copied")
                 next_report = now + 10
+    return slept
 
 
 def paced_batches(blocks: int, pace: Pace, sleep: Callable[[float], None] = time.sleep) -> Iterator[tuple[int, int]]:
