@@ -1,18 +1,25 @@
 """Shared plumbing for the on-demand benchmarks in bench/.
 
-What every benchmark needs and nothing more: a throwaway PostgreSQL (or a scratch database on
-a server the caller names), peak-memory measurement of this process and of the server,
-progress lines on stderr, and the two outputs: bench/results/<name>.json (git-ignored, the
-raw figures) and docs/benchmarks/<name>.md (committed, the table a reader looks at).
+What every benchmark needs, once: a throwaway PostgreSQL (or a scratch database on a server
+the caller names) and the main loop around it (``parser()``, ``on_server()``, ``finish()``),
+the command-line options they share (--dsn, --no-docs, --from-results), waiting for an idle
+machine, CPU and peak-memory measurement of this process and of the server, WAL positions,
+percentiles and medians, the lock table's size, progress lines on stderr, the pieces of every
+page (tables, verdicts, margins, the set-up lines), and the two outputs:
+bench/results/<name>.json (git-ignored, the raw figures) and docs/benchmarks/<name>.md
+(committed, the table a reader looks at).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import math
 import os
 import platform
 import resource
 import secrets
+import statistics
 import shutil
 import sys
 import tempfile
@@ -21,19 +28,22 @@ import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from tenant_pipelines.db.embedded import EmbeddedCluster
+from tenant_pipelines.local.cluster import BASE_SETTINGS, EmbeddedCluster
 
 BENCH_DIR = Path(__file__).resolve().parent
 PROJECT_DIR = BENCH_DIR.parent
 RESULTS_DIR = BENCH_DIR / "results"
 DOCS_DIR = PROJECT_DIR / "docs" / "benchmarks"
 MIB = 1024 * 1024
+IDLE_LOAD = 0.25  # a timed section waits until fewer cores than this are busy (wait_until_idle)
+DEFAULT_MIX = "free=70,starter=20,growth=8,enterprise=2"  # the tier mix of the benchmarks that deal tenants
+DEFAULT_MAX_LOCKS = 64  # PostgreSQL's default max_locks_per_transaction
 
 _T0 = time.monotonic()
 
@@ -83,6 +93,35 @@ def scratch_database(admin_dsn: str, prefix: str) -> Iterator[str]:
         with psycopg.connect(admin_dsn, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
         log(f"dropped scratch database {name}")
+
+
+def connect(dsn: str, synchronous_commit: str = "on") -> psycopg.Connection:
+    """An autocommit connection with ``synchronous_commit`` set for the session."""
+    conn = psycopg.connect(dsn, autocommit=True)
+    conn.execute("SELECT set_config('synchronous_commit', %s, false)", (synchronous_commit,))
+    return conn
+
+
+def on_server(dsn: str | None, benchmark: Callable[[str, str, bool], dict], *, throwaway_kind: str,
+              scratch: str | None = None, settings: dict[str, str] | None = None,
+              dsn_kind: str = "scratch database") -> dict:
+    """Run ``benchmark(dsn, server_kind, throwaway)`` against the server the caller named
+    (``dsn``, a superuser's) or, without one, a throwaway cluster started with ``settings``.
+    With ``scratch`` (a name prefix) the benchmark gets a scratch database created there and
+    dropped afterwards; without, the server's admin DSN (it makes its own databases).
+    ``server_kind`` is what the page says of the server: ``throwaway_kind`` for the cluster,
+    "the server at host:port/db, <dsn_kind>" otherwise."""
+
+    def run(admin: str, kind: str, throwaway: bool) -> dict:
+        if scratch is None:
+            return benchmark(admin, kind, throwaway)
+        with scratch_database(admin, scratch) as target:
+            return benchmark(target, kind, throwaway)
+
+    if dsn:
+        return run(dsn, f"the server at {describe_dsn(dsn)}, {dsn_kind}", False)
+    with throwaway_cluster(settings) as admin_dsn:
+        return run(admin_dsn, throwaway_kind, True)
 
 
 def describe_dsn(dsn: str) -> str:
@@ -148,7 +187,7 @@ def python_peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
-def _status(pid: int) -> dict[str, int]:
+def proc_status(pid: int) -> dict[str, int]:
     """The kB fields of /proc/<pid>/status, in bytes."""
     fields: dict[str, int] = {}
     with open(f"/proc/{pid}/status") as fh:
@@ -175,7 +214,7 @@ def _server_processes(postmaster: int) -> list[int]:
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
             try:
-                if _status(int(entry.name)).get("PPid") == postmaster:
+                if proc_status(int(entry.name)).get("PPid") == postmaster:
                     pids.append(int(entry.name))
             except OSError:
                 continue
@@ -192,18 +231,25 @@ def local_backend_pid(conn: psycopg.Connection) -> int | None:
     try:
         if not Path(f"/proc/{pid}/comm").read_text().startswith("postgres"):
             return None
-        _status(pid)
+        proc_status(pid)
     except OSError:
         return None
     return pid
 
 
+def machine_cpu_fields() -> dict[str, float]:
+    """The machine's CPU seconds since boot by kind (/proc/stat, all cores): user, nice, system,
+    idle, iowait, irq, softirq (kernel work such as loopback TCP) and steal."""
+    with open("/proc/stat") as fh:
+        values = [int(v) for v in fh.readline().split()[1:9]]
+    names = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+    return {n: v / os.sysconf("SC_CLK_TCK") for n, v in zip(names, values + [0] * 8)}
+
+
 def machine_cpu_busy_seconds() -> float:
     """CPU time the whole machine has spent busy since boot (all cores; idle and iowait excluded)."""
-    with open("/proc/stat") as fh:
-        fields = [int(v) for v in fh.readline().split()[1:]]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+    fields = machine_cpu_fields()
+    return sum(fields[k] for k in ("user", "nice", "system", "irq", "softirq", "steal"))
 
 
 def machine_load(window: float = 2.0) -> float:
@@ -214,7 +260,7 @@ def machine_load(window: float = 2.0) -> float:
     return (machine_cpu_busy_seconds() - before) / window
 
 
-def wait_until_idle(threshold: float, timeout: float = 30.0, window: float = 1.0) -> float:
+def wait_until_idle(threshold: float = IDLE_LOAD, timeout: float = 30.0, window: float = 1.0) -> float:
     """Wait (up to ``timeout`` seconds) until the machine keeps fewer than ``threshold`` cores
     busy over ``window``. Returns the last load measured."""
     deadline = time.monotonic() + timeout
@@ -226,7 +272,7 @@ def wait_until_idle(threshold: float, timeout: float = 30.0, window: float = 1.0
     return load
 
 
-def _cpu_seconds(pid: int, *, reaped_children: bool = False) -> float:
+def process_cpu_seconds(pid: int, *, reaped_children: bool = False) -> float:
     """User + system CPU time of a process, from /proc/<pid>/stat; with ``reaped_children``,
     plus that of its children that have exited and been waited for."""
     with open(f"/proc/{pid}/stat") as fh:
@@ -240,10 +286,10 @@ def _cpu_seconds(pid: int, *, reaped_children: bool = False) -> float:
 def server_cpu_seconds(postmaster: int) -> float:
     """CPU time of a whole PostgreSQL server: the postmaster, its live children (backends,
     checkpointer, WAL writer, autovacuum...) and the children that have already exited."""
-    total = _cpu_seconds(postmaster, reaped_children=True)
+    total = process_cpu_seconds(postmaster, reaped_children=True)
     for pid in _server_processes(postmaster)[1:]:
         try:
-            total += _cpu_seconds(pid)
+            total += process_cpu_seconds(pid)
         except OSError:  # exited since the scan: its time is in the postmaster's now or soon
             continue
     return total
@@ -289,10 +335,10 @@ class ResourceProbe:
         self._thread = threading.Thread(target=self._loop, name="resource-probe", daemon=True)
 
     def __enter__(self) -> "ResourceProbe":
-        self.client_rss_start = self.client_rss_peak = _status(os.getpid()).get("VmRSS", 0)
+        self.client_rss_start = self.client_rss_peak = proc_status(os.getpid()).get("VmRSS", 0)
         if self.backend_pid is not None:
             try:
-                self._postmaster = _status(self.backend_pid)["PPid"]
+                self._postmaster = proc_status(self.backend_pid)["PPid"]
                 if self.pss:  # the server's processes are only needed for their PSS
                     self._server_pids = _server_processes(self._postmaster)
             except (OSError, KeyError):
@@ -301,7 +347,7 @@ class ResourceProbe:
         self._thread.start()
         if self.backend_pid is not None:
             try:
-                self._backend_cpu_start = _cpu_seconds(self.backend_pid)
+                self._backend_cpu_start = process_cpu_seconds(self.backend_pid)
                 if self._postmaster is not None:
                     self._server_cpu_start = server_cpu_seconds(self._postmaster)
             except OSError:
@@ -315,7 +361,7 @@ class ResourceProbe:
         self.machine_cpu_seconds = machine_cpu_busy_seconds() - self._machine_cpu_start
         if self._backend_cpu_start is not None:
             try:
-                self.backend_cpu_seconds = _cpu_seconds(self.backend_pid) - self._backend_cpu_start
+                self.backend_cpu_seconds = process_cpu_seconds(self.backend_pid) - self._backend_cpu_start
                 if self._server_cpu_start is not None:
                     self.server_cpu_seconds = server_cpu_seconds(self._postmaster) - self._server_cpu_start
             except OSError:
@@ -325,7 +371,7 @@ class ResourceProbe:
         self._sample()
         if self.backend_pid is not None:
             try:
-                self.backend_hwm = _status(self.backend_pid).get("VmHWM")
+                self.backend_hwm = proc_status(self.backend_pid).get("VmHWM")
             except OSError:
                 pass
 
@@ -342,13 +388,13 @@ class ResourceProbe:
 
     def _sample(self) -> None:
         try:
-            self.client_rss_peak = max(self.client_rss_peak, _status(os.getpid()).get("VmRSS", 0))
+            self.client_rss_peak = max(self.client_rss_peak, proc_status(os.getpid()).get("VmRSS", 0))
         except OSError:
             pass
         if self.backend_pid is None:
             return
         try:
-            anon = _status(self.backend_pid).get("RssAnon", 0)
+            anon = proc_status(self.backend_pid).get("RssAnon", 0)
             self.backend_anon_peak = max(self.backend_anon_peak or 0, anon)
         except OSError:
             pass
@@ -384,6 +430,137 @@ class ResourceProbe:
         }
 
 
+# -- the server's figures ---------------------------------------------------------------------
+
+
+def wal_lsn(conn: psycopg.Connection) -> str:
+    """The server's current WAL position, for wal_bytes()."""
+    return str(conn.execute("SELECT pg_current_wal_lsn()").fetchone()[0])
+
+
+def wal_bytes(conn: psycopg.Connection, start: str, end: str | None = None) -> int:
+    """WAL written from ``start`` to ``end`` (default: the current position), in bytes."""
+    if end is None:
+        return int(conn.execute("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s::pg_lsn)", (start,)).fetchone()[0])
+    return int(conn.execute("SELECT pg_wal_lsn_diff(%s::pg_lsn, %s::pg_lsn)", (end, start)).fetchone()[0])
+
+
+LOCK_SETTINGS = ("max_locks_per_transaction", "max_connections", "autovacuum_max_workers",
+                 "max_worker_processes", "max_wal_senders", "max_prepared_transactions")
+
+
+def lock_capacity(conn: psycopg.Connection, *, with_default: bool = False) -> dict:
+    """The server's shared lock table: max_locks_per_transaction x (MaxBackends + prepared
+    transactions); with ``with_default``, also what it would be with the default
+    max_locks_per_transaction (``default_lock_slots``)."""
+    values = dict(conn.execute("SELECT name, setting::int FROM pg_settings WHERE name = ANY(%s)",
+                               (list(LOCK_SETTINGS),)).fetchall())
+    backends = sum(values[n] for n in LOCK_SETTINGS[1:]) + 1  # + the autovacuum launcher
+    out = {**values, "lock_slots": values["max_locks_per_transaction"] * backends}
+    if with_default:
+        out["default_lock_slots"] = DEFAULT_MAX_LOCKS * backends
+    return out
+
+
+def locks_setting_for(max_scale: int, mix: dict[str, float], locks_per_tenant: dict[str, int],
+                      monthly_tiers: Iterable[str], headroom: float = 2.0) -> int:
+    """max_locks_per_transaction for a throwaway cluster on which one transaction may lock
+    every relation under usage_events_mt at ``max_scale`` tenants of ``mix``, with
+    ``headroom``: ``locks_per_tenant`` holds the locks of a "monthly" and of a "single" tenant."""
+    monthly = set(monthly_tiers)
+    total = sum(mix.values())
+    per_tenant = sum(share / total * locks_per_tenant["monthly" if tier in monthly else "single"]
+                     for tier, share in mix.items())
+    other = 3 + 1 + 8  # autovacuum workers, their launcher, max_worker_processes (defaults)
+    backends = int(BASE_SETTINGS["max_connections"]) + int(BASE_SETTINGS["max_wal_senders"]) + other
+    wanted = math.ceil(max_scale * per_tenant * headroom / backends)
+    return max(DEFAULT_MAX_LOCKS, math.ceil(wanted / 64) * 64)
+
+
+# -- statistics --------------------------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], pct: float) -> float:
+    """Nearest-rank percentile: the smallest value with at least ``pct``% of them at or below it."""
+    ordered = sorted(values)
+    rank = max(1, -(-len(ordered) * pct // 100))
+    return ordered[int(rank) - 1]
+
+
+def median(values: Iterable[float]) -> float:
+    """The median, NaN for no values (a page shows "nan" rather than the run failing)."""
+    values = list(values)
+    return statistics.median(values) if values else float("nan")
+
+
+# -- command line ------------------------------------------------------------------------------
+
+
+def parser(name: str, description: str, *, raw: bool = False) -> argparse.ArgumentParser:
+    """The argument parser of bench/<name>.py (``raw``: keep the description's line breaks)."""
+    return argparse.ArgumentParser(
+        prog=f"python bench/{name}.py", description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter if raw else argparse.HelpFormatter)
+
+
+def add_output_options(parser: argparse.ArgumentParser, name: str, *, dsn_help: str | None = None,
+                       docs_help: str | None = None, from_results: bool = False) -> None:
+    """The options every benchmark shares: --dsn (unless ``dsn_help`` is "", for a benchmark
+    that needs its own throwaway cluster), --no-docs and, with ``from_results``, --from-results."""
+    if dsn_help != "":
+        parser.add_argument("--dsn", metavar="DSN", help=dsn_help or (
+            "a superuser DSN of a PostgreSQL 15+ server to use: the benchmark creates a scratch database "
+            "there and drops it afterwards (default: start a throwaway cluster in /tmp with durable settings)"))
+    parser.add_argument("--no-docs", action="store_true", help=docs_help or (
+        f"write only bench/results/{name}.json, not docs/benchmarks/{name}.md "
+        "(for smoke runs that should not replace the committed figures)"))
+    if from_results:
+        parser.add_argument("--from-results", action="store_true",
+                            help=f"run nothing: write the page again from bench/results/{name}.json")
+
+
+def positive(parser: argparse.ArgumentParser, args: argparse.Namespace, names: Iterable[str]) -> None:
+    """parser.error() unless each of ``args``' ``names`` is at least 1."""
+    for name in names:
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+
+
+def parse_counts(text: str, minimum: int = 1) -> list[int]:
+    """"10,1000,10000" (underscores allowed) as sorted, distinct whole numbers >= ``minimum``."""
+    try:
+        counts = sorted({int(part.strip().replace("_", "")) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: write whole numbers separated by commas, e.g. 10,1000") from None
+    if not counts or counts[0] < minimum:
+        raise argparse.ArgumentTypeError(f"{text!r}: every number must be at least {minimum}")
+    return counts
+
+
+def parse_mix(text: str, tiers: Iterable[str] | None = None) -> dict[str, float]:
+    """"free=70,starter=20,..." as tier -> share; the tiers among ``tiers`` when given."""
+    known = None if tiers is None else list(tiers)
+    mix = {}
+    for part in text.split(","):
+        tier, _, share = part.partition("=")
+        tier = tier.strip()
+        if known is not None and tier not in known:
+            raise argparse.ArgumentTypeError(f"tier {tier!r}: the tiers are {', '.join(known)}")
+        try:
+            mix[tier] = float(share)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{part!r}: write tier=share, e.g. {DEFAULT_MIX}") from None
+    if any(share < 0 for share in mix.values()) or not sum(mix.values()):
+        raise argparse.ArgumentTypeError("the shares must be zero or more, and not all zero")
+    return mix
+
+
+def command(name: str, parts: Iterable[str], dsn: str | None = None) -> str:
+    """The command line a page shows: ``python bench/<name>.py`` and ``parts``; a DSN shows as
+    ``--dsn <admin DSN>`` (never its password)."""
+    return " ".join([f"python bench/{name}.py", *parts, *(["--dsn <admin DSN>"] if dsn else [])])
+
+
 # -- output ------------------------------------------------------------------------------------
 
 
@@ -413,3 +590,92 @@ def write_results(name: str, results: dict, markdown: str, *, docs: bool = True)
     for path in written:
         log(f"wrote {path}")
     return written
+
+
+
+def finish(name: str, results: dict, markdown: str, *, docs: bool, summary: Iterable[str] = ()) -> int:
+    """The end of a benchmark's main(): write_results(), then the ``summary`` lines and the
+    whole run's minutes (when the results have ``seconds``) on stderr. Returns 0."""
+    write_results(name, results, markdown, docs=docs)
+    for line in summary:
+        log(line)
+    if "seconds" in results:
+        log(f"whole run: {results['seconds'] / 60:.1f} min")
+    return 0
+
+
+def rewrite_page(name: str, render: Callable[[dict], str]) -> int:
+    """--from-results: docs/benchmarks/<name>.md again from bench/results/<name>.json, running
+    nothing. Returns 0."""
+    results = json.loads((RESULTS_DIR / f"{name}.json").read_text())
+    page = DOCS_DIR / f"{name}.md"
+    page.write_text(render(results).rstrip() + "\n")
+    log(f"wrote {page} from the results of {results['machine']['date_utc']}")
+    return 0
+
+
+# -- pieces of a page ------------------------------------------------------------------------------
+
+
+def fmt(value: float | None, spec: str = ",.0f") -> str:
+    """``value`` formatted by ``spec``, "n/a" for None."""
+    return "n/a" if value is None else format(value, spec)
+
+
+def rate(value: float) -> str:
+    """Rows (or events) per second, whole: 141,667."""
+    return f"{value:,.0f}"
+
+
+def verdict(ok: bool, words: tuple[str, str] = ("PASS", "FAIL")) -> str:
+    """A target's result in bold: ``words[0]`` when met, ``words[1]`` when not."""
+    return f"**{words[0] if ok else words[1]}**"
+
+
+def percent(share: float) -> str:
+    """A share as a percentage: one decimal under 10%, whole above."""
+    return f"{share * 100:.1f}%" if share < 0.1 else f"{share * 100:.0f}%"
+
+
+def margin(measured: float, limit: float, *, minimum: bool = False) -> str:
+    """How far from the limit, as a share of it: '43% under the limit', '4.1× the limit',
+    or for a minimum ('≥' targets) '4% above the minimum', '10% short of the minimum'."""
+    ratio = measured / limit
+    if minimum:
+        return (f"{percent(ratio - 1)} above the minimum" if ratio >= 1
+                else f"{percent(1 - ratio)} short of the minimum")
+    if ratio <= 1:
+        return f"{percent(1 - ratio)} under the limit"
+    return f"{ratio:.1f}× the limit" if ratio >= 2 else f"{percent(ratio - 1)} over the limit"
+
+
+def generated_by(name: str, results: dict) -> list[str]:
+    """The lines under a page's title: which script wrote it, when, and its command."""
+    return [
+        f"Generated by `bench/{name}.py` on {results['machine']['date_utc']}; re-run it to refresh this page "
+        "(see [bench/README.md](../../bench/README.md)). Command:",
+        "",
+        f"    {results['command']}",
+        "",
+    ]
+
+
+def settings_text(settings: dict) -> str:
+    """name=value, name=value, ..."""
+    return ", ".join(f"{k}={v}" for k, v in settings.items())
+
+
+def machine_line(m: dict) -> str:
+    """The "- Machine: ..." line of a page's set-up, from machine_info()."""
+    return (f"- Machine: {m['cores']} cores ({m['cores_usable']} usable), {m['cpu_model']}, "
+            f"{mib(m['memory_bytes'])} RAM; {m['platform']}; Python {m['python']}, psycopg {m['psycopg']}")
+
+
+def server_lines(server: dict, machine: dict, server_kind: str, settings: dict | None = None) -> list[str]:
+    """The first lines of a page's set-up: PostgreSQL's version, the machine, the server and
+    its settings (``settings``, default: those server_info() read)."""
+    return [
+        f"- PostgreSQL: {server['version']}",
+        machine_line(machine),
+        f"- Server: {server_kind}. Settings: " + settings_text(server["settings"] if settings is None else settings),
+    ]

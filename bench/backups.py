@@ -26,7 +26,6 @@ import base64
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -43,14 +42,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 import _harness as h  # noqa: E402
 from tenant_pipelines.core.backups import BACKUP_KEY_ENV  # noqa: E402
 from tenant_pipelines.core.partitions import ensure_tenant_partition  # noqa: E402
-from tenant_pipelines.db.embedded import find_bindir  # noqa: E402
+from tenant_pipelines.local.cluster import find_bindir  # noqa: E402
 from tenant_pipelines.db.migrate import migrate  # noqa: E402
 
 NAME = "backups"
 TARGET_EXPORT = 0.8
 TARGET_RESTORE = 0.8
 RSS_FLAT_TOLERANCE = 1.25  # the largest tenant's peak RSS within 1.25x the smallest's
-IDLE_LOAD = 0.25
 IDLE_WAIT = 30.0
 KEY = base64.b64encode(bytes(range(32))).decode()
 
@@ -158,14 +156,6 @@ def make_tenant(conn: psycopg.Connection, events: int) -> str:
     return str(tenant)
 
 
-def idle() -> float:
-    return h.wait_until_idle(IDLE_LOAD, IDLE_WAIT)
-
-
-def median(values: list[float]) -> float:
-    return statistics.median(values) if values else float("nan")
-
-
 # -- the benchmark ---------------------------------------------------------------------------------
 
 
@@ -190,7 +180,7 @@ def benchmark(args: argparse.Namespace, dsn: str, server_kind: str, root: Path) 
         for round_ in range(args.repeat):
             order = ("copy_binary", "copy_text", "backup") if round_ % 2 == 0 else ("backup", "copy_text", "copy_binary")
             for variant in order:
-                load = idle()
+                load = h.wait_until_idle(timeout=IDLE_WAIT)
                 if variant == "backup":
                     result = run_child("backup", dsn, tenant, root=str(root))
                     if n in backups:
@@ -202,7 +192,7 @@ def benchmark(args: argparse.Namespace, dsn: str, server_kind: str, root: Path) 
                 else:
                     seconds = copy_to_devnull(dsn, tenant, variant.removeprefix("copy_"))
                     run = {"variant": variant, "seconds": seconds, "rows": n, "event_rows": n}
-                run.update({"events": n, "round": round_ + 1, "load_at_start": load, "disturbed": load >= IDLE_LOAD})
+                run.update({"events": n, "round": round_ + 1, "load_at_start": load, "disturbed": load >= h.IDLE_LOAD})
                 h.log(f"{n:,} events, {variant}: {run['seconds']:.2f}s ({run['event_rows'] / run['seconds']:,.0f} event rows/s)")
                 export_runs.append(run)
 
@@ -215,7 +205,7 @@ def benchmark(args: argparse.Namespace, dsn: str, server_kind: str, root: Path) 
             for variant in order:
                 with psycopg.connect(dsn, autocommit=True) as conn:
                     conn.execute("CHECKPOINT")
-                load = idle()
+                load = h.wait_until_idle(timeout=IDLE_WAIT)
                 if variant == "restore":
                     result = run_child("restore", dsn, tenant, backup=backups[n])
                     run = {"variant": variant, "seconds": result["seconds"], "rows": sum(result["rows"].values()),
@@ -224,7 +214,7 @@ def benchmark(args: argparse.Namespace, dsn: str, server_kind: str, root: Path) 
                            "peak_rss_bytes": result["peak_rss_bytes"], "rss_before_bytes": result["rss_before_bytes"]}
                 else:
                     run = {"variant": variant, "seconds": copy_from_file(dsn, tenant, copy_file), "rows": n, "event_rows": n}
-                run.update({"events": n, "round": round_ + 1, "load_at_start": load, "disturbed": load >= IDLE_LOAD})
+                run.update({"events": n, "round": round_ + 1, "load_at_start": load, "disturbed": load >= h.IDLE_LOAD})
                 h.log(f"{n:,} events, {variant}: {run['seconds']:.2f}s ({run['event_rows'] / run['seconds']:,.0f} event rows/s)")
                 restore_runs.append(run)
         copy_file.unlink(missing_ok=True)
@@ -249,7 +239,7 @@ def benchmark(args: argparse.Namespace, dsn: str, server_kind: str, root: Path) 
 def _median_seconds(runs: list[dict], variant: str, n: int) -> float:
     chosen = [r for r in runs if r["variant"] == variant and r["events"] == n]
     calm = [r for r in chosen if not r["disturbed"]] or chosen
-    return median([r["seconds"] for r in calm])
+    return h.median(r["seconds"] for r in calm)
 
 
 def summarize(sizes: list[int], export_runs: list[dict], restore_runs: list[dict]) -> dict:
@@ -286,14 +276,6 @@ def summarize(sizes: list[int], export_runs: list[dict], restore_runs: list[dict
 # -- the page --------------------------------------------------------------------------------------
 
 
-def _rate(v: float) -> str:
-    return f"{v:,.0f}"
-
-
-def _verdict(ok: bool) -> str:
-    return "**PASS**" if ok else "**FAIL**"
-
-
 LABELS = {"copy_binary": "psql COPY TO STDOUT, binary, > /dev/null", "copy_text": "psql COPY TO STDOUT, text, > /dev/null",
           "backup": "backup_tenant() (all 7 tables)", "copy_from": "psql COPY FROM STDIN, binary (after TRUNCATE)",
           "restore": "restore_tenant() into the live tables (all 7 tables)"}
@@ -308,11 +290,7 @@ def render_markdown(results: dict) -> str:
     out = [
         "# Benchmark: per-tenant backup and restore",
         "",
-        f"Generated by `bench/backups.py` on {m['date_utc']}; re-run it to refresh this page (see "
-        "[bench/README.md](../../bench/README.md)). Command:",
-        "",
-        f"    {results['command']}",
-        "",
+        *h.generated_by(NAME, results),
         f"One enterprise tenant per size ({', '.join(f'{n:,}' for n in sizes)} usage events over 120 days, in its "
         f"own partition split by month; the rows sit in {leaves}), plus a few "
         "rows in every other table. Each variant ran "
@@ -327,11 +305,11 @@ def render_markdown(results: dict) -> str:
             ["Target", "Required", "Measured", "Result"],
             [
                 [f"Export of {largest:,} events vs binary COPY TO /dev/null", f"≥ {TARGET_EXPORT:.2f}×",
-                 f"{t['export']['measured']:.2f}×", _verdict(t["export"]["pass"])],
+                 f"{t['export']['measured']:.2f}×", h.verdict(t["export"]["pass"])],
                 [f"Restore of {largest:,} events vs binary COPY FROM STDIN", f"≥ {TARGET_RESTORE:.2f}×",
-                 f"{t['restore']['measured']:.2f}×", _verdict(t["restore"]["pass"])],
+                 f"{t['restore']['measured']:.2f}×", h.verdict(t["restore"]["pass"])],
                 [f"Peak RSS, {largest:,} vs {sizes[0]:,} events (backup and restore)", f"≤ {RSS_FLAT_TOLERANCE:.2f}×",
-                 f"{t['rss_flat']['measured']:.2f}×", _verdict(t["rss_flat"]["pass"])],
+                 f"{t['rss_flat']['measured']:.2f}×", h.verdict(t["rss_flat"]["pass"])],
             ],
             "llll",
         ),
@@ -341,8 +319,8 @@ def render_markdown(results: dict) -> str:
         h.markdown_table(
             ["Events", "COPY binary rows/s", "COPY text rows/s", "backup rows/s", "vs binary", "vs text",
              "Backup peak RSS"],
-            [[f"{n:,}", _rate(p["copy_binary_rows_per_second"]), _rate(p["copy_text_rows_per_second"]),
-              _rate(p["backup_event_rows_per_second"]), f"{p['export_ratio_vs_binary']:.2f}×",
+            [[f"{n:,}", h.rate(p["copy_binary_rows_per_second"]), h.rate(p["copy_text_rows_per_second"]),
+              h.rate(p["backup_event_rows_per_second"]), f"{p['export_ratio_vs_binary']:.2f}×",
               f"{p['export_ratio_vs_text']:.2f}×", h.mib(p["backup_peak_rss_bytes"])]
              for n, p in ((n, s["per_size"][n]) for n in sizes)],
             "lrrrrrr",
@@ -357,9 +335,9 @@ def render_markdown(results: dict) -> str:
         "",
         h.markdown_table(
             ["Events", "COPY FROM rows/s", "restore rows/s", "vs COPY FROM", "of which verification", "Restore peak RSS"],
-            [[f"{n:,}", _rate(p["copy_from_rows_per_second"]), _rate(p["restore_event_rows_per_second"]),
+            [[f"{n:,}", h.rate(p["copy_from_rows_per_second"]), h.rate(p["restore_event_rows_per_second"]),
               f"{p['restore_ratio']:.2f}×",
-              f"{median([r['verify_seconds'] for r in results['restore_runs'] if r['variant'] == 'restore' and r['events'] == n]):.2f}s",
+              f"{h.median([r['verify_seconds'] for r in results['restore_runs'] if r['variant'] == 'restore' and r['events'] == n]):.2f}s",
               h.mib(p["restore_peak_rss_bytes"])]
              for n, p in ((n, s["per_size"][n]) for n in sizes)],
             "lrrrrr",
@@ -375,7 +353,7 @@ def render_markdown(results: dict) -> str:
         h.markdown_table(
             ["Events", "Round", "Variant", "Seconds", "Event rows/s", "Peak RSS", "Load at start"],
             [[f"{r['events']:,}", r["round"], LABELS[r["variant"]], f"{r['seconds']:.2f}",
-              _rate(r["event_rows"] / r["seconds"]), h.mib(r.get("peak_rss_bytes")),
+              h.rate(r["event_rows"] / r["seconds"]), h.mib(r.get("peak_rss_bytes")),
               f"{r['load_at_start']:.2f}{' ⚠' if r['disturbed'] else ''}"]
              for r in results["export_runs"] + results["restore_runs"]],
             "rrlrrrr",
@@ -383,10 +361,7 @@ def render_markdown(results: dict) -> str:
         "",
         "## Set-up",
         "",
-        f"- PostgreSQL: {srv['version']}",
-        f"- Machine: {m['cores']} cores ({m['cores_usable']} usable), {m['cpu_model']}, {h.mib(m['memory_bytes'])} RAM; "
-        f"{m['platform']}; Python {m['python']}, psycopg {m['psycopg']}",
-        f"- Server: {results['server_kind']}. Settings: " + ", ".join(f"{k}={v}" for k, v in srv["settings"].items()),
+        *h.server_lines(srv, m, results["server_kind"]),
         "- Peak RSS is the ru_maxrss of the process that ran one backup or restore, imports included "
         "(pyarrow, ADBC, psycopg: about 150 MiB before any data).",
     ]
@@ -397,17 +372,13 @@ def render_markdown(results: dict) -> str:
 
 
 def command_line(args: argparse.Namespace) -> str:
-    parts = ["python bench/backups.py", "--events " + ",".join(str(n) for n in sorted(args.events)),
-             f"--repeat {args.repeat}"]
-    if args.dsn:
-        parts.append("--dsn <admin DSN>")
-    return " ".join(parts)
+    return h.command(NAME, ["--events " + ",".join(str(n) for n in sorted(args.events)), f"--repeat {args.repeat}"],
+                     args.dsn)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python bench/backups.py",
-        description="Backup and restore benchmark: backup_tenant() against psql COPY TO /dev/null of the same "
+    parser = h.parser(
+        NAME, "Backup and restore benchmark: backup_tenant() against psql COPY TO /dev/null of the same "
         "rows, restore_tenant() against psql COPY FROM STDIN of the same rows, and the peak RSS of each as the "
         f"tenant grows. Targets: export >= {TARGET_EXPORT}x, restore >= {TARGET_RESTORE}x, RSS flat. Writes "
         "bench/results/backups.json and docs/benchmarks/backups.md.",
@@ -415,9 +386,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--events", type=lambda t: [int(x) for x in t.split(",")], default=[1_000_000, 5_000_000],
                         metavar="N[,N...]", help="tenant sizes in usage events (default: 1000000,5000000)")
     parser.add_argument("--repeat", type=int, default=3, metavar="R", help="runs per variant and size (default: 3)")
-    parser.add_argument("--dsn", metavar="DSN", help="a superuser DSN of a PostgreSQL 15+ server on this machine: "
-                        "a scratch database is created there and dropped (default: a throwaway cluster)")
-    parser.add_argument("--no-docs", action="store_true", help="write only bench/results/backups.json")
+    h.add_output_options(parser, NAME, dsn_help="a superuser DSN of a PostgreSQL 15+ server on this machine: "
+                         "a scratch database is created there and dropped (default: a throwaway cluster)")
     parser.add_argument("--child", choices=("backup", "restore"), help=argparse.SUPPRESS)
     parser.add_argument("--tenant", help=argparse.SUPPRESS)
     parser.add_argument("--root", help=argparse.SUPPRESS)
@@ -435,21 +405,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     root = Path(tempfile.mkdtemp(prefix="tp-bench-backups-", dir="/tmp"))
     os.chmod(root, 0o755)  # the server (as postgres) writes nothing here, psql (as us) reads the COPY file
     try:
-        if args.dsn:
-            with h.scratch_database(args.dsn, "bench_backups") as dsn:
-                results = benchmark(args, dsn, f"the server at {h.describe_dsn(args.dsn)}, scratch database", root)
-        else:
-            with h.throwaway_cluster() as admin_dsn:
-                with h.scratch_database(admin_dsn, "bench_backups") as dsn:
-                    results = benchmark(args, dsn, "throwaway cluster started by the benchmark (initdb defaults "
-                                                   "plus the project's BASE_SETTINGS; fsync on)", root)
+        results = h.on_server(args.dsn, lambda dsn, kind, _: benchmark(args, dsn, kind, root), scratch="bench_backups",
+                              throwaway_kind="throwaway cluster started by the benchmark (initdb defaults "
+                                             "plus the project's BASE_SETTINGS; fsync on)")
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    h.write_results(NAME, results, render_markdown(results), docs=not args.no_docs)
-    for name, target in results["summary"]["targets"].items():
-        h.log(f"{name}: required {target['required']}, measured {target['measured']:.2f}: "
-              f"{'PASS' if target['pass'] else 'FAIL'}")
-    return 0
+    return h.finish(NAME, results, render_markdown(results), docs=not args.no_docs, summary=[
+        f"{name}: required {target['required']}, measured {target['measured']:.2f}: "
+        f"{'PASS' if target['pass'] else 'FAIL'}" for name, target in results["summary"]["targets"].items()])
 
 
 if __name__ == "__main__":

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib
 import json
 import math
 import os
@@ -58,8 +57,9 @@ from psycopg import sql
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout, not installed
 
 import _harness as h  # noqa: E402  (bench/ is sys.path[0] when run as a script)
-from tenant_pipelines.core.demo import METRICS, seed_demo  # noqa: E402
+from tenant_pipelines.local.demo import METRICS, seed_demo  # noqa: E402
 from tenant_pipelines.core.ingest import UsageEvent, ingest_usage_events, insert_usage_events  # noqa: E402
+from tenant_pipelines.core.partitions import ensure_tenant_partition  # noqa: E402
 from tenant_pipelines.core.tenants import list_tenants  # noqa: E402
 from tenant_pipelines.db.migrate import migrate  # noqa: E402
 from tenant_pipelines.db.session import tenant_session  # noqa: E402
@@ -70,8 +70,7 @@ REFERENCE_RPS = REFERENCE_EVENTS_PER_MIN / 60
 TARGET_MULTIPLE = 10
 TARGET_RPS = TARGET_MULTIPLE * REFERENCE_RPS  # 141,666.7 rows/s
 TARGET_PARITY = 0.9
-IDLE_LOAD = 0.25  # a run waits until fewer cores than this are busy
-IDLE_WAIT = 20.0  # seconds a run waits at most for that
+IDLE_WAIT = 20.0  # seconds a run waits at most for the machine to go idle (h.IDLE_LOAD)
 DISTURBED_LOAD = 0.25  # other work beyond this many cores on average during a run marks it disturbed
 USABLE_CORES = len(os.sched_getaffinity(0))  # the default number of concurrent writers
 
@@ -265,31 +264,12 @@ def generate_batches(
 # -- database set-up ---------------------------------------------------------------------------------
 
 
-def connect(dsn: str, synchronous_commit: str) -> psycopg.Connection:
-    conn = psycopg.connect(dsn, autocommit=True)
-    conn.execute("SELECT set_config('synchronous_commit', %s, false)", (synchronous_commit,))
-    return conn
-
-
 def find_partition_onboarding(enabled: bool = True) -> tuple[Callable | None, str]:
-    """The project's function that gives a tenant its own partition, if it has one yet."""
+    """The project's function that gives a tenant its own partition (or its place in the pool)."""
     if not enabled:
         return None, ("tenants not partitioned (--no-tenant-partitions): rows land in the "
                       "DEFAULT partition")
-    try:
-        module = importlib.import_module("tenant_pipelines.core.partitions")
-    except ModuleNotFoundError as exc:
-        if exc.name != "tenant_pipelines.core.partitions":
-            raise
-        return None, ("tenants not yet partitioned: rows land in the DEFAULT partition "
-                      "(tenant_pipelines/core/partitions.py does not exist)")
-    for name in ("create_tenant_partition", "ensure_tenant_partition", "onboard_tenant_partition",
-                 "attach_tenant_partition"):
-        fn = getattr(module, name, None)
-        if callable(fn):
-            return fn, f"tenants onboarded with partitions.{name}(conn, tenant) first"
-    return None, ("tenants not yet partitioned: rows land in the DEFAULT partition "
-                  "(tenant_pipelines/core/partitions.py has no function to create a tenant partition)")
+    return ensure_tenant_partition, "tenants onboarded with partitions.ensure_tenant_partition(conn, tenant) first"
 
 
 def create_flat_table(conn: psycopg.Connection) -> None:
@@ -382,14 +362,6 @@ def checkpoints_so_far(conn: psycopg.Connection) -> int:
     return conn.execute(query).fetchone()[0]
 
 
-def wal_lsn(conn: psycopg.Connection) -> str:
-    return str(conn.execute("SELECT pg_current_wal_lsn()").fetchone()[0])
-
-
-def wal_bytes(conn: psycopg.Connection, start: str, end: str) -> int:
-    return int(conn.execute("SELECT pg_wal_lsn_diff(%s::pg_lsn, %s::pg_lsn)", (end, start)).fetchone()[0])
-
-
 def reset(admin: psycopg.Connection, table: str) -> None:
     """Empty ``table`` and checkpoint, so each run starts from the same state."""
     admin.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(table)))
@@ -426,7 +398,7 @@ class WritersProbe(h.ResourceProbe):
 
     def _backends_cpu(self) -> float | None:
         try:
-            return sum(h._cpu_seconds(pid) for pid in self.backend_pids)
+            return sum(h.process_cpu_seconds(pid) for pid in self.backend_pids)
         except OSError:
             return None
 
@@ -445,7 +417,7 @@ class WritersProbe(h.ResourceProbe):
             self.backend_cpu_seconds = None  # not one backend's figure passed off as all of them
         if len(self.backend_pids) > 1:
             try:
-                self.backend_hwm = max(h._status(pid).get("VmHWM", 0) for pid in self.backend_pids)
+                self.backend_hwm = max(h.proc_status(pid).get("VmHWM", 0) for pid in self.backend_pids)
             except OSError:
                 pass
 
@@ -453,7 +425,7 @@ class WritersProbe(h.ResourceProbe):
         super()._sample()
         for pid in self.backend_pids[1:]:
             try:
-                anon = h._status(pid).get("RssAnon", 0)
+                anon = h.proc_status(pid).get("RssAnon", 0)
             except OSError:
                 continue
             self.backend_anon_peak = max(self.backend_anon_peak or 0, anon)
@@ -475,13 +447,13 @@ def run_once(
     expected = sum(len(rows) for _, rows in batches)
     parts = split_by_writer(batches, writers)
     reset(admin, variant.table)
-    load = h.wait_until_idle(IDLE_LOAD, timeout=IDLE_WAIT)
+    load = h.wait_until_idle(timeout=IDLE_WAIT)
     checkpoints = checkpoints_so_far(admin)
-    conns = [connect(dsn, synchronous_commit) for _ in parts]
+    conns = [h.connect(dsn, synchronous_commit) for _ in parts]
     try:
         backends = [h.local_backend_pid(conn) for conn in conns]
         wal_compression = conns[0].execute("SELECT current_setting('wal_compression')").fetchone()[0]
-        lsn = wal_lsn(admin)
+        lsn = h.wal_lsn(admin)
         quarter = max(1, expected // 4)
         go, stop, lock = threading.Event(), threading.Event(), threading.Lock()
         starts = [0.0] * len(parts)
@@ -528,7 +500,7 @@ def run_once(
         for conn in conns:
             conn.close()
     written = sum(done)
-    end_lsn = wal_lsn(admin)
+    end_lsn = h.wal_lsn(admin)
     stored = admin.execute(
         sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(variant.table))
     ).fetchone()[0]
@@ -543,7 +515,7 @@ def run_once(
         "writer_rows": list(done),
         "writer_seconds": [e - b for b, e in zip(starts, ends)],
         "wal_compression": wal_compression,
-        "wal_bytes": wal_bytes(admin, lsn, end_lsn),
+        "wal_bytes": h.wal_bytes(admin, lsn, end_lsn),
         "size_after_bytes": total_size(admin, variant.table),
         "checkpoints_during_run": checkpoints_so_far(admin) - checkpoints,
         "leaves": leaf_rows(admin, variant.table) if variant.table == SUBJECT_TABLE else None,
@@ -551,7 +523,7 @@ def run_once(
         **probe.as_dict(),
     }
     other = result["other_cpu_seconds"]
-    result["disturbed"] = load >= IDLE_LOAD or (other is not None and other / seconds > DISTURBED_LOAD)
+    result["disturbed"] = load >= h.IDLE_LOAD or (other is not None and other / seconds > DISTURBED_LOAD)
     h.log(f"{label}: {variant.key} done: {expected:,} rows in {seconds:.1f}s = {result['rows_per_second']:,.0f} rows/s"
           f" ({len(parts)} writer{'s' if len(parts) != 1 else ''})"
           + (f" (disturbed: other work took {other or 0:.1f} CPU-s)" if result["disturbed"] else ""))
@@ -693,12 +665,8 @@ def _ratio(value: float) -> str:
     return f"{math.floor(value * 1000) / 1000:.3f}"
 
 
-def _rate(value: float) -> str:
-    return f"{value:,.0f}"
-
-
 def _seconds(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.1f}"
+    return h.fmt(value, ".1f")
 
 
 def _disturbed(runs: list[dict]) -> str:
@@ -707,10 +675,6 @@ def _disturbed(runs: list[dict]) -> str:
         return "none"
     return (f"{', '.join(numbers)} of {len(runs)} (other work competed for the cores: their "
             "figures are low; for figures that use every run, re-run on an idle machine)")
-
-
-def _verdict(ok: bool) -> str:
-    return "**PASS**" if ok else "**FAIL**"
 
 
 def _writers(count: int) -> str:
@@ -726,10 +690,10 @@ def _throughput_table(s: dict) -> str:
         ["Variant", "Median rows/s", "Best rows/s", "× 850K/min", "vs A", "Runs counted",
          "All runs (rows/s)"],
         [
-            [e["label"], _rate(e["median_rows_per_second"]), _rate(e["best_rows_per_second"]),
+            [e["label"], h.rate(e["median_rows_per_second"]), h.rate(e["best_rows_per_second"]),
              f"{e['reference_multiple']:.1f}×", f"{_ratio(e['ratio_to_flat_rls'])}×",
              f"{e['runs_counted']} of {len(e['runs_rows_per_second'])}",
-             ", ".join(_rate(rate) + (" ⚠" if disturbed else "")
+             ", ".join(h.rate(rate) + (" ⚠" if disturbed else "")
                        for rate, disturbed in zip(e["runs_rows_per_second"], e["runs_disturbed"]))]
             for e in s["variants"].values()
         ],
@@ -746,7 +710,7 @@ def _writers_section(results: dict) -> list[str]:
     rows = []
     for key in by[headline]["variants"]:
         rates = [by[c]["variants"][key]["median_rows_per_second"] for c in counts]
-        rows.append([by[headline]["variants"][key]["label"], *[_rate(r) for r in rates],
+        rows.append([by[headline]["variants"][key]["label"], *[h.rate(r) for r in rates],
                      *[f"{r / rates[0]:.2f}×" for r in rates[1:]]])
     rows.append(["subject vs A", *[f"{_ratio(by[c]['ratio_subject_to_flat_rls'])}×" for c in counts],
                  *["" for _ in counts[1:]]])
@@ -768,7 +732,7 @@ def _writers_section(results: dict) -> list[str]:
     ]
     if counts[0] != headline:
         out += [f"Every run with {_writers(counts[0])} (rows/s):", ""]
-        out += [f"- {e['label']}: " + ", ".join(_rate(r) + (" ⚠" if d else "")
+        out += [f"- {e['label']}: " + ", ".join(h.rate(r) + (" ⚠" if d else "")
                                               for r, d in zip(e["runs_rows_per_second"], e["runs_disturbed"]))
                 for e in by[counts[0]]["variants"].values()]
     out.append("")
@@ -792,12 +756,12 @@ def _experiments_section(results: dict) -> list[str]:
     for exp in experiments.values():
         for e in exp["variants"].values():
             rows.append([
-                exp["title"], e["label"], _rate(e["median_rows_per_second"]),
-                _rate(e["baseline_median_rows_per_second"]), f"{e['ratio_to_baseline']:.3f}×",
+                exp["title"], e["label"], h.rate(e["median_rows_per_second"]),
+                h.rate(e["baseline_median_rows_per_second"]), f"{e['ratio_to_baseline']:.3f}×",
                 f"{e['reference_multiple']:.1f}×",
                 f"{_mib_or_na(e['median_wal_bytes'])} (vs {_mib_or_na(e['baseline_median_wal_bytes'])})",
                 f"{e['median_checkpoints']:g}",
-                ", ".join(_rate(r) + (" ⚠" if d else "") for r, d in zip(e["runs_rows_per_second"], e["runs_disturbed"])),
+                ", ".join(h.rate(r) + (" ⚠" if d else "") for r, d in zip(e["runs_rows_per_second"], e["runs_disturbed"])),
             ])
     out += [
         h.markdown_table(
@@ -809,7 +773,7 @@ def _experiments_section(results: dict) -> list[str]:
     for exp in experiments.values():
         line = f"- **{exp['title']}**: {exp['description']}."
         if "subject_rows_per_second" in exp:
-            line += (f" Subject: {_rate(exp['subject_rows_per_second'])} rows/s "
+            line += (f" Subject: {h.rate(exp['subject_rows_per_second'])} rows/s "
                      f"({exp['subject_reference_multiple']:.1f}×, throughput target "
                      f"{'met' if exp['meets_throughput_target'] else 'not met'})")
             if "ratio_subject_to_flat_rls" in exp:
@@ -839,11 +803,7 @@ def render_markdown(results: dict) -> str:
     out = [
         "# Benchmark: usage-event ingestion",
         "",
-        f"Generated by `bench/ingest.py` on {m['date_utc']}; re-run it to refresh this page "
-        "(see [bench/README.md](../../bench/README.md)). Command:",
-        "",
-        f"    {results['command']}",
-        "",
+        *h.generated_by(NAME, results),
         f"{p['events']:,} time-ordered usage events for {p['tenants']} tenants, in batches of "
         f"{p['batch']:,} rows sent to the tenants in turn, written by **{_writers(writers)}** at once "
         "(one connection and one thread each; the tenants split between them, each tenant written "
@@ -863,14 +823,14 @@ def render_markdown(results: dict) -> str:
             ["Target", "Required", "Measured", "Result"],
             [
                 [f"Throughput of the subject on one node ({_writers(writers)})",
-                 f"≥ {_rate(tp['required_rows_per_second'])} rows/s "
+                 f"≥ {h.rate(tp['required_rows_per_second'])} rows/s "
                  f"({TARGET_MULTIPLE}× the seed's {REFERENCE_EVENTS_PER_MIN:,} events/min)",
-                 f"{_rate(tp['measured_rows_per_second'])} rows/s ({s['reference_multiple']:.1f}×)",
-                 _verdict(tp["pass"])],
+                 f"{h.rate(tp['measured_rows_per_second'])} rows/s ({s['reference_multiple']:.1f}×)",
+                 h.verdict(tp["pass"])],
                 [f"Subject vs flat table with RLS (A), {_writers(writers)}",
                  f"≥ {par['required_ratio']:.2f}×",
                  f"{_ratio(par['measured_ratio'])}×",
-                 _verdict(par["pass"])],
+                 h.verdict(par["pass"])],
             ],
             "llll",
         ),
@@ -900,7 +860,7 @@ def render_markdown(results: dict) -> str:
             [
                 [f"{i}{' ⚠' if r['disturbed'] else ''}", run_label(r), r["writers"], f"{r['seconds']:.1f}",
                  " / ".join(f"{w:.1f}" for w in r["writer_seconds"]),
-                 _rate(r["rows_per_second"]), f"{r['client_cpu_seconds']:.1f}",
+                 h.rate(r["rows_per_second"]), f"{r['client_cpu_seconds']:.1f}",
                  _seconds(r["backend_cpu_seconds"]), _seconds(r["server_cpu_seconds"]),
                  _seconds(r["other_cpu_seconds"]), h.mib(r["wal_bytes"]), h.mib(r["size_after_bytes"]),
                  r["checkpoints_during_run"]]
@@ -938,11 +898,8 @@ def render_markdown(results: dict) -> str:
         "",
         "## Set-up",
         "",
-        f"- PostgreSQL: {srv['version']}",
-        f"- Machine: {m['cores']} cores ({m['cores_usable']} usable), {m['cpu_model']}, "
-        f"{h.mib(m['memory_bytes'])} RAM; {m['platform']}; Python {m['python']}, psycopg {m['psycopg']}",
-        f"- Server: {results['server_kind']}. Settings: "
-        + ", ".join(f"{k}={v}" for k, v in srv["settings"].items())
+        *h.server_lines(srv, m, results["server_kind"])[:-1],
+        h.server_lines(srv, m, results["server_kind"])[-1]
         + (" (wal_compression changed only for the wal-compression experiment's runs)" if "wal-compression" in exps else ""),
         f"- Writers: {_writers(writers)}"
         + (f" (--writers {p['writers_requested']}, capped at the number of tenants)"
@@ -957,7 +914,7 @@ def render_markdown(results: dict) -> str:
         f"- Events: generated before timing ({p['events']:,} in {results['generation_seconds']:.1f}s, "
         f"not part of the runs), timestamps spread over {results['events_day_utc']} (UTC, the day "
         f"of the run); seed {p['seed']}; the tenants' tiers rotate free/starter/growth/enterprise.",
-        f"- Each run waited for the machine to go idle (fewer than {IDLE_LOAD} cores busy) before "
+        f"- Each run waited for the machine to go idle (fewer than {h.IDLE_LOAD} cores busy) before "
         f"starting. Disturbed runs: {_disturbed(results['runs'])}.",
         f"- Warm-up: one round ({results['warmup_batches']} batches) per variant before the measured "
         f"runs, with {_writers(writers)}, not reported.",
@@ -969,9 +926,8 @@ def render_markdown(results: dict) -> str:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python bench/ingest.py",
-        description=(
+    parser = h.parser(
+        NAME, (
             "Ingestion benchmark: time-ordered usage events written through the application path "
             "(ingest_usage_events: billing_app, tenant context, RLS forced) into usage_events_mt, "
             "against a flat unpartitioned table with the same indexes and policy written the same "
@@ -1007,23 +963,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                              "wal_compression = on for its runs, all variants; throwaway cluster only). "
                              "Repeat the option for both")
     parser.add_argument("--seed", type=int, default=42, help="seed of the generated events and tenants")
-    parser.add_argument("--dsn", metavar="DSN",
-                        help="a superuser DSN of a PostgreSQL 15+ server to use: the benchmark creates "
-                             "a scratch database there and drops it afterwards (default: start a "
-                             "throwaway cluster in /tmp with durable settings)")
     parser.add_argument("--synchronous-commit", choices=("off", "on"), default="off",
                         help="synchronous_commit of every benchmark connection, the same for all "
                              "variants (default: off)")
     parser.add_argument("--no-tenant-partitions", action="store_true",
                         help="leave the tenants in the DEFAULT partition even when "
                              "tenant_pipelines.core.partitions can give them partitions of their own")
-    parser.add_argument("--no-docs", action="store_true",
-                        help="write only bench/results/ingest.json, not docs/benchmarks/ingest.md "
-                             "(for smoke runs that should not replace the committed figures)")
+    h.add_output_options(parser, NAME)
     args = parser.parse_args(argv)
-    for name in ("events", "tenants", "batch", "repeat", "writers"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} must be at least 1")
+    h.positive(parser, args, ("events", "tenants", "batch", "repeat", "writers"))
     args.experiment = list(dict.fromkeys(args.experiment))
     if args.dsn and any(EXPERIMENTS[key].setting for key in args.experiment):
         parser.error("--experiment wal-compression changes the server's configuration (ALTER SYSTEM): "
@@ -1044,7 +992,7 @@ def _writer_counts(text: str) -> list[int]:
 
 
 def command_line(args: argparse.Namespace) -> str:
-    parts = ["python bench/ingest.py", f"--events {args.events}", f"--tenants {args.tenants}",
+    parts = [f"--events {args.events}", f"--tenants {args.tenants}",
              f"--batch {args.batch}", f"--repeat {args.repeat}", f"--writers {args.writers}",
              "--compare-writers " + (",".join(map(str, args.compare_writers)) or "none")]
     parts += [f"--experiment {key}" for key in args.experiment]
@@ -1054,13 +1002,11 @@ def command_line(args: argparse.Namespace) -> str:
         parts.append("--no-tenant-partitions")
     if args.synchronous_commit != "off":
         parts.append(f"--synchronous-commit {args.synchronous_commit}")
-    if args.dsn:
-        parts.append("--dsn <admin DSN>")
-    return " ".join(parts)
+    return h.command(NAME, parts, args.dsn)
 
 
 def benchmark(args: argparse.Namespace, dsn: str, server_kind: str) -> dict:
-    with connect(dsn, args.synchronous_commit) as admin:
+    with h.connect(dsn, args.synchronous_commit) as admin:
         if not admin.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()[0]:
             raise SystemExit("the DSN must be a superuser's: the benchmark migrates, checkpoints and "
                              "runs baseline B as the superuser")
@@ -1181,14 +1127,9 @@ def benchmark(args: argparse.Namespace, dsn: str, server_kind: str) -> dict:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        if args.dsn:
-            with h.scratch_database(args.dsn, "bench_ingest") as dsn:
-                results = benchmark(args, dsn, f"the server at {h.describe_dsn(args.dsn)}, scratch database")
-        else:
-            with h.throwaway_cluster() as admin_dsn:
-                with h.scratch_database(admin_dsn, "bench_ingest") as dsn:
-                    results = benchmark(args, dsn, "throwaway cluster started by the benchmark (initdb "
-                                                   "defaults plus the project's BASE_SETTINGS)")
+        results = h.on_server(args.dsn, lambda dsn, kind, _: benchmark(args, dsn, kind), scratch="bench_ingest",
+                              throwaway_kind="throwaway cluster started by the benchmark (initdb "
+                                             "defaults plus the project's BASE_SETTINGS)")
     except psycopg.errors.QueryCanceled as exc:
         raise SystemExit(f"a batch was cancelled ({exc.diag.message_primary}): the free tier's "
                          "statement_timeout is 10s; lower --batch") from None

@@ -207,22 +207,19 @@ def render_markdown(results: dict) -> str:
         "## Set-up",
         "",
         f"- PostgreSQL: {results['server']['version']}",
-        f"- Machine: {m['cores']} cores ({m['cores_usable']} usable), {m['cpu_model']}, "
-        f"{h.mib(m['memory_bytes'])} RAM; {m['platform']}; Python {m['python']}, psycopg {m['psycopg']}; {m['date_utc']}",
+        f"{h.machine_line(m)}; {m['date_utc']}",
     ]
     return "\n".join(lines)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = h.parser(NAME, __doc__.split("\n\n")[0], raw=True)
     parser.add_argument("--leaves", default=",".join(map(str, DEFAULT_LEAVES)),
                         help="leaf partition counts to measure RLS-only planning at (default: %(default)s)")
     parser.add_argument("--pool-rows", type=int, default=DEFAULT_POOL_ROWS,
                         help="rows in the shared pool for the ATTACH measurement (default: %(default)s)")
-    parser.add_argument("--dsn", help="a superuser DSN: the benchmark uses a scratch database there "
-                                      "(default: a throwaway cluster in /tmp)")
-    parser.add_argument("--no-docs", action="store_true", help="write only bench/results/layouts.json")
+    h.add_output_options(parser, NAME, dsn_help="a superuser DSN: the benchmark uses a scratch database there "
+                                                "(default: a throwaway cluster in /tmp)")
     args = parser.parse_args(argv)
     try:
         args.leaf_counts = sorted({int(x) for x in args.leaves.split(",") if x.strip()})
@@ -240,24 +237,19 @@ def benchmark(args: argparse.Namespace, admin_dsn: str, server_kind: str) -> dic
             server = h.server_info(conn)
         budget = leaf_budget(dsn, args.leaf_counts)
         pool = pool_attach(dsn, args.pool_rows)
-    return {"benchmark": NAME, "command": " ".join(["python bench/layouts.py", *sys.argv[1:]]),
+    return {"benchmark": NAME, "command": h.command(NAME, sys.argv[1:]),
             "server_kind": server_kind, "server": server, "machine": h.machine_info(),
             "leaf_budget": budget, "pool_attach": pool, "seconds": time.perf_counter() - started}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.dsn:
-        results = benchmark(args, args.dsn, f"the server at {h.describe_dsn(args.dsn)}, scratch database")
-    else:
-        settings = {"max_locks_per_transaction": str(max(64, 2 * max(args.leaf_counts)))}
-        with h.throwaway_cluster(settings) as admin_dsn:
-            results = benchmark(args, admin_dsn, "throwaway cluster started by the benchmark (initdb defaults, the "
-                                                 "project's BASE_SETTINGS, durable; max_locks_per_transaction "
-                                                 f"{settings['max_locks_per_transaction']})")
-    h.write_results(NAME, results, render_markdown(results), docs=not args.no_docs)
-    h.log(f"whole run: {results['seconds'] / 60:.1f} min")
-    return 0
+    locks = str(max(h.DEFAULT_MAX_LOCKS, 2 * max(args.leaf_counts)))
+    results = h.on_server(args.dsn, lambda dsn, kind, _: benchmark(args, dsn, kind),
+                          settings={"max_locks_per_transaction": locks},
+                          throwaway_kind="throwaway cluster started by the benchmark (initdb defaults, the "
+                                         f"project's BASE_SETTINGS, durable; max_locks_per_transaction {locks})")
+    return h.finish(NAME, results, render_markdown(results), docs=not args.no_docs)
 
 
 if __name__ == "__main__":

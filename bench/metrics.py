@@ -49,13 +49,12 @@ from tenant_pipelines.core.metrics import (  # noqa: E402
     COLLECT_BATCH, collect, collect_batch, export_parquet, record_history, tenant_ids)
 from tenant_pipelines.core.partitions import (  # noqa: E402
     attached_tenant_partitions, ensure_tenant_partition, stranded_in_pool)
-from tenant_pipelines.db.embedded import BASE_SETTINGS, find_bindir, server_os_user  # noqa: E402
+from tenant_pipelines.local.cluster import find_bindir, server_os_user  # noqa: E402
 from tenant_pipelines.db.migrate import migrate  # noqa: E402
 
 NAME = "metrics"
 DEFAULT_SCALES = (1_000, 10_000)
 DEFAULT_EVENTS = 50_000_000
-DEFAULT_MIX = "free=70,starter=20,growth=8,enterprise=2"
 EVENT_WEIGHTS = {"free": 1, "starter": 4, "growth": 20, "enterprise": 100}  # events per tenant, relative
 ACTIVE_SUBSCRIPTIONS = {"free": 1, "starter": 1, "growth": 2, "enterprise": 3}
 HISTORY_DAYS = 120
@@ -64,11 +63,9 @@ IDLE_EVERY = 50  # every 50th tenant (another one): no events at all
 NO_ACTIVE_EVERY = 25  # every 25th tenant: its only subscription is canceled
 LOAD_CHUNKS = 20
 PROGRESS_EVERY = 500
-IDLE_LOAD = 0.25
 IDLE_WAIT_S = 120.0
 SEED_VIEW_TIMEOUT = "10min"
 SCHEMA = "bench"  # the scratch database's own objects: load spec, the seed's views
-DEFAULT_MAX_LOCKS = 64  # PostgreSQL's default max_locks_per_transaction
 # Locks one transaction may take per tenant when it reads every relation of its tree
 # (partitioned tenant table and its 3 partitioned indexes; per leaf the leaf, 3 indexes,
 # TOAST table and TOAST index). Monthly tenants: _rest + 5 history months + this + 3 premade.
@@ -325,18 +322,6 @@ def locks_held(conn: psycopg.Connection) -> int:
     return conn.execute("SELECT count(*) FROM pg_locks WHERE pid = pg_backend_pid()").fetchone()[0]
 
 
-def lock_capacity(conn: psycopg.Connection) -> dict:
-    """The shared lock table: max_locks_per_transaction x (MaxBackends + prepared transactions),
-    and what it would be with the default max_locks_per_transaction."""
-    names = ("max_locks_per_transaction", "max_connections", "autovacuum_max_workers",
-             "max_worker_processes", "max_wal_senders", "max_prepared_transactions")
-    values = dict(conn.execute("SELECT name, setting::int FROM pg_settings WHERE name = ANY(%s)",
-                               (list(names),)).fetchall())
-    backends = sum(values[n] for n in names[1:]) + 1  # + the autovacuum launcher
-    return {**values, "lock_slots": values["max_locks_per_transaction"] * backends,
-            "default_lock_slots": DEFAULT_MAX_LOCKS * backends}
-
-
 def rollup_once(dsn: str, day, out_root: Path) -> dict:
     """collect(), record_history(), export_parquet() on a fresh connection, as the asset does."""
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -409,10 +394,10 @@ def restart_server(admin_dsn: str, max_locks: int | None) -> None:
 def default_locks_check(admin_dsn: str, dsn: str) -> dict:
     """collect() (batched, autocommit, as the asset runs it), then all tenants in one
     transaction, on the same server restarted with the default max_locks_per_transaction."""
-    restart_server(admin_dsn, DEFAULT_MAX_LOCKS)
+    restart_server(admin_dsn, h.DEFAULT_MAX_LOCKS)
     try:
         with psycopg.connect(dsn, autocommit=True) as conn:
-            capacity = lock_capacity(conn)
+            capacity = h.lock_capacity(conn, with_default=True)
 
             def one_transaction() -> None:
                 with conn.transaction():
@@ -424,7 +409,7 @@ def default_locks_check(admin_dsn: str, dsn: str) -> dict:
         restart_server(admin_dsn, None)
     result = {**batched, "lock_capacity": capacity, "one_transaction": whole}
     for label, r in (("collect()", batched), ("one transaction", whole)):
-        h.log(f"{label} with max_locks_per_transaction={DEFAULT_MAX_LOCKS}: {r['outcome']}"
+        h.log(f"{label} with max_locks_per_transaction={h.DEFAULT_MAX_LOCKS}: {r['outcome']}"
               + (f" ({r['error']})" if r["outcome"] == "error" else f" in {r['seconds']:.1f}s"))
     return result
 
@@ -583,13 +568,13 @@ def measure_scale(args: argparse.Namespace, admin_dsn: str, scale: int, anchor: 
             setup = build_scale(admin, dsn, tenants, label)
             with psycopg.connect(dsn, autocommit=True) as fresh:  # the server's settings, not the loader's
                 server = h.server_info(fresh)
-            locks = lock_capacity(admin)
+            locks = h.lock_capacity(admin, with_default=True)
             create_seed_views(admin)
             day = admin.execute("SELECT (now() AT TIME ZONE 'UTC')::date").fetchone()[0]
         h.log(f"{label}: built ({h.mib(setup['database_bytes'])}); rollup runs")
         out_root = Path(tempfile.mkdtemp(prefix="tp-bench-metrics-"))
         try:
-            load = h.wait_until_idle(IDLE_LOAD, timeout=IDLE_WAIT_S)
+            load = h.wait_until_idle(timeout=IDLE_WAIT_S)
             runs = []
             for i in range(args.repeat):
                 runs.append(rollup_once(dsn, day, out_root))
@@ -633,16 +618,11 @@ def _peak(runs: list[dict], key: str) -> int | None:
 
 
 def render_markdown(results: dict) -> str:
-    p, m = results["parameters"], results["machine"]
-    scales = results["scales"]
+    p, scales = results["parameters"], results["scales"]
     out = [
         "# Benchmark: per-tenant metrics rollup",
         "",
-        f"Generated by `bench/metrics.py` on {m['date_utc']}; re-run it to refresh this page "
-        "(see [bench/README.md](../../bench/README.md)). Command:",
-        "",
-        f"    {results['command']}",
-        "",
+        *h.generated_by(NAME, results),
     ]
     if p["events"] < DEFAULT_EVENTS:
         out += [f"**Events: {p['events']:,} per scale, not the {DEFAULT_EVENTS:,} asked for**: "
@@ -794,10 +774,7 @@ def render_setup(results: dict) -> list[str]:
         h.markdown_table(["Tenants", "Tiers", "Layouts", "Leaf partitions", "Onboarding s", "Events loaded",
                           "VACUUM (ANALYZE) s", "Database size"], rows, "rllrrlrr"),
         "",
-        f"- PostgreSQL: {srv['version']}",
-        f"- Machine: {m['cores']} cores ({m['cores_usable']} usable), {m['cpu_model']}, "
-        f"{h.mib(m['memory_bytes'])} RAM; {m['platform']}; Python {m['python']}, psycopg {m['psycopg']}",
-        f"- Server: {results['server_kind']}. Settings: " + ", ".join(f"{k}={v}" for k, v in srv["settings"].items()),
+        *h.server_lines(srv, m, results["server_kind"]),
         f"- Events: generated by the server (`generate_series`, evenly spaced in time per tenant) and streamed "
         "through this process with COPY into `usage_events_mt` as the superuser, tenant after tenant; monthly "
         "tenants' first event went into DEFAULT before onboarding so that their months reach back to it. "
@@ -805,7 +782,7 @@ def render_setup(results: dict) -> list[str]:
         "tenant, plus a canceled one for every third tenant.",
         f"- Machine load before the rollup runs: "
         + ", ".join(f"{s['scale']:,}: {s['load_before_cores']:.2f} cores" for s in scales)
-        + f" (waited up to {IDLE_WAIT_S:g}s for < {IDLE_LOAD}).",
+        + f" (waited up to {IDLE_WAIT_S:g}s for < {h.IDLE_LOAD}).",
         "- Memory: *Python peak RSS* is the process's RSS sampled during the run (it holds nothing from the "
         "load); *backend* figures are of the server process serving the run's connection (private = "
         "anonymous memory: relation and catalog caches, plans, work memory); *server peak PSS* sums the "
@@ -819,40 +796,16 @@ def render_setup(results: dict) -> list[str]:
 
 
 def parse_scales(text: str) -> list[int]:
-    try:
-        scales = sorted({int(part.replace("_", "").replace(",", "")) for part in text.split(",") if part.strip()})
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: scales look like 1000,10000") from None
-    if not scales or scales[0] < 10:
-        raise argparse.ArgumentTypeError("every scale must be at least 10 tenants")
-    return scales
+    return h.parse_counts(text, minimum=10)
 
 
 def parse_mix(text: str) -> dict[str, float]:
-    mix = {}
-    for part in text.split(","):
-        tier, _, share = part.partition("=")
-        if tier.strip() not in EVENT_WEIGHTS:
-            raise argparse.ArgumentTypeError(f"tier {tier!r}: the tiers are {', '.join(EVENT_WEIGHTS)}")
-        mix[tier.strip()] = float(share)
-    return mix
-
-
-def locks_setting_for(max_scale: int, mix: dict[str, float]) -> int:
-    """max_locks_per_transaction so that one transaction may lock every relation of every
-    tenant (collect() does; so does the seed's view) at ``max_scale`` tenants, with headroom."""
-    total = sum(mix.values())
-    per_tenant = sum(share / total * LOCKS_PER_TENANT["monthly" if tier in ("growth", "enterprise") else "single"]
-                     for tier, share in mix.items())
-    backends = int(BASE_SETTINGS["max_connections"]) + 3 + 1 + 8 + int(BASE_SETTINGS["max_wal_senders"])
-    wanted = math.ceil(max_scale * per_tenant * LOCK_HEADROOM / backends)
-    return max(DEFAULT_MAX_LOCKS, math.ceil(wanted / 64) * 64)
+    return h.parse_mix(text, EVENT_WEIGHTS)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python bench/metrics.py",
-        description=(
+    parser = h.parser(
+        NAME, (
             "Metrics rollup benchmark: collect() (vw_tenant_metrics), record_history() and export_parquet() at "
             "each scale of tenants with --events usage events in all: wall time, peak memory, locks, "
             "correctness against a direct GROUP BY, and the seed's view (verbatim, then with its partition "
@@ -865,8 +818,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help=f"usage events in all at each scale (default: {DEFAULT_EVENTS:,})")
     parser.add_argument("--events-note", default="", metavar="TEXT",
                         help="why --events is below the default, printed on the page")
-    parser.add_argument("--mix", type=parse_mix, default=parse_mix(DEFAULT_MIX), metavar="TIER=SHARE,...",
-                        help=f"tier mix (default: {DEFAULT_MIX})")
+    parser.add_argument("--mix", type=parse_mix, default=parse_mix(h.DEFAULT_MIX), metavar="TIER=SHARE,...",
+                        help=f"tier mix (default: {h.DEFAULT_MIX})")
     parser.add_argument("--repeat", type=int, default=3, metavar="R", help="rollup runs per scale (default: 3)")
     parser.add_argument("--sample", type=int, default=200, metavar="K",
                         help="random tenants compared with the ground truth (default: 200)")
@@ -875,11 +828,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-locks-per-transaction", type=int, metavar="N",
                         help="for the throwaway cluster (default: sized so one transaction can lock every "
                              "tenant's relations at the largest scale)")
-    parser.add_argument("--dsn", metavar="DSN",
-                        help="a superuser DSN of a PostgreSQL 15+ server: scratch databases there (default: a "
-                             "throwaway cluster in /tmp)")
-    parser.add_argument("--no-docs", action="store_true",
-                        help="write only bench/results/metrics.json, not docs/benchmarks/metrics.md")
+    h.add_output_options(parser, NAME, dsn_help="a superuser DSN of a PostgreSQL 15+ server: scratch databases "
+                                                "there (default: a throwaway cluster in /tmp)")
     args = parser.parse_args(argv)
     if args.events < max(args.scales) or args.repeat < 1 or args.sample < 1:
         parser.error("--events must be at least the largest scale; --repeat and --sample at least 1")
@@ -888,17 +838,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def command_line(args: argparse.Namespace) -> str:
-    parts = ["python bench/metrics.py", f"--scales {','.join(str(s) for s in args.scales)}",
+    parts = [f"--scales {','.join(str(s) for s in args.scales)}",
              f"--events {args.events}", f"--repeat {args.repeat}", f"--sample {args.sample}"]
-    if args.mix_text != ",".join(f"{k}={v:g}" for k, v in parse_mix(DEFAULT_MIX).items()):
+    if args.mix_text != ",".join(f"{k}={v:g}" for k, v in parse_mix(h.DEFAULT_MIX).items()):
         parts.append(f"--mix {args.mix_text}")
     if args.max_locks_per_transaction:
         parts.append(f"--max-locks-per-transaction {args.max_locks_per_transaction}")
     if args.skip_seed_view:
         parts.append("--skip-seed-view")
-    if args.dsn:
-        parts.append("--dsn <admin DSN>")
-    return " ".join(parts)
+    return h.command(NAME, parts, args.dsn)
 
 
 def benchmark(args: argparse.Namespace, admin_dsn: str, server_kind: str, restartable: bool) -> dict:
@@ -920,23 +868,21 @@ def benchmark(args: argparse.Namespace, admin_dsn: str, server_kind: str, restar
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.dsn:
-        results = benchmark(args, args.dsn, f"the server at {h.describe_dsn(args.dsn)}, scratch databases", False)
-    else:
-        locks = args.max_locks_per_transaction or locks_setting_for(max(args.scales), args.mix)
-        settings = {"max_locks_per_transaction": str(locks), "max_wal_size": "'8GB'",
-                    "checkpoint_timeout": "'30min'"}
-        with h.throwaway_cluster(settings) as admin_dsn:
-            results = benchmark(args, admin_dsn, "throwaway cluster started by the benchmark (initdb defaults, the "
-                                                 "project's BASE_SETTINGS, durable; plus max_locks_per_transaction="
-                                                 f"{locks} so that one transaction can lock every tenant's relations, "
-                                                 "and max_wal_size=8GB, checkpoint_timeout=30min for the load)", True)
-    h.write_results(NAME, results, render_markdown(results), docs=not args.no_docs)
-    for s in results["scales"]:
-        h.log(f"{s['scale']:,} tenants: rollup median {s['median']['seconds']:.2f}s (collect "
-              f"{s['median']['collect_seconds']:.2f}s); collect() holds {s['collect_locks']['locks_held']:,} locks per batch")
-    h.log(f"whole run: {results['seconds'] / 60:.1f} min")
-    return 0
+    # One transaction may lock every relation of every tenant (collect() does; so does the
+    # seed's view) at the largest scale, with headroom.
+    locks = args.max_locks_per_transaction or h.locks_setting_for(
+        max(args.scales), args.mix, LOCKS_PER_TENANT, ("growth", "enterprise"), LOCK_HEADROOM)
+    results = h.on_server(
+        args.dsn, lambda dsn, kind, throwaway: benchmark(args, dsn, kind, throwaway), dsn_kind="scratch databases",
+        settings={"max_locks_per_transaction": str(locks), "max_wal_size": "'8GB'", "checkpoint_timeout": "'30min'"},
+        throwaway_kind="throwaway cluster started by the benchmark (initdb defaults, the "
+                       "project's BASE_SETTINGS, durable; plus max_locks_per_transaction="
+                       f"{locks} so that one transaction can lock every tenant's relations, "
+                       "and max_wal_size=8GB, checkpoint_timeout=30min for the load)")
+    return h.finish(NAME, results, render_markdown(results), docs=not args.no_docs, summary=[
+        f"{s['scale']:,} tenants: rollup median {s['median']['seconds']:.2f}s (collect "
+        f"{s['median']['collect_seconds']:.2f}s); collect() holds {s['collect_locks']['locks_held']:,} locks per batch"
+        for s in results["scales"]])
 
 
 if __name__ == "__main__":

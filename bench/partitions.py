@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import math
 import random
 import signal
 import statistics
@@ -48,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 
 import _harness as h  # noqa: E402  (bench/ is sys.path[0] when run as a script)
 import ingest as ingest_bench  # noqa: E402  (bench/ingest.py: its variants, event generator and runs)
-from tenant_pipelines.core.demo import METRICS  # noqa: E402
+from tenant_pipelines.local.demo import METRICS  # noqa: E402
 from tenant_pipelines.core.partitions import (  # noqa: E402
     DEFAULT_PARTITION,
     attached_tenant_partitions,
@@ -60,7 +59,6 @@ from tenant_pipelines.core.partitions import (  # noqa: E402
     pool_tenants,
     stranded_in_pool,
 )
-from tenant_pipelines.db.embedded import BASE_SETTINGS  # noqa: E402
 from tenant_pipelines.db.migrate import migrate  # noqa: E402
 from tenant_pipelines.db.session import APP_ROLE  # noqa: E402
 from tenant_pipelines.defs.tags import tenant_tiers  # noqa: E402
@@ -68,11 +66,9 @@ from tenant_pipelines.defs.tags import tenant_tiers  # noqa: E402
 NAME = "partitions"
 PARENT = "usage_events_mt"
 DEFAULT_SCALES = (10, 1_000, 10_000)
-DEFAULT_MIX = "free=70,starter=20,growth=8,enterprise=2"
 PROBE_TIERS = ("free", "enterprise")  # the tenants whose queries are timed: pooled / dedicated, monthly
 PROGRESS_EVERY = 250
-IDLE_LOAD = 0.25  # a timed phase waits until fewer cores than this are busy, and is flagged if not
-IDLE_WAIT_S = 30.0  # for at most this long
+IDLE_WAIT_S = 30.0  # a timed phase waits this long at most for an idle machine (h.IDLE_LOAD), and is flagged if not
 INGEST_WARMUP_BATCHES = 100
 MIN_QUERY_SAMPLES = 5
 
@@ -117,7 +113,6 @@ BOUND_CONTEXT_FUNCTIONS = (Path(__file__).resolve().parent.parent / "sql"
 # leaves besides _rest (this month and partition_config.premake_months = 3 ahead).
 LOCKS_PER_TENANT = {"single": 1 + 4, "monthly": 1 + 4 * (1 + 4)}
 LOCK_HEADROOM = 2.0
-OTHER_BACKENDS = 3 + 1 + 8  # autovacuum workers, their launcher, max_worker_processes (defaults)
 MONTHLY_TIERS = ("growth", "enterprise")  # tier_limits.partition_by_month; checked after migrating
 
 FUNCTIONS_TRACKED = ("fn_prepare_tenant_partition", "fn_attach_tenant_partition")
@@ -263,7 +258,7 @@ def grow(conn: psycopg.Connection, tenants: list[Tenant], scale: int, mix: TierM
     events = copy_events(conn, event_rows(added, args.events_per_tenant, anchor))
     setup_seconds = time.perf_counter() - started
     conn.execute("CHECKPOINT")
-    load = h.wait_until_idle(IDLE_LOAD, timeout=IDLE_WAIT_S)
+    load = h.wait_until_idle(timeout=IDLE_WAIT_S)
     h.log(f"{label}: created {len(added):,} organizations and {events:,} events in DEFAULT "
           f"({setup_seconds:.1f}s); onboarding them one by one")
     with h.ResourceProbe(h.local_backend_pid(conn)) as probe:
@@ -292,7 +287,7 @@ def onboard_one_more(conn: psycopg.Connection, tenants: list[Tenant], mix: TierM
     copy_events(conn, event_rows(extra, args.events_per_tenant, anchor))
     conn.execute(sql.SQL("VACUUM {}").format(sql.Identifier(DEFAULT_PARTITION)))
     conn.execute("CHECKPOINT")
-    load = h.wait_until_idle(IDLE_LOAD, timeout=IDLE_WAIT_S)
+    load = h.wait_until_idle(timeout=IDLE_WAIT_S)
     before = function_times(conn)
     records = onboard(conn, extra, scale, f"one more tenant at {scale:,}")
     after = function_times(conn)
@@ -301,7 +296,7 @@ def onboard_one_more(conn: psycopg.Connection, tenants: list[Tenant], mix: TierM
     times = [r["ms"] for r in records]
     inside = {name: (after[name]["ms"] - before[name]["ms"]) / len(extra) for name in FUNCTIONS_TRACKED}
     result = {"scale": scale, "samples_ms": times, "median_ms": statistics.median(times),
-              "p95_ms": percentile(times, 95), "max_ms": max(times), "load_before_cores": load,
+              "p95_ms": h.percentile(times, 95), "max_ms": max(times), "load_before_cores": load,
               "function_ms_per_tenant": inside,
               "outside_functions_ms_per_tenant": statistics.mean(times) - sum(inside.values())}
     h.log(f"one more tenant at {scale:,}: median {result['median_ms']:.1f} ms, p95 {result['p95_ms']:.1f} ms "
@@ -377,27 +372,6 @@ def analyze_parent(conn: psycopg.Connection) -> float:
     return time.perf_counter() - started
 
 
-def lock_capacity(conn: psycopg.Connection) -> dict:
-    """The server's shared lock table: max_locks_per_transaction x (MaxBackends + prepared)."""
-    names = ("max_locks_per_transaction", "max_connections", "autovacuum_max_workers",
-             "max_worker_processes", "max_wal_senders", "max_prepared_transactions")
-    values = dict(conn.execute(
-        "SELECT name, setting::int FROM pg_settings WHERE name = ANY(%s)", (list(names),)).fetchall())
-    backends = sum(values[n] for n in names[1:]) + 1  # + the autovacuum launcher
-    return {**values, "lock_slots": values["max_locks_per_transaction"] * backends}
-
-
-def locks_setting_for(max_scale: int, mix: dict[str, float]) -> int:
-    """max_locks_per_transaction for a throwaway cluster that must hold a query locking every
-    relation under usage_events_mt at ``max_scale`` tenants, with headroom."""
-    total = sum(mix.values())
-    per_tenant = sum(share / total * LOCKS_PER_TENANT["monthly" if tier in MONTHLY_TIERS else "single"]
-                     for tier, share in mix.items())
-    backends = int(BASE_SETTINGS["max_connections"]) + int(BASE_SETTINGS["max_wal_senders"]) + OTHER_BACKENDS
-    wanted = math.ceil(max_scale * per_tenant * LOCK_HEADROOM / backends)
-    return max(64, math.ceil(wanted / 64) * 64)
-
-
 # -- queries -------------------------------------------------------------------------------------
 
 _SINCE = sql.SQL("\"timestamp\" >= now() - interval '7 days'")
@@ -445,7 +419,7 @@ def measure_query(dsn: str, args: argparse.Namespace, tenant: Tenant, kind: str,
     query = query_text(kind, tenant)
     label = f"{kind} query, {tenant.tier} tenant, {scale:,} tenants"
     try:
-        with ingest_bench.connect(dsn, args.synchronous_commit) as conn:
+        with h.connect(dsn, args.synchronous_commit) as conn:
             with h.ResourceProbe(h.local_backend_pid(conn)) as probe:
                 cold = explain_as_app(conn, tenant, query, count_locks=True)
                 warm, started = [], time.perf_counter()
@@ -459,8 +433,8 @@ def measure_query(dsn: str, args: argparse.Namespace, tenant: Tenant, kind: str,
     execution = [r["execution_ms"] for r in warm]
     result = {
         "kind": kind, "tier": tenant.tier, "tenant": str(tenant.id), "samples": len(warm),
-        "planning_median_ms": statistics.median(planning), "planning_p95_ms": percentile(planning, 95),
-        "execution_median_ms": statistics.median(execution), "execution_p95_ms": percentile(execution, 95),
+        "planning_median_ms": statistics.median(planning), "planning_p95_ms": h.percentile(planning, 95),
+        "execution_median_ms": statistics.median(execution), "execution_p95_ms": h.percentile(execution, 95),
         "cold_planning_ms": cold["planning_ms"], "cold_execution_ms": cold["execution_ms"],
         "locks_held": cold["locks"], "planning_ms": planning, "execution_ms": execution,
         **plan_shape(warm[-1]["plan"]), **probe.as_dict(),
@@ -524,12 +498,6 @@ def measure_ingest(admin: psycopg.Connection, dsn: str, tenants: Sequence[Tenant
 # -- the benchmark ---------------------------------------------------------------------------------
 
 
-def percentile(values: Sequence[float], pct: float) -> float:
-    """Nearest-rank percentile."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(pct / 100 * len(ordered)) - 1)]
-
-
 def check_tiers(conn: psycopg.Connection, mix: dict[str, float]) -> dict[str, bool]:
     """The tiers and which are split by month, from tier_limits; the mix must use real tiers."""
     by_month = dict(conn.execute("SELECT tier, partition_by_month FROM tier_limits ORDER BY tier").fetchall())
@@ -549,7 +517,7 @@ def measure_scale(admin: psycopg.Connection, dsn: str, tenants: list[Tenant], sc
     catalog = measure_catalog(admin, tenants, probes)
     analyze_seconds = analyze_parent(admin)
     h.log(f"ANALYZE {PARENT} at {scale:,} tenants: {analyze_seconds:.1f}s")
-    load = h.wait_until_idle(IDLE_LOAD, timeout=IDLE_WAIT_S)
+    load = h.wait_until_idle(timeout=IDLE_WAIT_S)
     queries = [measure_query(dsn, args, tenant, kind, scale) for tenant in probes.values() for kind in QUERY_KINDS]
     result = {"scale": scale, "tiers": dict(sorted(Counter(t.tier for t in tenants).items())),
               "growth": growth, "catalog": catalog, "analyze_seconds": analyze_seconds,
@@ -577,7 +545,7 @@ def measure_binding(admin: psycopg.Connection, dsn: str, args: argparse.Namespac
             for version in order:
                 admin.execute(UNBOUND_CONTEXT_FUNCTIONS if version == "unbound"
                               else BOUND_CONTEXT_FUNCTIONS.read_text())
-                h.wait_until_idle(IDLE_LOAD, timeout=IDLE_WAIT_S)
+                h.wait_until_idle(timeout=IDLE_WAIT_S)
                 h.log(f"context binding, round {round_number + 1}: {version} functions")
                 series[version] += [measure_query(dsn, args, tenant, kind, scale)
                                     for tenant in probes.values() for kind in QUERY_KINDS]
@@ -602,7 +570,7 @@ def measure_binding(admin: psycopg.Connection, dsn: str, args: argparse.Namespac
 
 
 def benchmark(args: argparse.Namespace, dsn: str, server_kind: str) -> dict:
-    with ingest_bench.connect(dsn, args.synchronous_commit) as admin:
+    with h.connect(dsn, args.synchronous_commit) as admin:
         if not admin.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()[0]:
             raise SystemExit("the DSN must be a superuser's: the benchmark migrates, creates partitions, "
                              "checkpoints and reads function statistics")
@@ -612,7 +580,7 @@ def benchmark(args: argparse.Namespace, dsn: str, server_kind: str) -> dict:
             admin.execute("UPDATE partition_config SET leaf_budget = %s", (args.leaf_budget,))
         tiers = check_tiers(admin, args.mix)
         admin.execute("SET track_functions = 'pl'")  # prepare/attach time of the onboarding functions
-        server, locks = h.server_info(admin), lock_capacity(admin)
+        server, locks = h.server_info(admin), h.lock_capacity(admin)
         h.log(f"server: {server['version']}; lock table: {locks['lock_slots']:,} slots "
               f"(max_locks_per_transaction={locks['max_locks_per_transaction']})")
         anchor = admin.execute("SELECT now()").fetchone()[0]
@@ -653,7 +621,7 @@ def targets(scales: list[dict]) -> list[dict]:
         "required": f"< {TARGET_ONBOARD_ONE_MS:.0f} ms", "measured_value": last["one_more"]["median_ms"],
         "measured": f"{last['one_more']['median_ms']:.1f} ms",
         "met": last["one_more"]["median_ms"] < TARGET_ONBOARD_ONE_MS,
-        "margin": _margin(last["one_more"]["median_ms"], TARGET_ONBOARD_ONE_MS),
+        "margin": h.margin(last["one_more"]["median_ms"], TARGET_ONBOARD_ONE_MS),
     }]
     for tier in PROBE_TIERS:
         small, large = _query(first, "explicit", tier), _query(last, "explicit", tier)
@@ -664,7 +632,7 @@ def targets(scales: list[dict]) -> list[dict]:
                           f"vs {first['scale']:,} tenants (medians)",
                 "required": f"≤ {TARGET_EXPLICIT_RATIO}×", "measured_value": ratio,
                 "measured": f"{ratio:.2f}× ({small['total_median_ms']:.2f} → {large['total_median_ms']:.2f} ms)",
-                "met": ratio <= TARGET_EXPLICIT_RATIO, "margin": _margin(ratio, TARGET_EXPLICIT_RATIO),
+                "met": ratio <= TARGET_EXPLICIT_RATIO, "margin": h.margin(ratio, TARGET_EXPLICIT_RATIO),
             })
     for tier in PROBE_TIERS:
         rls = _query(last, "rls_only", tier)
@@ -676,13 +644,13 @@ def targets(scales: list[dict]) -> list[dict]:
                 "required": f"< {TARGET_RLS_PLANNING_MS:.0f} ms", "measured_value": value,
                 "measured": f"{value:,.1f} ms" if rls else f"failed: {failed['error']}",
                 "met": bool(rls) and value < TARGET_RLS_PLANNING_MS,
-                "margin": _margin(value, TARGET_RLS_PLANNING_MS) if rls else "",
+                "margin": h.margin(value, TARGET_RLS_PLANNING_MS) if rls else "",
             })
     relations = last["catalog"]["relations"]
     out.append({
         "target": f"Relations in pg_class at {last['scale']:,} tenants", "required": f"< {TARGET_RELATIONS:,}",
         "measured_value": relations, "measured": f"{relations:,}", "met": relations < TARGET_RELATIONS,
-        "margin": _margin(relations, TARGET_RELATIONS),
+        "margin": h.margin(relations, TARGET_RELATIONS),
     })
     ingest = next((s["ingest"] for s in scales if "ingest" in s), None)
     if ingest:
@@ -690,7 +658,7 @@ def targets(scales: list[dict]) -> list[dict]:
         out.append({
             "target": f"Ingest with {ingest['tenants']:,} tenants onboarded: usage_events_mt vs flat table + RLS",
             "required": f"≥ {TARGET_INGEST_PARITY}×", "measured_value": ratio, "measured": f"{ratio:.3f}×",
-            "met": ratio >= TARGET_INGEST_PARITY, "margin": _margin(ratio, TARGET_INGEST_PARITY, minimum=True),
+            "met": ratio >= TARGET_INGEST_PARITY, "margin": h.margin(ratio, TARGET_INGEST_PARITY, minimum=True),
         })
     for c in last.get("binding", {}).get("comparisons", []):
         key, what = (("planning_ratio", "planning") if c["kind"] == "rls_only" else ("total_ratio", "planning + execution"))
@@ -700,28 +668,12 @@ def targets(scales: list[dict]) -> list[dict]:
                       f"{c['tier']} tenant: {what} at {last['scale']:,} tenants (medians, same run)",
             "required": f"≤ {TARGET_BINDING_RATIO}×", "measured_value": ratio,
             "measured": f"{ratio:.3f}× ({c['unbound'][metric]:.2f} → {c['bound'][metric]:.2f} ms)",
-            "met": ratio <= TARGET_BINDING_RATIO, "margin": _margin(ratio, TARGET_BINDING_RATIO),
+            "met": ratio <= TARGET_BINDING_RATIO, "margin": h.margin(ratio, TARGET_BINDING_RATIO),
         })
     if last["scale"] != TARGET_SCALE:
         for entry in out:
             entry["target"] += f" (the targets are set for {TARGET_SCALE:,})"
     return out
-
-
-def _margin(measured: float, limit: float, *, minimum: bool = False) -> str:
-    """How far from the limit, as a share of it: '43% under the limit', '4.1× the limit',
-    or for a minimum ('≥' targets) '4% above the minimum', '10% short of the minimum'."""
-    ratio = measured / limit
-    if minimum:
-        return (f"{_percent(ratio - 1)} above the minimum" if ratio >= 1
-                else f"{_percent(1 - ratio)} short of the minimum")
-    if ratio <= 1:
-        return f"{_percent(1 - ratio)} under the limit"
-    return f"{ratio:.1f}× the limit" if ratio >= 2 else f"{_percent(ratio - 1)} over the limit"
-
-
-def _percent(share: float) -> str:
-    return f"{share * 100:.1f}%" if share < 0.1 else f"{share * 100:.0f}%"
 
 
 # -- report ----------------------------------------------------------------------------------------
@@ -731,10 +683,6 @@ def _ms(value: float | None) -> str:
     if value is None:
         return "n/a"
     return f"{value:.2f}" if value < 10 else f"{value:.1f}" if value < 100 else f"{value:,.0f}"
-
-
-def _verdict(entry: dict) -> str:
-    return "**met**" if entry["met"] else "**missed**"
 
 
 def _layout_medians(records: list[dict]) -> str:
@@ -755,24 +703,19 @@ def onboarding_buckets(records: list[dict], size: int = 1_000) -> list[list[str]
         group = buckets[key]
         times = [r["ms"] for r in group]
         rows.append([f"{key * size:,}–{key * size + size - 1:,}", f"{len(group):,}", _ms(statistics.median(times)),
-                     _ms(percentile(times, 95)), _layout_medians(group),
+                     _ms(h.percentile(times, 95)), _layout_medians(group),
                      f"{len(group) / (sum(times) / 1000):,.1f}"])
     return rows
 
 
 def render_markdown(results: dict) -> str:
-    m, srv, scales = results["machine"], results["server"], results["scales"]
     p = results["parameters"]
     mix = ", ".join(f"{share:g}% {tier}" for tier, share in p["mix"].items())
     monthly = sorted(t for t, by_month in results["tier_by_month"].items() if by_month)
     out = [
         "# Benchmark: tenant partitions at scale",
         "",
-        f"Generated by `bench/partitions.py` on {m['date_utc']}; re-run it to refresh this page "
-        "(see [bench/README.md](../../bench/README.md)). Command:",
-        "",
-        f"    {results['command']}",
-        "",
+        *h.generated_by(NAME, results),
         f"One database grows through {', '.join(f'{s:,}' for s in p['scales'])} onboarded tenants "
         f"(whole run: {results['seconds'] / 60:.1f} min). Tier mix: {mix} of the tenants, dealt "
         f"smoothly, the first four tenants one of each tier. Layout (sql/0016): {', '.join(monthly)} "
@@ -787,7 +730,7 @@ def render_markdown(results: dict) -> str:
         "## Targets",
         "",
         h.markdown_table(["Target", "Required", "Measured", "Result", "Margin"],
-                         [[t["target"], t["required"], t["measured"], _verdict(t), t["margin"]]
+                         [[t["target"], t["required"], t["measured"], h.verdict(t["met"], ("met", "missed")), t["margin"]]
                           for t in results["targets"]]),
         "",
         *render_onboarding(results),
@@ -805,7 +748,7 @@ def render_onboarding(results: dict) -> list[str]:
     growth_rows = [
         [f"{g['from']:,} → {g['to']:,}", f"{g['tenants_added']:,}", f"{g['setup_seconds']:.1f}",
          f"{g['seconds']:.1f}", f"{g['tenants_per_second']:,.1f}",
-         _ms(statistics.median(r["ms"] for r in g["records"])), _ms(percentile([r["ms"] for r in g["records"]], 95)),
+         _ms(statistics.median(r["ms"] for r in g["records"])), _ms(h.percentile([r["ms"] for r in g["records"]], 95)),
          _layout_medians(g["records"]), h.mib(g["backend_peak_private_bytes"])]
         for g in (s["growth"] for s in scales)
     ]
@@ -1012,18 +955,14 @@ def render_setup(results: dict) -> list[str]:
     loads = [(f"onboarding up to {s['scale']:,}", s["growth"]["load_before_cores"]) for s in results["scales"]]
     loads += [(f"the queries at {s['scale']:,}", s["load_before_queries_cores"]) for s in results["scales"]]
     loads += [(f"one more tenant at {s['scale']:,}", s["one_more"]["load_before_cores"]) for s in results["scales"]]
-    busy = [what for what, load in loads if load >= IDLE_LOAD]
+    busy = [what for what, load in loads if load >= h.IDLE_LOAD]
     tiers = "; ".join(f"{s['scale']:,}: " + ", ".join(f"{n:,} {t}" for t, n in s["tiers"].items())
                       for s in results["scales"])
     default_slots = 64 * (locks["lock_slots"] // locks["max_locks_per_transaction"])
     return [
         "## Set-up",
         "",
-        f"- PostgreSQL: {srv['version']}",
-        f"- Machine: {m['cores']} cores ({m['cores_usable']} usable), {m['cpu_model']}, "
-        f"{h.mib(m['memory_bytes'])} RAM; {m['platform']}; Python {m['python']}, psycopg {m['psycopg']}",
-        f"- Server: {results['server_kind']}. Settings: "
-        + ", ".join(f"{k}={v}" for k, v in srv["settings"].items()),
+        *h.server_lines(srv, m, results["server_kind"]),
         f"- Lock table: max_locks_per_transaction={locks['max_locks_per_transaction']} "
         f"({locks['lock_slots']:,} slots for the whole server). The RLS-alone query at "
         f"{last['scale']:,} tenants held {rls_locks:,} locks in one transaction"
@@ -1036,7 +975,7 @@ def render_setup(results: dict) -> list[str]:
         f"the scale itself not): {tiers}.",
         f"- synchronous_commit={p['synchronous_commit']} on every benchmark connection; seed {p['seed']}.",
         f"- Each timed phase first waited (up to {IDLE_WAIT_S:g}s) for the machine to go idle (fewer than "
-        f"{IDLE_LOAD} cores busy): "
+        f"{h.IDLE_LOAD} cores busy): "
         + (f"**still busy before {', '.join(busy)}: those figures are depressed by other work**."
            if busy else "it was idle before each."),
         f"- Python process peak RSS: {h.mib(results['python_peak_rss_bytes'])}.",
@@ -1047,32 +986,12 @@ def render_setup(results: dict) -> list[str]:
 
 
 def parse_scales(text: str) -> list[int]:
-    try:
-        scales = [int(part.replace("_", "")) for part in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: write tenant counts separated by commas, e.g. 10,1000,10000") from None
-    if not scales or scales[0] < 1 or any(b <= a for a, b in zip(scales, scales[1:])):
-        raise argparse.ArgumentTypeError(f"{text!r}: the scales must be positive and increasing")
-    return scales
-
-
-def parse_mix(text: str) -> dict[str, float]:
-    mix = {}
-    for part in text.split(","):
-        tier, _, share = part.partition("=")
-        try:
-            mix[tier.strip()] = float(share)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{part!r}: write tier=share, e.g. {DEFAULT_MIX}") from None
-    if any(share < 0 for share in mix.values()) or not sum(mix.values()):
-        raise argparse.ArgumentTypeError("the shares must be zero or more, and not all zero")
-    return mix
+    return h.parse_counts(text)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python bench/partitions.py",
-        description=(
+    parser = h.parser(
+        NAME, (
             "Tenant-partition benchmark: one database grows through the scales of onboarded tenants; "
             "at each it measures onboarding (tenants/s, and the time to onboard one more), "
             "single-tenant query planning and execution as billing_app (explicit predicate vs RLS "
@@ -1085,8 +1004,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--scales", type=parse_scales, default=list(DEFAULT_SCALES), metavar="N,N,...",
                         help="onboarded tenant counts to measure at, increasing (default: 10,1000,10000)")
-    parser.add_argument("--mix", type=parse_mix, default=parse_mix(DEFAULT_MIX), metavar="TIER=SHARE,...",
-                        help=f"tier mix of the tenants (default: {DEFAULT_MIX})")
+    parser.add_argument("--mix", type=h.parse_mix, default=h.parse_mix(h.DEFAULT_MIX), metavar="TIER=SHARE,...",
+                        help=f"tier mix of the tenants (default: {h.DEFAULT_MIX})")
     parser.add_argument("--events-per-tenant", type=int, default=5, metavar="E",
                         help="usage events each tenant has in DEFAULT before it is onboarded (default: 5)")
     parser.add_argument("--extra-tenants", type=int, default=20, metavar="K",
@@ -1110,19 +1029,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-locks-per-transaction", type=int, metavar="L",
                         help="for the throwaway cluster (default: enough for a query that locks every "
                              "partition at the largest scale; ignored with --dsn)")
-    parser.add_argument("--dsn", metavar="DSN",
-                        help="a superuser DSN of a PostgreSQL 15+ server to use: the benchmark creates a "
-                             "scratch database there and drops it afterwards (default: start a throwaway "
-                             "cluster in /tmp with durable settings)")
     parser.add_argument("--synchronous-commit", choices=("off", "on"), default="off",
                         help="synchronous_commit of every benchmark connection (default: off)")
-    parser.add_argument("--no-docs", action="store_true",
-                        help="write only bench/results/partitions.json, not docs/benchmarks/partitions.md "
-                             "(for smoke runs that should not replace the committed figures)")
+    h.add_output_options(parser, NAME)
     args = parser.parse_args(argv)
-    for name in ("events_per_tenant", "extra_tenants", "query_repeat", "ingest_batch", "ingest_repeat"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    h.positive(parser, args, ("events_per_tenant", "extra_tenants", "query_repeat", "ingest_batch", "ingest_repeat"))
     if args.ingest_events < 0:
         parser.error("--ingest-events must be 0 or more")
     if args.leaf_budget is not None and args.leaf_budget < 1:
@@ -1139,8 +1050,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def command_line(args: argparse.Namespace) -> str:
-    parts = ["python bench/partitions.py", "--scales " + ",".join(str(s) for s in args.scales)]
-    if args.mix != parse_mix(DEFAULT_MIX):
+    parts = ["--scales " + ",".join(str(s) for s in args.scales)]
+    if args.mix != h.parse_mix(h.DEFAULT_MIX):
         parts.append("--mix " + ",".join(f"{t}={s:g}" for t, s in args.mix.items()))
     defaults = parse_args([])
     for name in ("events_per_tenant", "extra_tenants", "query_repeat", "query_budget", "ingest_events",
@@ -1150,9 +1061,7 @@ def command_line(args: argparse.Namespace) -> str:
             parts.append(f"--{name.replace('_', '-')} {getattr(args, name)}")
     if args.ingest_at != 1_000:
         parts.append(f"--ingest-at {args.ingest_at}")
-    if args.dsn:
-        parts.append("--dsn <admin DSN>")
-    return " ".join(parts)
+    return h.command(NAME, parts, args.dsn)
 
 
 def _stop(signum: int, _frame: object) -> None:
@@ -1162,23 +1071,15 @@ def _stop(signum: int, _frame: object) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _stop)
-    if args.dsn:
-        with h.scratch_database(args.dsn, "bench_partitions") as dsn:
-            results = benchmark(args, dsn, f"the server at {h.describe_dsn(args.dsn)}, scratch database")
-    else:
-        locks = args.max_locks_per_transaction or locks_setting_for(args.scales[-1], args.mix)
-        settings = {"max_locks_per_transaction": str(locks)}
-        with h.throwaway_cluster(settings) as admin_dsn:
-            with h.scratch_database(admin_dsn, "bench_partitions") as dsn:
-                results = benchmark(args, dsn, "throwaway cluster started by the benchmark (initdb defaults, "
-                                               "the project's BASE_SETTINGS and "
-                                               f"max_locks_per_transaction={locks})")
-    h.write_results(NAME, results, render_markdown(results), docs=not args.no_docs)
-    for target in results["targets"]:
-        h.log(f"{'MET   ' if target['met'] else 'MISSED'} {target['target']}: {target['measured']} "
-              f"(required {target['required']}; {target['margin']})")
-    h.log(f"whole run: {results['seconds'] / 60:.1f} min")
-    return 0
+    locks = args.max_locks_per_transaction or h.locks_setting_for(
+        args.scales[-1], args.mix, LOCKS_PER_TENANT, MONTHLY_TIERS, LOCK_HEADROOM)
+    results = h.on_server(args.dsn, lambda dsn, kind, _: benchmark(args, dsn, kind), scratch="bench_partitions",
+                          settings={"max_locks_per_transaction": str(locks)},
+                          throwaway_kind="throwaway cluster started by the benchmark (initdb defaults, "
+                                         f"the project's BASE_SETTINGS and max_locks_per_transaction={locks})")
+    return h.finish(NAME, results, render_markdown(results), docs=not args.no_docs, summary=[
+        f"{'MET   ' if target['met'] else 'MISSED'} {target['target']}: {target['measured']} "
+        f"(required {target['required']}; {target['margin']})" for target in results["targets"]])
 
 
 if __name__ == "__main__":

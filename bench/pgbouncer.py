@@ -33,7 +33,6 @@ Run on demand:  python bench/pgbouncer.py [--duration S] [--clients N] [--server
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import resource
@@ -60,9 +59,9 @@ from tenant_pipelines.core.pooling import (  # noqa: E402
     render_userlist,
     role_scram_secret,
 )
-from tenant_pipelines.db.embedded import find_bindir  # noqa: E402
+from tenant_pipelines.local.cluster import find_bindir  # noqa: E402
 from tenant_pipelines.db.migrate import migrate  # noqa: E402
-from tenant_pipelines.db.pgbouncer import PgBouncerProcess, find_pgbouncer  # noqa: E402
+from tenant_pipelines.local.pgbouncer import PgBouncerProcess, find_pgbouncer  # noqa: E402
 from tenant_pipelines.db.session import APP_ROLE  # noqa: E402
 
 NAME = "pgbouncer"
@@ -161,15 +160,6 @@ def parse_pgbench(out: str) -> dict:
     }
 
 
-def machine_cpu_fields() -> dict[str, float]:
-    """The machine's CPU seconds since boot by kind (/proc/stat): where the time not spent in
-    PostgreSQL, PgBouncer or pgbench went (kernel softirq for loopback TCP, steal, other work)."""
-    with open("/proc/stat") as fh:
-        values = [int(v) for v in fh.readline().split()[1:9]]
-    names = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
-    return {n: v / os.sysconf("SC_CLK_TCK") for n, v in zip(names, values)}
-
-
 def count_backends(admin_dsn: str, db: str, appname: str, stop: threading.Event, peak: list[int]) -> None:
     """Peak number of server backends that served this run: PgBouncer hands each server
     connection the application_name of the client it serves, so idle ones left over from
@@ -193,9 +183,9 @@ def pgbench(
     stop, peak = threading.Event(), [0]
     counter = threading.Thread(target=count_backends, args=(admin_dsn, server_db, appname, stop, peak), daemon=True)
     counter.start()
-    machine0, fields0 = h.machine_cpu_busy_seconds(), machine_cpu_fields()
+    machine0, fields0 = h.machine_cpu_busy_seconds(), h.machine_cpu_fields()
     server0 = h.server_cpu_seconds(postmaster_pid) if postmaster_pid else None
-    bouncer0 = h._cpu_seconds(bouncer_pid) if bouncer_pid else None
+    bouncer0 = h.process_cpu_seconds(bouncer_pid) if bouncer_pid else None
     children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
     try:
@@ -217,9 +207,9 @@ def pgbench(
         "wall_seconds": wall,
         "server_backends_peak": peak[0],
         "machine_cpu_seconds": h.machine_cpu_busy_seconds() - machine0,
-        "machine_cpu_by_kind": {k: v - fields0[k] for k, v in machine_cpu_fields().items()},
+        "machine_cpu_by_kind": {k: v - fields0[k] for k, v in h.machine_cpu_fields().items()},
         "server_cpu_seconds": None if server0 is None else h.server_cpu_seconds(postmaster_pid) - server0,
-        "pgbouncer_cpu_seconds": None if bouncer0 is None else h._cpu_seconds(bouncer_pid) - bouncer0,
+        "pgbouncer_cpu_seconds": None if bouncer0 is None else h.process_cpu_seconds(bouncer_pid) - bouncer0,
         "pgbench_cpu_seconds": (children1.ru_utime + children1.ru_stime) - (children0.ru_utime + children0.ru_stime),
         "command": " ".join(cmd[:-1] + [db]),
     })
@@ -243,7 +233,7 @@ def run(args: argparse.Namespace, admin_root_dsn: str) -> dict:
             load(admin, args.tenants, args.events_per_tenant)
             server = h.server_info(admin)
             backend = h.local_backend_pid(admin)
-            postmaster = h._status(backend)["PPid"] if backend else None
+            postmaster = h.proc_status(backend)["PPid"] if backend else None
             userlist = render_userlist({r: role_scram_secret(admin, r) for r in (BENCH_APP, BYPASS_ROLE)})
             max_connections = int(admin.execute("SHOW max_connections").fetchone()[0])
         if max_connections < args.clients + 10:
@@ -336,9 +326,7 @@ def run(args: argparse.Namespace, admin_root_dsn: str) -> dict:
 def markdown(args: argparse.Namespace, res: dict, machine: dict) -> str:
     v = res["variants"]
 
-    def fmt(x: float | None, spec: str = ",.0f") -> str:
-        return "n/a" if x is None else format(x, spec)
-
+    fmt = h.fmt
     def per_tx_us(r: dict, key: str) -> float | None:
         return None if r[key] is None or not r["transactions"] else r[key] * 1e6 / r["transactions"]
 
@@ -423,7 +411,6 @@ def markdown(args: argparse.Namespace, res: dict, machine: dict) -> str:
             f"{fmt(us_plain)} µs. What it buys: nothing a client leaves in its session (temp tables, SET without "
             "LOCAL, session advisory locks) reaches the next client (tests/pooling/test_session_state.py).")
     return f"""# Benchmark: PgBouncer (transaction pooling) against direct connections
-    return f"""# Benchmark: PgBouncer (transaction pooling) against direct connections
 
 Run with `.venv/bin/python bench/pgbouncer.py{'' if args.duration == 30 else f' --duration {args.duration}'}` on
 {machine['date_utc']}; {machine['cores_usable']} usable cores ({machine['cpu_model']}), {h.mib(machine['memory_bytes'])} RAM.
@@ -503,36 +490,27 @@ Without (a role with BYPASSRLS, same explicit tenant predicate, so the same part
 """
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main() -> int:
+    parser = h.parser(NAME, __doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=int, default=30, help="seconds per pgbench run (default 30)")
     parser.add_argument("--clients", type=int, default=200, help="client connections (default 200)")
     parser.add_argument("--server-connections", type=int, default=20, help="PgBouncer pool size (default 20)")
     parser.add_argument("--threads", type=int, default=2, help="pgbench threads (default 2)")
     parser.add_argument("--tenants", type=int, default=20, help="tenants (default 20)")
     parser.add_argument("--events-per-tenant", type=int, default=20_000, help="usage events each (default 20,000)")
-    parser.add_argument("--dsn", default=None, help="a superuser DSN of a PostgreSQL 15+ server; default: a throwaway cluster")
-    parser.add_argument("--no-docs", action="store_true", help="write bench/results only, not docs/benchmarks")
-    parser.add_argument("--from-results", action="store_true",
-                        help="run nothing: write the page again from bench/results/pgbouncer.json")
+    h.add_output_options(parser, NAME, dsn_help="a superuser DSN of a PostgreSQL 15+ server; default: a throwaway "
+                                                "cluster", from_results=True)
     args = parser.parse_args()
     if args.from_results:
-        res = json.loads((h.RESULTS_DIR / f"{NAME}.json").read_text())
-        saved = argparse.Namespace(**res["args"])
-        (h.DOCS_DIR / f"{NAME}.md").write_text(markdown(saved, res, res["machine"]).rstrip() + "\n")
-        h.log(f"wrote {h.DOCS_DIR / f'{NAME}.md'} from the results of {res['machine']['date_utc']}")
-        return
+        return h.rewrite_page(NAME, lambda res: markdown(argparse.Namespace(**res["args"]), res, res["machine"]))
 
     machine = h.machine_info()
-    if args.dsn:
-        res = run(args, args.dsn)
-    else:
-        with h.throwaway_cluster({"max_connections": str(args.clients + 100)}) as root:
-            res = run(args, root)
+    res = h.on_server(args.dsn, lambda admin, _kind, _throwaway: run(args, admin), throwaway_kind="",
+                      settings={"max_connections": str(args.clients + 100)})
     res["machine"] = machine
     res["args"] = vars(args)
-    h.write_results(NAME, res, markdown(args, res, machine), docs=not args.no_docs)
+    return h.finish(NAME, res, markdown(args, res, machine), docs=not args.no_docs)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -63,15 +63,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 
 import _harness as h  # noqa: E402  (bench/ is sys.path[0] when run as a script)
 from tenant_pipelines.core import tiering  # noqa: E402
-from tenant_pipelines.core.demo import METRICS  # noqa: E402
+from tenant_pipelines.local.demo import METRICS  # noqa: E402
 from tenant_pipelines.core.ingest import ingest_usage_events  # noqa: E402
 from tenant_pipelines.core.partitions import ensure_tenant_partition, partition_name  # noqa: E402
-from tenant_pipelines.db.embedded import TABLESPACES  # noqa: E402
+from tenant_pipelines.local.cluster import TABLESPACES  # noqa: E402
 from tenant_pipelines.db.migrate import migrate  # noqa: E402
 
 NAME = "tiering"
 TARGET_P99_RATIO = 1.2
-IDLE_LOAD = 0.25
+MET = ("MET", "MISSED")  # the words of the targets' verdicts
 IDLE_WAIT_S = 60.0
 WARMUP_S = 3.0
 SETTLE_S = 1.0
@@ -105,12 +105,6 @@ def month_targets(this_month: date, as_of: datetime, warm_after: timedelta, cold
 
 
 # -- set-up -----------------------------------------------------------------------------------------
-
-
-def connect(dsn: str, synchronous_commit: str = "on") -> psycopg.Connection:
-    conn = psycopg.connect(dsn, autocommit=True)
-    conn.execute("SELECT set_config('synchronous_commit', %s, false)", (synchronous_commit,))
-    return conn
 
 
 def prepare_tablespaces(conn: psycopg.Connection, throwaway: bool) -> dict[str, str]:
@@ -218,7 +212,7 @@ def load_pool(args: argparse.Namespace, dsn: str, admin: psycopg.Connection, mod
     first, end = ctx["first"], ctx["end"]
     per_tenant = args.rows // POOL_TENANTS
     started = time.perf_counter()
-    with connect(dsn) as source:
+    with h.connect(dsn) as source:
         for tenant in tenants:
             params = {"tenant": tenant, "first": first, "step": (end - first) / per_tenant, "properties": PROPERTIES}
             copy_generated(source, admin, {**params, "lo": 0, "hi": 0})
@@ -429,7 +423,7 @@ def _insert_loop(dsn: str, synchronous_commit: str, interval: float, rows: int, 
     samples: list[tuple] = []
     errors: list[dict] = []
     seq = 0
-    conn = connect(dsn, synchronous_commit)
+    conn = h.connect(dsn, synchronous_commit)
     due = time.perf_counter()
     try:
         while not stop.is_set():
@@ -447,19 +441,12 @@ def _insert_loop(dsn: str, synchronous_commit: str, interval: float, rows: int, 
                 ok = False
                 errors.append({"at": started, "error": f"{type(exc).__name__}: {exc}"})
                 if conn.broken or conn.closed:
-                    conn = connect(dsn, synchronous_commit)
+                    conn = h.connect(dsn, synchronous_commit)
             samples.append((due, started, time.perf_counter(), ok))
             due += interval
     finally:
         conn.close()
         results.send((samples, errors))
-
-
-def percentile(values: Sequence[float], pct: float) -> float:
-    """Nearest-rank percentile."""
-    ordered = sorted(values)
-    rank = max(1, -(-len(ordered) * pct // 100))
-    return ordered[int(rank) - 1]
 
 
 def latency_summary(samples: Sequence[Sample]) -> dict:
@@ -470,8 +457,8 @@ def latency_summary(samples: Sequence[Sample]) -> dict:
     return {
         "inserts": len(samples),
         "failed": sum(1 for s in samples if not s.ok),
-        "p50_ms": percentile(response, 50), "p99_ms": percentile(response, 99), "max_ms": max(response),
-        "service_p50_ms": percentile(service, 50), "service_p99_ms": percentile(service, 99),
+        "p50_ms": h.percentile(response, 50), "p99_ms": h.percentile(response, 99), "max_ms": max(response),
+        "service_p50_ms": h.percentile(service, 50), "service_p99_ms": h.percentile(service, 99),
         "service_max_ms": max(service),
     }
 
@@ -493,83 +480,6 @@ class Mode:
         return f"{self.method}, synchronous_commit={self.synchronous_commit}"
 
 
-def wal_lsn(conn: psycopg.Connection) -> str:
-    return str(conn.execute("SELECT pg_current_wal_lsn()").fetchone()[0])
-
-
-def wal_bytes(conn: psycopg.Connection, start: str) -> int:
-    return int(conn.execute("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s::pg_lsn)", (start,)).fetchone()[0])
-
-
-class MovePhases:
-    """Where each move's time went, measured cheaply. The pacer's sleeps: tier_tenant()'s
-    ``sleep`` argument (only the online block copy sleeps through it), timed as they happen.
-    The rest by wrapping the module's helpers, which tier_tenant() looks up at call time: each
-    move (``_move_online`` / ``_move_set_tablespace``: which partition the sleeps belong to), the
-    online block copy (``_copy_paced``: its wall time and the heap bytes it copies) and the
-    VACUUM/ANALYZE (``_vacuum``). A helper that no longer exists is not wrapped; its figures
-    show as n/a and the sleeps are still counted per tier_tenant() call."""
-
-    HELPERS = ("_move_online", "_move_set_tablespace", "_copy_paced", "_vacuum")
-
-    def __init__(self) -> None:
-        self.current: str | None = None  # the partition being moved
-        self.phases: dict[str | None, dict] = {}
-        self.wrapped: list[str] = []
-        self._originals: dict[str, Callable] = {}
-
-    def phase(self, partition: str | None = None) -> dict:
-        key = self.current if partition is None else partition
-        return self.phases.setdefault(key, {"slept": 0.0, "sleeps": 0, "copy_seconds": None,
-                                            "copy_heap_bytes": None, "vacuum_seconds": None})
-
-    def sleep(self, seconds: float) -> None:
-        started = time.perf_counter()
-        time.sleep(seconds)
-        phase = self.phase()
-        phase["slept"] += time.perf_counter() - started
-        phase["sleeps"] += 1
-
-    def _wrapper(self, name: str, original: Callable) -> Callable:
-        def move(conn: psycopg.Connection, tenant_id: str, part: tiering.PlannedPartition, *args, **kwargs):
-            self.current = part.partition_name
-            self.phase()
-            return original(conn, tenant_id, part, *args, **kwargs)
-
-        def copy(*args, **kwargs):
-            phase = self.phase()
-            blocks = args[3] if len(args) > 3 else kwargs.get("blocks")
-            started = time.perf_counter()
-            try:
-                return original(*args, **kwargs)
-            finally:
-                phase["copy_seconds"] = time.perf_counter() - started
-                phase["copy_heap_bytes"] = blocks * tiering.BLOCK if isinstance(blocks, int) else None
-
-        def vacuum(*args, **kwargs):
-            phase = self.phase()
-            started = time.perf_counter()
-            try:
-                return original(*args, **kwargs)
-            finally:
-                phase["vacuum_seconds"] = (phase["vacuum_seconds"] or 0.0) + time.perf_counter() - started
-
-        return {"_copy_paced": copy, "_vacuum": vacuum}.get(name, move)
-
-    def __enter__(self) -> "MovePhases":
-        for name in self.HELPERS:
-            original = getattr(tiering, name, None)
-            if callable(original):
-                self._originals[name] = original
-                setattr(tiering, name, self._wrapper(name, original))
-                self.wrapped.append(name)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for name, original in self._originals.items():
-            setattr(tiering, name, original)
-
-
 def _rate(nbytes: float | None, seconds: float | None) -> float | None:
     return nbytes / h.MIB / seconds if nbytes is not None and seconds else None
 
@@ -578,27 +488,24 @@ def tier_round(admin: psycopg.Connection, tenant: uuid.UUID | None, as_of: datet
                mode: Mode, pace: tiering.Pace) -> dict:
     """tier_tenant() for one tenant (tier_pool() for the pool: ``tenant`` None) by
     ``mode.method`` (paced by ``pace`` when online), timed, with its WAL, the time under lock
-    and where each move's time went."""
-    lsn = wal_lsn(admin)
+    and where each move's time went (the Move records' copy_s, copy_bytes, slept_s, vacuum_s)."""
+    lsn = h.wal_lsn(admin)
     # No PSS sampling: it steals CPU from the inserter whose latency this window measures.
-    with MovePhases() as phases, h.ResourceProbe(h.local_backend_pid(admin), pss=False) as probe:
+    with h.ResourceProbe(h.local_backend_pid(admin), pss=False) as probe:
         started = time.perf_counter()
         if tenant is None:
-            report = tiering.tier_pool(admin, as_of=as_of, method=mode.method, pace=pace, sleep=phases.sleep)
+            report = tiering.tier_pool(admin, as_of=as_of, method=mode.method, pace=pace)
         else:
-            report = tiering.tier_tenant(admin, tenant, as_of=as_of, method=mode.method, pace=pace,
-                                         sleep=phases.sleep)
+            report = tiering.tier_tenant(admin, tenant, as_of=as_of, method=mode.method, pace=pace)
         seconds = time.perf_counter() - started
     moves = []
     for m in report.moves:
-        ph = phases.phases.get(m.partition, {})
-        slept = ph.get("slept", 0.0)
-        copy_s, heap = ph.get("copy_seconds"), ph.get("copy_heap_bytes")
+        slept, copy_s, heap = m.slept_s, m.copy_s, m.copy_bytes
         moves.append({
             "partition": m.partition, "method": m.method, "from": m.from_tablespace, "to": m.to_tablespace,
             "bytes": m.bytes, "seconds": m.seconds, "lock_seconds": m.lock_held_s, "slept_seconds": slept,
             "working_seconds": m.seconds - slept, "copy_seconds": copy_s, "copy_heap_bytes": heap,
-            "vacuum_seconds": ph.get("vacuum_seconds"), "rows_caught_up": m.rows_caught_up,
+            "vacuum_seconds": m.vacuum_s, "rows_caught_up": m.rows_caught_up,
             "attempts": m.attempts, "frozen": m.frozen,
             "mb_per_second": _rate(m.bytes, m.seconds), "working_mb_per_second": _rate(m.bytes, m.seconds - slept),
             "lock_mb_per_second": _rate(m.bytes, m.lock_held_s),
@@ -614,7 +521,7 @@ def tier_round(admin: psycopg.Connection, tenant: uuid.UUID | None, as_of: datet
         raise SystemExit(f"{tenant or 'pool'}: moves {moved} differ from the plan {expected} "
                          f"({report.misplaced_left} misplaced left)")
     move_seconds = sum(m["seconds"] for m in moves)
-    slept = sum(p["slept"] for p in phases.phases.values())
+    slept = sum(m["slept_seconds"] for m in moves)
     vacuums = [m["vacuum_seconds"] for m in moves if m["vacuum_seconds"] is not None]
     return {
         "tenant": str(tenant) if tenant else "pool", "method": mode.method, "seconds": seconds, "moves": moves,
@@ -625,8 +532,8 @@ def tier_round(admin: psycopg.Connection, tenant: uuid.UUID | None, as_of: datet
         "mb_per_second": report.bytes_moved / h.MIB / move_seconds,
         "working_mb_per_second": report.bytes_moved / h.MIB / (move_seconds - slept),
         "rows_caught_up": sum(m["rows_caught_up"] for m in moves), "restarted": report.restarted,
-        "helpers_wrapped": phases.wrapped,
-        "wal_bytes": wal_bytes(admin, lsn), "placement": report.placement, **probe.as_dict(),
+        "helpers_wrapped": [],  # earlier runs timed the phases by wrapping tiering's helpers: now Move records them
+        "wal_bytes": h.wal_bytes(admin, lsn), "placement": report.placement, **probe.as_dict(),
     }
 
 
@@ -655,7 +562,7 @@ def run_mode(args: argparse.Namespace, dsn: str, admin: psycopg.Connection, mode
         tenants = create_tenants(admin, args.rounds, f"{mode.method} sc={mode.synchronous_commit}")
         writers = tenants
         loads = []
-        with connect(dsn) as source:
+        with h.connect(dsn) as source:
             for tenant in tenants:
                 loads.append(load_tenant(admin, source, tenant, args.rows, ctx["first"], ctx["end"]))
                 loads[-1]["vacuum_seconds"] = vacuum_tenant(admin, tenant)
@@ -668,7 +575,7 @@ def run_mode(args: argparse.Namespace, dsn: str, admin: psycopg.Connection, mode
         back = tenant is None and number % 2 == 0
         return {month_name(tenant, m): ctx["tiers"]["hot" if back else target] for m, target in ctx["targets"].items()}
     admin.execute("CHECKPOINT")
-    load_before = h.wait_until_idle(IDLE_LOAD, timeout=IDLE_WAIT_S)
+    load_before = h.wait_until_idle(timeout=IDLE_WAIT_S)
     inserter = Inserter(dsn, mode.synchronous_commit, args.insert_rate, args.insert_rows, writers[0])
     windows: list[dict] = []
     rounds: list[dict] = []
@@ -740,16 +647,12 @@ def _ms(value: float) -> str:
     return f"{value:,.1f}" if value < 100 else f"{value:,.0f}"
 
 
-def _verdict(ok: bool) -> str:
-    return "**MET**" if ok else "**MISSED**"
-
-
 def _mbps(value: float | None) -> str:
     return "n/a" if value is None else f"{value:,.0f}" if value >= 10 else f"{value:,.1f}"
 
 
 def _secs(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.2f}"
+    return h.fmt(value, ".2f")
 
 
 def _sum(values: Sequence[float | None]) -> float | None:
@@ -844,12 +747,12 @@ def render_markdown(results: dict) -> str:
         pool = mode["pooled"]
         target_rows.append([f"No insert fails ({mode['label']})", "0 failed",
                             f"{len(mode['insert_errors'])} failed of {mode['inserts_total']:,}",
-                            _verdict(mode["targets"]["no_failed_insert"])])
+                            h.verdict(mode["targets"]["no_failed_insert"], MET)])
         target_rows.append([
             f"p99 insert latency while tiering ({mode['label']})",
             f"≤ {TARGET_P99_RATIO}× baseline p99",
             f"{_ms(pool['tiering']['p99_ms'])} ms vs {_ms(pool['baseline']['p99_ms'])} ms = "
-            f"{mode['p99_ratio']:.2f}×", _verdict(mode["targets"]["p99_ratio"])])
+            f"{mode['p99_ratio']:.2f}×", h.verdict(mode["targets"]["p99_ratio"], MET)])
     rel = t["relation_files_mb_per_second"]
     tenants_of = {method: sum(len(mo["tenants"]) for mo in modes if mo["method"] == method) for method in by_method}
     throughput_rows = []
@@ -918,11 +821,7 @@ def render_markdown(results: dict) -> str:
     out = [
         "# Benchmark: storage tiering" + (" of the pool" if p.get("pool") else ""),
         "",
-        f"Generated by `bench/tiering.py` on {m['date_utc']}; re-run it to refresh this page "
-        "(see [bench/README.md](../../bench/README.md)). Command:",
-        "",
-        f"    {results['command']}",
-        "",
+        *h.generated_by(NAME, results),
         (f"**The pool** (`--pool`): {POOL_TENANTS} free tenants, pooled, share {p['rows']:,} usage events "
          f"spread evenly over three old months of the pool "
          f"({', '.join(f'{k} → {v}' for k, v in results['month_targets'].items())} at `as_of` = "
@@ -1049,11 +948,7 @@ def render_markdown(results: dict) -> str:
         "",
         "## Set-up",
         "",
-        f"- PostgreSQL: {srv['version']}",
-        f"- Machine: {m['cores']} cores ({m['cores_usable']} usable), {m['cpu_model']}, "
-        f"{h.mib(m['memory_bytes'])} RAM; {m['platform']}; Python {m['python']}, psycopg {m['psycopg']}",
-        f"- Server: {results['server_kind']}. Settings: "
-        + ", ".join(f"{k}={v}" for k, v in {**srv["settings"], **srv.get("wal", {})}.items()),
+        *h.server_lines(srv, m, results["server_kind"], {**srv["settings"], **srv.get("wal", {})}),
         f"- Tiers: {', '.join(f'{k} = `{v}`' for k, v in results['tiers'].items())}; folders: "
         + ", ".join(f"{k} `{v}`" for k, v in results["folders"].items())
         + f"; same filesystem: {results['same_filesystem']}.",
@@ -1068,13 +963,15 @@ def render_markdown(results: dict) -> str:
         f"(the moves with their VACUUM/ANALYZE). Between windows (not measured): a CHECKPOINT, the "
         f"file-copy baselines, {SETTLE_S:g}s pause. The inserter ran {WARMUP_S:g}s before the first window.",
         f"- `tier_tenant()` was called with `method` = the mode's method and `pace = Pace(max_mb_per_s="
-        f"{p['max_mb_per_s']!r}, batch_blocks={p['batch_blocks']})` (used by online moves only), and a `sleep` "
-        "that times the pacer's sleeps. Phases timed by wrapping the module's helpers: "
-        + (", ".join(f"`{w}`" for w in wrapped) or "none (renamed: n/a)") + ".",
+        f"{p['max_mb_per_s']!r}, batch_blocks={p['batch_blocks']})` (used by online moves only)"
+        + (", and a `sleep` that times the pacer's sleeps. Phases timed by wrapping the module's helpers: "
+           + ", ".join(f"`{w}`" for w in wrapped) + "." if wrapped else
+           ". Phases (the pacer's sleeps, the block copy, the VACUUM/ANALYZE) from its `Move` records: "
+           "`slept_s`, `copy_s`, `copy_bytes`, `vacuum_s`."),
         "- The tiering connection uses the server's synchronous_commit (on); the inserter's is the mode's.",
         f"- Machine load before each mode's runs: "
         + "; ".join(f"{mode['label']}: {mode['load_before_cores']:.2f} cores" for mode in modes)
-        + f" (waited up to {IDLE_WAIT_S:g}s for < {IDLE_LOAD}).",
+        + f" (waited up to {IDLE_WAIT_S:g}s for < {h.IDLE_LOAD}).",
         f"- Python process peak RSS: {h.mib(results['python_peak_rss_bytes'])}. Whole run: "
         f"{results['seconds'] / 60:.1f} min.",
     ]
@@ -1097,9 +994,8 @@ def _rate_arg(text: str) -> float | None:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python bench/tiering.py",
-        description=(
+    parser = h.parser(
+        NAME, (
             "Storage-tiering benchmark: tier_tenant() moves three old months of an enterprise tenant to the "
             "warm and cold tablespaces by each method (online: paced copy-and-swap; set-tablespace: ALTER TABLE "
             "... SET TABLESPACE): MB/s over the whole move and without the pacer's sleeps, time under lock per "
@@ -1133,10 +1029,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--synchronous-commit", choices=("on", "off", "both"), default="on",
                         help="the inserter's synchronous_commit: on (default), off, or both one after the other "
                              "(for each method)")
-    parser.add_argument("--dsn", metavar="DSN",
-                        help="a superuser DSN of a PostgreSQL 15+ server whose storage_tiers name three existing "
-                             "tablespaces: the benchmark uses a scratch database there (default: a throwaway "
-                             "cluster in /tmp with hot_storage/warm_storage/cold_storage)")
     parser.add_argument("--setting", action="append", default=[], metavar="NAME=VALUE",
                         help="a server setting for the throwaway cluster, e.g. wal_buffers=64MB (repeatable; to "
                              "try what would soften the moves' effect on writers)")
@@ -1144,8 +1036,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="tier the pool's months (pooled tenants, tier_pool()) instead of dedicated tenants': "
                              f"{POOL_TENANTS} free tenants share --rows; the rounds move the same three months, to "
                              "warm and cold and back to hot; writes tiering_pool.json and tiering_pool.md")
-    parser.add_argument("--no-docs", action="store_true",
-                        help="write only bench/results/tiering.json, not docs/benchmarks/tiering.md")
+    h.add_output_options(parser, NAME, dsn_help=(
+        "a superuser DSN of a PostgreSQL 15+ server whose storage_tiers name three existing tablespaces: the "
+        "benchmark uses a scratch database there (default: a throwaway cluster in /tmp with "
+        "hot_storage/warm_storage/cold_storage)"))
     args = parser.parse_args(argv)
     try:
         args.settings = dict(item.split("=", 1) for item in args.setting)
@@ -1175,21 +1069,19 @@ def modes_of(args: argparse.Namespace) -> list[Mode]:
 
 def command_line(args: argparse.Namespace) -> str:
     rate = "none" if args.max_mb_per_s is None else f"{args.max_mb_per_s:g}"
-    parts = ["python bench/tiering.py", f"--method {args.method}", f"--max-mb-per-s {rate}",
+    parts = [f"--method {args.method}", f"--max-mb-per-s {rate}",
              f"--batch-blocks {args.batch_blocks}", f"--rows {args.rows}", f"--rounds {args.rounds}",
              f"--baseline-seconds {args.baseline_seconds:g}", f"--insert-rate {args.insert_rate:g}",
              f"--insert-rows {args.insert_rows}", f"--synchronous-commit {args.synchronous_commit}"]
     parts += [f"--setting {k}={v}" for k, v in args.settings.items()]
     if args.pool:
         parts.append("--pool")
-    if args.dsn:
-        parts.append("--dsn <admin DSN>")
-    return " ".join(parts)
+    return h.command(NAME, parts, args.dsn)
 
 
 def benchmark(args: argparse.Namespace, dsn: str, server_kind: str, throwaway: bool) -> dict:
     started = time.perf_counter()
-    with connect(dsn) as admin:
+    with h.connect(dsn) as admin:
         if not admin.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()[0]:
             raise SystemExit("the DSN must be a superuser's")
         h.log("migrating the scratch database")
@@ -1232,33 +1124,25 @@ def benchmark(args: argparse.Namespace, dsn: str, server_kind: str, throwaway: b
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.dsn:
-        with h.scratch_database(args.dsn, "bench_tiering") as dsn:
-            results = benchmark(args, dsn, f"the server at {h.describe_dsn(args.dsn)}, scratch database", False)
-    else:
-        settings = {k: f"'{v}'" for k, v in args.settings.items()}
-        extra = "; plus " + ", ".join(f"{k}={v}" for k, v in args.settings.items()) if settings else ""
-        with h.throwaway_cluster(settings) as admin_dsn:
-            with h.scratch_database(admin_dsn, "bench_tiering") as dsn:
-                results = benchmark(args, dsn, "throwaway cluster started by the benchmark (initdb defaults plus "
-                                               "the project's BASE_SETTINGS; durable: fsync and "
-                                               f"full_page_writes on{extra})", True)
-    h.write_results(NAME + "_pool" if args.pool else NAME, results, render_markdown(results), docs=not args.no_docs)
+    extra = "; plus " + h.settings_text(args.settings) if args.settings else ""
+    results = h.on_server(args.dsn, lambda dsn, kind, throwaway: benchmark(args, dsn, kind, throwaway),
+                          scratch="bench_tiering", settings={k: f"'{v}'" for k, v in args.settings.items()},
+                          throwaway_kind="throwaway cluster started by the benchmark (initdb defaults plus "
+                                         "the project's BASE_SETTINGS; durable: fsync and "
+                                         f"full_page_writes on{extra})")
     t = results["throughput"]
-    for method, s in t["by_method"].items():
-        h.log(f"{method}: moves {s['mb_per_second']:.1f} MB/s whole move, {s['working_mb_per_second']:.1f} MB/s "
-              f"without the pacer's sleeps; under lock max {s['lock_max_seconds'] * 1000:.1f} ms, total "
-              f"{s['lock_seconds'] * 1000:.1f} ms over {s['moves']} moves")
-    h.log(f"plain copy of the relation files {_mbps(t['relation_files_mb_per_second'])} MB/s, random file from disk "
-          f"{t['random_file_mb_per_second']:.0f} MB/s")
-    for mode in results["modes"]:
-        pool = mode["pooled"]
-        h.log(f"{mode['label']}: p99 baseline {pool['baseline']['p99_ms']:.1f} ms, "
-              f"tiering {pool['tiering']['p99_ms']:.1f} ms = {mode['p99_ratio']:.2f}x "
-              f"({'MET' if mode['targets']['p99_ratio'] else 'MISSED'}); failed inserts "
-              f"{len(mode['insert_errors'])} ({'MET' if mode['targets']['no_failed_insert'] else 'MISSED'})")
-    h.log(f"whole run: {results['seconds'] / 60:.1f} min")
-    return 0
+    summary = [f"{method}: moves {s['mb_per_second']:.1f} MB/s whole move, {s['working_mb_per_second']:.1f} MB/s "
+               f"without the pacer's sleeps; under lock max {s['lock_max_seconds'] * 1000:.1f} ms, total "
+               f"{s['lock_seconds'] * 1000:.1f} ms over {s['moves']} moves" for method, s in t["by_method"].items()]
+    summary.append(f"plain copy of the relation files {_mbps(t['relation_files_mb_per_second'])} MB/s, random file "
+                   f"from disk {t['random_file_mb_per_second']:.0f} MB/s")
+    summary += [f"{mode['label']}: p99 baseline {mode['pooled']['baseline']['p99_ms']:.1f} ms, "
+                f"tiering {mode['pooled']['tiering']['p99_ms']:.1f} ms = {mode['p99_ratio']:.2f}x "
+                f"({'MET' if mode['targets']['p99_ratio'] else 'MISSED'}); failed inserts "
+                f"{len(mode['insert_errors'])} ({'MET' if mode['targets']['no_failed_insert'] else 'MISSED'})"
+                for mode in results["modes"]]
+    return h.finish(NAME + "_pool" if args.pool else NAME, results, render_markdown(results), docs=not args.no_docs,
+                    summary=summary)
 
 
 if __name__ == "__main__":

@@ -92,7 +92,7 @@ def run_load(args: argparse.Namespace, admin: psycopg.Connection, work: psycopg.
 
     pace = tiering.Pace(args.max_mb_per_s, args.batch_blocks)
     windows = []
-    lsn = bt.wal_lsn(admin)
+    lsn = h.wal_lsn(admin)
     start = time.perf_counter()
     mbps = None
     if load == "none":
@@ -115,15 +115,15 @@ def run_load(args: argparse.Namespace, admin: psycopg.Connection, work: psycopg.
         with tiering.session_settings(work, tiering.COPY_SETTINGS):
             mbps = paced(pace, blocks, args.seconds, copy_rows)
     windows.append({"load": "build:heap" if load == "build" else load, "start": start, "end": time.perf_counter(),
-                    "heap_mb_per_s": mbps, "wal_bytes": bt.wal_bytes(admin, lsn)})
+                    "heap_mb_per_s": mbps, "wal_bytes": h.wal_bytes(admin, lsn)})
     if load == "build":
-        lsn = bt.wal_lsn(admin)
+        lsn = h.wal_lsn(admin)
         start = time.perf_counter()
         work.execute("SET max_parallel_maintenance_workers = 0")  # one backend, as the mover is
         for columns in ONE_INDEX.values():
             work.execute(sql.SQL("CREATE INDEX ON bench_parts_shadow (" + columns + ") TABLESPACE warm_storage"))
         windows.append({"load": "build:index", "start": start, "end": time.perf_counter(), "heap_mb_per_s": None,
-                        "wal_bytes": bt.wal_bytes(admin, lsn)})
+                        "wal_bytes": h.wal_bytes(admin, lsn)})
     size = None
     if load not in ("none", "file-copy"):
         size = admin.execute("SELECT pg_total_relation_size('bench_parts_shadow')").fetchone()[0]
@@ -161,14 +161,14 @@ def summarize(samples: Sequence[bt.Sample], windows: list[dict]) -> tuple[list[d
 
 def benchmark(args: argparse.Namespace, dsn: str) -> dict:
     started = time.perf_counter()
-    with bt.connect(dsn) as admin, bt.connect(dsn) as work:
+    with h.connect(dsn) as admin, h.connect(dsn) as work:
         migrate(admin)
         bt.prepare_tablespaces(admin, True)
         this_month = admin.execute("SELECT date_trunc('month', now() AT TIME ZONE 'UTC')::date").fetchone()[0]
         first = bt.utc(bt.add_months(this_month, -max(bt.OLD_MONTHS)))
         end = bt.utc(bt.add_months(this_month, -min(bt.OLD_MONTHS) + 1))
         tenant = bt.create_tenants(admin, 1, "tiering parts")[0]
-        with bt.connect(dsn) as source:
+        with h.connect(dsn) as source:
             load = bt.load_tenant(admin, source, tenant, args.rows, first, end)
         bt.vacuum_tenant(admin, tenant)
         part = bt.month_name(tenant, bt.add_months(this_month, -max(bt.OLD_MONTHS)))
@@ -238,8 +238,7 @@ def render_markdown(r: dict) -> str:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = h.parser(NAME, __doc__.split("\n\n")[0], raw=True)
     parser.add_argument("--loads", default=",".join(LOADS), metavar="L,L,...",
                         help=f"windows in order, from: {', '.join(sorted(set(LOADS)))} (default: %(default)s)")
     parser.add_argument("--seconds", type=float, default=15.0, metavar="S", help="at most S seconds per window")
@@ -253,7 +252,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--insert-rate", type=float, default=100.0, metavar="TPS")
     parser.add_argument("--setting", action="append", default=[], metavar="NAME=VALUE",
                         help="an extra server setting for the throwaway cluster (repeatable)")
-    parser.add_argument("--no-docs", action="store_true", help="write bench/results only, not docs/benchmarks")
+    h.add_output_options(parser, NAME, dsn_help="")  # no --dsn: the loads need the throwaway cluster's tablespaces
     args = parser.parse_args(argv)
     args.loads = [x.strip() for x in args.loads.split(",") if x.strip()]
     unknown = sorted(set(args.loads) - set(LOADS))
@@ -268,14 +267,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    with h.throwaway_cluster({k: f"'{v}'" for k, v in args.settings.items()}) as admin_dsn:
-        with h.scratch_database(admin_dsn, "bench_tiering_parts") as dsn:
-            results = benchmark(args, dsn)
-    h.write_results(NAME, results, render_markdown(results), docs=not args.no_docs)
-    for w in results["loads"]:
-        h.log(f"{w['load']:12} service p99 {w['service_p99_ms']:.2f} ms ({w['service_p99_ratio']:.2f}x), "
-              f"p99 {w['p99_ms']:.2f} ms ({w['p99_ratio']:.2f}x), WAL {h.mib(w['wal_bytes'])}")
-    return 0
+    results = h.on_server(None, lambda dsn, _kind, _throwaway: benchmark(args, dsn), scratch="bench_tiering_parts",
+                          settings={k: f"'{v}'" for k, v in args.settings.items()}, throwaway_kind="")
+    return h.finish(NAME, results, render_markdown(results), docs=not args.no_docs, summary=[
+        f"{w['load']:12} service p99 {w['service_p99_ms']:.2f} ms ({w['service_p99_ratio']:.2f}x), "
+        f"p99 {w['p99_ms']:.2f} ms ({w['p99_ratio']:.2f}x), WAL {h.mib(w['wal_bytes'])}" for w in results["loads"]])
 
 
 if __name__ == "__main__":
