@@ -29,7 +29,7 @@ def _log(message: str) -> None:
 
 def cmd_db_up(args: argparse.Namespace) -> int:
     from tenant_pipelines.db.connect import connect, describe
-    from tenant_pipelines.db.target import embedded_cluster
+    from tenant_pipelines.local.target import embedded_cluster
 
     url = database_url_from_env()
     if url:
@@ -48,7 +48,7 @@ def cmd_db_up(args: argparse.Namespace) -> int:
 
 
 def cmd_db_down(args: argparse.Namespace) -> int:
-    from tenant_pipelines.db.target import embedded_cluster
+    from tenant_pipelines.local.target import embedded_cluster
 
     if database_url_from_env():
         _log(f"{DATABASE_URL_ENV} is set: the embedded cluster is not in use; nothing to stop")
@@ -68,7 +68,7 @@ def _migrate(dsn: str) -> None:
 
 
 def cmd_db_migrate(args: argparse.Namespace) -> int:
-    from tenant_pipelines.db.target import admin_dsn
+    from tenant_pipelines.local.target import admin_dsn
 
     _migrate(admin_dsn(start=not database_url_from_env(), log=_log))
     return 0
@@ -78,7 +78,7 @@ def _use_embedded_tablespaces(dsn: str) -> None:
     """The embedded cluster made hot_storage, warm_storage and cold_storage: use them."""
     from tenant_pipelines.core.tiering import configure_tablespaces
     from tenant_pipelines.db.connect import connect
-    from tenant_pipelines.db.embedded import TABLESPACES
+    from tenant_pipelines.local.cluster import TABLESPACES
 
     with connect(dsn) as conn:
         configure_tablespaces(conn, TABLESPACES)
@@ -87,7 +87,7 @@ def _use_embedded_tablespaces(dsn: str) -> None:
 def cmd_tiering_configure(args: argparse.Namespace) -> int:
     from tenant_pipelines.core.tiering import configure_tablespaces
     from tenant_pipelines.db.connect import connect
-    from tenant_pipelines.db.target import admin_dsn
+    from tenant_pipelines.local.target import admin_dsn
 
     wanted = {tier: getattr(args, tier) for tier in ("hot", "warm", "cold") if getattr(args, tier) is not None}
     with connect(admin_dsn()) as conn:
@@ -103,7 +103,7 @@ def cmd_tiering_plan(args: argparse.Namespace) -> int:
     from tenant_pipelines.core.partitions import require_known_tenant
     from tenant_pipelines.core.tiering import plan
     from tenant_pipelines.db.connect import connect
-    from tenant_pipelines.db.target import admin_dsn
+    from tenant_pipelines.local.target import admin_dsn
 
     with connect(admin_dsn()) as conn:
         tenant = require_known_tenant(conn, args.tenant) if args.tenant is not None else None
@@ -119,7 +119,7 @@ def cmd_tiering_run(args: argparse.Namespace) -> int:
     from tenant_pipelines.core.partitions import require_known_tenant
     from tenant_pipelines.core.tiering import Pace, tier_pool, tier_tenant
     from tenant_pipelines.db.connect import connect
-    from tenant_pipelines.db.target import admin_dsn
+    from tenant_pipelines.local.target import admin_dsn
 
     pace = Pace(None if args.max_mb_per_s == 0 else args.max_mb_per_s, args.batch_blocks)
     with connect(admin_dsn(), autocommit=True) as conn:
@@ -141,7 +141,7 @@ def cmd_tiering_run(args: argparse.Namespace) -> int:
 def cmd_partitions_status(args: argparse.Namespace) -> int:
     from tenant_pipelines.core.partitions import audit_tenant_partitions, storage_status
     from tenant_pipelines.db.connect import connect
-    from tenant_pipelines.db.target import admin_dsn
+    from tenant_pipelines.local.target import admin_dsn
 
     with connect(admin_dsn()) as conn:
         status = storage_status(conn)
@@ -159,7 +159,7 @@ def cmd_partitions_status(args: argparse.Namespace) -> int:
 def cmd_partitions_ensure(args: argparse.Namespace) -> int:
     from tenant_pipelines.core.partitions import ensure_tenant_partition, require_known_tenant
     from tenant_pipelines.db.connect import connect
-    from tenant_pipelines.db.target import admin_dsn
+    from tenant_pipelines.local.target import admin_dsn
 
     with connect(admin_dsn(), autocommit=True) as conn:
         tenant = require_known_tenant(conn, args.tenant)
@@ -173,7 +173,7 @@ def cmd_partitions_ensure(args: argparse.Namespace) -> int:
 
 
 def _seed(dsn: str, tenants: int, events: int, seed: int, as_of: date | None) -> None:
-    from tenant_pipelines.core.demo import seed_demo
+    from tenant_pipelines.local.demo import seed_demo
     from tenant_pipelines.db.connect import connect
 
     with connect(dsn, autocommit=True) as conn:
@@ -185,7 +185,7 @@ def _seed(dsn: str, tenants: int, events: int, seed: int, as_of: date | None) ->
 
 
 def cmd_demo_seed(args: argparse.Namespace) -> int:
-    from tenant_pipelines.db.target import admin_dsn
+    from tenant_pipelines.local.target import admin_dsn
 
     _seed(admin_dsn(), args.tenants, args.events_per_tenant, args.seed, args.as_of)
     return 0
@@ -205,9 +205,9 @@ def _run_main_job(dsn: str, env: dict[str, str]) -> None:
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
-    from tenant_pipelines.core.demo import database_is_empty
+    from tenant_pipelines.local.demo import database_is_empty
     from tenant_pipelines.db.connect import connect
-    from tenant_pipelines.db.target import admin_dsn, dagster_storage_env, with_database
+    from tenant_pipelines.local.target import admin_dsn, dagster_storage_env, with_database
 
     embedded = not database_url_from_env()
     dsn = admin_dsn(start=embedded, log=_log)
@@ -230,7 +230,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
         # Tenant sessions of the code location go through a real PgBouncer (transaction
         # pooling, per-tier pools); DDL and Dagster's own storage connect directly.
         from tenant_pipelines.settings import APP_DATABASE_URL_ENV
-        from tenant_pipelines.core.pooling import start_pgbouncer_for
+        from tenant_pipelines.local.pgbouncer import start_pgbouncer_for
 
         env[APP_DATABASE_URL_ENV] = start_pgbouncer_for(dsn, manage_app_password=True, log=_log)
     _run_main_job(dsn, env)
@@ -249,7 +249,7 @@ def _ensure_database(dsn: str, name: str) -> None:
     from psycopg import sql
 
     from tenant_pipelines.db.connect import connect
-    from tenant_pipelines.db.target import with_database
+    from tenant_pipelines.local.target import with_database
 
     with connect(with_database(dsn, "postgres"), autocommit=True) as conn:
         if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
@@ -269,10 +269,11 @@ def _timestamp(text: str) -> datetime:
 
 
 def cmd_backup(args: argparse.Namespace) -> int:
-    from tenant_pipelines.core.backups import backup_tenant, default_backup_root, load_master_key
-    from tenant_pipelines.core.restore import restore_drill
+    from tenant_pipelines.core.backups import backup_tenant, restore_drill
+    from tenant_pipelines.local.keys import load_master_key
+    from tenant_pipelines.settings import default_backup_root
     from tenant_pipelines.db.connect import connect
-    from tenant_pipelines.db.target import admin_dsn
+    from tenant_pipelines.local.target import admin_dsn
 
     if args.root is not None and not args.root.strip():
         raise InvalidInput("--root is empty; pass a backup root folder, or leave it out for "
@@ -296,11 +297,12 @@ def cmd_backup(args: argparse.Namespace) -> int:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    from tenant_pipelines.core.backups import default_backup_root, load_master_key
-    from tenant_pipelines.core.restore import backup_as_of, check_target_dsn, restore_tenant
+    from tenant_pipelines.core.backups import backup_as_of, check_target_dsn, restore_tenant
+    from tenant_pipelines.local.keys import load_master_key
+    from tenant_pipelines.settings import default_backup_root
     from tenant_pipelines.db.connect import connect
     from tenant_pipelines.db.session import parse_tenant_id
-    from tenant_pipelines.db.target import admin_dsn
+    from tenant_pipelines.local.target import admin_dsn
 
     tenant = parse_tenant_id(args.tenant)
     if args.backup is not None and not args.backup.strip():
@@ -332,8 +334,9 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 def cmd_pgbouncer_up(args: argparse.Namespace) -> int:
     from tenant_pipelines.settings import writable_state_dir
-    from tenant_pipelines.core.pooling import parse_pool_sizes, start_pgbouncer_for
-    from tenant_pipelines.db.target import admin_dsn
+    from tenant_pipelines.core.pooling import parse_pool_sizes
+    from tenant_pipelines.local.pgbouncer import start_pgbouncer_for
+    from tenant_pipelines.local.target import admin_dsn
 
     embedded = not database_url_from_env()
     overrides = parse_pool_sizes(args.pool_size)
@@ -345,15 +348,16 @@ def cmd_pgbouncer_up(args: argparse.Namespace) -> int:
 
 
 def cmd_pgbouncer_down(args: argparse.Namespace) -> int:
-    from tenant_pipelines.core.pooling import stop_pgbouncer
+    from tenant_pipelines.local.pgbouncer import stop_pgbouncer
 
     _log("stopped PgBouncer" if stop_pgbouncer(log=_log) else "PgBouncer was not running")
     return 0
 
 
 def cmd_pgbouncer_config(args: argparse.Namespace) -> int:
-    from tenant_pipelines.core.pooling import parse_pool_sizes, pgbouncer_config_text
-    from tenant_pipelines.db.target import admin_dsn
+    from tenant_pipelines.core.pooling import parse_pool_sizes
+    from tenant_pipelines.local.pgbouncer import pgbouncer_config_text
+    from tenant_pipelines.local.target import admin_dsn
 
     overrides = parse_pool_sizes(args.pool_size)
     print(pgbouncer_config_text(admin_dsn(), listen_port=args.port, userlist=args.userlist,
@@ -470,19 +474,19 @@ def _pool_size_arg(text: str) -> int:
 
 
 def _demo_tenants(text: str) -> int:
-    from tenant_pipelines.core.demo import MAX_TENANTS
+    from tenant_pipelines.local.demo import MAX_TENANTS
 
     return _bounded(0, MAX_TENANTS, " (the demo numbers its tenants with five digits)")(text)
 
 
 def _demo_events(text: str) -> int:
-    from tenant_pipelines.core.demo import MAX_EVENTS_PER_TENANT
+    from tenant_pipelines.local.demo import MAX_EVENTS_PER_TENANT
 
     return _bounded(0, MAX_EVENTS_PER_TENANT, " (each tenant's events are written in one transaction)")(text)
 
 
 def _demo_day(text: str) -> date:
-    from tenant_pipelines.core.demo import check_as_of
+    from tenant_pipelines.local.demo import check_as_of
 
     day = _day(text)
     try:

@@ -23,7 +23,7 @@ from psycopg.conninfo import make_conninfo
 
 from tenant_pipelines.settings import STATE_DIR_ENV
 from tenant_pipelines.core.tiering import configure_tablespaces
-from tenant_pipelines.db.embedded import FAST_UNSAFE_SETTINGS, TABLESPACES, EmbeddedCluster
+from tenant_pipelines.local.cluster import FAST_UNSAFE_SETTINGS, TABLESPACES, EmbeddedCluster
 from tenant_pipelines.db.migrate import migrate, revoke_temporary_from_applications
 
 APP_PASSWORD = "app-test-password"

@@ -13,7 +13,7 @@ from typing import Iterator
 import psycopg
 import pytest
 
-from tenant_pipelines.db.embedded import EmbeddedCluster
+from tenant_pipelines.local.cluster import EmbeddedCluster
 
 CLI = [sys.executable, "-m", "tenant_pipelines.cli"]
 

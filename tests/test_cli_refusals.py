@@ -21,8 +21,8 @@ from typing import Iterator
 import psycopg
 import pytest
 
-from tenant_pipelines.core.pooling import stop_pgbouncer
-from tenant_pipelines.db.embedded import EmbeddedCluster
+from tenant_pipelines.local.pgbouncer import stop_pgbouncer
+from tenant_pipelines.local.cluster import EmbeddedCluster
 from tests.conftest import make_tenant
 from tests.snapshots import assert_unchanged, snapshot
 from tests.test_cli import run

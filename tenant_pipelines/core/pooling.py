@@ -27,13 +27,10 @@ the drift check that compares the configuration in force with ``tier_limits``.
 from __future__ import annotations
 
 import configparser
-import json
-import os
 import re
-import secrets
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 from urllib.parse import quote
 
 import psycopg
@@ -42,8 +39,6 @@ from psycopg.conninfo import conninfo_to_dict
 
 from tenant_pipelines import settings
 from tenant_pipelines.db.connect import connect
-from tenant_pipelines.db.embedded import ClusterError
-from tenant_pipelines.db.pgbouncer import PgBouncerProcess, find_pgbouncer
 from tenant_pipelines.db.session import APP_ROLE
 from tenant_pipelines.errors import InvalidInput, TenantPipelinesError
 
@@ -65,7 +60,6 @@ DEFAULT_LISTEN_PORT = 6432  # for a config printed for someone else's PgBouncer
 # PgBouncer 1.18 stops reading its auth file at the first field longer than this (it drops
 # every later user), so longer ones are refused; 1,000 bytes was tested.
 MAX_AUTH_FIELD_BYTES = 1000
-STATE_FILE = "pgbouncer.json"
 
 _TIER = re.compile(r"[a-z][a-z0-9_]{0,39}")
 _PLAIN_VALUE = re.compile(r"[A-Za-z0-9_.:/@-]+")
@@ -304,12 +298,12 @@ def pgbouncer_session_reset(text: str, source: str = "pgbouncer.ini") -> str | N
     """None when the config clears every client's session state before the next client gets
     the server connection (``server_reset_query = DISCARD ALL`` with
     ``server_reset_query_always = 1``); otherwise what is missing, in a few words."""
-    settings = {k.lower(): v.strip() for k, v in _ini_section(_parse_pgbouncer_ini(text, source), "pgbouncer").items()}
-    query = settings.get("server_reset_query", "DISCARD ALL")  # PgBouncer's default
-    always = settings.get("server_reset_query_always", "0").lower() in ("1", "true", "yes", "on")
+    options = {k.lower(): v.strip() for k, v in _ini_section(_parse_pgbouncer_ini(text, source), "pgbouncer").items()}
+    query = options.get("server_reset_query", "DISCARD ALL")  # PgBouncer's default
+    always = options.get("server_reset_query_always", "0").lower() in ("1", "true", "yes", "on")
     if " ".join(query.rstrip(";").split()).upper() != SERVER_RESET_QUERY:
         return f"server_reset_query is {query!r}, not {SERVER_RESET_QUERY}"
-    if not always and settings.get("pool_mode", "session").lower() != "session":
+    if not always and options.get("pool_mode", "session").lower() != "session":
         return "server_reset_query_always is off, so in transaction pooling no client's session state is cleared"
     return None
 
@@ -328,9 +322,9 @@ def pgbouncer_tier_pool_sizes(text: str, source: str = "pgbouncer.ini") -> dict[
             raise TenantPipelinesError(f"{source}: {what} is {value!r}, not a whole number; {fix}")
         return int(value)
 
-    settings = {key.lower(): value for key, value in _ini_section(parser, "pgbouncer").items()}
-    default = whole_number(settings["default_pool_size"], "default_pool_size") \
-        if "default_pool_size" in settings else PGBOUNCER_DEFAULT_POOL_SIZE
+    options = {key.lower(): value for key, value in _ini_section(parser, "pgbouncer").items()}
+    default = whole_number(options["default_pool_size"], "default_pool_size") \
+        if "default_pool_size" in options else PGBOUNCER_DEFAULT_POOL_SIZE
     prefix = f"{POOLED_DATABASE}_"
     sizes: dict[str, int] = {}
     for alias, connstr in _ini_section(parser, "databases").items():
@@ -355,31 +349,6 @@ def read_pgbouncer_ini(path: Path) -> str:
             f"PgBouncer config {path}: cannot read it ({reason}); make it readable, or point "
             f"{settings.PGBOUNCER_INI_ENV} at the pgbouncer.ini your PgBouncer reads"
         ) from None
-
-
-def pgbouncer_ini_in_force(state_dir: Path | None = None) -> Path | None:
-    """The pgbouncer.ini to compare with tier_limits: $TENANT_PIPELINES_PGBOUNCER_INI (which must
-    exist), else the project's own PgBouncer's when it has written one, else None."""
-    explicit = settings.pgbouncer_ini_from_env()
-    if explicit is not None:
-        if not _is_file(explicit):
-            raise TenantPipelinesError(
-                f"{settings.PGBOUNCER_INI_ENV} names {explicit}, which is not a file: point it at the "
-                "pgbouncer.ini your PgBouncer reads, or unset it"
-            )
-        return explicit
-    try:
-        own = PgBouncerProcess.in_state_dir(state_dir or settings.state_dir()).config_file
-    except ClusterError:  # root without a postgres OS user: the project's PgBouncer cannot have run
-        return None
-    return own if _is_file(own) else None
-
-
-def _is_file(path: Path) -> bool:
-    try:
-        return path.is_file()
-    except PermissionError:  # there, but not ours to see: reading it says so
-        return True
 
 
 # -- what the database says ------------------------------------------------------------------------
@@ -476,146 +445,8 @@ def pooler_config(
     )
 
 
-def _read_state(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {}
-
-
-def _write_state(path: Path, state: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(state, fh, indent=2)
-    os.replace(tmp, path)
-
-
-def _password_works(admin_dsn: str, role: str, password: str) -> bool:
-    try:
-        connect(admin_dsn, user=role, password=password).close()
-        return True
-    except TenantPipelinesError:
-        return False
-
-
-def start_pgbouncer_for(
-    admin_dsn: str,
-    *,
-    state_dir: Path | None = None,
-    pool_overrides: Mapping[str, int] | None = None,
-    default_pool_size: int = DEFAULT_POOL_SIZE,
-    manage_app_password: bool = False,
-    log: Callable[[str], None] = lambda message: None,
-) -> str:
-    """Start PgBouncer in front of ``admin_dsn``'s database (or reuse and reload the running one)
-    and return billing_app's DSN to its plain ``billing`` pool; ``billing_<tier>`` are the others.
-
-    With ``manage_app_password`` (the embedded cluster, which is ours), billing_app gets a
-    generated password when it has none, kept in ``pgbouncer.json`` (mode 0600) and put in the
-    DSN. Otherwise the DSN carries no password: the application supplies its own.
-    """
-    find_pgbouncer()  # not installed: say so before touching the database
-    home = state_dir or settings.state_dir()
-    state_path = home / STATE_FILE
-    state = _read_state(state_path)
-    process = PgBouncerProcess.in_state_dir(home, log=log)
-    password: str | None = None
-    gave_password = False
-    with connect(admin_dsn, autocommit=True) as conn:
-        # Everything is checked before anything changes: the pools (tiers, sizes) and every name
-        # and path that goes into the files. Only then may billing_app get a password.
-        base = pooler_config(
-            conn, admin_dsn, listen_port=DEFAULT_LISTEN_PORT, auth_file=str(process.auth_file),
-            pool_overrides=pool_overrides, default_pool_size=default_pool_size,
-            logfile=str(process.logfile), pidfile=str(process.pidfile),
-        )
-
-        def render(port: int) -> str:
-            return render_pgbouncer_ini(replace(base, listen_port=port))
-
-        render(DEFAULT_LISTEN_PORT)  # refuse a hostile name before anything starts
-        if manage_app_password:
-            password = state.get("app_password") or secrets.token_urlsafe(24)
-            gave_password = ensure_role_password(conn, APP_ROLE, password)
-            if gave_password:
-                log(f"gave {APP_ROLE} a generated password (kept in {state_path})")
-            elif not _password_works(admin_dsn, APP_ROLE, password):
-                log(f"{APP_ROLE} has a password tenant-pipelines did not set: the DSN carries none, supply it yourself")
-                password = None
-        try:
-            userlist = render_userlist({APP_ROLE: role_scram_secret(conn, APP_ROLE)})
-        except BaseException:
-            if gave_password:
-                _take_back_password(admin_dsn, APP_ROLE, log)
-            raise
-    try:
-        port = process.up(render, userlist, preferred_port=state.get("port"))
-        state.update({"port": port, "folder": str(process.folder)})
-        if password:
-            state["app_password"] = password
-        _write_state(state_path, state)
-    except BaseException:
-        # A password that pgbouncer.json does not keep would be one "tenant-pipelines did not
-        # set" on the next run: a failed start leaves the role as it found it.
-        if gave_password:
-            _take_back_password(admin_dsn, APP_ROLE, log)
-        raise
-    return pooled_dsn(port, password=password)
-
-
-def _take_back_password(admin_dsn: str, role: str, log: Callable[[str], None]) -> None:
-    """Undo ``ensure_role_password`` of a start that failed: ``role`` has no password again."""
-    try:
-        with connect(admin_dsn, autocommit=True) as conn:
-            conn.execute(sql.SQL("ALTER ROLE {} PASSWORD NULL").format(sql.Identifier(role)))
-    except (TenantPipelinesError, psycopg.Error):
-        log(f"could not take back the password just given to {role}: run ALTER ROLE {role} PASSWORD NULL, "
-            "then 'tenant-pipelines pgbouncer up' again")
-
-
-def pgbouncer_config_text(
-    admin_dsn: str,
-    *,
-    listen_port: int | None = None,
-    userlist: Path | None = None,
-    state_dir: Path | None = None,
-    pool_overrides: Mapping[str, int] | None = None,
-    default_pool_size: int = DEFAULT_POOL_SIZE,
-) -> str:
-    """pgbouncer.ini for a PgBouncer of the user's own, in front of ``admin_dsn``'s database:
-    the project's config without its log and pid files. The port defaults to the project's
-    PgBouncer's (6432 when it never ran). With ``userlist``, the auth file is written there
-    (mode 0600) and named in the config; else the config names the project's auth file."""
-    if listen_port is not None:
-        check_listen_port(listen_port)
-    if userlist is not None:
-        userlist = check_userlist_path(userlist)
-    home = state_dir or settings.state_dir()
-    process = PgBouncerProcess.in_state_dir(home)
-    port = listen_port or _read_state(home / STATE_FILE).get("port") or DEFAULT_LISTEN_PORT
-    with connect(admin_dsn, autocommit=True) as conn:
-        cfg = pooler_config(
-            conn, admin_dsn, listen_port=port, auth_file=str((userlist or process.auth_file).absolute()),
-            pool_overrides=pool_overrides, default_pool_size=default_pool_size,
-        )
-        text = render_pgbouncer_ini(cfg)
-        if userlist is not None:
-            secret = render_userlist({APP_ROLE: role_scram_secret(conn, APP_ROLE)})
-            try:
-                fd = os.open(userlist, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                os.fchmod(fd, 0o600)  # also when the file was there already
-                with os.fdopen(fd, "w") as fh:
-                    fh.write(secret)
-            except OSError as exc:
-                raise InvalidInput(f"auth file {userlist}: cannot write it ({exc.strerror or type(exc).__name__}); "
-                                   f"{_USERLIST_FIX}") from None
-    return text
-
-
 MAX_PORT = 65535
-_USERLIST_FIX = "give a file path in an existing folder you can write"
+USERLIST_FIX = "give a file path in an existing folder you can write"
 
 
 def check_listen_port(port: object) -> int:
@@ -633,22 +464,16 @@ def check_userlist_path(path: Path) -> Path:
     path = Path(path).absolute()
     try:
         if path.is_dir():
-            raise InvalidInput(f"auth file {path}: it is a folder; {_USERLIST_FIX}, e.g. {path / 'userlist.txt'}")
+            raise InvalidInput(f"auth file {path}: it is a folder; {USERLIST_FIX}, e.g. {path / 'userlist.txt'}")
         if not path.parent.exists():
             raise InvalidInput(f"auth file {path}: the folder {path.parent} does not exist; create it, or "
-                               f"{_USERLIST_FIX}")
+                               f"{USERLIST_FIX}")
         if not path.parent.is_dir():
-            raise InvalidInput(f"auth file {path}: {path.parent} is a file, not a folder; {_USERLIST_FIX}")
+            raise InvalidInput(f"auth file {path}: {path.parent} is a file, not a folder; {USERLIST_FIX}")
     except OSError as exc:
         raise InvalidInput(f"auth file {path}: cannot look at it ({exc.strerror or type(exc).__name__}); "
-                           f"{_USERLIST_FIX}") from None
+                           f"{USERLIST_FIX}") from None
     ini_path(str(path), "auth file")  # the config names it: PgBouncer must be able to read it back
     return path
 
 
-def stop_pgbouncer(
-    state_dir: Path | None = None, *, immediate: bool = False, log: Callable[[str], None] = lambda m: None
-) -> bool:
-    """Stop the project's PgBouncer (``immediate``: without waiting for open transactions).
-    Returns False when it was not running."""
-    return PgBouncerProcess.in_state_dir(state_dir or settings.state_dir(), log=log).down(immediate=immediate)

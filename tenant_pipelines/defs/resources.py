@@ -2,6 +2,7 @@
 
 
 import threading
+from pathlib import Path
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -13,7 +14,23 @@ from pydantic import Field
 from tenant_pipelines.settings import APP_DATABASE_URL_ENV, app_database_url_from_env
 from tenant_pipelines.db.connect import connect
 from tenant_pipelines.db.session import tenant_session
-from tenant_pipelines.db.target import admin_dsn
+
+def default_admin_dsn() -> str:
+    """The billing database when no DSN is configured: $BILLING_DATABASE_URL, else the embedded
+    cluster of `tenant-pipelines dev`. The Dagster layer's one composition point with the local
+    development stack (tenant_pipelines.local)."""
+    from tenant_pipelines.local.target import admin_dsn
+
+    return admin_dsn()
+
+
+def pgbouncer_ini_in_force() -> Path | None:
+    """The pgbouncer.ini whose pool sizes the tier-limit check compares with tier_limits:
+    $TENANT_PIPELINES_PGBOUNCER_INI, else the project's own PgBouncer's, else None."""
+    from tenant_pipelines.local.pgbouncer import pgbouncer_ini_in_force as in_force
+
+    return in_force()
+
 
 _pools: dict[str, ConnectionPool] = {}
 _pools_lock = threading.Lock()
@@ -50,7 +67,7 @@ class BillingDatabase(dg.ConfigurableResource):
     )
 
     def resolved_dsn(self) -> str:
-        return self.dsn or admin_dsn()
+        return self.dsn or default_admin_dsn()
 
     @contextmanager
     def connection(self) -> Iterator[psycopg.Connection]:

@@ -35,7 +35,7 @@ from dagster._core.storage.tags import (
 
 from tenant_pipelines.db.connect import connect
 from tenant_pipelines.db.session import parse_tenant_id
-from tenant_pipelines.db.target import admin_dsn
+from tenant_pipelines.defs.resources import default_admin_dsn
 from tenant_pipelines.defs.tags import run_tags_for_tenants, tier_priorities
 from tenant_pipelines.defs.tenants.partitions import tenants_partitions
 from tenant_pipelines.errors import TenantPipelinesError
@@ -94,7 +94,7 @@ class TenantRunCoordinator(QueuedRunCoordinator):
         if not tenants:
             return {}
         try:
-            tiers, priorities = _tiers(tenants, admin_dsn())
+            tiers, priorities = _tiers(tenants, default_admin_dsn())
         except (TenantPipelinesError, psycopg.Error) as exc:
             message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             self._instance.report_engine_event(

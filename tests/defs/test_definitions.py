@@ -13,8 +13,8 @@ import pytest
 from psycopg import sql
 
 from tenant_pipelines.settings import PROJECT_DIR
-from tenant_pipelines.core.demo import seed_demo
-from tenant_pipelines.db.target import dagster_storage_env, with_database
+from tenant_pipelines.local.demo import seed_demo
+from tenant_pipelines.local.target import dagster_storage_env, with_database
 from tenant_pipelines.defs.resources import BillingDatabase
 from tenant_pipelines.defs.tenants.assets import tenant_isolation_holds, tenant_registry
 

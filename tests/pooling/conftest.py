@@ -26,10 +26,9 @@ from tenant_pipelines.core.pooling import (
     render_pgbouncer_ini,
     render_userlist,
     role_scram_secret,
-    start_pgbouncer_for,
-    stop_pgbouncer,
 )
-from tenant_pipelines.db.pgbouncer import PgBouncerProcess
+from tenant_pipelines.local.pgbouncer import start_pgbouncer_for, stop_pgbouncer
+from tenant_pipelines.local.pgbouncer import PgBouncerProcess
 from tests.conftest import APP_PASSWORD
 
 

@@ -14,8 +14,9 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from tenant_pipelines.core.pooling import connect_pooled, stop_pgbouncer
-from tenant_pipelines.db.embedded import EmbeddedCluster
+from tenant_pipelines.core.pooling import connect_pooled
+from tenant_pipelines.local.pgbouncer import stop_pgbouncer
+from tenant_pipelines.local.cluster import EmbeddedCluster
 from tests.test_cli import run
 
 

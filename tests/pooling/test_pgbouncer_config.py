@@ -26,10 +26,10 @@ from tenant_pipelines.core.pooling import (
     pooler_config,
     render_pgbouncer_ini,
     render_userlist,
-    start_pgbouncer_for,
     tier_alias,
 )
-from tenant_pipelines.db.pgbouncer import PgBouncerProcess
+from tenant_pipelines.local.pgbouncer import start_pgbouncer_for
+from tenant_pipelines.local.pgbouncer import PgBouncerProcess
 from tenant_pipelines.errors import DatabaseUnreachable, InvalidInput
 from tests.conftest import APP_PASSWORD, TEMPLATE
 

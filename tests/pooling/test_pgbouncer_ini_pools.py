@@ -16,11 +16,11 @@ from tenant_pipelines.core.pooling import (
     SEED_POOL_SIZES,
     PoolerConfig,
     ServerAddress,
-    pgbouncer_ini_in_force,
     pgbouncer_tier_pool_sizes,
     render_pgbouncer_ini,
 )
-from tenant_pipelines.db.pgbouncer import PgBouncerProcess
+from tenant_pipelines.local.pgbouncer import pgbouncer_ini_in_force
+from tenant_pipelines.local.pgbouncer import PgBouncerProcess
 from tenant_pipelines.errors import TenantPipelinesError
 
 

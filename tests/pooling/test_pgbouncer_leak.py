@@ -35,7 +35,7 @@ import psycopg
 import pytest
 
 from tenant_pipelines.core.pooling import connect_pooled, pooled_dsn
-from tenant_pipelines.db.pgbouncer import PgBouncerProcess
+from tenant_pipelines.local.pgbouncer import PgBouncerProcess
 from tests.conftest import APP_PASSWORD, app_dsn_for, make_tenant
 from tests.pooling.conftest import UNBOUND_CONTEXT, start_bare_pgbouncer
 

@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 
 from tenant_pipelines import cli
-from tenant_pipelines.core.pooling import connect_pooled, start_pgbouncer_for, stop_pgbouncer
-from tenant_pipelines.db import pgbouncer
-from tenant_pipelines.db.embedded import port_in_use
-from tenant_pipelines.db.pgbouncer import PgBouncerError, PgBouncerProcess, find_pgbouncer
+from tenant_pipelines.core.pooling import connect_pooled
+from tenant_pipelines.local.pgbouncer import start_pgbouncer_for, stop_pgbouncer
+from tenant_pipelines.local import pgbouncer
+from tenant_pipelines.local.cluster import port_in_use
+from tenant_pipelines.local.pgbouncer import PgBouncerError, PgBouncerProcess, find_pgbouncer
 
 
 @pytest.fixture

@@ -39,7 +39,7 @@ from tenant_pipelines.core.pooling import (
     pooled_dsn,
     render_pgbouncer_ini,
 )
-from tenant_pipelines.db.pgbouncer import PgBouncerProcess
+from tenant_pipelines.local.pgbouncer import PgBouncerProcess
 from tests.conftest import APP_PASSWORD, make_tenant
 from tests.pooling.conftest import UNBOUND_CONTEXT, start_bare_pgbouncer
 

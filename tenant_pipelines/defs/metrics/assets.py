@@ -11,8 +11,7 @@ import dagster as dg
 from tenant_pipelines.settings import PGBOUNCER_INI_ENV, state_dir
 from tenant_pipelines.core.conformance import audit_tier_limits
 from tenant_pipelines.core.metrics import collect, export_parquet, quota_use, record_history
-from tenant_pipelines.core.pooling import pgbouncer_ini_in_force
-from tenant_pipelines.defs.resources import BillingDatabase
+from tenant_pipelines.defs.resources import BillingDatabase, pgbouncer_ini_in_force
 from tenant_pipelines.defs.tenants.assets import OWNERS, tenant_registry
 from tenant_pipelines.errors import TenantPipelinesError
 

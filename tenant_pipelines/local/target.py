@@ -7,7 +7,7 @@ from typing import Callable
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from tenant_pipelines.settings import database_url_from_env, state_dir
-from tenant_pipelines.db.embedded import EmbeddedCluster
+from tenant_pipelines.local.cluster import EmbeddedCluster
 
 
 def embedded_cluster(log: Callable[[str], None] = lambda m: None) -> EmbeddedCluster:

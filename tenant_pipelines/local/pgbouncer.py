@@ -18,16 +18,41 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from tenant_pipelines.db.embedded import (
+import json
+import secrets
+from dataclasses import replace
+from typing import Mapping
+
+import psycopg
+from psycopg import sql
+
+from tenant_pipelines import settings
+from tenant_pipelines.core.pooling import (
+    DEFAULT_LISTEN_PORT,
+    DEFAULT_POOL_SIZE,
+    check_listen_port,
+    check_userlist_path,
+    USERLIST_FIX,
+    ensure_role_password,
+    pooled_dsn,
+    pooler_config,
+    render_pgbouncer_ini,
+    render_userlist,
+    role_scram_secret,
+)
+from tenant_pipelines.db.connect import connect
+from tenant_pipelines.db.session import APP_ROLE
+from tenant_pipelines.errors import InvalidInput, TenantPipelinesError
+from tenant_pipelines.local.processes import (
+    ClusterError,
     OSUser,
-    _chown_tree,
-    _run,
     can_reach,
+    chown_tree,
     free_port,
     port_in_use,
+    run_as,
     server_os_user,
 )
-from tenant_pipelines.errors import TenantPipelinesError
 
 INSTALL_HINT = "install it with 'apt-get install -y pgbouncer' (or run scripts/setup.sh)"
 # Debian installs the binary in /usr/sbin, which is not on every user's PATH.
@@ -146,7 +171,7 @@ class PgBouncerProcess:
     def _prepare_folder(self, user: OSUser) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         os.chmod(self.folder, 0o700)  # the auth file holds password verifiers
-        _chown_tree(self.folder, user)
+        chown_tree(self.folder, user)
 
     # -- lifecycle -----------------------------------------------------------------------
     def up(self, render_config: Callable[[int], str], userlist: str, preferred_port: int | None = None) -> int:
@@ -209,7 +234,7 @@ class PgBouncerProcess:
         """Start the daemon; True once it accepts connections, False when its port was taken."""
         self.log(f"starting PgBouncer on 127.0.0.1:{port} (files: {self.folder})")
         log_offset = self.logfile.stat().st_size if self.logfile.exists() else 0
-        proc = _run([str(binary), "-d", str(self.config_file)], user, check=False)
+        proc = run_as([str(binary), "-d", str(self.config_file)], user, check=False)
         if proc.returncode != 0:  # config errors are reported before it daemonises
             raise PgBouncerError(f"PgBouncer did not start: {_error_line(proc.stderr) or self._log_tail(log_offset)}")
         started = time.monotonic()
@@ -261,3 +286,179 @@ class PgBouncerProcess:
             self.down(immediate=True)
         finally:
             shutil.rmtree(self.folder, ignore_errors=True)
+
+
+# -- the project's PgBouncer: state, start, stop ------------------------------------------------
+
+STATE_FILE = "pgbouncer.json"
+
+
+def pgbouncer_ini_in_force(state_dir: Path | None = None) -> Path | None:
+    """The pgbouncer.ini to compare with tier_limits: $TENANT_PIPELINES_PGBOUNCER_INI (which must
+    exist), else the project's own PgBouncer's when it has written one, else None."""
+    explicit = settings.pgbouncer_ini_from_env()
+    if explicit is not None:
+        if not _is_file(explicit):
+            raise TenantPipelinesError(
+                f"{settings.PGBOUNCER_INI_ENV} names {explicit}, which is not a file: point it at the "
+                "pgbouncer.ini your PgBouncer reads, or unset it"
+            )
+        return explicit
+    try:
+        own = PgBouncerProcess.in_state_dir(state_dir or settings.state_dir()).config_file
+    except ClusterError:  # root without a postgres OS user: the project's PgBouncer cannot have run
+        return None
+    return own if _is_file(own) else None
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except PermissionError:  # there, but not ours to see: reading it says so
+        return True
+
+
+def _read_state(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def _write_state(path: Path, state: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(state, fh, indent=2)
+    os.replace(tmp, path)
+
+
+def _password_works(admin_dsn: str, role: str, password: str) -> bool:
+    try:
+        connect(admin_dsn, user=role, password=password).close()
+        return True
+    except TenantPipelinesError:
+        return False
+
+
+def start_pgbouncer_for(
+    admin_dsn: str,
+    *,
+    state_dir: Path | None = None,
+    pool_overrides: Mapping[str, int] | None = None,
+    default_pool_size: int = DEFAULT_POOL_SIZE,
+    manage_app_password: bool = False,
+    log: Callable[[str], None] = lambda message: None,
+) -> str:
+    """Start PgBouncer in front of ``admin_dsn``'s database (or reuse and reload the running one)
+    and return billing_app's DSN to its plain ``billing`` pool; ``billing_<tier>`` are the others.
+
+    With ``manage_app_password`` (the embedded cluster, which is ours), billing_app gets a
+    generated password when it has none, kept in ``pgbouncer.json`` (mode 0600) and put in the
+    DSN. Otherwise the DSN carries no password: the application supplies its own.
+    """
+    find_pgbouncer()  # not installed: say so before touching the database
+    home = state_dir or settings.state_dir()
+    state_path = home / STATE_FILE
+    state = _read_state(state_path)
+    process = PgBouncerProcess.in_state_dir(home, log=log)
+    password: str | None = None
+    gave_password = False
+    with connect(admin_dsn, autocommit=True) as conn:
+        # Everything is checked before anything changes: the pools (tiers, sizes) and every name
+        # and path that goes into the files. Only then may billing_app get a password.
+        base = pooler_config(
+            conn, admin_dsn, listen_port=DEFAULT_LISTEN_PORT, auth_file=str(process.auth_file),
+            pool_overrides=pool_overrides, default_pool_size=default_pool_size,
+            logfile=str(process.logfile), pidfile=str(process.pidfile),
+        )
+
+        def render(port: int) -> str:
+            return render_pgbouncer_ini(replace(base, listen_port=port))
+
+        render(DEFAULT_LISTEN_PORT)  # refuse a hostile name before anything starts
+        if manage_app_password:
+            password = state.get("app_password") or secrets.token_urlsafe(24)
+            gave_password = ensure_role_password(conn, APP_ROLE, password)
+            if gave_password:
+                log(f"gave {APP_ROLE} a generated password (kept in {state_path})")
+            elif not _password_works(admin_dsn, APP_ROLE, password):
+                log(f"{APP_ROLE} has a password tenant-pipelines did not set: the DSN carries none, supply it yourself")
+                password = None
+        try:
+            userlist = render_userlist({APP_ROLE: role_scram_secret(conn, APP_ROLE)})
+        except BaseException:
+            if gave_password:
+                _take_back_password(admin_dsn, APP_ROLE, log)
+            raise
+    try:
+        port = process.up(render, userlist, preferred_port=state.get("port"))
+        state.update({"port": port, "folder": str(process.folder)})
+        if password:
+            state["app_password"] = password
+        _write_state(state_path, state)
+    except BaseException:
+        # A password that pgbouncer.json does not keep would be one "tenant-pipelines did not
+        # set" on the next run: a failed start leaves the role as it found it.
+        if gave_password:
+            _take_back_password(admin_dsn, APP_ROLE, log)
+        raise
+    return pooled_dsn(port, password=password)
+
+
+def _take_back_password(admin_dsn: str, role: str, log: Callable[[str], None]) -> None:
+    """Undo ``ensure_role_password`` of a start that failed: ``role`` has no password again."""
+    try:
+        with connect(admin_dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("ALTER ROLE {} PASSWORD NULL").format(sql.Identifier(role)))
+    except (TenantPipelinesError, psycopg.Error):
+        log(f"could not take back the password just given to {role}: run ALTER ROLE {role} PASSWORD NULL, "
+            "then 'tenant-pipelines pgbouncer up' again")
+
+
+def pgbouncer_config_text(
+    admin_dsn: str,
+    *,
+    listen_port: int | None = None,
+    userlist: Path | None = None,
+    state_dir: Path | None = None,
+    pool_overrides: Mapping[str, int] | None = None,
+    default_pool_size: int = DEFAULT_POOL_SIZE,
+) -> str:
+    """pgbouncer.ini for a PgBouncer of the user's own, in front of ``admin_dsn``'s database:
+    the project's config without its log and pid files. The port defaults to the project's
+    PgBouncer's (6432 when it never ran). With ``userlist``, the auth file is written there
+    (mode 0600) and named in the config; else the config names the project's auth file."""
+    if listen_port is not None:
+        check_listen_port(listen_port)
+    if userlist is not None:
+        userlist = check_userlist_path(userlist)
+    home = state_dir or settings.state_dir()
+    process = PgBouncerProcess.in_state_dir(home)
+    port = listen_port or _read_state(home / STATE_FILE).get("port") or DEFAULT_LISTEN_PORT
+    with connect(admin_dsn, autocommit=True) as conn:
+        cfg = pooler_config(
+            conn, admin_dsn, listen_port=port, auth_file=str((userlist or process.auth_file).absolute()),
+            pool_overrides=pool_overrides, default_pool_size=default_pool_size,
+        )
+        text = render_pgbouncer_ini(cfg)
+        if userlist is not None:
+            secret = render_userlist({APP_ROLE: role_scram_secret(conn, APP_ROLE)})
+            try:
+                fd = os.open(userlist, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                os.fchmod(fd, 0o600)  # also when the file was there already
+                with os.fdopen(fd, "w") as fh:
+                    fh.write(secret)
+            except OSError as exc:
+                raise InvalidInput(f"auth file {userlist}: cannot write it ({exc.strerror or type(exc).__name__}); "
+                                   f"{USERLIST_FIX}") from None
+    return text
+
+
+def stop_pgbouncer(
+    state_dir: Path | None = None, *, immediate: bool = False, log: Callable[[str], None] = lambda m: None
+) -> bool:
+    """Stop the project's PgBouncer (``immediate``: without waiting for open transactions).
+    Returns False when it was not running."""
+    return PgBouncerProcess.in_state_dir(state_dir or settings.state_dir(), log=log).down(immediate=immediate)

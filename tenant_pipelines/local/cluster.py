@@ -10,28 +10,33 @@ PostgreSQL refuses to run as root. Invoked as root, every server command runs as
 
 from __future__ import annotations
 
-import grp
 import hashlib
 import json
 import os
-import pwd
 import re
 import secrets
 import shutil
-import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable
 
+from tenant_pipelines.local.processes import (
+    ClusterError,
+    OSUser,
+    can_reach,
+    chown_tree,
+    free_port,
+    port_in_use,
+    run_as,
+    server_os_user,
+)
 from tenant_pipelines.settings import writable_state_dir
-from tenant_pipelines.errors import TenantPipelinesError
 
 MIN_SERVER_MAJOR = 15
 SUPERUSER = "postgres"
 DATABASES = ("billing", "dagster")
-SERVER_OS_USER = "postgres"
 # The storage tiers' tablespaces, one folder each under <data_root>/tablespaces.
 TABLESPACES = {"hot": "hot_storage", "warm": "warm_storage", "cold": "cold_storage"}
 
@@ -57,10 +62,6 @@ FAST_UNSAFE_SETTINGS: dict[str, str] = {
     "synchronous_commit": "off",
     "full_page_writes": "off",
 }
-
-
-class ClusterError(TenantPipelinesError):
-    pass
 
 
 def _server_major(bindir: Path) -> int | None:
@@ -104,92 +105,6 @@ def find_bindir() -> Path:
             "to use your own server"
         )
     return best[1]
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def port_in_use(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
-@dataclass(frozen=True)
-class OSUser:
-    name: str
-    uid: int
-    gid: int
-
-    @classmethod
-    def current(cls) -> "OSUser":
-        uid = os.geteuid()
-        return cls(pwd.getpwuid(uid).pw_name, uid, os.getegid())
-
-
-def server_os_user() -> OSUser:
-    """Who runs the server: ourselves, or the ``postgres`` OS user when we are root."""
-    if os.geteuid() != 0:
-        return OSUser.current()
-    try:
-        entry = pwd.getpwnam(SERVER_OS_USER)
-    except KeyError:
-        raise ClusterError(
-            "running as root needs the 'postgres' OS user to run the server: "
-            "'apt-get install -y postgresql' creates it"
-        ) from None
-    return OSUser(entry.pw_name, entry.pw_uid, entry.pw_gid)
-
-
-def can_reach(user: OSUser, path: Path) -> bool:
-    """Whether ``user`` could create and use a folder at ``path`` (search rights on every ancestor)."""
-    if user.uid == os.geteuid():
-        return True
-    groups = {user.gid} | {g.gr_gid for g in grp.getgrall() if user.name in g.gr_mem}
-    existing = path
-    while not existing.exists():
-        existing = existing.parent
-    for folder in [existing, *existing.parents]:
-        st = folder.stat()
-        if st.st_uid == user.uid:
-            ok = st.st_mode & 0o100
-        elif st.st_gid in groups:
-            ok = st.st_mode & 0o010
-        else:
-            ok = st.st_mode & 0o001
-        if not ok:
-            return False
-    return True
-
-
-def _run(
-    cmd: list[str], user: OSUser, *, check: bool = True, env: Mapping[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    kwargs: dict = {}
-    if user.uid != os.geteuid():
-        kwargs = {"user": user.uid, "group": user.gid, "extra_groups": []}
-    full_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8"}
-    if env:
-        full_env.update(env)
-    proc = subprocess.run(
-        cmd, capture_output=True, text=True, cwd="/", env=full_env, **kwargs
-    )
-    if check and proc.returncode != 0:
-        detail = (proc.stderr or proc.stdout).strip().splitlines()
-        raise ClusterError(f"{Path(cmd[0]).name} failed: {detail[-1] if detail else proc.returncode}")
-    return proc
-
-
-def _chown_tree(path: Path, user: OSUser) -> None:
-    if user.uid == os.geteuid():
-        return
-    os.chown(path, user.uid, user.gid)
-    for root, dirs, files in os.walk(path):
-        for name in dirs + files:
-            os.chown(os.path.join(root, name), user.uid, user.gid, follow_symlinks=False)
 
 
 @dataclass
@@ -283,9 +198,9 @@ class EmbeddedCluster:
         os.chmod(self.data_root, 0o700)
         pwfile = self.data_root / "initdb.pw"
         pwfile.write_text(password + "\n")
-        _chown_tree(self.data_root, user)
+        chown_tree(self.data_root, user)
         try:
-            _run(
+            run_as(
                 [
                     str(bindir / "initdb"),
                     "-D", str(self.datadir),
@@ -304,7 +219,7 @@ class EmbeddedCluster:
         lines = [f"{key} = {value}" for key, value in {**BASE_SETTINGS, **self.settings}.items()]
         with conf.open("a") as fh:
             fh.write("\n# tenant-pipelines embedded cluster\n" + "\n".join(lines) + "\n")
-        _chown_tree(self.data_root, user)
+        chown_tree(self.data_root, user)
 
     def up(self) -> str:
         """Start the cluster, or reuse the one already running. Returns the billing DSN."""
@@ -347,7 +262,7 @@ class EmbeddedCluster:
                 tried.append(port)
                 continue
             self.log(f"starting PostgreSQL on 127.0.0.1:{port} (data: {self.datadir})")
-            proc = _run(
+            proc = run_as(
                 [
                     str(bindir / "pg_ctl"),
                     "start", "-w", "-t", "60",
@@ -423,7 +338,7 @@ class EmbeddedCluster:
         if self.running_port() is None:
             return False
         user = server_os_user()
-        _run([str(find_bindir() / "pg_ctl"), "stop", "-w", "-m", "fast", "-D", str(self.datadir)], user)
+        run_as([str(find_bindir() / "pg_ctl"), "stop", "-w", "-m", "fast", "-D", str(self.datadir)], user)
         return True
 
     def destroy(self) -> None:

@@ -1,0 +1,111 @@
+"""The OS side of the local stack: who runs the servers, which folders they can reach, free
+loopback ports, running a command as the server's OS user.
+
+PostgreSQL and PgBouncer refuse to run as root: invoked as root, they run as the ``postgres`` OS
+user. Used by the embedded cluster (cluster.py) and the project's PgBouncer (pgbouncer.py).
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import socket
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+from tenant_pipelines.errors import TenantPipelinesError
+
+SERVER_OS_USER = "postgres"
+
+
+class ClusterError(TenantPipelinesError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def port_in_use(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+@dataclass(frozen=True)
+class OSUser:
+    name: str
+    uid: int
+    gid: int
+
+    @classmethod
+    def current(cls) -> "OSUser":
+        uid = os.geteuid()
+        return cls(pwd.getpwuid(uid).pw_name, uid, os.getegid())
+
+
+def server_os_user() -> OSUser:
+    """Who runs the server: ourselves, or the ``postgres`` OS user when we are root."""
+    if os.geteuid() != 0:
+        return OSUser.current()
+    try:
+        entry = pwd.getpwnam(SERVER_OS_USER)
+    except KeyError:
+        raise ClusterError(
+            "running as root needs the 'postgres' OS user to run the server: "
+            "'apt-get install -y postgresql' creates it"
+        ) from None
+    return OSUser(entry.pw_name, entry.pw_uid, entry.pw_gid)
+
+
+def can_reach(user: OSUser, path: Path) -> bool:
+    """Whether ``user`` could create and use a folder at ``path`` (search rights on every ancestor)."""
+    if user.uid == os.geteuid():
+        return True
+    groups = {user.gid} | {g.gr_gid for g in grp.getgrall() if user.name in g.gr_mem}
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    for folder in [existing, *existing.parents]:
+        st = folder.stat()
+        if st.st_uid == user.uid:
+            ok = st.st_mode & 0o100
+        elif st.st_gid in groups:
+            ok = st.st_mode & 0o010
+        else:
+            ok = st.st_mode & 0o001
+        if not ok:
+            return False
+    return True
+
+
+def run_as(
+    cmd: list[str], user: OSUser, *, check: bool = True, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    kwargs: dict = {}
+    if user.uid != os.geteuid():
+        kwargs = {"user": user.uid, "group": user.gid, "extra_groups": []}
+    full_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8"}
+    if env:
+        full_env.update(env)
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, cwd="/", env=full_env, **kwargs
+    )
+    if check and proc.returncode != 0:
+        detail = (proc.stderr or proc.stdout).strip().splitlines()
+        raise ClusterError(f"{Path(cmd[0]).name} failed: {detail[-1] if detail else proc.returncode}")
+    return proc
+
+
+def chown_tree(path: Path, user: OSUser) -> None:
+    if user.uid == os.geteuid():
+        return
+    os.chown(path, user.uid, user.gid)
+    for root, dirs, files in os.walk(path):
+        for name in dirs + files:
+            os.chown(os.path.join(root, name), user.uid, user.gid, follow_symlinks=False)
