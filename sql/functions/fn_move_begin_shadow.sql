@@ -1,6 +1,8 @@
 -- after: 0001
--- Start a move: returns the shadow's name and the partition's size in blocks (what the
--- caller copies; rows written after this transaction are in the log as well).
+-- The first half of fn_move_begin (sql/migrations/0014's fn_move_begin, renamed by 0015): the
+-- shadow, its change log and the capture triggers. Returns the shadow's name and the
+-- partition's size in blocks (what the caller copies; rows written after this transaction are
+-- in the log as well).
 CREATE OR REPLACE FUNCTION fn_move_begin_shadow(p_partition text, p_tablespace name, OUT shadow_name text, OUT blocks bigint)
     LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
@@ -14,13 +16,7 @@ BEGIN
         RAISE EXCEPTION 'partition %: no such leaf partition', p_partition
             USING HINT = 'only leaf partitions hold data; parents are never moved';
     END IF;
-    IF NOT EXISTS (SELECT 1 FROM pg_tablespace WHERE spcname = p_tablespace) THEN
-        RAISE EXCEPTION 'tablespace % does not exist', p_tablespace
-            USING ERRCODE = 'undefined_object',
-                  HINT = format('create it as a superuser, outside a transaction: CREATE TABLESPACE %I LOCATION ''/path'' '
-                                '(the folder must exist, be empty and belong to the server''s OS user), '
-                                'or point storage_tiers at an existing tablespace', p_tablespace);
-    END IF;
+    PERFORM public.fn_require_tablespace(p_tablespace);
     PERFORM public.fn_move_abandon(p_partition);
     shadow_name := 'tiering_move_' || v_rel::oid;
     v_log := shadow_name || '_log';

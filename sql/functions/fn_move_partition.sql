@@ -13,13 +13,7 @@ BEGIN
         RAISE EXCEPTION 'partition %: no such table partition', p_partition
             USING HINT = 'only leaf partitions hold data; parents are never moved';
     END IF;
-    IF NOT EXISTS (SELECT 1 FROM pg_tablespace WHERE spcname = p_tablespace) THEN
-        RAISE EXCEPTION 'tablespace % does not exist', p_tablespace
-            USING ERRCODE = 'undefined_object',
-                  HINT = format('create it as a superuser, outside a transaction: CREATE TABLESPACE %I LOCATION ''/path'' '
-                                '(the folder must exist, be empty and belong to the server''s OS user), '
-                                'or point storage_tiers at an existing tablespace', p_tablespace);
-    END IF;
+    PERFORM public.fn_require_tablespace(p_tablespace);
     EXECUTE format('ALTER TABLE %s SET TABLESPACE %I', v_rel, p_tablespace);
     FOR v_index IN SELECT indexrelid::regclass FROM pg_index WHERE indrelid = v_rel LOOP
         EXECUTE format('ALTER INDEX %s SET TABLESPACE %I', v_index, p_tablespace);
