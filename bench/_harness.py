@@ -34,6 +34,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from tenant_pipelines.db.migrate import migrate
 from tenant_pipelines.local.cluster import BASE_SETTINGS, EmbeddedCluster
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -124,6 +125,16 @@ def on_server(dsn: str | None, benchmark: Callable[[str, str, bool], dict], *, t
         return run(admin_dsn, throwaway_kind, True)
 
 
+def migrate_scratch(conn: psycopg.Connection, superuser_for: str | None = None) -> None:
+    """Migrate the benchmark's database with the project's migrations. With ``superuser_for``
+    (what the benchmark does that needs it), refuse first unless ``conn`` is a superuser's."""
+    if superuser_for is not None and not conn.execute(
+            "SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()[0]:
+        raise SystemExit(f"the DSN must be a superuser's{': ' + superuser_for if superuser_for else ''}")
+    log("migrating the scratch database")
+    migrate(conn)
+
+
 def describe_dsn(dsn: str) -> str:
     """host:port/dbname of a DSN, without the password, for reports."""
     parts = conninfo_to_dict(dsn)
@@ -187,10 +198,10 @@ def python_peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
-def proc_status(pid: int) -> dict[str, int]:
-    """The kB fields of /proc/<pid>/status, in bytes."""
+def _proc_fields(path: str) -> dict[str, int]:
+    """The "Key: N kB" fields of a /proc file (status, smaps_rollup) in bytes, and PPid."""
     fields: dict[str, int] = {}
-    with open(f"/proc/{pid}/status") as fh:
+    with open(path) as fh:
         for line in fh:
             key, _, rest = line.partition(":")
             parts = rest.split()
@@ -201,12 +212,13 @@ def proc_status(pid: int) -> dict[str, int]:
     return fields
 
 
+def proc_status(pid: int) -> dict[str, int]:
+    """The kB fields of /proc/<pid>/status (VmRSS, VmHWM, RssAnon...), in bytes, and PPid."""
+    return _proc_fields(f"/proc/{pid}/status")
+
+
 def _pss(pid: int) -> int:
-    with open(f"/proc/{pid}/smaps_rollup") as fh:
-        for line in fh:
-            if line.startswith("Pss:"):
-                return int(line.split()[1]) * 1024
-    return 0
+    return _proc_fields(f"/proc/{pid}/smaps_rollup").get("Pss", 0)
 
 
 def _server_processes(postmaster: int) -> list[int]:

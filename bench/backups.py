@@ -35,15 +35,13 @@ from pathlib import Path
 from typing import Sequence
 
 import psycopg
-from psycopg import sql
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout, not installed
 
 import _harness as h  # noqa: E402
-from tenant_pipelines.core.backups import BACKUP_KEY_ENV  # noqa: E402
+from tenant_pipelines.settings import BACKUP_KEY_ENV  # noqa: E402
 from tenant_pipelines.core.partitions import ensure_tenant_partition  # noqa: E402
 from tenant_pipelines.local.cluster import find_bindir  # noqa: E402
-from tenant_pipelines.db.migrate import migrate  # noqa: E402
 
 NAME = "backups"
 TARGET_EXPORT = 0.8
@@ -57,8 +55,8 @@ KEY = base64.b64encode(bytes(range(32))).decode()
 
 
 def child(args: argparse.Namespace) -> int:
-    from tenant_pipelines.core.backups import backup_tenant, load_master_key
-    from tenant_pipelines.core.restore import restore_tenant
+    from tenant_pipelines.core.backups import backup_tenant, restore_tenant
+    from tenant_pipelines.local.keys import load_master_key
 
     key = load_master_key(generate_dev_key=False)
     rss_before = h.python_peak_rss()
@@ -162,8 +160,7 @@ def make_tenant(conn: psycopg.Connection, events: int) -> str:
 def benchmark(args: argparse.Namespace, dsn: str, server_kind: str, root: Path) -> dict:
     sizes = sorted(args.events)
     with psycopg.connect(dsn, autocommit=True) as conn:
-        h.log("migrating the scratch database")
-        migrate(conn)
+        h.migrate_scratch(conn)
         server = h.server_info(conn)
         tenants = {}
         for n in sizes:

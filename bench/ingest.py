@@ -61,7 +61,6 @@ from tenant_pipelines.local.demo import METRICS, seed_demo  # noqa: E402
 from tenant_pipelines.core.ingest import UsageEvent, ingest_usage_events, insert_usage_events  # noqa: E402
 from tenant_pipelines.core.partitions import ensure_tenant_partition  # noqa: E402
 from tenant_pipelines.core.tenants import list_tenants  # noqa: E402
-from tenant_pipelines.db.migrate import migrate  # noqa: E402
 from tenant_pipelines.db.session import tenant_session  # noqa: E402
 
 NAME = "ingest"
@@ -927,15 +926,13 @@ def render_markdown(results: dict) -> str:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = h.parser(
-        NAME, (
-            "Ingestion benchmark: time-ordered usage events written through the application path "
-            "(ingest_usage_events: billing_app, tenant context, RLS forced) into usage_events_mt, "
-            "against a flat unpartitioned table with the same indexes and policy written the same "
-            "way (A) and a plain superuser COPY into it (B, reference only). Reports rows/s, their "
-            "ratio and peak memory in bench/results/ingest.json and docs/benchmarks/ingest.md. "
-            f"Targets: subject >= {TARGET_RPS:,.0f} rows/s ({TARGET_MULTIPLE}x the seed's "
-            f"{REFERENCE_EVENTS_PER_MIN:,} events/min) and >= {TARGET_PARITY}x A, at --writers."
-        ),
+        NAME, f"""Ingestion benchmark: time-ordered usage events written through the application path
+(ingest_usage_events: billing_app, tenant context, RLS forced) into usage_events_mt, against a flat
+unpartitioned table with the same indexes and policy written the same way (A) and a plain superuser
+COPY into it (B, reference only). Reports rows/s, their ratio and peak memory in
+bench/results/ingest.json and docs/benchmarks/ingest.md. Targets: subject >= {TARGET_RPS:,.0f}
+rows/s ({TARGET_MULTIPLE}x the seed's {REFERENCE_EVENTS_PER_MIN:,} events/min) and >=
+{TARGET_PARITY}x A, at --writers.""",
     )
     parser.add_argument("--events", type=int, default=2_000_000, metavar="N",
                         help="usage events written by each run (default: 2,000,000)")
@@ -1007,11 +1004,7 @@ def command_line(args: argparse.Namespace) -> str:
 
 def benchmark(args: argparse.Namespace, dsn: str, server_kind: str) -> dict:
     with h.connect(dsn, args.synchronous_commit) as admin:
-        if not admin.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()[0]:
-            raise SystemExit("the DSN must be a superuser's: the benchmark migrates, checkpoints and "
-                             "runs baseline B as the superuser")
-        h.log("migrating the scratch database")
-        migrate(admin)
+        h.migrate_scratch(admin, "the benchmark migrates, checkpoints and runs baseline B as the superuser")
         # The events are today's (UTC, by the server's clock), as a live ingest's would be: a
         # tenant split into months gets them in its current month's partition.
         day = admin.execute("SELECT date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'").fetchone()[0]

@@ -50,7 +50,6 @@ from tenant_pipelines.core.metrics import (  # noqa: E402
 from tenant_pipelines.core.partitions import (  # noqa: E402
     attached_tenant_partitions, ensure_tenant_partition, stranded_in_pool)
 from tenant_pipelines.local.cluster import find_bindir, server_os_user  # noqa: E402
-from tenant_pipelines.db.migrate import migrate  # noqa: E402
 
 NAME = "metrics"
 DEFAULT_SCALES = (1_000, 10_000)
@@ -561,7 +560,7 @@ def measure_scale(args: argparse.Namespace, admin_dsn: str, scale: int, anchor: 
     with h.scratch_database(admin_dsn, "bench_metrics") as dsn:
         with psycopg.connect(dsn, autocommit=True) as admin:
             admin.execute("SELECT set_config('synchronous_commit', 'off', false)")
-            migrate(admin)
+            h.migrate_scratch(admin)
             unknown = monthly_tiers(admin) ^ {"growth", "enterprise"}
             if unknown:
                 h.log(f"note: tiers split by month differ from growth/enterprise: {unknown}")
@@ -676,21 +675,22 @@ def render_locks(scales: list[dict]) -> list[str]:
              "max_locks_per_transaction × (max_connections + autovacuum_max_workers + max_worker_processes + "
              "max_wal_senders + 1) slots, with a little slack. `collect()` reads the tenants "
              f"{COLLECT_BATCH} at a time, one transaction each; *one transaction* is all tenants at once "
-             "(what a plain `SELECT * FROM vw_tenant_metrics` does).", "",
-             "| Tenants | Locks, largest batch | Locks, one transaction | Seed's view (names fixed) | "
-             "Lock slots, this run | Lock slots, default | `collect()`, default lock table | "
-             "One transaction, default lock table |",
-             "| ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |"]
+             "(what a plain `SELECT * FROM vw_tenant_metrics` does).", ""]
+    rows = []
     for s in scales:
         cap = s["lock_capacity"]
         locks = s["collect_locks"]
         seed = next((v.get("locks_held") for v in s["seed_views"] if v.get("locks_held")), None)
         check = s.get("default_locks")
-        lines.append(
-            f"| {s['scale']:,} | {locks['locks_held']:,} | {locks.get('locks_one_transaction', 0):,} | "
-            f"{f'{seed:,}' if seed else 'n/a'} | {cap['lock_slots']:,} (max_locks_per_transaction="
-            f"{cap['max_locks_per_transaction']}) | {cap['default_lock_slots']:,} | "
-            + (f"{_outcome(check)} | {_outcome(check['one_transaction'])} |" if check else "not run | not run |"))
+        rows.append([f"{s['scale']:,}", f"{locks['locks_held']:,}", f"{locks.get('locks_one_transaction', 0):,}",
+                     f"{seed:,}" if seed else "n/a",
+                     f"{cap['lock_slots']:,} (max_locks_per_transaction={cap['max_locks_per_transaction']})",
+                     f"{cap['default_lock_slots']:,}",
+                     *((_outcome(check), _outcome(check["one_transaction"])) if check else ("not run", "not run"))])
+    lines.append(h.markdown_table(
+        ["Tenants", "Locks, largest batch", "Locks, one transaction", "Seed's view (names fixed)", "Lock slots, this run",
+         "Lock slots, default", "`collect()`, default lock table", "One transaction, default lock table"],
+        rows, "rrrrrrll"))
     return lines + [""]
 
 
@@ -756,7 +756,7 @@ def render_seed(scales: list[dict]) -> list[str]:
 
 
 def render_setup(results: dict) -> list[str]:
-    p, m = results["parameters"], results["machine"]
+    m = results["machine"]
     scales = results["scales"]
     srv = scales[0]["server"]
     rows = []
@@ -780,7 +780,7 @@ def render_setup(results: dict) -> list[str]:
         "tenants' first event went into DEFAULT before onboarding so that their months reach back to it. "
         f"Subscriptions: active ones per tier {ACTIVE_SUBSCRIPTIONS}, none for every {NO_ACTIVE_EVERY}th "
         "tenant, plus a canceled one for every third tenant.",
-        f"- Machine load before the rollup runs: "
+        "- Machine load before the rollup runs: "
         + ", ".join(f"{s['scale']:,}: {s['load_before_cores']:.2f} cores" for s in scales)
         + f" (waited up to {IDLE_WAIT_S:g}s for < {h.IDLE_LOAD}).",
         "- Memory: *Python peak RSS* is the process's RSS sampled during the run (it holds nothing from the "
@@ -805,12 +805,10 @@ def parse_mix(text: str) -> dict[str, float]:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = h.parser(
-        NAME, (
-            "Metrics rollup benchmark: collect() (vw_tenant_metrics), record_history() and export_parquet() at "
-            "each scale of tenants with --events usage events in all: wall time, peak memory, locks, "
-            "correctness against a direct GROUP BY, and the seed's view (verbatim, then with its partition "
-            "names fixed). Writes bench/results/metrics.json and docs/benchmarks/metrics.md."
-        ),
+        NAME, """Metrics rollup benchmark: collect() (vw_tenant_metrics), record_history() and export_parquet() at
+each scale of tenants with --events usage events in all: wall time, peak memory, locks, correctness
+against a direct GROUP BY, and the seed's view (verbatim, then with its partition names fixed).
+Writes bench/results/metrics.json and docs/benchmarks/metrics.md.""",
     )
     parser.add_argument("--scales", type=parse_scales, default=list(DEFAULT_SCALES), metavar="N,N",
                         help="tenant counts, one fresh database each (default: 1000,10000)")

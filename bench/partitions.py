@@ -59,7 +59,6 @@ from tenant_pipelines.core.partitions import (  # noqa: E402
     pool_tenants,
     stranded_in_pool,
 )
-from tenant_pipelines.db.migrate import migrate  # noqa: E402
 from tenant_pipelines.db.session import APP_ROLE  # noqa: E402
 from tenant_pipelines.defs.tags import tenant_tiers  # noqa: E402
 
@@ -104,8 +103,9 @@ BEGIN
 END
 $$;
 """
-BOUND_CONTEXT_FUNCTIONS = (Path(__file__).resolve().parent.parent / "sql"
-                           / "0017_bind_tenant_context_to_its_transaction.sql")
+# sql/0017's, as they are now: sql/functions/ holds each function once.
+BOUND_CONTEXT_FUNCTIONS = [Path(__file__).resolve().parent.parent / "sql" / "functions" / f"{name}.sql"
+                           for name in ("fn_current_tenant_id", "fn_set_tenant_context")]
 
 # Lock-table sizing for the throwaway cluster. A query that cannot prune at plan time (RLS
 # alone) locks every table under usage_events_mt and every leaf's indexes at once: per tenant
@@ -544,13 +544,13 @@ def measure_binding(admin: psycopg.Connection, dsn: str, args: argparse.Namespac
             order = ("unbound", "bound") if round_number % 2 == 0 else ("bound", "unbound")
             for version in order:
                 admin.execute(UNBOUND_CONTEXT_FUNCTIONS if version == "unbound"
-                              else BOUND_CONTEXT_FUNCTIONS.read_text())
+                              else "\n".join(f.read_text() for f in BOUND_CONTEXT_FUNCTIONS))
                 h.wait_until_idle(timeout=IDLE_WAIT_S)
                 h.log(f"context binding, round {round_number + 1}: {version} functions")
                 series[version] += [measure_query(dsn, args, tenant, kind, scale)
                                     for tenant in probes.values() for kind in QUERY_KINDS]
     finally:
-        admin.execute(BOUND_CONTEXT_FUNCTIONS.read_text())
+        admin.execute("\n".join(f.read_text() for f in BOUND_CONTEXT_FUNCTIONS))
     out = []
     for tier in probes:
         for kind in QUERY_KINDS:
@@ -571,11 +571,8 @@ def measure_binding(admin: psycopg.Connection, dsn: str, args: argparse.Namespac
 
 def benchmark(args: argparse.Namespace, dsn: str, server_kind: str) -> dict:
     with h.connect(dsn, args.synchronous_commit) as admin:
-        if not admin.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()[0]:
-            raise SystemExit("the DSN must be a superuser's: the benchmark migrates, creates partitions, "
-                             "checkpoints and reads function statistics")
-        h.log("migrating the scratch database")
-        migrate(admin)
+        h.migrate_scratch(admin, "the benchmark migrates, creates partitions, checkpoints and reads function "
+                                 "statistics")
         if args.leaf_budget is not None:
             admin.execute("UPDATE partition_config SET leaf_budget = %s", (args.leaf_budget,))
         tiers = check_tiers(admin, args.mix)
@@ -613,63 +610,58 @@ def _query(scale: dict, kind: str, tier: str) -> dict | None:
     return next((q for q in scale["queries"] if q["kind"] == kind and q["tier"] == tier and "error" not in q), None)
 
 
+def _target(what: str, required: str, value: float | None, measured: str, met: bool, limit: float, *,
+            minimum: bool = False) -> dict:
+    """One target's entry: its margin from ``limit`` when a value was measured."""
+    return {"target": what, "required": required, "measured_value": value, "measured": measured, "met": met,
+            "margin": "" if value is None else h.margin(value, limit, minimum=minimum)}
+
+
 def targets(scales: list[dict]) -> list[dict]:
     """Each target: what is required, what was measured at the largest scale, met or not."""
     first, last = scales[0], scales[-1]
-    out = [{
-        "target": f"Onboard one more tenant at {last['scale']:,} tenants (median)",
-        "required": f"< {TARGET_ONBOARD_ONE_MS:.0f} ms", "measured_value": last["one_more"]["median_ms"],
-        "measured": f"{last['one_more']['median_ms']:.1f} ms",
-        "met": last["one_more"]["median_ms"] < TARGET_ONBOARD_ONE_MS,
-        "margin": h.margin(last["one_more"]["median_ms"], TARGET_ONBOARD_ONE_MS),
-    }]
+    one_more = last["one_more"]["median_ms"]
+    out = [_target(f"Onboard one more tenant at {last['scale']:,} tenants (median)",
+                   f"< {TARGET_ONBOARD_ONE_MS:.0f} ms", one_more, f"{one_more:.1f} ms",
+                   one_more < TARGET_ONBOARD_ONE_MS, TARGET_ONBOARD_ONE_MS)]
     for tier in PROBE_TIERS:
         small, large = _query(first, "explicit", tier), _query(last, "explicit", tier)
         if small and large:
             ratio = large["total_median_ms"] / small["total_median_ms"]
-            out.append({
-                "target": f"Explicit predicate, {tier} tenant: planning + execution at {last['scale']:,} "
-                          f"vs {first['scale']:,} tenants (medians)",
-                "required": f"≤ {TARGET_EXPLICIT_RATIO}×", "measured_value": ratio,
-                "measured": f"{ratio:.2f}× ({small['total_median_ms']:.2f} → {large['total_median_ms']:.2f} ms)",
-                "met": ratio <= TARGET_EXPLICIT_RATIO, "margin": h.margin(ratio, TARGET_EXPLICIT_RATIO),
-            })
+            out.append(_target(
+                f"Explicit predicate, {tier} tenant: planning + execution at {last['scale']:,} "
+                f"vs {first['scale']:,} tenants (medians)", f"≤ {TARGET_EXPLICIT_RATIO}×", ratio,
+                f"{ratio:.2f}× ({small['total_median_ms']:.2f} → {large['total_median_ms']:.2f} ms)",
+                ratio <= TARGET_EXPLICIT_RATIO, TARGET_EXPLICIT_RATIO))
     for tier in PROBE_TIERS:
         rls = _query(last, "rls_only", tier)
         failed = next((q for q in last["queries"] if q["kind"] == "rls_only" and q["tier"] == tier and "error" in q), None)
         if rls or failed:
             value = rls["planning_median_ms"] if rls else None
-            out.append({
-                "target": f"RLS alone, {tier} tenant: planning at {last['scale']:,} tenants (median)",
-                "required": f"< {TARGET_RLS_PLANNING_MS:.0f} ms", "measured_value": value,
-                "measured": f"{value:,.1f} ms" if rls else f"failed: {failed['error']}",
-                "met": bool(rls) and value < TARGET_RLS_PLANNING_MS,
-                "margin": h.margin(value, TARGET_RLS_PLANNING_MS) if rls else "",
-            })
+            out.append(_target(
+                f"RLS alone, {tier} tenant: planning at {last['scale']:,} tenants (median)",
+                f"< {TARGET_RLS_PLANNING_MS:.0f} ms", value,
+                f"{value:,.1f} ms" if rls else f"failed: {failed['error']}",
+                bool(rls) and value < TARGET_RLS_PLANNING_MS, TARGET_RLS_PLANNING_MS))
     relations = last["catalog"]["relations"]
-    out.append({
-        "target": f"Relations in pg_class at {last['scale']:,} tenants", "required": f"< {TARGET_RELATIONS:,}",
-        "measured_value": relations, "measured": f"{relations:,}", "met": relations < TARGET_RELATIONS,
-        "margin": h.margin(relations, TARGET_RELATIONS),
-    })
+    out.append(_target(f"Relations in pg_class at {last['scale']:,} tenants", f"< {TARGET_RELATIONS:,}", relations,
+                       f"{relations:,}", relations < TARGET_RELATIONS, TARGET_RELATIONS))
     ingest = next((s["ingest"] for s in scales if "ingest" in s), None)
     if ingest:
         ratio = ingest["ratio_subject_to_flat_rls"]
-        out.append({
-            "target": f"Ingest with {ingest['tenants']:,} tenants onboarded: usage_events_mt vs flat table + RLS",
-            "required": f"≥ {TARGET_INGEST_PARITY}×", "measured_value": ratio, "measured": f"{ratio:.3f}×",
-            "met": ratio >= TARGET_INGEST_PARITY, "margin": h.margin(ratio, TARGET_INGEST_PARITY, minimum=True),
-        })
+        out.append(_target(
+            f"Ingest with {ingest['tenants']:,} tenants onboarded: usage_events_mt vs flat table + RLS",
+            f"≥ {TARGET_INGEST_PARITY}×", ratio, f"{ratio:.3f}×", ratio >= TARGET_INGEST_PARITY,
+            TARGET_INGEST_PARITY, minimum=True))
     for c in last.get("binding", {}).get("comparisons", []):
         key, what = (("planning_ratio", "planning") if c["kind"] == "rls_only" else ("total_ratio", "planning + execution"))
         ratio, metric = c[key], key.replace("_ratio", "_median_ms")
-        out.append({
-            "target": f"Context bound to its transaction (sql/0017) vs unbound (sql/0005), {c['kind']}, "
-                      f"{c['tier']} tenant: {what} at {last['scale']:,} tenants (medians, same run)",
-            "required": f"≤ {TARGET_BINDING_RATIO}×", "measured_value": ratio,
-            "measured": f"{ratio:.3f}× ({c['unbound'][metric]:.2f} → {c['bound'][metric]:.2f} ms)",
-            "met": ratio <= TARGET_BINDING_RATIO, "margin": h.margin(ratio, TARGET_BINDING_RATIO),
-        })
+        out.append(_target(
+            f"Context bound to its transaction (sql/0017) vs unbound (sql/0005), {c['kind']}, "
+            f"{c['tier']} tenant: {what} at {last['scale']:,} tenants (medians, same run)",
+            f"≤ {TARGET_BINDING_RATIO}×", ratio,
+            f"{ratio:.3f}× ({c['unbound'][metric]:.2f} → {c['bound'][metric]:.2f} ms)",
+            ratio <= TARGET_BINDING_RATIO, TARGET_BINDING_RATIO))
     if last["scale"] != TARGET_SCALE:
         for entry in out:
             entry["target"] += f" (the targets are set for {TARGET_SCALE:,})"
@@ -991,16 +983,14 @@ def parse_scales(text: str) -> list[int]:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = h.parser(
-        NAME, (
-            "Tenant-partition benchmark: one database grows through the scales of onboarded tenants; "
-            "at each it measures onboarding (tenants/s, and the time to onboard one more), "
-            "single-tenant query planning and execution as billing_app (explicit predicate vs RLS "
-            "alone), the catalog's size, and at one scale ingestion against a flat table. Writes "
-            "bench/results/partitions.json and docs/benchmarks/partitions.md. Targets at 10,000 tenants: "
-            f"one more tenant < {TARGET_ONBOARD_ONE_MS:.0f} ms, explicit predicate within "
-            f"{TARGET_EXPLICIT_RATIO}x of the figure at 10, RLS-alone planning < {TARGET_RLS_PLANNING_MS:.0f} ms, "
-            f"< {TARGET_RELATIONS:,} relations, ingest >= {TARGET_INGEST_PARITY}x flat."
-        ),
+        NAME, f"""Tenant-partition benchmark: one database grows through the scales of onboarded tenants; at each it
+measures onboarding (tenants/s, and the time to onboard one more), single-tenant query planning and
+execution as billing_app (explicit predicate vs RLS alone), the catalog's size, and at one scale
+ingestion against a flat table. Writes bench/results/partitions.json and
+docs/benchmarks/partitions.md. Targets at 10,000 tenants: one more tenant <
+{TARGET_ONBOARD_ONE_MS:.0f} ms, explicit predicate within {TARGET_EXPLICIT_RATIO}x of the figure at
+10, RLS-alone planning < {TARGET_RLS_PLANNING_MS:.0f} ms, < {TARGET_RELATIONS:,} relations, ingest
+>= {TARGET_INGEST_PARITY}x flat.""",
     )
     parser.add_argument("--scales", type=parse_scales, default=list(DEFAULT_SCALES), metavar="N,N,...",
                         help="onboarded tenant counts to measure at, increasing (default: 10,1000,10000)")

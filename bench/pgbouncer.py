@@ -60,7 +60,6 @@ from tenant_pipelines.core.pooling import (  # noqa: E402
     role_scram_secret,
 )
 from tenant_pipelines.local.cluster import find_bindir  # noqa: E402
-from tenant_pipelines.db.migrate import migrate  # noqa: E402
 from tenant_pipelines.local.pgbouncer import PgBouncerProcess, find_pgbouncer  # noqa: E402
 from tenant_pipelines.db.session import APP_ROLE  # noqa: E402
 
@@ -228,7 +227,7 @@ def run(args: argparse.Namespace, admin_root_dsn: str) -> dict:
         info = conninfo_to_dict(dsn)
         server_db = str(info["dbname"])
         with psycopg.connect(dsn, autocommit=True) as admin:
-            migrate(admin)
+            h.migrate_scratch(admin)
             passwords = roles(admin)
             load(admin, args.tenants, args.events_per_tenant)
             server = h.server_info(admin)

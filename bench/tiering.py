@@ -67,7 +67,7 @@ from tenant_pipelines.local.demo import METRICS  # noqa: E402
 from tenant_pipelines.core.ingest import ingest_usage_events  # noqa: E402
 from tenant_pipelines.core.partitions import ensure_tenant_partition, partition_name  # noqa: E402
 from tenant_pipelines.local.cluster import TABLESPACES  # noqa: E402
-from tenant_pipelines.db.migrate import migrate  # noqa: E402
+from tenant_pipelines.files import fsync_path  # noqa: E402
 
 NAME = "tiering"
 TARGET_P99_RATIO = 1.2
@@ -291,14 +291,6 @@ def relation_files(conn: psycopg.Connection, partition: str, data_dir: Path) -> 
     return sorted(set(files))
 
 
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def copy_files(sources: Sequence[Path], folder: Path) -> tuple[int, float]:
     """shutil.copyfile of each file into ``folder``, each fsynced (as SET TABLESPACE syncs each
     fork it writes), then the folder. Returns bytes and seconds."""
@@ -307,9 +299,9 @@ def copy_files(sources: Sequence[Path], folder: Path) -> tuple[int, float]:
     for i, src in enumerate(sources):
         dst = folder / f"{i:04d}_{src.name}"
         shutil.copyfile(src, dst)
-        _fsync_path(dst)
+        fsync_path(dst)
         total += dst.stat().st_size
-    _fsync_path(folder)
+    fsync_path(folder)
     return total, time.perf_counter() - started
 
 
@@ -969,7 +961,7 @@ def render_markdown(results: dict) -> str:
            ". Phases (the pacer's sleeps, the block copy, the VACUUM/ANALYZE) from its `Move` records: "
            "`slept_s`, `copy_s`, `copy_bytes`, `vacuum_s`."),
         "- The tiering connection uses the server's synchronous_commit (on); the inserter's is the mode's.",
-        f"- Machine load before each mode's runs: "
+        "- Machine load before each mode's runs: "
         + "; ".join(f"{mode['label']}: {mode['load_before_cores']:.2f} cores" for mode in modes)
         + f" (waited up to {IDLE_WAIT_S:g}s for < {h.IDLE_LOAD}).",
         f"- Python process peak RSS: {h.mib(results['python_peak_rss_bytes'])}. Whole run: "
@@ -995,16 +987,14 @@ def _rate_arg(text: str) -> float | None:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = h.parser(
-        NAME, (
-            "Storage-tiering benchmark: tier_tenant() moves three old months of an enterprise tenant to the "
-            "warm and cold tablespaces by each method (online: paced copy-and-swap; set-tablespace: ALTER TABLE "
-            "... SET TABLESPACE): MB/s over the whole move and without the pacer's sleeps, time under lock per "
-            "move, against plain file copies of the same size; while an inserter writes small batches into the "
-            "same tenant's current month (p50/p99/max latency with and without tiering). A mode is a (method, "
-            "the inserter's synchronous_commit) pair. Writes bench/results/tiering.json and "
-            f"docs/benchmarks/tiering.md. Targets, per mode: no insert fails; p99 while tiering <= "
-            f"{TARGET_P99_RATIO}x the baseline's."
-        ),
+        NAME, f"""Storage-tiering benchmark: tier_tenant() moves three old months of an enterprise tenant to the warm
+and cold tablespaces by each method (online: paced copy-and-swap; set-tablespace: ALTER TABLE ...
+SET TABLESPACE): MB/s over the whole move and without the pacer's sleeps, time under lock per move,
+against plain file copies of the same size; while an inserter writes small batches into the same
+tenant's current month (p50/p99/max latency with and without tiering). A mode is a (method, the
+inserter's synchronous_commit) pair. Writes bench/results/tiering.json and
+docs/benchmarks/tiering.md. Targets, per mode: no insert fails; p99 while tiering <=
+{TARGET_P99_RATIO}x the baseline's.""",
     )
     parser.add_argument("--method", choices=(*tiering.METHODS, "both"), default="both",
                         help="how tier_tenant() moves the months: online (paced copy-and-swap, its default), "
@@ -1082,10 +1072,7 @@ def command_line(args: argparse.Namespace) -> str:
 def benchmark(args: argparse.Namespace, dsn: str, server_kind: str, throwaway: bool) -> dict:
     started = time.perf_counter()
     with h.connect(dsn) as admin:
-        if not admin.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()[0]:
-            raise SystemExit("the DSN must be a superuser's")
-        h.log("migrating the scratch database")
-        migrate(admin)
+        h.migrate_scratch(admin, "")
         tiers = prepare_tablespaces(admin, throwaway)
         warm_after, cold_after = policy(admin)
         this_month = admin.execute("SELECT date_trunc('month', now() AT TIME ZONE 'UTC')::date").fetchone()[0]

@@ -46,7 +46,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 import _harness as h  # noqa: E402  (bench/ is sys.path[0] when run as a script)
 import tiering as bt  # noqa: E402  (bench/tiering.py: its loader and inserter)
 from tenant_pipelines.core import tiering  # noqa: E402
-from tenant_pipelines.db.migrate import migrate  # noqa: E402
 
 NAME = "tiering_parts"
 BLOCK = tiering.BLOCK
@@ -162,7 +161,7 @@ def summarize(samples: Sequence[bt.Sample], windows: list[dict]) -> tuple[list[d
 def benchmark(args: argparse.Namespace, dsn: str) -> dict:
     started = time.perf_counter()
     with h.connect(dsn) as admin, h.connect(dsn) as work:
-        migrate(admin)
+        h.migrate_scratch(admin)
         bt.prepare_tablespaces(admin, True)
         this_month = admin.execute("SELECT date_trunc('month', now() AT TIME ZONE 'UTC')::date").fetchone()[0]
         first = bt.utc(bt.add_months(this_month, -max(bt.OLD_MONTHS)))
