@@ -531,6 +531,14 @@ def add_output_options(parser: argparse.ArgumentParser, name: str, *, dsn_help: 
                             help=f"run nothing: write the page again from bench/results/{name}.json")
 
 
+def add_numbers(parser: argparse.ArgumentParser,
+                *options: tuple[str, type, int | float | None, str | None, str]) -> None:
+    """Numeric options, one (flag, type, default, metavar, help) each; a default of None means
+    the option is unset unless given, a metavar of None argparse's own."""
+    for flag, kind, default, metavar, help_text in options:
+        parser.add_argument(flag, type=kind, default=default, metavar=metavar, help=help_text)
+
+
 def positive(parser: argparse.ArgumentParser, args: argparse.Namespace, names: Iterable[str]) -> None:
     """parser.error() unless each of ``args``' ``names`` is at least 1."""
     for name in names:
@@ -691,3 +699,11 @@ def server_lines(server: dict, machine: dict, server_kind: str, settings: dict |
         machine_line(machine),
         f"- Server: {server_kind}. Settings: " + settings_text(server["settings"] if settings is None else settings),
     ]
+
+
+def section(title: str, *paragraphs: str) -> list[str]:
+    """A page's "## title" and its paragraphs, each followed by a blank line."""
+    out = [f"## {title}", ""]
+    for paragraph in paragraphs:
+        out += [paragraph, ""]
+    return out

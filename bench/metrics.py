@@ -669,13 +669,13 @@ def _outcome(check: dict) -> str:
 
 
 def render_locks(scales: list[dict]) -> list[str]:
-    lines = ["## Locks", "",
-             "Reading a tenant's figures locks its partitions, their indexes and TOAST tables, and a "
-             "transaction holds every lock until it ends. The lock table is shared by the whole server: "
-             "max_locks_per_transaction × (max_connections + autovacuum_max_workers + max_worker_processes + "
-             "max_wal_senders + 1) slots, with a little slack. `collect()` reads the tenants "
-             f"{COLLECT_BATCH} at a time, one transaction each; *one transaction* is all tenants at once "
-             "(what a plain `SELECT * FROM vw_tenant_metrics` does).", ""]
+    lines = h.section("Locks",
+                      "Reading a tenant's figures locks its partitions, their indexes and TOAST tables, and a "
+                      "transaction holds every lock until it ends. The lock table is shared by the whole server: "
+                      "max_locks_per_transaction × (max_connections + autovacuum_max_workers + max_worker_processes + "
+                      "max_wal_senders + 1) slots, with a little slack. `collect()` reads the tenants "
+                      f"{COLLECT_BATCH} at a time, one transaction each; *one transaction* is all tenants at once "
+                      "(what a plain `SELECT * FROM vw_tenant_metrics` does).")
     rows = []
     for s in scales:
         cap = s["lock_capacity"]
@@ -695,12 +695,12 @@ def render_locks(scales: list[dict]) -> list[str]:
 
 
 def render_correctness(scales: list[dict]) -> list[str]:
-    lines = ["## Correctness of `vw_tenant_metrics` (ours)", "",
-             "`collect()` and a direct `GROUP BY organization_id` on `usage_events_mt` (plus a count of active "
-             "subscriptions, and for storage: the size of a dedicated tenant's partition tree, or for a pooled "
-             "tenant its rows in the pool counted directly times the pool's bytes per row, the estimate "
-             "`vw_tenant_metrics` documents) for a sample of tenants (random, plus the first of every tier, "
-             "churned and idle), in one transaction, so with the same `now()`.", ""]
+    lines = h.section("Correctness of `vw_tenant_metrics` (ours)",
+                      "`collect()` and a direct `GROUP BY organization_id` on `usage_events_mt` (plus a count of active "
+                      "subscriptions, and for storage: the size of a dedicated tenant's partition tree, or for a pooled "
+                      "tenant its rows in the pool counted directly times the pool's bytes per row, the estimate "
+                      "`vw_tenant_metrics` documents) for a sample of tenants (random, plus the first of every tier, "
+                      "churned and idle), in one transaction, so with the same `now()`.")
     rows = []
     for s in scales:
         c = s["correctness"]

@@ -996,29 +996,25 @@ docs/benchmarks/partitions.md. Targets at 10,000 tenants: one more tenant <
                         help="onboarded tenant counts to measure at, increasing (default: 10,1000,10000)")
     parser.add_argument("--mix", type=h.parse_mix, default=h.parse_mix(h.DEFAULT_MIX), metavar="TIER=SHARE,...",
                         help=f"tier mix of the tenants (default: {h.DEFAULT_MIX})")
-    parser.add_argument("--events-per-tenant", type=int, default=5, metavar="E",
-                        help="usage events each tenant has in DEFAULT before it is onboarded (default: 5)")
-    parser.add_argument("--extra-tenants", type=int, default=20, metavar="K",
-                        help="free-tier tenants onboarded at each scale to time one more onboarding (default: 20)")
-    parser.add_argument("--query-repeat", type=int, default=30, metavar="R",
-                        help="warm runs of each query series (default: 30)")
-    parser.add_argument("--query-budget", type=float, default=60.0, metavar="S",
-                        help=f"stop a query series after S seconds, with at least {MIN_QUERY_SAMPLES} runs (default: 60)")
-    parser.add_argument("--ingest-at", type=int, metavar="N",
-                        help="the scale at which to measure ingestion (default: 1000 when it is one of "
-                             "the scales, else the largest scale below it, else the smallest)")
-    parser.add_argument("--ingest-events", type=int, default=500_000, metavar="N",
-                        help="events per ingestion run; 0 skips the ingestion part (default: 500,000)")
-    parser.add_argument("--ingest-batch", type=int, default=500, metavar="B",
-                        help="rows per ingestion batch, sent to the tenants in turn (default: 500)")
-    parser.add_argument("--ingest-repeat", type=int, default=3, metavar="R",
-                        help="ingestion runs of each variant (default: 3)")
-    parser.add_argument("--seed", type=int, default=42, help="seed of the tenants and the ingested events")
-    parser.add_argument("--leaf-budget", type=int, metavar="L",
-                        help="partition_config.leaf_budget for the run (default: the migration's)")
-    parser.add_argument("--max-locks-per-transaction", type=int, metavar="L",
-                        help="for the throwaway cluster (default: enough for a query that locks every "
-                             "partition at the largest scale; ignored with --dsn)")
+    h.add_numbers(
+        parser,
+        ("--events-per-tenant", int, 5, "E", "usage events each tenant has in DEFAULT before it is onboarded (default: 5)"),
+        ("--extra-tenants", int, 20, "K",
+         "free-tier tenants onboarded at each scale to time one more onboarding (default: 20)"),
+        ("--query-repeat", int, 30, "R", "warm runs of each query series (default: 30)"),
+        ("--query-budget", float, 60.0, "S",
+         f"stop a query series after S seconds, with at least {MIN_QUERY_SAMPLES} runs (default: 60)"),
+        ("--ingest-at", int, None, "N", "the scale at which to measure ingestion (default: 1000 when it is one of "
+                                        "the scales, else the largest scale below it, else the smallest)"),
+        ("--ingest-events", int, 500_000, "N", "events per ingestion run; 0 skips the ingestion part (default: 500,000)"),
+        ("--ingest-batch", int, 500, "B", "rows per ingestion batch, sent to the tenants in turn (default: 500)"),
+        ("--ingest-repeat", int, 3, "R", "ingestion runs of each variant (default: 3)"),
+        ("--seed", int, 42, None, "seed of the tenants and the ingested events"),
+        ("--leaf-budget", int, None, "L", "partition_config.leaf_budget for the run (default: the migration's)"),
+        ("--max-locks-per-transaction", int, None, "L",
+         "for the throwaway cluster (default: enough for a query that locks every "
+         "partition at the largest scale; ignored with --dsn)"),
+    )
     parser.add_argument("--synchronous-commit", choices=("off", "on"), default="off",
                         help="synchronous_commit of every benchmark connection (default: off)")
     h.add_output_options(parser, NAME)

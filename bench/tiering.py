@@ -1002,20 +1002,18 @@ docs/benchmarks/tiering.md. Targets, per mode: no insert fails; p99 while tierin
     parser.add_argument("--max-mb-per-s", type=_rate_arg, default=tiering.DEFAULT_MAX_MB_PER_S, metavar="X",
                         help="online moves: the pace, MB/s of the partition's heap ('none': no limit; default: "
                              f"{tiering.DEFAULT_MAX_MB_PER_S:g}, the core's)")
-    parser.add_argument("--batch-blocks", type=int, default=tiering.DEFAULT_BATCH_BLOCKS, metavar="N",
-                        help="online moves: heap blocks copied per transaction (default: "
-                             f"{tiering.DEFAULT_BATCH_BLOCKS}, the core's)")
-    parser.add_argument("--rows", type=int, default=2_000_000, metavar="N",
-                        help="events per tiered tenant, over its three old months (default: 2,000,000)")
-    parser.add_argument("--rounds", type=int, default=5, metavar="R",
-                        help="tiering rounds per mode (method and synchronous_commit), one fresh tenant each "
-                             "(default: 5)")
-    parser.add_argument("--baseline-seconds", type=float, default=10.0, metavar="S",
-                        help="length of each baseline window (default: 10)")
-    parser.add_argument("--insert-rate", type=float, default=100.0, metavar="TPS",
-                        help="inserter transactions per second (default: 100; keep it well under what one connection can commit, or a backlog builds)")
-    parser.add_argument("--insert-rows", type=int, default=10, metavar="K",
-                        help="rows per inserter transaction (default: 10)")
+    h.add_numbers(
+        parser,
+        ("--batch-blocks", int, tiering.DEFAULT_BATCH_BLOCKS, "N",
+         f"online moves: heap blocks copied per transaction (default: {tiering.DEFAULT_BATCH_BLOCKS}, the core's)"),
+        ("--rows", int, 2_000_000, "N", "events per tiered tenant, over its three old months (default: 2,000,000)"),
+        ("--rounds", int, 5, "R",
+         "tiering rounds per mode (method and synchronous_commit), one fresh tenant each (default: 5)"),
+        ("--baseline-seconds", float, 10.0, "S", "length of each baseline window (default: 10)"),
+        ("--insert-rate", float, 100.0, "TPS", "inserter transactions per second (default: 100; keep it well under "
+                                               "what one connection can commit, or a backlog builds)"),
+        ("--insert-rows", int, 10, "K", "rows per inserter transaction (default: 10)"),
+    )
     parser.add_argument("--synchronous-commit", choices=("on", "off", "both"), default="on",
                         help="the inserter's synchronous_commit: on (default), off, or both one after the other "
                              "(for each method)")
