@@ -17,6 +17,11 @@ APP_DATABASE_URL_ENV = "BILLING_APP_DATABASE_URL"
 # The pgbouncer.ini in force, whose pool sizes the tier-limit drift check compares with
 # tier_limits; unset: the project's own PgBouncer's config, when there is one.
 PGBOUNCER_INI_ENV = "TENANT_PIPELINES_PGBOUNCER_INI"
+# Backups (docs/backups.md): where they go, and the master key (base64 of 32 bytes) or a file
+# holding it.
+BACKUP_ROOT_ENV = "TENANT_PIPELINES_BACKUP_ROOT"
+BACKUP_KEY_ENV = "TENANT_PIPELINES_BACKUP_KEY"
+BACKUP_KEY_FILE_ENV = "TENANT_PIPELINES_BACKUP_KEY_FILE"
 
 
 def state_dir() -> Path:
@@ -101,6 +106,24 @@ def pgbouncer_ini_from_env() -> Path | None:
     """The pgbouncer.ini named by $TENANT_PIPELINES_PGBOUNCER_INI, or None."""
     value = os.environ.get(PGBOUNCER_INI_ENV, "").strip()
     return Path(value).expanduser() if value else None
+
+
+def default_backup_root() -> Path:
+    """``$TENANT_PIPELINES_BACKUP_ROOT``, else ``<project>/.tenant-pipelines/backups``."""
+    value = os.environ.get(BACKUP_ROOT_ENV, "").strip()
+    return Path(value).resolve() if value else PROJECT_DIR / ".tenant-pipelines" / "backups"
+
+
+def backup_key_from_env() -> str | None:
+    """The backup master key as configured (``$TENANT_PIPELINES_BACKUP_KEY``, base64 text), or None."""
+    value = os.environ.get(BACKUP_KEY_ENV, "").strip()
+    return value or None
+
+
+def backup_key_file_from_env() -> Path | None:
+    """The key file named by ``$TENANT_PIPELINES_BACKUP_KEY_FILE``, or None."""
+    value = os.environ.get(BACKUP_KEY_FILE_ENV, "").strip()
+    return Path(value) if value else None
 
 
 def dagster_home() -> Path:

@@ -23,19 +23,20 @@ from psycopg import sql
 from tenant_pipelines.core.backups import (
     AUTH_DRILL,
     AUTH_MAC,
-    BACKUP_KEY_ENV,
-    BACKUP_KEY_FILE_ENV,
     DATASET_IGNORE_PREFIXES,
     MANIFEST,
     TABLES,
     UNVERIFIED,
     backup_dataset,
     backup_tenant,
+    check_target_dsn,
     key_fingerprint,
-    load_master_key,
+    restore_drill,
+    restore_tenant,
 )
-from tenant_pipelines.core.restore import check_target_dsn, restore_drill, restore_tenant
 from tenant_pipelines.errors import BackupInvalid, BackupKeyMissing, InvalidInput
+from tenant_pipelines.local.keys import load_master_key
+from tenant_pipelines.settings import BACKUP_KEY_ENV, BACKUP_KEY_FILE_ENV
 from tests.conftest import make_tenant
 
 KEY = bytes(range(32))

@@ -25,15 +25,17 @@ from tenant_pipelines.core.backups import (
     MANIFEST,
     TABLES,
     apply_retention,
+    backup_as_of,
     backup_tenant,
     decryption_properties,
     list_backups,
+    restore_drill,
+    restore_tenant,
     tenants_due,
     verify_backup,
 )
 from tenant_pipelines.core.conformance import audit_isolation
 from tenant_pipelines.core.partitions import ensure_tenant_partition
-from tenant_pipelines.core.restore import backup_as_of, restore_drill, restore_tenant
 from tenant_pipelines.db.migrate import migrate
 from tenant_pipelines.errors import BackupInvalid, BackupKeyMissing, InvalidInput, MigrationError
 from tests.conftest import app_dsn_for, make_tenant
@@ -361,7 +363,8 @@ def test_large_tables_roll_over_into_several_files(admin_conn: psycopg.Connectio
 
 
 def test_the_embedded_cluster_gets_a_generated_key_file_and_nothing_else_does(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tenant_pipelines.core.backups import BACKUP_KEY_ENV, BACKUP_KEY_FILE_ENV, load_master_key
+    from tenant_pipelines.local.keys import load_master_key
+    from tenant_pipelines.settings import BACKUP_KEY_ENV, BACKUP_KEY_FILE_ENV
 
     for name in (BACKUP_KEY_ENV, BACKUP_KEY_FILE_ENV, "BILLING_DATABASE_URL"):
         monkeypatch.delenv(name, raising=False)

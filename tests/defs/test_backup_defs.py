@@ -11,7 +11,7 @@ import dagster as dg
 import psycopg
 import pytest
 
-from tenant_pipelines.core.backups import BACKUP_KEY_ENV, BACKUP_KEY_FILE_ENV, list_backups
+from tenant_pipelines.core.backups import list_backups
 from tenant_pipelines.defs.backups.assets import (
     backup_job,
     backup_restorable,
@@ -21,6 +21,7 @@ from tenant_pipelines.defs.backups.assets import (
 )
 from tenant_pipelines.defs.backups.resources import BackupStorage
 from tenant_pipelines.defs.resources import BillingDatabase
+from tenant_pipelines.settings import BACKUP_KEY_ENV, BACKUP_KEY_FILE_ENV
 from tests.conftest import make_tenant
 
 KEY = base64.b64encode(bytes(range(32))).decode()

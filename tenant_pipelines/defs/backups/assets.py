@@ -6,8 +6,7 @@ from datetime import datetime, timezone
 
 import dagster as dg
 
-from tenant_pipelines.core.backups import backup_frequencies, backup_tenant, list_backups, tenants_due
-from tenant_pipelines.core.restore import restore_drill
+from tenant_pipelines.core.backups import backup_frequencies, backup_tenant, list_backups, restore_drill, tenants_due
 from tenant_pipelines.defs.backups.resources import BackupStorage
 from tenant_pipelines.defs.batching import for_each_tenant, run_tenant_keys
 from tenant_pipelines.defs.resources import BillingDatabase

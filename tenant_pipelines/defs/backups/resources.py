@@ -5,17 +5,19 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from tenant_pipelines.core.backups import default_backup_root, load_master_key
+from tenant_pipelines.local.keys import load_master_key
+from tenant_pipelines.settings import default_backup_root
 
 
 class BackupStorage(dg.ConfigurableResource):
     """The backup root folder and the master key.
 
-    ``root`` left empty is ``$TENANT_PIPELINES_BACKUP_ROOT``, else
-    ``<project>/.tenant-pipelines/backups``. The key is never configuration that Dagster shows:
+    ``root`` left empty is ``$TENANT_PIPELINES_BACKUP_ROOT``, else ``backups`` in the state
+    folder (``settings.default_backup_root``). The key is never configuration that Dagster shows:
     it comes from ``$TENANT_PIPELINES_BACKUP_KEY`` (base64 of 32 bytes), or the file named by
     ``$TENANT_PIPELINES_BACKUP_KEY_FILE``, or ``.tenant-pipelines/backup.key``, which is
-    generated for the embedded cluster when ``dev_key`` is on and ``BILLING_DATABASE_URL`` is unset.
+    generated for the embedded cluster when ``dev_key`` is on and ``BILLING_DATABASE_URL`` is unset
+    (``tenant_pipelines.local.keys``, which core never imports: the key goes to core as bytes).
     """
 
     root: str = Field(default="", description="Backup root folder; empty means $TENANT_PIPELINES_BACKUP_ROOT or .tenant-pipelines/backups")

@@ -1,4 +1,4 @@
-"""Restoring a tenant from a backup made by ``core.backups``, and the restore drill.
+"""Restoring a tenant from a backup made by ``writer.backup_tenant``.
 
 Every restore first verifies the backup (a complete folder, this tenant's manifest, every
 file's sha256) and opens every file with the key, before it writes anything. Then, in ONE
@@ -21,46 +21,32 @@ Another database is restored into the same way as the live one; it must be migra
 
 from __future__ import annotations
 
-import secrets
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator
 
 import adbc_driver_manager
 import psycopg
-from psycopg.conninfo import conninfo_to_dict
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 
-from tenant_pipelines.core.backups import (
-    TABLES,
-    UNVERIFIED,
-    ContentHasher,
-    _INTERVAL_STRUCT,
-    adbc_connect,
-    authenticate_backup,
-    check_files,
-    decryption_properties,
-    denormalize_batch,
-    list_backups,
-    load_manifest,
-    manifest_digest,
-    manifest_schema,
-    mark_verified,
-    normalize_batch,
-    read_batches,
-    stream_table,
-    table_columns,
-    target_schema,
-)
+from tenant_pipelines.core.backups.arrow_types import denormalize_batch, loading_schema, table_columns
+from tenant_pipelines.core.backups.encryption import decryption_properties
+from tenant_pipelines.core.backups.hashing import ContentHasher
+from tenant_pipelines.core.backups.keys import key_fingerprint
+from tenant_pipelines.core.backups.layout import TABLES
+from tenant_pipelines.core.backups.manifest import load_manifest, manifest_schema
+from tenant_pipelines.core.backups.streaming import adbc_connect
+from tenant_pipelines.core.backups.verify import UNVERIFIED, authenticate_backup, check_files
 from tenant_pipelines.db.migrate import BOOKKEEPING_SCHEMA, load_migrations
 from tenant_pipelines.db.session import parse_tenant_id
 from tenant_pipelines.errors import BackupInvalid, BackupKeyMissing, InvalidInput, MigrationError, TenantPipelinesError
+from tenant_pipelines.settings import BACKUP_KEY_ENV
 
 LOCK_TIMEOUT = "30s"
 _SCHEMA_NAME_MAX = 63
@@ -81,7 +67,7 @@ class RestoreReport:
     tables: list[TableRestore] = field(default_factory=list)
     seconds: float = 0.0
     verify_seconds: float = 0.0
-    authentication: str = ""  # "mac", "drill digest" or "unverified" (core.backups.authenticate_backup)
+    authentication: str = ""  # "mac", "drill digest" or "unverified" (verify.authenticate_backup)
 
     @property
     def rows(self) -> dict[str, int]:
@@ -149,14 +135,33 @@ def _preflight_files(path: Path, manifest: dict, master_key: bytes | None,
                                     "the backup is damaged or was altered, use another one")
 
 
-def _load_schema(stored: pa.Schema, names: list[str]) -> pa.Schema:
-    fields = []
-    for name in names:
-        f = stored.field(name)
-        if f.type == _INTERVAL_STRUCT:
-            f = pa.field(name, pa.month_day_nano_interval(), f.nullable)
-        fields.append(pa.field(name, f.type, f.nullable))
-    return pa.schema(fields)
+def read_batches(path: Path, manifest: dict, table: str, master_key: bytes | None,
+                 batch_size: int = 131_072) -> Iterator[pa.RecordBatch]:
+    """The table's rows from a verified backup, batch by batch, in file order."""
+    properties = None
+    if manifest["encryption"].get("enabled"):
+        if master_key is None:
+            raise BackupKeyMissing(
+                f"tenant {manifest['tenant']}: backup {manifest['backup_id']} is encrypted and no backup key is "
+                f"configured; set ${BACKUP_KEY_ENV} (key fingerprint {manifest['encryption']['master_key_fingerprint']})"
+            )
+        if key_fingerprint(master_key) != manifest["encryption"]["master_key_fingerprint"]:
+            raise BackupKeyMissing(
+                f"tenant {manifest['tenant']}: backup {manifest['backup_id']} was encrypted with another key "
+                f"(fingerprint {manifest['encryption']['master_key_fingerprint']}, the configured one is "
+                f"{key_fingerprint(master_key)}); set ${BACKUP_KEY_ENV} to the key it was written with"
+            )
+        properties = decryption_properties(master_key)
+    for f in manifest["tables"][table]["files"]:
+        try:
+            # No pre-buffering: by default the reader keeps every row group it has read cached
+            # until the file is closed, and memory then grows with the table.
+            parquet = pq.ParquetFile(path / f["path"], decryption_properties=properties,
+                                     pre_buffer=False, buffer_size=1 << 20)
+            yield from parquet.iter_batches(batch_size=batch_size, use_threads=True)
+        except (OSError, pa.ArrowException) as exc:
+            raise BackupInvalid(f"{path}: {f['path']} cannot be read ({str(exc).splitlines()[0]}); "
+                                "the backup is damaged, use another one") from None
 
 
 def _tenant_batches(path: Path, manifest: dict, table: str, key_column: str, tenant: uuid.UUID,
@@ -266,7 +271,7 @@ def restore_tenant(
             # A scratch table is LIKE the live one, its generated columns made plain: it takes them all.
             names = _insert_columns(conn, "public", table, stored[table], backup_path,
                                     include_generated=into_schema is not None)
-            load_schema = _load_schema(stored[table], names)
+            load_schema = loading_schema(stored[table], names)
             counter, errors = [0], []
             hasher = ContentHasher(stored[table], hash_key)
             reader = pa.RecordBatchReader.from_batches(
@@ -380,98 +385,3 @@ def _upsert_organization(conn: psycopg.Connection, cur, run: Callable[[sql.Compo
                                  for n in names if n != "id")
     run(sql.SQL("INSERT INTO public.organizations ({}) SELECT {} FROM {} ON CONFLICT (id) DO UPDATE SET {}").format(
         columns, columns, sql.Identifier(stage), updates))
-
-
-# -- the restore drill ---------------------------------------------------------------------------
-
-
-@dataclass
-class DrillReport:
-    tenant: str
-    backup_id: str
-    path: Path
-    passed: bool
-    rows: dict[str, int]
-    mismatches: list[str]
-    seconds: float
-
-
-def content_hashes(conn: psycopg.Connection, schema: str, key: bytes | None) -> dict[str, tuple[int, str]]:
-    """Row count and content hash of each backed-up table in ``schema`` (all its rows, in
-    physical order), computed exactly as the backup computed them while writing."""
-    adbc = adbc_connect(conn, autocommit=True)
-    out: dict[str, tuple[int, str]] = {}
-    try:
-        cur = adbc.cursor()
-        cur.execute("SET synchronize_seqscans = off")  # physical order: the order the rows were loaded in
-        for table, _ in TABLES:
-            columns = table_columns(conn, schema, table)
-            reader = stream_table(cur, conn, schema, table, None, None, columns)
-            out_schema = target_schema(columns, reader.schema)
-            hasher = ContentHasher(out_schema, key)
-            rows = 0
-            for batch in reader:
-                batch = normalize_batch(batch, out_schema, f"schema {schema}: table {table}")
-                hasher.update(batch)
-                rows += batch.num_rows
-            reader.close()
-            out[table] = (rows, hasher.hexdigest())
-    finally:
-        adbc.close()
-    return out
-
-
-def restore_drill(
-    conn: psycopg.Connection,
-    backup_path: Path,
-    *,
-    master_key: bytes | None,
-    log: Callable[[str], None] = lambda message: None,
-) -> DrillReport:
-    """Restore a backup into a scratch schema, compare every table's row count and content hash
-    with the manifest, record ``verified.json`` in the backup when all match, and drop the
-    scratch schema in every case."""
-    started = time.monotonic()
-    backup_path = Path(backup_path)
-    manifest = load_manifest(backup_path)
-    manifest_sha256 = manifest_digest(backup_path)  # what verified.json vouches for, read before the restore checks it
-    tenant = manifest["tenant"]
-    scratch = f"tp_drill_{secrets.token_hex(6)}"
-    key = master_key if manifest["encryption"].get("enabled") else None
-    try:
-        restore_tenant(conn, tenant, backup_path, master_key=master_key, into_schema=scratch, log=log)
-        found = content_hashes(conn, scratch, key)
-    finally:
-        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(scratch)))
-        if not conn.autocommit:
-            conn.commit()
-    mismatches = []
-    for table, entry in manifest["tables"].items():
-        rows, digest = found[table]
-        if rows != entry["rows"]:
-            mismatches.append(f"{table}: {rows} rows restored, the manifest says {entry['rows']}")
-        elif digest != entry["content_hash"]:
-            mismatches.append(f"{table}: the restored content hash differs from the manifest's")
-    seconds = time.monotonic() - started
-    if not mismatches and manifest_digest(backup_path) != manifest_sha256:
-        mismatches.append(f"{backup_path.name}: the manifest changed during the drill")
-    if not mismatches:
-        mark_verified(backup_path, manifest, {"rows": {t: r for t, (r, _) in found.items()},
-                                              "drill_seconds": round(seconds, 3)}, manifest_sha256=manifest_sha256)
-    return DrillReport(tenant, manifest["backup_id"], backup_path, not mismatches,
-                       {t: r for t, (r, _) in found.items()}, mismatches, seconds)
-
-
-def backup_as_of(root: Path, tenant_id: object, as_of: datetime) -> Path:
-    """The newest verified backup of the tenant taken at or before ``as_of``."""
-    tenant = parse_tenant_id(tenant_id)
-    if as_of.tzinfo is None:
-        as_of = as_of.replace(tzinfo=timezone.utc)
-    backups = list_backups(root, tenant)
-    chosen = [b for b in backups if b.verified and b.taken_at <= as_of]
-    if not chosen:
-        unverified = [b for b in backups if b.taken_at <= as_of]
-        hint = (f"; {len(unverified)} unverified backups are that old: run the backup_restorable check on them, "
-                "or pass one with --backup") if unverified else ""
-        raise BackupInvalid(f"tenant {tenant}: no verified backup taken at or before {as_of.isoformat()} under {root}{hint}")
-    return chosen[-1].path
