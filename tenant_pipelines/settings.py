@@ -109,9 +109,10 @@ def pgbouncer_ini_from_env() -> Path | None:
 
 
 def default_backup_root() -> Path:
-    """``$TENANT_PIPELINES_BACKUP_ROOT``, else ``<project>/.tenant-pipelines/backups``."""
+    """``$TENANT_PIPELINES_BACKUP_ROOT``, else ``backups`` in the state folder (``state_dir()``:
+    ``$TENANT_PIPELINES_HOME``, else ``<project>/.tenant-pipelines``)."""
     value = os.environ.get(BACKUP_ROOT_ENV, "").strip()
-    return Path(value).resolve() if value else PROJECT_DIR / ".tenant-pipelines" / "backups"
+    return Path(value).resolve() if value else state_dir() / "backups"
 
 
 def backup_key_from_env() -> str | None:

@@ -362,6 +362,18 @@ def test_large_tables_roll_over_into_several_files(admin_conn: psycopg.Connectio
     assert drill.passed, drill.mismatches
 
 
+def test_the_default_backup_root_follows_the_state_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tenant_pipelines.settings import BACKUP_ROOT_ENV, PROJECT_DIR, STATE_DIR_ENV, default_backup_root
+
+    monkeypatch.delenv(BACKUP_ROOT_ENV, raising=False)
+    monkeypatch.delenv(STATE_DIR_ENV, raising=False)
+    assert default_backup_root() == PROJECT_DIR / ".tenant-pipelines" / "backups"
+    monkeypatch.setenv(STATE_DIR_ENV, str(tmp_path / "state"))
+    assert default_backup_root() == (tmp_path / "state").resolve() / "backups", "like the dev key file, in $TENANT_PIPELINES_HOME"
+    monkeypatch.setenv(BACKUP_ROOT_ENV, str(tmp_path / "elsewhere"))
+    assert default_backup_root() == (tmp_path / "elsewhere").resolve(), "$TENANT_PIPELINES_BACKUP_ROOT wins"
+
+
 def test_the_embedded_cluster_gets_a_generated_key_file_and_nothing_else_does(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from tenant_pipelines.local.keys import load_master_key
     from tenant_pipelines.settings import BACKUP_KEY_ENV, BACKUP_KEY_FILE_ENV
