@@ -37,7 +37,3 @@ def list_tenants(conn: psycopg.Connection) -> list[Tenant]:
             """
         )
         return cur.fetchall()
-
-
-def tenant_exists(conn: psycopg.Connection, tenant_id: uuid.UUID) -> bool:
-    return conn.execute("SELECT EXISTS (SELECT 1 FROM organizations WHERE id = %s)", (tenant_id,)).fetchone()[0]
