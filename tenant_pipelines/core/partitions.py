@@ -36,7 +36,17 @@ class PartitionReport:
     attached_now: bool = False
     note: str = ""
     attempts: int = 0
+    # Tries that followed a lock timeout or deadlock, over all of its steps (counted by
+    # run_with_lock_retry as it retries): 0 when every step got its locks at once.
+    lock_retries: int = 0
     duration_s: float = 0.0
+
+
+@dataclass
+class LockRetries:
+    """How many times run_with_lock_retry rolled back and tried again (after a lock timeout or a
+    deadlock): pass one to every step of an operation and read ``count`` at the end."""
+    count: int = 0
 
 
 def partition_name(tenant: uuid.UUID) -> str:
@@ -67,10 +77,11 @@ def run_with_lock_retry(
     attempts: int = 5,
     backoff_s: float = 0.1,
     sleep: Callable[[float], None] = time.sleep,
+    retries: LockRetries | None = None,
 ) -> tuple[T, int]:
     """Run ``work`` in its own transaction; on a lock timeout or deadlock, roll back, wait
-    (exponential backoff with jitter) and try again. Returns the result and the tries used.
-    ``conn`` must be idle, so that each call commits on its own."""
+    (exponential backoff with jitter) and try again, adding one to ``retries``. Returns the
+    result and the tries used. ``conn`` must be idle, so that each call commits on its own."""
     if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
         raise TenantPipelinesError(
             f"{what}: the connection is inside a transaction; use an autocommit connection so each step commits"
@@ -86,6 +97,8 @@ def run_with_lock_retry(
                     f"({exc.diag.message_primary}); a long transaction holds it: find it in "
                     "pg_stat_activity, let it finish, and re-run"
                 ) from None
+            if retries is not None:
+                retries.count += 1
             sleep(backoff_s * 2 ** (attempt - 1) * (1 + random.random()))
     raise AssertionError("unreachable")
 
@@ -97,6 +110,7 @@ def run_with_lock_timeout(
     *,
     attempts: int = 5,
     at_most_ms: int | None = None,
+    retries: LockRetries | None = None,
 ) -> tuple[T, int]:
     """``work`` in its own transaction with partition_config's lock_timeout (or ``at_most_ms``,
     if that is shorter or lock_timeout is 0, i.e. none: sql/0016's ``fn_cap_lock_timeout``),
@@ -107,7 +121,7 @@ def run_with_lock_timeout(
             c.execute("SELECT fn_cap_lock_timeout(%s)", (at_most_ms,))
         return work(c)
 
-    return run_with_lock_retry(conn, what, locked, attempts=attempts)
+    return run_with_lock_retry(conn, what, locked, attempts=attempts, retries=retries)
 
 
 def ensure_tenant_partition(
@@ -128,11 +142,13 @@ def ensure_tenant_partition(
     """
     tenant = parse_tenant_id(tenant_id)
     started = time.monotonic()
+    retries = LockRetries()
     prepared, tries = run_with_lock_retry(
         conn,
         f"tenant {tenant}: preparing its partition",
         lambda c: c.execute("SELECT fn_prepare_tenant_partition(%s, %s)", (tenant, premake_months)).fetchone()[0],
         attempts=attempts,
+        retries=retries,
     )
     report = PartitionReport(
         tenant=str(tenant),
@@ -144,16 +160,18 @@ def ensure_tenant_partition(
         attempts=tries,
     )
     if report.layout != "pooled":
-        attached, more_tries = _promote(conn, tenant, attempts)
+        attached, more_tries = _promote(conn, tenant, attempts, retries)
         report.rows_moved = int(attached["rows_moved"])
         report.attached_now = bool(attached["attached_now"])
         report.attempts += more_tries
+    report.lock_retries = retries.count
     report.duration_s = time.monotonic() - started
     return report
 
 
-def _promote(conn: psycopg.Connection, tenant: uuid.UUID, attempts: int) -> tuple[dict, int]:
-    """Move the tenant out of the pool into its partition, online (see ensure_tenant_partition)."""
+def _promote(conn: psycopg.Connection, tenant: uuid.UUID, attempts: int, retries: LockRetries) -> tuple[dict, int]:
+    """Move the tenant out of the pool into its partition, online (see ensure_tenant_partition).
+    Every step's retries, the dropping of the exclusion CHECKs' too, are added to ``retries``."""
     if tenant_is_attached(conn, tenant):
         return {"rows_moved": 0, "attached_now": False}, 0
     what = f"tenant {tenant}: attaching its partition"
@@ -161,21 +179,23 @@ def _promote(conn: psycopg.Connection, tenant: uuid.UUID, attempts: int) -> tupl
     # in fn_set_tenant_context) wait until the promotion is over; nobody else does.
     _, tries = run_with_lock_timeout(
         conn, what, lambda c: c.execute("SELECT pg_advisory_lock(fn_tenant_lock_key(%s))", (tenant,)),
-        attempts=attempts)
+        attempts=attempts, retries=retries)
     try:
         _, t1 = run_with_lock_retry(
             conn, f"tenant {tenant}: excluding it from the pool",
-            lambda c: c.execute("SELECT fn_pool_exclude_tenant(%s)", (tenant,)), attempts=max(attempts, 8))
+            lambda c: c.execute("SELECT fn_pool_exclude_tenant(%s)", (tenant,)), attempts=max(attempts, 8),
+            retries=retries)
         attached, t2 = run_with_lock_retry(
             conn, what, lambda c: c.execute("SELECT fn_attach_tenant_partition(%s)", (tenant,)).fetchone()[0],
-            attempts=max(attempts, 8))
+            attempts=max(attempts, 8), retries=retries)
         return attached, tries + t1 + t2
     finally:
         # After a failure too: while the tenant is still pooled, the CHECKs would refuse its rows.
         try:
             run_with_lock_retry(
                 conn, f"tenant {tenant}: dropping its pool exclusion checks",
-                lambda c: c.execute("SELECT fn_pool_unexclude_tenant(%s)", (tenant,)), attempts=max(attempts, 8))
+                lambda c: c.execute("SELECT fn_pool_unexclude_tenant(%s)", (tenant,)), attempts=max(attempts, 8),
+                retries=retries)
         finally:
             conn.execute("SELECT pg_advisory_unlock(fn_tenant_lock_key(%s))", (tenant,))
 

@@ -4,6 +4,7 @@ Dagster instance."""
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 import uuid
 from datetime import datetime, timezone
@@ -15,8 +16,10 @@ import pytest
 from dagster._core.loader import LoadingContextForTest
 from dagster._core.storage.event_log.base import PartitionKeyFilter
 
+from tenant_pipelines.core import partitions
 from tenant_pipelines.core.partitions import attached_tenant_partitions, stranded_in_pool
 from tenant_pipelines.defs.resources import BillingDatabase
+from tenant_pipelines.defs.tenants import partitions_assets
 from tenant_pipelines.defs.tenants.partitions import tenants_partitions
 from tenant_pipelines.defs.tenants.partitions_assets import (
     TENANTS_PER_RUN,
@@ -27,7 +30,6 @@ from tenant_pipelines.defs.tenants.partitions_assets import (
     tenant_partitions_complete,
 )
 from tests.conftest import make_tenant
-from tests.waiting import lock_waiter, outwait_one_lock_timeout
 
 
 @pytest.fixture
@@ -203,37 +205,62 @@ def test_a_promotion_in_progress_is_not_resumed(
 
 
 def test_lock_retries_is_the_number_of_retries(
-    admin_conn: psycopg.Connection, admin_dsn: str, instance: dg.DagsterInstance
+    admin_conn: psycopg.Connection, admin_dsn: str, instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """0 for a pooled tenant, a promoted one and one already attached; a promotion that waited
-    out one lock timeout on the pool (held by a writer's open transaction) counts it."""
+    """0 for a pooled tenant, a promoted one and one already attached; 1 for a promotion that
+    waited out exactly one lock timeout on the pool (held by a writer's open transaction): the
+    core's PartitionReport.lock_retries, and the asset's metadata, which reports it."""
     pooled, dedicated, contended = (make_tenant(admin_conn, tier=t) for t in ("free", "enterprise", "enterprise"))
     event(admin_conn, dedicated, 3)
     instance.add_dynamic_partitions("tenants", [str(pooled), str(dedicated), str(contended)])
+    reports: list[partitions.PartitionReport] = []
 
-    def lock_retries(tenant: uuid.UUID) -> int:
+    def ensure_and_keep(conn: psycopg.Connection, key: str) -> partitions.PartitionReport:
+        reports.append(partitions.ensure_tenant_partition(conn, key))
+        return reports[-1]
+
+    monkeypatch.setattr(partitions_assets, "ensure_tenant_partition", ensure_and_keep)
+
+    def lock_retries(tenant: uuid.UUID) -> tuple[int, int]:
+        """The run's lock_retries metadata, and the core report's."""
         result = materialise(instance, admin_dsn, str(tenant))
         assert result.success
         (mat,) = result.get_asset_materialization_events()
-        return mat.materialization.metadata["lock_retries"].value
+        return mat.materialization.metadata["lock_retries"].value, reports[-1].lock_retries
 
-    assert lock_retries(pooled) == 0
-    assert lock_retries(dedicated) == 0
-    assert lock_retries(dedicated) == 0, "already attached: no promotion steps"
+    assert lock_retries(pooled) == (0, 0)
+    assert lock_retries(dedicated) == (0, 0)
+    assert lock_retries(dedicated) == (0, 0), "already attached: no promotion steps"
 
+    # The retry helper's pause before a retry waits for the writer to be gone, not for a clock:
+    # one lock timeout while the writer holds the pool, then one retry that gets its locks.
+    gave_up, released = threading.Event(), threading.Event()
+    given_up: list[BaseException | None] = []
+
+    def until_released(seconds: float) -> None:
+        given_up.append(sys.exc_info()[1])  # called in run_with_lock_retry's except clause
+        gave_up.set()
+        assert released.wait(timeout=60), "the writer never let go"
+
+    retry = partitions.run_with_lock_retry
+    monkeypatch.setattr(partitions, "run_with_lock_retry", lambda *a, **kw: retry(*a, **kw, sleep=until_released))
     admin_conn.execute("UPDATE partition_config SET lock_timeout = '100ms'")
-    retries: list[int] = []
-    with psycopg.connect(admin_dsn) as writer, psycopg.connect(admin_dsn, autocommit=True) as observer:
+    counted: list[tuple[int, int]] = []
+    with psycopg.connect(admin_dsn) as writer:
         writer.execute("LOCK TABLE usage_events_mt_default IN EXCLUSIVE MODE")
-        promoter = threading.Thread(target=lambda: retries.append(lock_retries(contended)))
+        promoter = threading.Thread(target=lambda: counted.append(lock_retries(contended)))
         promoter.start()
         try:
-            pid = lock_waiter(observer, "usage_events_mt_default")  # the promotion, on a month of the pool
-            outwait_one_lock_timeout(observer, pid)  # only the writer holds what it waits for
+            assert gave_up.wait(timeout=60), "the promotion never gave up a lock wait"
         finally:
             writer.rollback()
+            released.set()
             promoter.join()
-    assert retries and retries[0] >= 1
+    (error,) = given_up
+    assert isinstance(error, psycopg.errors.LockNotAvailable), error
+    assert "fn_pool_exclude_tenant" in (error.diag.context or ""), "it waited to exclude the tenant from the pool"
+    assert counted == [(1, 1)]
+    assert reports[-1].attached_now
 
 
 def latest_on_the_asset_page(instance: dg.DagsterInstance, check_key: dg.AssetCheckKey) -> str | None:

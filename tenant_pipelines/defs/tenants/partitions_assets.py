@@ -5,10 +5,8 @@ import time
 from datetime import datetime, timezone
 
 import dagster as dg
-import psycopg
 
 from tenant_pipelines.core.partitions import (
-    PartitionReport,
     audit_tenant_partitions,
     ensure_tenant_partition,
     interrupted_promotions,
@@ -16,7 +14,6 @@ from tenant_pipelines.core.partitions import (
     pool_tenants,
     storage_status,
     stranded_in_pool,
-    tenant_is_attached,
 )
 from tenant_pipelines.db.session import parse_tenant_id
 from tenant_pipelines.defs.batching import batched_range_requests, for_each_tenant, record_per_tenant, run_tenant_keys
@@ -48,9 +45,8 @@ PARTITION_DDL_POOL = "partition_ddl"
 def tenant_partition(context: dg.AssetExecutionContext, billing_db: BillingDatabase) -> dg.MaterializeResult:
     started = time.monotonic()
     with billing_db.connection() as conn:
-        done = for_each_tenant(context, lambda key: _ensure_counting_retries(conn, key))
+        reports = for_each_tenant(context, lambda key: ensure_tenant_partition(conn, key))
         status = storage_status(conn)
-    reports = [report for report, _ in done]
     for report in reports:
         context.log.info(
             f"tenant {report.tenant}: {report.layout}, {len(report.tables_created)} tables created, "
@@ -70,7 +66,7 @@ def tenant_partition(context: dg.AssetExecutionContext, billing_db: BillingDatab
             "rows_moved": sum(r.rows_moved for r in reports),
             "rows_split_into_months": sum(r.rows_split_into_months for r in reports),
             "attached_now": sum(r.attached_now for r in reports),
-            "lock_retries": sum(retries for _, retries in done),
+            "lock_retries": sum(r.lock_retries for r in reports),
             "duration_s": round(time.monotonic() - started, 3),
             "partitions": dg.MetadataValue.table(
                 records=[
@@ -91,21 +87,6 @@ def tenant_partition(context: dg.AssetExecutionContext, billing_db: BillingDatab
             ),
         }
     )
-
-
-# ensure_tenant_partition's report counts the tries of all its steps together: one step that
-# prepares, then, for a tenant it promotes, three (the tenant's lock, the pool's exclusion, the
-# attach); a tenant pooled or already attached has no promotion steps.
-_PREPARE_STEPS, _PROMOTION_STEPS = 1, 3
-
-
-def _ensure_counting_retries(conn: psycopg.Connection, key: str) -> tuple[PartitionReport, int]:
-    """ensure_tenant_partition for one tenant, and how many of its tries were retries after a
-    lock timeout or deadlock (0 when every step got its locks at once)."""
-    attached_before = tenant_is_attached(conn, parse_tenant_id(key))
-    report = ensure_tenant_partition(conn, key)
-    promoted = report.layout != "pooled" and not attached_before
-    return report, max(report.attempts - _PREPARE_STEPS - (_PROMOTION_STEPS if promoted else 0), 0)
 
 
 # Both checks are partitioned like the asset: each run records them for its own tenants, and the
