@@ -32,13 +32,19 @@ def waits_for_lock(observer: psycopg.Connection, pid: int, relation_oid: int | N
 
 def lock_waiter(observer: psycopg.Connection, relation: str) -> int:
     """The backend that queues for a lock on ``relation`` or on one of its partitions (a
-    partitioned table's lock takes its partitions'), once there is one."""
+    partitioned table's lock takes its partitions'), once there is one.
+
+    The partitions are read from pg_inherits, which takes no lock: pg_partition_tree() takes
+    ACCESS SHARE on each of them, and that request would queue behind the very waiter it looks
+    for (behind an ACCESS EXCLUSIVE request), until that one is granted or gives up."""
     found: list[int] = []
 
     def queued() -> bool:
         found[:] = [r[0] for r in observer.execute(
-            "SELECT l.pid FROM pg_locks l WHERE NOT l.granted AND l.relation IN"
-            " (SELECT relid FROM pg_partition_tree(%s::regclass))", (relation,))]
+            "WITH RECURSIVE tree(relid) AS (SELECT %s::regclass::oid UNION ALL"
+            " SELECT i.inhrelid FROM pg_inherits i JOIN tree t ON i.inhparent = t.relid)"
+            " SELECT l.pid FROM pg_locks l WHERE NOT l.granted AND l.relation IN (SELECT relid FROM tree)",
+            (relation,))]
         return bool(found)
 
     wait_until(queued, f"a session to wait for a lock on {relation}")

@@ -6,7 +6,6 @@ premade, idempotent, crash-safe, and dedicated tenants' writers never blocked.""
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
@@ -25,6 +24,7 @@ from tenant_pipelines.core.partitions import (
 from tenant_pipelines.db.session import tenant_session
 from tenant_pipelines.errors import InvalidInput, TenantPipelinesError
 from tests.conftest import app_dsn_for, make_tenant
+from tests.waiting import lock_waiter, outwait_one_lock_timeout, wait_until
 
 NOW = datetime.now(timezone.utc)
 
@@ -400,15 +400,23 @@ def test_concurrent_inserts_while_attaching_none_fail_none_lost(admin_conn: psyc
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
+    def each_committed_since(counts: dict[uuid.UUID, int]) -> bool:
+        return bool(errors) or all(inserted[who] > n for who, n in counts.items())
+
     threads = [threading.Thread(target=writer, args=(t,)) for t in (tenant, other)]
     for t in threads:
         t.start()
-    time.sleep(0.2)
-    report = ensure_tenant_partition(admin_conn, tenant)
-    time.sleep(0.2)
-    stop.set()
-    for t in threads:
-        t.join()
+    try:
+        # Both writers are writing (each has committed a transaction) before the promotion
+        # starts, and both go on after it: each commits another one once it is over.
+        wait_until(lambda: each_committed_since({tenant: 2000, other: 0}), "both writers to commit a transaction")
+        report = ensure_tenant_partition(admin_conn, tenant)
+        after = dict(inserted)
+        wait_until(lambda: each_committed_since(after), "both writers to commit after the promotion")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
     assert not errors, errors
     assert report.attached_now
     for who, count in inserted.items():
@@ -431,22 +439,49 @@ def test_attach_does_not_wait_for_dedicated_tenants_writers(admin_conn: psycopg.
         writer.commit()
 
 
+def promote_in_background(conn: psycopg.Connection, tenant: uuid.UUID, **kwargs) -> tuple[threading.Thread, list, list]:
+    """ensure_tenant_partition(conn, tenant) started in a thread: the thread, its report (once
+    done) and what it raised."""
+    done: list = []
+    failed: list[BaseException] = []
+
+    def promote() -> None:
+        try:
+            done.append(ensure_tenant_partition(conn, tenant, **kwargs))
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            failed.append(exc)
+
+    thread = threading.Thread(target=promote)
+    thread.start()
+    return thread, done, failed
+
+
 def test_a_pooled_writers_open_transaction_delays_a_promotion_by_100_ms_at_a_time(
     admin_conn: psycopg.Connection, admin_dsn: str
 ) -> None:
     """Promotion takes brief ACCESS EXCLUSIVE locks on the pool; while one waits, pooled
-    writers queue behind it. It waits 100 ms at most (even with lock_timeout 2s), then
-    retries, and gets through once the open transaction ends."""
+    writers queue behind it. It waits 100 ms at most, however long lock_timeout is (here none
+    at all: it would wait forever), then retries, and gets through once the open transaction
+    ends. The writer commits only after the promotion has provably queued for the pool and
+    given up (pg_locks), whatever the machine's speed."""
     pooled = make_tenant(admin_conn, tier="free")
     newcomer = make_tenant(admin_conn, tier="enterprise")
-    with psycopg.connect(admin_dsn) as writer:
+    admin_conn.execute("UPDATE partition_config SET lock_timeout = '0'")
+    promoter_pid = admin_conn.info.backend_pid
+    with psycopg.connect(admin_dsn) as writer, psycopg.connect(admin_dsn, autocommit=True) as observer:
         writer.execute("INSERT INTO usage_events_mt (organization_id, metric_name, quantity, \"timestamp\") "
                        "VALUES (%s, 'api_calls', 1, now())", (pooled,))
-        timer = threading.Timer(0.5, writer.commit)
-        timer.start()
-        report = ensure_tenant_partition(admin_conn, newcomer)
-        timer.join()
-    assert report.attached_now and report.attempts > 2
+        promoter, done, failed = promote_in_background(admin_conn, newcomer)
+        try:
+            assert lock_waiter(observer, "usage_events_mt_default") == promoter_pid
+            # Only the writer holds what it waits for, and lock_timeout would never end the wait.
+            outwait_one_lock_timeout(observer, promoter_pid)
+        finally:
+            writer.commit()
+            promoter.join()
+    assert not failed, failed
+    (report,) = done
+    assert report.attached_now and report.lock_retries >= 1
 
 
 def test_lock_timeout_is_retried_then_reported_in_one_line(admin_conn: psycopg.Connection, admin_dsn: str) -> None:
@@ -454,18 +489,25 @@ def test_lock_timeout_is_retried_then_reported_in_one_line(admin_conn: psycopg.C
     flag_dedicated(admin_conn, tenant)
     add_events(admin_conn, tenant, 5)
     admin_conn.execute("UPDATE partition_config SET lock_timeout = '100ms'")
-    with psycopg.connect(admin_dsn) as holder:
+    promoter_pid = admin_conn.info.backend_pid
+    with psycopg.connect(admin_dsn) as holder, psycopg.connect(admin_dsn, autocommit=True) as observer:
         holder.execute("LOCK TABLE usage_events_mt_default IN EXCLUSIVE MODE")
         with pytest.raises(TenantPipelinesError) as info:
             ensure_tenant_partition(admin_conn, tenant, attempts=2)
         assert str(tenant) in str(info.value) and "pg_stat_activity" in str(info.value)
         assert "\n" not in str(info.value)
-        # Released while we retry: the next try gets through.
-        timer = threading.Timer(0.3, holder.rollback)
-        timer.start()
-        report = ensure_tenant_partition(admin_conn, tenant, attempts=8)
-        timer.join()
-    assert report.attached_now and report.attempts > 2
+        # Released while it retries: the holder lets go only once the promotion has queued for
+        # the pool and given up (pg_locks), so the try that gets through is a retry.
+        promoter, done, failed = promote_in_background(admin_conn, tenant, attempts=8)
+        try:
+            assert lock_waiter(observer, "usage_events_mt_default") == promoter_pid
+            outwait_one_lock_timeout(observer, promoter_pid)
+        finally:
+            holder.rollback()
+            promoter.join()
+    assert not failed, failed
+    (report,) = done
+    assert report.attached_now and report.lock_retries >= 1
 
 
 def test_audit_finds_a_missing_month_and_a_stray_grant(admin_conn: psycopg.Connection) -> None:
