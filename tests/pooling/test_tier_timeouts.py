@@ -4,7 +4,6 @@ and the limit ends with its transaction, on a server connection the next client 
 
 from __future__ import annotations
 
-import time
 
 import psycopg
 import pytest
@@ -32,21 +31,19 @@ def test_free_tier_statement_is_cancelled_where_enterprise_completes(admin_conn,
     free = make_tenant(admin_conn, "Free", tier="free")
     enterprise = make_tenant(admin_conn, "Enterprise", tier="enterprise")
 
+    # The server says why it stopped the statement: the tier's statement_timeout, not the clock here.
     with connect_pooled(pools.dsn(tier_alias("free")), autocommit=True) as conn:
-        started = time.monotonic()
         with pytest.raises(psycopg.errors.QueryCanceled, match="statement timeout"):
             with conn.transaction():
                 assert _in_context(conn, free) == "free"
+                assert conn.execute("SHOW statement_timeout").fetchone()[0] == "200ms"
                 conn.execute(SLOW)
-        assert time.monotonic() - started < 0.45, "cancelled at 200 ms, not after the sleep"
 
     with connect_pooled(pools.dsn(tier_alias("enterprise")), autocommit=True) as conn:
-        started = time.monotonic()
         with conn.transaction():
             assert _in_context(conn, enterprise) == "enterprise"
             assert conn.execute("SHOW statement_timeout").fetchone()[0] == "5s"
-            conn.execute(SLOW)
-        assert time.monotonic() - started >= 0.5
+            conn.execute(SLOW)  # completes
 
 
 def test_the_limit_ends_with_its_transaction_on_the_pooled_server_connection(admin_conn, pools) -> None:
