@@ -8,7 +8,9 @@ import secrets
 
 import pyarrow.parquet.encryption as pe
 
-from tenant_pipelines.core.backups.keys import MASTER_KEY_ID
+from tenant_pipelines.core.backups.keys import MASTER_KEY_ID, key_fingerprint
+from tenant_pipelines.errors import BackupKeyMissing
+from tenant_pipelines.settings import BACKUP_KEY_ENV
 
 
 class LocalKmsClient(pe.KmsClient):
@@ -48,3 +50,24 @@ def encryption_properties(master_key: bytes) -> pe.FileEncryptionProperties:
 def decryption_properties(master_key: bytes) -> pe.FileDecryptionProperties:
     """For ``pq.ParquetFile(path, decryption_properties=...)`` and ``pq.read_table``."""
     return crypto_factory(master_key).file_decryption_properties(pe.KmsConnectionConfig())
+
+
+def backup_decryption(manifest: dict, master_key: bytes | None) -> pe.FileDecryptionProperties | None:
+    """What opens the files of the backup ``manifest`` describes: None for a cleartext backup,
+    else ``master_key``'s decryption properties. No key, or a key with another fingerprint than
+    the manifest's, is a one-line BackupKeyMissing."""
+    encryption = manifest["encryption"]
+    if not encryption.get("enabled"):
+        return None
+    if master_key is None:
+        raise BackupKeyMissing(
+            f"tenant {manifest['tenant']}: backup {manifest['backup_id']} is encrypted and no backup key is "
+            f"configured; set ${BACKUP_KEY_ENV} (key fingerprint {encryption['master_key_fingerprint']})"
+        )
+    if key_fingerprint(master_key) != encryption["master_key_fingerprint"]:
+        raise BackupKeyMissing(
+            f"tenant {manifest['tenant']}: backup {manifest['backup_id']} was encrypted with another key "
+            f"(fingerprint {encryption['master_key_fingerprint']}, the configured one is "
+            f"{key_fingerprint(master_key)}); set ${BACKUP_KEY_ENV} to the key it was written with"
+        )
+    return decryption_properties(master_key)

@@ -36,17 +36,15 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from tenant_pipelines.core.backups.arrow_types import denormalize_batch, loading_schema, table_columns
-from tenant_pipelines.core.backups.encryption import decryption_properties
+from tenant_pipelines.core.backups.encryption import backup_decryption
 from tenant_pipelines.core.backups.hashing import ContentHasher
-from tenant_pipelines.core.backups.keys import key_fingerprint
 from tenant_pipelines.core.backups.layout import TABLES
 from tenant_pipelines.core.backups.manifest import load_manifest, manifest_schema
 from tenant_pipelines.core.backups.streaming import adbc_connect
 from tenant_pipelines.core.backups.verify import UNVERIFIED, authenticate_backup, check_files
 from tenant_pipelines.db.migrate import BOOKKEEPING_SCHEMA, load_migrations
 from tenant_pipelines.db.session import parse_tenant_id
-from tenant_pipelines.errors import BackupInvalid, BackupKeyMissing, InvalidInput, MigrationError, TenantPipelinesError
-from tenant_pipelines.settings import BACKUP_KEY_ENV
+from tenant_pipelines.errors import BackupInvalid, InvalidInput, MigrationError, TenantPipelinesError
 
 LOCK_TIMEOUT = "30s"
 _SCHEMA_NAME_MAX = 63
@@ -81,7 +79,7 @@ class RestoreReport:
 def check_migrated(conn: psycopg.Connection) -> None:
     """The target database has every migration of this checkout, or a one-line MigrationError."""
     where = f"{conn.info.host}:{conn.info.port}/{conn.info.dbname}"
-    fix = f"run 'BILLING_DATABASE_URL=<its admin DSN> tenant-pipelines db migrate' first"
+    fix = "run 'BILLING_DATABASE_URL=<its admin DSN> tenant-pipelines db migrate' first"
     exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{BOOKKEEPING_SCHEMA}.schema_migrations",)).fetchone()[0]
     if not exists:
         raise MigrationError(f"database {where} is not migrated (no tenant-pipelines schema); {fix}")
@@ -116,9 +114,10 @@ def check_target_dsn(dsn: str) -> str:
 
 def _preflight_files(path: Path, manifest: dict, master_key: bytes | None,
                      stored: dict[str, pa.Schema]) -> None:
-    """Open every file's footer with the key (authenticate_backup has checked the key): each
-    must be Parquet, hold the rows the manifest says and the table's schema, before any write."""
-    properties = decryption_properties(master_key) if manifest["encryption"]["enabled"] else None
+    """Open every file's footer with the key (authenticate_backup has checked it; ``backup_decryption``
+    once more): each must be Parquet, hold the rows the manifest says and the table's schema,
+    before any write."""
+    properties = backup_decryption(manifest, master_key)
     for table, entry in manifest["tables"].items():
         for f in entry["files"]:
             try:
@@ -138,20 +137,7 @@ def _preflight_files(path: Path, manifest: dict, master_key: bytes | None,
 def read_batches(path: Path, manifest: dict, table: str, master_key: bytes | None,
                  batch_size: int = 131_072) -> Iterator[pa.RecordBatch]:
     """The table's rows from a verified backup, batch by batch, in file order."""
-    properties = None
-    if manifest["encryption"].get("enabled"):
-        if master_key is None:
-            raise BackupKeyMissing(
-                f"tenant {manifest['tenant']}: backup {manifest['backup_id']} is encrypted and no backup key is "
-                f"configured; set ${BACKUP_KEY_ENV} (key fingerprint {manifest['encryption']['master_key_fingerprint']})"
-            )
-        if key_fingerprint(master_key) != manifest["encryption"]["master_key_fingerprint"]:
-            raise BackupKeyMissing(
-                f"tenant {manifest['tenant']}: backup {manifest['backup_id']} was encrypted with another key "
-                f"(fingerprint {manifest['encryption']['master_key_fingerprint']}, the configured one is "
-                f"{key_fingerprint(master_key)}); set ${BACKUP_KEY_ENV} to the key it was written with"
-            )
-        properties = decryption_properties(master_key)
+    properties = backup_decryption(manifest, master_key)
     for f in manifest["tables"][table]["files"]:
         try:
             # No pre-buffering: by default the reader keeps every row group it has read cached
