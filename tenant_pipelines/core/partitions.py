@@ -8,21 +8,19 @@ and reads the catalog for the sensor and the checks.
 
 from __future__ import annotations
 
-import random
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, TypeVar
+from typing import Iterable
 
 import psycopg
 
-from tenant_pipelines.core.conformance import Finding
+from tenant_pipelines.core.findings import Finding
+from tenant_pipelines.db.locks import LockRetries, run_with_lock_retry, run_with_lock_timeout
 from tenant_pipelines.db.session import parse_tenant_id
-from tenant_pipelines.errors import TenantPipelinesError, UnknownTenant
+from tenant_pipelines.errors import UnknownTenant
 
 DEFAULT_PARTITION = "usage_events_mt_default"
-_RETRYABLE = (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected)
-T = TypeVar("T")
 
 
 @dataclass
@@ -40,13 +38,6 @@ class PartitionReport:
     # run_with_lock_retry as it retries): 0 when every step got its locks at once.
     lock_retries: int = 0
     duration_s: float = 0.0
-
-
-@dataclass
-class LockRetries:
-    """How many times run_with_lock_retry rolled back and tried again (after a lock timeout or a
-    deadlock): pass one to every step of an operation and read ``count`` at the end."""
-    count: int = 0
 
 
 def partition_name(tenant: uuid.UUID) -> str:
@@ -67,61 +58,6 @@ def require_known_tenant(conn: psycopg.Connection, tenant_id: object) -> uuid.UU
         raise UnknownTenant(f"tenant {tenant}: unknown tenant (no organization and no usage events with this id); "
                             "check the id, or onboard the organization first")
     return tenant
-
-
-def run_with_lock_retry(
-    conn: psycopg.Connection,
-    what: str,
-    work: Callable[[psycopg.Connection], T],
-    *,
-    attempts: int = 5,
-    backoff_s: float = 0.1,
-    sleep: Callable[[float], None] = time.sleep,
-    retries: LockRetries | None = None,
-) -> tuple[T, int]:
-    """Run ``work`` in its own transaction; on a lock timeout or deadlock, roll back, wait
-    (exponential backoff with jitter) and try again, adding one to ``retries``. Returns the
-    result and the tries used. ``conn`` must be idle, so that each call commits on its own."""
-    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-        raise TenantPipelinesError(
-            f"{what}: the connection is inside a transaction; use an autocommit connection so each step commits"
-        )
-    for attempt in range(1, attempts + 1):
-        try:
-            with conn.transaction():
-                return work(conn), attempt
-        except _RETRYABLE as exc:
-            if attempt == attempts:
-                raise TenantPipelinesError(
-                    f"{what}: still waiting for a lock after {attempts} tries "
-                    f"({exc.diag.message_primary}); a long transaction holds it: find it in "
-                    "pg_stat_activity, let it finish, and re-run"
-                ) from None
-            if retries is not None:
-                retries.count += 1
-            sleep(backoff_s * 2 ** (attempt - 1) * (1 + random.random()))
-    raise AssertionError("unreachable")
-
-
-def run_with_lock_timeout(
-    conn: psycopg.Connection,
-    what: str,
-    work: Callable[[psycopg.Connection], T],
-    *,
-    attempts: int = 5,
-    at_most_ms: int | None = None,
-    retries: LockRetries | None = None,
-) -> tuple[T, int]:
-    """``work`` in its own transaction with partition_config's lock_timeout (or ``at_most_ms``,
-    if that is shorter or lock_timeout is 0, i.e. none: sql/0016's ``fn_cap_lock_timeout``),
-    retried on a lock timeout (``run_with_lock_retry``). Returns its result and the tries used."""
-    def locked(c: psycopg.Connection) -> T:
-        c.execute("SELECT set_config('lock_timeout', lock_timeout, true) FROM partition_config")
-        if at_most_ms is not None:
-            c.execute("SELECT fn_cap_lock_timeout(%s)", (at_most_ms,))
-        return work(c)
-
-    return run_with_lock_retry(conn, what, locked, attempts=attempts, retries=retries)
 
 
 def ensure_tenant_partition(

@@ -32,7 +32,7 @@ from typing import Callable, Iterator, TypeVar
 import psycopg
 from psycopg import sql
 
-from tenant_pipelines.core.partitions import run_with_lock_timeout
+from tenant_pipelines.db.locks import run_with_lock_timeout
 from tenant_pipelines.db.session import parse_tenant_id
 from tenant_pipelines.errors import InvalidInput, TenantPipelinesError
 

@@ -34,7 +34,7 @@ from tenant_pipelines.core.backups import (
     tenants_due,
     verify_backup,
 )
-from tenant_pipelines.core.conformance import audit_isolation
+from tenant_pipelines.core.security import audit_isolation
 from tenant_pipelines.core.partitions import ensure_tenant_partition
 from tenant_pipelines.db.migrate import migrate
 from tenant_pipelines.errors import BackupInvalid, BackupKeyMissing, InvalidInput, MigrationError

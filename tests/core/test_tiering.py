@@ -13,7 +13,7 @@ from psycopg import sql
 import pytest
 
 from tenant_pipelines.core.partitions import ensure_tenant_partition, partition_name
-from tenant_pipelines.core.conformance import audit_isolation
+from tenant_pipelines.core.security import audit_isolation
 from tenant_pipelines.core.tiering import (
     MissingTablespace, Pace, configure_tablespaces, misplaced, plan, tier_pool, tier_tenant)
 from tenant_pipelines.errors import InvalidInput, TenantPipelinesError

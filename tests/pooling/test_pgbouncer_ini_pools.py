@@ -1,5 +1,5 @@
 """Reading the tier pool sizes back from a pgbouncer.ini, and finding the configuration in force
-(for the tier-limit drift check, tenant_pipelines.core.conformance.audit_pool_sizes)."""
+(for the tier-limit drift check, tenant_pipelines.core.security.audit_pool_sizes)."""
 
 from __future__ import annotations
 

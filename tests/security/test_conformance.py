@@ -10,7 +10,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tenant_pipelines.core.conformance import audit_isolation, audit_pool_sizes, audit_tier_limits
+from tenant_pipelines.core.security import audit_isolation, audit_pool_sizes, audit_tier_limits
 from tenant_pipelines.core.pooling import pooler_config, render_pgbouncer_ini
 from tenant_pipelines.errors import TenantPipelinesError
 from tests.conftest import APP_PASSWORD, make_tenant

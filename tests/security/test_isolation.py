@@ -33,7 +33,7 @@ import psycopg
 import pytest
 from psycopg import errors, sql
 
-from tenant_pipelines.core.conformance import audit_isolation
+from tenant_pipelines.core.security import audit_isolation
 from tenant_pipelines.core.ingest import ingest_usage_events
 from tenant_pipelines.db.session import tenant_session
 from tenant_pipelines.errors import InvalidInput, UnknownTenant

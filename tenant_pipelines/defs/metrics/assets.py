@@ -9,7 +9,7 @@ from pathlib import Path
 import dagster as dg
 
 from tenant_pipelines.settings import PGBOUNCER_INI_ENV, state_dir
-from tenant_pipelines.core.conformance import audit_tier_limits
+from tenant_pipelines.core.security import audit_tier_limits
 from tenant_pipelines.core.metrics import collect, export_parquet, quota_use, record_history
 from tenant_pipelines.defs.resources import BillingDatabase, pgbouncer_ini_in_force
 from tenant_pipelines.defs.tenants.assets import OWNERS, tenant_registry

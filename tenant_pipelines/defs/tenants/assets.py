@@ -6,7 +6,7 @@ from collections import Counter
 
 import dagster as dg
 
-from tenant_pipelines.core.conformance import audit_isolation
+from tenant_pipelines.core.security import audit_isolation
 from tenant_pipelines.core.tenants import list_tenants
 from tenant_pipelines.defs.resources import BillingDatabase
 

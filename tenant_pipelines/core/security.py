@@ -3,7 +3,6 @@ the tier limits, could have been weakened. Each finding names the object and the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
@@ -16,21 +15,12 @@ from tenant_pipelines.core.pooling import (
     tier_alias,
     tier_pool_sizes,
 )
+from tenant_pipelines.core.findings import Finding
 from tenant_pipelines.errors import InvalidInput
 
 APP_ROLE = "billing_app"
 # Tables with an organization_id that are not tenant data (none yet); everything else is audited.
 NOT_TENANT_TABLES: frozenset[str] = frozenset()
-
-
-@dataclass(frozen=True)
-class Finding:
-    obj: str
-    problem: str
-    fix: str
-
-    def __str__(self) -> str:
-        return f"{self.obj}: {self.problem}; fix: {self.fix}"
 
 
 def audit_isolation(conn: psycopg.Connection, app_role: str = APP_ROLE,
