@@ -33,7 +33,6 @@ import statistics
 import sys
 import time
 import uuid
-from datetime import datetime
 from pathlib import Path
 from typing import Sequence
 
@@ -54,11 +53,6 @@ PROBE_MONTHS = 6  # the probe tenant is split by month, as a large tenant is tod
 RLS_QUERY = "SELECT count(*) FROM ev WHERE ts >= now() - interval '7 days'"
 EXPLICIT_NOW_QUERY = "SELECT count(*) FROM ev WHERE org = {} AND ts >= now() - interval '7 days'"
 EXPLICIT_VALUE_QUERY = "SELECT count(*) FROM ev WHERE org = {} AND ts >= {}"
-
-
-def add_months(first: datetime, months: int) -> datetime:
-    index = first.year * 12 + first.month - 1 + months
-    return first.replace(year=index // 12, month=index % 12 + 1)
 
 
 def timings_ms(conn: psycopg.Connection, query: sql.Composable) -> tuple[float, float]:
@@ -97,7 +91,7 @@ def leaf_budget(dsn: str, counts: Sequence[int]) -> list[dict]:
         for back in range(PROBE_MONTHS):  # the current month and the five before it
             admin.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES FROM ({}) TO ({})").format(
                 sql.Identifier(f"ev_{probe.hex}_m{back}"), sql.Identifier(f"ev_{probe.hex}"),
-                sql.Literal(add_months(this_month, -back)), sql.Literal(add_months(this_month, 1 - back))))
+                sql.Literal(h.add_months(this_month, -back)), sql.Literal(h.add_months(this_month, 1 - back))))
         leaves = PROBE_MONTHS
         since = admin.execute("SELECT now() - interval '7 days'").fetchone()[0]
         for count in sorted(counts):

@@ -207,9 +207,6 @@ SELECT s.tenant,
  CROSS JOIN LATERAL generate_series(s.lo, LEAST(s.events, s.lo + %(limit)s) - 1) AS i
  WHERE s.ord BETWEEN %(first)s AND %(last)s AND (s.monthly OR NOT %(only_monthly)s)
 """
-_COPY_IN = sql.SQL(
-    'COPY usage_events_mt (organization_id, metric_name, quantity, "timestamp", properties) FROM STDIN'
-)
 
 
 def copy_generated(source: psycopg.Connection, target: psycopg.Connection, first: int, last: int, *,
@@ -220,12 +217,7 @@ def copy_generated(source: psycopg.Connection, target: psycopg.Connection, first
     another, each in time order."""
     query = sql.SQL(_GENERATE).format(schema=sql.Identifier(SCHEMA))
     params = {"limit": limit, "first": first, "last": last, "only_monthly": only_monthly}
-    with target.transaction(), target.cursor() as cur:
-        with source.cursor().copy(sql.SQL("COPY ({}) TO STDOUT").format(query), params) as out, \
-                cur.copy(_COPY_IN) as into:
-            for chunk in out:
-                into.write(chunk)
-        return cur.rowcount
+    return h.copy_events(source, target, query, params)
 
 
 def chunks(tenants: Sequence[Tenant], parts: int) -> Iterator[tuple[int, int]]:

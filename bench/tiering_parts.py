@@ -164,13 +164,13 @@ def benchmark(args: argparse.Namespace, dsn: str) -> dict:
         h.migrate_scratch(admin)
         bt.prepare_tablespaces(admin, True)
         this_month = admin.execute("SELECT date_trunc('month', now() AT TIME ZONE 'UTC')::date").fetchone()[0]
-        first = bt.utc(bt.add_months(this_month, -max(bt.OLD_MONTHS)))
-        end = bt.utc(bt.add_months(this_month, -min(bt.OLD_MONTHS) + 1))
+        first = bt.utc(h.add_months(this_month, -max(bt.OLD_MONTHS)))
+        end = bt.utc(h.add_months(this_month, -min(bt.OLD_MONTHS) + 1))
         tenant = bt.create_tenants(admin, 1, "tiering parts")[0]
         with h.connect(dsn) as source:
             load = bt.load_tenant(admin, source, tenant, args.rows, first, end)
         bt.vacuum_tenant(admin, tenant)
-        part = bt.month_name(tenant, bt.add_months(this_month, -max(bt.OLD_MONTHS)))
+        part = bt.month_name(tenant, h.add_months(this_month, -max(bt.OLD_MONTHS)))
         blocks, total = admin.execute("SELECT pg_relation_size(%s) / %s, pg_total_relation_size(%s)",
                                       (part, BLOCK, part)).fetchone()
         h.log(f"loaded {load['rows']:,} rows; copying {part}: {blocks:,} blocks of heap, {h.mib(total)} with indexes")
