@@ -186,6 +186,12 @@ def configure_tablespaces(conn: psycopg.Connection, tablespaces: dict[str, str])
             conn.execute("UPDATE storage_tiers SET tablespace = %s WHERE storage_tier = %s", (name, tier))
 
 
+def storage_tier_tablespaces(conn: psycopg.Connection) -> list[tuple[str, str]]:
+    """(storage tier, tablespace) for hot, warm and cold, in that order."""
+    return [(tier, name) for tier, name in
+            conn.execute("SELECT storage_tier, tablespace FROM storage_tiers ORDER BY rank").fetchall()]
+
+
 @dataclass(frozen=True)
 class Pace:
     """How fast the online mover may go: ``max_mb_per_s`` of the partition's data (None: no

@@ -1,0 +1,102 @@
+"""``tenant-pipelines backup`` and ``restore``: one tenant's Parquet backups (docs/backups.md)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from tenant_pipelines.cli.common import admin_dsn, log, timestamp
+from tenant_pipelines.errors import InvalidInput, TenantPipelinesError
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    from tenant_pipelines.core.backups import backup_tenant, restore_drill
+    from tenant_pipelines.local.keys import load_master_key
+    from tenant_pipelines.settings import default_backup_root
+    from tenant_pipelines.db.connect import connect
+
+    if args.root is not None and not args.root.strip():
+        raise InvalidInput("--root is empty; pass a backup root folder, or leave it out for "
+                           "$TENANT_PIPELINES_BACKUP_ROOT or .tenant-pipelines/backups")
+    root = Path(args.root).resolve() if args.root else default_backup_root()
+    key = load_master_key()
+    with connect(admin_dsn(), autocommit=True) as conn:
+        report = backup_tenant(conn, args.tenant, root, master_key=key, log=log)
+        log(f"tenant {report.tenant}: backed up {report.total_rows} rows ({report.bytes} bytes, "
+             f"{'encrypted' if report.encrypted else 'not encrypted'}) in {report.seconds:.2f}s")
+        for removed in report.removed_by_retention:
+            log(f"retention removed {removed}")
+        if args.verify:
+            drill = restore_drill(conn, report.path, master_key=key, log=log)
+            if not drill.passed:
+                raise TenantPipelinesError(f"tenant {report.tenant}: the restore drill of {report.path} failed: "
+                                           + "; ".join(drill.mismatches))
+            log(f"tenant {report.tenant}: restore drill passed; the backup is marked verified")
+    print(report.path)
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from tenant_pipelines.core.backups import backup_as_of, check_target_dsn, restore_tenant
+    from tenant_pipelines.local.keys import load_master_key
+    from tenant_pipelines.settings import default_backup_root
+    from tenant_pipelines.db.connect import connect
+    from tenant_pipelines.db.session import parse_tenant_id
+
+    tenant = parse_tenant_id(args.tenant)
+    if args.backup is not None and not args.backup.strip():
+        raise InvalidInput("--backup is empty; pass a backup folder like <root>/tenant=<uuid>/backup=<id>")
+    if args.into_database is not None:
+        check_target_dsn(args.into_database)
+    if args.backup is not None:
+        path = Path(args.backup)
+    else:
+        root = Path(args.root).resolve() if args.root else default_backup_root()
+        path = backup_as_of(root, tenant, args.as_of)
+        log(f"tenant {tenant}: restoring {path.name}, the newest verified backup taken at or before "
+             f"{args.as_of.isoformat()} (a backup, not point-in-time recovery: changes after it are not replayed)")
+    dsn = args.into_database if args.into_database is not None else admin_dsn()
+    with connect(dsn, autocommit=True) as conn:
+        report = restore_tenant(conn, tenant, path, master_key=load_master_key(generate_dev_key=False),
+                                into_schema=args.into_schema, log=log)
+    log(f"tenant {tenant}: restored {report.total_rows} rows from backup {report.backup_id} into "
+         f"{report.target} in {report.seconds:.2f}s (checksums verified in {report.verify_seconds:.2f}s; manifest "
+         f"{'authenticated by its MAC' if report.authentication == 'mac' else 'matched its restore drill' if report.authentication == 'drill digest' else 'NOT verified'})")
+    print("table\trows")
+    for table in report.tables:
+        print(f"{table.table}\t{table.rows}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "backup", help="back one tenant up now (Parquet, encrypted when its config says so)",
+        description="Back one tenant up from one consistent snapshot into "
+        "<root>/tenant=<uuid>/backup=<id>/ (Parquet files and manifest.json), then apply its retention. "
+        "Prints the backup folder. The key comes from $TENANT_PIPELINES_BACKUP_KEY or "
+        "$TENANT_PIPELINES_BACKUP_KEY_FILE (the embedded cluster generates .tenant-pipelines/backup.key).",
+    )
+    p.add_argument("--tenant", required=True, help="organization UUID")
+    p.add_argument("--root", default=None, help="backup root (default $TENANT_PIPELINES_BACKUP_ROOT or .tenant-pipelines/backups)")
+    p.add_argument("--verify", action="store_true", help="run the restore drill on it afterwards and mark it verified")
+    p.set_defaults(func=cmd_backup)
+
+    p = sub.add_parser(
+        "restore", help="restore one tenant from a backup: live tables, a scratch schema or another database",
+        description="Verify a backup (every file's sha256, the tenant, the key) before writing anything, then "
+        "restore the tenant in one transaction: into the live tables (its rows replaced, no other tenant "
+        "touched), into a new scratch schema, or into another, migrated database. Progress on stderr; rows "
+        "per table on stdout. Exit codes: 0 done, 1 failed (nothing committed), 2 bad input, 3 database "
+        "unreachable, 4 the target database does not match this checkout's sql/ (not migrated), 5 backup damaged, incomplete or another tenant's, 6 backup key "
+        "missing or wrong.",
+    )
+    p.add_argument("--tenant", required=True, help="organization UUID")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--backup", metavar="PATH", help="a backup folder, <root>/tenant=<uuid>/backup=<id>")
+    which.add_argument("--as-of", type=timestamp, metavar="TIMESTAMP",
+                       help="the newest verified backup taken at or before this time (ISO 8601; UTC if no zone)")
+    p.add_argument("--root", default=None, help="backup root searched by --as-of (default as for backup)")
+    into = p.add_mutually_exclusive_group()
+    into.add_argument("--into-schema", metavar="S", help="a new scratch schema in the billing database")
+    into.add_argument("--into-database", metavar="DSN", help="an admin DSN of another, migrated database")
+    p.set_defaults(func=cmd_restore)

@@ -1,0 +1,111 @@
+"""What every command group shares: the progress line on stderr, and argument types that turn
+bad input into one line (exit 2) before anything runs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import date, datetime, timezone
+from typing import Callable
+
+from tenant_pipelines.errors import InvalidInput
+
+
+def log(message: str) -> None:
+    print(f"tenant-pipelines: {message}", file=sys.stderr, flush=True)
+
+
+def non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative; give 0 or more")
+    return value
+
+
+def positive_int(text: str) -> int:
+    value = non_negative(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("0: give 1 or more")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative; give 0 or more")
+    return value
+
+
+def day(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date like 2026-11-30") from None
+
+
+def timestamp(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a time like 2026-11-30T12:00:00Z") from None
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+def _figure(n: int) -> str:
+    return f"{n:,}" if n >= 100_000 else str(n)
+
+
+def bounded(low: int, high: int, why: str = "") -> Callable[[str], int]:
+    """An argparse type: a whole number from ``low`` to ``high``, else one line with the range
+    (and ``why``, the reason for the bound)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number; give {low} to {_figure(high)}") from None
+        if not low <= value <= high:
+            shown = text if len(text) <= 30 else text[:27] + "..."
+            wrong = "is negative" if value < 0 <= low else "is out of range"
+            raise argparse.ArgumentTypeError(f"{shown} {wrong}; give {low} to {_figure(high)}{why}")
+        return value
+    return parse
+
+
+port = bounded(1, 65535, " (a TCP port)")
+
+
+def demo_tenants(text: str) -> int:
+    from tenant_pipelines.local.demo import MAX_TENANTS
+
+    return bounded(0, MAX_TENANTS, " (the demo numbers its tenants with five digits)")(text)
+
+
+def demo_events(text: str) -> int:
+    from tenant_pipelines.local.demo import MAX_EVENTS_PER_TENANT
+
+    return bounded(0, MAX_EVENTS_PER_TENANT, " (each tenant's events are written in one transaction)")(text)
+
+
+def demo_day(text: str) -> date:
+    from tenant_pipelines.local.demo import check_as_of
+
+    value = day(text)
+    try:
+        check_as_of(value)
+    except InvalidInput as exc:
+        raise argparse.ArgumentTypeError(str(exc).split(": ", 1)[1]) from None
+    return value
+
+
+def admin_dsn(*, start: bool = False) -> str:
+    """The billing database's admin DSN: $BILLING_DATABASE_URL, else the embedded cluster
+    (started first with ``start``)."""
+    from tenant_pipelines.local.target import admin_dsn as resolve
+
+    return resolve(start=start, log=log)
