@@ -486,7 +486,7 @@ def run_once(
         for thread in threads:
             thread.start()
         h.log(f"{label}: {variant.key} starts ({expected:,} rows in {len(batches)} batches, "
-              f"{len(parts)} writer{'s' if len(parts) != 1 else ''})")
+              f"{_writers(len(parts))})")
         with WritersProbe(backends) as probe:
             go.set()
             for thread in threads:
@@ -524,7 +524,7 @@ def run_once(
     other = result["other_cpu_seconds"]
     result["disturbed"] = load >= h.IDLE_LOAD or (other is not None and other / seconds > DISTURBED_LOAD)
     h.log(f"{label}: {variant.key} done: {expected:,} rows in {seconds:.1f}s = {result['rows_per_second']:,.0f} rows/s"
-          f" ({len(parts)} writer{'s' if len(parts) != 1 else ''})"
+          f" ({_writers(len(parts))})"
           + (f" (disturbed: other work took {other or 0:.1f} CPU-s)" if result["disturbed"] else ""))
     admin.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(variant.table)))
     return result
@@ -1126,23 +1126,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except psycopg.errors.QueryCanceled as exc:
         raise SystemExit(f"a batch was cancelled ({exc.diag.message_primary}): the free tier's "
                          "statement_timeout is 10s; lower --batch") from None
-    h.write_results(NAME, results, render_markdown(results), docs=not args.no_docs)
     s = results["summary"]
-    for count, summary in results["summaries_by_writers"].items():
-        for entry in summary["variants"].values():
-            h.log(f"{count} writer{'s' if count != '1' else ''}: {entry['label']}: median "
-                  f"{entry['median_rows_per_second']:,.0f} rows/s ({entry['reference_multiple']:.1f}x reference)")
-    for experiment in results["experiments"].values():
-        for entry in experiment["variants"].values():
-            h.log(f"experiment {experiment['key']}: {entry['label']}: median {entry['median_rows_per_second']:,.0f} "
-                  f"rows/s ({entry['ratio_to_baseline']:.3f}x {entry['baseline']})")
-    h.log(f"targets judged at {s['writers']} writer{'s' if s['writers'] != 1 else ''}:")
+    summary = [f"{_writers(int(count))}: {entry['label']}: median "
+               f"{entry['median_rows_per_second']:,.0f} rows/s ({entry['reference_multiple']:.1f}x reference)"
+               for count, by in results["summaries_by_writers"].items() for entry in by["variants"].values()]
+    summary += [f"experiment {experiment['key']}: {entry['label']}: median {entry['median_rows_per_second']:,.0f} "
+                f"rows/s ({entry['ratio_to_baseline']:.3f}x {entry['baseline']})"
+                for experiment in results["experiments"].values() for entry in experiment["variants"].values()]
     tp, par = s["targets"]["throughput"], s["targets"]["parity_with_flat_rls"]
-    h.log(f"throughput target {TARGET_RPS:,.0f} rows/s: {'PASS' if tp['pass'] else 'FAIL'} "
-          f"({tp['measured_rows_per_second']:,.0f}); parity >= {TARGET_PARITY}: "
-          f"{'PASS' if par['pass'] else 'FAIL'} ({_ratio(par['measured_ratio'])})")
-    return 0
-
+    summary += [f"targets judged at {_writers(s['writers'])}:",
+                f"throughput target {TARGET_RPS:,.0f} rows/s: {'PASS' if tp['pass'] else 'FAIL'} "
+                f"({tp['measured_rows_per_second']:,.0f}); parity >= {TARGET_PARITY}: "
+                f"{'PASS' if par['pass'] else 'FAIL'} ({_ratio(par['measured_ratio'])})"]
+    return h.finish(NAME, results, render_markdown(results), docs=not args.no_docs, summary=summary)
 
 if __name__ == "__main__":
     sys.exit(main())
