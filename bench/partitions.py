@@ -60,7 +60,7 @@ from tenant_pipelines.core.partitions import (  # noqa: E402
     stranded_in_pool,
 )
 from tenant_pipelines.db.session import APP_ROLE  # noqa: E402
-from tenant_pipelines.defs.tags import tenant_tiers  # noqa: E402
+from tenant_pipelines.core.tenants import tenant_tiers  # noqa: E402
 
 NAME = "partitions"
 PARENT = "usage_events_mt"
