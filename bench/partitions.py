@@ -48,17 +48,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 import _harness as h  # noqa: E402  (bench/ is sys.path[0] when run as a script)
 import ingest as ingest_bench  # noqa: E402  (bench/ingest.py: its variants, event generator and runs)
 from tenant_pipelines.local.demo import METRICS  # noqa: E402
-from tenant_pipelines.core.partitions import (  # noqa: E402
-    DEFAULT_PARTITION,
+from tenant_pipelines.core.partitions import (
     attached_tenant_partitions,
     catalog_size,
     ensure_tenant_partition,
     interrupted_promotions,
     organization_ids,
-    partition_name,
     pool_tenants,
     stranded_in_pool,
 )
+from tenant_pipelines.core.placement import partition_name
 from tenant_pipelines.db.session import APP_ROLE  # noqa: E402
 from tenant_pipelines.core.tenants import tenant_tiers  # noqa: E402
 

@@ -24,6 +24,7 @@ BEGIN
             USING HINT = 'run fn_prepare_tenant_partition() first, or fn_create_tenant_partition()';
     END IF;
     IF public.fn_is_partition_of(v_part, 'usage_events_mt') THEN
+        PERFORM public.fn_record_placement(p_tenant, 'partition', v_part);
         RETURN jsonb_build_object('tenant', p_tenant, 'partition', v_part, 'attached_now', false, 'rows_moved', 0,
                                   'checks_validated', 0);
     END IF;
@@ -41,6 +42,7 @@ BEGIN
     PERFORM public.fn_cap_lock_timeout(100);
     EXECUTE format('ALTER TABLE public.usage_events_mt ATTACH PARTITION public.%I FOR VALUES IN (%L)',
                    v_part, p_tenant);
+    PERFORM public.fn_record_placement(p_tenant, 'partition', v_part);
     RETURN jsonb_build_object('tenant', p_tenant, 'partition', v_part, 'attached_now', true, 'rows_moved', v_moved,
                               'checks_validated', v_validated);
 END

@@ -115,11 +115,15 @@ BEGIN
     PERFORM set_config('lock_timeout', cfg.lock_timeout, true);
 
     IF NOT v_dedicated THEN
+        PERFORM public.fn_record_placement(p_tenant, 'pooled', 'usage_events_mt_default');
         RETURN jsonb_build_object(
             'tenant', p_tenant, 'partition', 'usage_events_mt_default', 'layout', 'pooled',
             'tables_created', v_pool->'tables_created',
             'rows_split_into_months', (v_pool->>'rows_split_into_months')::bigint,
             'note', v_note);
+    END IF;
+    IF v_attached THEN  -- already in place: make sure the registry says so
+        PERFORM public.fn_record_placement(p_tenant, 'partition', v_part);
     END IF;
 
     IF NOT v_exists THEN

@@ -16,11 +16,12 @@ from typing import Iterable
 import psycopg
 
 from tenant_pipelines.core.findings import Finding
+from tenant_pipelines.core.placement import SHARED_PARTITION, dedicated_tenants, registry_drift
 from tenant_pipelines.db.locks import LockRetries, run_with_lock_retry, run_with_lock_timeout
 from tenant_pipelines.db.session import parse_tenant_id
 from tenant_pipelines.errors import UnknownTenant
 
-DEFAULT_PARTITION = "usage_events_mt_default"
+DEFAULT_PARTITION = SHARED_PARTITION  # the pool
 
 
 @dataclass
@@ -38,10 +39,6 @@ class PartitionReport:
     # run_with_lock_retry as it retries): 0 when every step got its locks at once.
     lock_retries: int = 0
     duration_s: float = 0.0
-
-
-def partition_name(tenant: uuid.UUID) -> str:
-    return "usage_events_mt_t_" + tenant.hex
 
 
 def require_known_tenant(conn: psycopg.Connection, tenant_id: object) -> uuid.UUID:
@@ -202,14 +199,8 @@ def stranded_in_pool(conn: psycopg.Connection, tenants: Iterable[str]) -> dict[s
 
 
 def attached_tenant_partitions(conn: psycopg.Connection) -> set[str]:
-    """Tenants whose partition is attached to usage_events_mt."""
-    rows = conn.execute(
-        """
-        SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-         WHERE i.inhparent = 'public.usage_events_mt'::regclass AND c.relname LIKE 'usage\\_events\\_mt\\_t\\_%%'
-        """
-    ).fetchall()
-    return {str(uuid.UUID(name.removeprefix("usage_events_mt_t_"))) for (name,) in rows}
+    """Tenants with a dedicated partition, as the placement registry records them."""
+    return {str(tenant) for tenant in dedicated_tenants(conn)}
 
 
 def audit_tenant_partitions(conn: psycopg.Connection, tenants: Iterable[object] | None = None) -> list[Finding]:
@@ -217,7 +208,8 @@ def audit_tenant_partitions(conn: psycopg.Connection, tenants: Iterable[object] 
     them by default): no _rest (the pool: _before or _after), a gap in the months up to the premade horizon, an index
     missing, RLS not forced, the wrong owner, privileges for billing_app, or a promotion's
     exclusion CHECK left on the pool. Pooled tenants need nothing beyond the pool."""
-    attached = attached_tenant_partitions(conn)
+    dedicated = {str(t): name for t, name in dedicated_tenants(conn).items()}
+    attached = set(dedicated)
     wanted = sorted(attached) if tenants is None else [str(parse_tenant_id(t)) for t in tenants]
     premake = conn.execute("SELECT premake_months FROM partition_config").fetchone()[0]
     horizon = _add_months(_this_month(conn), premake)
@@ -232,8 +224,13 @@ def audit_tenant_partitions(conn: psycopg.Connection, tenants: Iterable[object] 
     for tenant in wanted:
         if tenant in attached:
             fix = f"materialise tenant_partition for {tenant} (or SELECT fn_create_tenant_partition('{tenant}'))"
-            findings += _audit_tree(conn, partition_name(uuid.UUID(tenant)), partition_name(uuid.UUID(tenant)),
-                                    horizon, fix)
+            findings += _audit_tree(conn, dedicated[tenant], dedicated[tenant], horizon, fix)
+    for tenant, registered, catalog in registry_drift(conn):
+        if tenants is None or str(tenant) in wanted:
+            findings.append(Finding(
+                f"tenant {tenant}", f"the placement registry says {registered}, the catalog says {catalog}",
+                f"materialise tenant_partition for {tenant} (or SELECT fn_create_tenant_partition('{tenant}')), "
+                "which records where it lives"))
     return findings
 
 

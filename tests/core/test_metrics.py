@@ -12,7 +12,8 @@ import pyarrow.dataset as ds
 import pytest
 
 from tenant_pipelines.core.metrics import GIB, QuotaUse, collect, export_parquet, quota_use, record_history
-from tenant_pipelines.core.partitions import ensure_tenant_partition, partition_name
+from tenant_pipelines.core.partitions import ensure_tenant_partition
+from tenant_pipelines.core.placement import partition_name
 from tests.conftest import make_tenant
 
 NOW = datetime.now(timezone.utc)

@@ -17,10 +17,10 @@ from tenant_pipelines.core.partitions import (
     attached_tenant_partitions,
     audit_tenant_partitions,
     ensure_tenant_partition,
-    partition_name,
     pool_tenants,
     stranded_in_pool,
 )
+from tenant_pipelines.core.placement import partition_name
 from tenant_pipelines.db.session import tenant_session
 from tenant_pipelines.errors import InvalidInput, TenantPipelinesError
 from tests.conftest import app_dsn_for, make_tenant

@@ -10,7 +10,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from tenant_pipelines.core.partitions import ensure_tenant_partition, partition_name
+from tenant_pipelines.core.partitions import ensure_tenant_partition
+from tenant_pipelines.core.placement import partition_name
 from tests.conftest import app_dsn_for, make_tenant
 from tests.core.test_partitions import add_events
 

@@ -12,7 +12,8 @@ import psycopg
 from psycopg import sql
 import pytest
 
-from tenant_pipelines.core.partitions import ensure_tenant_partition, partition_name
+from tenant_pipelines.core.partitions import ensure_tenant_partition
+from tenant_pipelines.core.placement import partition_name
 from tenant_pipelines.core.security import audit_isolation
 from tenant_pipelines.core.tiering import (
     MissingTablespace, Pace, configure_tablespaces, misplaced, plan, tier_pool, tier_tenant)

@@ -18,22 +18,16 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
+from tenant_pipelines.core.placement import TENANT_TABLES
+
 MANIFEST = "manifest.json"
 VERIFIED = "verified.json"
 FORMAT = "tenant-pipelines-backup"
 FORMAT_VERSION = 1
 
 # The tenant's tables, in the order a restore loads them (parents before children), with the
-# column that names the tenant. A restore deletes in the reverse order.
-TABLES: tuple[tuple[str, str], ...] = (
-    ("organizations", "id"),
-    ("tenant_classifications", "organization_id"),
-    ("tenant_backup_config", "organization_id"),
-    ("subscriptions", "organization_id"),
-    ("invoices", "organization_id"),
-    ("payment_methods", "organization_id"),
-    ("usage_events_mt", "organization_id"),
-)
+# column that names the tenant: where a tenant's rows are is core/placement.py's to say.
+TABLES: tuple[tuple[str, str], ...] = TENANT_TABLES
 TABLE_KEYS = dict(TABLES)
 
 BACKUP_ID_PATTERN = re.compile(r"^\d{8}T\d{6}\d{6}Z-[0-9a-f]{6}$")

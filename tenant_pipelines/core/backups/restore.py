@@ -39,6 +39,7 @@ from tenant_pipelines.core.backups.arrow_types import denormalize_batch, loading
 from tenant_pipelines.core.backups.encryption import backup_decryption
 from tenant_pipelines.core.backups.hashing import ContentHasher
 from tenant_pipelines.core.backups.layout import TABLES
+from tenant_pipelines.core.placement import SHARED_PARTITION, SHARED_SCHEMA, USAGE_EVENTS, placement_of
 from tenant_pipelines.core.backups.manifest import load_manifest, manifest_schema
 from tenant_pipelines.core.backups.streaming import adbc_connect
 from tenant_pipelines.core.backups.verify import UNVERIFIED, authenticate_backup, check_files
@@ -323,26 +324,23 @@ def _explain(tenant: uuid.UUID, what: str, exc: Exception) -> str:
 
 
 def _delete_tenant_rows(conn: psycopg.Connection, run: Callable[[sql.Composable], None], tenant: uuid.UUID) -> None:
-    """The tenant's rows, children first. A dedicated tenant's usage_events_mt partition is
-    truncated (that locks only the tenant's tables); a pooled tenant's rows are deleted from the
-    pool (row locks only: the pool's other tenants go on)."""
-    partition = "usage_events_mt_t_" + tenant.hex
-    attached = conn.execute(
-        """SELECT EXISTS (SELECT 1 FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-                           WHERE i.inhparent = 'public.usage_events_mt'::regclass AND c.relname = %s)""",
-        (partition,),
-    ).fetchone()[0]
+    """The tenant's rows, children first, wherever it lives (core/placement.py). A dedicated
+    tenant's usage_events_mt partition is truncated (that locks only the tenant's tables), and
+    any strays of it in the pool deleted; a pooled tenant's rows are deleted from the pool (row
+    locks only: the pool's other tenants go on)."""
+    where = placement_of(conn, tenant)
     literal = sql.Literal(str(tenant))
-    if attached:
-        run(sql.SQL("TRUNCATE public.{}").format(sql.Identifier(partition)))
-        run(sql.SQL("DELETE FROM public.usage_events_mt_default WHERE organization_id = {}::uuid").format(literal))
+    if where.dedicated:
+        run(sql.SQL("TRUNCATE {}").format(where.usage_events_leaf))
+        run(sql.SQL("DELETE FROM {} WHERE organization_id = {}::uuid").format(
+            sql.Identifier(SHARED_SCHEMA, SHARED_PARTITION), literal))
     else:
-        run(sql.SQL("DELETE FROM public.usage_events_mt WHERE organization_id = {}::uuid").format(literal))
+        run(sql.SQL("DELETE FROM {} WHERE organization_id = {}::uuid").format(where.table(USAGE_EVENTS), literal))
     for table, key_column in reversed(TABLES):
-        if table in ("usage_events_mt", "organizations"):
+        if table in (USAGE_EVENTS, "organizations"):
             continue
-        run(sql.SQL("DELETE FROM public.{} WHERE {} = {}::uuid").format(
-            sql.Identifier(table), sql.Identifier(key_column), literal))
+        run(sql.SQL("DELETE FROM {} WHERE {} = {}::uuid").format(
+            where.table(table), sql.Identifier(key_column), literal))
 
 
 def _create_scratch_table(run: Callable[[sql.Composable], None], schema: str, table: str, key_column: str) -> None:

@@ -42,6 +42,7 @@ from tenant_pipelines.core.backups.layout import MANIFEST, TABLES, new_backup_id
 from tenant_pipelines.core.backups.manifest import TableExport, build_manifest
 from tenant_pipelines.core.backups.retention import apply_retention, remove_stale_temporaries
 from tenant_pipelines.core.backups.streaming import adbc_connect, stream_table
+from tenant_pipelines.core.placement import placement_of
 from tenant_pipelines.db.session import parse_tenant_id
 from tenant_pipelines.errors import BackupKeyMissing, InvalidInput, TenantPipelinesError
 from tenant_pipelines.files import fsync_path, write_json_atomic
@@ -260,10 +261,11 @@ def backup_tenant(
             cursor = adbc.cursor()
             cursor.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             cursor.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)).as_string(conn))
+            where = placement_of(conn, tenant)  # in the snapshot: where the tenant lived at that moment
             for table, key_column in TABLES:
                 t0 = time.monotonic()
-                columns = table_columns(conn, "public", table)
-                reader = stream_table(cursor, conn, "public", table, key_column, tenant, columns)
+                columns = table_columns(conn, where.schema_of(table), table)
+                reader = stream_table(cursor, conn, where.schema_of(table), table, key_column, tenant, columns)
                 schema = target_schema(columns, reader.schema)
                 export = TableExport(table, schema=schema, columns=columns)
                 hasher = ContentHasher(schema, key)
