@@ -37,3 +37,34 @@ def list_tenants(conn: psycopg.Connection) -> list[Tenant]:
             """
         )
         return cur.fetchall()
+
+
+def tenant_tiers(conn: psycopg.Connection, tenants: list[str] | None = None) -> dict[str, str]:
+    """The tenant tier of every classified tenant (or of those of ``tenants``), by tenant id as
+    text. A tenant without a classification is missing: callers treat it as free tier."""
+    if tenants is None:
+        rows = conn.execute("SELECT organization_id::text, tier FROM tenant_classifications").fetchall()
+    else:
+        rows = conn.execute(
+            "SELECT organization_id::text, tier FROM tenant_classifications WHERE organization_id = ANY(%s::uuid[])",
+            (list(tenants),),
+        ).fetchall()
+    return dict(rows)
+
+
+def tier_priorities(conn: psycopg.Connection) -> dict[str, int]:
+    """tier_limits.priority of every tenant tier (1 is the most important)."""
+    return dict(conn.execute("SELECT tier, priority FROM tier_limits").fetchall())
+
+
+def tier_of(conn: psycopg.Connection, tenant: object, unclassified: str = "free") -> tuple[str, int] | None:
+    """The tenant tier of ``tenant`` (``unclassified`` when it has no classification) and that
+    tier's tier_limits.priority; None when tier_limits has no such tier."""
+    row = conn.execute(
+        """SELECT tl.tier, tl.priority
+             FROM tier_limits tl
+            WHERE tl.tier = COALESCE((SELECT tc.tier FROM tenant_classifications tc
+                                       WHERE tc.organization_id = %s), %s)""",
+        (tenant, unclassified),
+    ).fetchone()
+    return (row[0], row[1]) if row else None
