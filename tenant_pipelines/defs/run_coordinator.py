@@ -1,7 +1,7 @@
 """The run queue tags every tenant run, however it was launched.
 
 The run limits of dagster_home/dagster.yaml key on the run tags ``tenant``, ``tier`` and
-``dagster/priority``. The sensors set them, but a backfill from the UI, a launchpad run, a
+``dagster/priority`` (``tier`` is the tenant tier). The sensors set them, but a backfill from the UI, a launchpad run, a
 re-execution or a schedule's run of a partition range carries only Dagster's own partition tags
 (``dagster/partition``, or ``dagster/asset_partition_range_start``/``_end``). Every run of every
 kind passes through the run coordinator's ``submit_run`` before it is queued, so that is where
@@ -33,11 +33,11 @@ from dagster._core.storage.tags import (
     PARTITION_NAME_TAG,
 )
 
+from tenant_pipelines.core.tenants import tenant_tiers, tier_priorities
 from tenant_pipelines.db.connect import connect
 from tenant_pipelines.db.session import parse_tenant_id
 from tenant_pipelines.defs.resources import default_admin_dsn
-from tenant_pipelines.defs.tags import run_tags_for_tenants, tier_priorities
-from tenant_pipelines.defs.tenants.partitions import tenants_partitions
+from tenant_pipelines.defs.shared import run_tags_for_tenants, tenants_partitions
 from tenant_pipelines.errors import TenantPipelinesError
 
 
@@ -66,12 +66,9 @@ def run_tenants(tags: Mapping[str, str], tenant_keys) -> list[str]:
 
 
 def _tiers(tenants: list[str], dsn: str) -> tuple[dict[str, str], dict[str, int]]:
+    """The tenant tiers of ``tenants`` and every tier's priority, on a connection of its own."""
     with connect(dsn, autocommit=True) as conn:
-        rows = conn.execute(
-            "SELECT organization_id::text, tier FROM tenant_classifications WHERE organization_id = ANY(%s::uuid[])",
-            (tenants,),
-        ).fetchall()
-        return dict(rows), tier_priorities(conn)
+        return tenant_tiers(conn, tenants), tier_priorities(conn)
 
 
 class TenantRunCoordinator(QueuedRunCoordinator):

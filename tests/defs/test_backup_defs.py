@@ -19,8 +19,7 @@ from tenant_pipelines.defs.backups.assets import (
     tenant_backup_sensor,
     tenant_backups_fresh,
 )
-from tenant_pipelines.defs.backups.resources import BackupStorage
-from tenant_pipelines.defs.resources import BillingDatabase
+from tenant_pipelines.defs.resources import BackupStorage, BillingDatabase
 from tenant_pipelines.settings import BACKUP_KEY_ENV, BACKUP_KEY_FILE_ENV
 from tests.conftest import make_tenant
 

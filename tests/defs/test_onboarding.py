@@ -19,10 +19,9 @@ from dagster._core.storage.event_log.base import PartitionKeyFilter
 from tenant_pipelines.core import partitions
 from tenant_pipelines.core.partitions import attached_tenant_partitions, stranded_in_pool
 from tenant_pipelines.defs.resources import BillingDatabase
+from tenant_pipelines.defs.shared import TENANTS_PER_RUN, tenants_partitions
 from tenant_pipelines.defs.tenants import partitions_assets
-from tenant_pipelines.defs.tenants.partitions import tenants_partitions
 from tenant_pipelines.defs.tenants.partitions_assets import (
-    TENANTS_PER_RUN,
     default_partition_drained,
     premake_schedule,
     tenant_onboarding_sensor,

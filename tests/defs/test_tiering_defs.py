@@ -12,7 +12,7 @@ import psycopg
 
 from tenant_pipelines.core.partitions import ensure_tenant_partition
 from tenant_pipelines.defs.resources import BillingDatabase
-from tenant_pipelines.defs.tenants.partitions_assets import TENANTS_PER_RUN
+from tenant_pipelines.defs.shared import TENANTS_PER_RUN
 from tenant_pipelines.defs.tiering.assets import (
     TierPlacementConfig, pool_tier_placement, pool_tiering_schedule, pool_tiers_match_policy, tier_placement,
     tiering_schedule, tiers_match_policy)

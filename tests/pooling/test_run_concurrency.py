@@ -31,7 +31,7 @@ from dagster_graphql.test.utils import execute_dagster_graphql
 
 from tenant_pipelines.settings import DATABASE_URL_ENV, PROJECT_DIR
 from tenant_pipelines.defs.run_coordinator import TenantRunCoordinator
-from tenant_pipelines.defs.tags import PRIORITY_TAG, TENANT_TAG, TIER_TAG, tenant_run_tags
+from tenant_pipelines.defs.shared import PRIORITY_TAG, TENANT_TAG, TIER_TAG, tenant_run_tags
 from tests.conftest import make_tenant
 
 QUEUED, STARTED = dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.STARTED

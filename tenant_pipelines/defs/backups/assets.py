@@ -7,23 +7,24 @@ from datetime import datetime, timezone
 import dagster as dg
 
 from tenant_pipelines.core.backups import backup_frequencies, backup_tenant, list_backups, restore_drill, tenants_due
-from tenant_pipelines.defs.backups.resources import BackupStorage
-from tenant_pipelines.defs.batching import for_each_tenant, run_tenant_keys
-from tenant_pipelines.defs.resources import BillingDatabase
-from tenant_pipelines.defs.tags import tenant_run_tags, tenant_tiers
-from tenant_pipelines.defs.tenants.assets import OWNERS
-from tenant_pipelines.defs.tenants.partitions import tenants_partitions
+from tenant_pipelines.core.tenants import tenant_tiers
+from tenant_pipelines.defs.resources import BackupStorage, BillingDatabase
+from tenant_pipelines.defs.shared import (
+    BACKUP_POOL,
+    BACKUP_TENANTS_PER_RUN,
+    OWNERS,
+    ROWS_SHOWN,
+    for_each_tenant,
+    run_tenant_keys,
+    table_metadata,
+    tenant_run_tags,
+    tenants_partitions,
+)
 from tenant_pipelines.errors import TenantPipelinesError
 
-# At most this many backup steps run at once (dagster.yaml's pool default, or
-# `dagster instance concurrency set backups N`): each holds a snapshot and streams a tenant.
-BACKUP_POOL = "backups"
-# A backfill backs up this many tenants per run, one after the other.
-BACKUP_TENANTS_PER_RUN = 50
 # The sensor asks for at most this many runs per tick; the rest are due at the next tick.
 MAX_RUNS_PER_TICK = 100
 _FINISHED = [dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED]
-_ROWS_SHOWN = 200
 
 
 @dg.asset(
@@ -38,7 +39,8 @@ _ROWS_SHOWN = 200
     "one snapshot, with a manifest (row counts, sha256 of every file, schemas, snapshot time and LSN). "
     "Encrypted (Parquet modular encryption) when tenant_backup_config.encryption_enabled. Written to a "
     "temporary folder, fsynced and renamed; last_backup_at is set after that; then backups older than "
-    "retention_days are removed, never the newest verified one. Run by tenant_backup_sensor when due.",
+    "retention_days are removed, never the newest verified one. Run by tenant_backup_sensor when due, "
+    "in the Dagster pool backups.",
 )
 def tenant_backup(
     context: dg.AssetExecutionContext, billing_db: BillingDatabase, backup_storage: BackupStorage
@@ -75,17 +77,11 @@ def tenant_backup(
         metadata["manifest"] = dg.MetadataValue.path(str(report.path / "manifest.json"))
         metadata["snapshot_lsn"] = report.manifest["snapshot"]["lsn"]
         metadata.update({f"rows/{table}": n for table, n in report.rows.items()})
-    metadata["backups"] = dg.MetadataValue.table(
-        records=[
-            dg.TableRecord({"tenant": r.tenant, "backup_id": r.backup_id, "rows": r.total_rows, "bytes": r.bytes,
-                            "seconds": round(r.seconds, 3), "manifest": str(r.path / "manifest.json")})
-            for r in reports[:_ROWS_SHOWN]
-        ],
-        schema=dg.TableSchema(columns=[
-            dg.TableColumn("tenant", "string"), dg.TableColumn("backup_id", "string"),
-            dg.TableColumn("rows", "int"), dg.TableColumn("bytes", "int"),
-            dg.TableColumn("seconds", "float"), dg.TableColumn("manifest", "string"),
-        ]),
+    metadata["backups"] = table_metadata(
+        ({"tenant": r.tenant, "backup_id": r.backup_id, "rows": r.total_rows, "bytes": r.bytes,
+          "seconds": round(r.seconds, 3), "manifest": str(r.path / "manifest.json")} for r in reports),
+        [("tenant", "string"), ("backup_id", "string"), ("rows", "int"), ("bytes", "int"),
+         ("seconds", "float"), ("manifest", "string")],
     )
     return dg.MaterializeResult(metadata=metadata)
 
@@ -128,7 +124,7 @@ def backup_restorable(
             "verified": len(results) - len(failed),
             "failed": len(failed),
             "details": dg.MetadataValue.md(
-                "\n".join(f"- {t} {b}: {outcome}" for t, b, outcome in (failed or results)[:_ROWS_SHOWN]) or "none"),
+                "\n".join(f"- {t} {b}: {outcome}" for t, b, outcome in (failed or results)[:ROWS_SHOWN]) or "none"),
         },
     )
 
@@ -159,7 +155,7 @@ def tenant_backups_fresh(
         passed=not stale,
         severity=dg.AssetCheckSeverity.WARN,
         metadata={"tenants_checked": len(frequencies), "stale": len(stale),
-                  "details": dg.MetadataValue.md("\n".join(stale[:_ROWS_SHOWN]) or "none")},
+                  "details": dg.MetadataValue.md("\n".join(stale[:ROWS_SHOWN]) or "none")},
     )
 
 
@@ -180,7 +176,7 @@ def _backs_up(run: dg.DagsterRun) -> bool:
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Requests a tenant_backup run for each tenant whose tenant_backup_config.next_backup_at "
     f"has passed (never backed up: due at once), at most {MAX_RUNS_PER_TICK} per tick. Run keys "
-    "backup:<tenant>:<due time> make a tick idempotent; a tenant still due after its run finished is "
+    "backup:<tenant>:<due time> make a tick idempotent; runs are tagged with the tenant tier for the run queue; a tenant still due after its run finished is "
     "asked again at most once an hour.",
 )
 def tenant_backup_sensor(context: dg.SensorEvaluationContext, billing_db: BillingDatabase) -> dg.SensorResult:

@@ -12,8 +12,11 @@ from tenant_pipelines.settings import PGBOUNCER_INI_ENV, state_dir
 from tenant_pipelines.core.security import audit_tier_limits
 from tenant_pipelines.core.metrics import collect, export_parquet, quota_use, record_history
 from tenant_pipelines.defs.resources import BillingDatabase, pgbouncer_ini_in_force
-from tenant_pipelines.defs.tenants.assets import OWNERS, tenant_registry
+from tenant_pipelines.defs.shared import OWNERS, table_metadata
 from tenant_pipelines.errors import TenantPipelinesError
+
+# tenant_registry (tenants/): upstream of the rollup; its blocking isolation check gates it.
+TENANT_REGISTRY = dg.AssetKey("tenant_registry")
 
 METRICS_ROOT_ENV = "TENANT_PIPELINES_METRICS_ROOT"
 _TOP = 20
@@ -25,21 +28,14 @@ def metrics_root() -> Path:
     return Path(value) if value else state_dir() / "metrics"
 
 
-def _table(rows: list[dict], columns: list[tuple[str, str]]) -> dg.TableMetadataValue:
-    return dg.MetadataValue.table(
-        records=[dg.TableRecord(r) for r in rows],
-        schema=dg.TableSchema(columns=[dg.TableColumn(name, kind) for name, kind in columns]),
-    )
-
-
 @dg.asset(
-    deps=[tenant_registry],
+    deps=[TENANT_REGISTRY],
     group_name="metrics",
     kinds={"postgres", "parquet"},
     owners=OWNERS,
     description="Daily per-tenant metrics from vw_tenant_metrics (active subscriptions, events in the "
     "last 24 hours and this month, storage, last activity), kept in tenant_metrics_history and "
-    "exported as Parquet under day=YYYY-MM-DD/. Downstream of tenant_registry, whose isolation "
+    "exported as Parquet under day=YYYY-MM-DD/, with totals per tenant tier. Downstream of tenant_registry, whose isolation "
     "check blocks it.",
 )
 def tenant_metrics(context: dg.AssetExecutionContext, billing_db: BillingDatabase) -> dg.MaterializeResult:
@@ -54,7 +50,7 @@ def tenant_metrics(context: dg.AssetExecutionContext, billing_db: BillingDatabas
         per_tier[m.tier]["tenants"] += 1
         per_tier[m.tier]["events_last_24h"] += m.events_last_24h
         per_tier[m.tier]["storage_bytes"] += m.storage_bytes
-    columns = [("organization_id", "string"), ("name", "string"), ("tier", "string"),
+    columns = [("organization_id", "string"), ("name", "string"), ("tier", "string", "tenant tier"),
                ("events_last_24h", "int"), ("events_this_month", "int"), ("storage_bytes", "int")]
 
     def row(m):
@@ -70,11 +66,11 @@ def tenant_metrics(context: dg.AssetExecutionContext, billing_db: BillingDatabas
             "storage_bytes": sum(m.storage_bytes for m in metrics),
             "parquet": dg.MetadataValue.path(str(path)),
             "duration_s": round(time.monotonic() - started, 3),
-            "top_by_events": _table([row(m) for m in sorted(metrics, key=lambda m: -m.events_last_24h)[:_TOP]], columns),
-            "top_by_storage": _table([row(m) for m in sorted(metrics, key=lambda m: -m.storage_bytes)[:_TOP]], columns),
-            "per_tier": _table(
+            "top_by_events": table_metadata([row(m) for m in sorted(metrics, key=lambda m: -m.events_last_24h)[:_TOP]], columns),
+            "top_by_storage": table_metadata([row(m) for m in sorted(metrics, key=lambda m: -m.storage_bytes)[:_TOP]], columns),
+            "per_tier": table_metadata(
                 [{"tier": t, **v} for t, v in sorted(per_tier.items())],
-                [("tier", "string"), ("tenants", "int"), ("events_last_24h", "int"), ("storage_bytes", "int")],
+                [("tier", "string", "tenant tier"), ("tenants", "int"), ("events_last_24h", "int"), ("storage_bytes", "int")],
             ),
         }
     )
@@ -110,10 +106,10 @@ def storage_quota(billing_db: BillingDatabase) -> dg.AssetCheckResult:
     return _quota_check("storage", billing_db)
 
 
-@dg.asset_check(asset=tenant_metrics, description="The limits in force match the tiers: what a tenant "
-                "session applies (work_mem, statement_timeout) equals tier_limits for one tenant of each "
-                "tier, no role-level setting of billing_app overrides them, and PgBouncer's billing_<tier> "
-                f"pool sizes equal tier_limits.pool_size (the pgbouncer.ini in ${PGBOUNCER_INI_ENV}, else "
+@dg.asset_check(asset=tenant_metrics, description="The limits in force match the tenant tiers: what a "
+                "tenant session applies (work_mem, statement_timeout) equals tier_limits for one tenant of "
+                "each tenant tier, no role-level setting of billing_app overrides them, and the PgBouncer "
+                f"pool sizes (billing_<tenant tier>) equal tier_limits.pool_size (the pgbouncer.ini in ${PGBOUNCER_INI_ENV}, else "
                 "the project's own PgBouncer's; without either, pool sizes are not checked).")
 def tier_limits_in_force(billing_db: BillingDatabase) -> dg.AssetCheckResult:
     # A PgBouncer config that is named but missing, unreadable or malformed is a finding of
@@ -146,7 +142,7 @@ def tier_limits_in_force(billing_db: BillingDatabase) -> dg.AssetCheckResult:
 
 metrics_job = dg.define_asset_job(
     "rollup_tenant_metrics",
-    selection=dg.AssetSelection.assets(tenant_registry, tenant_metrics),
+    selection=dg.AssetSelection.assets(TENANT_REGISTRY, tenant_metrics),
     description="Refreshes the registry (and its blocking isolation check), then the metrics rollup.",
 )
 

@@ -1,4 +1,4 @@
-"""The tenant registry: what the UI shows about organizations and their tiers."""
+"""The tenant registry: what the UI shows about organizations and their tenant tiers."""
 
 
 import time
@@ -9,41 +9,35 @@ import dagster as dg
 from tenant_pipelines.core.security import audit_isolation
 from tenant_pipelines.core.tenants import list_tenants
 from tenant_pipelines.defs.resources import BillingDatabase
-
-OWNERS = ["team:billing-platform"]
-_TABLE_ROWS_SHOWN = 200
+from tenant_pipelines.defs.shared import OWNERS, ROWS_SHOWN, table_metadata
 
 
 @dg.asset(
     group_name="tenants",
     kinds={"postgres"},
     owners=OWNERS,
-    description="Organizations and their tiers, as the billing database has them. "
-    "Materialise it to see every tenant, its tier and its active subscriptions.",
+    description="Organizations and their tenant tiers (free, starter, growth, enterprise), as the "
+    "billing database has them. Materialise it to see every tenant, its tenant tier and its active "
+    "subscriptions.",
 )
 def tenant_registry(context: dg.AssetExecutionContext, billing_db: BillingDatabase) -> dg.MaterializeResult:
     started = time.monotonic()
     with billing_db.connection() as conn:
         tenants = list_tenants(conn)
     per_tier = Counter(t.tier for t in tenants)
-    table = dg.MetadataValue.table(
-        records=[
-            dg.TableRecord({
+    table = table_metadata(
+        (
+            {
                 "organization_id": str(t.organization_id),
                 "name": t.name,
                 "tier": t.tier,
                 "active_subscriptions": t.active_subscriptions,
                 "created_at": t.created_at.isoformat(),
-            })
-            for t in tenants[:_TABLE_ROWS_SHOWN]
-        ],
-        schema=dg.TableSchema(columns=[
-            dg.TableColumn("organization_id", "string"),
-            dg.TableColumn("name", "string"),
-            dg.TableColumn("tier", "string"),
-            dg.TableColumn("active_subscriptions", "int"),
-            dg.TableColumn("created_at", "string"),
-        ]),
+            }
+            for t in tenants
+        ),
+        [("organization_id", "string"), ("name", "string"), ("tier", "string", "tenant tier"),
+         ("active_subscriptions", "int"), ("created_at", "string")],
     )
     context.log.info(f"{len(tenants)} tenants: {dict(per_tier)}")
     return dg.MaterializeResult(
@@ -51,7 +45,7 @@ def tenant_registry(context: dg.AssetExecutionContext, billing_db: BillingDataba
             "tenants": len(tenants),
             **{f"tier/{tier}": per_tier.get(tier, 0) for tier in ("free", "starter", "growth", "enterprise")},
             "registry": table,
-            "rows_shown": min(len(tenants), _TABLE_ROWS_SHOWN),
+            "rows_shown": min(len(tenants), ROWS_SHOWN),
             "duration_s": round(time.monotonic() - started, 3),
         }
     )

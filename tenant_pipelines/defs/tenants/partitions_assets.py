@@ -15,17 +15,22 @@ from tenant_pipelines.core.partitions import (
     storage_status,
     stranded_in_pool,
 )
+from tenant_pipelines.core.tenants import tenant_tiers
 from tenant_pipelines.db.session import parse_tenant_id
-from tenant_pipelines.defs.batching import batched_range_requests, for_each_tenant, record_per_tenant, run_tenant_keys
 from tenant_pipelines.defs.resources import BillingDatabase
-from tenant_pipelines.defs.tags import tenant_run_tags, tenant_tiers
-from tenant_pipelines.defs.tenants.assets import OWNERS
-from tenant_pipelines.defs.tenants.partitions import tenants_partitions
+from tenant_pipelines.defs.shared import (
+    OWNERS,
+    PARTITION_DDL_POOL,
+    TENANTS_PER_RUN,
+    batched_range_requests,
+    for_each_tenant,
+    record_per_tenant,
+    run_tenant_keys,
+    table_metadata,
+    tenant_run_tags,
+    tenants_partitions,
+)
 from tenant_pipelines.errors import TenantPipelinesError
-
-# Runs of many tenants at once (backfills, the premake schedule) take this many per run.
-TENANTS_PER_RUN = 500
-PARTITION_DDL_POOL = "partition_ddl"
 
 
 @dg.asset(
@@ -36,11 +41,12 @@ PARTITION_DDL_POOL = "partition_ddl"
     pool=PARTITION_DDL_POOL,
     backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=TENANTS_PER_RUN),
     description="The tenant's storage in usage_events_mt. Most tenants are pooled: their rows "
-    "live in the DEFAULT partition, a pool split by month, whose months this keeps premade. A "
-    "tenant whose tier asks for it, flagged dedicated_resources, or past the split threshold "
-    "gets a partition of its own within partition_config.leaf_budget: created standalone, "
-    "then ATTACHed with its rows moved out of the pool in the same transaction (other tenants' "
-    "writers never wait). Idempotent: re-run one tenant, or backfill any set.",
+    "live in the shared partition (pool), the DEFAULT partition split by month, whose months this "
+    "keeps premade. A tenant whose tenant tier asks for it, flagged dedicated_resources, or past the "
+    "split threshold gets a partition of its own within partition_config.leaf_budget: created "
+    "standalone, then ATTACHed with its rows moved out of the shared partition in the same "
+    "transaction (other tenants' writers never wait). Runs in the Dagster pool partition_ddl. "
+    "Idempotent: re-run one tenant, or backfill any set.",
 )
 def tenant_partition(context: dg.AssetExecutionContext, billing_db: BillingDatabase) -> dg.MaterializeResult:
     started = time.monotonic()
@@ -50,7 +56,7 @@ def tenant_partition(context: dg.AssetExecutionContext, billing_db: BillingDatab
     for report in reports:
         context.log.info(
             f"tenant {report.tenant}: {report.layout}, {len(report.tables_created)} tables created, "
-            f"{report.rows_moved} rows moved out of the pool, attached now: {report.attached_now}"
+            f"{report.rows_moved} rows moved out of the shared partition (pool), attached now: {report.attached_now}"
             + (f"; {report.note}" if report.note else "")
         )
     return dg.MaterializeResult(
@@ -68,22 +74,17 @@ def tenant_partition(context: dg.AssetExecutionContext, billing_db: BillingDatab
             "attached_now": sum(r.attached_now for r in reports),
             "lock_retries": sum(r.lock_retries for r in reports),
             "duration_s": round(time.monotonic() - started, 3),
-            "partitions": dg.MetadataValue.table(
-                records=[
-                    dg.TableRecord({
-                        "tenant": r.tenant, "partition": r.partition, "layout": r.layout,
-                        "tables_created": len(r.tables_created), "rows_moved": r.rows_moved,
-                        "attached_now": r.attached_now, "duration_ms": round(r.duration_s * 1000, 1),
-                        "note": r.note,
-                    })
-                    for r in reports[:200]
-                ],
-                schema=dg.TableSchema(columns=[
-                    dg.TableColumn("tenant", "string"), dg.TableColumn("partition", "string"),
-                    dg.TableColumn("layout", "string"), dg.TableColumn("tables_created", "int"),
-                    dg.TableColumn("rows_moved", "int"), dg.TableColumn("attached_now", "bool"),
-                    dg.TableColumn("duration_ms", "float"), dg.TableColumn("note", "string"),
-                ]),
+            "partitions": table_metadata(
+                (
+                    {"tenant": r.tenant, "partition": r.partition, "layout": r.layout,
+                     "tables_created": len(r.tables_created), "rows_moved": r.rows_moved,
+                     "attached_now": r.attached_now, "duration_ms": round(r.duration_s * 1000, 1),
+                     "note": r.note}
+                    for r in reports
+                ),
+                [("tenant", "string"), ("partition", "string"), ("layout", "string", "pooled (in the shared partition) or dedicated"),
+                 ("tables_created", "int"), ("rows_moved", "int", "rows moved out of the shared partition (pool)"),
+                 ("attached_now", "bool"), ("duration_ms", "float"), ("note", "string")],
             ),
         }
     )
@@ -97,9 +98,9 @@ def tenant_partition(context: dg.AssetExecutionContext, billing_db: BillingDatab
     asset=tenant_partition,
     partitions_def=tenants_partitions,
     blocking=True,
-    description="The pool (the DEFAULT partition) holds no rows of a tenant with a partition of "
-    "its own, among this run's tenants (or, run on its own, all tenants): nothing was left "
-    "behind by a promotion. Pooled tenants' rows belong in the pool.",
+    description="The shared partition (pool: the DEFAULT partition of usage_events_mt) holds no "
+    "rows of a tenant with a partition of its own, among this run's tenants (or, run on its own, "
+    "all tenants): nothing was left behind by a promotion. Pooled tenants' rows belong there.",
 )
 def default_partition_drained(context: dg.AssetCheckExecutionContext, billing_db: BillingDatabase) -> dg.AssetCheckResult:
     tenants = run_tenant_keys(context)
@@ -122,10 +123,10 @@ def default_partition_drained(context: dg.AssetCheckExecutionContext, billing_db
 @dg.asset_check(
     asset=tenant_partition,
     partitions_def=tenants_partitions,
-    description="The pool and every dedicated tenant partition are complete: a _rest partition, "
-    "every month up to the premade horizon, all three indexes on every partition, RLS forced, "
-    "owned by billing_owner, no direct privilege for billing_app, and no exclusion CHECK left "
-    "on the pool by an interrupted promotion.",
+    description="The shared partition (pool) and every dedicated tenant partition are complete: a "
+    "_rest partition, every month up to the premade horizon, all three indexes on every partition, "
+    "RLS forced, owned by billing_owner, no direct privilege for billing_app, and no exclusion CHECK "
+    "left on the shared partition by an interrupted promotion.",
 )
 def tenant_partitions_complete(context: dg.AssetCheckExecutionContext, billing_db: BillingDatabase) -> dg.AssetCheckResult:
     tenants = run_tenant_keys(context)
@@ -156,9 +157,10 @@ tenant_partition_job = dg.define_asset_job(
     minimum_interval_seconds=30,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Finds new tenants: organizations with no `tenants` partition key, and tenants "
-    "never seen before whose events sit in the pool (the DEFAULT partition). Adds their keys and "
-    "requests a tenant_partition run for each, in one tick (idempotent run keys). Also resumes a "
-    "promotion that a killed run left half done (the pool would refuse that tenant's rows).",
+    "never seen before whose events sit in the shared partition (pool: the DEFAULT partition). Adds "
+    "their keys and requests a tenant_partition run for each, tagged with its tenant tier for the run "
+    "queue, in one tick (idempotent run keys). Also resumes a promotion that a killed run left half "
+    "done (the shared partition would refuse that tenant's rows).",
 )
 def tenant_onboarding_sensor(context: dg.SensorEvaluationContext, billing_db: BillingDatabase) -> dg.SensorResult:
     known = set(context.instance.get_dynamic_partitions(tenants_partitions.name))
@@ -181,7 +183,7 @@ def tenant_onboarding_sensor(context: dg.SensorEvaluationContext, billing_db: Bi
     # A new run key every 10 minutes at most, while the promotion stays interrupted.
     window = datetime.now(timezone.utc).strftime("%Y%m%d%H%M")[:-1]
     for k in stuck:
-        context.log.warning(f"tenant {k}: a promotion was interrupted; the pool refuses its rows until it is resumed")
+        context.log.warning(f"tenant {k}: a promotion was interrupted; the shared partition (pool) refuses its rows until it is resumed")
         if k in known or k in new_keys:
             runs.append(dg.RunRequest(partition_key=k, run_key=f"resume:{k}:{window}", tags=tenant_run_tags(tiers, k)))
     if not runs:

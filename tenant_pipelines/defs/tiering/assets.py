@@ -1,4 +1,6 @@
-"""Storage tiering in the UI: tier_placement per tenant, its check, the daily schedule."""
+"""Storage tiering in the UI (hot, warm, cold tablespaces: storage tiers, not tenant tiers):
+tier_placement per tenant and pool_tier_placement for the shared partition, their checks, the
+daily schedules."""
 
 import time
 from collections import defaultdict
@@ -9,16 +11,21 @@ from pydantic import Field
 from tenant_pipelines.core.tiering import (
     DEFAULT_BATCH_BLOCKS, DEFAULT_MAX_MB_PER_S, ONLINE, Pace, PlannedPartition, TieringReport, check_method, misplaced, tier_pool,
     tier_tenant)
-from tenant_pipelines.defs.batching import batched_range_requests, for_each_tenant, run_tenant_keys
 from tenant_pipelines.defs.resources import BillingDatabase
-from tenant_pipelines.defs.tenants.assets import OWNERS
-from tenant_pipelines.defs.tenants.partitions import tenants_partitions
-from tenant_pipelines.defs.tenants.partitions_assets import TENANTS_PER_RUN, tenant_partition
+from tenant_pipelines.defs.shared import (
+    OWNERS,
+    TENANTS_PER_RUN,
+    TIERING_POOL,
+    batched_range_requests,
+    for_each_tenant,
+    run_tenant_keys,
+    table_metadata,
+    tenants_partitions,
+)
 from tenant_pipelines.errors import TenantPipelinesError
 
-# At most this many tiering steps move partitions at once (dagster.yaml's pool default, or
-# `dagster instance concurrency set tiering N`).
-TIERING_POOL = "tiering"
+# tenant_partition (tenants/): the storage whose month partitions these assets move.
+TENANT_PARTITION = dg.AssetKey("tenant_partition")
 
 
 class TierPlacementConfig(dg.Config):
@@ -40,17 +47,18 @@ class TierPlacementConfig(dg.Config):
 
 @dg.asset(
     partitions_def=tenants_partitions,
-    deps=[tenant_partition],
+    deps=[TENANT_PARTITION],
     group_name="storage",
     kinds={"postgres"},
     owners=OWNERS,
     pool=TIERING_POOL,
     backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=TENANTS_PER_RUN),
-    description="Where the tenant's month partitions live: hot, warm or cold tablespace, by age "
-    "(storage_tiers, tiering_policy). Materialising moves each month whose age puts it in another "
-    "tier: by default online (a paced copy into the target tablespace, then a swap of milliseconds "
+    description="Where the tenant's month partitions live: the hot, warm or cold storage tier "
+    "(a tablespace each), by age (storage_tiers, tiering_policy); not the tenant tier. Materialising "
+    "moves each month whose age puts it in another storage tier: by default online (a paced copy into the target tablespace, then a swap of milliseconds "
     "under lock), every step with lock_timeout and retries; never the current or a future month, "
-    "never a parent. Cold months are frozen. A crashed move is started again on the next run.",
+    "never a parent. Cold months are frozen. A crashed move is started again on the next run. Runs "
+    "in the Dagster pool tiering.",
 )
 def tier_placement(
     context: dg.AssetExecutionContext, config: TierPlacementConfig, billing_db: BillingDatabase
@@ -64,15 +72,15 @@ def tier_placement(
 
 
 @dg.asset(
-    deps=[tenant_partition],
+    deps=[TENANT_PARTITION],
     group_name="storage",
     kinds={"postgres"},
     owners=OWNERS,
     pool=TIERING_POOL,
-    description="Where the pool's month partitions live (the DEFAULT partition of usage_events_mt, "
-    "holding every pooled tenant's rows): hot, warm or cold tablespace, by age, under the global "
-    "tiering_policy row. Moves like tier_placement: online by default, never the current or a "
-    "future month; cold months are frozen.",
+    description="Where the month partitions of the shared partition (pool: the DEFAULT partition of "
+    "usage_events_mt, holding every pooled tenant's rows) live: the hot, warm or cold storage tier, by "
+    "age, under the global tiering_policy row. Moves like tier_placement: online by default, never "
+    "the current or a future month; cold months are frozen. Runs in the Dagster pool tiering.",
 )
 def pool_tier_placement(
     context: dg.AssetExecutionContext, config: TierPlacementConfig, billing_db: BillingDatabase
@@ -113,23 +121,20 @@ def _metadata(reports: list[TieringReport], config: TierPlacementConfig, started
         "lock_time_s": round(sum(m.lock_held_s for m in moves), 3),
         "max_lock_time_ms": round(max((m.lock_held_s for m in moves), default=0) * 1000, 1),
         "duration_s": round(time.monotonic() - started, 3),
-        "moves": dg.MetadataValue.table(
-            records=[
-                dg.TableRecord({"partition": m.partition, "from": m.from_tablespace, "to": m.to_tablespace,
-                                "bytes": m.bytes, "seconds": round(m.seconds, 2),
-                                "lock_ms": round(m.lock_held_s * 1000, 1), "rows_caught_up": m.rows_caught_up,
-                                "frozen": m.frozen})
-                for m in moves[:200]
-            ],
-            schema=dg.TableSchema(columns=[
-                dg.TableColumn("partition", "string"), dg.TableColumn("from", "string"),
-                dg.TableColumn("to", "string"), dg.TableColumn("bytes", "int"),
-                dg.TableColumn("seconds", "float"), dg.TableColumn("lock_ms", "float"),
-                dg.TableColumn("rows_caught_up", "int"), dg.TableColumn("frozen", "bool"),
-            ]),
+        "moves": table_metadata(
+            (
+                {"partition": m.partition, "from": m.from_tablespace, "to": m.to_tablespace,
+                 "bytes": m.bytes, "seconds": round(m.seconds, 2),
+                 "lock_ms": round(m.lock_held_s * 1000, 1), "rows_caught_up": m.rows_caught_up,
+                 "frozen": m.frozen}
+                for m in moves
+            ),
+            [("partition", "string"), ("from", "string", "tablespace of the storage tier it left"),
+             ("to", "string", "tablespace of the storage tier it moved to"), ("bytes", "int"),
+             ("seconds", "float"), ("lock_ms", "float"), ("rows_caught_up", "int"), ("frozen", "bool")],
         ),
     }
-    for tier in ("hot", "warm", "cold"):
+    for tier in ("hot", "warm", "cold"):  # storage tiers
         metadata[f"{tier}/partitions"] = per_tier.get(tier, {}).get("partitions", 0)
         metadata[f"{tier}/bytes"] = per_tier.get(tier, {}).get("bytes", 0)
     return metadata
@@ -137,8 +142,8 @@ def _metadata(reports: list[TieringReport], config: TierPlacementConfig, started
 
 @dg.asset_check(
     asset=tier_placement,
-    description="Every month partition (of this run's tenants, or of all and the pool's) is in the "
-    "tablespace its policy says. Lists the ones that are not.",
+    description="Every month partition (of this run's tenants, or of all and the shared partition's) "
+    "is in the storage tier (tablespace) its policy says. Lists the ones that are not.",
 )
 def tiers_match_policy(context: dg.AssetCheckExecutionContext, billing_db: BillingDatabase) -> dg.AssetCheckResult:
     tenants = run_tenant_keys(context)
@@ -149,7 +154,8 @@ def tiers_match_policy(context: dg.AssetCheckExecutionContext, billing_db: Billi
 
 @dg.asset_check(
     asset=pool_tier_placement,
-    description="Every month partition of the pool is in the tablespace the global policy says.",
+    description="Every month partition of the shared partition (pool) is in the storage tier "
+    "(tablespace) the global policy says.",
 )
 def pool_tiers_match_policy(billing_db: BillingDatabase) -> dg.AssetCheckResult:
     with billing_db.connection() as conn:
@@ -173,14 +179,14 @@ def _misplaced_result(wrong: list[PlannedPartition]) -> dg.AssetCheckResult:
 tiering_job = dg.define_asset_job(
     "tier_storage",
     selection=[tier_placement],
-    description="Moves ageing month partitions between the hot, warm and cold tablespaces.",
+    description="Moves ageing month partitions between the hot, warm and cold storage tiers (tablespaces).",
 )
 
 pool_tiering_job = dg.define_asset_job(
     "tier_pool_storage",
     selection=[pool_tier_placement],
-    description="Moves the pool's ageing month partitions (pooled tenants' rows) between the hot, warm "
-    "and cold tablespaces.",
+    description="Moves the ageing month partitions of the shared partition (pool: pooled tenants' rows) "
+    "between the hot, warm and cold storage tiers (tablespaces).",
 )
 
 
@@ -189,7 +195,7 @@ pool_tiering_job = dg.define_asset_job(
     cron_schedule="0 2 * * *",
     execution_timezone="UTC",
     default_status=dg.DefaultScheduleStatus.RUNNING,
-    description="Daily tiering of the pool's months, one run.",
+    description="Daily storage tiering of the shared partition's (pool's) months, one run.",
 )
 def pool_tiering_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
     return dg.RunRequest(run_key=f"pool-tiering:{context.scheduled_execution_time.strftime('%Y-%m-%d')}")
@@ -200,7 +206,7 @@ def pool_tiering_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunReques
     cron_schedule="30 2 * * *",
     execution_timezone="UTC",
     default_status=dg.DefaultScheduleStatus.RUNNING,
-    description=f"Daily tiering for every tenant, in runs of up to {TENANTS_PER_RUN} tenants "
+    description=f"Daily storage tiering for every tenant, in runs of up to {TENANTS_PER_RUN} tenants "
     "(10,000 tenants: 20 runs), never one run per tenant.",
 )
 def tiering_schedule(context: dg.ScheduleEvaluationContext) -> list[dg.RunRequest] | dg.SkipReason:
