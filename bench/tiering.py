@@ -65,7 +65,8 @@ import _harness as h  # noqa: E402  (bench/ is sys.path[0] when run as a script)
 from tenant_pipelines.core import tiering  # noqa: E402
 from tenant_pipelines.local.demo import METRICS  # noqa: E402
 from tenant_pipelines.core.ingest import ingest_usage_events  # noqa: E402
-from tenant_pipelines.core.partitions import ensure_tenant_partition, partition_name  # noqa: E402
+from tenant_pipelines.core.partitions import ensure_tenant_partition  # noqa: E402
+from tenant_pipelines.core.placement import partition_name  # noqa: E402
 from tenant_pipelines.local.cluster import TABLESPACES  # noqa: E402
 from tenant_pipelines.files import fsync_path  # noqa: E402
 
