@@ -58,7 +58,7 @@ from tenant_pipelines.core.partitions import (
     stranded_in_pool,
 )
 from tenant_pipelines.core.placement import partition_name
-from tenant_pipelines.db.session import APP_ROLE  # noqa: E402
+from tenant_pipelines.db.names import APP_ROLE  # noqa: E402
 from tenant_pipelines.core.tenants import tenant_tiers  # noqa: E402
 
 NAME = "partitions"

@@ -61,7 +61,7 @@ from tenant_pipelines.core.pooling import (  # noqa: E402
 )
 from tenant_pipelines.local.cluster import find_bindir  # noqa: E402
 from tenant_pipelines.local.pgbouncer import PgBouncerProcess, find_pgbouncer  # noqa: E402
-from tenant_pipelines.db.session import APP_ROLE  # noqa: E402
+from tenant_pipelines.db.names import APP_ROLE  # noqa: E402
 
 NAME = "pgbouncer"
 BENCH_APP = "bench_app"

@@ -17,6 +17,7 @@ import psycopg
 
 from tenant_pipelines.core.findings import Finding
 from tenant_pipelines.core.placement import SHARED_PARTITION, dedicated_tenants, registry_drift
+from tenant_pipelines.db.names import APP_ROLE, OWNER_ROLE
 from tenant_pipelines.db.locks import LockRetries, run_with_lock_retry, run_with_lock_timeout
 from tenant_pipelines.db.session import parse_tenant_id
 from tenant_pipelines.errors import UnknownTenant
@@ -240,13 +241,13 @@ def _audit_tree(conn: psycopg.Connection, root: str, leaf_prefix: str, horizon: 
     rows = conn.execute(
         """
         SELECT c.relname, c.relrowsecurity, c.relforcerowsecurity, pg_get_userbyid(c.relowner),
-               has_table_privilege('billing_app', c.oid, 'SELECT,INSERT,UPDATE,DELETE'),
+               has_table_privilege(%s, c.oid, 'SELECT,INSERT,UPDATE,DELETE'),
                (SELECT count(*) FROM pg_index x WHERE x.indrelid = c.oid),
                (SELECT count(*) FROM pg_index x WHERE x.indrelid = c.oid AND NOT x.indisvalid)
           FROM pg_partition_tree(%s::regclass) t JOIN pg_class c ON c.oid = t.relid
          ORDER BY c.relname
         """,
-        (f"public.{root}",),
+        (APP_ROLE, f"public.{root}"),
     ).fetchall()
     names = {r[0] for r in rows}
     for edge in edges:
@@ -256,12 +257,12 @@ def _audit_tree(conn: psycopg.Connection, root: str, leaf_prefix: str, horizon: 
         if not (rls and forced):
             findings.append(Finding(f"partition {name}", "does not force row-level security",
                                     f"ALTER TABLE {name} ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY"))
-        if owner != "billing_owner":
+        if owner != OWNER_ROLE:
             findings.append(Finding(f"partition {name}", f"is owned by {owner}",
-                                    f"ALTER TABLE {name} OWNER TO billing_owner"))
+                                    f"ALTER TABLE {name} OWNER TO {OWNER_ROLE}"))
         if app_access:
-            findings.append(Finding(f"partition {name}", "billing_app can access it directly",
-                                    f"REVOKE ALL ON {name} FROM billing_app, PUBLIC"))
+            findings.append(Finding(f"partition {name}", f"{APP_ROLE} can access it directly",
+                                    f"REVOKE ALL ON {name} FROM {APP_ROLE}, PUBLIC"))
         if n_idx < 3 or n_invalid:
             findings.append(Finding(f"partition {name}", f"has {n_idx - n_invalid} of its 3 indexes", fix))
     months = sorted(n.rsplit("_p", 1)[1] for n in names if n.startswith(leaf_prefix + "_p"))

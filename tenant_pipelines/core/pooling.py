@@ -39,7 +39,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from tenant_pipelines import settings
 from tenant_pipelines.db.connect import connect
-from tenant_pipelines.db.session import APP_ROLE
+from tenant_pipelines.db.names import APP_ROLE
 from tenant_pipelines.errors import InvalidInput, TenantPipelinesError
 
 POOLED_DATABASE = "billing"

@@ -17,8 +17,8 @@ from tenant_pipelines.core.pooling import (
 )
 from tenant_pipelines.core.findings import Finding
 from tenant_pipelines.errors import InvalidInput
+from tenant_pipelines.db.names import APP_ROLE
 
-APP_ROLE = "billing_app"
 # Tables with an organization_id that are not tenant data (none yet); everything else is audited.
 NOT_TENANT_TABLES: frozenset[str] = frozenset()
 

@@ -35,6 +35,7 @@ from psycopg import sql
 
 from tenant_pipelines.settings import PROJECT_DIR
 from tenant_pipelines.errors import MigrationError
+from tenant_pipelines.db.names import APP_ROLE
 
 SQL_DIR = PROJECT_DIR / "sql"
 MIGRATIONS_DIR = "migrations"
@@ -343,7 +344,6 @@ def _apply(conn: psycopg.Connection, label: str, text: str, record: sql.SQL, val
         raise MigrationError(_explain(label, exc, function_file)) from None
 
 
-APP_ROLE = "billing_app"
 
 
 def revoke_temporary_from_applications(conn: psycopg.Connection, log: Callable[[str], None]) -> None:

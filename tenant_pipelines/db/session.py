@@ -16,8 +16,8 @@ import psycopg
 from psycopg import sql
 
 from tenant_pipelines.errors import InvalidInput, TenantPipelinesError, UnknownTenant
+from tenant_pipelines.db.names import APP_ROLE
 
-APP_ROLE = "billing_app"
 
 
 def parse_tenant_id(value: object) -> uuid.UUID:

@@ -41,7 +41,7 @@ from tenant_pipelines.core.pooling import (
     role_scram_secret,
 )
 from tenant_pipelines.db.connect import connect
-from tenant_pipelines.db.session import APP_ROLE
+from tenant_pipelines.db.names import APP_ROLE
 from tenant_pipelines.errors import InvalidInput, TenantPipelinesError
 from tenant_pipelines.local.processes import (
     ClusterError,
