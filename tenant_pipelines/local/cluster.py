@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from tenant_pipelines.files import write_json_atomic
 from tenant_pipelines.local.processes import (
     ClusterError,
     OSUser,
@@ -161,11 +162,7 @@ class EmbeddedCluster:
 
     def _write_state(self, state: dict) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.state_file.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(state, fh, indent=2)
-        os.replace(tmp, self.state_file)
+        write_json_atomic(self.state_file, state)  # mode 0600: it holds the superuser's password
 
     def dsn(self, database: str = "billing") -> str:
         state = self._read_state()

@@ -43,6 +43,7 @@ from tenant_pipelines.core.pooling import (
 from tenant_pipelines.db.connect import connect
 from tenant_pipelines.db.names import APP_ROLE
 from tenant_pipelines.errors import InvalidInput, TenantPipelinesError
+from tenant_pipelines.files import write_json_atomic
 from tenant_pipelines.local.processes import (
     ClusterError,
     OSUser,
@@ -327,11 +328,7 @@ def _read_state(path: Path) -> dict:
 
 def _write_state(path: Path, state: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(state, fh, indent=2)
-    os.replace(tmp, path)
+    write_json_atomic(path, state)  # mode 0600: it holds billing_app's generated password
 
 
 def _password_works(admin_dsn: str, role: str, password: str) -> bool:
