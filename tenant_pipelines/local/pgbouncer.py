@@ -247,9 +247,11 @@ class PgBouncerProcess:
             if pid is not None:
                 if port_in_use(port):
                     return True
-            elif self._written_pid() is not None or time.monotonic() - started > 2:
-                break  # it wrote its pid and exited, or never wrote one
-            time.sleep(0.05)
+            elif self._written_pid() is not None:
+                break  # it wrote its pid and exited
+            elif "FATAL" in self._log_tail(log_offset):
+                break  # it said why it will not run, before writing a pid
+            time.sleep(0.05)  # on a loaded machine the daemon may take seconds to write its pid
         raise PgBouncerError(f"PgBouncer did not start: {self._log_tail(log_offset) or 'no log line'} (log: {self.logfile})")
 
     def _log_tail(self, offset: int = 0) -> str:
