@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tenant_pipelines.cli.common import admin_dsn, log, timestamp
+from tenant_pipelines.cli.common import admin_dsn, command, log, timestamp
 from tenant_pipelines.errors import InvalidInput, TenantPipelinesError
 
 
@@ -69,8 +69,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "backup", help="back one tenant up now (Parquet, encrypted when its config says so)",
+    p = command(
+        sub, "backup", cmd_backup, help="back one tenant up now (Parquet, encrypted when its config says so)",
         description="Back one tenant up from one consistent snapshot into "
         "<root>/tenant=<uuid>/backup=<id>/ (Parquet files and manifest.json), then apply its retention. "
         "Prints the backup folder. The key comes from $TENANT_PIPELINES_BACKUP_KEY or "
@@ -79,10 +79,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tenant", required=True, help="organization UUID")
     p.add_argument("--root", default=None, help="backup root (default $TENANT_PIPELINES_BACKUP_ROOT or .tenant-pipelines/backups)")
     p.add_argument("--verify", action="store_true", help="run the restore drill on it afterwards and mark it verified")
-    p.set_defaults(func=cmd_backup)
 
-    p = sub.add_parser(
-        "restore", help="restore one tenant from a backup: live tables, a scratch schema or another database",
+    p = command(
+        sub, "restore", cmd_restore, help="restore one tenant from a backup: live tables, a scratch schema or another database",
         description="Verify a backup (every file's sha256, the tenant, the key) before writing anything, then "
         "restore the tenant in one transaction: into the live tables (its rows replaced, no other tenant "
         "touched), into a new scratch schema, or into another, migrated database. Progress on stderr; rows "
@@ -99,4 +98,3 @@ def register(sub: argparse._SubParsersAction) -> None:
     into = p.add_mutually_exclusive_group()
     into.add_argument("--into-schema", metavar="S", help="a new scratch schema in the billing database")
     into.add_argument("--into-database", metavar="DSN", help="an admin DSN of another, migrated database")
-    p.set_defaults(func=cmd_restore)

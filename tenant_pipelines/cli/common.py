@@ -11,6 +11,20 @@ from typing import Callable
 from tenant_pipelines.errors import InvalidInput
 
 
+def command(sub: argparse._SubParsersAction, name: str, func: Callable[[argparse.Namespace], int],
+            **kwargs: object) -> argparse.ArgumentParser:
+    """Add the command ``name`` (``help=``, ``description=`` in ``kwargs``) that runs ``func(args)``."""
+    p = sub.add_parser(name, **kwargs)
+    p.set_defaults(func=func)
+    return p
+
+
+def command_group(sub: argparse._SubParsersAction, name: str, **kwargs: object) -> argparse._SubParsersAction:
+    """Add the command group ``name`` (db, tiering, ...): one of its actions must follow it."""
+    group = sub.add_parser(name, **kwargs)
+    return group.add_subparsers(dest=f"{name}_command", required=True, metavar="ACTION")
+
+
 def log(message: str) -> None:
     print(f"tenant-pipelines: {message}", file=sys.stderr, flush=True)
 

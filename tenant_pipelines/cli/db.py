@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from tenant_pipelines.cli.common import admin_dsn, log
+from tenant_pipelines.cli.common import admin_dsn, command, command_group, log
 from tenant_pipelines.settings import DATABASE_URL_ENV, database_url_from_env
 
 
@@ -52,20 +52,16 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    db = sub.add_parser("db", help="the database: start, stop, migrate", description="Manage the database.")
-    db_sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
-    p = db_sub.add_parser(
-        "up", help="start the embedded cluster (or reuse it); prints its DSN last",
+    db_sub = command_group(sub, "db", help="the database: start, stop, migrate", description="Manage the database.")
+    command(
+        db_sub, "up", cmd_up, help="start the embedded cluster (or reuse it); prints its DSN last",
         description="Start the project-local PostgreSQL cluster, or reuse the one running. "
         "Idempotent. The last line on stdout is the DSN.",
     )
-    p.set_defaults(func=cmd_up)
-    p = db_sub.add_parser("down", help="stop the embedded cluster", description="Stop the embedded cluster.")
-    p.set_defaults(func=cmd_down)
-    p = db_sub.add_parser(
-        "migrate", help="apply sql/ in order",
+    command(db_sub, "down", cmd_down, help="stop the embedded cluster", description="Stop the embedded cluster.")
+    command(
+        db_sub, "migrate", cmd_migrate, help="apply sql/ in order",
         description="Apply the migrations in sql/migrations/ that the database has not applied yet, and "
         "re-apply each function or view in sql/functions/ whose text changed. Refuses to run when an "
         "applied migration was edited since.",
     )
-    p.set_defaults(func=cmd_migrate)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from tenant_pipelines.cli.common import admin_dsn, demo_day, demo_events, demo_tenants, log
+from tenant_pipelines.cli.common import admin_dsn, command, command_group, demo_day, demo_events, demo_tenants, log
 
 
 def cmd_seed(args: argparse.Namespace) -> int:
@@ -15,10 +15,9 @@ def cmd_seed(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    demo = sub.add_parser("demo", help="demo data", description="Demo data.")
-    demo_sub = demo.add_subparsers(dest="demo_command", required=True, metavar="ACTION")
-    p = demo_sub.add_parser(
-        "seed", help="create deterministic demo tenants and usage events",
+    demo_sub = command_group(sub, "demo", help="demo data", description="Demo data.")
+    p = command(
+        demo_sub, "seed", cmd_seed, help="create deterministic demo tenants and usage events",
         description="Create demo organizations across the four tiers, with subscriptions, invoices, "
         "payment methods and time-ordered usage events. The same --seed gives the same data; "
         "existing tenants are left alone.",
@@ -28,4 +27,3 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="usage events each, 0 to 1,000,000 (default 2000)")
     p.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
     p.add_argument("--as-of", type=demo_day, default=None, help="last day of the event history (default today, UTC)")
-    p.set_defaults(func=cmd_seed)

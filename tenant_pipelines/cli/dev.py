@@ -7,7 +7,7 @@ import argparse
 import os
 import sys
 
-from tenant_pipelines.cli.common import demo_events, demo_tenants, log, port
+from tenant_pipelines.cli.common import command, demo_events, demo_tenants, log, port
 from tenant_pipelines.settings import PROJECT_DIR
 
 
@@ -28,8 +28,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "dev", help="up, migrate, seed if empty, run the main job, open the Dagster UI",
+    p = command(
+        sub, "dev", cmd_dev, help="up, migrate, seed if empty, run the main job, open the Dagster UI",
         description="Bring up the embedded cluster (or use $BILLING_DATABASE_URL), apply migrations, seed "
         "demo data into an empty database, run the main job, then start `dagster dev`.",
     )
@@ -39,4 +39,3 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1", help="UI host (default 127.0.0.1)")
     p.add_argument("--port", type=port, default=3000, help="UI port (default 3000)")
     p.add_argument("--no-ui", action="store_true", help="stop after the main job; do not start the UI")
-    p.set_defaults(func=cmd_dev)

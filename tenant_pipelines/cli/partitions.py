@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from tenant_pipelines.cli.common import admin_dsn, bounded, log
+from tenant_pipelines.cli.common import admin_dsn, bounded, command, command_group, log
 
 premake_months = bounded(0, 36, " (partition_config allows 36 months ahead; each premade month is a leaf "
                                 "under the leaf budget)")
@@ -43,24 +43,21 @@ def cmd_ensure(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    partitions = sub.add_parser(
-        "partitions", help="where tenants' usage events live: the pool and dedicated partitions",
+    partitions_sub = command_group(
+        sub, "partitions", help="where tenants' usage events live: the pool and dedicated partitions",
         description="Tenant storage in usage_events_mt: most tenants share the month-split pool (the DEFAULT "
         "partition); those whose tier, flag or size asks for it get a partition of their own, within "
         "partition_config.leaf_budget.")
-    partitions_sub = partitions.add_subparsers(dest="partitions_command", required=True, metavar="ACTION")
-    p = partitions_sub.add_parser(
-        "status", help="leaves against the budget, dedicated tenants, the pool's months, and what is wrong",
+    command(
+        partitions_sub, "status", cmd_status, help="leaves against the budget, dedicated tenants, the pool's months, and what is wrong",
         description="Print the leaves under usage_events_mt against partition_config.leaf_budget, the dedicated "
         "tenants, the pool's months and interrupted promotions; findings (what tenant_partitions_complete "
         "checks) go to stderr. Exit 0 when all is complete, 1 when something is wrong.")
-    p.set_defaults(func=cmd_status)
-    p = partitions_sub.add_parser(
-        "ensure", help="what the tenant_partition asset does, for one tenant",
+    p = command(
+        partitions_sub, "ensure", cmd_ensure, help="what the tenant_partition asset does, for one tenant",
         description="Make sure the tenant has its storage: the pool's months, and a dedicated partition (attached "
         "online, with its months) when its tier, flag or size asks for one and the leaf budget allows. "
         "Idempotent. Exit 0 on success, 2 for a malformed tenant id, 1 when a lock could not be had.")
     p.add_argument("--tenant", required=True, help="the organization UUID")
     p.add_argument("--premake-months", type=premake_months, default=None, metavar="N",
                    help="months to premake ahead, 0 to 36 (default: partition_config.premake_months)")
-    p.set_defaults(func=cmd_ensure)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tenant_pipelines.cli.common import admin_dsn, bounded, log, port
+from tenant_pipelines.cli.common import admin_dsn, bounded, command, command_group, log, port
 from tenant_pipelines.settings import database_url_from_env
 
 
@@ -51,12 +51,11 @@ def cmd_config(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     from tenant_pipelines.core.pooling import DEFAULT_POOL_SIZE
 
-    pgb = sub.add_parser(
-        "pgbouncer", help="PgBouncer in front of the billing database: start, stop, print its config",
+    pgb_sub = command_group(
+        sub, "pgbouncer", help="PgBouncer in front of the billing database: start, stop, print its config",
         description="PgBouncer in transaction pooling mode, with one pool per tier (billing_enterprise, "
         "billing_growth, billing_starter, billing_free) sized from tier_limits.pool_size, plus billing.",
     )
-    pgb_sub = pgb.add_subparsers(dest="pgbouncer_command", required=True, metavar="ACTION")
 
     def pool_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--pool-size", action="append", default=[], metavar="TIER=N",
@@ -64,18 +63,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--default-pool-size", type=pool_size, default=DEFAULT_POOL_SIZE, metavar="N",
                        help=f"server connections of the plain billing pool (default {DEFAULT_POOL_SIZE})")
 
-    p = pgb_sub.add_parser(
-        "up", help="start PgBouncer (or reuse and reload it); prints billing_app's DSN last",
+    p = command(
+        pgb_sub, "up", cmd_up, help="start PgBouncer (or reuse and reload it); prints billing_app's DSN last",
         description="Start PgBouncer on a free loopback port in front of the billing database, or reuse "
         "the one running (reloading it when its configuration changed). Idempotent. The last line on "
         "stdout is billing_app's DSN to the plain billing pool; use the database billing_<tier> for a tier's pool.",
     )
     pool_options(p)
-    p.set_defaults(func=cmd_up)
-    p = pgb_sub.add_parser("down", help="stop PgBouncer", description="Stop the project's PgBouncer.")
-    p.set_defaults(func=cmd_down)
-    p = pgb_sub.add_parser(
-        "config", help="print pgbouncer.ini for a PgBouncer of your own",
+    command(pgb_sub, "down", cmd_down, help="stop PgBouncer", description="Stop the project's PgBouncer.")
+    p = command(
+        pgb_sub, "config", cmd_config, help="print pgbouncer.ini for a PgBouncer of your own",
         description="Print the pgbouncer.ini the project generates for the billing database (without log "
         "and pid files), for a PgBouncer you run yourself.",
     )
@@ -83,4 +80,3 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--userlist", type=Path, default=None, metavar="PATH",
                    help="also write the auth file there (mode 0600) and name it in the config")
     pool_options(p)
-    p.set_defaults(func=cmd_config)

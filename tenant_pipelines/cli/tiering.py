@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from tenant_pipelines.cli.common import admin_dsn, log, non_negative_float, positive_int
+from tenant_pipelines.cli.common import admin_dsn, command, command_group, log, non_negative_float, positive_int
 
 
 def cmd_configure(args: argparse.Namespace) -> int:
@@ -61,25 +61,22 @@ def cmd_run(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     from tenant_pipelines.core.tiering import DEFAULT_BATCH_BLOCKS, DEFAULT_MAX_MB_PER_S, METHODS, ONLINE
 
-    tiering = sub.add_parser("tiering", help="storage tiers: tablespaces and placement",
-                             description="Storage tiering: which tablespace serves each tier, and what would move.")
-    tiering_sub = tiering.add_subparsers(dest="tiering_command", required=True, metavar="ACTION")
-    p = tiering_sub.add_parser(
-        "configure", help="name the tablespace of each tier",
+    tiering_sub = command_group(sub, "tiering", help="storage tiers: tablespaces and placement",
+                                description="Storage tiering: which tablespace serves each tier, and what would move.")
+    p = command(
+        tiering_sub, "configure", cmd_configure, help="name the tablespace of each tier",
         description="Point the hot, warm and cold tiers at existing tablespaces, then print the mapping. "
         "A tablespace that does not exist is refused with how to create it.",
     )
     for tier in ("hot", "warm", "cold"):
         p.add_argument(f"--{tier}", metavar="TABLESPACE", help=f"tablespace for the {tier} tier")
-    p.set_defaults(func=cmd_configure)
-    p = tiering_sub.add_parser(
-        "plan", help="show every month partition, where it is and where the policy wants it",
+    p = command(
+        tiering_sub, "plan", cmd_plan, help="show every month partition, where it is and where the policy wants it",
         description="List month partitions with their current and target tablespace (nothing is moved).",
     )
     p.add_argument("--tenant", default=None, help="only this tenant (organization UUID)")
-    p.set_defaults(func=cmd_plan)
-    p = tiering_sub.add_parser(
-        "run", help="move one tenant's (or the pool's) month partitions to the tablespaces the policy says",
+    p = command(
+        tiering_sub, "run", cmd_run, help="move one tenant's (or the pool's) month partitions to the tablespaces the policy says",
         description="What the tier_placement asset does, for one tenant, or pool_tier_placement for the "
         "pool that holds every pooled tenant's rows, from the shell: each month whose "
         "age puts it in another tier moves, online by default (a paced copy, then a swap of milliseconds "
@@ -96,4 +93,3 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"online: the most MB per second copied (default: {DEFAULT_MAX_MB_PER_S:g}; 0: no limit)")
     p.add_argument("--batch-blocks", type=positive_int, default=DEFAULT_BATCH_BLOCKS, metavar="N",
                    help=f"online: 8 KiB blocks copied per transaction (default: {DEFAULT_BATCH_BLOCKS})")
-    p.set_defaults(func=cmd_run)
