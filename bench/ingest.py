@@ -322,12 +322,8 @@ def check_flat_matches(conn: psycopg.Connection) -> None:
         raise SystemExit(f"flat table indexes differ from {SUBJECT_TABLE}'s: {flat} vs {subject}")
     if _policies(conn, SUBJECT_TABLE) != _policies(conn, FLAT_TABLE):
         raise SystemExit(f"flat table policies differ from {SUBJECT_TABLE}'s")
-    forced = conn.execute(
-        "SELECT bool_and(relrowsecurity AND relforcerowsecurity) FROM pg_class"
-        " WHERE oid IN (%s::regclass, %s::regclass)",
-        (SUBJECT_TABLE, FLAT_TABLE),
-    ).fetchone()[0]
-    if not forced:
+    flags = "SELECT relrowsecurity AND relforcerowsecurity FROM pg_class WHERE oid = %s::regclass"
+    if not all(conn.execute(flags, (table,)).fetchone()[0] for table in (SUBJECT_TABLE, FLAT_TABLE)):
         raise SystemExit("row-level security is not enabled and forced on both tables")
 
 
