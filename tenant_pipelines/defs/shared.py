@@ -102,6 +102,22 @@ def run_tags_for_tenants(
     return {TENANT_TAG: ids[0], **tags} if len(ids) == 1 else tags
 
 
+# -- assets ---------------------------------------------------------------------------------------
+
+
+def owned_asset(*, group_name: str, kinds: Iterable[str] = ("postgres",), **kwargs: object) -> Callable:
+    """``@dg.asset`` in ``group_name``, of ``kinds``, owned by OWNERS, like every asset here."""
+    return dg.asset(group_name=group_name, kinds=set(kinds), owners=OWNERS, **kwargs)
+
+
+def tenant_asset(*, pool: str, tenants_per_run: int = TENANTS_PER_RUN, **kwargs: object) -> Callable:
+    """``owned_asset`` with one partition per tenant (``tenants``), run in the Dagster pool
+    ``pool``; a backfill takes ``tenants_per_run`` tenants a run."""
+    return owned_asset(
+        partitions_def=tenants_partitions, pool=pool,
+        backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=tenants_per_run), **kwargs)
+
+
 # -- runs over many tenants: one run per batch of partition keys ----------------------------------
 
 

@@ -12,11 +12,11 @@ from tenant_pipelines.defs.resources import BackupStorage, BillingDatabase
 from tenant_pipelines.defs.shared import (
     BACKUP_POOL,
     BACKUP_TENANTS_PER_RUN,
-    OWNERS,
     ROWS_SHOWN,
     for_each_tenant,
     run_tenant_keys,
     table_metadata,
+    tenant_asset,
     tenant_run_tags,
     tenants_partitions,
 )
@@ -27,13 +27,11 @@ MAX_RUNS_PER_TICK = 100
 _FINISHED = [dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED]
 
 
-@dg.asset(
-    partitions_def=tenants_partitions,
+@tenant_asset(
     group_name="backups",
-    kinds={"postgres", "parquet"},
-    owners=OWNERS,
+    kinds=("postgres", "parquet"),
     pool=BACKUP_POOL,
-    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=BACKUP_TENANTS_PER_RUN),
+    tenants_per_run=BACKUP_TENANTS_PER_RUN,
     description="A backup of the tenant as Parquet: organizations, subscriptions, invoices, payment "
     "methods, every usage_events_mt partition, its classification and backup configuration, all from "
     "one snapshot, with a manifest (row counts, sha256 of every file, schemas, snapshot time and LSN). "

@@ -12,7 +12,7 @@ from tenant_pipelines.settings import PGBOUNCER_INI_ENV, state_dir
 from tenant_pipelines.core.security import audit_tier_limits
 from tenant_pipelines.core.metrics import collect, export_parquet, quota_use, record_history
 from tenant_pipelines.defs.resources import BillingDatabase, pgbouncer_ini_in_force
-from tenant_pipelines.defs.shared import OWNERS, table_metadata
+from tenant_pipelines.defs.shared import owned_asset, table_metadata
 from tenant_pipelines.errors import TenantPipelinesError
 
 # tenant_registry (tenants/): upstream of the rollup; its blocking isolation check gates it.
@@ -28,11 +28,10 @@ def metrics_root() -> Path:
     return Path(value) if value else state_dir() / "metrics"
 
 
-@dg.asset(
+@owned_asset(
     deps=[TENANT_REGISTRY],
     group_name="metrics",
-    kinds={"postgres", "parquet"},
-    owners=OWNERS,
+    kinds=("postgres", "parquet"),
     description="Daily per-tenant metrics from vw_tenant_metrics (active subscriptions, events in the "
     "last 24 hours and this month, storage, last activity), kept in tenant_metrics_history and "
     "exported as Parquet under day=YYYY-MM-DD/, with totals per tenant tier. Downstream of tenant_registry, whose isolation "

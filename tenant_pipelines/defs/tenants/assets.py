@@ -9,13 +9,11 @@ import dagster as dg
 from tenant_pipelines.core.security import audit_isolation
 from tenant_pipelines.core.tenants import list_tenants
 from tenant_pipelines.defs.resources import BillingDatabase
-from tenant_pipelines.defs.shared import OWNERS, ROWS_SHOWN, table_metadata
+from tenant_pipelines.defs.shared import ROWS_SHOWN, owned_asset, table_metadata
 
 
-@dg.asset(
+@owned_asset(
     group_name="tenants",
-    kinds={"postgres"},
-    owners=OWNERS,
     description="Organizations and their tenant tiers (free, starter, growth, enterprise), as the "
     "billing database has them. Materialise it to see every tenant, its tenant tier and its active "
     "subscriptions.",

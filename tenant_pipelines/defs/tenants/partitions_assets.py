@@ -19,7 +19,6 @@ from tenant_pipelines.core.tenants import tenant_tiers
 from tenant_pipelines.db.session import parse_tenant_id
 from tenant_pipelines.defs.resources import BillingDatabase
 from tenant_pipelines.defs.shared import (
-    OWNERS,
     PARTITION_DDL_POOL,
     TENANTS_PER_RUN,
     batched_range_requests,
@@ -27,19 +26,16 @@ from tenant_pipelines.defs.shared import (
     record_per_tenant,
     run_tenant_keys,
     table_metadata,
+    tenant_asset,
     tenant_run_tags,
     tenants_partitions,
 )
 from tenant_pipelines.errors import TenantPipelinesError
 
 
-@dg.asset(
-    partitions_def=tenants_partitions,
+@tenant_asset(
     group_name="tenants",
-    kinds={"postgres"},
-    owners=OWNERS,
     pool=PARTITION_DDL_POOL,
-    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=TENANTS_PER_RUN),
     description="The tenant's storage in usage_events_mt. Most tenants are pooled: their rows "
     "live in the shared partition (pool), the DEFAULT partition split by month, whose months this "
     "keeps premade. A tenant whose tenant tier asks for it, flagged dedicated_resources, or past the "

@@ -13,13 +13,14 @@ from tenant_pipelines.core.tiering import (
     tier_tenant)
 from tenant_pipelines.defs.resources import BillingDatabase
 from tenant_pipelines.defs.shared import (
-    OWNERS,
     TENANTS_PER_RUN,
     TIERING_POOL,
     batched_range_requests,
     for_each_tenant,
+    owned_asset,
     run_tenant_keys,
     table_metadata,
+    tenant_asset,
     tenants_partitions,
 )
 from tenant_pipelines.errors import TenantPipelinesError
@@ -45,14 +46,10 @@ class TierPlacementConfig(dg.Config):
         default=DEFAULT_BATCH_BLOCKS, description="online: 8 KiB blocks copied per transaction.")
 
 
-@dg.asset(
-    partitions_def=tenants_partitions,
+@tenant_asset(
     deps=[TENANT_PARTITION],
     group_name="storage",
-    kinds={"postgres"},
-    owners=OWNERS,
     pool=TIERING_POOL,
-    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=TENANTS_PER_RUN),
     description="Where the tenant's month partitions live: the hot, warm or cold storage tier "
     "(a tablespace each), by age (storage_tiers, tiering_policy); not the tenant tier. Materialising "
     "moves each month whose age puts it in another storage tier: by default online (a paced copy into the target tablespace, then a swap of milliseconds "
@@ -71,11 +68,9 @@ def tier_placement(
     return dg.MaterializeResult(metadata=_metadata(reports, config, started))
 
 
-@dg.asset(
+@owned_asset(
     deps=[TENANT_PARTITION],
     group_name="storage",
-    kinds={"postgres"},
-    owners=OWNERS,
     pool=TIERING_POOL,
     description="Where the month partitions of the shared partition (pool: the DEFAULT partition of "
     "usage_events_mt, holding every pooled tenant's rows) live: the hot, warm or cold storage tier, by "
