@@ -8,6 +8,7 @@ database, cloned from a migrated template.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import shutil
@@ -24,6 +25,7 @@ from psycopg.conninfo import make_conninfo
 from tenant_pipelines.settings import STATE_DIR_ENV
 from tenant_pipelines.core.tiering import configure_tablespaces
 from tenant_pipelines.local.cluster import FAST_UNSAFE_SETTINGS, TABLESPACES, EmbeddedCluster
+from tenant_pipelines.local.pgbouncer import stop_pgbouncer
 from tenant_pipelines.db.migrate import migrate, revoke_temporary_from_applications
 
 APP_PASSWORD = "app-test-password"
@@ -109,6 +111,23 @@ def app_dsn(admin_dsn: str) -> str:
 def admin_conn(admin_dsn: str) -> Iterator[psycopg.Connection]:
     with psycopg.connect(admin_dsn, autocommit=True) as conn:
         yield conn
+
+
+@contextlib.contextmanager
+def embedded_cli_env(prefix: str) -> Iterator[dict[str, str]]:
+    """The environment for CLI runs on an embedded cluster and PgBouncer of their own: no
+    database URL, TENANT_PIPELINES_HOME a new /tmp/<prefix>... folder the server's OS user can
+    reach. Afterwards both are stopped and the folder removed."""
+    home = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    os.chmod(home, 0o755)
+    env = {k: v for k, v in os.environ.items() if k not in ("BILLING_DATABASE_URL", "BILLING_APP_DATABASE_URL")}
+    env["TENANT_PIPELINES_HOME"] = str(home)
+    try:
+        yield env
+    finally:
+        stop_pgbouncer(home, immediate=True)
+        EmbeddedCluster.in_state_dir(home).destroy()
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def make_tenant(conn: psycopg.Connection, name: str = "Tenant", tier: str = "free") -> uuid.UUID:

@@ -22,8 +22,7 @@ import psycopg
 import pytest
 
 from tenant_pipelines.local.pgbouncer import stop_pgbouncer
-from tenant_pipelines.local.cluster import EmbeddedCluster
-from tests.conftest import make_tenant
+from tests.conftest import embedded_cli_env, make_tenant
 from tests.snapshots import assert_unchanged, snapshot
 from tests.test_cli import run
 
@@ -208,16 +207,8 @@ def test_embedded_commands_that_only_read_state(a_file: Path, command: list[str]
 
 @pytest.fixture
 def embedded_env() -> Iterator[dict[str, str]]:
-    home = Path(tempfile.mkdtemp(prefix="tp-refuse-emb-", dir="/tmp"))
-    os.chmod(home, 0o755)
-    env = {k: v for k, v in os.environ.items() if k not in ("BILLING_DATABASE_URL", "BILLING_APP_DATABASE_URL")}
-    env["TENANT_PIPELINES_HOME"] = str(home)
-    try:
+    with embedded_cli_env("tp-refuse-emb-") as env:
         yield env
-    finally:
-        stop_pgbouncer(home, immediate=True)
-        EmbeddedCluster.in_state_dir(home).destroy()
-        shutil.rmtree(home, ignore_errors=True)
 
 
 def test_embedded_pgbouncer_up_refused_sets_no_password(embedded_env: dict[str, str]) -> None:

@@ -9,6 +9,7 @@ import threading
 import uuid
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
+from typing import Callable
 
 import psycopg
 import pytest
@@ -456,6 +457,24 @@ def promote_in_background(conn: psycopg.Connection, tenant: uuid.UUID, **kwargs)
     return thread, done, failed
 
 
+def promote_past_one_lock_timeout(conn: psycopg.Connection, observer: psycopg.Connection, tenant: uuid.UUID,
+                                  release: Callable[[], None], **kwargs) -> None:
+    """Promote ``tenant`` in the background while something holds the pool; ``release`` that only
+    once the promotion has queued for the pool and given up (pg_locks, via ``observer``). The
+    promotion then gets through on a retry: attached, lock_retries >= 1."""
+    promoter_pid = conn.info.backend_pid
+    promoter, done, failed = promote_in_background(conn, tenant, **kwargs)
+    try:
+        assert lock_waiter(observer, "usage_events_mt_default") == promoter_pid
+        outwait_one_lock_timeout(observer, promoter_pid)
+    finally:
+        release()
+        promoter.join()
+    assert not failed, failed
+    (report,) = done
+    assert report.attached_now and report.lock_retries >= 1
+
+
 def test_a_pooled_writers_open_transaction_delays_a_promotion_by_100_ms_at_a_time(
     admin_conn: psycopg.Connection, admin_dsn: str
 ) -> None:
@@ -467,21 +486,11 @@ def test_a_pooled_writers_open_transaction_delays_a_promotion_by_100_ms_at_a_tim
     pooled = make_tenant(admin_conn, tier="free")
     newcomer = make_tenant(admin_conn, tier="enterprise")
     admin_conn.execute("UPDATE partition_config SET lock_timeout = '0'")
-    promoter_pid = admin_conn.info.backend_pid
     with psycopg.connect(admin_dsn) as writer, psycopg.connect(admin_dsn, autocommit=True) as observer:
         writer.execute("INSERT INTO usage_events_mt (organization_id, metric_name, quantity, \"timestamp\") "
                        "VALUES (%s, 'api_calls', 1, now())", (pooled,))
-        promoter, done, failed = promote_in_background(admin_conn, newcomer)
-        try:
-            assert lock_waiter(observer, "usage_events_mt_default") == promoter_pid
-            # Only the writer holds what it waits for, and lock_timeout would never end the wait.
-            outwait_one_lock_timeout(observer, promoter_pid)
-        finally:
-            writer.commit()
-            promoter.join()
-    assert not failed, failed
-    (report,) = done
-    assert report.attached_now and report.lock_retries >= 1
+        # Only the writer holds what it waits for, and lock_timeout would never end the wait.
+        promote_past_one_lock_timeout(admin_conn, observer, newcomer, release=writer.commit)
 
 
 def test_lock_timeout_is_retried_then_reported_in_one_line(admin_conn: psycopg.Connection, admin_dsn: str) -> None:
@@ -489,7 +498,6 @@ def test_lock_timeout_is_retried_then_reported_in_one_line(admin_conn: psycopg.C
     flag_dedicated(admin_conn, tenant)
     add_events(admin_conn, tenant, 5)
     admin_conn.execute("UPDATE partition_config SET lock_timeout = '100ms'")
-    promoter_pid = admin_conn.info.backend_pid
     with psycopg.connect(admin_dsn) as holder, psycopg.connect(admin_dsn, autocommit=True) as observer:
         holder.execute("LOCK TABLE usage_events_mt_default IN EXCLUSIVE MODE")
         with pytest.raises(TenantPipelinesError) as info:
@@ -498,16 +506,7 @@ def test_lock_timeout_is_retried_then_reported_in_one_line(admin_conn: psycopg.C
         assert "\n" not in str(info.value)
         # Released while it retries: the holder lets go only once the promotion has queued for
         # the pool and given up (pg_locks), so the try that gets through is a retry.
-        promoter, done, failed = promote_in_background(admin_conn, tenant, attempts=8)
-        try:
-            assert lock_waiter(observer, "usage_events_mt_default") == promoter_pid
-            outwait_one_lock_timeout(observer, promoter_pid)
-        finally:
-            holder.rollback()
-            promoter.join()
-    assert not failed, failed
-    (report,) = done
-    assert report.attached_now and report.lock_retries >= 1
+        promote_past_one_lock_timeout(admin_conn, observer, tenant, release=holder.rollback, attempts=8)
 
 
 def test_audit_finds_a_missing_month_and_a_stray_grant(admin_conn: psycopg.Connection) -> None:

@@ -196,9 +196,23 @@ def test_database_migrated_before_the_split_upgrades_in_place(empty_dsn: str, ad
         assert without_new(objects(fresh))["policies"] == objects_before["policies"]
 
 
-def test_legacy_migration_edited_after_the_split_is_still_refused(empty_dsn: str, tmp_path: Path) -> None:
-    sql_dir = tmp_path / "sql"
-    shutil.copytree(SQL_DIR, sql_dir)
+@pytest.fixture
+def sql_dir(tmp_path: Path) -> Path:
+    """A copy of this checkout's sql/ to edit."""
+    shutil.copytree(SQL_DIR, tmp_path / "sql")
+    return tmp_path / "sql"
+
+
+def edit_function_file(sql_dir: Path, name: str, *replacements: tuple[str, str]) -> None:
+    """Edit sql_dir/functions/<name>: each (old, new) replaced in turn."""
+    path = sql_dir / "functions" / name
+    text = path.read_text()
+    for old, new in replacements:
+        text = text.replace(old, new)
+    path.write_text(text)
+
+
+def test_legacy_migration_edited_after_the_split_is_still_refused(empty_dsn: str, tmp_path: Path, sql_dir: Path) -> None:
     edited = next((sql_dir / "migrations").glob("0016_*.sql"))
     edited.write_text(edited.read_text() + "\n-- an innocent-looking edit\n")
     with psycopg.connect(empty_dsn, autocommit=True) as conn:
@@ -247,13 +261,10 @@ def test_every_function_and_view_of_the_database_has_its_file(admin_conn: psycop
 
 # -- function files applied as they change --------------------------------------------------------
 
-def test_edited_function_file_is_reapplied(empty_dsn: str, tmp_path: Path) -> None:
-    sql_dir = tmp_path / "sql"
-    shutil.copytree(SQL_DIR, sql_dir)
+def test_edited_function_file_is_reapplied(empty_dsn: str, sql_dir: Path) -> None:
     with psycopg.connect(empty_dsn, autocommit=True) as conn:
         migrate(conn, sql_dir)
-        edited = sql_dir / "functions" / "fn_leaf_count.sql"
-        edited.write_text(edited.read_text().replace("WHERE isleaf $$", "WHERE isleaf /* edited */ $$"))
+        edit_function_file(sql_dir, "fn_leaf_count.sql", ("WHERE isleaf $$", "WHERE isleaf /* edited */ $$"))
         messages: list[str] = []
         report = migrate(conn, sql_dir, log=messages.append)
         assert report.applied == [] and report.functions_applied == ["fn_leaf_count.sql"]
@@ -267,9 +278,7 @@ def test_edited_function_file_is_reapplied(empty_dsn: str, tmp_path: Path) -> No
 
 
 def test_interrupted_run_leaves_each_file_applied_and_recorded_or_neither(
-        empty_dsn: str, admin_dsn: str, tmp_path: Path) -> None:
-    sql_dir = tmp_path / "sql"
-    shutil.copytree(SQL_DIR, sql_dir)
+        empty_dsn: str, admin_dsn: str, sql_dir: Path) -> None:
     broken = sql_dir / "functions" / "vw_tenant_metrics.sql"
     good = broken.read_text()
     broken.write_text(good + "SELECT 1/0;\n")
@@ -353,13 +362,10 @@ def test_migration_outside_migrations_folder_is_refused(tmp_path: Path) -> None:
         load_migrations(sql_dir)
 
 
-def test_changed_result_type_says_what_to_do(empty_dsn: str, tmp_path: Path) -> None:
-    sql_dir = tmp_path / "sql"
-    shutil.copytree(SQL_DIR, sql_dir)
+def test_changed_result_type_says_what_to_do(empty_dsn: str, sql_dir: Path) -> None:
     with psycopg.connect(empty_dsn, autocommit=True) as conn:
         migrate(conn, sql_dir)
-        edited = sql_dir / "functions" / "fn_leaf_count.sql"
-        edited.write_text(edited.read_text().replace("RETURNS integer", "RETURNS bigint").replace("::int", "::bigint"))
+        edit_function_file(sql_dir, "fn_leaf_count.sql", ("RETURNS integer", "RETURNS bigint"), ("::int", "::bigint"))
         with pytest.raises(MigrationError) as info:
             migrate(conn, sql_dir)
     assert str(info.value).startswith("sql/functions/fn_leaf_count.sql failed: cannot change return type")

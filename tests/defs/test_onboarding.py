@@ -55,6 +55,16 @@ def event(conn: psycopg.Connection, tenant: uuid.UUID, n: int = 1) -> None:
         )
 
 
+def known_tenant(conn: psycopg.Connection, instance: dg.DagsterInstance, tier: str = "free",
+                 events: int = 0) -> uuid.UUID:
+    """A new tenant of ``tier`` with ``events`` usage events (in the pool), already a partition
+    of ``tenants`` (the sensor has seen it)."""
+    tenant = make_tenant(conn, tier=tier)
+    event(conn, tenant, events)
+    instance.add_dynamic_partitions("tenants", [str(tenant)])
+    return tenant
+
+
 def materialise(instance: dg.DagsterInstance, dsn: str, key: str) -> dg.ExecuteInProcessResult:
     return dg.materialize(
         [tenant_partition, default_partition_drained, tenant_partitions_complete],
@@ -107,9 +117,7 @@ def test_known_tenant_in_the_pool_is_not_asked_again(
 ) -> None:
     """A pooled tenant's rows belong in the pool: its events do not make runs. (A tenant due
     for promotion whose run failed is retried by the daily premake schedule.)"""
-    tenant = make_tenant(admin_conn)
-    instance.add_dynamic_partitions("tenants", [str(tenant)])
-    event(admin_conn, tenant)
+    known_tenant(admin_conn, instance, events=1)
     result = tick(instance, admin_dsn)
     assert not result.run_requests and not result.dynamic_partitions_requests
 
@@ -117,9 +125,7 @@ def test_known_tenant_in_the_pool_is_not_asked_again(
 def test_materialisation_metadata_says_what_was_done(
     admin_conn: psycopg.Connection, admin_dsn: str, instance: dg.DagsterInstance
 ) -> None:
-    tenant = make_tenant(admin_conn, tier="enterprise")
-    event(admin_conn, tenant, 5)
-    instance.add_dynamic_partitions("tenants", [str(tenant)])
+    tenant = known_tenant(admin_conn, instance, tier="enterprise", events=5)
     first = materialise(instance, admin_dsn, str(tenant))
     (mat,) = first.get_asset_materialization_events()
     meta = mat.materialization.metadata
@@ -174,9 +180,7 @@ def test_premake_schedule_makes_a_bounded_number_of_runs(instance: dg.DagsterIns
 def test_an_interrupted_promotion_is_resumed_by_the_next_tick(
     admin_conn: psycopg.Connection, admin_dsn: str, instance: dg.DagsterInstance
 ) -> None:
-    tenant = make_tenant(admin_conn, tier="enterprise")
-    event(admin_conn, tenant, 3)
-    instance.add_dynamic_partitions("tenants", [str(tenant)])
+    tenant = known_tenant(admin_conn, instance, tier="enterprise", events=3)
     # The run died after its first promotion step: the pool now refuses the tenant's rows.
     admin_conn.execute("SELECT fn_prepare_tenant_partition(%s)", (tenant,))
     admin_conn.execute("SELECT fn_pool_exclude_tenant(%s)", (tenant,))
@@ -195,8 +199,7 @@ def test_an_interrupted_promotion_is_resumed_by_the_next_tick(
 def test_a_promotion_in_progress_is_not_resumed(
     admin_conn: psycopg.Connection, admin_dsn: str, instance: dg.DagsterInstance
 ) -> None:
-    tenant = make_tenant(admin_conn, tier="enterprise")
-    instance.add_dynamic_partitions("tenants", [str(tenant)])
+    tenant = known_tenant(admin_conn, instance, tier="enterprise")
     admin_conn.execute("SELECT fn_pool_exclude_tenant(%s)", (tenant,))
     with psycopg.connect(admin_dsn, autocommit=True) as promoter:
         promoter.execute("SELECT pg_advisory_lock(fn_tenant_lock_key(%s))", (tenant,))

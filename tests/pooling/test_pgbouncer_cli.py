@@ -3,10 +3,7 @@ cluster: separate processes, a real PostgreSQL and a real PgBouncer."""
 
 from __future__ import annotations
 
-import os
-import shutil
 import stat
-import tempfile
 from pathlib import Path
 from typing import Iterator
 
@@ -15,23 +12,14 @@ import pytest
 from psycopg.conninfo import make_conninfo
 
 from tenant_pipelines.core.pooling import connect_pooled
-from tenant_pipelines.local.pgbouncer import stop_pgbouncer
-from tenant_pipelines.local.cluster import EmbeddedCluster
+from tests.conftest import embedded_cli_env
 from tests.test_cli import run
 
 
 @pytest.fixture
 def cli_env() -> Iterator[dict[str, str]]:
-    home = Path(tempfile.mkdtemp(prefix="tp-pgb-cli-", dir="/tmp"))
-    os.chmod(home, 0o755)
-    env = {k: v for k, v in os.environ.items() if k not in ("BILLING_DATABASE_URL", "BILLING_APP_DATABASE_URL")}
-    env["TENANT_PIPELINES_HOME"] = str(home)
-    try:
+    with embedded_cli_env("tp-pgb-cli-") as env:
         yield env
-    finally:
-        stop_pgbouncer(home, immediate=True)
-        EmbeddedCluster.in_state_dir(home).destroy()
-        shutil.rmtree(home, ignore_errors=True)
 
 
 def test_pgbouncer_up_config_down_in_front_of_the_embedded_cluster(cli_env: dict[str, str], tmp_path: Path) -> None:

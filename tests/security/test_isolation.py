@@ -264,6 +264,27 @@ def run(conn: psycopg.Connection, statement: str, **params: object) -> int:
     return conn.execute(statement, params).rowcount
 
 
+def refused_in_a(world: World, app: psycopg.Connection, match: str, statement: str, **params: object) -> None:
+    """``statement`` run in tenant A's context is refused (InsufficientPrivilege matching ``match``)."""
+    with pytest.raises(errors.InsufficientPrivilege, match=match):
+        with in_tenant(app, world.a):
+            run(app, statement, **params)
+
+
+def assert_reaches_no_other_tenant(world: World, app: psycopg.Connection, table: TenantTable, verb: str,
+                                   statement: str) -> None:
+    """``statement`` (an UPDATE or DELETE of ``table``'s rows of tenant %(other)s), run in A's
+    context for each other tenant, matches no row, or is refused when ``verb`` is not granted on
+    ``table``; no tenant's rows change."""
+    for other in world.others:
+        if verb in table.granted:
+            with in_tenant(app, world.a):
+                assert run(app, statement, other=other) == 0
+        else:
+            refused_in_a(world, app, PERMISSION_DENIED, statement, other=other)
+    world.assert_untouched()
+
+
 # ======================================================================================
 # 1. Cross-tenant reads and writes, table by table, inside tenant A's context.
 # ======================================================================================
@@ -285,9 +306,7 @@ def test_select_sees_only_own_rows(world: World, app: psycopg.Connection, table:
 def test_insert_for_other_tenant_is_refused(world: World, app: psycopg.Connection, table: TenantTable) -> None:
     """Item 7: WITH CHECK (or the missing INSERT privilege) refuses a row for B or C; nothing is written."""
     for other in world.others:
-        with pytest.raises(errors.InsufficientPrivilege, match=refusal(table, "INSERT")):
-            with in_tenant(app, world.a):
-                run(app, table.insert, tenant=other)
+        refused_in_a(world, app, refusal(table, "INSERT"), table.insert, tenant=other)
     world.assert_untouched()
 
 
@@ -295,15 +314,7 @@ def test_insert_for_other_tenant_is_refused(world: World, app: psycopg.Connectio
 def test_update_of_other_tenant_changes_nothing(world: World, app: psycopg.Connection, table: TenantTable) -> None:
     """Items 4, 7: UPDATE ... WHERE tenant = B matches no row (or is not granted at all)."""
     statement = f"UPDATE {table.name} SET {table.assign} WHERE {table.column} = %(other)s"
-    for other in world.others:
-        if "UPDATE" in table.granted:
-            with in_tenant(app, world.a):
-                assert run(app, statement, other=other) == 0
-        else:
-            with pytest.raises(errors.InsufficientPrivilege, match=PERMISSION_DENIED):
-                with in_tenant(app, world.a):
-                    run(app, statement, other=other)
-    world.assert_untouched()
+    assert_reaches_no_other_tenant(world, app, table, "UPDATE", statement)
 
 
 @by_table
@@ -312,9 +323,7 @@ def test_update_cannot_move_row_to_other_tenant(world: World, app: psycopg.Conne
     also route the row into C's partition."""
     statement = f"UPDATE {table.name} SET {table.column} = %(other)s WHERE {table.column} = %(me)s"
     for other in world.others:
-        with pytest.raises(errors.InsufficientPrivilege, match=refusal(table, "UPDATE")):
-            with in_tenant(app, world.a):
-                run(app, statement, other=other, me=world.a)
+        refused_in_a(world, app, refusal(table, "UPDATE"), statement, other=other, me=world.a)
     world.assert_untouched()
 
 
@@ -322,15 +331,7 @@ def test_update_cannot_move_row_to_other_tenant(world: World, app: psycopg.Conne
 def test_delete_of_other_tenant_deletes_nothing(world: World, app: psycopg.Connection, table: TenantTable) -> None:
     """Item 4: DELETE ... WHERE tenant = B matches no row (or is not granted at all)."""
     statement = f"DELETE FROM {table.name} WHERE {table.column} = %(other)s"
-    for other in world.others:
-        if "DELETE" in table.granted:
-            with in_tenant(app, world.a):
-                assert run(app, statement, other=other) == 0
-        else:
-            with pytest.raises(errors.InsufficientPrivilege, match=PERMISSION_DENIED):
-                with in_tenant(app, world.a):
-                    run(app, statement, other=other)
-    world.assert_untouched()
+    assert_reaches_no_other_tenant(world, app, table, "DELETE", statement)
 
 
 def test_cached_plans_do_not_carry_a_tenant(world: World, app: psycopg.Connection) -> None:
