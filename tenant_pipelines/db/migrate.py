@@ -83,12 +83,14 @@ def _sha256(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-@dataclass(frozen=True)
-class Migration:
-    version: str
+class _SqlFile:
+    """What a migration and a function file share: the checksum of their text, and the name
+    messages give them (``where``, else ``<folder>/<filename>``)."""
+
     filename: str
     text: str
-    where: str = ""  # how messages name it: sql/migrations/0007_....sql
+    where: str
+    folder = "sql"
 
     @property
     def checksum(self) -> str:
@@ -96,25 +98,26 @@ class Migration:
 
     @property
     def label(self) -> str:
-        return self.where or f"sql/{self.filename}"
+        return self.where or f"{self.folder}/{self.filename}"
 
 
 @dataclass(frozen=True)
-class FunctionFile:
+class Migration(_SqlFile):
+    version: str
+    filename: str
+    text: str
+    where: str = ""  # how messages name it: sql/migrations/0007_....sql
+
+
+@dataclass(frozen=True)
+class FunctionFile(_SqlFile):
     name: str       # the function's or view's name, and the file's
     filename: str
     text: str
     after: str      # the migration after which it can be created
     kind: str       # "function" or "view"
     where: str = ""
-
-    @property
-    def checksum(self) -> str:
-        return _sha256(self.text)
-
-    @property
-    def label(self) -> str:
-        return self.where or f"sql/{FUNCTIONS_DIR}/{self.filename}"
+    folder = f"sql/{FUNCTIONS_DIR}"
 
     @property
     def order(self) -> tuple[str, int, str]:
