@@ -57,7 +57,7 @@ from tenant_pipelines.core.partitions import (
     pool_tenants,
     stranded_in_pool,
 )
-from tenant_pipelines.core.placement import partition_name
+from tenant_pipelines.core.placement import SHARED_PARTITION, partition_name  # noqa: E402
 from tenant_pipelines.db.names import APP_ROLE  # noqa: E402
 from tenant_pipelines.core.tenants import tenant_tiers  # noqa: E402
 
@@ -79,32 +79,17 @@ TARGET_INGEST_PARITY = 0.9
 TARGET_BINDING_RATIO = 1.05  # the context bound to its transaction (sql/0017) against sql/0005's
 BINDING_ROUNDS = 3  # alternations of the two function versions at the largest scale
 
-# sql/0005's context functions, which sql/0017 replaced: the "before" of the binding comparison.
+# The "before" of the binding comparison: fn_current_tenant_id as sql/0005 had it, reading the
+# tenant from app.current_tenant whatever set it (the stamp that sql/0017's fn_set_tenant_context
+# appends, '/<epoch>', is cut off and not checked). fn_set_tenant_context is today's in both: it
+# runs before EXPLAIN, so only the policy's expression differs between the two, and that is what
+# planning and execution pay for.
 UNBOUND_CONTEXT_FUNCTIONS = """
-CREATE OR REPLACE FUNCTION fn_current_tenant_id() RETURNS uuid
-    LANGUAGE sql STABLE PARALLEL SAFE
-AS $$ SELECT NULLIF(pg_catalog.current_setting('app.current_tenant', true), '')::pg_catalog.uuid $$;
-CREATE OR REPLACE FUNCTION fn_set_tenant_context(p_tenant_id uuid) RETURNS uuid
-    LANGUAGE plpgsql VOLATILE SECURITY INVOKER
-    SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    IF p_tenant_id IS NULL THEN
-        RAISE EXCEPTION 'tenant context: the tenant id is NULL' USING ERRCODE = 'null_value_not_allowed';
-    END IF;
-    PERFORM pg_catalog.set_config('app.current_tenant', p_tenant_id::text, true);
-    IF NOT EXISTS (SELECT 1 FROM public.organizations o WHERE o.id = p_tenant_id) THEN
-        PERFORM pg_catalog.set_config('app.current_tenant', '', true);
-        RAISE EXCEPTION 'unknown tenant %', p_tenant_id USING ERRCODE = 'no_data_found';
-    END IF;
-    PERFORM pg_catalog.pg_advisory_xact_lock_shared(public.fn_tenant_lock_key(p_tenant_id));
-    RETURN p_tenant_id;
-END
-$$;
+CREATE OR REPLACE FUNCTION fn_current_tenant_id() RETURNS uuid LANGUAGE sql STABLE PARALLEL SAFE
+AS $$ SELECT NULLIF(pg_catalog.split_part(pg_catalog.current_setting('app.current_tenant', true), '/', 1), '')::pg_catalog.uuid $$
 """
-# sql/0017's, as they are now: sql/functions/ holds each function once.
-BOUND_CONTEXT_FUNCTIONS = [Path(__file__).resolve().parent.parent / "sql" / "functions" / f"{name}.sql"
-                           for name in ("fn_current_tenant_id", "fn_set_tenant_context")]
+# Today's, from sql/functions/, which holds each function once.
+BOUND_CONTEXT_FUNCTIONS = [Path(__file__).resolve().parent.parent / "sql" / "functions" / "fn_current_tenant_id.sql"]
 
 # Lock-table sizing for the throwaway cluster. A query that cannot prune at plan time (RLS
 # alone) locks every table under usage_events_mt and every leaf's indexes at once: per tenant
@@ -230,7 +215,7 @@ def check_storage(conn: psycopg.Connection, tenants: Sequence[Tenant]) -> None:
     stranded = stranded_in_pool(conn, [str(t.id) for t in tenants])
     leaves, budget = conn.execute("SELECT fn_leaf_count(), leaf_budget FROM partition_config").fetchone()
     if stranded or leaves > budget:
-        raise SystemExit(f"{len(stranded):,} dedicated tenants still have rows in {DEFAULT_PARTITION}; "
+        raise SystemExit(f"{len(stranded):,} dedicated tenants still have rows in {SHARED_PARTITION}; "
                          f"{leaves:,} leaves under usage_events_mt (budget {budget:,})")
 
 
@@ -284,7 +269,7 @@ def onboard_one_more(conn: psycopg.Connection, tenants: list[Tenant], mix: TierM
         mix.record("free")
     create_organizations(conn, extra)
     copy_events(conn, event_rows(extra, args.events_per_tenant, anchor))
-    conn.execute(sql.SQL("VACUUM {}").format(sql.Identifier(DEFAULT_PARTITION)))
+    conn.execute(sql.SQL("VACUUM {}").format(sql.Identifier(SHARED_PARTITION)))
     conn.execute("CHECKPOINT")
     load = h.wait_until_idle(timeout=IDLE_WAIT_S)
     before = function_times(conn)
@@ -535,7 +520,7 @@ def measure_scale(admin: psycopg.Connection, dsn: str, tenants: list[Tenant], sc
 def measure_binding(admin: psycopg.Connection, dsn: str, args: argparse.Namespace,
                     probes: dict[str, Tenant], scale: int) -> dict:
     """The cost of binding the context to its transaction (sql/0017): the same queries with
-    sql/0005's functions ("unbound") and sql/0017's ("bound"), alternating BINDING_ROUNDS
+    sql/0005's fn_current_tenant_id ("unbound") and today's ("bound"), alternating BINDING_ROUNDS
     times on the same data, in the same run. Leaves the bound functions in place."""
     series: dict[str, list[dict]] = {"unbound": [], "bound": []}
     try:
@@ -870,9 +855,9 @@ def render_binding(results: dict) -> list[str]:
     return [
         "## The context bound to its transaction",
         "",
-        f"At {binding['scale']:,} tenants, the queries above with sql/0005's context functions "
-        "(*unbound*: `fn_current_tenant_id()` reads `app.current_tenant` as it is) and with sql/0017's "
-        "(*bound*: the value counts only when its stamp is this transaction's start, so a session-level "
+        f"At {binding['scale']:,} tenants, the queries above with `fn_current_tenant_id()` as sql/0005 had it "
+        "(*unbound*: it reads the tenant from `app.current_tenant` whatever set it) and as it is now "
+        "(*bound*, sql/0017: the value counts only when its stamp is this transaction's start, so a session-level "
         f"value from an earlier transaction reads as no context), alternating {binding['rounds']} times "
         "on the same data, in the same run; medians over every warm run of each version.",
         "",

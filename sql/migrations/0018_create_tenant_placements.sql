@@ -23,12 +23,7 @@ ALTER TABLE tenant_placements OWNER TO billing_owner;
 
 -- A tenant table like the others: RLS enabled and forced, scoped to the tenant in context.
 -- billing_app may read its own row (later: routing); only the pipelines write it.
-ALTER TABLE tenant_placements ENABLE ROW LEVEL SECURITY;
-ALTER TABLE tenant_placements FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant_isolation ON tenant_placements AS PERMISSIVE FOR ALL TO PUBLIC
-    USING (organization_id = public.fn_current_tenant_id())
-    WITH CHECK (organization_id = public.fn_current_tenant_id());
-REVOKE ALL ON tenant_placements FROM PUBLIC;
+SELECT fn_protect_tenant_table('tenant_placements');
 GRANT SELECT ON tenant_placements TO billing_app;
 
 -- Where every tenant lives today: a dedicated partition attached under usage_events_mt (its

@@ -10,7 +10,6 @@ PostgreSQL refuses to run as root. Invoked as root, every server command runs as
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -26,11 +25,11 @@ from tenant_pipelines.files import write_json_atomic
 from tenant_pipelines.local.processes import (
     ClusterError,
     OSUser,
-    can_reach,
     chown_tree,
     free_port,
     port_in_use,
     run_as,
+    server_folder,
     server_os_user,
 )
 from tenant_pipelines.settings import writable_state_dir
@@ -121,14 +120,7 @@ class EmbeddedCluster:
     def in_state_dir(cls, state_dir: Path, log: Callable[[str], None] = lambda m: None) -> "EmbeddedCluster":
         """The cluster kept in ``state_dir``: its data in ``state_dir/pg`` or, when the server's
         OS user cannot reach that folder, in ``/var/tmp/tenant-pipelines-<hash>``."""
-        preferred = state_dir / "pg"
-        user = server_os_user()
-        if can_reach(user, preferred):
-            data_root = preferred
-        else:
-            digest = hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:12]
-            data_root = Path("/var/tmp") / f"tenant-pipelines-{digest}"
-        return cls(data_root=data_root, state_dir=state_dir, log=log)
+        return cls(data_root=server_folder(state_dir, "pg"), state_dir=state_dir, log=log)
 
     # -- paths -------------------------------------------------------------------------
     @property

@@ -9,7 +9,6 @@ as root, it runs as the ``postgres`` OS user, in a folder that user can reach: t
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import signal
@@ -47,11 +46,11 @@ from tenant_pipelines.files import write_json_atomic
 from tenant_pipelines.local.processes import (
     ClusterError,
     OSUser,
-    can_reach,
     chown_tree,
     free_port,
     port_in_use,
     run_as,
+    server_folder,
     server_os_user,
 )
 
@@ -116,11 +115,7 @@ class PgBouncerProcess:
     def in_state_dir(cls, state_dir: Path, log: Callable[[str], None] = lambda m: None) -> "PgBouncerProcess":
         """The PgBouncer kept beside the project's state: ``state_dir/pgbouncer``, or, when the
         OS user that runs it cannot reach that folder, ``/var/tmp/tenant-pipelines-<hash>-pgbouncer``."""
-        preferred = state_dir / "pgbouncer"
-        if can_reach(server_os_user(), preferred):
-            return cls(folder=preferred, log=log)
-        digest = hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:12]
-        return cls(folder=Path("/var/tmp") / f"tenant-pipelines-{digest}-pgbouncer", log=log)
+        return cls(folder=server_folder(state_dir, "pgbouncer", "-pgbouncer"), log=log)
 
     # -- paths -------------------------------------------------------------------------
     @property

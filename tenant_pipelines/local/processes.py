@@ -8,6 +8,7 @@ user. Used by the embedded cluster (cluster.py) and the project's PgBouncer (pgb
 from __future__ import annotations
 
 import grp
+import hashlib
 import os
 import pwd
 import socket
@@ -109,3 +110,14 @@ def chown_tree(path: Path, user: OSUser) -> None:
     for root, dirs, files in os.walk(path):
         for name in dirs + files:
             os.chown(os.path.join(root, name), user.uid, user.gid, follow_symlinks=False)
+
+
+def server_folder(state_dir: Path, name: str, suffix: str = "") -> Path:
+    """Where a server of the local stack keeps its files: ``state_dir/name`` when the server's
+    OS user can reach it, else ``/var/tmp/tenant-pipelines-<hash of state_dir><suffix>`` (as
+    root, the ``postgres`` user cannot enter a project under ``/root``)."""
+    preferred = state_dir / name
+    if can_reach(server_os_user(), preferred):
+        return preferred
+    digest = hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:12]
+    return Path("/var/tmp") / f"tenant-pipelines-{digest}{suffix}"

@@ -350,11 +350,8 @@ def _create_scratch_table(run: Callable[[sql.Composable], None], schema: str, ta
     scratch schema exists, and a grant made by mistake still shows nothing."""
     name = sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(table))
     run(sql.SQL("CREATE TABLE {} (LIKE public.{})").format(name, sql.Identifier(table)))
-    run(sql.SQL("ALTER TABLE {} ENABLE ROW LEVEL SECURITY").format(name))
-    run(sql.SQL("ALTER TABLE {} FORCE ROW LEVEL SECURITY").format(name))
-    run(sql.SQL("CREATE POLICY tenant_isolation ON {} AS PERMISSIVE FOR ALL TO PUBLIC "
-                "USING ({} = public.fn_current_tenant_id()) WITH CHECK ({} = public.fn_current_tenant_id())").format(
-        name, sql.Identifier(key_column), sql.Identifier(key_column)))
+    run(sql.SQL("SELECT public.fn_protect_tenant_table(format('%I.%I', {}::text, {}::text)::regclass, {})").format(
+        sql.Literal(schema), sql.Literal(table), sql.Literal(key_column)))
 
 
 def _upsert_organization(conn: psycopg.Connection, cur, run: Callable[[sql.Composable], None],
