@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import gc
 import random
+import re
 import signal
 import statistics
 import sys
@@ -79,17 +80,22 @@ TARGET_INGEST_PARITY = 0.9
 TARGET_BINDING_RATIO = 1.05  # the context bound to its transaction (sql/0017) against sql/0005's
 BINDING_ROUNDS = 3  # alternations of the two function versions at the largest scale
 
-# The "before" of the binding comparison: fn_current_tenant_id as sql/0005 had it, reading the
-# tenant from app.current_tenant whatever set it (the stamp that sql/0017's fn_set_tenant_context
-# appends, '/<epoch>', is cut off and not checked). fn_set_tenant_context is today's in both: it
-# runs before EXPLAIN, so only the policy's expression differs between the two, and that is what
-# planning and execution pay for.
-UNBOUND_CONTEXT_FUNCTIONS = """
-CREATE OR REPLACE FUNCTION fn_current_tenant_id() RETURNS uuid LANGUAGE sql STABLE PARALLEL SAFE
-AS $$ SELECT NULLIF(pg_catalog.split_part(pg_catalog.current_setting('app.current_tenant', true), '/', 1), '')::pg_catalog.uuid $$
-"""
-# Today's, from sql/functions/, which holds each function once.
-BOUND_CONTEXT_FUNCTIONS = [Path(__file__).resolve().parent.parent / "sql" / "functions" / "fn_current_tenant_id.sql"]
+# The "before" of the binding comparison: the context functions as sql/0005 created them (kept
+# verbatim in tests/fixtures/sql_legacy/, the layout before the sql/ split), and the "after":
+# today's, from sql/functions/, which holds each function once.
+ROOT = Path(__file__).resolve().parent.parent
+CONTEXT_FUNCTIONS = ("fn_current_tenant_id", "fn_set_tenant_context")
+
+
+def unbound_context_functions() -> str:
+    text = (ROOT / "tests" / "fixtures" / "sql_legacy" / "0005_create_tenant_context_functions.sql.legacy").read_text()
+    blocks = [re.search(rf"CREATE FUNCTION {name}\(.*?\n\$\$;", text, re.S).group(0) for name in CONTEXT_FUNCTIONS]
+    return "\n".join(b.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1) for b in blocks)
+
+
+def bound_context_functions() -> str:
+    return "\n".join((ROOT / "sql" / "functions" / f"{name}.sql").read_text() for name in CONTEXT_FUNCTIONS)
+
 
 # Lock-table sizing for the throwaway cluster. A query that cannot prune at plan time (RLS
 # alone) locks every table under usage_events_mt and every leaf's indexes at once: per tenant
@@ -520,21 +526,20 @@ def measure_scale(admin: psycopg.Connection, dsn: str, tenants: list[Tenant], sc
 def measure_binding(admin: psycopg.Connection, dsn: str, args: argparse.Namespace,
                     probes: dict[str, Tenant], scale: int) -> dict:
     """The cost of binding the context to its transaction (sql/0017): the same queries with
-    sql/0005's fn_current_tenant_id ("unbound") and today's ("bound"), alternating BINDING_ROUNDS
+    sql/0005's context functions ("unbound") and today's ("bound"), alternating BINDING_ROUNDS
     times on the same data, in the same run. Leaves the bound functions in place."""
     series: dict[str, list[dict]] = {"unbound": [], "bound": []}
     try:
         for round_number in range(BINDING_ROUNDS):
             order = ("unbound", "bound") if round_number % 2 == 0 else ("bound", "unbound")
             for version in order:
-                admin.execute(UNBOUND_CONTEXT_FUNCTIONS if version == "unbound"
-                              else "\n".join(f.read_text() for f in BOUND_CONTEXT_FUNCTIONS))
+                admin.execute(unbound_context_functions() if version == "unbound" else bound_context_functions())
                 h.wait_until_idle(timeout=IDLE_WAIT_S)
                 h.log(f"context binding, round {round_number + 1}: {version} functions")
                 series[version] += [measure_query(dsn, args, tenant, kind, scale)
                                     for tenant in probes.values() for kind in QUERY_KINDS]
     finally:
-        admin.execute("\n".join(f.read_text() for f in BOUND_CONTEXT_FUNCTIONS))
+        admin.execute(bound_context_functions())
     out = []
     for tier in probes:
         for kind in QUERY_KINDS:
@@ -855,8 +860,8 @@ def render_binding(results: dict) -> list[str]:
     return [
         "## The context bound to its transaction",
         "",
-        f"At {binding['scale']:,} tenants, the queries above with `fn_current_tenant_id()` as sql/0005 had it "
-        "(*unbound*: it reads the tenant from `app.current_tenant` whatever set it) and as it is now "
+        f"At {binding['scale']:,} tenants, the queries above with the context functions as sql/0005 had them "
+        "(*unbound*: `fn_current_tenant_id()` reads the tenant from `app.current_tenant` whatever set it) and as they are now "
         "(*bound*, sql/0017: the value counts only when its stamp is this transaction's start, so a session-level "
         f"value from an earlier transaction reads as no context), alternating {binding['rounds']} times "
         "on the same data, in the same run; medians over every warm run of each version.",

@@ -16,7 +16,7 @@ BEGIN
     END IF;
     PERFORM pg_catalog.set_config(
         'app.current_tenant',
-        p_tenant_id::text || '/' || pg_catalog.extract('epoch', pg_catalog.transaction_timestamp())::text,
+        pg_catalog.extract('epoch', pg_catalog.transaction_timestamp())::text || p_tenant_id::text,
         true);
     IF NOT EXISTS (SELECT 1 FROM public.organizations o WHERE o.id = p_tenant_id) THEN
         PERFORM pg_catalog.set_config('app.current_tenant', '', true);

@@ -546,7 +546,7 @@ def test_a_stamped_value_written_by_hand_is_that_transactions_context(world: Wor
     hand gets that tenant, as it would by calling fn_set_tenant_context (billing_app may choose
     any tenant; the context is not an authentication). What is bound is that it ends with the
     transaction."""
-    forged = "SELECT set_config('app.current_tenant', %s || '/' || extract(epoch FROM transaction_timestamp())::text, true)"
+    forged = "SELECT set_config('app.current_tenant', extract(epoch FROM transaction_timestamp())::text || %s, true)"
     with app.transaction():
         app.execute(forged, (str(world.b),))
         assert current_tenant(app) == world.b
