@@ -53,6 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 
 import _harness as h  # noqa: E402  (bench/ is sys.path[0] when run as a script)
 from tenant_pipelines.core.pooling import (  # noqa: E402
+    RESET_QUERIES,
     PoolerConfig,
     ServerAddress,
     render_pgbouncer_ini,
@@ -242,13 +243,13 @@ def run(args: argparse.Namespace, admin_root_dsn: str) -> dict:
         os.chmod(home, 0o755)
         bouncer = PgBouncerProcess(folder=home / "pgbouncer", log=h.log)
         try:
-            def config_for(process: PgBouncerProcess, reset: bool):
+            def config_for(process: PgBouncerProcess, reset: bool, query: str = PoolerConfig.server_reset_query):
                 def config(port: int) -> str:
                     return render_pgbouncer_ini(PoolerConfig(
                         server=ServerAddress.from_dsn(dsn), listen_port=port, auth_file=str(process.auth_file),
                         default_pool_size=args.server_connections, max_client_conn=args.clients + 50,
                         logfile=str(process.logfile), pidfile=str(process.pidfile),
-                        server_reset_query_always=reset,
+                        server_reset_query=query, server_reset_query_always=reset,
                     ))
                 return config
 
@@ -259,6 +260,11 @@ def run(args: argparse.Namespace, admin_root_dsn: str) -> dict:
             bouncer_no_reset = PgBouncerProcess(folder=home / "pgbouncer_no_reset", log=h.log)
             no_reset_port = bouncer_no_reset.up(config_for(bouncer_no_reset, False), userlist)
             no_reset_pid = bouncer_no_reset.running_pid()
+            # The other reset query of the two (RESET_QUERIES), to compare with the generated config's.
+            other_query = next(q for q in RESET_QUERIES if q != PoolerConfig.server_reset_query)
+            bouncer_session = PgBouncerProcess(folder=home / "pgbouncer_other_reset", log=h.log)
+            session_port = bouncer_session.up(config_for(bouncer_session, True, other_query), userlist)
+            session_pid = bouncer_session.running_pid()
             scripts = {}
             for with_context in (True, False):
                 path = home / f"{'context' if with_context else 'no_rls'}.sql"
@@ -267,17 +273,20 @@ def run(args: argparse.Namespace, admin_root_dsn: str) -> dict:
             direct = {"host": str(info.get("host") or "127.0.0.1"), "port": int(info.get("port") or 5432), "db": server_db}
             pooled = {"host": "127.0.0.1", "port": bouncer_port, "db": "billing"}
             pooled_no_reset = {"host": "127.0.0.1", "port": no_reset_port, "db": "billing"}
+            pooled_session = {"host": "127.0.0.1", "port": session_port, "db": "billing"}
             variants = [
                 ("pooled_200", pooled, BENCH_APP, True, args.clients),
                 ("pooled_200_no_reset", pooled_no_reset, BENCH_APP, True, args.clients),
+                ("pooled_200_other_reset", pooled_session, BENCH_APP, True, args.clients),
                 ("direct_200", direct, BENCH_APP, True, args.clients),
                 ("direct_20", direct, BENCH_APP, True, args.server_connections),
                 ("direct_20_no_rls", direct, BYPASS_ROLE, False, args.server_connections),
                 ("pooled_200_no_rls", pooled, BYPASS_ROLE, False, args.clients),
+                ("pooled_200_other_reset_2", pooled_session, BENCH_APP, True, args.clients),
                 ("pooled_200_no_reset_2", pooled_no_reset, BENCH_APP, True, args.clients),
                 ("pooled_200_2", pooled, BENCH_APP, True, args.clients),
             ]
-            pids = {id(pooled): bouncer_pid, id(pooled_no_reset): no_reset_pid}
+            pids = {id(pooled): bouncer_pid, id(pooled_no_reset): no_reset_pid, id(pooled_session): session_pid}
             common = dict(threads=args.threads, admin_dsn=dsn, server_db=server_db, postmaster_pid=postmaster)
 
             h.log("warm-up: 5 s direct, 20 clients (not measured)")
@@ -295,7 +304,9 @@ def run(args: argparse.Namespace, admin_root_dsn: str) -> dict:
                 )
                 results[name].update({"clients": clients, "role": role, "context": with_context,
                                       "through": "pgbouncer" if id(target) in pids else "direct",
-                                      "session_reset": target is pooled if id(target) in pids else None,
+                                      "server_reset_query": ({id(pooled): PoolerConfig.server_reset_query,
+                                                              id(pooled_session): other_query,
+                                                              id(pooled_no_reset): None}.get(id(target))),
                                       "load_before": load_now})
                 r = results[name]
                 h.log(f"{name}: {r['tps']} tps, {r['latency_avg_ms']} ms average, "
@@ -309,6 +320,7 @@ def run(args: argparse.Namespace, admin_root_dsn: str) -> dict:
         finally:
             bouncer.destroy()
             bouncer_no_reset.destroy()
+            bouncer_session.destroy()
             shutil.rmtree(home, ignore_errors=True)
             with psycopg.connect(dsn, autocommit=True) as admin:
                 drop_roles(admin)
@@ -335,6 +347,8 @@ def markdown(args: argparse.Namespace, res: dict, machine: dict) -> str:
         "pooled_200_2": "the same, second round",
         "pooled_200_no_reset": "the same without the session reset (before issue 15)",
         "pooled_200_no_reset_2": "the same without the session reset, second round",
+        "pooled_200_other_reset": "the same with the other reset query",
+        "pooled_200_other_reset_2": "the same with the other reset query, second round",
         "direct_200": "200 clients → PostgreSQL (200 backends)",
         "direct_20": "20 clients → PostgreSQL (20 backends)",
         "pooled_200_no_rls": "200 clients → PgBouncer → 20, no context, no RLS",
@@ -351,7 +365,8 @@ def markdown(args: argparse.Namespace, res: dict, machine: dict) -> str:
         known = sum(r[k] or 0 for k in ("server_cpu_seconds", "pgbouncer_cpu_seconds", "pgbench_cpu_seconds"))
         return r["machine_cpu_seconds"] - known - kinds["softirq"] - kinds["steal"]
 
-    order = tuple(n for n in ("pooled_200", "pooled_200_2", "pooled_200_no_reset", "pooled_200_no_reset_2",
+    order = tuple(n for n in ("pooled_200", "pooled_200_2", "pooled_200_other_reset", "pooled_200_other_reset_2",
+                              "pooled_200_no_reset", "pooled_200_no_reset_2",
                               "direct_200", "direct_20", "pooled_200_no_rls", "direct_20_no_rls") if n in v)
     disturbed = {n for n in order if (other_work(v[n]) or 0) > DISTURBED_SHARE * capacity}
     for name in order:
@@ -396,18 +411,28 @@ def markdown(args: argparse.Namespace, res: dict, machine: dict) -> str:
             values = [x for x in values if x is not None]
             return sum(values) / len(values) if values else None
 
-        with_reset, without = ("pooled_200", "pooled_200_2"), ("pooled_200_no_reset", "pooled_200_no_reset_2")
-        tps_reset, tps_plain = mean(with_reset, "tps"), mean(without, "tps")
-        us_reset, us_plain = mean_us(with_reset), mean_us(without)
-        res["session_reset"] = {"tps_with_reset": tps_reset, "tps_without_reset": tps_plain,
-                                "ratio": tps_reset / tps_plain if tps_reset and tps_plain else None,
-                                "server_us_per_tx_with_reset": us_reset, "server_us_per_tx_without_reset": us_plain}
+        without = ("pooled_200_no_reset", "pooled_200_no_reset_2")
+        tps_plain, us_plain = mean(without, "tps"), mean_us(without)
+        queries = {"pooled_200": v["pooled_200"].get("server_reset_query"),
+                   "pooled_200_other_reset": v.get("pooled_200_other_reset", {}).get("server_reset_query")}
+        res["session_reset"] = {"tps_without_reset": tps_plain, "server_us_per_tx_without_reset": us_plain,
+                                "resets": []}
+        lines = []
+        for first, label in (("pooled_200", "the generated config's"), ("pooled_200_other_reset", "the other")):
+            if first not in v or not queries[first]:
+                continue
+            runs = (first, first + "_2")
+            tps, us = mean(runs, "tps"), mean_us(runs)
+            figure = {"query": queries[first], "tps": tps, "server_us_per_tx": us,
+                      "ratio": tps / tps_plain if tps and tps_plain else None}
+            res["session_reset"]["resets"].append(figure)
+            lines.append(f"`{queries[first]}` ({label}): **{fmt(figure['ratio'], '.3f')}×** the TPS "
+                         f"({fmt(tps)}; PostgreSQL {fmt(us)} µs per transaction)")
         reset_line = (
-            f"\n- **The session reset** (`server_reset_query = DISCARD ALL`, `server_reset_query_always = 1`, "
-            f"the generated config since issue 15) against the same PgBouncer without it (the config before): "
-            f"**{fmt(res['session_reset']['ratio'], '.3f')}×** the TPS ({fmt(tps_reset)} against {fmt(tps_plain)}, "
-            f"each the mean of two runs, alternating); PostgreSQL CPU per transaction {fmt(us_reset)} µs against "
-            f"{fmt(us_plain)} µs. What it buys: nothing a client leaves in its session (temp tables, SET without "
+            "\n- **The session reset** (`server_reset_query` with `server_reset_query_always = 1`, run after every "
+            f"transaction) against the same PgBouncer without it (the config before issue 15: {fmt(tps_plain)} TPS, "
+            f"PostgreSQL {fmt(us_plain)} µs per transaction), each the mean of two runs, alternating: "
+            + "; ".join(lines) + ". What it buys: nothing a client leaves in its session (temp tables, SET without "
             "LOCAL, session advisory locks) reaches the next client (tests/pooling/test_session_state.py).")
     return f"""# Benchmark: PgBouncer (transaction pooling) against direct connections
 

@@ -9,6 +9,7 @@ import psycopg
 
 from tenant_pipelines.core.pooling import (
     SERVER_RESET_QUERY,
+    SESSION_RESET_QUERY,
     pgbouncer_session_reset,
     pgbouncer_tier_pool_sizes,
     read_pgbouncer_ini,
@@ -281,7 +282,8 @@ def audit_pool_sizes(conn: psycopg.Connection, pgbouncer_ini: Path | str) -> lis
     if reset is not None:
         findings.append(Finding(source, f"{reset}: what one client leaves in its session (SET without LOCAL, "
                                 "temp tables, session advisory locks) reaches the next",
-                                f"set server_reset_query = {SERVER_RESET_QUERY} and server_reset_query_always = 1; "
+                                f"set server_reset_query = {SESSION_RESET_QUERY} (or {SERVER_RESET_QUERY}) and "
+                                "server_reset_query_always = 1; "
                                 + _REGENERATE))
     expected = tier_pool_sizes(conn)
     for tier, size in expected.items():

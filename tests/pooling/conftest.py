@@ -20,6 +20,7 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict
 
 from tenant_pipelines.core.pooling import (
+    SESSION_RESET_QUERY,
     PoolerConfig,
     ServerAddress,
     pooled_dsn,
@@ -80,7 +81,8 @@ $$;
 """
 
 
-def start_bare_pgbouncer(admin_dsn: str, home: Path, *, reset: bool, pool_size: int) -> int:
+def start_bare_pgbouncer(admin_dsn: str, home: Path, *, reset: bool, pool_size: int,
+                         reset_query: str = SESSION_RESET_QUERY) -> int:
     """A PgBouncer in ``home`` for billing_app with one pool, ``billing``, of ``pool_size``
     server connections, and the session reset on or off: for the tests that take the
     defences away one at a time. Returns its port; ``PgBouncerProcess(home / "pgbouncer")``
@@ -91,6 +93,6 @@ def start_bare_pgbouncer(admin_dsn: str, home: Path, *, reset: bool, pool_size: 
     base = PoolerConfig(
         server=ServerAddress.from_dsn(admin_dsn), listen_port=0, auth_file=str(process.auth_file),
         pool_sizes={}, default_pool_size=pool_size, logfile=str(process.logfile), pidfile=str(process.pidfile),
-        server_reset_query_always=reset,
+        server_reset_query=reset_query, server_reset_query_always=reset,
     )
     return process.up(lambda port: render_pgbouncer_ini(replace(base, listen_port=port)), userlist)

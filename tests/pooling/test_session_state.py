@@ -7,7 +7,7 @@ Three layers, each tested on its own:
    temp table cannot shadow a tenant table;
 2. ``binding``: the tenant context counts only in the transaction that set it
    (sql/0017): a session-level value reads as no context;
-3. ``reset``: PgBouncer runs ``DISCARD ALL`` after every client transaction
+3. ``reset``: PgBouncer runs its session reset (SESSION_RESET_QUERY, or DISCARD ALL) after every client transaction
    (``server_reset_query_always = 1``), so temp tables, session settings and session advisory
    locks are gone before the next client gets the connection.
 
@@ -33,6 +33,8 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from tenant_pipelines.core.pooling import (
+    SERVER_RESET_QUERY,
+    SESSION_RESET_QUERY,
     PoolerConfig,
     ServerAddress,
     connect_pooled,
@@ -59,7 +61,7 @@ def world_with(admin_conn: psycopg.Connection, admin_dsn: str) -> Iterator[Calla
     """``world_with(*layers)``: two tenants with rows, and only ``layers`` in force."""
     homes: list[Path] = []
 
-    def make(*layers: str) -> World:
+    def make(*layers: str, reset_query: str = SESSION_RESET_QUERY) -> World:
         assert set(layers) <= set(LAYERS)
         database = sql.Identifier(admin_conn.execute("SELECT current_database()").fetchone()[0])
         if "temp" not in layers:
@@ -78,7 +80,7 @@ def world_with(admin_conn: psycopg.Connection, admin_dsn: str) -> Iterator[Calla
         home = Path(tempfile.mkdtemp(prefix="tp-pgb-state-", dir="/tmp"))
         os.chmod(home, 0o755)
         homes.append(home)
-        port = start_bare_pgbouncer(admin_dsn, home, reset="reset" in layers, pool_size=1)
+        port = start_bare_pgbouncer(admin_dsn, home, reset="reset" in layers, pool_size=1, reset_query=reset_query)
         return World(admin_dsn, pooled_dsn(port, password=APP_PASSWORD), a, b, 3)
 
     try:
@@ -115,7 +117,7 @@ def session_stamped_context(conn: psycopg.Connection, w: World) -> None:
     """A forger who knows the stamp's format writes a correctly stamped value for the session:
     it is stamped with its own transaction, so no later transaction matches it."""
     conn.execute(
-        "SELECT set_config('app.current_tenant', %s || '/' || extract(epoch FROM transaction_timestamp())::text, false)",
+        "SELECT set_config('app.current_tenant', extract(epoch FROM transaction_timestamp())::text || %s, false)",
         (str(w.a),),
     )
 
@@ -227,6 +229,16 @@ def test_each_layer_alone_stops_the_vector(world_with, name: str, layer: str) ->
 
 
 @pytest.mark.parametrize("name", list(VECTORS))
+def test_discard_all_alone_stops_every_vector(world_with, name: str) -> None:
+    """DISCARD ALL, which the audit also accepts (the generated config uses SESSION_RESET_QUERY,
+    DISCARD ALL's parts but DISCARD PLANS), stops every vector on its own too."""
+    vector, _ = VECTORS[name]
+    w = world_with("reset", reset_query=SERVER_RESET_QUERY)
+    pid, _ = leave_behind(w, vector)
+    assert victim(w, pid) == []
+
+
+@pytest.mark.parametrize("name", list(VECTORS))
 def test_all_layers_together_stop_every_vector(world_with, name: str) -> None:
     vector, _ = VECTORS[name]
     w = world_with(*LAYERS)
@@ -246,9 +258,9 @@ def test_without_its_layers_the_probe_sees_the_leak(world_with, name: str) -> No
 
 
 def test_generated_config_resets_every_session(admin_dsn: str) -> None:
-    """What `pgbouncer up` and `pgbouncer config` write: DISCARD ALL after every transaction."""
+    """What `pgbouncer up` and `pgbouncer config` write: the session reset after every transaction."""
     base = PoolerConfig(server=ServerAddress.from_dsn(admin_dsn), listen_port=6432, auth_file="/x/userlist.txt")
     text = render_pgbouncer_ini(base)
-    assert "server_reset_query = DISCARD ALL" in text
+    assert f"server_reset_query = {SESSION_RESET_QUERY}" in text
     assert "server_reset_query_always = 1" in text
     assert conninfo_to_dict(admin_dsn)  # the DSN is a real one

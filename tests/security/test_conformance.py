@@ -187,7 +187,7 @@ def test_db_migrate_takes_temporary_back(admin_conn: psycopg.Connection, admin_d
 
 @pytest.mark.parametrize("changes, problem", [
     ({"server_reset_query_always": False}, "server_reset_query_always is off"),
-    ({"server_reset_query": "SELECT 1"}, "server_reset_query is 'SELECT 1', not DISCARD ALL"),
+    ({"server_reset_query": "SELECT 1"}, "server_reset_query is 'SELECT 1', which does not clear every session's state"),
 ])
 def test_a_pooler_that_keeps_session_state_is_found(admin_conn: psycopg.Connection, admin_dsn: str,
                                                     changes: dict, problem: str) -> None:
