@@ -22,8 +22,6 @@ from tenant_pipelines.db.locks import LockRetries, run_with_lock_retry, run_with
 from tenant_pipelines.db.session import parse_tenant_id
 from tenant_pipelines.errors import UnknownTenant
 
-DEFAULT_PARTITION = SHARED_PARTITION  # the pool
-
 
 @dataclass
 class PartitionReport:
@@ -214,7 +212,7 @@ def audit_tenant_partitions(conn: psycopg.Connection, tenants: Iterable[object] 
     wanted = sorted(attached) if tenants is None else [str(parse_tenant_id(t)) for t in tenants]
     premake = conn.execute("SELECT premake_months FROM partition_config").fetchone()[0]
     horizon = _add_months(_this_month(conn), premake)
-    findings = _audit_tree(conn, DEFAULT_PARTITION, "usage_events_mt_pool", horizon,
+    findings = _audit_tree(conn, SHARED_PARTITION, "usage_events_mt_pool", horizon,
                            "materialise tenant_partition for any tenant (or SELECT fn_premake_pool_months())",
                            edges=("_before", "_after"))
     for tenant in pool_exclusions(conn):
