@@ -20,6 +20,3 @@ BEGIN
     RETURN v_n;
 END
 $$;
-
-ALTER FUNCTION fn_attach_month(text, text, date, text) OWNER TO billing_owner;
-REVOKE ALL ON FUNCTION fn_attach_month(text, text, date, text) FROM PUBLIC;

@@ -47,6 +47,3 @@ BEGIN
                               'checks_validated', v_validated);
 END
 $$;
-
-ALTER FUNCTION fn_attach_tenant_partition(uuid) OWNER TO billing_owner;
-REVOKE ALL ON FUNCTION fn_attach_tenant_partition(uuid) FROM PUBLIC;

@@ -9,6 +9,3 @@ AS $$
     SELECT set_config('lock_timeout', p_ms || 'ms', true) FROM pg_settings
      WHERE name = 'lock_timeout' AND (setting::bigint = 0 OR setting::bigint > p_ms)
 $$;
-
-ALTER FUNCTION fn_cap_lock_timeout(integer) OWNER TO billing_owner;
-REVOKE ALL ON FUNCTION fn_cap_lock_timeout(integer) FROM PUBLIC;

@@ -19,6 +19,3 @@ BEGIN
     RETURN true;
 END
 $$;
-
-ALTER FUNCTION fn_create_month_table(text, text, date) OWNER TO billing_owner;
-REVOKE ALL ON FUNCTION fn_create_month_table(text, text, date) FROM PUBLIC;

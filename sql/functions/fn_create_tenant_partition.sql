@@ -13,6 +13,3 @@ BEGIN
     RETURN v_prepared || public.fn_attach_tenant_partition(p_tenant);
 END
 $$;
-
-ALTER FUNCTION fn_create_tenant_partition(uuid, integer) OWNER TO billing_owner;
-REVOKE ALL ON FUNCTION fn_create_tenant_partition(uuid, integer) FROM PUBLIC;

@@ -1,4 +1,5 @@
 -- after: 0001
+-- grant: EXECUTE TO PUBLIC
 -- The tenant in context: NULL unless fn_set_tenant_context set it in this very transaction.
 -- The value is '<stamp><tenant uuid>', the stamp being the transaction's start in epoch seconds
 -- with six decimals (docs/pooling.md has why). What follows this transaction's stamp is the
@@ -19,5 +20,3 @@ AS $$
                                         2),
                   '')::pg_catalog.uuid
 $$;
-
-ALTER FUNCTION fn_current_tenant_id() OWNER TO billing_owner;

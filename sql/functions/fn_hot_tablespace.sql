@@ -1,4 +1,5 @@
 -- after: 0001
+-- grant: EXECUTE TO PUBLIC
 -- Where new partitions and their indexes go: the hot tier's tablespace ('' for the database's
 -- default, which is what default_tablespace takes).
 CREATE OR REPLACE FUNCTION fn_hot_tablespace() RETURNS text
@@ -7,5 +8,3 @@ AS $$
     SELECT CASE WHEN tablespace = 'pg_default' THEN '' ELSE tablespace::text END
       FROM public.storage_tiers WHERE storage_tier = 'hot'
 $$;
-
-ALTER FUNCTION fn_hot_tablespace() OWNER TO billing_owner;

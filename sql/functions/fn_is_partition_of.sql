@@ -7,6 +7,3 @@ AS $$
          WHERE i.inhrelid = to_regclass('public.' || quote_ident(p_child))
            AND i.inhparent = to_regclass('public.' || quote_ident(p_parent)))
 $$;
-
-ALTER FUNCTION fn_is_partition_of(text, text) OWNER TO billing_owner;
-REVOKE ALL ON FUNCTION fn_is_partition_of(text, text) FROM PUBLIC;

@@ -3,6 +3,3 @@
 CREATE OR REPLACE FUNCTION fn_leaf_count() RETURNS integer
     LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
 AS $$ SELECT count(*)::int FROM pg_partition_tree('public.usage_events_mt'::regclass) WHERE isleaf $$;
-
-ALTER FUNCTION fn_leaf_count() OWNER TO billing_owner;
-REVOKE ALL ON FUNCTION fn_leaf_count() FROM PUBLIC;

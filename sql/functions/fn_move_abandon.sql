@@ -5,7 +5,7 @@ CREATE OR REPLACE FUNCTION fn_move_abandon(p_partition text) RETURNS boolean
 AS $$
 DECLARE
     v_rel  regclass := to_regclass('public.' || quote_ident(p_partition));
-    v_move record;
+    v_move tenant_pipelines.partition_moves%ROWTYPE;
 BEGIN
     SELECT * INTO v_move FROM tenant_pipelines.partition_moves m
      WHERE m.partition_name = p_partition OR m.partition_oid = v_rel;
@@ -26,6 +26,3 @@ BEGIN
     RETURN true;
 END
 $$;
-
-ALTER FUNCTION fn_move_abandon(text) OWNER TO billing_owner;
-REVOKE ALL ON FUNCTION fn_move_abandon(text) FROM PUBLIC;

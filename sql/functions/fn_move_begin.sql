@@ -27,6 +27,3 @@ BEGIN
     END IF;
 END
 $$;
-
-ALTER FUNCTION fn_move_begin(text, name) OWNER TO billing_owner;
-REVOKE ALL ON FUNCTION fn_move_begin(text, name) FROM PUBLIC;

@@ -52,6 +52,3 @@ BEGIN
     blocks := pg_relation_size(v_rel) / current_setting('block_size')::bigint;
 END
 $$;
-
-ALTER FUNCTION fn_move_begin_shadow(text, name) OWNER TO billing_owner;
-REVOKE ALL ON FUNCTION fn_move_begin_shadow(text, name) FROM PUBLIC;

@@ -22,6 +22,3 @@ BEGIN
     RETURN NULL;
 END
 $$;
-
-ALTER FUNCTION fn_move_capture() OWNER TO billing_owner;
-REVOKE ALL ON FUNCTION fn_move_capture() FROM PUBLIC;

@@ -7,7 +7,7 @@ CREATE OR REPLACE FUNCTION fn_move_catch_up(p_partition text) RETURNS bigint
     LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_move record;
+    v_move tenant_pipelines.partition_moves%ROWTYPE;
     v_n    bigint;
 BEGIN
     SELECT * INTO v_move FROM tenant_pipelines.partition_moves m WHERE m.partition_name = p_partition;
@@ -40,6 +40,3 @@ BEGIN
     RETURN v_n;
 END
 $$;
-
-ALTER FUNCTION fn_move_catch_up(text) OWNER TO billing_owner;
-REVOKE ALL ON FUNCTION fn_move_catch_up(text) FROM PUBLIC;

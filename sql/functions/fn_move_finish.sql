@@ -8,7 +8,7 @@ CREATE OR REPLACE FUNCTION fn_move_finish(p_partition text) RETURNS bigint
     LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_move   record;
+    v_move   tenant_pipelines.partition_moves%ROWTYPE;
     v_rel    regclass := to_regclass('public.' || quote_ident(p_partition));
     v_parent regclass;
     v_bound  text;
@@ -76,6 +76,3 @@ BEGIN
     RETURN pg_total_relation_size(to_regclass('public.' || quote_ident(p_partition)));
 END
 $$;
-
-ALTER FUNCTION fn_move_finish(text) OWNER TO billing_owner;
-REVOKE ALL ON FUNCTION fn_move_finish(text) FROM PUBLIC;

@@ -21,6 +21,3 @@ BEGIN
     RETURN pg_total_relation_size(v_rel);
 END
 $$;
-
-ALTER FUNCTION fn_move_partition(text, name) OWNER TO billing_owner;
-REVOKE ALL ON FUNCTION fn_move_partition(text, name) FROM PUBLIC;

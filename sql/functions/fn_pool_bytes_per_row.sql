@@ -17,6 +17,3 @@ AS $$
       JOIN pg_class c ON c.oid = p.relid
      WHERE p.isleaf
 $$;
-
-ALTER FUNCTION fn_pool_bytes_per_row() OWNER TO billing_owner;
-REVOKE ALL ON FUNCTION fn_pool_bytes_per_row() FROM PUBLIC;

@@ -2,6 +2,3 @@
 CREATE OR REPLACE FUNCTION fn_pool_exclusion_name(p_tenant uuid) RETURNS text
     LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
 AS $$ SELECT 'pool_excludes_' || pg_catalog.replace(p_tenant::text, '-', '') $$;
-
-ALTER FUNCTION fn_pool_exclusion_name(uuid) OWNER TO billing_owner;
-REVOKE ALL ON FUNCTION fn_pool_exclusion_name(uuid) FROM PUBLIC;

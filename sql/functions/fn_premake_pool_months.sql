@@ -99,6 +99,3 @@ BEGIN
     RETURN jsonb_build_object('tables_created', to_jsonb(v_created), 'rows_split_into_months', v_moved);
 END
 $$;
-
-ALTER FUNCTION fn_premake_pool_months(integer) OWNER TO billing_owner;
-REVOKE ALL ON FUNCTION fn_premake_pool_months(integer) FROM PUBLIC;

@@ -165,6 +165,3 @@ BEGIN
         'note', v_note);
 END
 $$;
-
-ALTER FUNCTION fn_prepare_tenant_partition(uuid, integer) OWNER TO billing_owner;
-REVOKE ALL ON FUNCTION fn_prepare_tenant_partition(uuid, integer) FROM PUBLIC;

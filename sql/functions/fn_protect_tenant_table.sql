@@ -18,6 +18,3 @@ BEGIN
     EXECUTE format('REVOKE ALL ON %s FROM PUBLIC', p_table);
 END
 $$;
-
-ALTER FUNCTION fn_protect_tenant_table(regclass, name) OWNER TO billing_owner;
-REVOKE ALL ON FUNCTION fn_protect_tenant_table(regclass, name) FROM PUBLIC;

@@ -10,6 +10,3 @@ AS $$
        SET kind = EXCLUDED.kind, location = EXCLUDED.location, state = 'placed', since = now()
      WHERE (p.kind, p.location, p.state) IS DISTINCT FROM (EXCLUDED.kind, EXCLUDED.location, 'placed')
 $$;
-
-ALTER FUNCTION fn_record_placement(uuid, text, text) OWNER TO billing_owner;
-REVOKE ALL ON FUNCTION fn_record_placement(uuid, text, text) FROM PUBLIC;

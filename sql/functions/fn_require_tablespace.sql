@@ -14,6 +14,3 @@ BEGIN
     END IF;
 END
 $$;
-
-ALTER FUNCTION fn_require_tablespace(name) OWNER TO billing_owner;
-REVOKE ALL ON FUNCTION fn_require_tablespace(name) FROM PUBLIC;

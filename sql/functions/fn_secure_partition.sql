@@ -11,6 +11,3 @@ BEGIN
     EXECUTE format('REVOKE ALL ON public.%I FROM PUBLIC, billing_app', p_table);
 END
 $$;
-
-ALTER FUNCTION fn_secure_partition(text) OWNER TO billing_owner;
-REVOKE ALL ON FUNCTION fn_secure_partition(text) FROM PUBLIC;

@@ -1,4 +1,5 @@
 -- after: 0001
+-- grant: EXECUTE TO billing_app
 -- Enter one tenant's context for the rest of the current transaction, stamped with the
 -- transaction's start (fn_current_tenant_id() reads it in this transaction only). Refuses
 -- NULL and tenants that do not exist. Takes the tenant's advisory lock SHARED (see
@@ -28,7 +29,3 @@ BEGIN
     RETURN p_tenant_id;
 END
 $$;
-
-ALTER FUNCTION fn_set_tenant_context(uuid) OWNER TO billing_owner;
-REVOKE ALL ON FUNCTION fn_set_tenant_context(uuid) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION fn_set_tenant_context(uuid) TO billing_app;

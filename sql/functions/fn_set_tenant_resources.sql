@@ -1,4 +1,5 @@
 -- after: 0001
+-- grant: EXECUTE TO billing_app
 -- The seed's per-tier limits (work_mem, statement_timeout), read from tier_limits and set
 -- transaction-locally, so they cannot outlive the transaction on a pooled connection.
 -- A tenant without a classification gets the free tier. Returns the tier.
@@ -32,7 +33,3 @@ BEGIN
     RETURN v_tier;
 END
 $$;
-
-ALTER FUNCTION fn_set_tenant_resources(uuid) OWNER TO billing_owner;
-REVOKE ALL ON FUNCTION fn_set_tenant_resources(uuid) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION fn_set_tenant_resources(uuid) TO billing_app;

@@ -1,4 +1,5 @@
 -- after: 0001
+-- grant: EXECUTE TO PUBLIC
 -- One advisory lock per tenant serialises a tenant's writers with changes to its partitions
 -- (fn_prepare_tenant_partition, fn_attach_tenant_partition). Why: a writer plans its INSERT
 -- with the partition layout of the moment. If a partition is attached between that and the
@@ -9,5 +10,3 @@
 CREATE OR REPLACE FUNCTION fn_tenant_lock_key(p_tenant uuid) RETURNS bigint
     LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
 AS $$ SELECT pg_catalog.hashtextextended(p_tenant::text, 7364) $$;
-
-ALTER FUNCTION fn_tenant_lock_key(uuid) OWNER TO billing_owner;

@@ -54,6 +54,3 @@ BEGIN
     RETURN NEXT;
 END
 $$;
-
-ALTER FUNCTION fn_tenant_usage_stats(uuid, timestamptz) OWNER TO billing_owner;
-REVOKE ALL ON FUNCTION fn_tenant_usage_stats(uuid, timestamptz) FROM PUBLIC;

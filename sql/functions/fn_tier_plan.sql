@@ -68,6 +68,3 @@ AS $$
       JOIN public.storage_tiers st ON st.storage_tier = t.target_tier
      ORDER BY t.tenant NULLS FIRST, t.month_start
 $$;
-
-ALTER FUNCTION fn_tier_plan(uuid, timestamptz) OWNER TO billing_owner;
-REVOKE ALL ON FUNCTION fn_tier_plan(uuid, timestamptz) FROM PUBLIC;

@@ -21,6 +21,3 @@ BEGIN
     END LOOP;
 END
 $$;
-
-ALTER FUNCTION fn_tier_usage_data(uuid, timestamptz) OWNER TO billing_owner;
-REVOKE ALL ON FUNCTION fn_tier_usage_data(uuid, timestamptz) FROM PUBLIC;

@@ -15,6 +15,3 @@ CREATE OR REPLACE VIEW vw_tenant_metrics WITH (security_invoker = true) AS
       FROM public.organizations o
       LEFT JOIN public.tenant_classifications tc ON tc.organization_id = o.id
      CROSS JOIN LATERAL public.fn_tenant_usage_stats(o.id) u;
-
-ALTER VIEW vw_tenant_metrics OWNER TO billing_owner;
-REVOKE ALL ON vw_tenant_metrics FROM PUBLIC;

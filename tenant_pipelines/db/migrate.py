@@ -12,6 +12,12 @@ name tables that come later. A file is applied, and recorded in
 fresh database right after migration ``after``, so that later migrations find it (0006's
 policies use ``fn_current_tenant_id``); on an existing one, when it was edited.
 
+Privileges are the runner's, not each file's: after a file is applied, its function (every
+overload) or view is owned by ``billing_owner``, every privilege on it is revoked, and only
+what the file's header grants is granted back: ``-- grant: EXECUTE TO billing_app`` (a
+function), ``-- grant: SELECT, INSERT TO billing_app`` (a view), ``-- grant: EXECUTE TO
+PUBLIC``. A file cannot forget its REVOKE, and a grant that a file no longer names is gone.
+
 Each file runs in its own transaction together with the row that records it, so a crash
 leaves every file either applied and recorded, or neither. A session advisory lock keeps two
 runners from applying the same file at once.
@@ -35,7 +41,7 @@ from psycopg import sql
 
 from tenant_pipelines.settings import PROJECT_DIR
 from tenant_pipelines.errors import MigrationError
-from tenant_pipelines.db.names import APP_ROLE
+from tenant_pipelines.db.names import APP_ROLE, OWNER_ROLE
 
 SQL_DIR = PROJECT_DIR / "sql"
 MIGRATIONS_DIR = "migrations"
@@ -45,6 +51,8 @@ _LOCK_KEY = 0x7465_6E61_6E74  # "tenant": one advisory lock for the migration ru
 _NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 _FUNCTION_NAME = re.compile(r"^[a-z_][a-z0-9_]*\.sql$")
 _AFTER = re.compile(r"^-- after: (\d{4})[ \t]*$")
+_GRANT = re.compile(r"^-- grant: ([A-Za-z, ]+?) TO ([a-z_][a-z0-9_]*|PUBLIC)[ \t]*$")
+_PRIVILEGES = {"function": {"EXECUTE"}, "view": {"SELECT", "INSERT", "UPDATE", "DELETE"}}
 _CREATES = re.compile(
     r"^[ \t]*CREATE\s+(OR\s+REPLACE\s+)?(FUNCTION|PROCEDURE|VIEW|MATERIALIZED\s+VIEW)\s+(?:public\.)?\"?(\w+)",
     re.IGNORECASE | re.MULTILINE)
@@ -117,6 +125,7 @@ class FunctionFile(_SqlFile):
     after: str      # the migration after which it can be created
     kind: str       # "function" or "view"
     where: str = ""
+    grants: tuple[tuple[tuple[str, ...], str], ...] = ()  # ((privileges, role), ...) from `-- grant:` lines
     folder = f"sql/{FUNCTIONS_DIR}"
 
     @property
@@ -197,8 +206,25 @@ def load_functions(sql_dir: Path = SQL_DIR, versions: set[str] | None = None) ->
             if not or_replace:
                 raise MigrationError(f"{where}: write CREATE OR REPLACE {kind.upper()}: the file is re-applied when it changes")
         kinds = {kind.upper().split()[-1] for _, kind, _ in creates}
-        files.append(FunctionFile(name, path.name, text, after, "view" if kinds == {"VIEW"} else "function", where))
+        kind = "view" if kinds == {"VIEW"} else "function"
+        files.append(FunctionFile(name, path.name, text, after, kind, where, _grants(where, text, kind)))
     return sorted(files, key=lambda f: f.order)
+
+
+def _grants(where: str, text: str, kind: str) -> tuple[tuple[tuple[str, ...], str], ...]:
+    """The ``-- grant: PRIVILEGES TO role`` lines that follow ``-- after:`` at the top of a file."""
+    grants = []
+    for line in text.split("\n")[1:]:
+        if not line.startswith("-- grant:"):
+            break
+        match = _GRANT.match(line)
+        privileges = tuple(p.strip().upper() for p in match.group(1).split(",")) if match else ()
+        if not match or not set(privileges) <= _PRIVILEGES[kind]:
+            raise MigrationError(
+                f"{where}: `{line.strip()}` is not a grant this runner makes; write `-- grant: "
+                f"{', '.join(sorted(_PRIVILEGES[kind]))} TO <role>` (privileges a {kind} has, to a role or PUBLIC)")
+        grants.append((privileges, match.group(2)))
+    return tuple(grants)
 
 
 def _ensure_bookkeeping(conn: psycopg.Connection) -> None:
@@ -313,7 +339,7 @@ def migrate(
                                "ON CONFLICT (name) DO UPDATE SET filename = EXCLUDED.filename, "
                                "checksum = EXCLUDED.checksum, applied_at = now()"),
                        (function.name, function.filename, function.checksum),
-                       function_file=True)
+                       function=function)
                 functions_done.append(function.filename)
         revoke_temporary_from_applications(conn, log)
         return MigrationReport(applied=done, already_applied=skipped, functions_applied=functions_done,
@@ -335,18 +361,46 @@ def _rebaseline(conn: psycopg.Connection, legacy: list[Migration]) -> None:
 
 
 def _apply(conn: psycopg.Connection, label: str, text: str, record: sql.SQL, values: tuple,
-           function_file: bool = False) -> None:
+           function: FunctionFile | None = None) -> None:
     try:
         with conn.transaction():
-            if function_file:
+            if function is not None:
                 # As pg_dump does: a body may name objects that later migrations create.
                 conn.execute("SET LOCAL check_function_bodies = off")
             conn.execute(text.encode())
+            if function is not None:
+                _set_privileges(conn, function)
             conn.execute(record.format(sql.Identifier(BOOKKEEPING_SCHEMA)), values)
     except psycopg.Error as exc:
-        raise MigrationError(_explain(label, exc, function_file)) from None
+        raise MigrationError(_explain(label, exc, function is not None)) from None
 
 
+def _set_privileges(conn: psycopg.Connection, function: FunctionFile) -> None:
+    """Owner billing_owner; every privilege revoked; the header's grants granted."""
+    if function.kind == "view":
+        kind = sql.SQL("TABLE")
+        targets = [(oid, sql.Identifier("public", function.name)) for oid, in conn.execute(
+            "SELECT oid FROM pg_class WHERE oid = to_regclass(%s)", (f"public.{function.name}",)).fetchall()]
+        acl = ("SELECT DISTINCT r.rolname FROM pg_class c, aclexplode(c.relacl) a JOIN pg_roles r ON r.oid = a.grantee "
+               "WHERE c.oid = %s AND a.grantee <> c.relowner")
+    else:
+        kind = sql.SQL("ROUTINE")
+        # Each overload, as the catalog renders it (regprocedure: quoted and qualified as needed).
+        targets = [(oid, sql.SQL(signature)) for oid, signature in conn.execute(
+            "SELECT p.oid, p.oid::regprocedure::text FROM pg_proc p "
+            "WHERE p.pronamespace = 'public'::regnamespace AND p.proname = %s ORDER BY p.oid", (function.name,)).fetchall()]
+        acl = ("SELECT DISTINCT r.rolname FROM pg_proc p, aclexplode(p.proacl) a JOIN pg_roles r ON r.oid = a.grantee "
+               "WHERE p.oid = %s AND a.grantee <> p.proowner")
+    for oid, target in targets:
+        conn.execute(sql.SQL("ALTER {} {} OWNER TO {}").format(
+            sql.SQL("VIEW") if function.kind == "view" else kind, target, sql.Identifier(OWNER_ROLE)))
+        grantees = [sql.Identifier(g) for g, in conn.execute(acl, (oid,)).fetchall()]
+        conn.execute(sql.SQL("REVOKE ALL ON {} {} FROM {}").format(
+            kind, target, sql.SQL(", ").join([sql.SQL("PUBLIC"), *grantees])))
+        for privileges, role in function.grants:
+            conn.execute(sql.SQL("GRANT {} ON {} {} TO {}").format(
+                sql.SQL(", ").join(sql.SQL(p) for p in privileges), kind, target,
+                sql.SQL("PUBLIC") if role == "PUBLIC" else sql.Identifier(role)))
 
 
 def revoke_temporary_from_applications(conn: psycopg.Connection, log: Callable[[str], None]) -> None:

@@ -165,7 +165,7 @@ def test_database_migrated_before_the_split_upgrades_in_place(empty_dsn: str, ad
 
         legacy_versions = {path.name[:4] for path in LEGACY_DIR.glob("[0-9]*.sql.legacy")}
         new = [m.filename for m in load_migrations() if m.version not in legacy_versions]
-        assert new == ["0018_create_tenant_placements.sql"]
+        assert new == ["0018_create_tenant_placements.sql", "0019_pool_exclusion_one_function.sql"]
         assert report.applied == new and len(report.already_applied) == len(legacy_versions)
         assert sorted(report.rebaselined) == sorted(
             m.filename for m in load_migrations() if m.version in LEGACY_CHECKSUMS)
@@ -277,6 +277,24 @@ def test_edited_function_file_is_reapplied(empty_dsn: str, sql_dir: Path) -> Non
         assert migrate(conn, sql_dir).functions_applied == []
 
 
+def test_privileges_are_what_the_header_grants(empty_dsn: str, sql_dir: Path) -> None:
+    """The runner owns privileges: a grant made by hand, or one a header stops naming, is gone
+    once the file is applied."""
+    def acl(conn: psycopg.Connection) -> str:
+        return conn.execute("SELECT proacl::text FROM pg_proc WHERE proname = 'fn_leaf_count'").fetchone()[0]
+
+    with psycopg.connect(empty_dsn, autocommit=True) as conn:
+        migrate(conn, sql_dir)
+        conn.execute("GRANT EXECUTE ON FUNCTION fn_leaf_count() TO billing_app")
+        edit_function_file(sql_dir, "fn_leaf_count.sql", ("-- after: 0001\n", "-- after: 0001\n-- grant: EXECUTE TO PUBLIC\n"))
+        migrate(conn, sql_dir)
+        assert acl(conn) == "{billing_owner=X/billing_owner,=X/billing_owner}"
+        edit_function_file(sql_dir, "fn_leaf_count.sql", ("-- grant: EXECUTE TO PUBLIC\n", ""))
+        migrate(conn, sql_dir)
+        assert acl(conn) == "{billing_owner=X/billing_owner}"
+        assert not conn.execute("SELECT has_function_privilege('billing_app', 'fn_leaf_count()', 'EXECUTE')").fetchone()[0]
+
+
 def test_interrupted_run_leaves_each_file_applied_and_recorded_or_neither(
         empty_dsn: str, admin_dsn: str, sql_dir: Path) -> None:
     broken = sql_dir / "functions" / "vw_tenant_metrics.sql"
@@ -345,6 +363,12 @@ def _layout(tmp_path: Path, functions: dict[str, str]) -> Path:
     ("fn_a.sql", "-- after: 0001\nCREATE OR REPLACE FUNCTION fn_a() RETURNS int LANGUAGE sql AS $$ SELECT 1 $$;\n"
                  "CREATE OR REPLACE VIEW v_b AS SELECT 1;", "creates v_b as well as fn_a"),
     ("fn_a.sql", "-- after: 0001\nSELECT 1;", "creates no function or view"),
+    ("fn_a.sql", "-- after: 0001\n-- grant: ALL TO billing_app\nCREATE OR REPLACE FUNCTION fn_a() RETURNS int "
+                 "LANGUAGE sql AS $$ SELECT 1 $$;", "is not a grant this runner makes"),
+    ("v_a.sql", "-- after: 0001\n-- grant: EXECUTE TO billing_app\nCREATE OR REPLACE VIEW v_a AS SELECT 1;",
+     "`-- grant: DELETE, INSERT, SELECT, UPDATE TO <role>`"),
+    ("fn_a.sql", "-- after: 0001\n-- grant: EXECUTE TO \"Billing App\"\nCREATE OR REPLACE FUNCTION fn_a() "
+                 "RETURNS int LANGUAGE sql AS $$ SELECT 1 $$;", "is not a grant this runner makes"),
     ("Fn-A.sql", "-- after: 0001\n", "rename it"),
 ])
 def test_malformed_function_file_is_refused(tmp_path: Path, name: str, text: str, expected: str) -> None:
