@@ -228,30 +228,22 @@ def _grants(where: str, text: str, kind: str) -> tuple[tuple[tuple[str, ...], st
 
 
 def _ensure_bookkeeping(conn: psycopg.Connection) -> None:
+    """The two record tables: applied migrations by version, applied function files by name."""
     with conn.transaction():
         conn.execute(
             sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(BOOKKEEPING_SCHEMA))
         )
-        conn.execute(
-            sql.SQL(
-                """CREATE TABLE IF NOT EXISTS {}.schema_migrations (
-                    version     text PRIMARY KEY,
-                    filename    text NOT NULL,
-                    checksum    text NOT NULL,
-                    applied_at  timestamptz NOT NULL DEFAULT now()
-                )"""
-            ).format(sql.Identifier(BOOKKEEPING_SCHEMA))
-        )
-        conn.execute(
-            sql.SQL(
-                """CREATE TABLE IF NOT EXISTS {}.schema_functions (
-                    name        text PRIMARY KEY,
-                    filename    text NOT NULL,
-                    checksum    text NOT NULL,
-                    applied_at  timestamptz NOT NULL DEFAULT now()
-                )"""
-            ).format(sql.Identifier(BOOKKEEPING_SCHEMA))
-        )
+        for table, key in (("schema_migrations", "version"), ("schema_functions", "name")):
+            conn.execute(
+                sql.SQL(
+                    """CREATE TABLE IF NOT EXISTS {}.{} (
+                        {}          text PRIMARY KEY,
+                        filename    text NOT NULL,
+                        checksum    text NOT NULL,
+                        applied_at  timestamptz NOT NULL DEFAULT now()
+                    )"""
+                ).format(sql.Identifier(BOOKKEEPING_SCHEMA), sql.Identifier(table), sql.Identifier(key))
+            )
 
 
 def applied_migrations(conn: psycopg.Connection) -> dict[str, tuple[str, str]]:
