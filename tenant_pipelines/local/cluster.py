@@ -10,7 +10,6 @@ PostgreSQL refuses to run as root. Invoked as root, every server command runs as
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import secrets
@@ -21,16 +20,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from tenant_pipelines.files import write_json_atomic
 from tenant_pipelines.local.processes import (
     ClusterError,
+    FileIn,
     OSUser,
     chown_tree,
-    free_port,
-    port_in_use,
+    read_state,
     run_as,
     server_folder,
     server_os_user,
+    start_on_free_port,
+    write_state,
 )
 from tenant_pipelines.settings import writable_state_dir
 
@@ -123,38 +123,18 @@ class EmbeddedCluster:
         return cls(data_root=server_folder(state_dir, "pg"), state_dir=state_dir, log=log)
 
     # -- paths -------------------------------------------------------------------------
-    @property
-    def datadir(self) -> Path:
-        return self.data_root / "data"
-
-    @property
-    def logfile(self) -> Path:
-        return self.data_root / "server.log"
-
-    @property
-    def tablespace_root(self) -> Path:
-        return self.data_root / "tablespaces"
-
-    @property
-    def state_file(self) -> Path:
-        return self.state_dir / "cluster.json"
+    datadir = FileIn("data_root", "data")
+    logfile = FileIn("data_root", "server.log")
+    tablespace_root = FileIn("data_root", "tablespaces")
+    state_file = FileIn("state_dir", "cluster.json")
 
     # -- state ---------------------------------------------------------------------------
     def _read_state(self) -> dict:
-        try:
-            return json.loads(self.state_file.read_text())
-        except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
-            return {}
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-            raise ClusterError(
-                f"{self.state_file}: cannot read it ({reason}); make it a readable file, or remove it "
-                "together with the cluster's data folder to start afresh"
-            ) from None
+        return read_state(self.state_file, "make it a readable file, or remove it together with the "
+                                           "cluster's data folder to start afresh")
 
     def _write_state(self, state: dict) -> None:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(self.state_file, state)  # mode 0600: it holds the superuser's password
+        write_state(self.state_file, state)  # it holds the superuser's password
 
     def dsn(self, database: str = "billing") -> str:
         state = self._read_state()
@@ -243,13 +223,7 @@ class EmbeddedCluster:
         return self.dsn("billing")
 
     def _start(self, bindir: Path, user: OSUser, previous_port: int | None) -> int:
-        tried: list[int] = []
-        for attempt in range(5):
-            port = previous_port if attempt == 0 and previous_port else free_port()
-            if port_in_use(port):
-                self.log(f"port {port} is taken, picking another")
-                tried.append(port)
-                continue
+        def start(port: int) -> bool:
             self.log(f"starting PostgreSQL on 127.0.0.1:{port} (data: {self.datadir})")
             proc = run_as(
                 [
@@ -263,13 +237,13 @@ class EmbeddedCluster:
                 check=False,
             )
             if proc.returncode == 0:
-                return port
-            tried.append(port)
+                return True
             tail = self._log_tail()
             if "could not bind" in tail or "Address already in use" in tail:
-                continue
+                return False
             raise ClusterError(f"PostgreSQL did not start: {tail or proc.stderr.strip()} (log: {self.logfile})")
-        raise ClusterError(f"PostgreSQL did not start: ports {tried} were all taken")
+
+        return start_on_free_port("PostgreSQL", previous_port, start, log=self.log)
 
     def _log_tail(self) -> str:
         try:

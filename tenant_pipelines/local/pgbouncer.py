@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import json
 import secrets
 from dataclasses import replace
 from typing import Mapping
@@ -42,16 +41,18 @@ from tenant_pipelines.core.pooling import (
 from tenant_pipelines.db.connect import connect
 from tenant_pipelines.db.names import APP_ROLE
 from tenant_pipelines.errors import InvalidInput, TenantPipelinesError
-from tenant_pipelines.files import write_json_atomic
 from tenant_pipelines.local.processes import (
     ClusterError,
+    FileIn,
     OSUser,
     chown_tree,
-    free_port,
     port_in_use,
+    read_state,
     run_as,
     server_folder,
     server_os_user,
+    start_on_free_port,
+    write_state,
 )
 
 INSTALL_HINT = "install it with 'apt-get install -y pgbouncer' (or run scripts/setup.sh)"
@@ -118,21 +119,10 @@ class PgBouncerProcess:
         return cls(folder=server_folder(state_dir, "pgbouncer", "-pgbouncer"), log=log)
 
     # -- paths -------------------------------------------------------------------------
-    @property
-    def config_file(self) -> Path:
-        return self.folder / "pgbouncer.ini"
-
-    @property
-    def auth_file(self) -> Path:
-        return self.folder / "userlist.txt"
-
-    @property
-    def logfile(self) -> Path:
-        return self.folder / "pgbouncer.log"
-
-    @property
-    def pidfile(self) -> Path:
-        return self.folder / "pgbouncer.pid"
+    config_file = FileIn("folder", "pgbouncer.ini")
+    auth_file = FileIn("folder", "userlist.txt")
+    logfile = FileIn("folder", "pgbouncer.log")
+    pidfile = FileIn("folder", "pgbouncer.pid")
 
     # -- state ---------------------------------------------------------------------------
     def running_pid(self) -> int | None:
@@ -190,18 +180,13 @@ class PgBouncerProcess:
         if pid is not None:  # running, but its config file is gone: start afresh
             self.down(immediate=True)
         self.pidfile.unlink(missing_ok=True)
-        tried: list[int] = []
-        for attempt in range(5):
-            port = preferred_port if attempt == 0 and preferred_port else free_port()
-            if port_in_use(port):
-                tried.append(port)
-                continue
+
+        def start(port: int) -> bool:
             self._write(self.config_file, render_config(port), 0o644, user)
             self._write(self.auth_file, userlist, 0o600, user)
-            if self._start(binary, user, port):
-                return port
-            tried.append(port)
-        raise PgBouncerError(f"PgBouncer did not start: ports {tried} were all taken")
+            return self._start(binary, user, port)
+
+        return start_on_free_port("PgBouncer", preferred_port, start, error=PgBouncerError)
 
     def _reload(self, pid: int) -> None:
         """SIGHUP: PgBouncer re-reads pgbouncer.ini and userlist.txt. Returns once its log says so."""
@@ -317,15 +302,7 @@ def _is_file(path: Path) -> bool:
 
 
 def _read_state(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {}
-
-
-def _write_state(path: Path, state: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(path, state)  # mode 0600: it holds billing_app's generated password
+    return read_state(path, "make it a readable file, or remove it: 'tenant-pipelines pgbouncer up' writes it again")
 
 
 def _password_works(admin_dsn: str, role: str, password: str) -> bool:
@@ -391,7 +368,7 @@ def start_pgbouncer_for(
         state.update({"port": port, "folder": str(process.folder)})
         if password:
             state["app_password"] = password
-        _write_state(state_path, state)
+        write_state(state_path, state)  # it holds billing_app's generated password
     except BaseException:
         # A password that pgbouncer.json does not keep would be one "tenant-pipelines did not
         # set" on the next run: a failed start leaves the role as it found it.

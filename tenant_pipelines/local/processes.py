@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import grp
 import hashlib
+import json
 import os
 import pwd
 import socket
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 from tenant_pipelines.errors import TenantPipelinesError
+from tenant_pipelines.files import write_json_atomic
 
 SERVER_OS_USER = "postgres"
 
@@ -121,3 +123,59 @@ def server_folder(state_dir: Path, name: str, suffix: str = "") -> Path:
         return preferred
     digest = hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:12]
     return Path("/var/tmp") / f"tenant-pipelines-{digest}{suffix}"
+
+
+class FileIn:
+    """A path attribute of a local server: the file ``name`` in the folder its attribute
+    ``folder`` holds (``logfile = FileIn("folder", "pgbouncer.log")``)."""
+
+    def __init__(self, folder: str, name: str) -> None:
+        self.folder, self.name = folder, name
+
+    def __get__(self, obj: object, owner: type | None = None) -> Path:
+        if obj is None:
+            return self  # type: ignore[return-value]
+        return getattr(obj, self.folder) / self.name
+
+
+def read_state(path: Path, fix: str) -> dict:
+    """A server's JSON state file: {} when it is missing (or not JSON); one that cannot be read
+    is refused, saying so and ``fix``."""
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
+        return {}
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ClusterError(f"{path}: cannot read it ({reason}); {fix}") from None
+
+
+def write_state(path: Path, state: dict) -> None:
+    """Write a server's state file, mode 0600 (it holds a generated password), creating its folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, state)
+
+
+def start_on_free_port(
+    what: str,
+    preferred_port: int | None,
+    start: Callable[[int], bool],
+    *,
+    error: type[TenantPipelinesError] = ClusterError,
+    log: Callable[[str], None] = lambda message: None,
+    attempts: int = 5,
+) -> int:
+    """Start a server on ``preferred_port`` (when given), else on free loopback ports, trying
+    ``attempts`` ports in all. ``start(port)`` is True once the server runs there, False when the
+    port turned out to be taken; a port already in use is skipped. Returns the port."""
+    tried: list[int] = []
+    for attempt in range(attempts):
+        port = preferred_port if attempt == 0 and preferred_port else free_port()
+        if port_in_use(port):
+            log(f"port {port} is taken, picking another")
+            tried.append(port)
+            continue
+        if start(port):
+            return port
+        tried.append(port)
+    raise error(f"{what} did not start: ports {tried} were all taken")

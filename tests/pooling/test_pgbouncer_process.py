@@ -11,7 +11,7 @@ from tenant_pipelines import cli
 from tenant_pipelines.core.pooling import connect_pooled
 from tenant_pipelines.local.pgbouncer import start_pgbouncer_for, stop_pgbouncer
 from tenant_pipelines.local import pgbouncer
-from tenant_pipelines.local.cluster import port_in_use
+from tenant_pipelines.local.processes import port_in_use
 from tenant_pipelines.local.pgbouncer import PgBouncerError, PgBouncerProcess, find_pgbouncer
 
 
