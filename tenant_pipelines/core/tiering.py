@@ -27,7 +27,7 @@ from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Callable, Iterator, TypeVar
+from typing import Callable, Iterator, TypedDict, TypeVar, Unpack
 
 import psycopg
 from psycopg import sql
@@ -216,42 +216,37 @@ def check_method(method: str) -> None:
         raise InvalidInput(f"tiering method {method!r}: use one of {', '.join(METHODS)}")
 
 
-def tier_tenant(
-    conn: psycopg.Connection,
-    tenant: object,
-    *,
-    as_of: datetime | None = None,
-    attempts: int = 5,
-    method: str = ONLINE,
-    pace: Pace = Pace(),
-    log: Callable[[str], None] = lambda message: None,
-    sleep: Callable[[float], None] = time.sleep,
-) -> TieringReport:
+class TieringOptions(TypedDict, total=False):
+    """How ``tier_tenant`` and ``tier_pool`` move partitions; a missing one takes its default.
+
+    ``as_of``: the time the partitions' ages are taken at (default: now). ``attempts``: tries of
+    each step that meets a lock timeout (5). ``method``: ``online`` (the default) or
+    ``set-tablespace``. ``pace``: the online copy's rate and batch (``Pace()``). ``log``: gets one
+    line per move. ``sleep``: how the paced copy waits (``time.sleep``)."""
+
+    as_of: datetime | None
+    attempts: int
+    method: str
+    pace: Pace
+    log: Callable[[str], None]
+    sleep: Callable[[float], None]
+
+
+def tier_tenant(conn: psycopg.Connection, tenant: object, **options: Unpack[TieringOptions]) -> TieringReport:
     """Move the tenant's month partitions whose age puts them in another tier. Idempotent:
     a second run moves nothing. ``conn`` must be idle; every step commits on its own. A
     pooled tenant has no months of its own: its rows move with the pool's (``tier_pool``)."""
-    check_method(method)
-    return _tier(conn, str(parse_tenant_id(tenant)), as_of=as_of, attempts=attempts, method=method, pace=pace,
-                 log=log, sleep=sleep)
+    return _tier(conn, str(parse_tenant_id(tenant)), **options)
 
 
-def tier_pool(
-    conn: psycopg.Connection,
-    *,
-    as_of: datetime | None = None,
-    attempts: int = 5,
-    method: str = ONLINE,
-    pace: Pace = Pace(),
-    log: Callable[[str], None] = lambda message: None,
-    sleep: Callable[[float], None] = time.sleep,
-) -> TieringReport:
+def tier_pool(conn: psycopg.Connection, **options: Unpack[TieringOptions]) -> TieringReport:
     """The same for the pool's month partitions (every pooled tenant's rows), by the global
     policy: the tiering_policy row for all tiers."""
-    check_method(method)
-    return _tier(conn, None, as_of=as_of, attempts=attempts, method=method, pace=pace, log=log, sleep=sleep)
+    return _tier(conn, None, **options)
 
 
-def _tier(conn: psycopg.Connection, tenant_id: str | None, **options) -> TieringReport:
+def _tier(conn: psycopg.Connection, tenant_id: str | None, **options: Unpack[TieringOptions]) -> TieringReport:
+    check_method(options.get("method", ONLINE))
     require_tablespaces(conn)
     lock_name = tenant_id or POOL
     who = f"tenant {tenant_id}" if tenant_id else "the pool"
@@ -276,9 +271,11 @@ def _scope_plan(conn: psycopg.Connection, tenant_id: str | None, as_of: datetime
     return [p for p in plan(conn, None, as_of) if p.tenant is None]
 
 
-def _tier_partitions(conn: psycopg.Connection, tenant_id: str | None, who: str, *, as_of: datetime | None,
-                     attempts: int, method: str, pace: Pace, log: Callable[[str], None],
-                     sleep: Callable[[float], None]) -> TieringReport:
+def _tier_partitions(conn: psycopg.Connection, tenant_id: str | None, who: str, *, as_of: datetime | None = None,
+                     attempts: int = 5, method: str = ONLINE, pace: Pace = Pace(),
+                     log: Callable[[str], None] = lambda message: None,
+                     sleep: Callable[[float], None] = time.sleep) -> TieringReport:
+    """The defaults of ``TieringOptions`` are these."""
     report = TieringReport(tenant=tenant_id or POOL)
     planned = _scope_plan(conn, tenant_id, as_of)
     report.restarted = _abandon_leftovers(conn, [p.partition_name for p in planned])
