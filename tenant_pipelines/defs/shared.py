@@ -15,6 +15,7 @@ Words that mean two things in this project, and how the UI tells them apart:
 
 from __future__ import annotations
 
+from itertools import islice
 from typing import Callable, Iterable, Mapping, Sequence, TypeVar
 
 import dagster as dg
@@ -133,6 +134,32 @@ def batched_range_requests(keys: list[str], batch_size: int, run_key_prefix: str
     ]
 
 
+def tenant_keys(instance: dg.DagsterInstance) -> list[str]:
+    """Every tenant Dagster knows: the keys of the ``tenants`` partitions, in the order they were added."""
+    return instance.get_dynamic_partitions(tenants_partitions.name)
+
+
+def tenant_batches_schedule(*, name: str, job: object, cron_schedule: str, run_key_prefix: str,
+                            does: str) -> dg.ScheduleDefinition:
+    """A daily schedule (UTC, running by default) of ``job`` (a ``define_asset_job``) over every
+    tenant, in runs of TENANTS_PER_RUN tenants (``batched_range_requests``), never one run per
+    tenant. Run keys ``<run_key_prefix>:<day>:<batch index>``; no tenants yet: skipped. Its
+    description is ``does`` and how it batches."""
+    description = (f"{does}, in runs of up to {TENANTS_PER_RUN} tenants "
+                   f"(10,000 tenants: {10_000 // TENANTS_PER_RUN} runs), never one run per tenant.")
+
+    @dg.schedule(name=name, job=job, cron_schedule=cron_schedule, execution_timezone="UTC",
+                 default_status=dg.DefaultScheduleStatus.RUNNING, description=description)
+    def schedule(context: dg.ScheduleEvaluationContext) -> list[dg.RunRequest] | dg.SkipReason:
+        keys = tenant_keys(context.instance)
+        if not keys:
+            return dg.SkipReason("no tenants yet")
+        day = context.scheduled_execution_time.strftime("%Y-%m-%d")
+        return batched_range_requests(keys, TENANTS_PER_RUN, f"{run_key_prefix}:{day}")
+
+    return schedule
+
+
 def run_tenant_keys(context: dg.AssetCheckExecutionContext) -> list[str] | None:
     """The tenants of this run (one partition, or a range of them), or None for a run without
     partitions. A check selected on its own runs unpartitioned, so the range comes from the tags."""
@@ -141,7 +168,7 @@ def run_tenant_keys(context: dg.AssetCheckExecutionContext) -> list[str] | None:
         return [tags["dagster/partition"]]
     start, end = tags.get(RANGE_START_TAG), tags.get(RANGE_END_TAG)
     if start and end:
-        keys = context.instance.get_dynamic_partitions(tenants_partitions.name)
+        keys = tenant_keys(context.instance)
         if start in keys and end in keys:
             return keys[keys.index(start): keys.index(end) + 1]
     return None
@@ -200,3 +227,8 @@ def table_metadata(rows: Iterable[Mapping[str, object]], columns: Sequence[Colum
         schema=dg.TableSchema(columns=[dg.TableColumn(*column) for column in columns]),
     )
 
+
+
+def details_md(lines: Iterable[str], limit: int = ROWS_SHOWN) -> dg.MarkdownMetadataValue:
+    """A check's ``details``: the first ``limit`` of ``lines`` as a markdown list, or "none"."""
+    return dg.MetadataValue.md("\n".join(f"- {line}" for line in islice(lines, limit)) or "none")

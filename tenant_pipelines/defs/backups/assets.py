@@ -12,13 +12,13 @@ from tenant_pipelines.defs.resources import BackupStorage, BillingDatabase
 from tenant_pipelines.defs.shared import (
     BACKUP_POOL,
     BACKUP_TENANTS_PER_RUN,
-    ROWS_SHOWN,
+    details_md,
     for_each_tenant,
     run_tenant_keys,
     table_metadata,
     tenant_asset,
+    tenant_keys,
     tenant_run_tags,
-    tenants_partitions,
 )
 from tenant_pipelines.errors import TenantPipelinesError
 
@@ -86,7 +86,7 @@ def tenant_backup(
 
 def _check_tenants(context: dg.AssetCheckExecutionContext) -> list[str]:
     tenants = run_tenant_keys(context)
-    return tenants if tenants is not None else context.instance.get_dynamic_partitions(tenants_partitions.name)
+    return tenants if tenants is not None else tenant_keys(context.instance)
 
 
 @dg.asset_check(
@@ -121,8 +121,7 @@ def backup_restorable(
             "tenants_checked": len(results),
             "verified": len(results) - len(failed),
             "failed": len(failed),
-            "details": dg.MetadataValue.md(
-                "\n".join(f"- {t} {b}: {outcome}" for t, b, outcome in (failed or results)[:ROWS_SHOWN]) or "none"),
+            "details": details_md(f"{t} {b}: {outcome}" for t, b, outcome in (failed or results)),
         },
     )
 
@@ -145,15 +144,15 @@ def tenant_backups_fresh(
             continue  # not an organization (yet): nothing to back up
         backups = list_backups(root, tenant)
         if not backups:
-            stale.append(f"- {tenant}: no backup")
+            stale.append(f"{tenant}: no backup")
         elif now - backups[-1].taken_at > frequencies[tenant]:
-            stale.append(f"- {tenant}: newest backup {backups[-1].taken_at.isoformat()} is older than "
+            stale.append(f"{tenant}: newest backup {backups[-1].taken_at.isoformat()} is older than "
                          f"its frequency {frequencies[tenant]}")
     return dg.AssetCheckResult(
         passed=not stale,
         severity=dg.AssetCheckSeverity.WARN,
         metadata={"tenants_checked": len(frequencies), "stale": len(stale),
-                  "details": dg.MetadataValue.md("\n".join(stale[:ROWS_SHOWN]) or "none")},
+                  "details": details_md(stale)},
     )
 
 
@@ -178,7 +177,7 @@ def _backs_up(run: dg.DagsterRun) -> bool:
     "asked again at most once an hour.",
 )
 def tenant_backup_sensor(context: dg.SensorEvaluationContext, billing_db: BillingDatabase) -> dg.SensorResult:
-    known = set(context.instance.get_dynamic_partitions(tenants_partitions.name))
+    known = set(tenant_keys(context.instance))
     with billing_db.connection() as conn:
         due = tenants_due(conn)
         tiers = tenant_tiers(conn)

@@ -20,13 +20,14 @@ from tenant_pipelines.db.session import parse_tenant_id
 from tenant_pipelines.defs.resources import BillingDatabase
 from tenant_pipelines.defs.shared import (
     PARTITION_DDL_POOL,
-    TENANTS_PER_RUN,
-    batched_range_requests,
+    details_md,
     for_each_tenant,
     record_per_tenant,
     run_tenant_keys,
     table_metadata,
     tenant_asset,
+    tenant_batches_schedule,
+    tenant_keys,
     tenant_run_tags,
     tenants_partitions,
 )
@@ -101,7 +102,7 @@ def tenant_partition(context: dg.AssetExecutionContext, billing_db: BillingDatab
 def default_partition_drained(context: dg.AssetCheckExecutionContext, billing_db: BillingDatabase) -> dg.AssetCheckResult:
     tenants = run_tenant_keys(context)
     if tenants is None:
-        tenants = context.instance.get_dynamic_partitions(tenants_partitions.name)
+        tenants = tenant_keys(context.instance)
     with billing_db.connection() as conn:
         left = stranded_in_pool(conn, tenants)
     record_per_tenant(context, tenant_partition.key, "default_partition_drained",
@@ -136,7 +137,7 @@ def tenant_partitions_complete(context: dg.AssetCheckExecutionContext, billing_d
         severity=dg.AssetCheckSeverity.ERROR,
         metadata={
             "findings": len(findings),
-            "details": dg.MetadataValue.md("\n".join(f"- {f}" for f in findings[:200]) or "none"),
+            "details": details_md(str(f) for f in findings),
         },
     )
 
@@ -159,7 +160,7 @@ tenant_partition_job = dg.define_asset_job(
     "done (the shared partition would refuse that tenant's rows).",
 )
 def tenant_onboarding_sensor(context: dg.SensorEvaluationContext, billing_db: BillingDatabase) -> dg.SensorResult:
-    known = set(context.instance.get_dynamic_partitions(tenants_partitions.name))
+    known = set(tenant_keys(context.instance))
     with billing_db.connection() as conn:
         organizations = organization_ids(conn)
         in_pool = pool_tenants(conn)
@@ -190,17 +191,10 @@ def tenant_onboarding_sensor(context: dg.SensorEvaluationContext, billing_db: Bi
     )
 
 
-@dg.schedule(
+premake_schedule = tenant_batches_schedule(
+    name="premake_schedule",
     job=tenant_partition_job,
     cron_schedule="15 0 * * *",
-    execution_timezone="UTC",
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-    description=f"Daily premake: keeps future months in place for every tenant, in runs of up to "
-    f"{TENANTS_PER_RUN} tenants (10,000 tenants: 20 runs), not one run per tenant.",
+    run_key_prefix="premake",
+    does="Daily premake: keeps future months in place for every tenant",
 )
-def premake_schedule(context: dg.ScheduleEvaluationContext) -> list[dg.RunRequest] | dg.SkipReason:
-    keys = context.instance.get_dynamic_partitions(tenants_partitions.name)
-    if not keys:
-        return dg.SkipReason("no tenants yet")
-    day = context.scheduled_execution_time.strftime("%Y-%m-%d")
-    return batched_range_requests(keys, TENANTS_PER_RUN, f"premake:{day}")

@@ -4,24 +4,25 @@ daily schedules."""
 
 import time
 from collections import defaultdict
+from typing import Callable
 
 import dagster as dg
+import psycopg
 from pydantic import Field
 
 from tenant_pipelines.core.tiering import (
-    DEFAULT_BATCH_BLOCKS, DEFAULT_MAX_MB_PER_S, ONLINE, Pace, PlannedPartition, TieringReport, check_method, misplaced, tier_pool,
-    tier_tenant)
+    DEFAULT_BATCH_BLOCKS, DEFAULT_MAX_MB_PER_S, ONLINE, Pace, PlannedPartition, TieringOptions, TieringReport,
+    check_method, misplaced, tier_pool, tier_tenant)
 from tenant_pipelines.defs.resources import BillingDatabase
 from tenant_pipelines.defs.shared import (
-    TENANTS_PER_RUN,
     TIERING_POOL,
-    batched_range_requests,
+    details_md,
     for_each_tenant,
     owned_asset,
     run_tenant_keys,
     table_metadata,
     tenant_asset,
-    tenants_partitions,
+    tenant_batches_schedule,
 )
 from tenant_pipelines.errors import TenantPipelinesError
 
@@ -60,12 +61,8 @@ class TierPlacementConfig(dg.Config):
 def tier_placement(
     context: dg.AssetExecutionContext, config: TierPlacementConfig, billing_db: BillingDatabase
 ) -> dg.MaterializeResult:
-    started = time.monotonic()
-    pace = _pace(config)
-    with billing_db.connection() as conn:
-        reports = for_each_tenant(
-            context, lambda key: tier_tenant(conn, key, method=config.method, pace=pace, log=context.log.info))
-    return dg.MaterializeResult(metadata=_metadata(reports, config, started))
+    return _run_tiering(context, config, billing_db,
+                        lambda conn, options: for_each_tenant(context, lambda key: tier_tenant(conn, key, **options)))
 
 
 @owned_asset(
@@ -80,14 +77,24 @@ def tier_placement(
 def pool_tier_placement(
     context: dg.AssetExecutionContext, config: TierPlacementConfig, billing_db: BillingDatabase
 ) -> dg.MaterializeResult:
+    return _run_tiering(context, config, billing_db, lambda conn, options: [tier_pool(conn, **options)])
+
+
+def _run_tiering(
+    context: dg.AssetExecutionContext, config: TierPlacementConfig, billing_db: BillingDatabase,
+    tier: Callable[[psycopg.Connection, TieringOptions], list[TieringReport]],
+) -> dg.MaterializeResult:
+    """Check the config, then ``tier`` over one connection with its method and pace (logging to
+    the run); a one-line error fails the step with its message. The reports' figures, timed from
+    here, are the materialization's metadata."""
     started = time.monotonic()
-    pace = _pace(config)
+    options = TieringOptions(method=config.method, pace=_pace(config), log=context.log.info)
     with billing_db.connection() as conn:
         try:
-            report = tier_pool(conn, method=config.method, pace=pace, log=context.log.info)
+            reports = tier(conn, options)
         except TenantPipelinesError as exc:
             raise dg.Failure(description=str(exc)) from None
-    return dg.MaterializeResult(metadata=_metadata([report], config, started))
+    return dg.MaterializeResult(metadata=_metadata(reports, config, started))
 
 
 def _pace(config: TierPlacementConfig) -> Pace:
@@ -163,10 +170,8 @@ def _misplaced_result(wrong: list[PlannedPartition]) -> dg.AssetCheckResult:
         passed=not wrong,
         metadata={
             "misplaced": len(wrong),
-            "details": dg.MetadataValue.md(
-                "\n".join(f"- {p.partition_name}: in {p.current_tablespace}, policy says {p.target_tablespace} "
-                          f"({p.target_tier})" for p in wrong[:200]) or "none"
-            ),
+            "details": details_md(f"{p.partition_name}: in {p.current_tablespace}, policy says "
+                                  f"{p.target_tablespace} ({p.target_tier})" for p in wrong),
         },
     )
 
@@ -196,17 +201,10 @@ def pool_tiering_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunReques
     return dg.RunRequest(run_key=f"pool-tiering:{context.scheduled_execution_time.strftime('%Y-%m-%d')}")
 
 
-@dg.schedule(
+tiering_schedule = tenant_batches_schedule(
+    name="tiering_schedule",
     job=tiering_job,
     cron_schedule="30 2 * * *",
-    execution_timezone="UTC",
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-    description=f"Daily storage tiering for every tenant, in runs of up to {TENANTS_PER_RUN} tenants "
-    "(10,000 tenants: 20 runs), never one run per tenant.",
+    run_key_prefix="tiering",
+    does="Daily storage tiering for every tenant",
 )
-def tiering_schedule(context: dg.ScheduleEvaluationContext) -> list[dg.RunRequest] | dg.SkipReason:
-    keys = context.instance.get_dynamic_partitions(tenants_partitions.name)
-    if not keys:
-        return dg.SkipReason("no tenants yet")
-    day = context.scheduled_execution_time.strftime("%Y-%m-%d")
-    return batched_range_requests(keys, TENANTS_PER_RUN, f"tiering:{day}")
