@@ -30,19 +30,33 @@ _DEFINES = re.compile(r"^[ \t]*CREATE\s+(?:OR\s+REPLACE\s+)?(?:FUNCTION|PROCEDUR
 
 # -- what the database holds -------------------------------------------------------------------
 
-def fingerprints(conn: psycopg.Connection) -> dict[str, tuple[int, str]]:
+def fingerprints(conn: psycopg.Connection, columns: dict[str, list[str]] | None = None) -> dict[str, tuple[int, str]]:
     """Every table's row count and a hash of its rows (public and the work schema; partitions
-    and parents alike), but the runner's bookkeeping."""
+    and parents alike), but the runner's bookkeeping. With ``columns`` (table -> names, from
+    ``table_columns`` before an upgrade), only those columns are hashed: a column a migration
+    adds is not a changed row."""
     tables = conn.execute(
         """SELECT format('%%I.%%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
             WHERE n.nspname IN ('public', %s) AND c.relkind IN ('r', 'p') AND NOT c.relname = ANY(%s)
             ORDER BY 1""", (BOOKKEEPING_SCHEMA, list(_BOOKKEEPING))).fetchall()
-    return {
-        table: tuple(conn.execute(sql.SQL(
-            "SELECT count(*), md5(COALESCE(string_agg(t::text, ',' ORDER BY t::text), '')) FROM {} t")
-            .format(sql.SQL(table))).fetchone())
-        for (table,) in tables
-    }
+    result = {}
+    for (table,) in tables:
+        row = (sql.SQL("t") if columns is None or table not in columns else
+               sql.SQL("ROW({})").format(sql.SQL(", ").join(sql.Identifier("t", c) for c in columns[table])))
+        result[table] = tuple(conn.execute(sql.SQL(
+            "SELECT count(*), md5(COALESCE(string_agg(({})::text, ',' ORDER BY ({})::text), '')) FROM {} t")
+            .format(row, row, sql.SQL(table))).fetchone())
+    return result
+
+
+def table_columns(conn: psycopg.Connection) -> dict[str, list[str]]:
+    rows = conn.execute(
+        """SELECT format('%I.%I', n.nspname, c.relname), array_agg(a.attname::text ORDER BY a.attnum)
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+            WHERE n.nspname IN ('public', 'tenant_pipelines') AND c.relkind IN ('r', 'p')
+            GROUP BY 1""").fetchall()
+    return dict(rows)
 
 
 def objects(conn: psycopg.Connection) -> dict[str, list[tuple]]:
@@ -139,7 +153,10 @@ def fill(conn: psycopg.Connection) -> dict[str, uuid.UUID]:
 
 
 # Created by migrations after the split (not in the legacy fixture): new, so not compared.
-NEW_TABLES = ("tenant_placements",)
+# What migrations after the legacy layout add: relations, and constraints on older tables.
+NEW_TABLES = ("tenant_placements", "tenant_tables_version", "tenant_moves", "tenant_move_log", "tenant_schemas_name_check",
+              "tenant_schemas_migrated_to_check", "tier_limits_placement_check",
+              "tenant_classifications_placement_override_check")
 
 
 def without_new(found: dict) -> dict:
@@ -154,7 +171,7 @@ def test_database_migrated_before_the_split_upgrades_in_place(empty_dsn: str, ad
     with psycopg.connect(empty_dsn, autocommit=True) as conn:
         migrate(conn, legacy)
         tenants = fill(conn)
-        rows_before, objects_before = fingerprints(conn), objects(conn)
+        rows_before, objects_before, columns_before = fingerprints(conn), objects(conn), table_columns(conn)
         assert rows_before["public.usage_events_mt"][0] == 4 * 120
         assert all(count > 0 for table, (count, _) in rows_before.items()
                    if table.startswith("public.") and "_pool_" not in table and "_p2" not in table
@@ -165,15 +182,17 @@ def test_database_migrated_before_the_split_upgrades_in_place(empty_dsn: str, ad
 
         legacy_versions = {path.name[:4] for path in LEGACY_DIR.glob("[0-9]*.sql.legacy")}
         new = [m.filename for m in load_migrations() if m.version not in legacy_versions]
-        assert new == ["0018_create_tenant_placements.sql", "0019_pool_exclusion_one_function.sql"]
+        assert new == ["0018_create_tenant_placements.sql", "0019_pool_exclusion_one_function.sql",
+                       "0020_schema_per_tenant.sql"]
         assert report.applied == new and len(report.already_applied) == len(legacy_versions)
         assert sorted(report.rebaselined) == sorted(
             m.filename for m in load_migrations() if m.version in LEGACY_CHECKSUMS)
         assert [m for m in messages if "re-baselined" in m and "split layout" in m] == [messages[0]]
         assert sum("re-baselined" in m for m in messages) == 1
         assert sorted(report.functions_applied) == sorted(f.filename for f in load_functions())
-        after = fingerprints(conn)
+        after = fingerprints(conn, columns_before)
         assert {t: after[t] for t in rows_before} == rows_before, "no row lost, changed or doubled"
+
         assert without_new(objects(conn)) == objects_before, "every relation, constraint, index, policy and trigger kept"
         # The placement registry starts from the catalog: the promoted tenant's partition, the pool for the rest.
         assert dict(conn.execute("SELECT organization_id, kind FROM tenant_placements").fetchall()) == {
