@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import psycopg
+from psycopg import sql
 
 from tenant_pipelines.core.pooling import (
     SERVER_RESET_QUERY,
@@ -18,7 +19,7 @@ from tenant_pipelines.core.pooling import (
 )
 from tenant_pipelines.core.findings import Finding
 from tenant_pipelines.errors import InvalidInput
-from tenant_pipelines.db.names import APP_ROLE
+from tenant_pipelines.db.names import APP_ROLE, OWNER_ROLE
 
 # Tables with an organization_id that are not tenant data (none yet); everything else is audited.
 NOT_TENANT_TABLES: frozenset[str] = frozenset()
@@ -37,9 +38,13 @@ def audit_isolation(conn: psycopg.Connection, app_role: str = APP_ROLE,
     findings: list[Finding] = []
     findings += _app_role(conn, app_role, role)
     findings += _bypassing_login_roles(conn, app_role, trusted_roles)
-    findings += _tenant_tables(conn, app_role)
-    findings += _policies(conn)
-    findings += _partitions(conn, app_role)
+    schemas, schema_findings = _tenant_schemas(conn)
+    findings += _tenant_tables(conn, app_role, schemas)
+    findings += _policies(conn, schemas)
+    findings += _partitions(conn, app_role, schemas)
+    findings += schema_findings
+    for schema in sorted(schemas):
+        findings += _tenant_schema(conn, app_role, schema, schemas[schema])
     findings += _definer_functions(conn)
     findings += _foreign_keys(conn)
     findings += _definer_views(conn, app_role)
@@ -95,26 +100,29 @@ def _bypassing_login_roles(conn: psycopg.Connection, app_role: str, trusted: tup
             for (name,) in rows]
 
 
-_TENANT_TABLES = """
+# Every table with an organization_id (and organizations), outside the schemas ``%(skip)s``
+# (the tenant schemas, which _tenant_schema audits table by table, months included).
+_TENANT_TABLES = sql.SQL("""
     SELECT c.oid, c.oid::regclass::text
       FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
      WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
        AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'tenant_pipelines')
        AND n.nspname NOT LIKE 'pg\\_temp%%' AND n.nspname NOT LIKE 'pg\\_toast%%'
+       AND n.nspname <> ALL(%(skip)s::text[])
        AND (c.oid = 'public.organizations'::regclass OR EXISTS (
             SELECT 1 FROM pg_attribute a
              WHERE a.attrelid = c.oid AND a.attname = 'organization_id' AND NOT a.attisdropped))
-"""
+""")
 
 
-def _tenant_tables(conn: psycopg.Connection, app_role: str) -> list[Finding]:
+def _tenant_tables(conn: psycopg.Connection, app_role: str, schemas: dict[str, set]) -> list[Finding]:
     findings = []
     rows = conn.execute(
-        f"""SELECT t.name, c.relrowsecurity, c.relforcerowsecurity,
-                   EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = t.oid),
-                   pg_has_role(%s, c.relowner, 'USAGE')
-              FROM ({_TENANT_TABLES}) t(oid, name) JOIN pg_class c ON c.oid = t.oid ORDER BY 1""",
-        (app_role,),
+        sql.SQL("""SELECT t.name, c.relrowsecurity, c.relforcerowsecurity,
+                          EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = t.oid),
+                          pg_has_role(%(app)s, c.relowner, 'USAGE')
+                     FROM ({}) t(oid, name) JOIN pg_class c ON c.oid = t.oid ORDER BY 1""").format(_TENANT_TABLES),
+        {"app": app_role, "skip": sorted(schemas)},
     ).fetchall()
     for table, enabled, forced, has_policy, owned in rows:
         if table in NOT_TENANT_TABLES:
@@ -134,15 +142,16 @@ def _tenant_tables(conn: psycopg.Connection, app_role: str) -> list[Finding]:
     return findings
 
 
-def _policies(conn: psycopg.Connection) -> list[Finding]:
+def _policies(conn: psycopg.Connection, schemas: dict[str, set]) -> list[Finding]:
     """A permissive policy on a tenant table that does not scope rows to the tenant in context
     opens the table: permissive policies are OR-ed together."""
     rows = conn.execute(
-        f"""SELECT t.name, p.polname, p.polcmd,
-                   COALESCE(pg_get_expr(p.polqual, p.polrelid), ''),
-                   COALESCE(pg_get_expr(p.polwithcheck, p.polrelid), '')
-              FROM ({_TENANT_TABLES}) t(oid, name) JOIN pg_policy p ON p.polrelid = t.oid
-             WHERE p.polpermissive ORDER BY 1, 2"""
+        sql.SQL("""SELECT t.name, p.polname, p.polcmd,
+                          COALESCE(pg_get_expr(p.polqual, p.polrelid), ''),
+                          COALESCE(pg_get_expr(p.polwithcheck, p.polrelid), '')
+                     FROM ({}) t(oid, name) JOIN pg_policy p ON p.polrelid = t.oid
+                    WHERE p.polpermissive ORDER BY 1, 2""").format(_TENANT_TABLES),
+        {"skip": sorted(schemas)},
     ).fetchall()
     findings = []
     for table, policy, cmd, using, check in rows:
@@ -160,17 +169,184 @@ def _policies(conn: psycopg.Connection) -> list[Finding]:
     return findings
 
 
-def _partitions(conn: psycopg.Connection, app_role: str) -> list[Finding]:
+def _partitions(conn: psycopg.Connection, app_role: str, schemas: dict[str, set]) -> list[Finding]:
     rows = conn.execute(
-        """SELECT c.oid::regclass::text FROM pg_class c
-            WHERE c.relispartition
-              AND (has_table_privilege(%s, c.oid, 'SELECT') OR has_table_privilege(%s, c.oid, 'INSERT')
-                OR has_table_privilege(%s, c.oid, 'UPDATE') OR has_table_privilege(%s, c.oid, 'DELETE'))
-            ORDER BY 1""",
-        (app_role,) * 4,
+        sql.SQL("""SELECT c.oid::regclass::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                    WHERE c.relispartition AND n.nspname <> ALL(%(skip)s::text[])
+                      AND (has_table_privilege(%(app)s, c.oid, 'SELECT') OR has_table_privilege(%(app)s, c.oid, 'INSERT')
+                        OR has_table_privilege(%(app)s, c.oid, 'UPDATE') OR has_table_privilege(%(app)s, c.oid, 'DELETE'))
+                    ORDER BY 1"""),
+        {"app": app_role, "skip": sorted(schemas)},
     ).fetchall()
     return [Finding(f"partition {p}", f"{app_role} can access it directly", f"REVOKE ALL ON {p} FROM {app_role}, PUBLIC")
             for (p,) in rows]
+
+
+# --------------------------------------------------------------------------------------------
+# Tenant schemas (schema-per-tenant, sql/functions/fn_create_tenant_schema.sql).
+# --------------------------------------------------------------------------------------------
+
+TENANT_SCHEMA_PATTERN = "^tenant_[0-9a-f]{32}$"
+# The tables of a tenant schema billing_app reads and writes (through the routed search_path);
+# every other relation in the schema (the months of usage_events, its DEFAULT partition) it
+# may not touch at all.
+TENANT_SCHEMA_TABLES = ("subscriptions", "invoices", "payment_methods", "usage_events")
+APP_TABLE_PRIVILEGES = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE"})
+TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
+
+
+def _tenant_schemas(conn: psycopg.Connection) -> tuple[dict[str, set], list[Finding]]:
+    """The tenant schemas to audit, each with the tenants the registries give it (tenant_schemas
+    and tenant_placements of kind 'schema'): every existing schema a registry lists, and every
+    schema named like one (tenant_<32 hex>). Findings: a schema tenant whose schema is missing,
+    a tenant schema in no registry, a schema registered to more than one tenant."""
+    listed = conn.execute(sql.SQL(
+        """SELECT s.schema_name, s.organization_id, 'tenant_schemas' FROM public.tenant_schemas s
+           UNION ALL
+           SELECT p.location, p.organization_id, 'tenant_placements' FROM public.tenant_placements p
+            WHERE p.kind = 'schema'
+           ORDER BY 1, 2, 3""")).fetchall()
+    existing = {name for (name,) in conn.execute(
+        sql.SQL("SELECT nspname FROM pg_namespace WHERE nspname ~ %s OR nspname = ANY(%s::text[])"),
+        (TENANT_SCHEMA_PATTERN, [row[0] for row in listed]))}
+    schemas: dict[str, set] = {name: set() for name in existing}
+    findings = []
+    for schema, tenant, registry in listed:
+        if schema in existing:
+            schemas[schema].add(tenant)
+        elif registry == "tenant_placements":
+            findings.append(Finding(f"schema tenant {tenant}", f"is placed in schema {schema}, which does not exist: "
+                                    "its transactions are routed to no table of its own",
+                                    f"recreate it (SELECT fn_create_tenant_schema('{tenant}')) and restore the "
+                                    "tenant's rows into it, or record where the tenant really lives"))
+    for schema in sorted(schemas):
+        tenants = schemas[schema]
+        if not tenants:
+            findings.append(Finding(f"schema {schema}", "is named like a tenant schema but no registry "
+                                    "(tenant_schemas, tenant_placements) lists it: nothing routes to it and nobody "
+                                    "audits its contents", f"DROP SCHEMA {schema} CASCADE once its rows are accounted "
+                                    "for, or register it for its tenant"))
+        elif len(tenants) > 1:
+            findings.append(Finding(f"schema {schema}", "is registered to more than one tenant: "
+                                    + ", ".join(sorted(map(str, tenants))),
+                                    "keep one tenant per schema in tenant_schemas and tenant_placements"))
+    return schemas, findings
+
+
+def _tenant_schema(conn: psycopg.Connection, app_role: str, schema: str, tenants: set) -> list[Finding]:
+    """One tenant schema: owned by billing_owner, ``app_role`` has USAGE and not CREATE, PUBLIC
+    nothing; every table and month has RLS enabled and forced, the tenant_isolation policy of
+    the shared tables and no other permissive policy, the CHECK tenant_only_check for its tenant,
+    owner billing_owner; ``app_role`` has exactly SELECT, INSERT, UPDATE, DELETE on the four
+    tables and nothing on anything else; no function or view sits in it."""
+    findings = []
+    name = sql.Identifier(schema).as_string(conn)
+    owner, usage, create, public = conn.execute(sql.SQL(
+        """SELECT n.nspowner::regrole::text, has_schema_privilege(%(app)s, n.oid, 'USAGE'),
+                  has_schema_privilege(%(app)s, n.oid, 'CREATE'),
+                  EXISTS (SELECT 1 FROM aclexplode(n.nspacl) a WHERE a.grantee = 0)
+             FROM pg_namespace n WHERE n.nspname = %(schema)s"""), {"app": app_role, "schema": schema}).fetchone()
+    if owner != OWNER_ROLE:
+        findings.append(Finding(f"schema {schema}", f"is owned by {owner}, not {OWNER_ROLE}",
+                                f"ALTER SCHEMA {name} OWNER TO {OWNER_ROLE}"))
+    if create:
+        findings.append(Finding(f"schema {schema}", f"{app_role} can CREATE in it: a table or function it creates "
+                                "there comes first in the tenant's routed search_path",
+                                f"REVOKE CREATE ON SCHEMA {name} FROM {app_role}, PUBLIC"))
+    if not usage and tenants:
+        findings.append(Finding(f"schema {schema}", f"{app_role} has no USAGE on it: the tenant's routed "
+                                "transactions cannot reach its tables", f"GRANT USAGE ON SCHEMA {name} TO {app_role}"))
+    if public:
+        findings.append(Finding(f"schema {schema}", "grants privileges to PUBLIC",
+                                f"REVOKE ALL ON SCHEMA {name} FROM PUBLIC"))
+    tenant = next(iter(tenants)) if len(tenants) == 1 else None
+    reference = conn.execute(sql.SQL(
+        """SELECT pg_get_expr(p.polqual, p.polrelid), pg_get_expr(p.polwithcheck, p.polrelid)
+             FROM pg_policy p WHERE p.polrelid = 'public.invoices'::regclass AND p.polname = 'tenant_isolation'""")
+    ).fetchone()
+    rows = conn.execute(sql.SQL(
+        """SELECT c.oid::regclass::text, c.relname, c.relispartition, c.relowner::regrole::text,
+                  c.relrowsecurity, c.relforcerowsecurity,
+                  (SELECT ARRAY[p.polcmd::text, p.polpermissive::text, p.polroles::text,
+                                pg_get_expr(p.polqual, p.polrelid), pg_get_expr(p.polwithcheck, p.polrelid)]
+                     FROM pg_policy p WHERE p.polrelid = c.oid AND p.polname = 'tenant_isolation'),
+                  ARRAY(SELECT p.polname::text FROM pg_policy p
+                         WHERE p.polrelid = c.oid AND p.polpermissive AND p.polname <> 'tenant_isolation' ORDER BY 1),
+                  (SELECT pg_get_constraintdef(k.oid) FROM pg_constraint k
+                    WHERE k.conrelid = c.oid AND k.contype = 'c' AND k.conname = 'tenant_only_check'),
+                  ARRAY(SELECT priv FROM unnest(%(privileges)s::text[]) priv
+                         WHERE has_table_privilege(%(app)s, c.oid, priv)),
+                  has_any_column_privilege(%(app)s, c.oid, 'SELECT, INSERT, UPDATE, REFERENCES'),
+                  EXISTS (SELECT 1 FROM aclexplode(c.relacl) a WHERE a.grantee = 0)
+                  OR EXISTS (SELECT 1 FROM pg_attribute att, aclexplode(att.attacl) a
+                              WHERE att.attrelid = c.oid AND a.grantee = 0)
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE n.nspname = %(schema)s AND c.relkind IN ('r', 'p')
+            ORDER BY c.relispartition, c.relname"""),
+        {"app": app_role, "schema": schema, "privileges": list(TABLE_PRIVILEGES)}).fetchall()
+    for (table, relname, is_month, table_owner, enabled, forced, policy, others, check, privileges,
+         column_privileges, public) in rows:
+        what = f"{'month' if is_month else 'table'} {table}"
+        if not enabled:
+            findings.append(Finding(what, "has row-level security disabled",
+                                    f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY"))
+        if not forced:
+            findings.append(Finding(what, "does not force row-level security on its owner",
+                                    f"ALTER TABLE {table} FORCE ROW LEVEL SECURITY"))
+        if policy is None:
+            findings.append(Finding(what, "has no tenant_isolation policy",
+                                    f"SELECT fn_protect_tenant_table('{table}')"))
+        elif (policy[0], policy[1], policy[2]) != ("*", "true", "{0}") or reference is None \
+                or (policy[3], policy[4]) != tuple(reference):
+            findings.append(Finding(what, f"has a tenant_isolation policy (command {policy[0]}, roles {policy[2]}, "
+                                    f"USING ({policy[3]}), WITH CHECK ({policy[4]})) that is not the shared tables' "
+                                    f"(FOR ALL TO PUBLIC, USING and WITH CHECK {reference[0] if reference else '?'})",
+                                    f"DROP POLICY tenant_isolation ON {table}; SELECT fn_protect_tenant_table('{table}')"))
+        for other in others:
+            findings.append(Finding(f"policy {other} on {table}", "is a permissive policy besides tenant_isolation "
+                                    "in a tenant schema: permissive policies are OR-ed, it can only widen access",
+                                    f"DROP POLICY {sql.Identifier(other).as_string(conn)} ON {table}"))
+        expected = f"CHECK ((organization_id = '{tenant}'::uuid))" if tenant else None
+        if check is None:
+            findings.append(Finding(what, "has no CHECK tenant_only_check: another tenant's rows can be written "
+                                    "into it by its owner, a superuser or a misrouted write",
+                                    f"ALTER TABLE {table} ADD CONSTRAINT tenant_only_check CHECK "
+                                    f"(organization_id = '{tenant or '<tenant>'}'::uuid)"))
+        elif check != expected and (expected or check.endswith(" NOT VALID")):
+            findings.append(Finding(what, f"has tenant_only_check {check}, not {expected or 'a validated one'}",
+                                    f"replace it with {expected or 'the CHECK of its tenant'}, validated"))
+        if table_owner != OWNER_ROLE:
+            findings.append(Finding(what, f"is owned by {table_owner}, not {OWNER_ROLE}",
+                                    f"ALTER TABLE {table} OWNER TO {OWNER_ROLE}"))
+        allowed = APP_TABLE_PRIVILEGES if not is_month and relname in TENANT_SCHEMA_TABLES else frozenset()
+        granted = set(privileges)
+        if granted != allowed:
+            extra, missing = sorted(granted - allowed), sorted(allowed - granted)
+            problem = "; ".join(part for part in (
+                f"{app_role} has {', '.join(extra)} on it" if extra else "",
+                f"{app_role} lacks {', '.join(missing)}" if missing else "") if part)
+            fix = "; ".join(part for part in (
+                f"REVOKE {', '.join(extra)} ON {table} FROM {app_role}, PUBLIC" if extra else "",
+                f"GRANT {', '.join(missing)} ON {table} TO {app_role}" if missing else "") if part)
+            findings.append(Finding(what, f"{problem} (it may have exactly "
+                                    f"{', '.join(sorted(allowed)) or 'nothing'})", fix))
+        elif not allowed and column_privileges:
+            findings.append(Finding(what, f"{app_role} has column privileges on it",
+                                    f"REVOKE ALL ON {table} FROM {app_role}, PUBLIC"))
+        if public:
+            findings.append(Finding(what, "grants privileges to PUBLIC", f"REVOKE ALL ON {table} FROM PUBLIC"))
+    for kind, obj in conn.execute(sql.SQL(
+        """SELECT 'function', p.oid::regprocedure::text FROM pg_proc p
+            WHERE p.pronamespace = (SELECT oid FROM pg_namespace WHERE nspname = %(schema)s)
+           UNION ALL
+           SELECT CASE c.relkind WHEN 'v' THEN 'view' WHEN 'm' THEN 'materialized view' ELSE 'foreign table' END,
+                  c.oid::regclass::text FROM pg_class c
+            WHERE c.relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = %(schema)s)
+              AND c.relkind IN ('v', 'm', 'f')
+           ORDER BY 1, 2"""), {"schema": schema}):
+        findings.append(Finding(f"{kind} {obj}", f"sits in tenant schema {schema}: a routed transaction finds "
+                                "its name before the shared schema's", f"move it out of {schema}, or drop it"))
+    return findings
 
 
 def _definer_functions(conn: psycopg.Connection) -> list[Finding]:
@@ -189,16 +365,17 @@ def _foreign_keys(conn: psycopg.Connection) -> list[Finding]:
     """Foreign-key checks bypass RLS: a key between tenant tables must include organization_id,
     or one tenant's row can point at (and pin, and reveal) another tenant's."""
     rows = conn.execute(
-        f"""SELECT con.conname, con.conrelid::regclass::text, con.confrelid::regclass::text
-              FROM pg_constraint con
-             WHERE con.contype = 'f'
-               AND con.conrelid IN (SELECT oid FROM ({_TENANT_TABLES}) t(oid, name))
-               AND con.confrelid IN (SELECT oid FROM ({_TENANT_TABLES}) t(oid, name))
-               AND con.confrelid <> 'public.organizations'::regclass
-               AND NOT EXISTS (SELECT 1 FROM unnest(con.conkey) k
-                                JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k
-                               WHERE a.attname = 'organization_id')
-             ORDER BY 2, 1"""
+        sql.SQL("""SELECT con.conname, con.conrelid::regclass::text, con.confrelid::regclass::text
+                     FROM pg_constraint con
+                    WHERE con.contype = 'f'
+                      AND con.conrelid IN (SELECT oid FROM ({tables}) t(oid, name))
+                      AND con.confrelid IN (SELECT oid FROM ({tables}) t(oid, name))
+                      AND con.confrelid <> 'public.organizations'::regclass
+                      AND NOT EXISTS (SELECT 1 FROM unnest(con.conkey) k
+                                       JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k
+                                      WHERE a.attname = 'organization_id')
+                    ORDER BY 2, 1""").format(tables=_TENANT_TABLES),
+        {"skip": []},
     ).fetchall()
     return [Finding(f"foreign key {name} on {table}", f"references {ref} without organization_id, and key checks bypass RLS",
                     f"reference {ref} (organization_id, id) instead")

@@ -93,6 +93,137 @@ def test_each_planted_weakness_is_found(admin_conn: psycopg.Connection, name: st
             admin_conn.execute(statement)
 
 
+def place_in_schema(admin: psycopg.Connection, tenant) -> str:
+    """The tenant in a schema of its own (no rows to move), as tests/core/test_schema_routing.py does."""
+    schema = admin.execute("SELECT fn_create_tenant_schema(%s)", (tenant,)).fetchone()[0]
+    admin.execute("SELECT fn_record_placement(%s, 'schema', %s)", (tenant, schema))
+    return schema
+
+
+def test_a_clean_database_with_schema_tenants_has_no_findings(admin_conn: psycopg.Connection) -> None:
+    for tier in ("enterprise", "free"):
+        place_in_schema(admin_conn, make_tenant(admin_conn, tier=tier))
+    make_tenant(admin_conn, tier="starter")  # and one in the shared tables
+    assert findings(admin_conn) == []
+
+
+_STRAY = "tenant_0123456789abcdef0123456789abcdef"
+# Weaknesses of a tenant schema: {s} is the schema, {t} its tenant, {m} one of its months, {o}
+# another tenant. (name, SQL that plants it, what the finding says)
+SCHEMA_WEAKNESSES: list[tuple[str, list[str], str]] = [
+    ("schema table rls disabled", ["ALTER TABLE {s}.invoices DISABLE ROW LEVEL SECURITY"],
+     "table {s}.invoices: has row-level security disabled"),
+    ("schema month rls disabled", ["ALTER TABLE {s}.{m} DISABLE ROW LEVEL SECURITY"],
+     "month {s}.{m}: has row-level security disabled"),
+    ("schema month rls not forced", ["ALTER TABLE {s}.{m} NO FORCE ROW LEVEL SECURITY"],
+     "month {s}.{m}: does not force row-level security"),
+    ("schema table rls not forced", ["ALTER TABLE {s}.usage_events NO FORCE ROW LEVEL SECURITY"],
+     "table {s}.usage_events: does not force row-level security"),
+    ("schema default partition without policy", ["DROP POLICY tenant_isolation ON {s}.usage_events_rest"],
+     "month {s}.usage_events_rest: has no tenant_isolation policy"),
+    ("schema policy opened", ["DROP POLICY tenant_isolation ON {s}.subscriptions",
+                              "CREATE POLICY tenant_isolation ON {s}.subscriptions USING (true) WITH CHECK (true)"],
+     "table {s}.subscriptions: has a tenant_isolation policy"),
+    ("schema policy only for select", ["DROP POLICY tenant_isolation ON {s}.invoices",
+                                       "CREATE POLICY tenant_isolation ON {s}.invoices FOR SELECT"
+                                       " USING (organization_id = fn_current_tenant_id())"],
+     "table {s}.invoices: has a tenant_isolation policy (command r"),
+    ("schema extra permissive policy", ["CREATE POLICY open_read ON {s}.invoices FOR SELECT USING (true)"],
+     "policy open_read on {s}.invoices: is a permissive policy besides tenant_isolation"),
+    ("schema without tenant_only_check", ["ALTER TABLE {s}.payment_methods DROP CONSTRAINT tenant_only_check"],
+     "table {s}.payment_methods: has no CHECK tenant_only_check"),
+    ("schema tenant_only_check for another tenant",
+     ["ALTER TABLE {s}.invoices DROP CONSTRAINT tenant_only_check",
+      "ALTER TABLE {s}.invoices ADD CONSTRAINT tenant_only_check CHECK (organization_id = '{o}'::uuid) NOT VALID"],
+     "table {s}.invoices: has tenant_only_check CHECK ((organization_id = '{o}'::uuid)) NOT VALID, not"),
+    ("schema table owned by app", ["ALTER TABLE {s}.invoices OWNER TO billing_app"],
+     "table {s}.invoices: is owned by billing_app, not billing_owner"),
+    ("schema month owned by another role", ["ALTER TABLE {s}.{m} OWNER TO postgres"],
+     "month {s}.{m}: is owned by postgres, not billing_owner"),
+    ("schema owned by app", ["ALTER SCHEMA {s} OWNER TO billing_app"],
+     "schema {s}: is owned by billing_app, not billing_owner"),
+    ("app can create in the schema", ["GRANT CREATE ON SCHEMA {s} TO billing_app"],
+     "schema {s}: billing_app can CREATE in it"),
+    ("app can create in the schema (through PUBLIC)", ["GRANT CREATE ON SCHEMA {s} TO PUBLIC"],
+     "schema {s}: billing_app can CREATE in it"),
+    ("schema usage for PUBLIC", ["GRANT USAGE ON SCHEMA {s} TO PUBLIC"],
+     "schema {s}: grants privileges to PUBLIC"),
+    ("app without usage on the schema", ["REVOKE USAGE ON SCHEMA {s} FROM billing_app"],
+     "schema {s}: billing_app has no USAGE on it"),
+    ("app with truncate on a schema table", ["GRANT TRUNCATE ON {s}.invoices TO billing_app"],
+     "table {s}.invoices: billing_app has TRUNCATE on it"),
+    ("app with references and trigger", ["GRANT REFERENCES, TRIGGER ON {s}.subscriptions TO billing_app"],
+     "table {s}.subscriptions: billing_app has REFERENCES, TRIGGER on it"),
+    ("app without delete on a schema table", ["REVOKE DELETE ON {s}.payment_methods FROM billing_app"],
+     "table {s}.payment_methods: billing_app lacks DELETE"),
+    ("app with select on a month", ["GRANT SELECT ON {s}.{m} TO billing_app"],
+     "month {s}.{m}: billing_app has SELECT on it"),
+    ("app with insert on the default partition", ["GRANT INSERT ON {s}.usage_events_rest TO billing_app"],
+     "month {s}.usage_events_rest: billing_app has INSERT on it"),
+    ("app with a column privilege on a month", ["GRANT SELECT (organization_id) ON {s}.{m} TO billing_app"],
+     "month {s}.{m}: billing_app has column privileges on it"),
+    ("schema table granted to PUBLIC", ["GRANT SELECT ON {s}.subscriptions TO PUBLIC"],
+     "table {s}.subscriptions: grants privileges to PUBLIC"),
+    ("new table in a schema not covered", ["CREATE TABLE {s}.credit_notes (id int, organization_id uuid)"],
+     "table {s}.credit_notes: has row-level security disabled"),
+    ("function in a tenant schema",
+     ["CREATE FUNCTION {s}.fn_current_tenant_id() RETURNS uuid LANGUAGE sql AS 'SELECT NULL::uuid'"],
+     "function {s}.fn_current_tenant_id(): sits in tenant schema {s}"),
+    ("view in a tenant schema", ["CREATE VIEW {s}.all_invoices AS SELECT * FROM public.invoices"],
+     "view {s}.all_invoices: sits in tenant schema {s}"),
+    ("tenant schema in no registry", ["CREATE SCHEMA " + _STRAY],
+     "schema " + _STRAY + ": is named like a tenant schema but no registry"),
+    ("schema tenant without its schema", ["DROP SCHEMA {s} CASCADE"],
+     "schema tenant {t}: is placed in schema {s}, which does not exist"),
+    ("schema registered to two tenants", ["SELECT fn_record_placement('{o}', 'schema', '{s}')"],
+     "schema {s}: is registered to more than one tenant"),
+]
+
+
+@pytest.mark.parametrize("name, plant, expected", SCHEMA_WEAKNESSES, ids=[w[0] for w in SCHEMA_WEAKNESSES])
+def test_each_planted_schema_weakness_is_found(admin_conn: psycopg.Connection, name: str, plant: list[str],
+                                               expected: str) -> None:
+    tenant, other = make_tenant(admin_conn, tier="enterprise"), make_tenant(admin_conn)
+    schema = place_in_schema(admin_conn, tenant)
+    month = admin_conn.execute(
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = %s::regclass"
+        " AND c.relname <> 'usage_events_rest' ORDER BY 1 LIMIT 1", (f"{schema}.usage_events",)).fetchone()[0]
+    assert findings(admin_conn) == []
+    names = {"s": schema, "t": tenant, "m": month, "o": other}
+    for statement in plant:
+        admin_conn.execute(statement.format(**names))
+    found = findings(admin_conn)
+    assert any(f.startswith(expected.format(**names)) and "fix: " in f for f in found), found
+
+
+def test_the_generic_checks_do_not_repeat_the_schema_findings(admin_conn: psycopg.Connection) -> None:
+    """A weakness in a tenant schema is one finding, the tenant-schema audit's, not also the
+    generic table and partition checks'."""
+    schema = place_in_schema(admin_conn, make_tenant(admin_conn))
+    admin_conn.execute(f"ALTER TABLE {schema}.invoices DISABLE ROW LEVEL SECURITY")
+    admin_conn.execute(f"GRANT SELECT ON {schema}.usage_events_rest TO billing_app")
+    assert findings(admin_conn) == [
+        f"table {schema}.invoices: has row-level security disabled; fix: ALTER TABLE {schema}.invoices ENABLE ROW "
+        "LEVEL SECURITY",
+        f"month {schema}.usage_events_rest: billing_app has SELECT on it (it may have exactly nothing); fix: REVOKE "
+        f"SELECT ON {schema}.usage_events_rest FROM billing_app, PUBLIC",
+    ]
+
+
+def test_a_planted_schema_leak_is_real(admin_conn: psycopg.Connection, app_dsn: str) -> None:
+    """What two schema findings mean, seen as billing_app: an extra permissive policy shows a
+    schema tenant's rows to another tenant's context through the qualified name, and a month
+    granted by mistake is readable by name."""
+    a, b = make_tenant(admin_conn), make_tenant(admin_conn)
+    schema = place_in_schema(admin_conn, b)
+    admin_conn.execute(f"INSERT INTO {schema}.invoices (organization_id, amount, status) VALUES (%s, 1, 'open')", (b,))
+    admin_conn.execute(f"CREATE POLICY open_read ON {schema}.invoices FOR SELECT USING (true)")
+    with psycopg.connect(app_dsn) as app, app.transaction():
+        app.execute("SELECT fn_set_tenant_context(%s)", (a,))
+        assert app.execute(f"SELECT count(*) FROM {schema}.invoices").fetchone()[0] == 1
+    assert any(f.startswith(f"policy open_read on {schema}.invoices") for f in findings(admin_conn))
+
+
 def test_the_planted_leaks_are_real(admin_conn: psycopg.Connection, app_dsn: str) -> None:
     """What two of the findings mean, seen as billing_app."""
     a, b = make_tenant(admin_conn), make_tenant(admin_conn)
