@@ -9,7 +9,15 @@ against a fresh database holding three tenants with rows in every tenant table:
 * C: starter tier flagged dedicated_resources, onboarded the same way: a partition of its own,
   not split;
 * D: free tier, pooled like A: its rows share the pool's leaves (the very same tables) with A's,
-  and only row-level security keeps them apart.
+  and only row-level security keeps them apart;
+* E: growth tier, in a schema of its own (tenant_<hex>, sql/functions/fn_create_tenant_schema.sql):
+  its subscriptions, invoices, payment_methods and usage events are in that schema's tables,
+  which fn_set_tenant_context routes the same names to.
+
+The probes marked ``by_placement`` run three times, with A pooled (as above), in a dedicated
+partition, and in a schema of its own: so every probe crosses pooled, partition and schema
+tenants in both directions (A against E: pooled vs schema, partition vs schema, schema vs
+schema; E's A against B, C, D: schema vs partition and pooled).
 
 so probes through the parent cross every routing path of the partition layout.
 
@@ -102,6 +110,12 @@ PERMISSION_DENIED = "permission denied for"
 UNKNOWN_ID = uuid.UUID("5d1e1c3a-0b7e-4f3c-9a55-3c1b2f9d7e10")  # no organization has it
 
 by_table = pytest.mark.parametrize("table", TABLES, ids=str)
+# Where tenant A lives (the world fixture's parameter; 'pooled' when a test does not say).
+PLACEMENTS = ("pooled", "partition", "schema")
+by_placement = pytest.mark.parametrize("world", PLACEMENTS, indirect=True, ids=[f"A-{p}" for p in PLACEMENTS])
+# The names a schema tenant's transaction is routed to: its schema's tables (sql/0020).
+SCHEMA_TABLES = ("subscriptions", "invoices", "payment_methods", "usage_events")
+DEFAULT_SEARCH_PATH = '"$user", public'
 
 
 def refusal(table: TenantTable, privilege: str) -> str:
@@ -114,15 +128,20 @@ def refusal(table: TenantTable, privilege: str) -> str:
 # --------------------------------------------------------------------------------------
 
 
-def seed_tenant(admin: psycopg.Connection, name: str, tier: str) -> uuid.UUID:
-    """An organization with rows in every tenant table (two or three where a tenant may have many)."""
+def seed_tenant(admin: psycopg.Connection, name: str, tier: str, *, schema: bool = False) -> uuid.UUID:
+    """An organization with rows in every tenant table (two or three where a tenant may have many).
+    With ``schema``, the tenant is first placed in a schema of its own, and its rows of the
+    schema's tables are written there (the admin's transaction routed like the tenant's)."""
     tenant = uuid.uuid4()
     now = datetime.now(timezone.utc)
     with admin.transaction():
         admin.execute("INSERT INTO organizations (id, name) VALUES (%s, %s)", (tenant, name))
         admin.execute("INSERT INTO tenant_classifications (organization_id, tier) VALUES (%s, %s)", (tenant, tier))
         admin.execute("INSERT INTO tenant_schemas (organization_id, schema_name) VALUES (%s, %s)",
-                      (tenant, f"tenant_{tenant.hex[:16]}"))
+                      (tenant, f"tenant_{tenant.hex}"))
+        if schema:
+            own = place_in_schema(admin, tenant)
+            admin.execute("SELECT set_config('search_path', %s, true)", (f"{own}, public",))
         admin.execute("INSERT INTO tenant_backup_config (organization_id, last_backup_at) VALUES (%s, %s)",
                       (tenant, now))
         for plan, status, amount in (("pro", "active", "120.50"), ("basic", "canceled", "9.990001")):
@@ -141,11 +160,25 @@ def seed_tenant(admin: psycopg.Connection, name: str, tier: str) -> uuid.UUID:
         )
         for i in range(3):
             admin.execute(
-                'INSERT INTO usage_events_mt (organization_id, metric_name, quantity, "timestamp", properties)'
+                'INSERT INTO usage_events (organization_id, metric_name, quantity, "timestamp", properties)'
                 " VALUES (%s, %s, %s, %s, %s)",
                 (tenant, f"metric_{i}", Decimal(i + 1), now - timedelta(hours=i), '{"region": "eu"}'),
             )
     return tenant
+
+
+def place_in_schema(admin: psycopg.Connection, tenant: uuid.UUID) -> str:
+    """Place the tenant in a schema of its own, as tests/core/test_schema_routing.py does (there
+    are no rows to move yet). Returns the schema."""
+    schema = admin.execute("SELECT fn_create_tenant_schema(%s)", (tenant,)).fetchone()[0]
+    admin.execute("SELECT fn_record_placement(%s, 'schema', %s)", (tenant, schema))
+    return schema
+
+
+def tenant_schemas(admin: psycopg.Connection) -> dict[uuid.UUID, str]:
+    """Every schema tenant's schema, from the registry."""
+    return dict(admin.execute(
+        "SELECT organization_id, location FROM tenant_placements WHERE kind = 'schema'").fetchall())
 
 
 def onboard_partition(admin: psycopg.Connection, tenant: uuid.UUID) -> str:
@@ -156,16 +189,20 @@ def onboard_partition(admin: psycopg.Connection, tenant: uuid.UUID) -> str:
 
 
 def snapshot(admin: psycopg.Connection) -> dict[tuple[str, uuid.UUID], tuple[int, str]]:
-    """(table, tenant) -> (row count, md5 of every row's text in a fixed order), seen by the admin."""
+    """(table, tenant) -> (row count, md5 of every row's text in a fixed order), seen by the admin;
+    a tenant schema's tables as '<schema>.<table>'."""
     digests = {}
-    for table in DATA_TABLES:
+    relations = [(t.name, sql.Identifier(t.name), t.column) for t in DATA_TABLES]
+    for schema in sorted(tenant_schemas(admin).values()):
+        relations += [(f"{schema}.{name}", sql.Identifier(schema, name), "organization_id") for name in SCHEMA_TABLES]
+    for key, relation, column in relations:
         rows = admin.execute(
             sql.SQL(
                 "SELECT t.{col}, count(*), md5(string_agg(t::text, E'\\n' ORDER BY t::text)) FROM {tbl} t GROUP BY 1"
-            ).format(col=sql.Identifier(table.column), tbl=sql.Identifier(table.name))
+            ).format(col=sql.Identifier(column), tbl=relation)
         ).fetchall()
         for tenant, count, digest in rows:
-            digests[(table.name, tenant)] = (count, digest)
+            digests[(key, tenant)] = (count, digest)
     return digests
 
 
@@ -177,16 +214,27 @@ class World:
     b: uuid.UUID
     c: uuid.UUID
     d: uuid.UUID
+    e: uuid.UUID
+    placement: str = "pooled"  # A's
+    schemas: dict[uuid.UUID, str] = field(default_factory=dict)  # schema tenants' schemas
     seeded: dict = field(default_factory=dict)
 
     @property
     def others(self) -> list[uuid.UUID]:
-        """The tenants A must never reach: B (monthly partitions), C (a single partition) and D
-        (in the same pool leaves as A)."""
-        return [self.b, self.c, self.d]
+        """The tenants A must never reach: B (monthly partitions), C (a single partition), D
+        (pooled: in the same pool leaves as A when A is pooled) and E (a schema of its own)."""
+        return [self.b, self.c, self.d, self.e]
 
-    def rows_of(self, table: TenantTable, tenant: uuid.UUID) -> int:
-        return self.seeded[(table.stored_in, tenant)][0]
+    def stored_in(self, table: TenantTable | str, tenant: uuid.UUID) -> str:
+        """The snapshot key of the relation that holds ``tenant``'s rows of ``table`` (as the
+        tenant's routed transaction names it)."""
+        table = TABLE[table] if isinstance(table, str) else table
+        if tenant in self.schemas and table.name in SCHEMA_TABLES:
+            return f"{self.schemas[tenant]}.{table.name}"
+        return table.stored_in
+
+    def rows_of(self, table: TenantTable | str, tenant: uuid.UUID) -> int:
+        return self.seeded.get((self.stored_in(table, tenant), tenant), (0, ""))[0]
 
     def assert_untouched(self) -> None:
         """Every tenant's rows in every table are byte-for-byte what the admin seeded."""
@@ -197,19 +245,28 @@ class World:
 
 
 @pytest.fixture
-def world(admin_conn: psycopg.Connection, app_dsn: str) -> World:
-    a = seed_tenant(admin_conn, "Tenant A", "free")
+def world(request: pytest.FixtureRequest, admin_conn: psycopg.Connection, app_dsn: str) -> World:
+    placement = getattr(request, "param", "pooled")
+    a = seed_tenant(admin_conn, "Tenant A", "free", schema=placement == "schema")
     b = seed_tenant(admin_conn, "Tenant B", "enterprise")
     c = seed_tenant(admin_conn, "Tenant C", "starter")
-    admin_conn.execute("UPDATE tenant_classifications SET dedicated_resources = true WHERE organization_id = %s", (c,))
+    dedicated = [c, a] if placement == "partition" else [c]
+    admin_conn.execute("UPDATE tenant_classifications SET dedicated_resources = true"
+                       " WHERE organization_id = ANY(%s)", (dedicated,))
     d = seed_tenant(admin_conn, "Tenant D", "free")
+    e = seed_tenant(admin_conn, "Tenant E", "growth", schema=True)
     assert (onboard_partition(admin_conn, b), onboard_partition(admin_conn, c)) == ("monthly", "single")
-    assert {onboard_partition(admin_conn, a), onboard_partition(admin_conn, d)} == {"pooled"}
-    shared = admin_conn.execute(
-        "SELECT count(DISTINCT organization_id) FROM usage_events_mt_default"
-        " WHERE tableoid = (SELECT tableoid FROM usage_events_mt WHERE organization_id = %s LIMIT 1)", (a,))
-    assert shared.fetchone()[0] == 2, "A and D share a leaf"
-    return World(admin_conn, app_dsn, a, b, c, d, seeded=snapshot(admin_conn))
+    assert onboard_partition(admin_conn, d) == "pooled"
+    if placement != "schema":
+        assert onboard_partition(admin_conn, a) == {"pooled": "pooled", "partition": "single"}[placement]
+    if placement == "pooled":
+        shared = admin_conn.execute(
+            "SELECT count(DISTINCT organization_id) FROM usage_events_mt_default"
+            " WHERE tableoid = (SELECT tableoid FROM usage_events_mt WHERE organization_id = %s LIMIT 1)", (a,))
+        assert shared.fetchone()[0] == 2, "A and D share a leaf"
+    schemas = tenant_schemas(admin_conn)
+    assert set(schemas) == ({a, e} if placement == "schema" else {e})
+    return World(admin_conn, app_dsn, a, b, c, d, e, placement, schemas, seeded=snapshot(admin_conn))
 
 
 @pytest.fixture
@@ -244,16 +301,52 @@ def visible(conn: psycopg.Connection, table: TenantTable) -> dict[uuid.UUID, int
 
 
 def visible_everywhere(conn: psycopg.Connection) -> dict[str, dict[uuid.UUID, int]]:
-    return {table.name: visible(conn, table) for table in TABLES}
+    """name -> tenant -> rows, for every relation where the connection sees a row: every tenant
+    table by the name applications use (routed as the context says), and every tenant schema's
+    tables by their qualified names ('<schema>.<table>'; the schemas are read from the catalog,
+    which billing_app can read)."""
+    seen = {table.name: visible(conn, table) for table in TABLES}
+    for (schema,) in conn.execute("SELECT nspname FROM pg_namespace WHERE nspname ~ '^tenant_[0-9a-f]{32}$'"):
+        for name in SCHEMA_TABLES:
+            seen[f"{schema}.{name}"] = dict(conn.execute(sql.SQL("SELECT organization_id, count(*) FROM {} GROUP BY 1")
+                                                         .format(sql.Identifier(schema, name))).fetchall())
+    return {name: counts for name, counts in seen.items() if counts}
 
 
 def nothing_visible() -> dict[str, dict]:
-    return {table.name: {} for table in TABLES}
+    return {}
 
 
 def only(world: World, tenant: uuid.UUID) -> dict[str, dict[uuid.UUID, int]]:
-    """What a connection in ``tenant``'s context must see: all of its rows and nobody else's."""
-    return {table.name: {tenant: world.rows_of(table, tenant)} for table in TABLES}
+    """What a connection in ``tenant``'s context must see: all of its rows and nobody else's
+    (a schema tenant's also by its schema's qualified names)."""
+    names = [table.name for table in TABLES]
+    if tenant in world.schemas:
+        names += [f"{world.schemas[tenant]}.{name}" for name in SCHEMA_TABLES]
+    expected = {}
+    for name in names:
+        rows = (world.seeded.get((name, tenant), (0, ""))[0] if "." in name
+                else world.rows_of(TABLE[name], tenant))
+        if rows:
+            expected[name] = {tenant: rows}
+    return expected
+
+
+def search_path(conn: psycopg.Connection) -> str:
+    return conn.execute("SELECT current_setting('search_path')").fetchone()[0]
+
+
+def routes_to(conn: psycopg.Connection) -> dict[str, str]:
+    """name -> the relation each routed name resolves to, schema-qualified."""
+    rows = conn.execute(
+        "SELECT n, to_regclass(n)::oid::regclass::text, (SELECT c.relnamespace::regnamespace::text FROM pg_class c"
+        " WHERE c.oid = to_regclass(n)) FROM unnest(%s::text[]) n", (list(SCHEMA_TABLES),)).fetchall()
+    return {name: f"{schema}.{name}" for name, _, schema in rows}
+
+
+def expected_routes(world: World, tenant: uuid.UUID | None) -> dict[str, str]:
+    schema = world.schemas.get(tenant, "public")
+    return {name: f"{schema}.{name}" for name in SCHEMA_TABLES}
 
 
 def current_tenant(conn: psycopg.Connection) -> uuid.UUID | None:
@@ -290,11 +383,12 @@ def assert_reaches_no_other_tenant(world: World, app: psycopg.Connection, table:
 # ======================================================================================
 
 
+@by_placement
 @by_table
 def test_select_sees_only_own_rows(world: World, app: psycopg.Connection, table: TenantTable) -> None:
     """Items 4, 5, 6: A sees every one of its rows (payment_methods included) and none of B's or C's."""
     with in_tenant(app, world.a):
-        assert visible(app, table) == {world.a: world.rows_of(table, world.a)}
+        assert visible(app, table) == only(world, world.a).get(table.name, {})
         for other in world.others:
             query = sql.SQL("SELECT count(*) FROM {} WHERE {} = %s").format(
                 sql.Identifier(table.name), sql.Identifier(table.column))
@@ -302,6 +396,7 @@ def test_select_sees_only_own_rows(world: World, app: psycopg.Connection, table:
     world.assert_untouched()
 
 
+@by_placement
 @by_table
 def test_insert_for_other_tenant_is_refused(world: World, app: psycopg.Connection, table: TenantTable) -> None:
     """Item 7: WITH CHECK (or the missing INSERT privilege) refuses a row for B or C; nothing is written."""
@@ -310,6 +405,7 @@ def test_insert_for_other_tenant_is_refused(world: World, app: psycopg.Connectio
     world.assert_untouched()
 
 
+@by_placement
 @by_table
 def test_update_of_other_tenant_changes_nothing(world: World, app: psycopg.Connection, table: TenantTable) -> None:
     """Items 4, 7: UPDATE ... WHERE tenant = B matches no row (or is not granted at all)."""
@@ -317,16 +413,22 @@ def test_update_of_other_tenant_changes_nothing(world: World, app: psycopg.Conne
     assert_reaches_no_other_tenant(world, app, table, "UPDATE", statement)
 
 
+@by_placement
 @by_table
 def test_update_cannot_move_row_to_other_tenant(world: World, app: psycopg.Connection, table: TenantTable) -> None:
     """Item 7: SET tenant = B on A's own rows fails WITH CHECK; for usage events, moving to C would
     also route the row into C's partition."""
     statement = f"UPDATE {table.name} SET {table.column} = %(other)s WHERE {table.column} = %(me)s"
     for other in world.others:
-        refused_in_a(world, app, refusal(table, "UPDATE"), statement, other=other, me=world.a)
+        if world.rows_of(table, world.a) or "UPDATE" not in table.granted:
+            refused_in_a(world, app, refusal(table, "UPDATE"), statement, other=other, me=world.a)
+        else:  # a schema tenant has no rows in usage_events_mt: nothing to move
+            with in_tenant(app, world.a):
+                assert run(app, statement, other=other, me=world.a) == 0
     world.assert_untouched()
 
 
+@by_placement
 @by_table
 def test_delete_of_other_tenant_deletes_nothing(world: World, app: psycopg.Connection, table: TenantTable) -> None:
     """Item 4: DELETE ... WHERE tenant = B matches no row (or is not granted at all)."""
@@ -334,14 +436,16 @@ def test_delete_of_other_tenant_deletes_nothing(world: World, app: psycopg.Conne
     assert_reaches_no_other_tenant(world, app, table, "DELETE", statement)
 
 
+@by_placement
 def test_cached_plans_do_not_carry_a_tenant(world: World, app: psycopg.Connection) -> None:
     """Item 7: the policy is evaluated per execution (pruning at executor start-up, never at plan
     time), so one prepared statement reused across tenants on one connection shows each its own."""
-    query = "SELECT DISTINCT organization_id FROM usage_events_mt"
-    for _ in range(3):
-        for tenant in (world.a, world.b, world.c, world.d):
-            with in_tenant(app, tenant):
-                assert app.execute(query, prepare=True).fetchall() == [(tenant,)]
+    for query in ("SELECT DISTINCT organization_id FROM usage_events_mt", "SELECT DISTINCT organization_id FROM usage_events"):
+        for _ in range(3):
+            for tenant in (world.a, world.b, world.c, world.d, world.e):
+                with in_tenant(app, tenant):
+                    own = world.rows_of(query.split()[-1], tenant) > 0
+                    assert app.execute(query, prepare=True).fetchall() == ([(tenant,)] if own else [])
 
 
 REFERENCE_PROBES = {
@@ -351,6 +455,7 @@ REFERENCE_PROBES = {
 }
 
 
+@by_placement
 @pytest.mark.parametrize("operation", REFERENCE_PROBES, ids=str)
 def test_invoice_cannot_reference_another_tenants_subscription(
     world: World, app: psycopg.Connection, operation: str
@@ -377,6 +482,12 @@ def test_invoice_cannot_reference_another_tenants_subscription(
 # ======================================================================================
 
 
+def every_partition(world: World) -> list[str]:
+    """The partitions of usage_events_mt, and every tenant schema's months and DEFAULT partition."""
+    parents = ["usage_events_mt"] + [f"{schema}.usage_events" for schema in sorted(world.schemas.values())]
+    return [p for parent in parents for p in partitions_of(world.admin, parent)]
+
+
 def partitions_of(admin: psycopg.Connection, parent: str) -> list[str]:
     """Every partition, at any depth (pg_partition_tree walks pg_inherits, skipping indexes)."""
     rows = admin.execute(
@@ -393,11 +504,13 @@ PARTITION_PROBES = {
 }
 
 
+@by_placement
 @pytest.mark.parametrize("operation", PARTITION_PROBES, ids=str)
 def test_partitions_are_not_directly_accessible(world: World, app: psycopg.Connection, operation: str) -> None:
     """Item 6: billing_app holds no privilege on any partition, so naming one is refused."""
-    partitions = partitions_of(world.admin, "usage_events_mt")
-    assert len(partitions) >= 5  # default; C's partition and its _rest; B's partition, _rest, months
+    partitions = every_partition(world)
+    assert len(partitions) >= 5 + 2 * len(world.schemas)  # default; C's and B's partitions; each schema's _rest, months
+    assert any(p.endswith(".usage_events_rest") for p in partitions)
     for partition in partitions:
         with pytest.raises(errors.InsufficientPrivilege, match=PERMISSION_DENIED):
             with in_tenant(app, world.a):
@@ -406,16 +519,21 @@ def test_partitions_are_not_directly_accessible(world: World, app: psycopg.Conne
 
 
 def test_partitions_granted_by_mistake_still_show_nothing(world: World, app: psycopg.Connection) -> None:
-    """Item 6: every partition has RLS forced and no policy, so a mistaken GRANT exposes no row:
-    each tenant, in its own context, sees, updates and deletes nothing by naming a partition."""
-    partitions = partitions_of(world.admin, "usage_events_mt")
+    """Item 6: every partition of usage_events_mt has RLS forced and no policy, so a mistaken
+    GRANT exposes no row: each tenant, in its own context, sees, updates and deletes nothing by
+    naming a partition. A tenant schema's months have RLS forced with the tenant policy (and the
+    schema's CHECK): granted by mistake, they show no other tenant anything either."""
+    partitions = every_partition(world)
     for partition in partitions:
         world.admin.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON {partition} TO billing_app")
     holding = {p: world.admin.execute(f"SELECT count(*) FROM {p}").fetchone()[0] for p in partitions}
     assert holding["usage_events_mt_default"] > 0 and sum(holding.values()) > holding["usage_events_mt_default"]
-    for tenant in (world.a, world.b, world.c, world.d):
+    assert any(holding[p] for p in partitions if p.startswith(world.schemas[world.e]))
+    for tenant in (world.a, world.b, world.c, world.d, world.e):
         with in_tenant(app, tenant):
             for partition in partitions:
+                if partition.startswith(world.schemas.get(tenant, "-") + "."):
+                    continue  # its own month: its own rows
                 assert app.execute(f"SELECT count(*) FROM {partition}").fetchone()[0] == 0, partition
                 assert run(app, f"UPDATE {partition} SET quantity = 0") == 0, partition
                 assert run(app, f"DELETE FROM {partition}") == 0, partition
@@ -441,7 +559,7 @@ def test_without_context_inserts_are_refused(world: World, app: psycopg.Connecti
     """Items 1, 7: with no tenant in context, WITH CHECK (or the missing privilege) refuses every
     row in every table, even a row of a real tenant."""
     for table in TABLES:
-        for tenant in (world.a, world.b):
+        for tenant in (world.a, world.b, world.e):
             with pytest.raises(errors.InsufficientPrivilege, match=refusal(table, "INSERT")):
                 with app.transaction():
                     run(app, table.insert, tenant=tenant)
@@ -525,20 +643,20 @@ def test_a_session_level_context_from_an_earlier_transaction_is_no_context(
     app.execute("RESET app.current_tenant")
 
 
+@by_placement
 def test_context_holds_through_the_transaction_whatever_the_client_sets(world: World, app: psycopg.Connection) -> None:
     """The stamp depends on no client setting: changing the time zone, date style or float
     output after entering the context keeps it, in every statement and savepoint."""
     with app.transaction():
-        app.execute("SELECT fn_set_tenant_context(%s)", (world.b,))
+        app.execute("SELECT fn_set_tenant_context(%s)", (world.a,))
         app.execute("SET LOCAL TIME ZONE 'Pacific/Chatham'")
         app.execute("SET LOCAL DateStyle = 'German, DMY'")
         app.execute("SET LOCAL extra_float_digits = -15")
-        assert current_tenant(app) == world.b
+        assert current_tenant(app) == world.a
         with app.transaction():  # a savepoint
-            assert current_tenant(app) == world.b
-        seen = visible_everywhere(app)
-        assert all(set(counts) <= {world.b} for counts in seen.values()), seen
-        assert any(counts for counts in seen.values())
+            assert current_tenant(app) == world.a
+            assert routes_to(app) == expected_routes(world, world.a)
+        assert visible_everywhere(app) == only(world, world.a)
 
 
 def test_a_stamped_value_written_by_hand_is_that_transactions_context(world: World, app: psycopg.Connection) -> None:
@@ -585,6 +703,7 @@ class _Abort(Exception):
     pass
 
 
+@by_placement
 @pytest.mark.parametrize("ending", ["commit", "rollback", "error"])
 def test_context_ends_with_transaction_block(world: World, app: psycopg.Connection, ending: str) -> None:
     """Items 1, 2: set in a transaction block, the context is gone from the next transaction on
@@ -599,9 +718,11 @@ def test_context_ends_with_transaction_block(world: World, app: psycopg.Connecti
                 raise _Abort()
     with app.transaction():
         assert current_tenant(app) is None
+        assert search_path(app) == DEFAULT_SEARCH_PATH and routes_to(app) == expected_routes(world, None)
         assert visible_everywhere(app) == nothing_visible()
 
 
+@by_placement
 @pytest.mark.parametrize("ending", ["commit", "rollback", "error"])
 def test_context_ends_with_psycopg_default_transaction(world: World, ending: str) -> None:
     """Items 1, 2: the same with psycopg's implicit BEGIN (autocommit off) and commit()/rollback()."""
@@ -615,18 +736,22 @@ def test_context_ends_with_psycopg_default_transaction(world: World, ending: str
         else:
             getattr(conn, ending)()
         assert current_tenant(conn) is None
+        assert search_path(conn) == DEFAULT_SEARCH_PATH
         assert visible_everywhere(conn) == nothing_visible()
         conn.rollback()
 
 
+@by_placement
 def test_context_ends_with_autocommit_statement(world: World, app: psycopg.Connection) -> None:
     """Items 1, 2: in autocommit each statement is its own transaction, so the context set by
     one statement is gone from the next."""
     assert app.execute("SELECT fn_set_tenant_context(%s)", (world.a,)).fetchone()[0] == world.a
     assert current_tenant(app) is None
+    assert search_path(app) == DEFAULT_SEARCH_PATH
     assert visible_everywhere(app) == nothing_visible()
 
 
+@by_placement
 def test_session_level_context_is_no_context_and_tenant_session_overrides_it(
     world: World, app: psycopg.Connection
 ) -> None:
@@ -638,6 +763,7 @@ def test_session_level_context_is_no_context_and_tenant_session_overrides_it(
         assert visible_everywhere(app) == nothing_visible()
     with tenant_session(app, world.a) as tx:
         assert current_tenant(tx) == world.a
+        assert routes_to(tx) == expected_routes(world, world.a)
         assert visible_everywhere(tx) == only(world, world.a)
     with in_tenant(app, world.a):
         assert visible_everywhere(app) == only(world, world.a)
@@ -747,6 +873,7 @@ ESCAPES = {
 }
 
 
+@by_placement
 @pytest.mark.parametrize(("statement", "message"), ESCAPES.values(), ids=ESCAPES.keys())
 def test_app_cannot_escape_rls(world: World, app: psycopg.Connection, statement: str, message: str) -> None:
     """Items 3, 4: billing_app can neither become the owner or a superuser nor change a policy."""
@@ -791,6 +918,101 @@ def test_catalog_shows_no_weakened_isolation(world: World) -> None:
     )}
     assert functions == {
         "fn_current_tenant_id": (False, None),
-        "fn_set_tenant_context": (False, "search_path=pg_catalog, pg_temp"),
+        # No SET clause since sql/0020: it routes the caller's search_path; every name in it is qualified.
+        "fn_set_tenant_context": (False, None),
         "fn_set_tenant_resources": (False, "search_path=pg_catalog, pg_temp"),
     }
+
+
+# ======================================================================================
+# 7. Schema tenants: other tenants' schemas by name, search_path set by hand, stale routes.
+# ======================================================================================
+
+SEARCH_PATH_SETTINGS = {
+    "qualified": None,  # no setting: the other schema's tables by their qualified names
+    "SET-LOCAL": "SET LOCAL search_path = {schema}, public",
+    "SET": "SET search_path = {schema}, public",
+    "set_config-session": "SELECT set_config('search_path', '{schema}, public', false)",
+}
+
+
+@by_placement
+@pytest.mark.parametrize("how", SEARCH_PATH_SETTINGS, ids=str)
+def test_another_tenants_schema_reached_by_hand_shows_and_takes_nothing(world: World, app: psycopg.Connection,
+                                                                        how: str) -> None:
+    """In A's context, E's schema, named by hand (qualified names, or a search_path that puts it
+    first), shows no row; UPDATE and DELETE match none; an INSERT of E's row is refused by RLS
+    and an INSERT of A's own row by E's tenant_only_check. A search_path left for the session
+    does not route A's next transaction to E's schema: fn_set_tenant_context puts A's own place
+    first."""
+    schema = world.schemas[world.e]
+    setting = SEARCH_PATH_SETTINGS[how]
+    def named(name: str) -> str:
+        return f"{schema}.{name}" if setting is None else name
+    for name in SCHEMA_TABLES:
+        table = TABLE[name]
+        insert = table.insert.replace(f"INSERT INTO {name} ", f"INSERT INTO {named(name)} ", 1)
+        for tenant, error, match in ((world.e, errors.InsufficientPrivilege, RLS_VIOLATION),
+                                     (world.a, errors.CheckViolation, "tenant_only_check")):
+            with pytest.raises(error, match=match):
+                with in_tenant(app, world.a):
+                    if setting:
+                        app.execute(setting.format(schema=schema))
+                    run(app, insert, tenant=tenant)
+        with in_tenant(app, world.a):
+            if setting:
+                app.execute(setting.format(schema=schema))
+                assert routes_to(app)[name] == f"{schema}.{name}"
+            assert app.execute(f"SELECT count(*) FROM {named(name)}").fetchone()[0] == 0
+            assert run(app, f"UPDATE {named(name)} SET {table.assign}") == 0
+            assert run(app, f"DELETE FROM {named(name)}") == 0
+            seen = visible_everywhere(app)
+            assert all(set(counts) <= {world.a} for counts in seen.values()), seen
+        with in_tenant(app, world.a):  # the next transaction, whatever the session kept
+            assert routes_to(app) == expected_routes(world, world.a)
+            assert visible_everywhere(app) == only(world, world.a)
+        app.execute("RESET search_path")
+    world.assert_untouched()
+
+
+_MISROUTED = dict(strict=True, reason=(
+    "sql/functions/fn_set_tenant_context.sql strips a leftover tenant schema only when spelled "
+    "exactly '^\"?tenant_<32 hex>\"?, ' (regexp on current_setting('search_path')): 'tenant_x,public' or "
+    "'TENANT_X, public' stays first, so a pooled or partition tenant's next transaction is routed to "
+    "the other tenant's schema (RLS and tenant_only_check refuse its rows: no leak, but its reads are "
+    "empty and its writes fail)"))
+LEFTOVER_PATHS = {
+    "schema-first": "{schema}, public",
+    "no-space": "{schema},public",
+    "quoted": '"{schema}", public',
+    "upper-case": "{upper}, public",
+    "before-user": '{schema}, "$user", public',
+}
+
+
+@by_placement
+@pytest.mark.parametrize("spelling", list(LEFTOVER_PATHS.values()), ids=list(LEFTOVER_PATHS))
+def test_a_careless_session_search_path_does_not_route_the_next_tenant(world: World, app: psycopg.Connection,
+                                                                       spelling: str,
+                                                                       request: pytest.FixtureRequest) -> None:
+    """A careless client on the same connection leaves E's schema in the session's search_path
+    (set_config(..., false), in any spelling PostgreSQL reads): A's next transaction is routed to
+    A's own place, not to E's schema, and A's write lands there."""
+    if world.placement != "schema" and spelling in (LEFTOVER_PATHS["no-space"], LEFTOVER_PATHS["upper-case"]):
+        request.applymarker(pytest.mark.xfail(**_MISROUTED))  # a schema tenant's own schema goes first anyway
+    schema = world.schemas[world.e]
+    with in_tenant(app, world.e):
+        app.execute("SELECT set_config('search_path', %s, false)",
+                    (spelling.format(schema=schema, upper=schema.upper()),))
+    try:
+        with in_tenant(app, world.a):
+            assert routes_to(app) == expected_routes(world, world.a), search_path(app)
+            assert visible_everywhere(app) == only(world, world.a)
+            landed = app.execute("INSERT INTO invoices (organization_id, amount, status) VALUES (%s, 1, 'open')"
+                                 " RETURNING (SELECT c.relnamespace::regnamespace::text FROM pg_class c"
+                                 " WHERE c.oid = invoices.tableoid) || '.invoices'", (world.a,)).fetchone()[0]
+            assert landed == expected_routes(world, world.a)["invoices"]
+            raise psycopg.Rollback()
+    finally:
+        app.execute("RESET search_path")
+    world.assert_untouched()
