@@ -22,6 +22,23 @@ Each file runs in its own transaction together with the row that records it, so 
 leaves every file either applied and recorded, or neither. A session advisory lock keeps two
 runners from applying the same file at once.
 
+Tenant tables (issue 17). A tenant may live in a schema of its own, ``tenant_<32 hex>``
+(``fn_create_tenant_schema``), holding its own ``usage_events``, ``subscriptions``,
+``invoices`` and ``payment_methods``. A migration whose first line is ``-- tenant tables``
+changes those tables, by their unqualified names. It is applied to the shared tables like any
+migration, with ``search_path = public``, and in the same transaction
+``tenant_tables_version.version`` becomes its version (routing then refuses every tenant
+schema behind it: ``fn_tenant_schema_route``). Then every tenant schema of ``tenant_schemas``
+whose ``migrated_to`` is behind gets the tenant-tables migrations it lacks, each schema in one
+transaction of its own with ``SET LOCAL search_path = <schema>, public`` and its new
+``migrated_to``, on ``jobs`` connections at once: a kill at any point leaves every schema
+migrated or not, and a re-run finishes. A schema that fails (or whose tables are gone) is
+reported in one line, naming it and the migration; the others go on, and ``migrate()`` raises
+``TenantSchemasFailed`` at the end. ``public.usage_events`` is a view over ``usage_events_mt``
+while a schema's is a partitioned table: a tenant-tables migration that names either must
+branch on ``current_schema()`` (``'public'`` for the shared run), else it is refused.
+``migration_status()`` is ``db migrate --status``.
+
 A database migrated before the split (issue 16: one folder of numbered files, each
 redefining functions) has the checksums of those files recorded. They are known
 (``LEGACY_CHECKSUMS``): such a record is re-baselined to the split layout's file, once, and
@@ -31,7 +48,10 @@ its functions are then applied from ``sql/functions/``; any other checksum is st
 from __future__ import annotations
 
 import hashlib
+import os
+import queue
 import re
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -40,7 +60,8 @@ import psycopg
 from psycopg import sql
 
 from tenant_pipelines.settings import PROJECT_DIR
-from tenant_pipelines.errors import MigrationError
+from tenant_pipelines.errors import MigrationError, TenantPipelinesError
+from tenant_pipelines.db.locks import run_with_lock_timeout
 from tenant_pipelines.db.names import APP_ROLE, OWNER_ROLE
 
 SQL_DIR = PROJECT_DIR / "sql"
@@ -52,6 +73,10 @@ _NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 _FUNCTION_NAME = re.compile(r"^[a-z_][a-z0-9_]*\.sql$")
 _AFTER = re.compile(r"^-- after: (\d{4})[ \t]*$")
 _GRANT = re.compile(r"^-- grant: ([A-Za-z, ]+?) TO ([a-z_][a-z0-9_]*|PUBLIC)[ \t]*$")
+TENANT_TABLES_HEADER = "-- tenant tables"  # the first line of a migration of the tenant tables
+TENANT_TABLES = ("usage_events", "subscriptions", "invoices", "payment_methods")
+_USAGE_EVENTS = re.compile(r"\busage_events(_mt)?\b", re.IGNORECASE)
+_CURRENT_SCHEMA = re.compile(r"\bcurrent_schema\b", re.IGNORECASE)
 _PRIVILEGES = {"function": {"EXECUTE"}, "view": {"SELECT", "INSERT", "UPDATE", "DELETE"}}
 _CREATES = re.compile(
     r"^[ \t]*CREATE\s+(OR\s+REPLACE\s+)?(FUNCTION|PROCEDURE|VIEW|MATERIALIZED\s+VIEW)\s+(?:public\.)?\"?(\w+)",
@@ -116,6 +141,11 @@ class Migration(_SqlFile):
     text: str
     where: str = ""  # how messages name it: sql/migrations/0007_....sql
 
+    @property
+    def tenant_tables(self) -> bool:
+        """A migration of the tenant tables: applied to the shared ones and to every tenant schema."""
+        return self.text.split("\n", 1)[0].strip() == TENANT_TABLES_HEADER
+
 
 @dataclass(frozen=True)
 class FunctionFile(_SqlFile):
@@ -141,6 +171,42 @@ class MigrationReport:
     already_applied: list[str]
     functions_applied: list[str] = field(default_factory=list)
     rebaselined: list[str] = field(default_factory=list)
+    schemas: "SchemaReport | None" = None  # the tenant schemas' run
+
+
+@dataclass(frozen=True)
+class SchemaFailure:
+    schema: str
+    tenant: str
+    migration: str  # the label of the migration that failed, "" when none was tried
+    message: str
+
+    def __str__(self) -> str:
+        what = f"{self.migration} failed: " if self.migration else ""
+        return f"tenant schema {self.schema} (tenant {self.tenant}): {what}{self.message}"
+
+
+@dataclass
+class SchemaReport:
+    """What the tenant schemas' run did: how many were behind, migrated, and which failed."""
+    target: str                       # the version they were brought to
+    behind: int = 0
+    migrated: list[str] = field(default_factory=list)
+    failed: list[SchemaFailure] = field(default_factory=list)
+    jobs: int = 1
+
+
+class TenantSchemasFailed(MigrationError):
+    """Some tenant schemas could not be migrated; the others were. ``report`` says which."""
+
+    def __init__(self, report: SchemaReport) -> None:
+        self.report = report
+        first = report.failed[0]
+        more = f" (and {len(report.failed) - 1} more, each in its own line above)" if len(report.failed) > 1 else ""
+        super().__init__(
+            f"{len(report.failed)} of {report.behind} tenant schemas behind could not be brought to "
+            f"{report.target}: {first}{more}; they stay behind and are not routed to: fix them and run "
+            "tenant-pipelines db migrate again")
 
 
 def _migrations_dir(sql_dir: Path) -> Path:
@@ -167,7 +233,14 @@ def load_migrations(sql_dir: Path = SQL_DIR) -> list[Migration]:
             raise MigrationError(
                 f"{path.name}: migration names look like 0007_create_something.sql; rename it"
             )
-        migrations.append(Migration(match.group(1), path.name, path.read_text(), prefix + path.name))
+        migration = Migration(match.group(1), path.name, path.read_text(), prefix + path.name)
+        if migration.tenant_tables and _USAGE_EVENTS.search(migration.text) and not _CURRENT_SCHEMA.search(migration.text):
+            raise MigrationError(
+                f"{migration.label}: a `{TENANT_TABLES_HEADER}` migration names usage_events, which is a view over "
+                "usage_events_mt in public but a partitioned table in each tenant schema: branch on current_schema() "
+                "('public' for the shared tables, the tenant's schema otherwise) so it works on both, or change "
+                "usage events in a plain migration")
+        migrations.append(migration)
     versions = [m.version for m in migrations]
     duplicates = sorted({v for v in versions if versions.count(v) > 1})
     if duplicates:
@@ -268,16 +341,27 @@ def applied_functions(conn: psycopg.Connection) -> dict[str, str]:
     return dict(rows)
 
 
+def default_jobs() -> int:
+    """How many tenant schemas ``db migrate`` migrates at once by default: min(4, CPUs)."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
 def migrate(
     conn: psycopg.Connection,
-    sql_dir: Path = SQL_DIR,
+    sql_dir: Path | None = None,
     log: Callable[[str], None] = lambda message: None,
+    jobs: int | None = None,
+    connect: Callable[[], psycopg.Connection] | None = None,
 ) -> MigrationReport:
     """Apply every migration not yet applied, and every function file not applied as it is now:
-    in order, each function file right after the migration its ``-- after:`` names. ``conn``
-    must be in autocommit mode."""
+    in order, each function file right after the migration its ``-- after:`` names. Then bring
+    every tenant schema behind up to the tenant tables' version, ``jobs`` schemas at once
+    (default: ``default_jobs()``) on connections from ``connect`` (default: new connections
+    with ``conn``'s parameters); raises ``TenantSchemasFailed`` at the end if some could not
+    be. ``conn`` must be in autocommit mode."""
     if not conn.autocommit:
         raise MigrationError("migrate() needs an autocommit connection: each file gets its own transaction")
+    sql_dir = sql_dir or SQL_DIR  # read when called: the tests point it at a copy
     migrations = load_migrations(sql_dir)
     functions = load_functions(sql_dir, {m.version for m in migrations})
     conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
@@ -315,10 +399,11 @@ def migrate(
             if migration.version in applied:
                 skipped.append(migration.filename)
             else:
-                log(f"applying {migration.label}")
+                log(f"applying {migration.label}" + (" to the shared tenant tables" if migration.tenant_tables else ""))
                 _apply(conn, migration.label, migration.text,
                        sql.SQL("INSERT INTO {}.schema_migrations (version, filename, checksum) VALUES (%s, %s, %s)"),
-                       (migration.version, migration.filename, migration.checksum))
+                       (migration.version, migration.filename, migration.checksum),
+                       tenant_tables=migration.version if migration.tenant_tables else None)
                 done.append(migration.filename)
             while pending and pending[0].after <= migration.version:
                 function = pending.pop(0)
@@ -334,8 +419,12 @@ def migrate(
                        function=function)
                 functions_done.append(function.filename)
         revoke_temporary_from_applications(conn, log)
-        return MigrationReport(applied=done, already_applied=skipped, functions_applied=functions_done,
-                               rebaselined=[m.filename for m in legacy])
+        schemas = migrate_tenant_schemas(conn, migrations, log=log, jobs=jobs, connect=connect)
+        report = MigrationReport(applied=done, already_applied=skipped, functions_applied=functions_done,
+                                 rebaselined=[m.filename for m in legacy], schemas=schemas)
+        if schemas is not None and schemas.failed:
+            raise TenantSchemasFailed(schemas)
+        return report
     finally:
         conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
 
@@ -353,18 +442,248 @@ def _rebaseline(conn: psycopg.Connection, legacy: list[Migration]) -> None:
 
 
 def _apply(conn: psycopg.Connection, label: str, text: str, record: sql.SQL, values: tuple,
-           function: FunctionFile | None = None) -> None:
+           function: FunctionFile | None = None, tenant_tables: str | None = None) -> None:
     try:
         with conn.transaction():
             if function is not None:
                 # As pg_dump does: a body may name objects that later migrations create.
                 conn.execute("SET LOCAL check_function_bodies = off")
+            if tenant_tables is not None:
+                if not conn.execute("SELECT to_regclass('public.tenant_tables_version') IS NOT NULL").fetchone()[0]:
+                    raise MigrationError(
+                        f"{label}: a `{TENANT_TABLES_HEADER}` migration needs tenant_tables_version "
+                        "(sql/migrations/0020); number it after 0020")
+                conn.execute("SET LOCAL search_path = public")
             conn.execute(text.encode())
+            if tenant_tables is not None:
+                conn.execute("UPDATE public.tenant_tables_version SET version = %s", (tenant_tables,))
             if function is not None:
                 _set_privileges(conn, function)
             conn.execute(record.format(sql.Identifier(BOOKKEEPING_SCHEMA)), values)
     except psycopg.Error as exc:
         raise MigrationError(_explain(label, exc, function is not None)) from None
+
+
+# -- tenant schemas ---------------------------------------------------------------------------
+
+
+def _tenant_tables_version(conn: psycopg.Connection) -> str | None:
+    """The version the shared tenant tables are at; None before sql/migrations/0020."""
+    if not conn.execute("SELECT to_regclass('public.tenant_tables_version') IS NOT NULL").fetchone()[0]:
+        return None
+    return conn.execute("SELECT version FROM public.tenant_tables_version").fetchone()[0]
+
+
+def _schemas_behind(conn: psycopg.Connection, target: str) -> list[tuple[str, str, str]]:
+    """(schema, tenant, migrated_to) of every tenant schema behind ``target``, by name."""
+    return [(schema, str(tenant), at) for schema, tenant, at in conn.execute(
+        "SELECT schema_name::text, organization_id, migrated_to FROM public.tenant_schemas "
+        "WHERE migrated_to < %s ORDER BY schema_name", (target,)).fetchall()]
+
+
+def _same_server(conn: psycopg.Connection) -> Callable[[], psycopg.Connection]:
+    """New autocommit connections with ``conn``'s parameters, its password included (which
+    ``conn.info.dsn`` leaves out)."""
+    params = {o.keyword.decode(): o.val.decode() for o in conn.pgconn.info if o.val}
+    return lambda: psycopg.connect(**params, autocommit=True)
+
+
+def migrate_tenant_schemas(
+    conn: psycopg.Connection,
+    migrations: list[Migration],
+    log: Callable[[str], None] = lambda message: None,
+    jobs: int | None = None,
+    connect: Callable[[], psycopg.Connection] | None = None,
+) -> SchemaReport | None:
+    """Bring every tenant schema of ``tenant_schemas`` behind ``tenant_tables_version`` up to
+    it: the tenant-tables migrations among ``migrations`` newer than its ``migrated_to``, in
+    order, in one transaction per schema that also records its new ``migrated_to``; ``jobs``
+    schemas at once. A schema that fails is reported (``log``, and in the report) and left as
+    it was; the others go on. None before sql/migrations/0020."""
+    target = _tenant_tables_version(conn)
+    if target is None:
+        return None
+    behind = _schemas_behind(conn, target)
+    jobs = max(1, jobs or default_jobs())
+    report = SchemaReport(target=target, behind=len(behind), jobs=min(jobs, max(1, len(behind))))
+    if not behind:
+        return report
+    pending = [m for m in migrations if m.tenant_tables and m.version <= target]
+    log(f"tenant schemas: {len(behind)} behind {target}, migrating {report.jobs} at a time")
+    work: queue.SimpleQueue[tuple[str, str, str]] = queue.SimpleQueue()
+    for row in behind:
+        work.put(row)
+    lock = threading.Lock()
+    step = max(1, len(behind) // 10)
+    done = [0]
+
+    def finished(schema: str, failure: SchemaFailure | None) -> None:
+        with lock:
+            done[0] += 1
+            if failure is None:
+                report.migrated.append(schema)
+            else:
+                report.failed.append(failure)
+                log(str(failure))
+            if done[0] % step == 0 or done[0] == len(behind):
+                failed = f", {len(report.failed)} failed" if report.failed else ""
+                log(f"tenant schemas: {done[0]}/{len(behind)} at {target}{failed}" if not failed else
+                    f"tenant schemas: {done[0]}/{len(behind)} done, {len(report.migrated)} at {target}{failed}")
+
+    def worker(worker_conn: psycopg.Connection) -> None:
+        while True:
+            try:
+                schema, tenant, _ = work.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                failure = _migrate_schema(worker_conn, schema, tenant, pending, target)
+            except Exception as exc:  # noqa: BLE001  (a bug here must not hide the other schemas' results)
+                failure = SchemaFailure(schema, tenant, "", f"{type(exc).__name__}: {exc}")
+            finished(schema, failure)
+            if worker_conn.broken:
+                return  # the others take the rest; what is left at the end is reported
+
+    if report.jobs == 1:
+        worker(conn)
+    else:
+        opener = connect or _same_server(conn)
+        connections: list[psycopg.Connection] = []
+        try:
+            for _ in range(report.jobs):
+                connections.append(opener())
+            threads = [threading.Thread(target=worker, args=(c,), name=f"tenant-schemas-{i}", daemon=True)
+                       for i, c in enumerate(connections)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        finally:
+            for c in connections:
+                c.close()
+    while True:
+        try:
+            schema, tenant, _ = work.get_nowait()
+        except queue.Empty:
+            break
+        finished(schema, SchemaFailure(schema, tenant, "", "not tried: every worker connection was lost"))
+    return report
+
+
+def _migrate_schema(conn: psycopg.Connection, schema: str, tenant: str, pending: list[Migration],
+                    target: str) -> SchemaFailure | None:
+    """One schema, in one transaction (retried on a lock timeout): its pending migrations, then
+    CREATE on it revoked from PUBLIC and billing_app again, then its migrated_to. None when done
+    (or found done already), else what failed."""
+    current = [""]
+
+    def work(c: psycopg.Connection) -> None:
+        current[0] = ""
+        row = c.execute("SELECT migrated_to FROM public.tenant_schemas WHERE schema_name = %s FOR UPDATE",
+                        (schema,)).fetchone()
+        if row is None or row[0] >= target:
+            return  # removed, or migrated meanwhile
+        missing = [t for t, present in c.execute(
+            "SELECT t, to_regclass(format('%%I.%%I', %s::text, t)) IS NOT NULL FROM unnest(%s::text[]) t",
+            (schema, list(TENANT_TABLES))).fetchall() if not present]
+        if missing:
+            # With search_path = <schema>, public, a missing table's name would reach the shared one.
+            raise _SchemaBroken(f"{'its tables ' + ', '.join(missing) + ' do' if len(missing) > 1 else 'its table ' + missing[0] + ' does'} "
+                                "not exist (dropped by hand?): not migrated; recreate the schema's tables, or drop "
+                                "the schema and its tenant_schemas row")
+        ident = sql.Identifier(schema)
+        c.execute(sql.SQL("SET LOCAL search_path = {}, public").format(ident))
+        for migration in pending:
+            if migration.version > row[0]:
+                current[0] = migration.label
+                c.execute(migration.text.encode())
+        current[0] = ""
+        c.execute(sql.SQL("SET LOCAL search_path = pg_catalog, public"))
+        # A tenant-tables migration grants nothing on the schema: billing_app uses it, never creates in it.
+        c.execute(sql.SQL("REVOKE CREATE ON SCHEMA {} FROM PUBLIC, {}").format(ident, sql.Identifier(APP_ROLE)))
+        if c.execute("SELECT has_schema_privilege(%s, %s, 'CREATE')", (APP_ROLE, schema)).fetchone()[0]:
+            raise _SchemaBroken(f"{APP_ROLE} may still CREATE in it through a role it is a member of: "
+                                f"revoke that, then run db migrate again")
+        c.execute("UPDATE public.tenant_schemas SET migrated_to = %s WHERE schema_name = %s", (target, schema))
+
+    try:
+        run_with_lock_timeout(conn, f"tenant schema {schema}", work)
+    except _SchemaBroken as exc:
+        return SchemaFailure(schema, tenant, "", str(exc))
+    except psycopg.Error as exc:
+        message = exc.diag.message_primary or (str(exc).splitlines() or [type(exc).__name__])[0]
+        return SchemaFailure(schema, tenant, current[0], message)
+    except TenantPipelinesError as exc:  # still waiting for a lock after the retries
+        return SchemaFailure(schema, tenant, current[0], str(exc).removeprefix(f"tenant schema {schema}: "))
+    return None
+
+
+class _SchemaBroken(Exception):
+    """A tenant schema that cannot be migrated as it is (a table dropped by hand)."""
+
+
+# -- status -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SchemaBehind:
+    schema: str
+    tenant: str
+    migrated_to: str
+    should_be_at: str
+
+
+@dataclass(frozen=True)
+class MigrationStatus:
+    applied: list[Migration]
+    pending: list[Migration]
+    functions_pending: list[str]   # function files db migrate would (re-)apply
+    tenant_tables_version: str | None
+    should_be_at: str | None        # the version every tenant schema should be at
+    schemas: int                    # tenant schemas in all
+    behind: list[SchemaBehind]
+
+    def lines(self) -> list[str]:
+        """What ``db migrate --status`` prints."""
+        out = [f"migrations: {len(self.applied)} applied, {len(self.pending)} pending"]
+        for state, items in (("applied", self.applied), ("pending", self.pending)):
+            out += [f"  {state:8} {m.filename}{'  (tenant tables)' if m.tenant_tables else ''}" for m in items]
+        if self.functions_pending:
+            out.append(f"functions and views to apply: {', '.join(self.functions_pending)}")
+        if self.tenant_tables_version is None:
+            out.append("tenant schemas: none (the database is before sql/migrations/0020)")
+            return out
+        out.append(f"tenant tables at {self.tenant_tables_version}; tenant schemas: {self.schemas}, "
+                   f"{len(self.behind)} behind {self.should_be_at}")
+        if self.behind:
+            out.append("  schema	tenant	migrated_to	should_be_at")
+            out += [f"  {b.schema}	{b.tenant}	{b.migrated_to}	{b.should_be_at}" for b in self.behind]
+        return out
+
+
+def migration_status(conn: psycopg.Connection, sql_dir: Path | None = None) -> MigrationStatus:
+    """Change nothing: the migrations applied and pending, the function files that would be
+    applied, and every tenant schema behind the version it should be at (the newest
+    tenant-tables migration in ``sql_dir``, or the shared tables' version if newer)."""
+    migrations = load_migrations(sql_dir or SQL_DIR)
+    functions = load_functions(sql_dir or SQL_DIR, {m.version for m in migrations})
+    has_bookkeeping = conn.execute("SELECT to_regclass(%s) IS NOT NULL",
+                                   (f"{BOOKKEEPING_SCHEMA}.schema_migrations",)).fetchone()[0]
+    applied = applied_migrations(conn) if has_bookkeeping else {}
+    recorded = applied_functions(conn)
+    version = _tenant_tables_version(conn)
+    should_be_at = max([m.version for m in migrations if m.tenant_tables] + [version or "0000"])
+    behind, count = [], 0
+    if version is not None:
+        count = conn.execute("SELECT count(*) FROM public.tenant_schemas").fetchone()[0]
+        behind = [SchemaBehind(schema, tenant, at, should_be_at)
+                  for schema, tenant, at in _schemas_behind(conn, should_be_at)]
+    return MigrationStatus(
+        applied=[m for m in migrations if m.version in applied],
+        pending=[m for m in migrations if m.version not in applied],
+        functions_pending=[f.name for f in functions if recorded.get(f.name) != f.checksum],
+        tenant_tables_version=version, should_be_at=should_be_at if version is not None else None,
+        schemas=count, behind=behind)
 
 
 def _set_privileges(conn: psycopg.Connection, function: FunctionFile) -> None:
