@@ -1,7 +1,12 @@
--- after: 0001
+-- after: 0020
 -- Step 1 of onboarding, and all of premaking: the pool's months, and, for a tenant that gets
 -- a dedicated partition, that partition and its months (created standalone; months split off
 -- the tenant's own _rest). A pooled tenant needs nothing else: the result says 'pooled'.
+-- Placement policy (issue 17): a tenant whose override or tier says 'partition' gets one
+-- (within the leaf budget), 'pooled' or 'schema' none; with neither, the rule below (tier's
+-- partition_by_month, dedicated_resources, size). A tenant in a schema of its own, or in an
+-- online move, is the placement mover's: only the pool's months are made for it ('schema' or
+-- 'moving'), unless the move is one into a dedicated partition, which this prepares.
 CREATE OR REPLACE FUNCTION fn_prepare_tenant_partition(p_tenant uuid, p_premake_months integer DEFAULT NULL)
     RETURNS jsonb
     LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
@@ -30,6 +35,9 @@ DECLARE
     v_needed     integer;
     v_created    text[] := '{}';
     v_note       text := '';
+    v_desired    text;
+    v_placed     text;
+    v_moving_to  text;
 BEGIN
     IF p_tenant IS NULL THEN
         RAISE EXCEPTION 'tenant partition: the tenant id is NULL' USING HINT = 'pass the organization''s UUID';
@@ -48,7 +56,22 @@ BEGIN
 
     SELECT tc.tier, tc.dedicated_resources INTO v_tier, v_flagged
       FROM public.tenant_classifications tc WHERE tc.organization_id = p_tenant;
-    SELECT tl.partition_by_month INTO v_monthly FROM public.tier_limits tl WHERE tl.tier = COALESCE(v_tier, 'free');
+    SELECT tl.partition_by_month, COALESCE(tc.placement_override, tl.placement) INTO v_monthly, v_desired
+      FROM public.tier_limits tl
+      LEFT JOIN public.tenant_classifications tc ON tc.organization_id = p_tenant
+     WHERE tl.tier = COALESCE(v_tier, 'free');
+    SELECT p.kind INTO v_placed FROM public.tenant_placements p WHERE p.organization_id = p_tenant;
+    SELECT m.to_kind INTO v_moving_to FROM tenant_pipelines.tenant_moves m WHERE m.organization_id = p_tenant;
+    IF (v_placed = 'schema' OR v_moving_to IS NOT NULL) AND v_moving_to IS DISTINCT FROM 'partition' THEN
+        v_pool := public.fn_premake_pool_months(p_premake_months);
+        RETURN jsonb_build_object(
+            'tenant', p_tenant, 'partition', NULL,
+            'layout', CASE WHEN v_moving_to IS NOT NULL THEN 'moving' ELSE 'schema' END,
+            'tables_created', v_pool->'tables_created',
+            'rows_split_into_months', (v_pool->>'rows_split_into_months')::bigint,
+            'note', CASE WHEN v_moving_to IS NOT NULL THEN 'moving to ' || v_moving_to
+                         ELSE 'in a schema of its own: no partition' END);
+    END IF;
     v_monthly := COALESCE(v_monthly, false);
     -- Size: catalog estimates of its own partition, plus its rows in the pool, counted up to
     -- the threshold (an index-only range of the pool's primary key).
@@ -63,6 +86,11 @@ BEGIN
          LIMIT cfg.split_threshold_rows) s;
     v_rows := v_rows + v_pooled;
     v_dedicated := v_exists OR v_monthly OR COALESCE(v_flagged, false) OR v_rows >= cfg.split_threshold_rows;
+    IF v_moving_to = 'partition' OR v_desired = 'partition' THEN
+        v_dedicated := true;
+    ELSIF v_desired IN ('pooled', 'schema') AND NOT v_exists THEN
+        v_dedicated := false;
+    END IF;
     v_monthly := v_monthly OR v_rows >= cfg.split_threshold_rows;
 
     IF v_monthly THEN

@@ -38,7 +38,14 @@ BEGIN
     PERFORM pg_catalog.pg_advisory_xact_lock_shared(public.fn_tenant_lock_key(p_tenant_id));
     v_schema := public.fn_tenant_schema_route(p_tenant_id);
     v_path := pg_catalog.current_setting('search_path');
-    v_shared := pg_catalog.regexp_replace(v_path, '^"?tenant_[0-9a-f]{32}"?, ', '');
+    -- Every tenant schema out of the path, however it was spelled (quoted or not, any case,
+    -- any spacing, anywhere in the list), then the leftover commas.
+    v_shared := pg_catalog.regexp_replace(
+        pg_catalog.regexp_replace(v_path, '(^|,)\s*"?tenant_[0-9a-f]{32}"?\s*(?=,|$)', '', 'gi'),
+        '^\s*,\s*', '');
+    IF v_shared ~ '^\s*$' THEN
+        v_shared := '"$user", public';
+    END IF;
     IF v_schema IS NOT NULL THEN
         PERFORM pg_catalog.set_config('search_path', pg_catalog.quote_ident(v_schema) OPERATOR(pg_catalog.||) ', '
                                       OPERATOR(pg_catalog.||) v_shared, true);

@@ -23,7 +23,9 @@ from tenant_pipelines.db.session import tenant_session
 
 UsageEvent = tuple[str, Decimal, datetime, str]  # metric_name, quantity, timestamp, properties JSON
 
-USAGE_EVENTS_TABLE = "usage_events_mt"
+# The name the application writes: the shared view over usage_events_mt, or, for a tenant in a
+# schema of its own, that schema's table (fn_set_tenant_context routes the transaction).
+USAGE_EVENTS_TABLE = "usage_events"
 # Rows per statement: large enough that a statement's overhead vanishes, small enough that the
 # four arrays of one statement stay a few MB.
 ROWS_PER_STATEMENT = 5_000

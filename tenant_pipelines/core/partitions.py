@@ -26,7 +26,7 @@ from tenant_pipelines.errors import UnknownTenant
 @dataclass
 class PartitionReport:
     tenant: str
-    partition: str
+    partition: str | None  # None: the tenant is in a schema of its own, or moving
     layout: str
     tables_created: list[str] = field(default_factory=list)
     rows_moved: int = 0
@@ -91,7 +91,7 @@ def ensure_tenant_partition(
         note=prepared.get("note") or "",
         attempts=tries,
     )
-    if report.layout != "pooled":
+    if report.layout not in ("pooled", "schema", "moving"):  # schema, moving: core/moves.py's
         attached, more_tries = _promote(conn, tenant, attempts, retries)
         report.rows_moved = int(attached["rows_moved"])
         report.attached_now = bool(attached["attached_now"])

@@ -6,10 +6,15 @@ by ``fn_attach_tenant_partition`` and ``fn_prepare_tenant_partition``):
 
 - ``pooled``: its usage events are in the shared partition, ``usage_events_mt_default`` (split
   by month, shared with every other pooled tenant);
-- ``partition``: its usage events are in a dedicated partition of ``usage_events_mt``.
+- ``partition``: its usage events are in a dedicated partition of ``usage_events_mt``;
+- ``schema``: a schema of its own, ``tenant_<32 hex>`` (the registry's location), holding its
+  ``usage_events`` (by month), ``subscriptions``, ``invoices`` and ``payment_methods``
+  (sql/functions/fn_create_tenant_schema.sql). Its organizations, classification and backup
+  config rows stay shared.
 
-Either way its other rows are in the shared tables, and every read or write goes through the
-parent tables, where RLS applies. A tenant with no row is pooled (its events arrived before the
+Pooled and partition tenants' rows are in the shared tables, and every read or write goes
+through the parent tables, where RLS applies; a schema tenant's go through its schema's
+tables, where the same policy applies. Moves between them: core/moves.py. A tenant with no row is pooled (its events arrived before the
 onboarding sensor saw it). Backups, restores, metrics and audits ask this module, so a new kind
 of placement (a schema of its own, a node of its own) is added here and in the registry, not in
 each of them.
@@ -28,7 +33,8 @@ from tenant_pipelines.db.session import parse_tenant_id
 
 POOLED = "pooled"
 PARTITION = "partition"
-KINDS = (POOLED, PARTITION)
+SCHEMA = "schema"
+KINDS = (POOLED, PARTITION, SCHEMA)
 
 SHARED_SCHEMA = "public"
 USAGE_EVENTS = "usage_events_mt"
@@ -47,6 +53,16 @@ TENANT_TABLES: tuple[tuple[str, str], ...] = (
 )
 
 
+# The tables a tenant schema has, by the shared name each stands for.
+SCHEMA_TABLES = {"subscriptions": "subscriptions", "invoices": "invoices", "payment_methods": "payment_methods",
+                 USAGE_EVENTS: "usage_events"}
+
+
+def schema_name(tenant: uuid.UUID) -> str:
+    """The name a tenant's own schema gets (``fn_tenant_schema_name`` in SQL)."""
+    return "tenant_" + tenant.hex
+
+
 def partition_name(tenant: uuid.UUID) -> str:
     """The name a dedicated partition gets (``fn_tenant_partition_name`` in SQL creates it; a
     test keeps the two equal). Where a tenant's partition *is* comes from the registry."""
@@ -57,7 +73,7 @@ def partition_name(tenant: uuid.UUID) -> str:
 class Placement:
     tenant: uuid.UUID
     kind: str
-    location: str  # the relation in SHARED_SCHEMA that holds its usage events
+    location: str  # the relation in SHARED_SCHEMA that holds its usage events; for a schema tenant, its schema
     state: str
     since: datetime | None  # None: not in the registry (pooled by default)
 
@@ -67,16 +83,24 @@ class Placement:
 
     def schema_of(self, name: str) -> str:
         """The schema of the relation through which the tenant's rows of table ``name`` go."""
-        return SHARED_SCHEMA
+        return self.location if self.kind == SCHEMA and name in SCHEMA_TABLES else SHARED_SCHEMA
+
+    def name_of(self, name: str) -> str:
+        """That relation's name: the shared name, or the schema's own (usage_events_mt is
+        usage_events in a tenant schema)."""
+        return SCHEMA_TABLES[name] if self.kind == SCHEMA and name in SCHEMA_TABLES else name
 
     def table(self, name: str) -> sql.Identifier:
         """The relation through which the tenant's rows of table ``name`` are read and written
         (the parent: RLS applies, and rows route to wherever the tenant lives)."""
-        return sql.Identifier(self.schema_of(name), name)
+        return sql.Identifier(self.schema_of(name), self.name_of(name))
 
     @property
     def usage_events_leaf(self) -> sql.Identifier:
-        """The relation that stores its usage events: its partition, or the shared partition."""
+        """The relation that stores its usage events: its partition, the shared partition, or
+        its schema's usage_events."""
+        if self.kind == SCHEMA:
+            return sql.Identifier(self.location, SCHEMA_TABLES[USAGE_EVENTS])
         return sql.Identifier(SHARED_SCHEMA, self.location)
 
 

@@ -975,12 +975,6 @@ def test_another_tenants_schema_reached_by_hand_shows_and_takes_nothing(world: W
     world.assert_untouched()
 
 
-_MISROUTED = dict(strict=True, reason=(
-    "sql/functions/fn_set_tenant_context.sql strips a leftover tenant schema only when spelled "
-    "exactly '^\"?tenant_<32 hex>\"?, ' (regexp on current_setting('search_path')): 'tenant_x,public' or "
-    "'TENANT_X, public' stays first, so a pooled or partition tenant's next transaction is routed to "
-    "the other tenant's schema (RLS and tenant_only_check refuse its rows: no leak, but its reads are "
-    "empty and its writes fail)"))
 LEFTOVER_PATHS = {
     "schema-first": "{schema}, public",
     "no-space": "{schema},public",
@@ -993,13 +987,10 @@ LEFTOVER_PATHS = {
 @by_placement
 @pytest.mark.parametrize("spelling", list(LEFTOVER_PATHS.values()), ids=list(LEFTOVER_PATHS))
 def test_a_careless_session_search_path_does_not_route_the_next_tenant(world: World, app: psycopg.Connection,
-                                                                       spelling: str,
-                                                                       request: pytest.FixtureRequest) -> None:
+                                                                       spelling: str) -> None:
     """A careless client on the same connection leaves E's schema in the session's search_path
     (set_config(..., false), in any spelling PostgreSQL reads): A's next transaction is routed to
     A's own place, not to E's schema, and A's write lands there."""
-    if world.placement != "schema" and spelling in (LEFTOVER_PATHS["no-space"], LEFTOVER_PATHS["upper-case"]):
-        request.applymarker(pytest.mark.xfail(**_MISROUTED))  # a schema tenant's own schema goes first anyway
     schema = world.schemas[world.e]
     with in_tenant(app, world.e):
         app.execute("SELECT set_config('search_path', %s, false)",

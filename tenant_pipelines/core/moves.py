@@ -1,0 +1,609 @@
+"""Online moves of one tenant between placements: pooled, partition and schema.
+
+A tenant keeps writing while it moves. The steps, each recorded in
+``tenant_pipelines.tenant_moves`` so that a crash at any point resumes on the next run:
+
+1. **copying**: the target made ready (its schema, or its dedicated partition attached
+   empty), capture triggers on the source (``fn_tenant_move_capture``, with a WHEN clause
+   naming the tenant: no other tenant's row fires them), then its rows copied in batches of
+   ``batch_rows``, paced to ``max_mb_per_s``, each batch one transaction that also records
+   how far it got; then catch-ups (the logged keys re-copied) until few keys are left.
+2. **verified**: in one REPEATABLE READ snapshot, per table, the row count and a content hash
+   of both sides, but for the keys still logged (the final catch-up re-copies those), equal.
+3. **cut_over**: one short transaction under the tenant's advisory lock, taken EXCLUSIVE (its
+   writers take it SHARED in ``fn_set_tenant_context``; only they wait, at most
+   ``CUTOVER_LOCK_TIMEOUT_MS`` per try): the final catch-up, a check of what it copied, and
+   the routing flip (``fn_record_placement``). From here the source is out of every route:
+   the capture triggers refuse writes that still reach it.
+4. the old copy removed (a schema dropped, a partition detached concurrently and dropped, a
+   pool's rows deleted in batches), the triggers and the log dropped, the move's row deleted.
+
+Moves between ``pooled`` and ``partition`` stay the partition promotion of
+``core.partitions`` (both live under ``usage_events_mt``, which cannot hold a tenant's rows
+twice); a dedicated tenant goes back to the pool by way of a schema (two online moves).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Callable
+
+import psycopg
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from tenant_pipelines.core import placement as placements
+from tenant_pipelines.core.partitions import ensure_tenant_partition, require_known_tenant
+from tenant_pipelines.db.locks import LockRetries, run_with_lock_retry, run_with_lock_timeout
+from tenant_pipelines.errors import InvalidInput, TenantPipelinesError
+
+POOLED, PARTITION, SCHEMA = placements.POOLED, placements.PARTITION, placements.SCHEMA
+KINDS = (POOLED, PARTITION, SCHEMA)
+# The tables a placement holds, parents before children (foreign keys), and their keys.
+MOVED_TABLES = ("subscriptions", "invoices", "payment_methods", "usage_events")
+KEYS = {"usage_events": ("id", "timestamp")}
+KEY_TYPES = {"id": "uuid", "timestamp": "timestamptz"}
+# The primary keys: what an upsert of the catch-up conflicts on.
+PRIMARY_KEYS = {"usage_events": ("organization_id", "id", "timestamp")}
+DEFAULT_BATCH_ROWS = 5000
+DEFAULT_MAX_MB_PER_S: float | None = 8.0
+CUTOVER_LOCK_TIMEOUT_MS = 100
+CATCH_UP_UNTIL = 500  # keys left in the log when the mover stops catching up and verifies
+_MOVE_LOCK = 0x6D6F_7665  # "move": with hashtext(tenant), one mover per tenant at a time
+MiB = 1024 * 1024
+
+
+class MoveRefused(TenantPipelinesError):
+    """The move cannot start (or go on) safely; nothing was changed."""
+
+    exit_code = 2
+
+
+@dataclass
+class MoveReport:
+    tenant: str
+    from_kind: str
+    to_kind: str
+    from_location: str = ""
+    to_location: str = ""
+    moved: bool = False  # False: already there
+    resumed_from: str | None = None
+    rows_copied: dict[str, int] = field(default_factory=dict)
+    keys_caught_up: int = 0
+    bytes_copied: int = 0
+    hashes: dict[str, list] = field(default_factory=dict)  # table -> [count, hash] checked on both sides
+    cutover_lock_wait_ms: float = 0.0
+    cutover_ms: float = 0.0
+    cutover_keys: int = 0
+    lock_retries: int = 0
+    steps: dict[str, float] = field(default_factory=dict)  # step -> seconds
+    hops: list[str] = field(default_factory=list)
+
+    @property
+    def duration_s(self) -> float:
+        return sum(self.steps.values())
+
+
+@dataclass(frozen=True)
+class Home:
+    """One side of a move: where the tenant's rows of each table are."""
+
+    kind: str
+    location: str  # the schema, or the relation in public holding its usage events
+
+    def read(self, table: str) -> sql.Composable:
+        """The relation to read the tenant's rows of ``table`` from (filtered by tenant)."""
+        if self.kind == SCHEMA:
+            return sql.Identifier(self.location, table)
+        if table == "usage_events":
+            return sql.Identifier("public", self.location)
+        return sql.Identifier("public", table)
+
+    def write(self, table: str) -> sql.Composable:
+        """The relation to write them into: the parent, which routes a public row to the
+        tenant's partition or to the pool's month."""
+        if self.kind == SCHEMA:
+            return sql.Identifier(self.location, table)
+        return sql.Identifier("public", "usage_events_mt" if table == "usage_events" else table)
+
+    def capture_on(self, table: str) -> sql.Identifier:
+        """Where the capture triggers go: the relation the tenant's writes reach (a trigger on
+        a partitioned table is on each of its partitions, months made later included)."""
+        if self.kind == SCHEMA:
+            return sql.Identifier(self.location, table)
+        if table == "usage_events":
+            return sql.Identifier("public", self.location)
+        return sql.Identifier("public", table)
+
+
+def _key(table: str) -> tuple[str, ...]:
+    return KEYS.get(table, ("id",))
+
+
+def _trigger_name(tenant: uuid.UUID) -> str:
+    return "tenant_move_" + tenant.hex
+
+
+def _target_location(conn: psycopg.Connection, tenant: uuid.UUID, kind: str) -> str:
+    if kind == SCHEMA:
+        return conn.execute("SELECT fn_tenant_schema_name(%s)", (tenant,)).fetchone()[0]
+    if kind == PARTITION:
+        return placements.partition_name(tenant)
+    return placements.SHARED_PARTITION
+
+
+def check_kind(kind: str) -> str:
+    if kind not in KINDS:
+        raise InvalidInput(f"placement {kind!r}: use one of {', '.join(KINDS)}")
+    return kind
+
+
+def move_tenant(
+    conn: psycopg.Connection,
+    tenant_id: object,
+    to_kind: str,
+    *,
+    batch_rows: int = DEFAULT_BATCH_ROWS,
+    max_mb_per_s: float | None = DEFAULT_MAX_MB_PER_S,
+    log: Callable[[str], None] = lambda message: None,
+    stop_after: str | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> MoveReport:
+    """Move ``tenant_id`` to a placement of kind ``to_kind``, online; resume its move if one
+    is recorded. ``conn``: an admin connection in autocommit mode. ``stop_after`` (a step
+    name) stops there, as a crash would: for tests."""
+    check_kind(to_kind)
+    if not 1 <= batch_rows <= 1_000_000:
+        raise InvalidInput(f"batch of {batch_rows} rows: give 1 to 1000000")
+    if max_mb_per_s is not None and not max_mb_per_s > 0:
+        raise InvalidInput(f"max MB/s {max_mb_per_s}: give a positive rate, or none for no limit")
+    tenant = require_known_tenant(conn, tenant_id)
+    if not conn.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))", (_MOVE_LOCK, str(tenant))).fetchone()[0]:
+        raise MoveRefused(f"tenant {tenant}: another run is moving it now; wait for it to finish")
+    try:
+        return _move(conn, tenant, to_kind, batch_rows, max_mb_per_s, log, stop_after, sleep)
+    finally:
+        conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", (_MOVE_LOCK, str(tenant)))
+
+
+def _move(conn, tenant, to_kind, batch_rows, max_mb_per_s, log, stop_after, sleep) -> MoveReport:
+    move = _recorded_move(conn, tenant)
+    current = placements.placement_of(conn, tenant)
+    if move is not None and move["to_kind"] != to_kind:
+        raise MoveRefused(
+            f"tenant {tenant}: a move to {move['to_kind']} is in progress (step {move['step']}); "
+            f"finish it with --to {move['to_kind']} first")
+    if move is None and current.kind == to_kind:
+        return MoveReport(str(tenant), current.kind, to_kind, current.location, current.location, moved=False)
+    if move is None and {current.kind, to_kind} == {POOLED, PARTITION}:
+        if to_kind == PARTITION:
+            return _promote(conn, tenant, current, log)
+        log(f"tenant {tenant}: partition -> pooled goes by way of a schema (two online moves)")
+        first = _move(conn, tenant, SCHEMA, batch_rows, max_mb_per_s, log, stop_after, sleep)
+        second = _move(conn, tenant, POOLED, batch_rows, max_mb_per_s, log, stop_after, sleep)
+        second.from_kind, second.from_location = first.from_kind, first.from_location
+        second.hops = [f"{PARTITION} -> {SCHEMA}", f"{SCHEMA} -> {POOLED}"]
+        second.steps = {f"1 {k}": v for k, v in first.steps.items()} | {f"2 {k}": v for k, v in second.steps.items()}
+        second.rows_copied = {t: first.rows_copied.get(t, 0) + second.rows_copied.get(t, 0)
+                              for t in set(first.rows_copied) | set(second.rows_copied)}
+        return second
+
+    report = MoveReport(str(tenant), current.kind if move is None else move["from_kind"], to_kind)
+    retries = LockRetries()
+    if move is None:
+        source = Home(current.kind, current.location)
+        target = Home(to_kind, _target_location(conn, tenant, to_kind))
+        started = time.monotonic()
+        _refuse_unknown_data(conn, tenant, source, target)
+        conn.execute(
+            "INSERT INTO tenant_pipelines.tenant_moves (organization_id, from_kind, from_location, to_kind, to_location, step)"
+            " VALUES (%s, %s, %s, %s, %s, 'copying')",
+            (tenant, source.kind, source.location, target.kind, target.location))
+        report.steps["begin"] = time.monotonic() - started
+        step = "copying"
+        log(f"tenant {tenant}: moving {source.kind} ({source.location}) -> {target.kind} ({target.location})")
+    else:
+        source = Home(move["from_kind"], move["from_location"])
+        target = Home(move["to_kind"], move["to_location"])
+        step = report.resumed_from = move["step"]
+        log(f"tenant {tenant}: resuming its move to {target.kind} at step {step}")
+    report.from_location, report.to_location = source.location, target.location
+
+    if step in ("copying", "verified"):
+        started = time.monotonic()
+        _prepare_target(conn, tenant, source, target)
+        _install_capture(conn, tenant, source, retries)
+        report.steps["prepare"] = time.monotonic() - started
+        if stop_after == "prepare":
+            return report
+        started = time.monotonic()
+        last_key = move["last_key"] if move is not None and step == "copying" else None
+        if step == "copying":
+            _copy(conn, tenant, source, target, report, batch_rows, max_mb_per_s, last_key, log, sleep)
+        report.steps["copy"] = time.monotonic() - started
+        if stop_after == "copy":
+            return report
+        started = time.monotonic()
+        for _ in range(20):
+            caught = _catch_up(conn, tenant, source, target)
+            report.keys_caught_up += caught
+            if _logged(conn, tenant) <= CATCH_UP_UNTIL:
+                break
+        report.steps["catch_up"] = time.monotonic() - started
+        started = time.monotonic()
+        report.hashes = _verify(conn, tenant, source, target)
+        _set_step(conn, tenant, "verified", {"hashes": report.hashes})
+        report.steps["verify"] = time.monotonic() - started
+        log(f"tenant {tenant}: verified " + ", ".join(f"{t} {c} rows" for t, (c, _) in report.hashes.items()))
+        if stop_after == "verify":
+            return report
+        started = time.monotonic()
+        _cutover(conn, tenant, source, target, report, retries)
+        report.steps["cutover"] = time.monotonic() - started
+        log(f"tenant {tenant}: cut over to {target.kind} ({target.location}): lock waited "
+            f"{report.cutover_lock_wait_ms:.1f} ms, held {report.cutover_ms:.1f} ms, {report.cutover_keys} keys")
+        if stop_after == "cutover":
+            return report
+    started = time.monotonic()
+    _remove_old_copy(conn, tenant, source, target, batch_rows, retries, log)
+    report.steps["cleanup"] = time.monotonic() - started
+    report.moved = True
+    report.lock_retries = retries.count
+    return report
+
+
+def _promote(conn: psycopg.Connection, tenant: uuid.UUID, current: placements.Placement,
+             log: Callable[[str], None]) -> MoveReport:
+    started = time.monotonic()
+    result = ensure_tenant_partition(conn, tenant)
+    if placements.placement_of(conn, tenant).kind != PARTITION:
+        raise MoveRefused(f"tenant {tenant}: not promoted to a dedicated partition: {result.note or 'its policy says pooled'}; "
+                          "set its placement override to partition (placement move does)")
+    log(f"tenant {tenant}: promoted to {result.partition} ({result.rows_moved} rows moved under its lock)")
+    report = MoveReport(str(tenant), current.kind, PARTITION, current.location, result.partition or "", moved=True)
+    report.rows_copied = {"usage_events": result.rows_moved}
+    report.steps["promote"] = time.monotonic() - started
+    report.lock_retries = result.lock_retries
+    return report
+
+
+def _recorded_move(conn: psycopg.Connection, tenant: uuid.UUID) -> dict | None:
+    with conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
+        return cur.execute("SELECT * FROM tenant_pipelines.tenant_moves WHERE organization_id = %s", (tenant,)).fetchone()
+
+
+def _set_step(conn: psycopg.Connection, tenant: uuid.UUID, step: str, detail: dict | None = None) -> None:
+    conn.execute(
+        "UPDATE tenant_pipelines.tenant_moves SET step = %s,"
+        " steps = steps || jsonb_build_object(%s::text, jsonb_build_object('at', now()) || %s)"
+        " WHERE organization_id = %s", (step, step, Jsonb(detail or {}), tenant))
+
+
+def _count(conn: psycopg.Connection, relation: sql.Composable, tenant: uuid.UUID) -> int:
+    return conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE organization_id = %s").format(relation),
+                        (tenant,)).fetchone()[0]
+
+
+def _refuse_unknown_data(conn: psycopg.Connection, tenant: uuid.UUID, source: Home, target: Home) -> None:
+    """A target that already holds rows of the tenant that no recorded move put there cannot be
+    verified against the source: refuse, before anything changes."""
+    if target.kind == SCHEMA:
+        exists = conn.execute("SELECT to_regnamespace(%s) IS NOT NULL", (target.location,)).fetchone()[0]
+        if not exists:
+            return
+        for table in MOVED_TABLES:
+            if conn.execute("SELECT to_regclass(%s) IS NOT NULL",
+                            (f"{target.location}.{table}",)).fetchone()[0] and _count(conn, target.read(table), tenant):
+                raise MoveRefused(
+                    f"tenant {tenant}: schema {target.location} exists with rows in {table} that no move put there; "
+                    "back them up and drop the schema (or restore them into the tenant first), then re-run")
+    else:
+        for table in MOVED_TABLES:
+            relation = target.write(table)
+            if _count(conn, relation, tenant):
+                raise MoveRefused(
+                    f"tenant {tenant}: public {table} already has rows of this tenant that no move put there; "
+                    "remove them (or move them into its schema by hand) first, then re-run")
+
+
+def _prepare_target(conn: psycopg.Connection, tenant: uuid.UUID, source: Home, target: Home) -> None:
+    if target.kind == SCHEMA:
+        oldest = None
+        if source.kind != SCHEMA:
+            oldest = conn.execute(sql.SQL('SELECT min("timestamp") FROM {} WHERE organization_id = %s').format(
+                source.read("usage_events")), (tenant,)).fetchone()[0]
+        run_with_lock_timeout(conn, f"tenant {tenant}: creating its schema",
+                              lambda c: c.execute("SELECT fn_create_tenant_schema(%s, (%s::timestamptz AT TIME ZONE 'UTC')::date)", (tenant, oldest)))
+    elif target.kind == PARTITION:
+        result = ensure_tenant_partition(conn, tenant)
+        if not conn.execute("SELECT fn_is_partition_of(%s, 'usage_events_mt')", (target.location,)).fetchone()[0]:
+            raise MoveRefused(f"tenant {tenant}: its dedicated partition could not be attached ({result.note}); "
+                              "see partition_config.leaf_budget")
+
+
+def _install_capture(conn: psycopg.Connection, tenant: uuid.UUID, source: Home, retries: LockRetries) -> None:
+    """The capture triggers, one set per source relation. CREATE TRIGGER takes SHARE ROW
+    EXCLUSIVE on the relation: a pooled source's writers of other tenants wait for it at most
+    CUTOVER_LOCK_TIMEOUT_MS a try."""
+    name = _trigger_name(tenant)
+    for table in MOVED_TABLES:
+        relation = source.capture_on(table)
+        exists = conn.execute(
+            "SELECT 1 FROM pg_trigger WHERE tgrelid = to_regclass(%s) AND tgname = %s AND tgparentid = 0",
+            (relation.as_string(conn), name + "_ins")).fetchone()
+        if exists:
+            continue
+        literal = sql.Literal(str(tenant))
+        statements = [
+            sql.SQL("CREATE TRIGGER {} AFTER INSERT ON {} FOR EACH ROW WHEN (NEW.organization_id = {}::uuid)"
+                    " EXECUTE FUNCTION public.fn_tenant_move_capture({})").format(
+                sql.Identifier(name + "_ins"), relation, literal, sql.Literal(table)),
+            sql.SQL("CREATE TRIGGER {} AFTER UPDATE ON {} FOR EACH ROW"
+                    " WHEN (NEW.organization_id = {}::uuid OR OLD.organization_id = {}::uuid)"
+                    " EXECUTE FUNCTION public.fn_tenant_move_capture({})").format(
+                sql.Identifier(name + "_upd"), relation, literal, literal, sql.Literal(table)),
+            sql.SQL("CREATE TRIGGER {} AFTER DELETE ON {} FOR EACH ROW WHEN (OLD.organization_id = {}::uuid)"
+                    " EXECUTE FUNCTION public.fn_tenant_move_capture({})").format(
+                sql.Identifier(name + "_del"), relation, literal, sql.Literal(table)),
+        ]
+        run_with_lock_timeout(conn, f"tenant {tenant}: capturing its writes to {relation.as_string(conn)}",
+                              lambda c: [c.execute(s) for s in statements],
+                              attempts=20, at_most_ms=CUTOVER_LOCK_TIMEOUT_MS, retries=retries)
+
+
+def _drop_capture(conn: psycopg.Connection, tenant: uuid.UUID, source: Home, retries: LockRetries) -> None:
+    name = _trigger_name(tenant)
+    for table in MOVED_TABLES:
+        relation = source.capture_on(table)
+        if not conn.execute("SELECT to_regclass(%s) IS NOT NULL", (relation.as_string(conn),)).fetchone()[0]:
+            continue
+        run_with_lock_timeout(
+            conn, f"tenant {tenant}: dropping its capture triggers on {relation.as_string(conn)}",
+            lambda c: [c.execute(sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(name + s), relation))
+                       for s in ("_ins", "_upd", "_del")],
+            attempts=20, at_most_ms=CUTOVER_LOCK_TIMEOUT_MS, retries=retries)
+
+
+def _column_names(conn: psycopg.Connection, table: str) -> list[str]:
+    """The tenant table's columns, in the shared table's order (a schema's are LIKE it)."""
+    relation = "usage_events_mt" if table == "usage_events" else table
+    return [r[0] for r in conn.execute(
+        "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped"
+        " ORDER BY attnum", (f"public.{relation}",)).fetchall()]
+
+
+def _columns(conn: psycopg.Connection, table: str, alias: str | None = None) -> sql.Composable:
+    return sql.SQL(", ").join(sql.Identifier(alias, n) if alias else sql.Identifier(n)
+                              for n in _column_names(conn, table))
+
+
+def _copy(conn, tenant, source: Home, target: Home, report: MoveReport, batch_rows: int,
+          max_mb_per_s: float | None, last_key: dict | None, log, sleep) -> None:
+    """Each table's rows, in key order, ``batch_rows`` a transaction that records how far it
+    got; rows already there (a resumed copy) are skipped by their key."""
+    started_at = time.monotonic()
+    done = dict(last_key or {})
+    for table in MOVED_TABLES:
+        if done.get(table) == "done":
+            continue
+        columns, key = _columns(conn, table), _key(table)
+        key_sql = sql.SQL(", ").join(sql.Identifier(k) for k in key)
+        after = done.get(table)
+        copied = 0
+        while True:
+            where = sql.SQL("organization_id = %s")
+            params: list = [tenant]
+            if after is not None:
+                where = sql.SQL("organization_id = %s AND ({}) > ({})").format(
+                    key_sql, sql.SQL(", ").join(sql.SQL("%s::{}").format(sql.SQL(KEY_TYPES[k])) for k in key))
+                params += list(after)
+            query = sql.SQL(
+                "WITH batch AS (SELECT {cols} FROM {src} WHERE {where} ORDER BY {key} LIMIT %s),"
+                " copied AS (INSERT INTO {dst} ({cols}) SELECT {cols} FROM batch ON CONFLICT DO NOTHING)"
+                " SELECT count(*), sum(pg_column_size(b.*)),"
+                "        (SELECT ARRAY[{key_text}] FROM batch b ORDER BY {key_b} DESC LIMIT 1)"
+                " FROM batch b").format(
+                cols=columns, src=source.read(table), dst=target.write(table), where=where, key=key_sql,
+                key_text=sql.SQL(", ").join(sql.SQL("b.{}::text").format(sql.Identifier(k)) for k in key),
+                key_b=sql.SQL(", ").join(sql.SQL("b.{}").format(sql.Identifier(k)) for k in key))
+            with conn.transaction():
+                n, size, last = conn.execute(query, params + [batch_rows]).fetchone()
+                if n:
+                    after = last
+                    done[table] = after
+                else:
+                    done[table] = "done"
+                conn.execute("UPDATE tenant_pipelines.tenant_moves SET last_key = %s WHERE organization_id = %s",
+                             (Jsonb(done), tenant))
+            if not n:
+                break
+            copied += n
+            report.bytes_copied += int(size or 0)
+            if max_mb_per_s:
+                ahead = report.bytes_copied / (max_mb_per_s * MiB) - (time.monotonic() - started_at)
+                if ahead > 0:
+                    sleep(ahead)
+        report.rows_copied[table] = report.rows_copied.get(table, 0) + copied
+        log(f"tenant {tenant}: copied {copied} rows of {table}")
+
+
+def _logged(conn: psycopg.Connection, tenant: uuid.UUID) -> int:
+    return conn.execute("SELECT count(*) FROM tenant_pipelines.tenant_move_log WHERE organization_id = %s",
+                        (tenant,)).fetchone()[0]
+
+
+def _catch_up(conn: psycopg.Connection, tenant: uuid.UUID, source: Home, target: Home) -> int:
+    """One transaction: the logged keys this transaction sees are re-copied (the target's
+    version deleted, the source's current one inserted) and forgotten. Children's keys are
+    deleted before parents', parents' inserted first."""
+    with conn.transaction():
+        return _apply_log(conn, tenant, source, target)
+
+
+def _apply_log(conn: psycopg.Connection, tenant: uuid.UUID, source: Home, target: Home) -> int:
+    """The logged keys this transaction sees, applied and forgotten: each key's source row
+    upserted into the target, parents first; keys the source no longer has deleted from the
+    target, children first (so foreign keys hold at every statement)."""
+    taken = conn.execute(
+        "WITH taken AS (DELETE FROM tenant_pipelines.tenant_move_log WHERE organization_id = %s"
+        " RETURNING table_name, row_id)"
+        " SELECT table_name, array_agg(DISTINCT row_id) FROM taken GROUP BY table_name",
+        (tenant,)).fetchall()
+    keys = dict(taken)
+    for table in MOVED_TABLES:
+        if table in keys:
+            names = _column_names(conn, table)
+            conn.execute(sql.SQL(
+                "INSERT INTO {dst} ({cols}) SELECT {cols} FROM {src} WHERE organization_id = %s AND id = ANY(%s)"
+                " ON CONFLICT ({pk}) DO UPDATE SET {sets}").format(
+                dst=target.write(table), src=source.read(table),
+                cols=sql.SQL(", ").join(sql.Identifier(n) for n in names),
+                pk=sql.SQL(", ").join(sql.Identifier(k) for k in PRIMARY_KEYS.get(table, ("id",))),
+                sets=sql.SQL(", ").join(sql.SQL("{} = EXCLUDED.{}").format(sql.Identifier(n), sql.Identifier(n))
+                                        for n in names)),
+                (tenant, keys[table]))
+    for table in reversed(MOVED_TABLES):
+        if table in keys:
+            conn.execute(sql.SQL(
+                "DELETE FROM {dst} d WHERE d.organization_id = %s AND d.id = ANY(%s)"
+                " AND NOT EXISTS (SELECT 1 FROM {src} s WHERE s.organization_id = %s AND s.id = d.id)").format(
+                dst=target.write(table), src=source.read(table)), (tenant, keys[table], tenant))
+    return sum(len(ids) for ids in keys.values())
+
+
+def _fingerprint(conn: psycopg.Connection, home: Home, table: str, tenant: uuid.UUID) -> list:
+    """Row count and an order-free hash (the sum of each row's 64-bit hash) of the tenant's rows,
+    but those whose keys are still logged."""
+    count, digest = conn.execute(sql.SQL(
+        "SELECT count(*), COALESCE(sum(hashtextextended(ROW({cols})::text, 0)::numeric), 0)::text FROM {rel} r"
+        " WHERE organization_id = %s AND NOT EXISTS (SELECT 1 FROM tenant_pipelines.tenant_move_log l"
+        "   WHERE l.organization_id = %s AND l.table_name = %s AND l.row_id = r.id)").format(
+        cols=_columns(conn, table, "r"), rel=home.read(table)), (tenant, tenant, table)).fetchone()
+    return [count, digest]
+
+
+def _verify(conn: psycopg.Connection, tenant: uuid.UUID, source: Home, target: Home) -> dict[str, list]:
+    """Both sides in one snapshot: per table, count and hash equal."""
+    result = {}
+    with conn.transaction():
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        for table in MOVED_TABLES:
+            a, b = _fingerprint(conn, source, table, tenant), _fingerprint(conn, target, table, tenant)
+            if a != b:
+                raise TenantPipelinesError(
+                    f"tenant {tenant}: {table} differs after the copy ({a[0]} rows at {source.kind}, {b[0]} at "
+                    f"{target.kind}); nothing was switched: re-run to resume, or abandon the move")
+            result[table] = a
+    return result
+
+
+def _cutover(conn: psycopg.Connection, tenant: uuid.UUID, source: Home, target: Home, report: MoveReport,
+             retries: LockRetries) -> None:
+    def flip(c: psycopg.Connection) -> None:
+        asked = time.monotonic()
+        c.execute("SELECT pg_advisory_xact_lock(fn_tenant_lock_key(%s))", (tenant,))
+        got = time.monotonic()
+        report.cutover_lock_wait_ms = (got - asked) * 1000
+        report.cutover_keys = _apply_log(c, tenant, source, target)
+        for table in MOVED_TABLES:
+            if _count(c, source.read(table), tenant) != _count(c, target.read(table), tenant):
+                raise TenantPipelinesError(f"tenant {tenant}: {table} counts differ at cutover; nothing was switched")
+        _set_step(c, tenant, "cut_over")
+        c.execute("SELECT fn_record_placement(%s, %s, %s)", (tenant, target.kind, target.location))
+        report.cutover_ms = (time.monotonic() - got) * 1000
+
+    run_with_lock_timeout(conn, f"tenant {tenant}: cutting over", flip, attempts=50,
+                          at_most_ms=CUTOVER_LOCK_TIMEOUT_MS, retries=retries)
+
+
+def _remove_old_copy(conn: psycopg.Connection, tenant: uuid.UUID, source: Home, target: Home, batch_rows: int,
+                     retries: LockRetries, log: Callable[[str], None]) -> None:
+    if source.kind == SCHEMA:
+        run_with_lock_timeout(conn, f"tenant {tenant}: dropping schema {source.location}",
+                              lambda c: (c.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
+                                  sql.Identifier(source.location))),
+                                  c.execute("DELETE FROM tenant_schemas WHERE organization_id = %s", (tenant,))),
+                              attempts=20, at_most_ms=CUTOVER_LOCK_TIMEOUT_MS, retries=retries)
+    else:
+        for table in reversed(MOVED_TABLES):
+            if table == "usage_events" and source.kind == PARTITION:
+                continue
+            relation = source.read(table)
+            while True:
+                with conn.transaction():
+                    n = conn.execute(sql.SQL(
+                        "DELETE FROM {rel} WHERE organization_id = %s AND ({key}) IN"
+                        " (SELECT {key} FROM {rel} WHERE organization_id = %s LIMIT %s)").format(
+                        rel=relation, key=sql.SQL(", ").join(sql.Identifier(k) for k in _key(table))),
+                        (tenant, tenant, batch_rows)).rowcount
+                if n == 0:
+                    break
+        _drop_capture(conn, tenant, source, retries)
+        if source.kind == PARTITION:
+            _drop_partition(conn, tenant, source.location, retries)
+    log(f"tenant {tenant}: old copy at {source.kind} ({source.location}) removed")
+    with conn.transaction():
+        conn.execute("DELETE FROM tenant_pipelines.tenant_move_log WHERE organization_id = %s", (tenant,))
+        conn.execute("DELETE FROM tenant_pipelines.tenant_moves WHERE organization_id = %s", (tenant,))
+
+
+def _drop_partition(conn: psycopg.Connection, tenant: uuid.UUID, partition: str, retries: LockRetries) -> None:
+    """DETACH and DROP, in one transaction. usage_events_mt has a DEFAULT partition (the pool),
+    so DETACH cannot be CONCURRENTLY: it locks the parent, for an instant, and gives up after
+    CUTOVER_LOCK_TIMEOUT_MS to try again, so that an open transaction elsewhere stalls other
+    tenants' writers that long at most."""
+    def detach_and_drop(c: psycopg.Connection) -> None:
+        if c.execute("SELECT fn_is_partition_of(%s, 'usage_events_mt')", (partition,)).fetchone()[0]:
+            c.execute(sql.SQL("ALTER TABLE public.usage_events_mt DETACH PARTITION {}").format(
+                sql.Identifier("public", partition)))
+        c.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier("public", partition)))
+
+    run_with_lock_timeout(conn, f"tenant {tenant}: detaching and dropping {partition}", detach_and_drop,
+                          attempts=50, at_most_ms=CUTOVER_LOCK_TIMEOUT_MS, retries=retries)
+
+
+def abandon_move(conn: psycopg.Connection, tenant_id: object) -> bool:
+    """Roll back a move that has not cut over: its triggers, its target copy and its records
+    gone, the tenant where it was. A move that has cut over is finished instead (re-run it).
+    Returns whether there was a move to abandon."""
+    tenant = require_known_tenant(conn, tenant_id)
+    move = _recorded_move(conn, tenant)
+    if move is None:
+        return False
+    if move["step"] == "cut_over":
+        raise MoveRefused(f"tenant {tenant}: its move to {move['to_kind']} has cut over; re-run it to finish, "
+                          "or move it back")
+    source, target = Home(move["from_kind"], move["from_location"]), Home(move["to_kind"], move["to_location"])
+    retries = LockRetries()
+    _drop_capture(conn, tenant, source, retries)
+    if target.kind == SCHEMA:
+        run_with_lock_timeout(conn, f"tenant {tenant}: dropping schema {target.location}",
+                              lambda c: (c.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
+                                  sql.Identifier(target.location))),
+                                  c.execute("DELETE FROM tenant_schemas WHERE organization_id = %s", (tenant,))))
+    else:
+        with conn.transaction():
+            for table in reversed(MOVED_TABLES):
+                conn.execute(sql.SQL("DELETE FROM {} WHERE organization_id = %s").format(target.write(table)), (tenant,))
+    with conn.transaction():
+        conn.execute("DELETE FROM tenant_pipelines.tenant_move_log WHERE organization_id = %s", (tenant,))
+        conn.execute("DELETE FROM tenant_pipelines.tenant_moves WHERE organization_id = %s", (tenant,))
+    return True
+
+
+def desired_placement(conn: psycopg.Connection, tenant_id: object) -> str | None:
+    """What policy says for the tenant: its override, else its tier's; None: no policy (the
+    partition rule of core.partitions decides between pooled and partition)."""
+    row = conn.execute(
+        "SELECT COALESCE(tc.placement_override, tl.placement) FROM tenant_classifications tc"
+        " JOIN tier_limits tl ON tl.tier = tc.tier WHERE tc.organization_id = %s", (tenant_id,)).fetchone()
+    return row[0] if row else None
+
+
+def moves_in_progress(conn: psycopg.Connection) -> list[dict]:
+    with conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
+        return cur.execute(
+            "SELECT organization_id, from_kind, from_location, to_kind, to_location, step, started_at"
+            " FROM tenant_pipelines.tenant_moves ORDER BY started_at").fetchall()

@@ -1,0 +1,146 @@
+"""Online moves between placements (issue 17): every row arrives once, writes made during the
+move are caught up, a crash at any step resumes, and the old copy is out of every route."""
+
+from __future__ import annotations
+
+import uuid
+from decimal import Decimal
+
+import psycopg
+import pytest
+
+from tenant_pipelines.core import moves, placement
+from tests.conftest import make_tenant
+
+
+def fill(admin: psycopg.Connection, app_dsn: str, tenant: uuid.UUID, events: int = 300) -> None:
+    """Rows in every moved table, written as the application writes them (routed names)."""
+    with psycopg.connect(app_dsn) as app, app.transaction():
+        app.execute("SELECT fn_set_tenant_context(%s)", (tenant,))
+        sub = app.execute("INSERT INTO subscriptions (organization_id, plan, status) VALUES (%s, 'pro', 'active')"
+                          " RETURNING id", (tenant,)).fetchone()[0]
+        for i in range(5):
+            app.execute("INSERT INTO invoices (organization_id, subscription_id, amount, status) VALUES (%s, %s, %s, 'open')",
+                        (tenant, sub, Decimal("10.000001") * (i + 1)))
+        app.execute("INSERT INTO payment_methods (organization_id, kind, last4) VALUES (%s, 'card', '4242')", (tenant,))
+        app.execute(
+            "INSERT INTO usage_events (organization_id, metric_name, quantity, \"timestamp\")"
+            " SELECT %s, 'api_calls', g, now() - g * interval '1 hour' FROM generate_series(1, %s) g", (tenant, events))
+
+
+def snapshot(app_dsn: str, tenant: uuid.UUID) -> dict[str, list]:
+    """What the tenant sees through the routed names."""
+    with psycopg.connect(app_dsn) as app, app.transaction():
+        app.execute("SELECT fn_set_tenant_context(%s)", (tenant,))
+        return {t: app.execute(f"SELECT * FROM {t} ORDER BY id").fetchall() for t in moves.MOVED_TABLES}
+
+
+def write_during_move(app_dsn: str, tenant: uuid.UUID) -> None:
+    with psycopg.connect(app_dsn) as app, app.transaction():
+        app.execute("SELECT fn_set_tenant_context(%s)", (tenant,))
+        app.execute("UPDATE invoices SET status = 'paid' WHERE amount < 25")
+        app.execute("DELETE FROM payment_methods")
+        app.execute("DELETE FROM usage_events WHERE quantity <= 3")
+        app.execute("UPDATE usage_events SET quantity = quantity + 1000 WHERE quantity BETWEEN 10 AND 12")
+        app.execute("INSERT INTO usage_events (organization_id, metric_name, quantity, \"timestamp\")"
+                    " VALUES (%s, 'late', 1, now())", (tenant,))
+
+
+def rows_anywhere(admin: psycopg.Connection, tenant: uuid.UUID) -> dict[str, int]:
+    """The tenant's rows in the shared tables and in every tenant schema: one live copy only."""
+    counts = {f"public.{t}": admin.execute(f"SELECT count(*) FROM public.{t} WHERE organization_id = %s",
+                                           (tenant,)).fetchone()[0]
+              for t in ("subscriptions", "invoices", "payment_methods", "usage_events_mt")}
+    for (schema,) in admin.execute("SELECT nspname FROM pg_namespace WHERE nspname ~ '^tenant_[0-9a-f]{32}$'").fetchall():
+        for t in moves.MOVED_TABLES:
+            counts[f"{schema}.{t}"] = admin.execute(
+                f"SELECT count(*) FROM {schema}.{t} WHERE organization_id = %s", (tenant,)).fetchone()[0]
+    return {k: v for k, v in counts.items() if v}
+
+
+@pytest.mark.parametrize("path", [
+    ("schema",),
+    ("schema", "pooled"),
+    ("schema", "partition"),
+    ("partition", "schema"),
+    ("partition", "pooled"),
+])
+def test_move_keeps_every_row_and_one_copy(admin_conn, app_dsn, path) -> None:
+    tenant, other = make_tenant(admin_conn, "Mover", "growth"), make_tenant(admin_conn, "Other")
+    admin_conn.execute("UPDATE tenant_classifications SET placement_override = 'pooled' WHERE organization_id = %s", (tenant,))
+    fill(admin_conn, app_dsn, tenant)
+    fill(admin_conn, app_dsn, other, events=50)
+    other_before = snapshot(app_dsn, other)
+    for kind in path:
+        admin_conn.execute("UPDATE tenant_classifications SET placement_override = %s WHERE organization_id = %s",
+                           (kind, tenant))
+        before = snapshot(app_dsn, tenant)
+        report = moves.move_tenant(admin_conn, tenant, kind, batch_rows=64, max_mb_per_s=None)
+        assert report.moved and placement.placement_of(admin_conn, tenant).kind == kind
+        assert snapshot(app_dsn, tenant) == before
+        copies = rows_anywhere(admin_conn, tenant)
+        if kind == "schema":
+            schema = admin_conn.execute("SELECT fn_tenant_schema_name(%s)", (tenant,)).fetchone()[0]
+            assert set(copies) == {f"{schema}.{t}" for t in moves.MOVED_TABLES}, copies
+        else:
+            assert all(k.startswith("public.") for k in copies), copies
+    assert snapshot(app_dsn, other) == other_before
+    assert admin_conn.execute("SELECT count(*) FROM tenant_pipelines.tenant_moves").fetchone()[0] == 0
+    assert admin_conn.execute("SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'tenant_move_%%'").fetchone()[0] == 0
+
+
+@pytest.mark.parametrize("stop", ["prepare", "copy", "verify", "cutover"])
+def test_writes_during_a_crashed_move_arrive_after_the_resume(admin_conn, app_dsn, stop) -> None:
+    tenant = make_tenant(admin_conn, "Mover", "growth")
+    fill(admin_conn, app_dsn, tenant)
+    moves.move_tenant(admin_conn, tenant, "schema", batch_rows=50, max_mb_per_s=None, stop_after=stop)
+    cut_over = stop == "cutover"
+    assert placement.placement_of(admin_conn, tenant).kind == ("schema" if cut_over else "pooled")
+    write_during_move(app_dsn, tenant)  # routed to wherever the registry says now
+    expected = snapshot(app_dsn, tenant)
+    report = moves.move_tenant(admin_conn, tenant, "schema", batch_rows=50, max_mb_per_s=None)
+    assert report.resumed_from == ("cut_over" if cut_over else "verified" if stop == "verify" else "copying")
+    assert snapshot(app_dsn, tenant) == expected
+    schema = admin_conn.execute("SELECT fn_tenant_schema_name(%s)", (tenant,)).fetchone()[0]
+    assert set(rows_anywhere(admin_conn, tenant)) == {f"{schema}.{t}" for t in moves.MOVED_TABLES} - {f"{schema}.payment_methods"}
+
+
+def test_after_cutover_the_old_copy_refuses_writes(admin_conn, app_dsn) -> None:
+    tenant = make_tenant(admin_conn, "Mover", "growth")
+    fill(admin_conn, app_dsn, tenant)
+    moves.move_tenant(admin_conn, tenant, "schema", batch_rows=100, max_mb_per_s=None, stop_after="cutover")
+    with psycopg.connect(app_dsn) as app, app.transaction():
+        app.execute("SELECT fn_set_tenant_context(%s)", (tenant,))
+        with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState) as info:
+            app.execute("INSERT INTO public.invoices (organization_id, amount, status) VALUES (%s, 1, 'open')", (tenant,))
+    assert "moved to its new placement" in str(info.value)
+
+
+def test_target_schema_with_data_of_unknown_origin_is_refused(admin_conn, app_dsn) -> None:
+    tenant = make_tenant(admin_conn, "Mover")
+    fill(admin_conn, app_dsn, tenant, events=10)
+    schema = admin_conn.execute("SELECT fn_create_tenant_schema(%s)", (tenant,)).fetchone()[0]
+    admin_conn.execute(f"INSERT INTO {schema}.invoices (organization_id, amount, status) VALUES (%s, 1, 'open')", (tenant,))
+    with pytest.raises(moves.MoveRefused, match=f"schema {schema} exists with rows in invoices"):
+        moves.move_tenant(admin_conn, tenant, "schema")
+    assert admin_conn.execute("SELECT count(*) FROM tenant_pipelines.tenant_moves").fetchone()[0] == 0
+    assert placement.placement_of(admin_conn, tenant).kind == "pooled"
+
+
+def test_abandoned_move_leaves_the_tenant_where_it_was(admin_conn, app_dsn) -> None:
+    tenant = make_tenant(admin_conn, "Mover")
+    fill(admin_conn, app_dsn, tenant, events=40)
+    before = snapshot(app_dsn, tenant)
+    moves.move_tenant(admin_conn, tenant, "schema", batch_rows=10, max_mb_per_s=None, stop_after="copy")
+    assert moves.abandon_move(admin_conn, tenant) is True
+    assert snapshot(app_dsn, tenant) == before
+    assert all(k.startswith("public.") for k in rows_anywhere(admin_conn, tenant))
+    assert admin_conn.execute("SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'tenant_move_%%'").fetchone()[0] == 0
+    assert admin_conn.execute("SELECT to_regnamespace(fn_tenant_schema_name(%s))", (tenant,)).fetchone()[0] is None
+
+
+def test_a_move_in_progress_is_finished_before_another(admin_conn, app_dsn) -> None:
+    tenant = make_tenant(admin_conn, "Mover")
+    moves.move_tenant(admin_conn, tenant, "schema", stop_after="copy")
+    with pytest.raises(moves.MoveRefused, match="a move to schema is in progress"):
+        moves.move_tenant(admin_conn, tenant, "partition")
