@@ -50,6 +50,7 @@ PRIMARY_KEYS = {"usage_events": ("organization_id", "id", "timestamp")}
 DEFAULT_BATCH_ROWS = 5000
 DEFAULT_MAX_MB_PER_S: float | None = 8.0
 CUTOVER_LOCK_TIMEOUT_MS = 100
+CUTOVER_ATTEMPTS = 200  # about 100 s of a tenant transaction that does not end, then give up
 CATCH_UP_UNTIL = 500  # keys left in the log when the mover stops catching up and verifies
 _MOVE_LOCK = 0x6D6F_7665  # "move": with hashtext(tenant), one mover per tenant at a time
 MiB = 1024 * 1024
@@ -514,8 +515,10 @@ def _cutover(conn: psycopg.Connection, tenant: uuid.UUID, source: Home, target: 
         c.execute("SELECT fn_record_placement(%s, %s, %s)", (tenant, target.kind, target.location))
         report.cutover_ms = (time.monotonic() - got) * 1000
 
-    run_with_lock_timeout(conn, f"tenant {tenant}: cutting over", flip, attempts=50,
-                          at_most_ms=CUTOVER_LOCK_TIMEOUT_MS, retries=retries)
+    # A transaction of the tenant's in flight holds its lock SHARED: the cutover gives up after
+    # 100 ms so that its writers queue no longer than that behind it, and tries again soon.
+    run_with_lock_timeout(conn, f"tenant {tenant}: cutting over", flip, attempts=CUTOVER_ATTEMPTS,
+                          at_most_ms=CUTOVER_LOCK_TIMEOUT_MS, retries=retries, backoff_s=0.05, max_backoff_s=0.5)
 
 
 def _remove_old_copy(conn: psycopg.Connection, tenant: uuid.UUID, source: Home, target: Home, batch_rows: int,

@@ -33,11 +33,12 @@ def run_with_lock_retry(
     *,
     attempts: int = 5,
     backoff_s: float = 0.1,
+    max_backoff_s: float = 5.0,
     sleep: Callable[[float], None] = time.sleep,
     retries: LockRetries | None = None,
 ) -> tuple[T, int]:
     """Run ``work`` in its own transaction; on a lock timeout or deadlock, roll back, wait
-    (exponential backoff with jitter) and try again, adding one to ``retries``. Returns the
+    (exponential backoff with jitter, each wait at most ``max_backoff_s``) and try again, adding one to ``retries``. Returns the
     result and the tries used. ``conn`` must be idle, so that each call commits on its own."""
     if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
         raise TenantPipelinesError(
@@ -56,7 +57,7 @@ def run_with_lock_retry(
                 ) from None
             if retries is not None:
                 retries.count += 1
-            sleep(backoff_s * 2 ** (attempt - 1) * (1 + random.random()))
+            sleep(min(backoff_s * 2 ** (attempt - 1), max_backoff_s) * (1 + random.random()))
     raise AssertionError("unreachable")
 
 
@@ -68,6 +69,8 @@ def run_with_lock_timeout(
     attempts: int = 5,
     at_most_ms: int | None = None,
     retries: LockRetries | None = None,
+    backoff_s: float = 0.1,
+    max_backoff_s: float = 5.0,
 ) -> tuple[T, int]:
     """``work`` in its own transaction with partition_config's lock_timeout (or ``at_most_ms``,
     if that is shorter or lock_timeout is 0, i.e. none: sql/0016's ``fn_cap_lock_timeout``),
@@ -78,4 +81,5 @@ def run_with_lock_timeout(
             c.execute("SELECT fn_cap_lock_timeout(%s)", (at_most_ms,))
         return work(c)
 
-    return run_with_lock_retry(conn, what, locked, attempts=attempts, retries=retries)
+    return run_with_lock_retry(conn, what, locked, attempts=attempts, retries=retries,
+                               backoff_s=backoff_s, max_backoff_s=max_backoff_s)

@@ -144,3 +144,34 @@ def test_a_move_in_progress_is_finished_before_another(admin_conn, app_dsn) -> N
     moves.move_tenant(admin_conn, tenant, "schema", stop_after="copy")
     with pytest.raises(moves.MoveRefused, match="a move to schema is in progress"):
         moves.move_tenant(admin_conn, tenant, "partition")
+
+
+def test_cutover_waits_for_the_tenants_transaction_in_flight(admin_conn, app_dsn, admin_dsn) -> None:
+    """A transaction of the tenant that set its context before the cutover holds its lock
+    SHARED: the cutover waits (giving up and retrying every 100 ms), the transaction's write
+    commits where it was routed, and the cutover's final catch-up brings it along."""
+    import threading
+
+    from tests.waiting import wait_until
+
+    tenant = make_tenant(admin_conn, "Mover")
+    fill(admin_conn, app_dsn, tenant, events=20)
+    moves.move_tenant(admin_conn, tenant, "schema", max_mb_per_s=None, stop_after="verify")
+    with psycopg.connect(app_dsn) as app:
+        app.execute("SELECT fn_set_tenant_context(%s)", (tenant,))  # routed to the pool: the old place
+        app.execute("INSERT INTO invoices (organization_id, amount, status) VALUES (%s, 7, 'open')", (tenant,))
+        result: dict = {}
+        with psycopg.connect(admin_dsn, autocommit=True) as mover, psycopg.connect(admin_dsn, autocommit=True) as observer:
+            pid = mover.execute("SELECT pg_backend_pid()").fetchone()[0]
+            thread = threading.Thread(target=lambda: result.update(
+                report=moves.move_tenant(mover, tenant, "schema", max_mb_per_s=None)))
+            thread.start()
+            wait_until(lambda: observer.execute(
+                "SELECT count(*) FROM pg_locks WHERE pid = %s AND locktype = 'advisory' AND NOT granted",
+                (pid,)).fetchone()[0] > 0, "the cutover to queue for the tenant's lock")
+            assert placement.placement_of(observer, tenant).kind == "pooled"
+            app.commit()
+            thread.join()
+    assert result["report"].moved and placement.placement_of(admin_conn, tenant).kind == "schema"
+    assert 7 in [r[0] for r in admin_conn.execute(
+        f"SELECT amount FROM {placement.schema_name(tenant)}.invoices WHERE organization_id = %s", (tenant,))]

@@ -257,6 +257,30 @@ def test_without_its_layers_the_probe_sees_the_leak(world_with, name: str) -> No
     assert victim(w, pid) != []
 
 
+@pytest.mark.parametrize("layers", [(), LAYERS], ids=["no-layer", "all-layers"])
+def test_a_session_search_path_to_a_tenant_schema_routes_no_one(world_with, admin_conn, layers) -> None:
+    """A careless client pins the session's search_path to a schema tenant's schema (its route,
+    made permanent). The next client of the same server connection is not routed there: with
+    no context it sees nothing, and in B's context fn_set_tenant_context takes the schema out
+    of the path, so B reads and writes its own rows, even with no session reset at all."""
+    w = world_with(*layers)
+    c = make_tenant(admin_conn, "Schema C", tier="enterprise")
+    schema = admin_conn.execute("SELECT fn_create_tenant_schema(%s)", (c,)).fetchone()[0]
+    admin_conn.execute("SELECT fn_record_placement(%s, 'schema', %s)", (c, schema))
+    admin_conn.execute(f"INSERT INTO {schema}.usage_events (organization_id, metric_name, quantity, \"timestamp\")"
+                       " VALUES (%s, 'c', 1, now())", (c,))
+
+    def pin_route(conn: psycopg.Connection, w: World) -> None:
+        with conn.transaction():
+            _in_context(conn, c)
+            route = conn.execute("SHOW search_path").fetchone()[0]
+        conn.execute("SELECT set_config('search_path', %s, false)", (route,))
+
+    pid, refused = leave_behind(w, pin_route)
+    assert refused is None
+    assert victim(w, pid) == []
+
+
 def test_generated_config_resets_every_session(admin_dsn: str) -> None:
     """What `pgbouncer up` and `pgbouncer config` write: the session reset after every transaction."""
     base = PoolerConfig(server=ServerAddress.from_dsn(admin_dsn), listen_port=6432, auth_file="/x/userlist.txt")
