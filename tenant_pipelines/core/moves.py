@@ -610,3 +610,60 @@ def moves_in_progress(conn: psycopg.Connection) -> list[dict]:
         return cur.execute(
             "SELECT organization_id, from_kind, from_location, to_kind, to_location, step, started_at"
             " FROM tenant_pipelines.tenant_moves ORDER BY started_at").fetchall()
+
+
+def set_placement_override(conn: psycopg.Connection, tenant_id: object, kind: str | None) -> bool:
+    """Record where the tenant belongs whatever its tier says (``tenant_classifications
+    .placement_override``; None clears it), so that the placement sensor keeps it there. Returns
+    whether the tenant has a classification to record it in (one without has no policy at all)."""
+    if kind is not None:
+        check_kind(kind)
+    tenant = require_known_tenant(conn, tenant_id)
+    return conn.execute("UPDATE tenant_classifications SET placement_override = %s WHERE organization_id = %s",
+                        (kind, tenant)).rowcount == 1
+
+
+@dataclass(frozen=True)
+class PlacementStatus:
+    """One tenant's placement beside its policy, and its move in progress if any."""
+
+    tenant: uuid.UUID
+    tier: str | None  # tenant tier; None: no classification
+    kind: str
+    location: str
+    since: object  # datetime, or None: not in the registry (pooled by default)
+    policy: str | None  # override, else its tier's; None: no policy
+    override: str | None
+    move_to: str | None = None
+    move_step: str | None = None
+    move_started_at: object = None  # datetime
+
+    @property
+    def misplaced(self) -> bool:
+        """Policy names a placement it is not in, and no move is under way."""
+        return self.policy is not None and self.policy != self.kind and self.move_step is None
+
+
+def placement_status(conn: psycopg.Connection, tenants: list | None = None) -> list[PlacementStatus]:
+    """Every tenant (organizations, the registry's and the movers' tenants), or those of
+    ``tenants``: its placement, its policy and its move in progress, in tenant order."""
+    from tenant_pipelines.db.session import parse_tenant_id
+
+    ids = None if tenants is None else [parse_tenant_id(t) for t in tenants]
+    rows = conn.execute(
+        """WITH t AS (
+               SELECT id AS organization_id FROM organizations WHERE %(all)s
+               UNION SELECT organization_id FROM public.tenant_placements WHERE %(all)s
+               UNION SELECT organization_id FROM tenant_pipelines.tenant_moves WHERE %(all)s
+               UNION SELECT unnest(%(ids)s::uuid[]))
+           SELECT t.organization_id, tc.tier, COALESCE(p.kind, %(pooled)s), COALESCE(p.location, %(pool)s), p.since,
+                  COALESCE(tc.placement_override, tl.placement), tc.placement_override,
+                  m.to_kind, m.step, m.started_at
+             FROM t
+             LEFT JOIN public.tenant_placements p ON p.organization_id = t.organization_id
+             LEFT JOIN tenant_classifications tc ON tc.organization_id = t.organization_id
+             LEFT JOIN tier_limits tl ON tl.tier = tc.tier
+             LEFT JOIN tenant_pipelines.tenant_moves m ON m.organization_id = t.organization_id
+            ORDER BY t.organization_id""",
+        {"all": ids is None, "ids": ids or [], "pooled": POOLED, "pool": placements.SHARED_PARTITION}).fetchall()
+    return [PlacementStatus(*row) for row in rows]

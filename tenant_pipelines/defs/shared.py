@@ -38,6 +38,9 @@ tenants_partitions = dg.DynamicPartitionsDefinition(name="tenants")
 TENANTS_PER_RUN = 500
 # A backup backfill backs up this many tenants per run, one after the other.
 BACKUP_TENANTS_PER_RUN = 50
+# A placement backfill moves this many tenants per run, one after the other (each move copies
+# every row of the tenant, paced).
+PLACEMENT_TENANTS_PER_RUN = 20
 # Rows shown in a table of an asset's metadata, and lines in a check's details.
 ROWS_SHOWN = 200
 
@@ -48,6 +51,7 @@ ROWS_SHOWN = 200
 PARTITION_DDL_POOL = "partition_ddl"  # steps that create or attach tenant partitions
 TIERING_POOL = "tiering"  # steps that move month partitions between storage tiers
 BACKUP_POOL = "backups"  # steps that hold a snapshot and stream a tenant out
+PLACEMENT_POOL = "placement_moves"  # steps that move tenants between placements (pooled, partition, schema)
 
 # -- run-queue tags ------------------------------------------------------------------------------
 # dagster_home/dagster.yaml limits runs per tag (``concurrency.runs.tag_concurrency_limits``):

@@ -20,7 +20,8 @@ from tenant_pipelines.defs.tenants.assets import tenant_isolation_holds, tenant_
 
 # A renamed or dropped asset, check, job, schedule or sensor is a visible diff here.
 EXPECTED = {
-    "assets": ["pool_tier_placement", "tenant_backup", "tenant_metrics", "tenant_partition", "tenant_registry", "tier_placement"],
+    "assets": ["pool_tier_placement", "tenant_backup", "tenant_metrics", "tenant_partition", "tenant_placement", "tenant_registry",
+               "tier_placement"],
     "asset_checks": [
         "pool_tier_placement:pool_tiers_match_policy",
         "tenant_backup:backup_restorable",
@@ -30,13 +31,14 @@ EXPECTED = {
         "tenant_metrics:tier_limits_in_force",
         "tenant_partition:default_partition_drained",
         "tenant_partition:tenant_partitions_complete",
+        "tenant_placement:placements_match_policy",
         "tenant_registry:tenant_isolation_holds",
         "tier_placement:tiers_match_policy",
     ],
-    "jobs": ["back_up_tenants", "create_tenant_partitions", "refresh_tenant_registry", "rollup_tenant_metrics", "tier_pool_storage",
+    "jobs": ["back_up_tenants", "create_tenant_partitions", "move_tenant_placements", "refresh_tenant_registry", "rollup_tenant_metrics", "tier_pool_storage",
              "tier_storage"],
     "schedules": ["metrics_schedule", "pool_tiering_schedule", "premake_schedule", "tiering_schedule"],
-    "sensors": ["tenant_backup_sensor", "tenant_onboarding_sensor"],
+    "sensors": ["tenant_backup_sensor", "tenant_onboarding_sensor", "tenant_placement_sensor"],
 }
 
 
