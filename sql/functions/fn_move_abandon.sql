@@ -1,14 +1,14 @@
--- after: 0001
--- Drop whatever a move of p_partition left behind. Returns whether there was anything.
-CREATE OR REPLACE FUNCTION fn_move_abandon(p_partition text) RETURNS boolean
+-- after: 0021
+-- Drop whatever a move of p_schema.p_partition left behind. Returns whether there was anything.
+CREATE OR REPLACE FUNCTION fn_move_abandon(p_partition text, p_schema name DEFAULT 'public') RETURNS boolean
     LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_rel  regclass := to_regclass('public.' || quote_ident(p_partition));
+    v_rel  regclass := to_regclass(format('%I.%I', p_schema, p_partition));
     v_move tenant_pipelines.partition_moves%ROWTYPE;
 BEGIN
     SELECT * INTO v_move FROM tenant_pipelines.partition_moves m
-     WHERE m.partition_name = p_partition OR m.partition_oid = v_rel;
+     WHERE (m.partition_name = p_partition AND m.partition_schema = p_schema) OR m.partition_oid = v_rel;
     IF NOT FOUND THEN
         RETURN false;
     END IF;

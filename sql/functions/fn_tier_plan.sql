@@ -1,8 +1,11 @@
--- after: 0001
+-- after: 0021
 -- Every month partition of one tenant (or of all), where it is and where the policy wants it.
 -- The pool's months age like a tenant's and move by the global policy (the tiering_policy row
 -- for all tiers): listed with a NULL tenant when asked for every partition; asked for one
--- tenant, it lists that tenant's months only.
+-- tenant, it lists that tenant's months only. A schema tenant's months (placement kind
+-- 'schema': <schema>.usage_events_pYYYYMM, not its DEFAULT _rest) age and move like a dedicated
+-- tenant's, by its tier's policy. partition_schema is where the partition is: public, or the
+-- tenant's schema (month names repeat from schema to schema).
 CREATE OR REPLACE FUNCTION fn_tier_plan(p_tenant uuid DEFAULT NULL, p_as_of timestamptz DEFAULT now())
     RETURNS TABLE (
         partition_name    text,
@@ -15,7 +18,8 @@ CREATE OR REPLACE FUNCTION fn_tier_plan(p_tenant uuid DEFAULT NULL, p_as_of time
         target_tablespace name,
         misplaced_indexes integer,
         bytes             bigint,
-        movable           boolean)
+        movable           boolean,
+        partition_schema  name)
     LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
 AS $$
     WITH db AS (
@@ -23,7 +27,7 @@ AS $$
     ), months AS (
         SELECT c.oid, c.relname::text AS partition_name, c.reltablespace,
                CASE WHEN p.relname = 'usage_events_mt_default' THEN NULL ELSE uuid(substr(p.relname, 19)) END AS tenant,
-               to_date(right(c.relname, 6), 'YYYYMM') AS month_start
+               to_date(right(c.relname, 6), 'YYYYMM') AS month_start, 'public'::name AS partition_schema
           FROM pg_inherits pi
           JOIN pg_class p ON p.oid = pi.inhparent
           JOIN pg_class c ON c.oid = pi.inhrelid
@@ -33,6 +37,18 @@ AS $$
            AND (c.relname ~ '^usage_events_mt_t_[0-9a-f]{32}_p[0-9]{6}$'
                 OR (p.relname = 'usage_events_mt_default' AND c.relname ~ '^usage_events_mt_pool_p[0-9]{6}$'))
            AND (p_tenant IS NULL OR p.relname = public.fn_tenant_partition_name(p_tenant))
+        UNION ALL
+        SELECT c.oid, c.relname::text, c.reltablespace, tp.organization_id,
+               to_date(right(c.relname, 6), 'YYYYMM'), n.nspname
+          FROM public.tenant_placements tp
+          JOIN pg_namespace n ON n.nspname = tp.location
+          JOIN pg_class p ON p.relnamespace = n.oid AND p.relname = 'usage_events' AND p.relkind = 'p'
+          JOIN pg_inherits pi ON pi.inhparent = p.oid
+          JOIN pg_class c ON c.oid = pi.inhrelid
+         WHERE tp.kind = 'schema'
+           AND c.relkind = 'r'
+           AND c.relname ~ '^usage_events_p[0-9]{6}$'
+           AND (p_tenant IS NULL OR tp.organization_id = p_tenant)
     ), aged AS (
         SELECT m.*,
                p_as_of - ((m.month_start + interval '1 month')::timestamp AT TIME ZONE 'UTC') AS age,
@@ -63,8 +79,9 @@ AS $$
                      WHERE oid = COALESCE(NULLIF(ic.reltablespace, 0), (SELECT dattablespace FROM db)))
                    IS DISTINCT FROM st.tablespace),
            pg_total_relation_size(t.oid),
-           t.age > interval '0'
+           t.age > interval '0',
+           t.partition_schema
       FROM targeted t
       JOIN public.storage_tiers st ON st.storage_tier = t.target_tier
-     ORDER BY t.tenant NULLS FIRST, t.month_start
+     ORDER BY t.tenant NULLS FIRST, t.partition_schema, t.month_start
 $$;

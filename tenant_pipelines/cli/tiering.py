@@ -32,7 +32,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     print("partition\tcurrent\ttarget\tbytes\tmove")
     for p in parts:
         move = "yes" if p.movable and p.misplaced else "no"
-        print(f"{p.partition_name}\t{p.current_tablespace}\t{p.target_tablespace}\t{p.bytes}\t{move}")
+        print(f"{p.qualified_name}\t{p.current_tablespace}\t{p.target_tablespace}\t{p.bytes}\t{move}")
     return 0
 
 

@@ -86,6 +86,17 @@ class PlannedPartition:
     misplaced_indexes: int
     bytes: int
     movable: bool
+    schema: str = "public"  # where the partition is: public, or a schema tenant's tenant_<hex>
+
+    @property
+    def qualified_name(self) -> str:
+        """The partition's name, schema-qualified when it is not in public (a schema tenant's
+        months are all named usage_events_pYYYYMM)."""
+        return _qualified(self.schema, self.partition_name)
+
+    @property
+    def table(self) -> sql.Identifier:
+        return sql.Identifier(self.schema, self.partition_name)
 
     @property
     def misplaced(self) -> bool:
@@ -94,7 +105,7 @@ class PlannedPartition:
 
 @dataclass
 class Move:
-    partition: str
+    partition: str  # PlannedPartition.qualified_name
     from_tablespace: str
     to_tablespace: str
     bytes: int
@@ -133,7 +144,7 @@ def plan(conn: psycopg.Connection, tenant: object | None = None, as_of: datetime
     tenant_id = parse_tenant_id(tenant) if tenant is not None else None
     rows = conn.execute(
         "SELECT partition_name, tenant::text, month_start, current_tier, target_tier, current_tablespace::text,"
-        " target_tablespace::text, misplaced_indexes, bytes, movable"
+        " target_tablespace::text, misplaced_indexes, bytes, movable, partition_schema::text"
         " FROM fn_tier_plan(%s, COALESCE(%s, now()))",
         (tenant_id, as_of),
     ).fetchall()
@@ -233,9 +244,11 @@ class TieringOptions(TypedDict, total=False):
 
 
 def tier_tenant(conn: psycopg.Connection, tenant: object, **options: Unpack[TieringOptions]) -> TieringReport:
-    """Move the tenant's month partitions whose age puts them in another tier. Idempotent:
-    a second run moves nothing. ``conn`` must be idle; every step commits on its own. A
-    pooled tenant has no months of its own: its rows move with the pool's (``tier_pool``)."""
+    """Move the tenant's month partitions whose age puts them in another tier: a dedicated
+    tenant's (``usage_events_mt_t_<hex>_pYYYYMM``) or a schema tenant's
+    (``tenant_<hex>.usage_events_pYYYYMM``). Idempotent: a second run moves nothing. ``conn``
+    must be idle; every step commits on its own. A pooled tenant has no months of its own: its
+    rows move with the pool's (``tier_pool``)."""
     return _tier(conn, str(parse_tenant_id(tenant)), **options)
 
 
@@ -278,7 +291,7 @@ def _tier_partitions(conn: psycopg.Connection, tenant_id: str | None, who: str, 
     """The defaults of ``TieringOptions`` are these."""
     report = TieringReport(tenant=tenant_id or POOL)
     planned = _scope_plan(conn, tenant_id, as_of)
-    report.restarted = _abandon_leftovers(conn, [p.partition_name for p in planned])
+    report.restarted = _abandon_leftovers(conn, [(p.schema, p.partition_name) for p in planned])
     for part in planned:
         if not (part.movable and part.misplaced):
             continue
@@ -286,7 +299,7 @@ def _tier_partitions(conn: psycopg.Connection, tenant_id: str | None, who: str, 
             move = _move_online(conn, who, part, attempts=attempts, pace=pace, log=log, sleep=sleep)
         else:
             move = _move_set_tablespace(conn, who, part, attempts=attempts)
-        log(f"{who}: moved {part.partition_name} to {part.target_tablespace} "
+        log(f"{who}: moved {part.qualified_name} to {part.target_tablespace} "
             f"({move.bytes / MiB:,.1f} MiB in {move.seconds:.1f}s, {move.lock_held_s * 1000:.0f} ms under lock)")
         report.moves.append(move)
     after = _scope_plan(conn, tenant_id, as_of)
@@ -310,31 +323,32 @@ def _move_set_tablespace(conn: psycopg.Connection, who: str, part: PlannedPartit
 
     def move(c: psycopg.Connection) -> tuple[int, float]:
         locked = time.monotonic()
-        moved = c.execute("SELECT fn_move_partition(%s, %s)", (part.partition_name, part.target_tablespace)).fetchone()[0]
+        moved = c.execute("SELECT fn_move_partition(%s, %s, %s)",
+                          (part.partition_name, part.target_tablespace, part.schema)).fetchone()[0]
         return moved, locked
 
     (moved_bytes, locked), tries = run_with_lock_timeout(
-        conn, f"{who}: moving {part.partition_name} to {part.target_tablespace}", move, attempts=attempts)
+        conn, f"{who}: moving {part.qualified_name} to {part.target_tablespace}", move, attempts=attempts)
     held = time.monotonic() - locked  # from the ALTER to COMMIT: the time under ACCESS EXCLUSIVE
     frozen = part.target_tier == "cold"
     vacuum_s = None
     if frozen:
         vacuumed = time.monotonic()
-        _vacuum(conn, sql.Identifier("public", part.partition_name), freeze=True, pace=Pace(None))
+        _vacuum(conn, part.table, freeze=True, pace=Pace(None))
         vacuum_s = time.monotonic() - vacuumed
-    return Move(part.partition_name, part.current_tablespace, part.target_tablespace, moved_bytes, held, tries,
+    return Move(part.qualified_name, part.current_tablespace, part.target_tablespace, moved_bytes, held, tries,
                 frozen, SET_TABLESPACE, time.monotonic() - started, vacuum_s=vacuum_s)
 
 
 def _move_online(conn: psycopg.Connection, who: str, part: PlannedPartition, *, attempts: int, pace: Pace,
                  log: Callable[[str], None], sleep: Callable[[float], None]) -> Move:
-    what = f"{who}: moving {part.partition_name} to {part.target_tablespace}"
+    what = f"{who}: moving {part.qualified_name} to {part.target_tablespace}"
     started = time.monotonic()
 
     def begin(c: psycopg.Connection) -> tuple[str, int, float]:
         t = time.monotonic()
-        shadow, blocks = c.execute("SELECT shadow_name, blocks FROM fn_move_begin(%s, %s)",
-                                   (part.partition_name, part.target_tablespace)).fetchone()
+        shadow, blocks = c.execute("SELECT shadow_name, blocks FROM fn_move_begin(%s, %s, %s)",
+                                   (part.partition_name, part.target_tablespace, part.schema)).fetchone()
         return shadow, blocks, t
 
     (shadow_name, blocks, t0), tries = run_with_lock_timeout(conn, what, begin, attempts=attempts)
@@ -346,8 +360,8 @@ def _move_online(conn: psycopg.Connection, who: str, part: PlannedPartition, *, 
         copy_s = time.monotonic() - copied
         caught_up = 0
         for _ in range(20):  # until the log is nearly empty, so that the swap's own catch-up is short
-            n = _in_transaction(conn, lambda c: c.execute("SELECT fn_move_catch_up(%s)",
-                                                          (part.partition_name,)).fetchone()[0])
+            n = _in_transaction(conn, lambda c: c.execute("SELECT fn_move_catch_up(%s, %s)",
+                                                          (part.partition_name, part.schema)).fetchone()[0])
             caught_up += n
             if n < 1000:
                 break
@@ -358,7 +372,7 @@ def _move_online(conn: psycopg.Connection, who: str, part: PlannedPartition, *, 
 
         def finish(c: psycopg.Connection) -> tuple[int, float]:
             t = time.monotonic()
-            return c.execute("SELECT fn_move_finish(%s)", (part.partition_name,)).fetchone()[0], t
+            return c.execute("SELECT fn_move_finish(%s, %s)", (part.partition_name, part.schema)).fetchone()[0], t
 
         # While the swap waits for its lock, the tenant's writers queue behind it: give up soon
         # and try again (an autovacuum of the month, say, finishes in the meantime).
@@ -367,16 +381,16 @@ def _move_online(conn: psycopg.Connection, who: str, part: PlannedPartition, *, 
         held += time.monotonic() - t1
         # The replaced table goes now, in a transaction of its own: no lock anyone waits for.
         # If this fails, the next run drops it (it is listed in tenant_pipelines.partition_moves).
-        _abandon_quietly(conn, part.partition_name)
+        _abandon_quietly(conn, part.schema, part.partition_name)
     except psycopg.Error as exc:
-        _abandon_quietly(conn, part.partition_name)
+        _abandon_quietly(conn, part.schema, part.partition_name)
         hint = f" ({exc.diag.message_hint})" if exc.diag.message_hint else ""
         raise TenantPipelinesError(f"{what}: {exc.diag.message_primary or exc}{hint}; "
                                    "the partition is untouched and a re-run starts this move again") from None
     except BaseException:
-        _abandon_quietly(conn, part.partition_name)
+        _abandon_quietly(conn, part.schema, part.partition_name)
         raise
-    return Move(part.partition_name, part.current_tablespace, part.target_tablespace, moved_bytes, held,
+    return Move(part.qualified_name, part.current_tablespace, part.target_tablespace, moved_bytes, held,
                 max(tries, more), frozen, ONLINE, time.monotonic() - started, caught_up,
                 copy_s=copy_s, copy_bytes=blocks * BLOCK, slept_s=slept, vacuum_s=vacuum_s)
 
@@ -397,7 +411,7 @@ def _copy_paced(conn: psycopg.Connection, part: PlannedPartition, shadow: sql.Id
 
     insert = sql.SQL(
         "INSERT INTO {} SELECT * FROM {} WHERE ctid >= %s::tid AND ctid < %s::tid ON CONFLICT DO NOTHING"
-    ).format(shadow, sql.Identifier("public", part.partition_name))
+    ).format(shadow, part.table)
     next_report = time.monotonic() + 10
     # Each batch is one autocommitted statement: a single round trip, so that small batches
     # cost little.
@@ -442,30 +456,35 @@ def session_settings(conn: psycopg.Connection, settings: dict[str, str]) -> Iter
         conn.autocommit = previous_autocommit
 
 
-def _abandon(conn: psycopg.Connection, partition: str) -> None:
-    run_with_lock_timeout(conn, f"partition {partition}: dropping what an unfinished move left",
-                       lambda c: c.execute("SELECT fn_move_abandon(%s)", (partition,)))
+def _qualified(schema: str, partition: str) -> str:
+    return partition if schema == "public" else f"{schema}.{partition}"
 
 
-def _abandon_leftovers(conn: psycopg.Connection, partitions: list[str]) -> list[str]:
-    """Drop what crashed moves of these partitions left: before the swap, the shadow, log and
-    trigger (that move starts again from scratch); after it, the replaced table. Returns the
-    partitions whose move starts again."""
+def _abandon(conn: psycopg.Connection, schema: str, partition: str) -> None:
+    run_with_lock_timeout(conn, f"partition {_qualified(schema, partition)}: dropping what an unfinished move left",
+                       lambda c: c.execute("SELECT fn_move_abandon(%s, %s)", (partition, schema)))
+
+
+def _abandon_leftovers(conn: psycopg.Connection, partitions: list[tuple[str, str]]) -> list[str]:
+    """Drop what crashed moves of these (schema, partition) left: before the swap, the shadow,
+    log and trigger (that move starts again from scratch); after it, the replaced table.
+    Returns the partitions (schema-qualified but in public) whose move starts again."""
     rows = conn.execute(
-        "SELECT partition_name, swapped_at IS NULL FROM tenant_pipelines.partition_moves"
-        " WHERE partition_name = ANY(%s) ORDER BY 1", (partitions,)).fetchall()
-    for name, _ in rows:
-        _abandon(conn, name)
-    return [name for name, unfinished in rows if unfinished]
+        "SELECT m.partition_schema::text, m.partition_name, m.swapped_at IS NULL FROM tenant_pipelines.partition_moves m"
+        " WHERE (m.partition_schema::text, m.partition_name) IN (SELECT * FROM unnest(%s::text[], %s::text[]))"
+        " ORDER BY 1, 2", ([s for s, _ in partitions], [n for _, n in partitions])).fetchall()
+    for schema, name, _ in rows:
+        _abandon(conn, schema, name)
+    return [_qualified(schema, name) for schema, name, unfinished in rows if unfinished]
 
 
-def _abandon_quietly(conn: psycopg.Connection, partition: str) -> None:
+def _abandon_quietly(conn: psycopg.Connection, schema: str, partition: str) -> None:
     """After a failed move: drop its leftovers if the connection still works (else the next
     run does)."""
     try:
         if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
             conn.rollback()
-        _abandon(conn, partition)
+        _abandon(conn, schema, partition)
     except (psycopg.Error, TenantPipelinesError):
         pass
 

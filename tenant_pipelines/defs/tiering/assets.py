@@ -170,7 +170,7 @@ def _misplaced_result(wrong: list[PlannedPartition]) -> dg.AssetCheckResult:
         passed=not wrong,
         metadata={
             "misplaced": len(wrong),
-            "details": details_md(f"{p.partition_name}: in {p.current_tablespace}, policy says "
+            "details": details_md(f"{p.qualified_name}: in {p.current_tablespace}, policy says "
                                   f"{p.target_tablespace} ({p.target_tier})" for p in wrong),
         },
     )
