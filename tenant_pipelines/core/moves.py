@@ -404,11 +404,11 @@ def _copy(conn, tenant, source: Home, target: Home, report: MoveReport, batch_ro
                 "WITH batch AS (SELECT {cols} FROM {src} WHERE {where} ORDER BY {key} LIMIT %s),"
                 " copied AS (INSERT INTO {dst} ({cols}) SELECT {cols} FROM batch ON CONFLICT DO NOTHING)"
                 " SELECT count(*), sum(pg_column_size(b.*)),"
-                "        (SELECT ARRAY[{key_text}] FROM batch b ORDER BY {key_b} DESC LIMIT 1)"
+                "        (SELECT ARRAY[{key_text}] FROM batch b ORDER BY {key_b} LIMIT 1)"
                 " FROM batch b").format(
                 cols=columns, src=source.read(table), dst=target.write(table), where=where, key=key_sql,
                 key_text=sql.SQL(", ").join(sql.SQL("b.{}::text").format(sql.Identifier(k)) for k in key),
-                key_b=sql.SQL(", ").join(sql.SQL("b.{}").format(sql.Identifier(k)) for k in key))
+                key_b=sql.SQL(", ").join(sql.SQL("b.{} DESC").format(sql.Identifier(k)) for k in key))
             with conn.transaction():
                 n, size, last = conn.execute(query, params + [batch_rows]).fetchone()
                 if n:
