@@ -1,12 +1,12 @@
 -- after: 0004
--- What the seed's view meant, per organization. For operators (admin roles): it reads every
--- tenant's partitions, which billing_app cannot.
+-- What the seed's view meant, per organization, wherever each tenant lives (its partition, the
+-- pool, or a schema of its own: fn_tenant_active_subscriptions, fn_tenant_usage_stats). For
+-- operators (admin roles): it reads every tenant's partitions and schemas, which billing_app cannot.
 CREATE OR REPLACE VIEW vw_tenant_metrics WITH (security_invoker = true) AS
     SELECT o.id AS organization_id,
            o.name AS organization_name,
            COALESCE(tc.tier, 'free') AS tier,
-           (SELECT count(*) FROM public.subscriptions s
-             WHERE s.organization_id = o.id AND s.status = 'active') AS active_subscriptions,
+           public.fn_tenant_active_subscriptions(o.id) AS active_subscriptions,
            u.events_last_24h,
            u.events_this_month,
            u.storage_bytes,

@@ -16,7 +16,8 @@ from typing import Iterable
 import psycopg
 
 from tenant_pipelines.core.findings import Finding
-from tenant_pipelines.core.placement import SHARED_PARTITION, dedicated_tenants, registry_drift
+from tenant_pipelines.core.placement import (SCHEMA, SCHEMA_TABLES, SHARED_PARTITION, SHARED_SCHEMA, USAGE_EVENTS,
+                                             dedicated_tenants, placement_of, placements, registry_drift)
 from tenant_pipelines.db.names import APP_ROLE, OWNER_ROLE
 from tenant_pipelines.db.locks import LockRetries, run_with_lock_retry, run_with_lock_timeout
 from tenant_pipelines.db.session import parse_tenant_id
@@ -61,7 +62,10 @@ def ensure_tenant_partition(
 ) -> PartitionReport:
     """Make sure ``tenant_id`` has its storage: the pool's months premade and, for a tenant
     that earns a dedicated partition (its tier, its ``dedicated_resources`` flag or its size,
-    within ``partition_config.leaf_budget``), that partition, attached, with its months.
+    within ``partition_config.leaf_budget``), that partition, attached, with its months; for a
+    tenant in a schema of its own, its schema's months (``fn_create_tenant_schema``, which makes
+    what is missing, to ``partition_config.premake_months`` ahead: ``premake_months`` does not
+    apply to them). A tenant in an online move is left to core/moves.py.
 
     Each step is its own transaction, safe to re-run after a crash:
 
@@ -91,7 +95,11 @@ def ensure_tenant_partition(
         note=prepared.get("note") or "",
         attempts=tries,
     )
-    if report.layout not in ("pooled", "schema", "moving"):  # schema, moving: core/moves.py's
+    if report.layout == SCHEMA:
+        created, more_tries = _premake_schema_months(conn, tenant, attempts, retries)
+        report.tables_created += created
+        report.attempts += more_tries
+    elif report.layout not in ("pooled", "moving"):  # moving: core/moves.py's
         attached, more_tries = _promote(conn, tenant, attempts, retries)
         report.rows_moved = int(attached["rows_moved"])
         report.attached_now = bool(attached["attached_now"])
@@ -99,6 +107,25 @@ def ensure_tenant_partition(
     report.lock_retries = retries.count
     report.duration_s = time.monotonic() - started
     return report
+
+
+def _schema_leaves(conn: psycopg.Connection, schema: str) -> set[str]:
+    return {r[0] for r in conn.execute(
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+        " WHERE i.inhparent = to_regclass(format('%%I.%%I', %s::text, %s::text))",
+        (schema, SCHEMA_TABLES[USAGE_EVENTS])).fetchall()}
+
+
+def _premake_schema_months(conn: psycopg.Connection, tenant: uuid.UUID, attempts: int,
+                           retries: LockRetries) -> tuple[list[str], int]:
+    """A schema tenant's missing months (and anything else of its schema that is missing), made
+    by the idempotent ``fn_create_tenant_schema``; the months created, schema-qualified."""
+    schema = placement_of(conn, tenant).location
+    before = _schema_leaves(conn, schema)
+    _, tries = run_with_lock_retry(
+        conn, f"tenant {tenant}: premaking the months of schema {schema}",
+        lambda c: c.execute("SELECT fn_create_tenant_schema(%s)", (tenant,)), attempts=attempts, retries=retries)
+    return [f"{schema}.{leaf}" for leaf in sorted(_schema_leaves(conn, schema) - before)], tries
 
 
 def _promote(conn: psycopg.Connection, tenant: uuid.UUID, attempts: int, retries: LockRetries) -> tuple[dict, int]:
@@ -203,13 +230,17 @@ def attached_tenant_partitions(conn: psycopg.Connection) -> set[str]:
 
 
 def audit_tenant_partitions(conn: psycopg.Connection, tenants: Iterable[object] | None = None) -> list[Finding]:
-    """What is missing or wrong in the pool and in the tenants' dedicated partitions (all of
-    them by default): no _rest (the pool: _before or _after), a gap in the months up to the premade horizon, an index
-    missing, RLS not forced, the wrong owner, privileges for billing_app, or a promotion's
-    exclusion CHECK left on the pool. Pooled tenants need nothing beyond the pool."""
-    dedicated = {str(t): name for t, name in dedicated_tenants(conn).items()}
+    """What is missing or wrong in the pool, in the tenants' dedicated partitions and in the
+    usage_events of the tenants in schemas of their own (all of them by default): no _rest (the
+    pool: _before or _after), a gap in the months up to the premade horizon (a schema tenant's
+    from this month on at least), an index missing, RLS not forced, the wrong owner, privileges
+    for billing_app (but on a schema's usage_events itself, which it writes through), or a
+    promotion's exclusion CHECK left on the pool. Pooled tenants need nothing beyond the pool."""
+    placed = placements(conn)
+    dedicated = {str(t): p.location for t, p in placed.items() if p.dedicated}
+    schemas = {str(t): p.location for t, p in placed.items() if p.kind == SCHEMA}
     attached = set(dedicated)
-    wanted = sorted(attached) if tenants is None else [str(parse_tenant_id(t)) for t in tenants]
+    wanted = sorted(attached | set(schemas)) if tenants is None else [str(parse_tenant_id(t)) for t in tenants]
     premake = conn.execute("SELECT premake_months FROM partition_config").fetchone()[0]
     horizon = _add_months(_this_month(conn), premake)
     findings = _audit_tree(conn, SHARED_PARTITION, "usage_events_mt_pool", horizon,
@@ -220,10 +251,19 @@ def audit_tenant_partitions(conn: psycopg.Connection, tenants: Iterable[object] 
             "pool", f"still has pool_excludes_{uuid.UUID(tenant).hex} from an interrupted promotion of tenant "
             f"{tenant}: its rows are refused by the pool",
             f"materialise tenant_partition for {tenant} (or SELECT fn_pool_unexclude_tenant('{tenant}'))"))
+    this_month = _this_month(conn)
     for tenant in wanted:
         if tenant in attached:
             fix = f"materialise tenant_partition for {tenant} (or SELECT fn_create_tenant_partition('{tenant}'))"
             findings += _audit_tree(conn, dedicated[tenant], dedicated[tenant], horizon, fix)
+        elif tenant in schemas:
+            schema, table = schemas[tenant], SCHEMA_TABLES[USAGE_EVENTS]
+            fix = f"materialise tenant_partition for {tenant} (or SELECT fn_create_tenant_schema('{tenant}'))"
+            if not conn.execute("SELECT to_regclass(format('%%I.%%I', %s::text, %s::text)) IS NOT NULL",
+                                (schema, table)).fetchone()[0]:
+                findings.append(Finding(f"tenant {tenant}", f"lives in schema {schema}, which has no {table}", fix))
+                continue
+            findings += _audit_tree(conn, table, table, horizon, fix, schema=schema, from_month=this_month)
     for tenant, registered, catalog in registry_drift(conn):
         if tenants is None or str(tenant) in wanted:
             findings.append(Finding(
@@ -234,40 +274,48 @@ def audit_tenant_partitions(conn: psycopg.Connection, tenants: Iterable[object] 
 
 
 def _audit_tree(conn: psycopg.Connection, root: str, leaf_prefix: str, horizon: str, fix: str,
-                edges: tuple[str, ...] = ("_rest",)) -> list[Finding]:
+                edges: tuple[str, ...] = ("_rest",), *, schema: str = SHARED_SCHEMA,
+                from_month: str | None = None) -> list[Finding]:
+    """The partition tree of ``schema.root``. In a tenant schema, billing_app writes through the
+    root (granted) but may not touch a month; its months are due from ``from_month`` on at least."""
     findings: list[Finding] = []
+
+    def shown(name: str) -> str:
+        return name if schema == SHARED_SCHEMA else f"{schema}.{name}"
+
     rows = conn.execute(
         """
         SELECT c.relname, c.relrowsecurity, c.relforcerowsecurity, pg_get_userbyid(c.relowner),
                has_table_privilege(%s, c.oid, 'SELECT,INSERT,UPDATE,DELETE'),
                (SELECT count(*) FROM pg_index x WHERE x.indrelid = c.oid),
                (SELECT count(*) FROM pg_index x WHERE x.indrelid = c.oid AND NOT x.indisvalid)
-          FROM pg_partition_tree(%s::regclass) t JOIN pg_class c ON c.oid = t.relid
+          FROM pg_partition_tree(to_regclass(format('%%I.%%I', %s::text, %s::text))) t JOIN pg_class c ON c.oid = t.relid
          ORDER BY c.relname
         """,
-        (APP_ROLE, f"public.{root}"),
+        (APP_ROLE, schema, root),
     ).fetchall()
     names = {r[0] for r in rows}
     for edge in edges:
         if leaf_prefix + edge not in names:
-            findings.append(Finding(f"partition {root}", f"has no {edge[1:]} partition (rows outside the months)", fix))
+            findings.append(Finding(f"partition {shown(root)}", f"has no {edge[1:]} partition (rows outside the months)", fix))
     for name, rls, forced, owner, app_access, n_idx, n_invalid in rows:
         if not (rls and forced):
-            findings.append(Finding(f"partition {name}", "does not force row-level security",
-                                    f"ALTER TABLE {name} ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY"))
+            findings.append(Finding(f"partition {shown(name)}", "does not force row-level security",
+                                    f"ALTER TABLE {shown(name)} ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY"))
         if owner != OWNER_ROLE:
-            findings.append(Finding(f"partition {name}", f"is owned by {owner}",
-                                    f"ALTER TABLE {name} OWNER TO {OWNER_ROLE}"))
-        if app_access:
-            findings.append(Finding(f"partition {name}", f"{APP_ROLE} can access it directly",
-                                    f"REVOKE ALL ON {name} FROM {APP_ROLE}, PUBLIC"))
+            findings.append(Finding(f"partition {shown(name)}", f"is owned by {owner}",
+                                    f"ALTER TABLE {shown(name)} OWNER TO {OWNER_ROLE}"))
+        if app_access and not (schema != SHARED_SCHEMA and name == root):
+            findings.append(Finding(f"partition {shown(name)}", f"{APP_ROLE} can access it directly",
+                                    f"REVOKE ALL ON {shown(name)} FROM {APP_ROLE}, PUBLIC"))
         if n_idx < 3 or n_invalid:
-            findings.append(Finding(f"partition {name}", f"has {n_idx - n_invalid} of its 3 indexes", fix))
-    months = sorted(n.rsplit("_p", 1)[1] for n in names if n.startswith(leaf_prefix + "_p"))
-    if months:
-        missing = sorted(set(_month_range(months[0], horizon)) - set(months))
+            findings.append(Finding(f"partition {shown(name)}", f"has {n_idx - n_invalid} of its 3 indexes", fix))
+    months = sorted(n.rsplit("_p", 1)[1] for n in names if n.startswith(leaf_prefix + "_p") and n[-6:].isdigit())
+    first = min(months[:1] + ([from_month] if from_month else []), default=None)
+    if first is not None:
+        missing = sorted(set(_month_range(first, horizon)) - set(months))
         if missing:
-            findings.append(Finding(f"partition {root}", f"is missing months {', '.join(missing)}", fix))
+            findings.append(Finding(f"partition {shown(root)}", f"is missing months {', '.join(missing)}", fix))
     return findings
 
 

@@ -29,8 +29,7 @@ def list_tenants(conn: psycopg.Connection) -> list[Tenant]:
                    o.name,
                    COALESCE(tc.tier, 'free') AS tier,
                    o.created_at,
-                   (SELECT count(*) FROM subscriptions s
-                     WHERE s.organization_id = o.id AND s.status = 'active')::int AS active_subscriptions
+                   fn_tenant_active_subscriptions(o.id)::int AS active_subscriptions  -- wherever it lives
               FROM organizations o
               LEFT JOIN tenant_classifications tc ON tc.organization_id = o.id
              ORDER BY o.created_at, o.id

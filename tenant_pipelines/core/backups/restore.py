@@ -5,13 +5,16 @@ file's sha256) and opens every file with the key, before it writes anything. The
 transaction on an ADBC connection:
 
 - **into the live tables**: takes the tenant's advisory lock (its writers and partition
-  changes wait; other tenants never do), deletes the tenant's rows child tables first (its own
-  usage_events_mt partition is truncated), upserts its organizations row (tables outside the
-  backup may reference it), and loads every table with binary COPY (``adbc_ingest``). Usage
-  events go through the parent ``usage_events_mt``, so they land in the tenant's partition,
-  or in DEFAULT when it has none yet (the onboarding sensor then gives it one). Every row
-  loaded must belong to the tenant, and the tenant's row counts must equal the manifest's,
-  or nothing is committed.
+  changes wait; other tenants never do) and the movers' lock, and refuses while a move of
+  the tenant (``core.moves``) is in progress; deletes the tenant's rows child tables first
+  wherever it lives now (its own usage_events_mt partition, or its schema's tables, are
+  truncated), upserts its organizations row (tables outside the backup may reference it),
+  and loads every table with binary COPY (``adbc_ingest``) into its placement's relations.
+  The backup names the shared tables, whatever the placement it was taken from: usage
+  events go through the parent ``usage_events_mt`` (its partition, or DEFAULT when it has
+  none yet: the onboarding sensor then gives it one), or through a schema tenant's own
+  ``usage_events``; the tenant keeps its placement. Every row loaded must belong to the
+  tenant, and the tenant's row counts must equal the manifest's, or nothing is committed.
 - **into a scratch schema**: creates the schema (owned by the admin, no privilege for anyone
   else) with one table per backed-up table (``LIKE`` the live one, no keys or indexes; RLS
   forced with the usual policy, so the isolation audit holds) and loads.
@@ -39,7 +42,9 @@ from tenant_pipelines.core.backups.arrow_types import denormalize_batch, loading
 from tenant_pipelines.core.backups.encryption import backup_decryption
 from tenant_pipelines.core.backups.hashing import ContentHasher
 from tenant_pipelines.core.backups.layout import TABLES
-from tenant_pipelines.core.placement import SHARED_PARTITION, SHARED_SCHEMA, USAGE_EVENTS, placement_of
+from tenant_pipelines.core.moves import _MOVE_LOCK
+from tenant_pipelines.core.placement import (SCHEMA, SCHEMA_TABLES, SHARED_PARTITION, SHARED_SCHEMA, USAGE_EVENTS, Placement,
+                                             placement_of)
 from tenant_pipelines.core.backups.manifest import load_manifest, manifest_schema
 from tenant_pipelines.core.backups.streaming import adbc_connect
 from tenant_pipelines.core.backups.verify import UNVERIFIED, authenticate_backup, check_files
@@ -49,6 +54,19 @@ from tenant_pipelines.errors import BackupInvalid, InvalidInput, MigrationError,
 
 LOCK_TIMEOUT = "30s"
 _SCHEMA_NAME_MAX = 63
+
+
+class RestoreRefused(TenantPipelinesError):
+    """The restore cannot run safely now (the tenant is moving); nothing was changed."""
+
+    exit_code = 2
+
+
+def _move_refusal(tenant: uuid.UUID, to_kind: str | None, step: str | None) -> RestoreRefused:
+    what = f"its move to {to_kind} is in progress (step {step})" if to_kind else "a run is moving it now"
+    return RestoreRefused(
+        f"tenant {tenant}: {what}; nothing was restored: let the move finish (or re-run it to finish, "
+        "or abandon it), then restore")
 
 
 @dataclass
@@ -225,6 +243,11 @@ def restore_tenant(
     _preflight_files(backup_path, manifest, master_key, stored)
     verified_in = time.monotonic() - started
     check_migrated(conn)
+    if into_schema is None:
+        move = conn.execute("SELECT to_kind, step FROM tenant_pipelines.tenant_moves WHERE organization_id = %s",
+                            (tenant,)).fetchone()
+        if move is not None:
+            raise _move_refusal(tenant, *move)
     target = f"schema {schema}" if into_schema else f"the live tables of {conn.info.dbname}"
     report = RestoreReport(str(tenant), manifest["backup_id"], target, verify_seconds=verified_in,
                            authentication=authentication)
@@ -241,9 +264,21 @@ def restore_tenant(
                 raise TenantPipelinesError(_explain(tenant, "the tables", exc)) from None
 
         run(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(LOCK_TIMEOUT)))
+        where: Placement | None = None
         if into_schema is None:
             run(sql.SQL("SELECT pg_advisory_xact_lock(public.fn_tenant_lock_key({}::uuid))").format(sql.Literal(str(tenant))))
-            _delete_tenant_rows(conn, run, tenant)
+            # No move may start (core.moves takes this lock) or be under way while the rows are replaced.
+            run(sql.SQL("SELECT pg_try_advisory_xact_lock({}, hashtext({}))").format(
+                sql.Literal(_MOVE_LOCK), sql.Literal(str(tenant))))
+            if not cur.fetchone()[0]:
+                raise _move_refusal(tenant, None, None)
+            run(sql.SQL("SELECT to_kind, step FROM tenant_pipelines.tenant_moves WHERE organization_id = {}::uuid").format(
+                sql.Literal(str(tenant))))
+            move = cur.fetchone()
+            if move is not None:
+                raise _move_refusal(tenant, *move)
+            where = placement_of(conn, tenant)  # no move can change it now
+            _delete_tenant_rows(run, tenant, where)
         else:
             exists = conn.execute("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = %s)", (schema,)).fetchone()[0]
             if exists:
@@ -253,11 +288,16 @@ def restore_tenant(
             for table, key_column in TABLES:
                 _create_scratch_table(run, schema, table, key_column)
 
+        def relation(table: str) -> tuple[str, str]:
+            """Where the table's rows go: the tenant's placement (a schema tenant's usage_events_mt
+            is its schema's usage_events), or the scratch schema's table of the shared name."""
+            return (where.schema_of(table), where.name_of(table)) if where is not None else (schema, table)
+
         for table, key_column in TABLES:
             t0 = time.monotonic()
             # A scratch table is LIKE the live one, its generated columns made plain: it takes them all.
-            names = _insert_columns(conn, "public", table, stored[table], backup_path,
-                                    include_generated=into_schema is not None)
+            live = relation(table) if where is not None else ("public", table)  # scratch tables are LIKE public's
+            names = _insert_columns(conn, *live, stored[table], backup_path, include_generated=into_schema is not None)
             load_schema = loading_schema(stored[table], names)
             counter, errors = [0], []
             hasher = ContentHasher(stored[table], hash_key)
@@ -269,7 +309,8 @@ def restore_tenant(
                 if into_schema is None and table == "organizations":
                     _upsert_organization(conn, cur, run, reader, names)
                 else:
-                    cur.adbc_ingest(table, reader, mode="append", db_schema_name=schema)
+                    into_schema_name, into_table = relation(table)
+                    cur.adbc_ingest(into_table, reader, mode="append", db_schema_name=into_schema_name)
             except Exception as exc:
                 if errors:
                     raise errors[0] from None
@@ -288,8 +329,8 @@ def restore_tenant(
             log(f"tenant {tenant}: {table}: {counter[0]} rows restored in {seconds:.2f}s{rate}")
 
         for table, key_column in TABLES:
-            run(sql.SQL("SELECT count(*) FROM {}.{} WHERE {} = {}::uuid").format(
-                sql.Identifier(schema), sql.Identifier(table), sql.Identifier(key_column),
+            run(sql.SQL("SELECT count(*) FROM {} WHERE {} = {}::uuid").format(
+                sql.Identifier(*relation(table)), sql.Identifier(key_column),
                 sql.Literal(str(tenant))))
             count = cur.fetchone()[0]
             if count != manifest["tables"][table]["rows"]:
@@ -323,21 +364,29 @@ def _explain(tenant: uuid.UUID, what: str, exc: Exception) -> str:
     return f"tenant {tenant}: restoring {what} failed ({text}); nothing was committed"
 
 
-def _delete_tenant_rows(conn: psycopg.Connection, run: Callable[[sql.Composable], None], tenant: uuid.UUID) -> None:
+def _delete_tenant_rows(run: Callable[[sql.Composable], None], tenant: uuid.UUID, where: Placement) -> None:
     """The tenant's rows, children first, wherever it lives (core/placement.py). A dedicated
     tenant's usage_events_mt partition is truncated (that locks only the tenant's tables), and
     any strays of it in the pool deleted; a pooled tenant's rows are deleted from the pool (row
-    locks only: the pool's other tenants go on)."""
-    where = placement_of(conn, tenant)
+    locks only: the pool's other tenants go on). A schema tenant's four tables are truncated
+    together (they hold its rows only, and reference each other), and any strays of it in the
+    shared tables deleted: it stays a schema tenant."""
     literal = sql.Literal(str(tenant))
-    if where.dedicated:
+    if where.kind == SCHEMA:
+        run(sql.SQL("TRUNCATE {}").format(sql.SQL(", ").join(
+            where.table(table) for table, _ in reversed(TABLES) if table in SCHEMA_TABLES)))
+        for table, key_column in reversed(TABLES):
+            if table in SCHEMA_TABLES:
+                run(sql.SQL("DELETE FROM {} WHERE {} = {}::uuid").format(
+                    sql.Identifier(SHARED_SCHEMA, table), sql.Identifier(key_column), literal))
+    elif where.dedicated:
         run(sql.SQL("TRUNCATE {}").format(where.usage_events_leaf))
         run(sql.SQL("DELETE FROM {} WHERE organization_id = {}::uuid").format(
             sql.Identifier(SHARED_SCHEMA, SHARED_PARTITION), literal))
     else:
         run(sql.SQL("DELETE FROM {} WHERE organization_id = {}::uuid").format(where.table(USAGE_EVENTS), literal))
     for table, key_column in reversed(TABLES):
-        if table in (USAGE_EVENTS, "organizations"):
+        if table in (USAGE_EVENTS, "organizations") or (where.kind == SCHEMA and table in SCHEMA_TABLES):
             continue
         run(sql.SQL("DELETE FROM {} WHERE {} = {}::uuid").format(
             where.table(table), sql.Identifier(key_column), literal))

@@ -264,8 +264,11 @@ def backup_tenant(
             where = placement_of(conn, tenant)  # in the snapshot: where the tenant lived at that moment
             for table, key_column in TABLES:
                 t0 = time.monotonic()
-                columns = table_columns(conn, where.schema_of(table), table)
-                reader = stream_table(cursor, conn, where.schema_of(table), table, key_column, tenant, columns)
+                # Read where the tenant lives (a schema tenant's usage_events_mt is its schema's
+                # usage_events); written under the shared name, so it restores into any placement.
+                source = (where.schema_of(table), where.name_of(table))
+                columns = table_columns(conn, *source)
+                reader = stream_table(cursor, conn, *source, key_column, tenant, columns)
                 schema = target_schema(columns, reader.schema)
                 export = TableExport(table, schema=schema, columns=columns)
                 hasher = ContentHasher(schema, key)
