@@ -58,6 +58,7 @@ CUTOVER_KEYS = 100  # keys left when it cuts over: the final catch-up under the 
 # The tenant's and other tenants' commits then do not queue behind a flush of the mover's WAL.
 _NO_FLUSH_WAIT = "SET LOCAL synchronous_commit = off"
 _MOVE_LOCK = 0x6D6F_7665  # "move": with hashtext(tenant), one mover per tenant at a time
+_TIERING_LOCK = 0x7469_6572  # core/tiering.py's, with hashtext(tenant) (tiering imports no core module)
 MiB = 1024 * 1024
 
 
@@ -169,7 +170,14 @@ def move_tenant(
     if not conn.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))", (_MOVE_LOCK, str(tenant))).fetchone()[0]:
         raise MoveRefused(f"tenant {tenant}: another run is moving it now; wait for it to finish")
     try:
-        return _move(conn, tenant, to_kind, batch_rows, max_mb_per_s, log, stop_after, sleep)
+        # Tiering's lock on the tenant too (core/tiering.py takes it per tenant run): its months
+        # are not swapped for copies in other tablespaces while this copies them, and the other way.
+        if not conn.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))", (_TIERING_LOCK, str(tenant))).fetchone()[0]:
+            raise MoveRefused(f"tenant {tenant}: a tiering run is moving its months now; re-run when it is done")
+        try:
+            return _move(conn, tenant, to_kind, batch_rows, max_mb_per_s, log, stop_after, sleep)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", (_TIERING_LOCK, str(tenant)))
     finally:
         conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", (_MOVE_LOCK, str(tenant)))
 

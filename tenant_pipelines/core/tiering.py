@@ -265,7 +265,7 @@ def _tier(conn: psycopg.Connection, tenant_id: str | None, **options: Unpack[Tie
     who = f"tenant {tenant_id}" if tenant_id else "the pool"
     if not conn.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))", (_TIERING_LOCK, lock_name)).fetchone()[0]:
         raise TenantPipelinesError(
-            f"{who}: another tiering run is moving these partitions; "
+            f"{who}: another tiering run (or a placement move of the tenant) is moving these partitions; "
             "let it finish (pg_stat_activity shows it), then re-run")
     try:
         return _tier_partitions(conn, tenant_id, who, **options)

@@ -175,3 +175,16 @@ def test_cutover_waits_for_the_tenants_transaction_in_flight(admin_conn, app_dsn
     assert result["report"].moved and placement.placement_of(admin_conn, tenant).kind == "schema"
     assert 7 in [r[0] for r in admin_conn.execute(
         f"SELECT amount FROM {placement.schema_name(tenant)}.invoices WHERE organization_id = %s", (tenant,))]
+
+
+def test_a_move_and_a_tiering_run_of_one_tenant_exclude_each_other(admin_conn, admin_dsn) -> None:
+    """Tiering holds its lock on the tenant while it runs (core/tiering.py): the mover refuses to
+    start meanwhile, and changes nothing."""
+    tenant = make_tenant(admin_conn, "Mover")
+    with psycopg.connect(admin_dsn, autocommit=True) as tiering:
+        tiering.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", (0x7469_6572, str(tenant)))
+        with pytest.raises(moves.MoveRefused, match="a tiering run is moving its months"):
+            moves.move_tenant(admin_conn, tenant, "schema")
+    assert placement.placement_of(admin_conn, tenant).kind == "pooled"
+    assert admin_conn.execute("SELECT count(*) FROM tenant_pipelines.tenant_moves").fetchone()[0] == 0
+    assert moves.move_tenant(admin_conn, tenant, "schema").moved

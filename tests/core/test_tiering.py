@@ -392,7 +392,7 @@ def test_two_runs_on_one_tenant_do_not_undo_each_other(admin_conn: psycopg.Conne
 
         def second_run_meanwhile(_: float) -> None:
             if not seen:
-                with pytest.raises(TenantPipelinesError, match="another tiering run is moving") as info:
+                with pytest.raises(TenantPipelinesError, match="another tiering run .or a placement move of the tenant. is moving") as info:
                     tier_tenant(other, tenant, as_of=AS_OF)
                 seen.append(str(info.value))
 
