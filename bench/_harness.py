@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
 import os
 import platform
 import resource
@@ -25,10 +26,11 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import psycopg
 from psycopg import sql
@@ -731,3 +733,41 @@ def section(title: str, *paragraphs: str) -> list[str]:
     for paragraph in paragraphs:
         out += [paragraph, ""]
     return out
+
+
+class WriterProcess:
+    """A paced writer in a process of its own (spawned: it shares neither this process's
+    interpreter lock nor its CPU time), for one tenant that the main process may switch between
+    rounds. The child runs ``target(*args, tenant, stop, results)``: ``tenant`` a shared char
+    array holding the tenant's UUID, ``stop`` an Event, ``results`` a pipe end on which it sends
+    ``(samples, errors)`` once ``stop`` is set; each sample becomes ``sample(*fields)``."""
+
+    def __init__(self, target: Callable[..., None], args: tuple, tenant: uuid.UUID, sample: Callable[..., Any],
+                 name: str) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self._tenant = ctx.Array("c", 36)
+        self.tenant = tenant
+        self._sample = sample
+        self._stop = ctx.Event()
+        self._results, child_end = ctx.Pipe(duplex=False)
+        self._process = ctx.Process(target=target, name=name, daemon=True,
+                                    args=(*args, self._tenant, self._stop, child_end))
+        self.samples: list = []
+        self.errors: list[dict] = []
+
+    @property
+    def tenant(self) -> uuid.UUID:
+        return uuid.UUID(self._tenant.value.decode())
+
+    @tenant.setter
+    def tenant(self, value: uuid.UUID) -> None:
+        self._tenant.value = str(value).encode()
+
+    def start(self) -> None:
+        self._process.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        samples, self.errors = self._results.recv()
+        self.samples = [self._sample(*s) for s in samples]
+        self._process.join()

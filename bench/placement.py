@@ -29,7 +29,6 @@ Run on demand:  python bench/placement.py [--events N] [--tenants N] [--dsn DSN]
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import os
 import statistics
 import sys
@@ -167,40 +166,15 @@ class Sample:
     retries: int
 
 
-class Writer:
+class Writer(h.WriterProcess):
     """Writes ``rate`` transactions a second for one tenant (switchable) through billing_app:
     fn_set_tenant_context, then one INSERT into usage_events (the routed name). Its own process
     (spawned), its own connection. A transaction refused by the cutover guard is retried at
     once; times are time.perf_counter() (CLOCK_MONOTONIC: the same clock in every process)."""
 
     def __init__(self, dsn: str, rate: float, tenant: uuid.UUID, label: str) -> None:
-        ctx = multiprocessing.get_context("spawn")
+        super().__init__(_write_loop, (dsn, 1.0 / rate), tenant, Sample, f"writer-{label}")
         self.label = label
-        self._tenant = ctx.Array("c", 36)
-        self.tenant = tenant
-        self._stop = ctx.Event()
-        self._results, child_end = ctx.Pipe(duplex=False)
-        self._process = ctx.Process(target=_write_loop, name=f"writer-{label}", daemon=True,
-                                    args=(dsn, 1.0 / rate, self._tenant, self._stop, child_end))
-        self.samples: list[Sample] = []
-        self.errors: list[dict] = []
-
-    @property
-    def tenant(self) -> uuid.UUID:
-        return uuid.UUID(self._tenant.value.decode())
-
-    @tenant.setter
-    def tenant(self, value: uuid.UUID) -> None:
-        self._tenant.value = str(value).encode()
-
-    def start(self) -> None:
-        self._process.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        samples, self.errors = self._results.recv()
-        self.samples = [Sample(*s) for s in samples]
-        self._process.join()
 
 
 _INSERT = ('INSERT INTO usage_events (organization_id, metric_name, quantity, "timestamp", properties)'

@@ -42,7 +42,6 @@ Run on demand:  python bench/tiering.py [--method online|set-tablespace|both] [-
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import os
 import shutil
 import statistics
@@ -360,7 +359,7 @@ class Sample:
     ok: bool
 
 
-class Inserter:
+class Inserter(h.WriterProcess):
     """Writes ``rows`` events per transaction into the current month of ``tenant`` with
     ingest_usage_events() (billing_app, tenant context, RLS), ``rate`` transactions a second,
     on its own connection, in its own process (as an application's writer would be: not
@@ -370,32 +369,8 @@ class Inserter:
     CLOCK_MONOTONIC on Linux: the same clock in both processes."""
 
     def __init__(self, dsn: str, synchronous_commit: str, rate: float, rows: int, tenant: uuid.UUID) -> None:
-        ctx = multiprocessing.get_context("spawn")
-        self._tenant = ctx.Array("c", 36)
-        self.tenant = tenant  # the main process switches it between rounds
-        self._stop = ctx.Event()
-        self._results, child_end = ctx.Pipe(duplex=False)
-        self._process = ctx.Process(target=_insert_loop, name="inserter", daemon=True,
-                                    args=(dsn, synchronous_commit, 1.0 / rate, rows, self._tenant, self._stop, child_end))
-        self.samples: list[Sample] = []
-        self.errors: list[dict] = []
-
-    @property
-    def tenant(self) -> uuid.UUID:
-        return uuid.UUID(self._tenant.value.decode())
-
-    @tenant.setter
-    def tenant(self, value: uuid.UUID) -> None:
-        self._tenant.value = str(value).encode()
-
-    def start(self) -> None:
-        self._process.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        samples, self.errors = self._results.recv()
-        self.samples = [Sample(*s) for s in samples]
-        self._process.join()
+        # the main process switches the tenant between rounds
+        super().__init__(_insert_loop, (dsn, synchronous_commit, 1.0 / rate, rows), tenant, Sample, "inserter")
 
 
 def _insert_loop(dsn: str, synchronous_commit: str, interval: float, rows: int, tenant, stop, results) -> None:
