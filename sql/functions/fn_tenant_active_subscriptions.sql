@@ -6,8 +6,7 @@ CREATE OR REPLACE FUNCTION fn_tenant_active_subscriptions(p_tenant uuid) RETURNS
     LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_schema text := (SELECT p.location FROM public.tenant_placements p
-                       WHERE p.organization_id = p_tenant AND p.kind = 'schema');
+    v_schema text := public.fn_get_tenant_schema(p_tenant);
     v_count  bigint;
 BEGIN
     IF v_schema IS NULL THEN

@@ -13,8 +13,7 @@ CREATE OR REPLACE FUNCTION fn_tenant_usage_stats(p_tenant uuid, p_now timestampt
     LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_schema text := (SELECT p.location FROM public.tenant_placements p
-                       WHERE p.organization_id = p_tenant AND p.kind = 'schema');
+    v_schema text := public.fn_get_tenant_schema(p_tenant);
     v_part   regclass;
     v_month  timestamptz := date_trunc('month', p_now AT TIME ZONE 'UTC') AT TIME ZONE 'UTC';
     v_24h    bigint := 0;
