@@ -2,6 +2,7 @@
 # Sets up everything the project needs on a fresh Debian/Ubuntu machine; safe to re-run.
 #   - PostgreSQL 15+ server binaries (Debian's `postgresql` package) when none are found
 #   - PgBouncer (Debian's `pgbouncer` package) when it is missing
+#   - pgBackRest (Debian's `pgbackrest` package) when it is missing: WAL archive and point-in-time restore
 #   - a virtualenv in .venv with the project and its pinned dependencies
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +21,10 @@ have_pgbouncer() {
     command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || [ -x /usr/local/sbin/pgbouncer ]
 }
 
+have_pgbackrest() {
+    command -v pgbackrest >/dev/null 2>&1 || [ -x /usr/bin/pgbackrest ]
+}
+
 missing=()
 if ! have_pg_server; then
     log "PostgreSQL server binaries not found: installing Debian's 'postgresql' package"
@@ -28,6 +33,10 @@ fi
 if ! have_pgbouncer; then
     log "PgBouncer not found: installing Debian's 'pgbouncer' package"
     missing+=(pgbouncer)
+fi
+if ! have_pgbackrest; then
+    log "pgBackRest not found: installing Debian's 'pgbackrest' package"
+    missing+=(pgbackrest)
 fi
 # Another apt or dpkg (unattended-upgrades on a fresh machine, say) may hold apt's locks: wait
 # for it, up to APT_LOCK_TIMEOUT seconds, instead of failing at once. apt-get install waits by
