@@ -22,6 +22,11 @@ PGBOUNCER_INI_ENV = "TENANT_PIPELINES_PGBOUNCER_INI"
 BACKUP_ROOT_ENV = "TENANT_PIPELINES_BACKUP_ROOT"
 BACKUP_KEY_ENV = "TENANT_PIPELINES_BACKUP_KEY"
 BACKUP_KEY_FILE_ENV = "TENANT_PIPELINES_BACKUP_KEY_FILE"
+# Point-in-time restore (docs/pitr.md): whether the embedded cluster archives its WAL into
+# pgBackRest (on unless "off"), and a user's own stanza: its pgbackrest.conf and name.
+WAL_ARCHIVE_ENV = "TENANT_PIPELINES_WAL_ARCHIVE"
+PGBACKREST_CONFIG_ENV = "TENANT_PIPELINES_PGBACKREST_CONFIG"
+PGBACKREST_STANZA_ENV = "TENANT_PIPELINES_PGBACKREST_STANZA"
 
 
 def state_dir() -> Path:
@@ -129,3 +134,24 @@ def backup_key_file_from_env() -> Path | None:
 
 def dagster_home() -> Path:
     return Path(os.environ.get("DAGSTER_HOME") or PROJECT_DIR / "dagster_home").resolve()
+
+
+def wal_archive_from_env() -> bool:
+    """Whether the embedded cluster archives its WAL: ``$TENANT_PIPELINES_WAL_ARCHIVE`` is not
+    ``off`` (or ``0``, ``false``, ``no``)."""
+    return os.environ.get(WAL_ARCHIVE_ENV, "on").strip().lower() not in ("off", "0", "false", "no")
+
+
+def pgbackrest_stanza_from_env() -> tuple[Path, str] | None:
+    """A user's own pgBackRest stanza: (``$TENANT_PIPELINES_PGBACKREST_CONFIG``,
+    ``$TENANT_PIPELINES_PGBACKREST_STANZA``), or None when neither is set. One without the
+    other is a one-line InvalidInput."""
+    config = os.environ.get(PGBACKREST_CONFIG_ENV, "").strip()
+    stanza = os.environ.get(PGBACKREST_STANZA_ENV, "").strip()
+    if not config and not stanza:
+        return None
+    if not config or not stanza:
+        missing = PGBACKREST_CONFIG_ENV if not config else PGBACKREST_STANZA_ENV
+        raise InvalidInput(f"${missing} is not set; set both {PGBACKREST_CONFIG_ENV} (your pgbackrest.conf) "
+                           f"and {PGBACKREST_STANZA_ENV} (your stanza's name), or neither")
+    return Path(config).expanduser(), stanza

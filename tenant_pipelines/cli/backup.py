@@ -44,6 +44,11 @@ def cmd_restore(args: argparse.Namespace) -> int:
     from tenant_pipelines.db.session import parse_tenant_id
 
     tenant = parse_tenant_id(args.tenant)
+    if args.to_time is not None:
+        return _restore_to_time(args, tenant)
+    if args.force:
+        raise InvalidInput("--force is for --to-time (a point-in-time restore of a tenant without "
+                           "point_in_time_recovery); leave it out")
     if args.backup is not None and not args.backup.strip():
         raise InvalidInput("--backup is empty; pass a backup folder like <root>/tenant=<uuid>/backup=<id>")
     if args.into_database is not None:
@@ -68,6 +73,53 @@ def cmd_restore(args: argparse.Namespace) -> int:
     return 0
 
 
+def _restore_to_time(args: argparse.Namespace, tenant) -> int:
+    from tenant_pipelines.core.backups import check_target_dsn
+    from tenant_pipelines.core.pitr import restore_tenant_to_time
+    from tenant_pipelines.db.connect import connect
+    from tenant_pipelines.local.keys import load_master_key
+    from tenant_pipelines.local.pgbackrest import engine_for
+
+    if args.root is not None:
+        raise InvalidInput("--root is for --as-of (Parquet backups); --to-time restores from the WAL archive: leave it out")
+    if args.into_database is not None:
+        check_target_dsn(args.into_database)
+    dsn = admin_dsn()
+    engine = engine_for(dsn)
+    key = load_master_key()
+    with connect(dsn, autocommit=True) as conn:
+        target = connect(args.into_database, autocommit=True) if args.into_database is not None else None
+        try:
+            report = restore_tenant_to_time(conn, tenant, args.to_time, engine, master_key=key, target_conn=target,
+                                            into_schema=args.into_schema, force=args.force, log=log)
+        finally:
+            if target is not None:
+                target.close()
+    log(f"tenant {tenant}: restored as of {args.to_time.isoformat()} into {report.target} in "
+        f"{report.seconds['total']:.1f}s (cluster backup {report.backup_label}, sandbox "
+        f"{report.sandbox_bytes / 1e6:,.1f} MB, {report.wal_replayed_bytes / 1e6:,.1f} MB of WAL replayed)")
+    print("table\trows")
+    for table, rows in report.rows.items():
+        print(f"{table}\t{rows}")
+    return 0
+
+
+def cmd_cluster_backup(args: argparse.Namespace) -> int:
+    from tenant_pipelines.core.pitr import take_cluster_backup
+    from tenant_pipelines.db.connect import connect
+    from tenant_pipelines.local.pgbackrest import engine_for
+
+    dsn = admin_dsn()
+    engine = engine_for(dsn)
+    with connect(dsn, autocommit=True) as conn:
+        backup, days = take_cluster_backup(conn, engine, args.type)
+    log(f"cluster backup {backup.label} ({backup.type}): {backup.size / 1e6:,.1f} MB of cluster, "
+        f"{backup.repo_size / 1e6:,.1f} MB in the repository, WAL {backup.wal_start} to {backup.wal_stop}, "
+        f"{backup.seconds:.0f}s; full backups kept {days} days")
+    print(backup.label)
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = command(
         sub, "backup", cmd_backup, help="back one tenant up now (Parquet, encrypted when its config says so)",
@@ -81,8 +133,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--verify", action="store_true", help="run the restore drill on it afterwards and mark it verified")
 
     p = command(
-        sub, "restore", cmd_restore, help="restore one tenant from a backup: live tables, a scratch schema or another database",
-        description="Verify a backup (every file's sha256, the tenant, the key) before writing anything, then "
+        sub, "restore", cmd_restore, help="restore one tenant from a backup or to a point in time: live tables, a scratch schema or another database",
+        description="With --to-time T: restore the cluster as of T into a temporary sandbox with pgBackRest, read the "
+        "tenant from it as a backup, and restore that as below; the sandbox is removed afterwards (and a crashed "
+        "run's by the next). Refused with nothing changed: T in the future, before the oldest cluster backup, "
+        "after the newest archived WAL, a tenant that did not exist at T. With --backup or --as-of: verify a backup (every file's sha256, the tenant, the key) before writing anything, then "
         "restore the tenant in one transaction: into the live tables (its rows replaced, no other tenant "
         "touched), into a new scratch schema, or into another, migrated database. Progress on stderr; rows "
         "per table on stdout. Exit codes: 0 done, 1 failed (nothing committed), 2 bad input, 3 database "
@@ -93,8 +148,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--backup", metavar="PATH", help="a backup folder, <root>/tenant=<uuid>/backup=<id>")
     which.add_argument("--as-of", type=timestamp, metavar="TIMESTAMP",
-                       help="the newest verified backup taken at or before this time (ISO 8601; UTC if no zone)")
+                       help="the newest verified Parquet backup taken at or before this time (ISO 8601; UTC if "
+                       "no zone); changes made after that backup are NOT replayed: for the tenant exactly as at a "
+                       "time, use --to-time")
+    which.add_argument("--to-time", type=timestamp, metavar="TIMESTAMP",
+                       help="point-in-time restore: the tenant exactly as it was at this time (ISO 8601; UTC if no "
+                       "zone), from the cluster's pgBackRest backups and WAL archive (docs/pitr.md); only tenants "
+                       "with tenant_backup_config.point_in_time_recovery, unless --force")
+    p.add_argument("--force", action="store_true",
+                   help="with --to-time: restore a tenant without point_in_time_recovery too")
     p.add_argument("--root", default=None, help="backup root searched by --as-of (default as for backup)")
     into = p.add_mutually_exclusive_group()
     into.add_argument("--into-schema", metavar="S", help="a new scratch schema in the billing database")
     into.add_argument("--into-database", metavar="DSN", help="an admin DSN of another, migrated database")
+
+    p = command(
+        sub, "cluster-backup", cmd_cluster_backup,
+        help="back the whole cluster up with pgBackRest (the base of point-in-time restores)",
+        description="Take a pgBackRest backup of the cluster into its encrypted repository, as the cluster_backup "
+        "asset does, then expire old ones: full backups are kept for the longest window a tenant with "
+        "point_in_time_recovery is promised (tenant_backup_config.retention_days), at least 14 days. Prints the "
+        "backup's label. The embedded cluster's stanza is set up by 'db up'; for your own server set "
+        "TENANT_PIPELINES_PGBACKREST_CONFIG and TENANT_PIPELINES_PGBACKREST_STANZA (docs/pitr.md).",
+    )
+    p.add_argument("--type", choices=("full", "diff"), default="diff",
+                   help="full, or differential against the newest full (default; the first backup is always full)")

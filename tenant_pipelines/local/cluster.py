@@ -18,7 +18,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from tenant_pipelines.local.processes import (
     ClusterError,
@@ -33,6 +33,9 @@ from tenant_pipelines.local.processes import (
     write_state,
 )
 from tenant_pipelines.settings import writable_state_dir
+
+if TYPE_CHECKING:
+    from tenant_pipelines.local.pgbackrest import PgBackRest
 
 MIN_SERVER_MAJOR = 15
 SUPERUSER = "postgres"
@@ -115,17 +118,28 @@ class EmbeddedCluster:
     state_dir: Path
     settings: dict[str, str] = field(default_factory=dict)
     log: Callable[[str], None] = lambda message: None
+    # WAL archiving into pgBackRest's encrypted repository (local/pgbackrest.py), keyed from the
+    # backup key that ``archive_key()`` returns; refused without one.
+    archive: bool = False
+    archive_key: Callable[[], bytes | None] | None = None
+    archive_timeout_s: int = 60
 
     @classmethod
     def in_state_dir(cls, state_dir: Path, log: Callable[[str], None] = lambda m: None) -> "EmbeddedCluster":
         """The cluster kept in ``state_dir``: its data in ``state_dir/pg`` or, when the server's
         OS user cannot reach that folder, in ``/var/tmp/tenant-pipelines-<hash>``."""
-        return cls(data_root=server_folder(state_dir, "pg"), state_dir=state_dir, log=log)
+        from tenant_pipelines.local.keys import load_master_key
+        from tenant_pipelines.settings import wal_archive_from_env
+
+        return cls(data_root=server_folder(state_dir, "pg"), state_dir=state_dir, log=log,
+                   archive=wal_archive_from_env(), archive_key=load_master_key)
 
     # -- paths -------------------------------------------------------------------------
     datadir = FileIn("data_root", "data")
     logfile = FileIn("data_root", "server.log")
     tablespace_root = FileIn("data_root", "tablespaces")
+    # The Unix socket's folder: only the server's OS user may open it (pgBackRest connects there).
+    socket_dir = FileIn("data_root", "socket")
     state_file = FileIn("state_dir", "cluster.json")
 
     # -- state ---------------------------------------------------------------------------
@@ -210,17 +224,86 @@ class EmbeddedCluster:
                 "remove the folder to start afresh"
             )
 
+        key = self._archive_key()  # refused before anything starts when archiving has no key
         port = self.running_port()
         if port is not None:
             self.log(f"reusing the cluster already running on 127.0.0.1:{port}")
+            if self.archive and not self._archiving_configured():
+                self.log("this cluster was started without WAL archiving; it archives from its next start "
+                         "('tenant-pipelines db down', then 'db up')")
         else:
+            self._write_server_include(user, key)
             port = self._start(bindir, user, state.get("port"))
         state["port"] = port
         state["data_root"] = str(self.data_root)
         self._write_state(state)
         self._ensure_databases()
         self._ensure_tablespaces(user)
+        if key is not None and self._archiving_configured():
+            self._ensure_stanza(user, key, port, state["password"])
         return self.dsn("billing")
+
+    # -- the socket and the WAL archive (local/pgbackrest.py) ---------------------------------
+    def _archive_key(self) -> bytes | None:
+        if not self.archive:
+            return None
+        key = self.archive_key() if self.archive_key is not None else None
+        if key is None:
+            raise ClusterError(
+                "the WAL archive must be encrypted but no backup key is configured: set "
+                "$TENANT_PIPELINES_BACKUP_KEY or $TENANT_PIPELINES_BACKUP_KEY_FILE (or "
+                "TENANT_PIPELINES_WAL_ARCHIVE=off to run without archiving)")
+        return key
+
+    def _write_server_include(self, user: OSUser, key: bytes | None) -> None:
+        """The socket folder and, with a key, archiving into pgBackRest: written into
+        tenant_pipelines.conf at each start, which postgresql.conf includes."""
+        from tenant_pipelines.local import pgbackrest
+
+        if len(str(self.socket_dir)) > 90:
+            raise ClusterError(f"{self.socket_dir}: too long a path for a Unix socket; set "
+                               "TENANT_PIPELINES_HOME to a shorter folder")
+        self.socket_dir.mkdir(exist_ok=True)
+        os.chmod(self.socket_dir, 0o700)
+        if user.uid != os.geteuid():
+            os.chown(self.socket_dir, user.uid, user.gid)
+        config = None
+        if key is not None:
+            folder = pgbackrest.pgbackrest_folder(self.state_dir)
+            pgbackrest.prepare_folders(folder, user)
+            config = folder / "pgbackrest.conf"
+            pgbackrest.write_private(config, pgbackrest.render_config(folder, self.datadir, self.socket_dir, None, key), user)
+        include = self.datadir / pgbackrest.SERVER_INCLUDE
+        pgbackrest.write_private(include, pgbackrest.server_include(config, self.socket_dir, self.archive_timeout_s), user)
+        conf = self.datadir / "postgresql.conf"
+        line = f"include_if_exists = '{pgbackrest.SERVER_INCLUDE}'"
+        if line not in conf.read_text():
+            with conf.open("a") as fh:
+                fh.write(f"\n# tenant-pipelines: the socket folder and WAL archiving\n{line}\n")
+
+    def _archiving_configured(self) -> bool:
+        from tenant_pipelines.local import pgbackrest
+
+        try:
+            return "archive_mode = on" in (self.datadir / pgbackrest.SERVER_INCLUDE).read_text()
+        except OSError:
+            return False
+
+    def _ensure_stanza(self, user: OSUser, key: bytes, port: int, password: str) -> None:
+        from tenant_pipelines.local import pgbackrest
+
+        folder = pgbackrest.pgbackrest_folder(self.state_dir)
+        pgbackrest.write_private(folder / "pgbackrest.conf",
+                                 pgbackrest.render_config(folder, self.datadir, self.socket_dir, port, key), user)
+        pgbackrest.stanza_create(self.pgbackrest())
+
+    def pgbackrest(self) -> "PgBackRest":
+        """pgBackRest on this cluster's stanza (local/pgbackrest.py)."""
+        from tenant_pipelines.local import pgbackrest
+
+        state = self._read_state()
+        return pgbackrest.embedded_engine(pgbackrest.pgbackrest_folder(self.state_dir), self.state_dir,
+                                          find_bindir(), state.get("password"))
 
     def _start(self, bindir: Path, user: OSUser, previous_port: int | None) -> int:
         def start(port: int) -> bool:
