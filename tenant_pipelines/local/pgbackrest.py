@@ -122,7 +122,8 @@ class PgBackRest:
             raise PgBackRestError(f"pgbackrest info (stanza {self.stanza}) printed no JSON: {_error_line(proc)}") from None
         info = parse_info(data, self.stanza)
         if info.status not in ("ok", "") and not info.backups and "no valid backups" not in info.status:
-            raise PgBackRestError(f"pgBackRest stanza {self.stanza}: {info.status}")
+            raise PgBackRestError(f"pgBackRest stanza {self.stanza}: {info.status}; run 'pgbackrest --config={self.config} "
+                                  f"--stanza={self.stanza} info' as {self.user.name} for details")
         return info
 
     def backup(self, backup_type: str, retention_full_days: int) -> ClusterBackup:
