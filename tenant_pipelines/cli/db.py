@@ -1,4 +1,4 @@
-"""``tenant-pipelines db up | down | migrate``."""
+"""``tenant-pipelines db up [--citus [--workers N]] | down | status | migrate``."""
 
 from __future__ import annotations
 
@@ -12,11 +12,29 @@ def cmd_up(args: argparse.Namespace) -> int:
     from tenant_pipelines.db.connect import connect, describe
     from tenant_pipelines.local.target import embedded_cluster
 
+    from tenant_pipelines.errors import InvalidInput
+    from tenant_pipelines.local.target import embedded_citus
+
+    if args.workers is not None and not args.citus:
+        raise InvalidInput(f"--workers {args.workers}: only with --citus (db up --citus --workers {args.workers})")
     url = database_url_from_env()
     if url:
         connect(url).close()
-        log(f"{DATABASE_URL_ENV} is set: using your server at {describe(url)}; nothing to start")
+        log(f"{DATABASE_URL_ENV} is set: using your server at {describe(url)}; nothing to start"
+            + (" (--citus: run db migrate there once the extension citus is in that database)" if args.citus else ""))
         print(url)
+        return 0
+    citus = embedded_citus(log)
+    if args.citus or citus.exists():
+        if not args.citus:
+            log(f"a Citus cluster is set up in {citus.state_dir}: starting its coordinator and workers "
+                f"(remove {citus.state_file} to use the single-node cluster again)")
+        if args.workers is not None:
+            citus.workers = args.workers
+        dsn = citus.up()
+        for name, role, port, data in citus.status():
+            log(f"{role} {name}: 127.0.0.1:{port}, data in {data}")
+        print(dsn)
         return 0
     cluster = embedded_cluster(log)
     dsn = cluster.up()
@@ -29,12 +47,40 @@ def cmd_up(args: argparse.Namespace) -> int:
 def cmd_down(args: argparse.Namespace) -> int:
     from tenant_pipelines.local.target import embedded_cluster
 
+    from tenant_pipelines.local.target import embedded_citus
+
     if database_url_from_env():
         log(f"{DATABASE_URL_ENV} is set: the embedded cluster is not in use; nothing to stop")
         return 0
+    citus = embedded_citus(log)
+    if citus.exists():
+        stopped_nodes = citus.down()
+        log(f"stopped the Citus cluster's {', '.join(stopped_nodes)}" if stopped_nodes
+            else "the Citus cluster was not running")
     stopped = embedded_cluster(log).down()
-    log("stopped the embedded cluster" if stopped else "the embedded cluster was not running")
+    if stopped or not citus.exists():
+        log("stopped the embedded cluster" if stopped else "the embedded cluster was not running")
     return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from tenant_pipelines.local.target import embedded_citus, embedded_cluster
+
+    url = database_url_from_env()
+    if url:
+        from tenant_pipelines.db.connect import describe
+
+        print(f"{DATABASE_URL_ENV}\t{describe(url)}")
+        return 0
+    cluster = embedded_cluster(log)
+    rows = [("single-node", "server", cluster.running_port(), str(cluster.data_root))]
+    citus = embedded_citus(log)
+    if citus.exists():
+        rows += citus.status()
+    print("name\trole\tport\tdata")
+    for name, role, port, data in rows:
+        print(f"{name}\t{role}\t{port if port is not None else 'stopped'}\t{data}")
+    return 0 if all(port is not None for _, _, port, _ in rows[1 if citus.exists() else 0:]) else 1
 
 
 def migrate_and_report(dsn: str, jobs: int | None = None) -> None:
@@ -65,12 +111,24 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     db_sub = command_group(sub, "db", help="the database: start, stop, migrate", description="Manage the database.")
-    command(
+    p = command(
         db_sub, "up", cmd_up, help="start the embedded cluster (or reuse it); prints its DSN last",
         description="Start the project-local PostgreSQL cluster, or reuse the one running. "
-        "Idempotent. The last line on stdout is the DSN.",
+        "Idempotent. The last line on stdout is the DSN. With --citus: a Citus coordinator and N workers "
+        "instead, each a project-local cluster on loopback with Citus loaded and the workers registered "
+        "(the DSN is the coordinator's); from then on every command's embedded database is the coordinator.",
     )
-    command(db_sub, "down", cmd_down, help="stop the embedded cluster", description="Stop the embedded cluster.")
+    p.add_argument("--citus", action="store_true",
+                   help="a Citus cluster: a coordinator and --workers workers (docs/scale-out.md); needs Citus "
+                        "installed (scripts/setup.sh builds it)")
+    p.add_argument("--workers", type=positive_int, default=None, metavar="N",
+                   help="with --citus: how many workers (default 2, or as many as the cluster has); more are "
+                        "added, fewer are refused")
+    command(db_sub, "down", cmd_down, help="stop the embedded cluster (every Citus node too)",
+            description="Stop the embedded cluster, and every node of the embedded Citus cluster if there is one.")
+    command(db_sub, "status", cmd_status, help="list the embedded servers, their ports and data folders",
+            description="List the embedded single-node cluster and every node of the embedded Citus cluster: "
+            "name, role, port (or 'stopped') and data folder. Exit 0 when the cluster in use runs, 1 when not.")
     p = command(
         db_sub, "migrate", cmd_migrate, help="apply sql/ in order, then bring every tenant schema up to date",
         description="Apply the migrations in sql/migrations/ that the database has not applied yet, and "

@@ -2,23 +2,37 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from tenant_pipelines.settings import database_url_from_env, state_dir
 from tenant_pipelines.local.cluster import EmbeddedCluster
 
+if TYPE_CHECKING:
+    from tenant_pipelines.local.citus import CitusCluster
+
 
 def embedded_cluster(log: Callable[[str], None] = lambda m: None) -> EmbeddedCluster:
     return EmbeddedCluster.in_state_dir(state_dir(), log=log)
 
 
+def embedded_citus(log: Callable[[str], None] = lambda m: None) -> "CitusCluster":
+    """The embedded Citus cluster (local/citus.py) kept in the state folder, set up or not."""
+    from tenant_pipelines.local.citus import CitusCluster
+
+    return CitusCluster.in_state_dir(state_dir(), log=log)
+
+
 def admin_dsn(*, start: bool = False, log: Callable[[str], None] = lambda m: None) -> str:
-    """The admin DSN of the billing database. With ``start``, bring the embedded cluster up."""
+    """The admin DSN of the billing database. With ``start``, bring the embedded cluster up:
+    the Citus coordinator once ``db up --citus`` has set one up here, else the single node."""
     url = database_url_from_env()
     if url:
         return url
+    citus = embedded_citus(log)
+    if citus.exists():
+        return citus.up() if start else citus.dsn("billing")
     cluster = embedded_cluster(log)
     return cluster.up() if start else cluster.dsn("billing")
 
