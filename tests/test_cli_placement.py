@@ -83,7 +83,7 @@ def test_abandon_rolls_back_a_move_and_keeps_the_tenant_where_it_stays(
 ) -> None:
     admin_conn.execute("UPDATE tier_limits SET placement = 'schema' WHERE tier = 'growth'")
     before = snapshot(app_dsn, tenant)
-    moves.move_tenant(admin_conn, tenant, "schema", batch_rows=10, max_mb_per_s=None, stop_after="copy")
+    moves.move_tenant(admin_conn, tenant, "schema", batch_rows=10, stop_after="copy")
     (_, _, _, _, move) = rows(run(["placement", "status", "--tenant", str(tenant)], env).stdout)[str(tenant)]
     assert move.startswith("to schema, copying since ")
 
@@ -100,7 +100,7 @@ def test_abandon_rolls_back_a_move_and_keeps_the_tenant_where_it_stays(
     nothing = run(["placement", "abandon", "--tenant", str(tenant)], env)
     assert nothing.stdout == "" and "no move in progress" in nothing.stderr
 
-    moves.move_tenant(admin_conn, tenant, "schema", batch_rows=10, max_mb_per_s=None, stop_after="cutover")
+    moves.move_tenant(admin_conn, tenant, "schema", batch_rows=10, stop_after="cutover")
     past = run(["placement", "abandon", "--tenant", str(tenant)], env, check=False)
     assert_refused(past, "has cut over", "re-run it to finish")
 

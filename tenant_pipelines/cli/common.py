@@ -56,6 +56,51 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+def target_ratio(text: str) -> float:
+    value = non_negative_float(text)
+    if not 1.0 < value <= 100:
+        raise argparse.ArgumentTypeError(f"{text}: give a ratio above 1 (e.g. 1.2)")
+    return value
+
+
+def add_pace_arguments(p: argparse.ArgumentParser, fixed_mb_per_s: float) -> None:
+    """--pace, --max-mb-per-s and --target-p99-ratio: how a mover paces its copy (db/pacing.py)."""
+    p.add_argument("--pace", choices=("adaptive", "fixed"), default="adaptive",
+                   help="adaptive (default): as fast as the writers allow, measured live by probe commits "
+                   "against their baseline; full speed while no other client is active. fixed: --max-mb-per-s "
+                   "all the time")
+    p.add_argument("--max-mb-per-s", type=non_negative_float, default=None, metavar="MB",
+                   help=f"adaptive: a ceiling (default: none); fixed: the rate (default: {fixed_mb_per_s:g}); "
+                   "0: no limit")
+    p.add_argument("--target-p99-ratio", type=target_ratio, default=1.2, metavar="R",
+                   help="adaptive: keep the writers' p99 commit within R times their baseline (default: 1.2)")
+
+
+def pace_from_args(args: argparse.Namespace, fixed_mb_per_s: float, batch_blocks: int | None = None):
+    from tenant_pipelines.db.pacing import Pace
+
+    if args.max_mb_per_s is None:
+        rate = fixed_mb_per_s if args.pace == "fixed" else None
+    else:
+        rate = args.max_mb_per_s or None
+    return Pace(rate, batch_blocks, args.pace, args.target_p99_ratio)
+
+
+def log_pace(report) -> None:
+    """The pace a mover ran at, on stderr: its figures and why it slowed down."""
+    if report is None:
+        return
+    baseline = ("" if report.baseline_p99_ms is None else
+                f"; writers' baseline p99 {report.baseline_p99_ms:.1f} ms, probe p99 "
+                f"{report.probe_p99_ms or 0:.1f} ms ({report.crossings} of {report.probes} over the line)")
+    log(f"pace: {report.describe}: {report.mb_per_s:.2f} MB/s over {report.seconds:.1f} s, "
+        f"{len(report.slowdowns)} slowdowns{baseline}")
+    if report.fallback:
+        log(f"pace: {report.fallback}")
+    for s in report.slowdowns[:10]:
+        log(f"pace: at {s.at_s:.1f} s: {s.reason}")
+
+
 def day(text: str) -> date:
     try:
         return date.fromisoformat(text)

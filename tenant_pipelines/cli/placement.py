@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from tenant_pipelines.cli.common import admin_dsn, bounded, command, command_group, log, non_negative_float
+from tenant_pipelines.cli.common import (
+    add_pace_arguments, admin_dsn, bounded, command, command_group, log, log_pace, pace_from_args)
 
 batch_rows = bounded(1, 1_000_000, " (rows copied per transaction)")
 
@@ -45,7 +46,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_move(args: argparse.Namespace) -> int:
-    from tenant_pipelines.core.moves import MoveRefused, move_tenant, placement_status, set_placement_override
+    from tenant_pipelines.core.moves import FIXED_MAX_MB_PER_S, MoveRefused, move_tenant, placement_status, set_placement_override
     from tenant_pipelines.core.partitions import require_known_tenant
     from tenant_pipelines.db.connect import connect
 
@@ -60,7 +61,8 @@ def cmd_move(args: argparse.Namespace) -> int:
         else:
             log(f"tenant {tenant}: no classification; no override recorded")
         report = move_tenant(conn, tenant, args.to, batch_rows=args.batch_rows,
-                             max_mb_per_s=args.max_mb_per_s or None, log=log)
+                             pace=pace_from_args(args, FIXED_MAX_MB_PER_S), log=log)
+    log_pace(report.pace)
     if not report.moved:
         log(f"tenant {tenant}: already {report.to_kind} ({report.to_location}); nothing moved")
     copy_s = sum(s for step, s in report.steps.items() if step.split()[-1] in ("copy", "promote"))
@@ -109,7 +111,7 @@ def cmd_abandon(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from tenant_pipelines.core.moves import DEFAULT_BATCH_ROWS, DEFAULT_MAX_MB_PER_S, KINDS
+    from tenant_pipelines.core.moves import DEFAULT_BATCH_ROWS, FIXED_MAX_MB_PER_S, KINDS
 
     placement_sub = command_group(
         sub, "placement", help="where tenants live (pooled, partition, schema) and their online moves",
@@ -127,17 +129,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = command(
         placement_sub, "move", cmd_move, help="move a tenant online to a placement, and keep it there",
         description="Move the tenant online to KIND (what the tenant_placement asset does with run config `to`): "
-        "its rows copied in paced batches while it writes, caught up, verified by counts and hashes, then a "
+        "its rows copied in batches at the pace its writers allow while it writes, caught up, verified by counts and hashes, then a "
         "cutover of milliseconds under its own lock; the old copy removed. A move in progress (a crash, an "
         "interrupt) resumes. Records KIND as its placement override, so that the placement sensor does not "
         "move it back. Progress on stderr, the report on stdout. Exit 0 on success, 2 for bad input, an "
         "unknown tenant or a refused move, 1 when the move failed (re-run to resume).")
     p.add_argument("--tenant", type=_tenant, required=True, metavar="UUID", help="the organization UUID")
     p.add_argument("--to", required=True, choices=KINDS, metavar="KIND", help="pooled, partition or schema")
-    p.add_argument("--max-mb-per-s", type=non_negative_float, default=DEFAULT_MAX_MB_PER_S, metavar="MB",
-                   help=f"the most MB per second copied (default: {DEFAULT_MAX_MB_PER_S:g}; 0: no limit)")
+    add_pace_arguments(p, FIXED_MAX_MB_PER_S)
     p.add_argument("--batch-rows", type=batch_rows, default=DEFAULT_BATCH_ROWS, metavar="N",
-                   help=f"rows copied per transaction, 1 to 1000000 (default: {DEFAULT_BATCH_ROWS})")
+                   help=f"rows copied per transaction, at most (adaptive picks fewer while writers are active; "
+                   f"fixed: this many), 1 to 1000000 (default: {DEFAULT_BATCH_ROWS})")
     p = command(
         placement_sub, "abandon", cmd_abandon, help="roll back a tenant's move that has not cut over",
         description="Abandon the tenant's move in progress: its capture triggers, its half-made copy and its "

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from tenant_pipelines.cli.common import admin_dsn, command, command_group, log, non_negative_float, positive_int
+from tenant_pipelines.cli.common import (
+    add_pace_arguments, admin_dsn, command, command_group, log, log_pace, pace_from_args, positive_int)
 
 
 def cmd_configure(args: argparse.Namespace) -> int:
@@ -38,10 +39,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from tenant_pipelines.core.partitions import require_known_tenant
-    from tenant_pipelines.core.tiering import Pace, tier_pool, tier_tenant
+    from tenant_pipelines.core.tiering import DEFAULT_MAX_MB_PER_S, tier_pool, tier_tenant
     from tenant_pipelines.db.connect import connect
 
-    pace = Pace(None if args.max_mb_per_s == 0 else args.max_mb_per_s, args.batch_blocks)
+    pace = pace_from_args(args, DEFAULT_MAX_MB_PER_S, args.batch_blocks)
     with connect(admin_dsn(), autocommit=True) as conn:
         if args.pool:
             report = tier_pool(conn, method=args.method, pace=pace, log=log)
@@ -53,12 +54,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     print("partition\tfrom\tto\tbytes\tseconds\tlock_ms")
     for m in report.moves:
         print(f"{m.partition}\t{m.from_tablespace}\t{m.to_tablespace}\t{m.bytes}\t{m.seconds:.2f}\t{m.lock_held_s * 1000:.1f}")
+    log_pace(report.pace)
     log(f"{'the pool' if args.pool else 'tenant ' + report.tenant}: {len(report.moves)} partitions moved "
         f"({report.bytes_moved:,} bytes), {report.misplaced_left} still misplaced")
     return 0 if report.misplaced_left == 0 else 1
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from tenant_pipelines.db.pacing import MAX_BATCH_BLOCKS
     from tenant_pipelines.core.tiering import DEFAULT_BATCH_BLOCKS, DEFAULT_MAX_MB_PER_S, METHODS, ONLINE
 
     tiering_sub = command_group(sub, "tiering", help="storage tiers: tablespaces and placement",
@@ -79,8 +82,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         tiering_sub, "run", cmd_run, help="move one tenant's (or the pool's) month partitions to the tablespaces the policy says",
         description="What the tier_placement asset does, for one tenant, or pool_tier_placement for the "
         "pool that holds every pooled tenant's rows, from the shell: each month whose "
-        "age puts it in another tier moves, online by default (a paced copy, then a swap of milliseconds "
-        "under lock). Progress on stderr; the moves as a table on stdout. Exit 0 when everything is in "
+        "age puts it in another tier moves, online by default (a copy at the pace the writers allow, then a swap of "
+        "milliseconds under lock). Progress on stderr; the moves as a table on stdout. Exit 0 when everything is in "
         "place, 1 when something is still misplaced, 2 for bad input.",
     )
     target = p.add_mutually_exclusive_group(required=True)
@@ -89,7 +92,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--method", choices=METHODS, default=ONLINE,
                    help="online (default): paced copy-and-swap; set-tablespace: ALTER TABLE ... SET "
                    "TABLESPACE, fastest, but a burst of I/O that live writers wait behind")
-    p.add_argument("--max-mb-per-s", type=non_negative_float, default=DEFAULT_MAX_MB_PER_S, metavar="MB",
-                   help=f"online: the most MB per second copied (default: {DEFAULT_MAX_MB_PER_S:g}; 0: no limit)")
-    p.add_argument("--batch-blocks", type=positive_int, default=DEFAULT_BATCH_BLOCKS, metavar="N",
-                   help=f"online: 8 KiB blocks copied per transaction (default: {DEFAULT_BATCH_BLOCKS})")
+    add_pace_arguments(p, DEFAULT_MAX_MB_PER_S)
+    p.add_argument("--batch-blocks", type=positive_int, default=None, metavar="N",
+                   help=f"online: 8 KiB blocks copied per transaction: adaptive, the largest batch (default: "
+                   f"{MAX_BATCH_BLOCKS}); fixed, the batch (default: {DEFAULT_BATCH_BLOCKS})")

@@ -6,8 +6,8 @@ A tenant keeps writing while it moves. The steps, each recorded in
 1. **copying**: the target made ready (its schema, or its dedicated partition attached
    empty), capture triggers on the source (``fn_tenant_move_capture``, with a WHEN clause
    naming the tenant: no other tenant's row fires them), then its rows copied in batches of
-   ``batch_rows``, paced to ``max_mb_per_s``, each batch one transaction that also records
-   how far it got; then catch-ups (the logged keys re-copied) until few keys are left.
+   at most ``batch_rows``, at the pace of ``db/pacing.py`` (adaptive by default: as fast as
+   the writers allow), each batch one transaction that also records how far it got; then catch-ups (the logged keys re-copied) until few keys are left.
 2. **verified**: in one REPEATABLE READ snapshot, per table, the row count and a content hash
    of both sides, but for the keys still logged (the final catch-up re-copies those), equal.
 3. **cut_over**: one short transaction under the tenant's advisory lock, taken EXCLUSIVE (its
@@ -16,7 +16,7 @@ A tenant keeps writing while it moves. The steps, each recorded in
    the routing flip (``fn_record_placement``). From here the source is out of every route:
    the capture triggers refuse writes that still reach it.
 4. the old copy removed (a schema dropped, a partition detached concurrently and dropped, a
-   pool's rows deleted in batches), the triggers and the log dropped, the move's row deleted.
+   pool's rows deleted in batches, paced like the copy), the triggers and the log dropped, the move's row deleted.
 
 Moves between ``pooled`` and ``partition`` stay the partition promotion of
 ``core.partitions`` (both live under ``usage_events_mt``, which cannot hold a tenant's rows
@@ -35,6 +35,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from tenant_pipelines.core import placement as placements
+from tenant_pipelines.db.pacing import Pace, Pacer, PaceReport
 from tenant_pipelines.core.partitions import ensure_tenant_partition, require_known_tenant
 from tenant_pipelines.db.locks import LockRetries, run_with_lock_retry, run_with_lock_timeout
 from tenant_pipelines.errors import InvalidInput, TenantPipelinesError
@@ -47,8 +48,9 @@ KEYS = {"usage_events": ("id", "timestamp")}
 KEY_TYPES = {"id": "uuid", "timestamp": "timestamptz"}
 # The primary keys: what an upsert of the catch-up conflicts on.
 PRIMARY_KEYS = {"usage_events": ("organization_id", "id", "timestamp")}
-DEFAULT_BATCH_ROWS = 5000
-DEFAULT_MAX_MB_PER_S: float | None = 8.0
+DEFAULT_BATCH_ROWS = 5000  # the largest batch (the fixed pace's batch)
+FIXED_MAX_MB_PER_S = 8.0  # the fixed pace's default rate
+ROW_BYTES_GUESS = 200.0  # a row's size until the first batch says
 CUTOVER_LOCK_TIMEOUT_MS = 100
 CUTOVER_ATTEMPTS = 200  # about 100 s of a tenant transaction that does not end, then give up
 CATCH_UP_UNTIL = 500  # keys left in the log when the mover stops catching up and verifies
@@ -87,6 +89,7 @@ class MoveReport:
     lock_retries: int = 0
     steps: dict[str, float] = field(default_factory=dict)  # step -> seconds
     hops: list[str] = field(default_factory=list)
+    pace: PaceReport | None = None  # how the copy and the cleanup paced themselves
 
     @property
     def duration_s(self) -> float:
@@ -153,19 +156,19 @@ def move_tenant(
     to_kind: str,
     *,
     batch_rows: int = DEFAULT_BATCH_ROWS,
-    max_mb_per_s: float | None = DEFAULT_MAX_MB_PER_S,
+    pace: Pace = Pace(),
     log: Callable[[str], None] = lambda message: None,
     stop_after: str | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> MoveReport:
     """Move ``tenant_id`` to a placement of kind ``to_kind``, online; resume its move if one
-    is recorded. ``conn``: an admin connection in autocommit mode. ``stop_after`` (a step
-    name) stops there, as a crash would: for tests."""
+    is recorded. ``conn``: an admin connection in autocommit mode. ``batch_rows``: the
+    largest batch (the fixed pace's batch). ``pace``: how the copy and the cleanup pace
+    themselves (db/pacing.py; its ``batch_blocks`` is not used: batches are rows).
+    ``stop_after`` (a step name) stops there, as a crash would: for tests."""
     check_kind(to_kind)
     if not 1 <= batch_rows <= 1_000_000:
         raise InvalidInput(f"batch of {batch_rows} rows: give 1 to 1000000")
-    if max_mb_per_s is not None and not max_mb_per_s > 0:
-        raise InvalidInput(f"max MB/s {max_mb_per_s}: give a positive rate, or none for no limit")
     tenant = require_known_tenant(conn, tenant_id)
     if not conn.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))", (_MOVE_LOCK, str(tenant))).fetchone()[0]:
         raise MoveRefused(f"tenant {tenant}: another run is moving it now; wait for it to finish")
@@ -175,14 +178,17 @@ def move_tenant(
         if not conn.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))", (_TIERING_LOCK, str(tenant))).fetchone()[0]:
             raise MoveRefused(f"tenant {tenant}: a tiering run is moving its months now; re-run when it is done")
         try:
-            return _move(conn, tenant, to_kind, batch_rows, max_mb_per_s, log, stop_after, sleep)
+            with Pacer(conn, pace, log=log, sleep=sleep) as pacer:
+                report = _move(conn, tenant, to_kind, batch_rows, pacer, log, stop_after)
+            report.pace = pacer.report()
+            return report
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", (_TIERING_LOCK, str(tenant)))
     finally:
         conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", (_MOVE_LOCK, str(tenant)))
 
 
-def _move(conn, tenant, to_kind, batch_rows, max_mb_per_s, log, stop_after, sleep) -> MoveReport:
+def _move(conn, tenant, to_kind, batch_rows: int, pacer: Pacer, log, stop_after) -> MoveReport:
     move = _recorded_move(conn, tenant)
     current = placements.placement_of(conn, tenant)
     if move is not None and move["to_kind"] != to_kind:
@@ -195,8 +201,8 @@ def _move(conn, tenant, to_kind, batch_rows, max_mb_per_s, log, stop_after, slee
         if to_kind == PARTITION:
             return _promote(conn, tenant, current, log)
         log(f"tenant {tenant}: partition -> pooled goes by way of a schema (two online moves)")
-        first = _move(conn, tenant, SCHEMA, batch_rows, max_mb_per_s, log, stop_after, sleep)
-        second = _move(conn, tenant, POOLED, batch_rows, max_mb_per_s, log, stop_after, sleep)
+        first = _move(conn, tenant, SCHEMA, batch_rows, pacer, log, stop_after)
+        second = _move(conn, tenant, POOLED, batch_rows, pacer, log, stop_after)
         second.from_kind, second.from_location = first.from_kind, first.from_location
         second.hops = [f"{PARTITION} -> {SCHEMA}", f"{SCHEMA} -> {POOLED}"]
         second.steps = {f"1 {k}": v for k, v in first.steps.items()} | {f"2 {k}": v for k, v in second.steps.items()}
@@ -235,7 +241,7 @@ def _move(conn, tenant, to_kind, batch_rows, max_mb_per_s, log, stop_after, slee
         started = time.monotonic()
         last_key = move["last_key"] if move is not None and step == "copying" else None
         if step == "copying":
-            _copy(conn, tenant, source, target, report, batch_rows, max_mb_per_s, last_key, log, sleep)
+            _copy(conn, tenant, source, target, report, batch_rows, pacer, last_key, log)
         report.steps["copy"] = time.monotonic() - started
         if stop_after == "copy":
             return report
@@ -265,7 +271,7 @@ def _move(conn, tenant, to_kind, batch_rows, max_mb_per_s, log, stop_after, slee
         if stop_after == "cutover":
             return report
     started = time.monotonic()
-    _remove_old_copy(conn, tenant, source, target, batch_rows, retries, log)
+    _remove_old_copy(conn, tenant, source, target, batch_rows, pacer, retries, log)
     report.steps["cleanup"] = time.monotonic() - started
     report.moved = True
     report.lock_retries = retries.count
@@ -397,11 +403,12 @@ def _columns(conn: psycopg.Connection, table: str, alias: str | None = None) -> 
                               for n in _column_names(conn, table))
 
 
-def _copy(conn, tenant, source: Home, target: Home, report: MoveReport, batch_rows: int,
-          max_mb_per_s: float | None, last_key: dict | None, log, sleep) -> None:
-    """Each table's rows, in key order, ``batch_rows`` a transaction that records how far it
-    got; rows already there (a resumed copy) are skipped by their key."""
-    started_at = time.monotonic()
+def _copy(conn, tenant, source: Home, target: Home, report: MoveReport, batch_rows: int, pacer: Pacer,
+          last_key: dict | None, log) -> None:
+    """Each table's rows, in key order, a batch (as many rows as the pacer says, at most
+    ``batch_rows``) a transaction that records how far it got; rows already there (a resumed
+    copy) are skipped by their key."""
+    row_bytes = ROW_BYTES_GUESS
     done = dict(last_key or {})
     for table in MOVED_TABLES:
         if done.get(table) == "done":
@@ -426,9 +433,10 @@ def _copy(conn, tenant, source: Home, target: Home, report: MoveReport, batch_ro
                 cols=columns, src=source.read(table), dst=target.write(table), where=where, key=key_sql,
                 key_text=sql.SQL(", ").join(sql.SQL("b.{}::text").format(sql.Identifier(k)) for k in key),
                 key_b=sql.SQL(", ").join(sql.SQL("b.{} DESC").format(sql.Identifier(k)) for k in key))
+            pacer.mark()
             with conn.transaction():
                 conn.execute(_NO_FLUSH_WAIT)
-                n, size, last = conn.execute(query, params + [batch_rows]).fetchone()
+                n, size, last = conn.execute(query, params + [pacer.batch_rows(row_bytes, batch_rows)]).fetchone()
                 if n:
                     after = last
                     done[table] = after
@@ -440,10 +448,8 @@ def _copy(conn, tenant, source: Home, target: Home, report: MoveReport, batch_ro
                 break
             copied += n
             report.bytes_copied += int(size or 0)
-            if max_mb_per_s:
-                ahead = report.bytes_copied / (max_mb_per_s * MiB) - (time.monotonic() - started_at)
-                if ahead > 0:
-                    sleep(ahead)
+            row_bytes = max(1.0, int(size or 0) / n)
+            pacer.done(int(size or 0))
         report.rows_copied[table] = report.rows_copied.get(table, 0) + copied
         log(f"tenant {tenant}: copied {copied} rows of {table}")
 
@@ -556,7 +562,7 @@ def _cutover(conn: psycopg.Connection, tenant: uuid.UUID, source: Home, target: 
 
 
 def _remove_old_copy(conn: psycopg.Connection, tenant: uuid.UUID, source: Home, target: Home, batch_rows: int,
-                     retries: LockRetries, log: Callable[[str], None]) -> None:
+                     pacer: Pacer, retries: LockRetries, log: Callable[[str], None]) -> None:
     if source.kind == SCHEMA:
         run_with_lock_timeout(conn, f"tenant {tenant}: dropping schema {source.location}",
                               lambda c: (c.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
@@ -568,16 +574,21 @@ def _remove_old_copy(conn: psycopg.Connection, tenant: uuid.UUID, source: Home, 
             if table == "usage_events" and source.kind == PARTITION:
                 continue
             relation = source.read(table)
+            row_bytes = ROW_BYTES_GUESS
             while True:
+                pacer.mark()
                 with conn.transaction():
                     conn.execute(_NO_FLUSH_WAIT)
-                    n = conn.execute(sql.SQL(
-                        "DELETE FROM {rel} WHERE organization_id = %s AND ({key}) IN"
-                        " (SELECT {key} FROM {rel} WHERE organization_id = %s LIMIT %s)").format(
+                    n, size = conn.execute(sql.SQL(
+                        "WITH gone AS (DELETE FROM {rel} AS d WHERE d.organization_id = %s AND ({key}) IN"
+                        " (SELECT {key} FROM {rel} WHERE organization_id = %s LIMIT %s) RETURNING pg_column_size(d.*) AS size)"
+                        " SELECT count(*), coalesce(sum(size), 0) FROM gone").format(
                         rel=relation, key=sql.SQL(", ").join(sql.Identifier(k) for k in _key(table))),
-                        (tenant, tenant, batch_rows)).rowcount
+                        (tenant, tenant, pacer.batch_rows(row_bytes, batch_rows))).fetchone()
                 if n == 0:
                     break
+                row_bytes = max(1.0, size / n)
+                pacer.done(int(size))
         _drop_capture(conn, tenant, source, retries)
         if source.kind == PARTITION:
             _drop_partition(conn, tenant, source.location, retries)

@@ -6,8 +6,9 @@ The policy lives in the database (``storage_tiers``, ``tiering_policy``) and is 
 Two ways to move a partition:
 
 - ``online`` (the default): copy-and-swap, paced (sql/0014). A shadow copy of the partition
-  is made in the target tablespace in small batches, one short transaction each, at no more
-  than ``Pace.max_mb_per_s``; a trigger logs the keys of rows written meanwhile, which are
+  is made in the target tablespace in batches, one short transaction each, at the pace of
+  ``db/pacing.py`` (adaptive by default: as fast as the tenant's writers allow); a trigger
+  logs the keys of rows written meanwhile, which are
   copied again before the swap; the swap (DETACH the old table, ATTACH the copy) takes
   milliseconds under lock. Live writers see neither a long lock nor a burst of I/O.
 - ``set-tablespace``: ``ALTER TABLE ... SET TABLESPACE``, one transaction per partition: the
@@ -32,6 +33,7 @@ from typing import Callable, Iterator, TypedDict, TypeVar, Unpack
 import psycopg
 from psycopg import sql
 
+from tenant_pipelines.db.pacing import FIXED_BATCH_BLOCKS, FIXED_MB_PER_S, Pace, Pacer, PaceReport
 from tenant_pipelines.db.locks import run_with_lock_timeout
 from tenant_pipelines.db.session import parse_tenant_id
 from tenant_pipelines.errors import InvalidInput, TenantPipelinesError
@@ -42,10 +44,10 @@ TIERS = ("hot", "warm", "cold")
 ONLINE = "online"
 SET_TABLESPACE = "set-tablespace"
 METHODS = (ONLINE, SET_TABLESPACE)
-# A writer's commit that meets a batch queues behind that batch's WAL and pages, so batches are
-# small; the pace sets the share of its commits that meet one (docs/tiering.md).
-DEFAULT_MAX_MB_PER_S = 1.0
-DEFAULT_BATCH_BLOCKS = 4  # 32 KiB of the partition per copy transaction
+# The fixed pace's rate and batch (db/pacing.py): a writer's commit that meets a batch queues
+# behind that batch's WAL and pages, so its batches are small (docs/tiering.md).
+DEFAULT_MAX_MB_PER_S = FIXED_MB_PER_S
+DEFAULT_BATCH_BLOCKS = FIXED_BATCH_BLOCKS  # 32 KiB of the partition per copy transaction
 # What a move writes is handed to the disk every FLUSH_AFTER (backend_flush_after), so that no
 # checkpoint or kernel writeback finds hundreds of MB of it to flush at once.
 FLUSH_AFTER = "256kB"
@@ -129,6 +131,7 @@ class TieringReport:
     placement: dict[str, dict[str, int]] = field(default_factory=dict)  # tier -> partitions, bytes
     misplaced_left: int = 0
     restarted: list[str] = field(default_factory=list)  # moves a crash left behind, started again
+    pace: PaceReport | None = None  # online moves: how the copy paced itself
 
     @property
     def bytes_moved(self) -> int:
@@ -203,25 +206,6 @@ def storage_tier_tablespaces(conn: psycopg.Connection) -> list[tuple[str, str]]:
             conn.execute("SELECT storage_tier, tablespace FROM storage_tiers ORDER BY rank").fetchall()]
 
 
-@dataclass(frozen=True)
-class Pace:
-    """How fast the online mover may go: ``max_mb_per_s`` of the partition's data (None: no
-    limit), ``batch_blocks`` blocks of it per transaction."""
-
-    max_mb_per_s: float | None = DEFAULT_MAX_MB_PER_S
-    batch_blocks: int = DEFAULT_BATCH_BLOCKS
-
-    def __post_init__(self) -> None:
-        if self.max_mb_per_s is not None and not self.max_mb_per_s > 0:
-            raise InvalidInput(f"max MB/s {self.max_mb_per_s}: give a positive rate, or none for no limit")
-        if not 1 <= self.batch_blocks <= 131072:
-            raise InvalidInput(f"batch of {self.batch_blocks} blocks: give 1 to 131072")
-
-    @property
-    def bytes_per_s(self) -> float | None:
-        return None if self.max_mb_per_s is None else self.max_mb_per_s * MiB
-
-
 def check_method(method: str) -> None:
     if method not in METHODS:
         raise InvalidInput(f"tiering method {method!r}: use one of {', '.join(METHODS)}")
@@ -232,8 +216,9 @@ class TieringOptions(TypedDict, total=False):
 
     ``as_of``: the time the partitions' ages are taken at (default: now). ``attempts``: tries of
     each step that meets a lock timeout (5). ``method``: ``online`` (the default) or
-    ``set-tablespace``. ``pace``: the online copy's rate and batch (``Pace()``). ``log``: gets one
-    line per move. ``sleep``: how the paced copy waits (``time.sleep``)."""
+    ``set-tablespace``. ``pace``: how the online copy paces itself (``Pace()``: adaptive, see
+    db/pacing.py). ``log``: gets one line per move. ``sleep``: how the paced copy waits
+    (``time.sleep``)."""
 
     as_of: datetime | None
     attempts: int
@@ -292,16 +277,16 @@ def _tier_partitions(conn: psycopg.Connection, tenant_id: str | None, who: str, 
     report = TieringReport(tenant=tenant_id or POOL)
     planned = _scope_plan(conn, tenant_id, as_of)
     report.restarted = _abandon_leftovers(conn, [(p.schema, p.partition_name) for p in planned])
-    for part in planned:
-        if not (part.movable and part.misplaced):
-            continue
-        if method == ONLINE:
-            move = _move_online(conn, who, part, attempts=attempts, pace=pace, log=log, sleep=sleep)
-        else:
-            move = _move_set_tablespace(conn, who, part, attempts=attempts)
-        log(f"{who}: moved {part.qualified_name} to {part.target_tablespace} "
-            f"({move.bytes / MiB:,.1f} MiB in {move.seconds:.1f}s, {move.lock_held_s * 1000:.0f} ms under lock)")
-        report.moves.append(move)
+    to_move = [part for part in planned if part.movable and part.misplaced]
+    if to_move and method == ONLINE:
+        # One pacer for the run: its baseline of the writers' commits is measured once.
+        with Pacer(conn, pace, log=log, sleep=sleep) as pacer:
+            for part in to_move:
+                _log_move(log, who, part, _move_online(conn, who, part, attempts=attempts, pacer=pacer, log=log), report)
+        report.pace = pacer.report()
+    else:
+        for part in to_move:
+            _log_move(log, who, part, _move_set_tablespace(conn, who, part, attempts=attempts), report)
     after = _scope_plan(conn, tenant_id, as_of)
     counts: dict[str, dict[str, int]] = defaultdict(lambda: {"partitions": 0, "bytes": 0})
     for part in after:
@@ -311,6 +296,12 @@ def _tier_partitions(conn: psycopg.Connection, tenant_id: str | None, who: str, 
     report.placement = dict(counts)
     report.misplaced_left = sum(1 for p in after if p.movable and p.misplaced)
     return report
+
+
+def _log_move(log: Callable[[str], None], who: str, part: PlannedPartition, move: Move, report: TieringReport) -> None:
+    log(f"{who}: moved {part.qualified_name} to {part.target_tablespace} "
+        f"({move.bytes / MiB:,.1f} MiB in {move.seconds:.1f}s, {move.lock_held_s * 1000:.0f} ms under lock)")
+    report.moves.append(move)
 
 
 def _in_transaction(conn: psycopg.Connection, work: Callable[[psycopg.Connection], T]) -> T:
@@ -334,14 +325,14 @@ def _move_set_tablespace(conn: psycopg.Connection, who: str, part: PlannedPartit
     vacuum_s = None
     if frozen:
         vacuumed = time.monotonic()
-        _vacuum(conn, part.table, freeze=True, pace=Pace(None))
+        _vacuum(conn, part.table, freeze=True, rate=None)
         vacuum_s = time.monotonic() - vacuumed
     return Move(part.qualified_name, part.current_tablespace, part.target_tablespace, moved_bytes, held, tries,
                 frozen, SET_TABLESPACE, time.monotonic() - started, vacuum_s=vacuum_s)
 
 
-def _move_online(conn: psycopg.Connection, who: str, part: PlannedPartition, *, attempts: int, pace: Pace,
-                 log: Callable[[str], None], sleep: Callable[[float], None]) -> Move:
+def _move_online(conn: psycopg.Connection, who: str, part: PlannedPartition, *, attempts: int, pacer: Pacer,
+                 log: Callable[[str], None]) -> Move:
     what = f"{who}: moving {part.qualified_name} to {part.target_tablespace}"
     started = time.monotonic()
 
@@ -356,7 +347,7 @@ def _move_online(conn: psycopg.Connection, who: str, part: PlannedPartition, *, 
     shadow = sql.Identifier("tenant_pipelines", shadow_name)
     try:
         copied = time.monotonic()
-        slept = _copy_paced(conn, part, shadow, blocks, pace, log, sleep, what)
+        slept = _copy_paced(conn, part, shadow, blocks, pacer, log, what)
         copy_s = time.monotonic() - copied
         caught_up = 0
         for _ in range(20):  # until the log is nearly empty, so that the swap's own catch-up is short
@@ -367,7 +358,7 @@ def _move_online(conn: psycopg.Connection, who: str, part: PlannedPartition, *, 
                 break
         frozen = part.target_tier == "cold"
         vacuumed = time.monotonic()
-        _vacuum(conn, shadow, freeze=frozen, pace=pace)
+        _vacuum(conn, shadow, freeze=frozen, rate=pacer.rate())
         vacuum_s = time.monotonic() - vacuumed
 
         def finish(c: psycopg.Connection) -> tuple[int, float]:
@@ -395,20 +386,14 @@ def _move_online(conn: psycopg.Connection, who: str, part: PlannedPartition, *, 
                 copy_s=copy_s, copy_bytes=blocks * BLOCK, slept_s=slept, vacuum_s=vacuum_s)
 
 
-def _copy_paced(conn: psycopg.Connection, part: PlannedPartition, shadow: sql.Identifier, blocks: int, pace: Pace,
-                log: Callable[[str], None], sleep: Callable[[float], None], what: str) -> float:
-    """Copy the partition's blocks into the shadow, ``pace.batch_blocks`` per transaction, no
-    faster than ``pace.bytes_per_s``. A row met twice (an update moved it to a later block)
-    is skipped here; the change log brings its last version before the swap. Returns the
-    seconds spent in the pacer's sleeps."""
-    slept = 0.0
-
-    def timed_sleep(seconds: float) -> None:
-        nonlocal slept
-        started = time.monotonic()
-        sleep(seconds)
-        slept += time.monotonic() - started
-
+def _copy_paced(conn: psycopg.Connection, part: PlannedPartition, shadow: sql.Identifier, blocks: int, pacer: Pacer,
+                log: Callable[[str], None], what: str) -> float:
+    """Copy the partition's blocks into the shadow, one transaction per batch, each as many
+    blocks as the pacer says and followed by its wait. A row met twice (an update moved it to
+    a later block) is skipped here; the change log brings its last version before the swap.
+    Returns the seconds spent waiting for the pacer."""
+    before = pacer.report()
+    waited = before.slept_s + before.paused_s
     insert = sql.SQL(
         "INSERT INTO {} SELECT * FROM {} WHERE ctid >= %s::tid AND ctid < %s::tid ON CONFLICT DO NOTHING"
     ).format(shadow, part.table)
@@ -416,27 +401,21 @@ def _copy_paced(conn: psycopg.Connection, part: PlannedPartition, shadow: sql.Id
     # Each batch is one autocommitted statement: a single round trip, so that small batches
     # cost little.
     with session_settings(conn, COPY_SETTINGS):
-        for first, last in paced_batches(blocks, pace, timed_sleep):
+        first = 0
+        while first < blocks:
+            last = min(blocks, first + max(1, pacer.batch_bytes() // BLOCK))
+            pacer.mark()
             conn.execute(insert, (f"({first},0)", f"({last},0)"))
+            pacer.done((last - first) * BLOCK)
+            first = last
             now = time.monotonic()
             if now >= next_report:
-                log(f"{what}: {last * BLOCK / MiB:,.0f} of {blocks * BLOCK / MiB:,.0f} MiB copied")
+                rate = pacer.rate()
+                log(f"{what}: {last * BLOCK / MiB:,.0f} of {blocks * BLOCK / MiB:,.0f} MiB copied "
+                    f"(pace: {'no limit' if rate is None else f'{rate / MiB:.2f} MB/s'})")
                 next_report = now + 10
-    return slept
-
-
-def paced_batches(blocks: int, pace: Pace, sleep: Callable[[float], None] = time.sleep) -> Iterator[tuple[int, int]]:
-    """The block ranges [first, last) of ``pace.batch_blocks`` over [0, blocks). After the
-    caller has handled one, sleeps as long as it takes to stay under ``pace.bytes_per_s``."""
-    rate = pace.bytes_per_s
-    started = time.monotonic()
-    for first in range(0, blocks, pace.batch_blocks):
-        last = min(first + pace.batch_blocks, blocks)
-        yield first, last
-        if rate:
-            ahead = last * BLOCK / rate - (time.monotonic() - started)
-            if ahead > 0:
-                sleep(ahead)
+    after = pacer.report()
+    return after.slept_s + after.paused_s - waited
 
 
 @contextmanager
@@ -489,13 +468,13 @@ def _abandon_quietly(conn: psycopg.Connection, schema: str, partition: str) -> N
         pass
 
 
-def _vacuum(conn: psycopg.Connection, table: sql.Identifier, *, freeze: bool, pace: Pace) -> None:
+def _vacuum(conn: psycopg.Connection, table: sql.Identifier, *, freeze: bool, rate: float | None) -> None:
     """VACUUM (FREEZE, ANALYZE) ``table``, or ANALYZE it, with a cost delay that keeps the
-    pages it dirties near ``pace``'s rate (vacuum_cost_page_dirty is 20, a miss 2)."""
+    pages it dirties near ``rate`` bytes/s (the pacer's at the time; vacuum_cost_page_dirty
+    is 20, a miss 2)."""
     # Like the copy's: what it writes (hint bits, frozen tuples) goes to disk now, not in one
     # burst at the next checkpoint.
     settings = {"backend_flush_after": FLUSH_AFTER}
-    rate = pace.bytes_per_s
     if rate:
         delay_ms = 2
         settings["vacuum_cost_delay"] = f"{delay_ms}ms"

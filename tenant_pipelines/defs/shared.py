@@ -20,7 +20,9 @@ from typing import Callable, Iterable, Mapping, Sequence, TypeVar
 
 import dagster as dg
 import psycopg
+from pydantic import Field
 
+from tenant_pipelines.db.pacing import ADAPTIVE, DEFAULT_TARGET, FIXED, Pace, PaceReport
 from tenant_pipelines.core.tenants import tier_of
 from tenant_pipelines.db.session import parse_tenant_id
 from tenant_pipelines.errors import TenantPipelinesError
@@ -236,3 +238,58 @@ def table_metadata(rows: Iterable[Mapping[str, object]], columns: Sequence[Colum
 def details_md(lines: Iterable[str], limit: int = ROWS_SHOWN) -> dg.MarkdownMetadataValue:
     """A check's ``details``: the first ``limit`` of ``lines`` as a markdown list, or "none"."""
     return dg.MetadataValue.md("\n".join(f"- {line}" for line in islice(lines, limit)) or "none")
+
+
+class PaceConfig(dg.Config):
+    """How a mover paces its copy (db/pacing.py): the run config fields of every asset that
+    copies rows online (tier_placement, pool_tier_placement, tenant_placement)."""
+
+    pace: str = Field(
+        default=ADAPTIVE,
+        description="adaptive (default): as fast as the writers allow, measured live (probe commits against "
+        "their baseline); at max_mb_per_s, if set, when no other client is active. fixed: max_mb_per_s "
+        "all the time.",
+    )
+    max_mb_per_s: float | None = Field(
+        default=None,
+        description="adaptive: a ceiling (null: none). fixed: the rate (null: the fixed default).")
+    target_p99_ratio: float = Field(
+        default=DEFAULT_TARGET,
+        description="adaptive: keep the writers' p99 commit within this many times their baseline.")
+
+    def to_pace(self, fixed_mb_per_s: float, batch_blocks: int | None = None) -> Pace:
+        """The core's Pace; a bad value fails the run with a one-line message."""
+        try:
+            if self.pace == FIXED:
+                return Pace(self.max_mb_per_s or fixed_mb_per_s, batch_blocks, FIXED, self.target_p99_ratio)
+            return Pace(self.max_mb_per_s, batch_blocks, self.pace, self.target_p99_ratio)
+        except TenantPipelinesError as exc:
+            raise dg.Failure(description=f"run config: {exc}") from None
+
+
+def pace_metadata(paces: Sequence[PaceReport]) -> dict:
+    """How the run's movers paced themselves: their figures, the pace over time (the longest
+    one's, as a table) and every slowdown with its reason."""
+    if not paces:
+        return {}
+    longest = max(paces, key=lambda p: p.seconds)
+    figures = longest.summary() if len(paces) == 1 else {
+        **longest.summary(),
+        "pace_mb_per_s": round(sum(p.bytes for p in paces) / 1048576 / max(1e-9, sum(p.seconds for p in paces)), 2),
+        "probe_commits": sum(p.probes for p in paces),
+        "probes_over_line": sum(p.crossings for p in paces),
+        "slowdowns": sum(len(p.slowdowns) for p in paces),
+    }
+    return {
+        **{k: v for k, v in figures.items() if v is not None},
+        "pace_over_time": table_metadata(
+            longest.timeline_rows(),
+            [("at_s", "float", "seconds since the mover started"),
+             ("limit_mb_s", "float", "the rate the pacer allowed (empty: no limit)"),
+             ("mb_s", "float", "what was copied"), ("batch_kib", "float"),
+             ("writers", "bool", "other clients were active"),
+             ("probe_p99_ms", "float", "p99 of the probe commits in the interval"),
+             ("crossings", "int", "probe commits over the line")]),
+        "why_it_slowed": dg.MetadataValue.md("\n\n".join(
+            (f"**{i + 1}.** " if len(paces) > 1 else "") + p.slowdowns_md() for i, p in enumerate(paces))),
+    }

@@ -35,7 +35,7 @@ def shared_rows(conn: psycopg.Connection, tenant: uuid.UUID) -> dict[str, int]:
 
 
 def to_schema(conn: psycopg.Connection, tenant: uuid.UUID) -> str:
-    moves.move_tenant(conn, tenant, "schema", max_mb_per_s=None)
+    moves.move_tenant(conn, tenant, "schema")
     where = placement_of(conn, tenant)
     assert where.kind == "schema"
     return where.location
@@ -101,7 +101,7 @@ def test_a_schema_tenants_backup_restores_pooled_after_it_moved_back(admin_conn:
     to_schema(admin_conn, tenant)
     before = dump_placed(admin_conn, tenant)
     report = backup_tenant(admin_conn, tenant, tmp_path, master_key=KEY)
-    moves.move_tenant(admin_conn, tenant, "pooled", max_mb_per_s=None)
+    moves.move_tenant(admin_conn, tenant, "pooled")
     damage(admin_conn, tenant)
     restore_tenant(admin_conn, tenant, report.path, master_key=KEY)
     assert placement_of(admin_conn, tenant).kind == "pooled"
@@ -127,7 +127,7 @@ def test_a_restore_is_refused_while_the_tenant_moves(admin_conn: psycopg.Connect
     tenant = seed_tenant(admin_conn, events=10)
     report = backup_tenant(admin_conn, tenant, tmp_path, master_key=KEY)
     damage(admin_conn, tenant)
-    moves.move_tenant(admin_conn, tenant, "schema", max_mb_per_s=None, stop_after="copy")  # a crashed move
+    moves.move_tenant(admin_conn, tenant, "schema", stop_after="copy")  # a crashed move
     before = dump(admin_conn, tenant)
     with pytest.raises(RestoreRefused, match="its move to schema is in progress") as info:
         restore_tenant(admin_conn, tenant, report.path, master_key=KEY)
@@ -136,7 +136,7 @@ def test_a_restore_is_refused_while_the_tenant_moves(admin_conn: psycopg.Connect
     # A scratch schema touches nothing of the tenant: allowed.
     restore_tenant(admin_conn, tenant, report.path, master_key=KEY, into_schema="scratch_during_move")
 
-    moves.move_tenant(admin_conn, tenant, "schema", max_mb_per_s=None)  # finished
+    moves.move_tenant(admin_conn, tenant, "schema")  # finished
     # A mover at work (it holds the movers' lock) also refuses a restore.
     with psycopg.connect(admin_dsn, autocommit=True) as mover:
         mover.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", (moves._MOVE_LOCK, str(tenant)))

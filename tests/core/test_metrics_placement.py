@@ -32,7 +32,7 @@ def test_a_schema_tenants_figures_come_from_its_schema(admin_conn: psycopg.Conne
     events(admin_conn, neighbour, [timedelta(hours=h) for h in range(1, 6)])
     pooled = by_tenant(admin_conn)[tenant]
 
-    moves.move_tenant(admin_conn, tenant, "schema", max_mb_per_s=None)
+    moves.move_tenant(admin_conn, tenant, "schema")
     schema = placement_of(admin_conn, tenant).location
     assert admin_conn.execute("SELECT count(*) FROM usage_events_mt WHERE organization_id = %s", (tenant,)).fetchone()[0] == 0
     admin_conn.execute(f'INSERT INTO "{schema}".subscriptions (organization_id, plan, status) VALUES (%s, %s, %s)',
@@ -51,7 +51,7 @@ def test_a_schema_tenants_figures_come_from_its_schema(admin_conn: psycopg.Conne
 def test_quota_checks_follow_a_schema_tenant(admin_conn: psycopg.Connection) -> None:
     tenant = make_tenant(admin_conn, tier="growth")
     events(admin_conn, tenant, [timedelta(minutes=m) for m in range(1, 11)])
-    moves.move_tenant(admin_conn, tenant, "schema", max_mb_per_s=None)
+    moves.move_tenant(admin_conn, tenant, "schema")
     schema = placement_of(admin_conn, tenant).location
     admin_conn.execute("UPDATE tenant_classifications SET monthly_events_limit = 10, storage_quota_gb = 1"
                        " WHERE organization_id = %s", (tenant,))

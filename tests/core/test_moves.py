@@ -75,7 +75,7 @@ def test_move_keeps_every_row_and_one_copy(admin_conn, app_dsn, path) -> None:
         admin_conn.execute("UPDATE tenant_classifications SET placement_override = %s WHERE organization_id = %s",
                            (kind, tenant))
         before = snapshot(app_dsn, tenant)
-        report = moves.move_tenant(admin_conn, tenant, kind, batch_rows=64, max_mb_per_s=None)
+        report = moves.move_tenant(admin_conn, tenant, kind, batch_rows=64)
         assert report.moved and placement.placement_of(admin_conn, tenant).kind == kind
         assert snapshot(app_dsn, tenant) == before
         copies = rows_anywhere(admin_conn, tenant)
@@ -93,12 +93,12 @@ def test_move_keeps_every_row_and_one_copy(admin_conn, app_dsn, path) -> None:
 def test_writes_during_a_crashed_move_arrive_after_the_resume(admin_conn, app_dsn, stop) -> None:
     tenant = make_tenant(admin_conn, "Mover", "growth")
     fill(admin_conn, app_dsn, tenant)
-    moves.move_tenant(admin_conn, tenant, "schema", batch_rows=50, max_mb_per_s=None, stop_after=stop)
+    moves.move_tenant(admin_conn, tenant, "schema", batch_rows=50, stop_after=stop)
     cut_over = stop == "cutover"
     assert placement.placement_of(admin_conn, tenant).kind == ("schema" if cut_over else "pooled")
     write_during_move(app_dsn, tenant)  # routed to wherever the registry says now
     expected = snapshot(app_dsn, tenant)
-    report = moves.move_tenant(admin_conn, tenant, "schema", batch_rows=50, max_mb_per_s=None)
+    report = moves.move_tenant(admin_conn, tenant, "schema", batch_rows=50)
     assert report.resumed_from == ("cut_over" if cut_over else "verified" if stop == "verify" else "copying")
     assert snapshot(app_dsn, tenant) == expected
     schema = admin_conn.execute("SELECT fn_tenant_schema_name(%s)", (tenant,)).fetchone()[0]
@@ -108,7 +108,7 @@ def test_writes_during_a_crashed_move_arrive_after_the_resume(admin_conn, app_ds
 def test_after_cutover_the_old_copy_refuses_writes(admin_conn, app_dsn) -> None:
     tenant = make_tenant(admin_conn, "Mover", "growth")
     fill(admin_conn, app_dsn, tenant)
-    moves.move_tenant(admin_conn, tenant, "schema", batch_rows=100, max_mb_per_s=None, stop_after="cutover")
+    moves.move_tenant(admin_conn, tenant, "schema", batch_rows=100, stop_after="cutover")
     with psycopg.connect(app_dsn) as app, app.transaction():
         app.execute("SELECT fn_set_tenant_context(%s)", (tenant,))
         with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState) as info:
@@ -131,7 +131,7 @@ def test_abandoned_move_leaves_the_tenant_where_it_was(admin_conn, app_dsn) -> N
     tenant = make_tenant(admin_conn, "Mover")
     fill(admin_conn, app_dsn, tenant, events=40)
     before = snapshot(app_dsn, tenant)
-    moves.move_tenant(admin_conn, tenant, "schema", batch_rows=10, max_mb_per_s=None, stop_after="copy")
+    moves.move_tenant(admin_conn, tenant, "schema", batch_rows=10, stop_after="copy")
     assert moves.abandon_move(admin_conn, tenant) is True
     assert snapshot(app_dsn, tenant) == before
     assert all(k.startswith("public.") for k in rows_anywhere(admin_conn, tenant))
@@ -156,7 +156,7 @@ def test_cutover_waits_for_the_tenants_transaction_in_flight(admin_conn, app_dsn
 
     tenant = make_tenant(admin_conn, "Mover")
     fill(admin_conn, app_dsn, tenant, events=20)
-    moves.move_tenant(admin_conn, tenant, "schema", max_mb_per_s=None, stop_after="verify")
+    moves.move_tenant(admin_conn, tenant, "schema", stop_after="verify")
     with psycopg.connect(app_dsn) as app:
         app.execute("SELECT fn_set_tenant_context(%s)", (tenant,))  # routed to the pool: the old place
         app.execute("INSERT INTO invoices (organization_id, amount, status) VALUES (%s, 7, 'open')", (tenant,))
@@ -164,7 +164,7 @@ def test_cutover_waits_for_the_tenants_transaction_in_flight(admin_conn, app_dsn
         with psycopg.connect(admin_dsn, autocommit=True) as mover, psycopg.connect(admin_dsn, autocommit=True) as observer:
             pid = mover.execute("SELECT pg_backend_pid()").fetchone()[0]
             thread = threading.Thread(target=lambda: result.update(
-                report=moves.move_tenant(mover, tenant, "schema", max_mb_per_s=None)))
+                report=moves.move_tenant(mover, tenant, "schema")))
             thread.start()
             wait_until(lambda: observer.execute(
                 "SELECT count(*) FROM pg_locks WHERE pid = %s AND locktype = 'advisory' AND NOT granted",

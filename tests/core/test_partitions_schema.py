@@ -18,7 +18,7 @@ from tests.core.test_partitions import add_events, months_ahead
 def schema_tenant(conn: psycopg.Connection) -> tuple[uuid.UUID, str]:
     tenant = make_tenant(conn, tier="growth")
     add_events(conn, tenant, 30, days_back=20)
-    moves.move_tenant(conn, tenant, "schema", max_mb_per_s=None)
+    moves.move_tenant(conn, tenant, "schema")
     return tenant, placement_of(conn, tenant).location
 
 

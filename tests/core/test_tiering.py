@@ -141,7 +141,7 @@ def test_inserts_into_the_current_month_during_moves_never_fail(
     thread.start()
     try:
         wait_until(lambda: inserted[0] or errors, "the writer's first insert")
-        report = tier_tenant(admin_conn, tenant, as_of=AS_OF, pace=Pace(max_mb_per_s=0.001, batch_blocks=1),
+        report = tier_tenant(admin_conn, tenant, as_of=AS_OF, pace=Pace.fixed(0.001, 1),
                              sleep=writes_meanwhile)
         after_moves = inserted[0]
         wait_until(lambda: inserted[0] > after_moves or errors, "the writer to insert after the moves")
@@ -243,7 +243,7 @@ def test_online_move_keeps_rows_names_bounds_and_security(admin_conn: psycopg.Co
         return indexes, bound, rls, forced, parent, owner, app
 
     before_rows, before_shape = rows_of(admin_conn, old), shape(old)
-    report = tier_tenant(admin_conn, tenant, as_of=AS_OF, pace=Pace(max_mb_per_s=None, batch_blocks=1))
+    report = tier_tenant(admin_conn, tenant, as_of=AS_OF, pace=Pace(batch_blocks=1))
     assert {m.method for m in report.moves} == {"online"} and len(report.moves) == 4
     assert rows_of(admin_conn, old) == before_rows and len(before_rows) == 200
     assert shape(old) == before_shape
@@ -303,7 +303,7 @@ def test_writes_to_the_moving_partition_during_the_copy_are_kept(
                         ' AND "timestamp" >= %s AND "timestamp" < %s',
                         (tenant, month(-5) + timedelta(hours=100), month(-5) + timedelta(hours=103)))
 
-    tier_tenant(admin_conn, tenant, as_of=AS_OF, pace=Pace(max_mb_per_s=0.001, batch_blocks=1),
+    tier_tenant(admin_conn, tenant, as_of=AS_OF, pace=Pace.fixed(0.001, 1),
                 sleep=write_between_batches)
     assert calls[0] >= 3
     after = rows_of(admin_conn, old)
@@ -353,7 +353,7 @@ def test_a_failed_online_move_leaves_the_partition_whole(admin_conn: psycopg.Con
             other.execute(f'TRUNCATE "{old}"')
 
     with pytest.raises(TenantPipelinesError, match="truncated while it was being moved") as info:
-        tier_tenant(admin_conn, tenant, as_of=AS_OF, pace=Pace(max_mb_per_s=0.001, batch_blocks=1), sleep=truncate)
+        tier_tenant(admin_conn, tenant, as_of=AS_OF, pace=Pace.fixed(0.001, 1), sleep=truncate)
     assert str(tenant) in str(info.value) and "re-run" in str(info.value) and "\n" not in str(info.value)
     assert moves_in_progress(admin_conn) == 0
     assert admin_conn.execute(f'SELECT count(*) FROM "{old}"').fetchone()[0] == 0
@@ -374,7 +374,7 @@ def test_a_rewrite_during_an_online_move_is_caught(admin_conn: psycopg.Connectio
                 other.execute(f'VACUUM FULL "{old}"')
 
     with pytest.raises(TenantPipelinesError, match="rewritten .VACUUM FULL, CLUSTER or TRUNCATE. while it was being moved"):
-        tier_tenant(admin_conn, tenant, as_of=AS_OF, pace=Pace(max_mb_per_s=0.001, batch_blocks=1), sleep=vacuum_full)
+        tier_tenant(admin_conn, tenant, as_of=AS_OF, pace=Pace.fixed(0.001, 1), sleep=vacuum_full)
     assert moves_in_progress(admin_conn) == 0 and rows_of(admin_conn, old) == before
 
 
@@ -396,7 +396,7 @@ def test_two_runs_on_one_tenant_do_not_undo_each_other(admin_conn: psycopg.Conne
                     tier_tenant(other, tenant, as_of=AS_OF)
                 seen.append(str(info.value))
 
-        report = tier_tenant(admin_conn, tenant, as_of=AS_OF, pace=Pace(max_mb_per_s=0.001, batch_blocks=1),
+        report = tier_tenant(admin_conn, tenant, as_of=AS_OF, pace=Pace.fixed(0.001, 1),
                              sleep=second_run_meanwhile)
         assert seen and str(tenant) in seen[0] and len(report.moves) == 4
         assert tier_tenant(other, tenant, as_of=AS_OF).moves == []  # the lock is released afterwards
@@ -446,7 +446,7 @@ def test_the_shadow_is_left_alone_by_autovacuum_and_the_partition_keeps_its_stor
                 " JOIN pg_class c ON c.oid = format('tenant_pipelines.%%I', m.shadow_name)::regclass"
                 " JOIN pg_class t ON t.oid = c.reltoastrelid WHERE m.partition_name = %s", (old,)).fetchone()[0])
 
-    tier_tenant(admin_conn, tenant, as_of=AS_OF, pace=Pace(max_mb_per_s=0.001, batch_blocks=1), sleep=look_at_the_shadow)
+    tier_tenant(admin_conn, tenant, as_of=AS_OF, pace=Pace.fixed(0.001, 1), sleep=look_at_the_shadow)
     assert seen == [["autovacuum_enabled=off", "autovacuum_enabled=off"]]
     table, toast = admin_conn.execute(
         "SELECT c.reloptions, t.reloptions FROM pg_class c JOIN pg_class t ON t.oid = c.reltoastrelid"
@@ -495,7 +495,7 @@ def test_the_swap_gives_up_a_lock_wait_soon_and_retries(
             threading.Thread(target=release_once_the_swap_gave_up_a_wait).start()
 
     try:
-        report = tier_tenant(admin_conn, tenant, as_of=AS_OF, pace=Pace(max_mb_per_s=0.001, batch_blocks=1),
+        report = tier_tenant(admin_conn, tenant, as_of=AS_OF, pace=Pace.fixed(0.001, 1),
                              sleep=hold_the_parent_while_copying)
     finally:
         released.wait(DEADLINE_S * 2)

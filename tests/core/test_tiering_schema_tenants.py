@@ -52,7 +52,7 @@ def schema_tenant(admin_conn: psycopg.Connection) -> uuid.UUID:
     then moved into a schema of its own."""
     tenant = make_tenant(admin_conn, tier="enterprise")
     fill_pooled(admin_conn, tenant)
-    moves.move_tenant(admin_conn, tenant, "schema", max_mb_per_s=None)
+    moves.move_tenant(admin_conn, tenant, "schema")
     schema = schema_of(admin_conn, tenant)
     for offset in range(-5, 1):
         assert admin_conn.execute(f"SELECT count(*) FROM {month_leaf(schema, offset)}").fetchone()[0] == 200, offset
@@ -104,7 +104,7 @@ def test_a_schema_tenants_old_months_land_in_warm_and_cold(
     other_before = {o: tablespace_of(admin_conn, month_leaf(other, o)) for o in EXPECTED}
 
     report = tier_tenant(admin_conn, schema_tenant, as_of=AS_OF, method=method,
-                         pace=Pace(max_mb_per_s=None, batch_blocks=1))
+                         pace=Pace(batch_blocks=1))
 
     assert {m.method for m in report.moves} == {method}
     assert {m.partition for m in report.moves} == {month_leaf(schema, o) for o in MOVED}
@@ -159,7 +159,7 @@ def test_writes_to_a_schema_month_during_its_online_move_are_kept(
             app.execute("DELETE FROM usage_events WHERE metric_name = 'api_calls' AND \"timestamp\" >= %s"
                         ' AND "timestamp" < %s', (month(-5) + timedelta(hours=100), month(-5) + timedelta(hours=103)))
 
-    report = tier_tenant(admin_conn, schema_tenant, as_of=AS_OF, pace=Pace(max_mb_per_s=0.001, batch_blocks=1),
+    report = tier_tenant(admin_conn, schema_tenant, as_of=AS_OF, pace=Pace.fixed(0.001, 1),
                          sleep=write_between_batches)
     assert calls[0] >= 3
     assert sum(m.rows_caught_up for m in report.moves) > 0

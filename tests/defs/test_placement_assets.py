@@ -44,7 +44,7 @@ def materialise(instance: dg.DagsterInstance, dsn: str, key: str, to: str | None
     return dg.materialize(
         [tenant_placement, placements_match_policy], instance=instance, partition_key=key,
         resources={"billing_db": BillingDatabase(dsn=dsn)},
-        run_config=dg.RunConfig(ops={"tenant_placement": TenantPlacementConfig(to=to, max_mb_per_s=None,
+        run_config=dg.RunConfig(ops={"tenant_placement": TenantPlacementConfig(to=to,
                                                                                batch_rows=40)}),
         raise_on_error=raise_on_error)
 
@@ -153,7 +153,7 @@ def test_sensor_asks_once_per_tenant_whose_policy_changed(
     assert not second.run_requests and second.skip_reason
 
     # The move is done: nothing to ask. The policy changes back: one new run, a new key.
-    move_tenant(admin_conn, changed, "schema", max_mb_per_s=None)
+    move_tenant(admin_conn, changed, "schema")
     third = tick(instance, admin_dsn, second.cursor)
     assert not third.run_requests
     admin_conn.execute("UPDATE tenant_classifications SET placement_override = 'pooled' WHERE organization_id = %s",
@@ -171,7 +171,7 @@ def test_sensor_leaves_a_tenant_with_a_move_in_progress(
     tenant = known(admin_conn, instance)
     admin_conn.execute("UPDATE tenant_classifications SET placement_override = 'schema' WHERE organization_id = %s",
                        (tenant,))
-    move_tenant(admin_conn, tenant, "schema", max_mb_per_s=None, stop_after="copy")
+    move_tenant(admin_conn, tenant, "schema", stop_after="copy")
     assert not tick(instance, admin_dsn).run_requests
     (status,) = placement_status(admin_conn, [tenant])
     assert status.move_to == "schema" and status.move_step == "copying" and not status.misplaced
@@ -201,7 +201,7 @@ def test_check_reports_a_stale_move_and_registry_drift(
 ) -> None:
     tenant = known(admin_conn, instance)
     admin_conn.execute("UPDATE tier_limits SET placement = NULL")
-    move_tenant(admin_conn, tenant, "schema", max_mb_per_s=None, stop_after="copy")
+    move_tenant(admin_conn, tenant, "schema", stop_after="copy")
     assert check_alone(instance, admin_dsn).passed, "a fresh move in progress is fine"
     admin_conn.execute("UPDATE tenant_pipelines.tenant_moves SET started_at = now() - interval '7 hours'")
     drifted = known(admin_conn, instance)

@@ -45,7 +45,7 @@ def test_billing_app_cannot_read_or_write_the_move_records_through_pgbouncer(
 
     a = make_tenant(admin_conn, "A")
     admin_conn.execute("INSERT INTO invoices (organization_id, amount, status) VALUES (%s, 1, 'open')", (a,))
-    moves.move_tenant(admin_conn, a, "schema", max_mb_per_s=None, stop_after="copy")
+    moves.move_tenant(admin_conn, a, "schema", stop_after="copy")
     admin_conn.execute("UPDATE invoices SET status = 'paid' WHERE organization_id = %s", (a,))  # logged
     assert admin_conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0] >= 1
     pooler = start_pooler(default_pool_size=1)

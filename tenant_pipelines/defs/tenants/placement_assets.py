@@ -13,7 +13,7 @@ from pydantic import Field
 
 from tenant_pipelines.core.moves import (
     DEFAULT_BATCH_ROWS,
-    DEFAULT_MAX_MB_PER_S,
+    FIXED_MAX_MB_PER_S,
     MiB,
     MoveRefused,
     MoveReport,
@@ -30,8 +30,10 @@ from tenant_pipelines.defs.shared import (
     PLACEMENT_POOL,
     PLACEMENT_TENANTS_PER_RUN,
     UNCLASSIFIED_TIER,
+    PaceConfig,
     details_md,
     for_each_tenant,
+    pace_metadata,
     run_tenant_keys,
     table_metadata,
     tenant_asset,
@@ -48,7 +50,7 @@ STALE_MOVE_HOURS = 6
 MAX_RUNS_PER_TICK = 100
 
 
-class TenantPlacementConfig(dg.Config):
+class TenantPlacementConfig(PaceConfig):
     """Where to, and how fast. Without ``to``, each tenant goes where its policy says."""
 
     to: str | None = Field(
@@ -57,9 +59,8 @@ class TenantPlacementConfig(dg.Config):
         "placement override (tenant_classifications.placement_override) so that the placement sensor "
         "keeps them there. Empty: where their policy says (override, else tenant tier).",
     )
-    max_mb_per_s: float | None = Field(
-        default=DEFAULT_MAX_MB_PER_S, description="the most MB of the tenant's rows copied per second (null: no limit).")
-    batch_rows: int = Field(default=DEFAULT_BATCH_ROWS, description="rows copied per transaction (1 to 1000000).")
+    batch_rows: int = Field(default=DEFAULT_BATCH_ROWS, description="rows copied per transaction, at most "
+                            "(adaptive: the pace picks fewer while writers are active; fixed: this many); 1 to 1000000.")
 
 
 @dataclass
@@ -81,8 +82,8 @@ class Placed:
     description="Where the tenant's rows live: pooled (the shared tables, its usage events in the shared "
     "partition), a dedicated partition of usage_events_mt, or a schema of its own (tenant_<hex>). "
     "Materialising moves the tenant online to where its policy says (tenant_classifications."
-    "placement_override, else its tenant tier's tier_limits.placement): its rows copied in paced "
-    "batches while it keeps writing, writes caught up, both sides compared by count and hash, then a "
+    "placement_override, else its tenant tier's tier_limits.placement): its rows copied in batches, "
+    "at the pace its writers allow (measured live), while it keeps writing, writes caught up, both sides compared by count and hash, then a "
     "cutover of milliseconds under the tenant's own lock (other tenants never wait); a crashed move "
     "resumes. No policy: the tenant stays where it is (the partition rule of tenant_partition decides "
     "between pooled and partition). Run config `to` names the placement and records it as the "
@@ -126,7 +127,8 @@ def _place(conn, key: str, config: TenantPlacementConfig, log) -> Placed:
             return Placed(str(tenant), None, note=f"no placement policy: left {status.kind} ({status.location}); "
                           "the partition rule of tenant_partition decides between pooled and partition",
                           seconds=time.monotonic() - started)
-    report = move_tenant(conn, tenant, target, batch_rows=config.batch_rows, max_mb_per_s=config.max_mb_per_s, log=log)
+    report = move_tenant(conn, tenant, target, batch_rows=config.batch_rows, pace=config.to_pace(FIXED_MAX_MB_PER_S),
+                         log=log)
     note = (f"{report.from_kind} -> {report.to_kind} ({why})" if report.moved
             else f"already {report.to_kind} ({report.to_location}), as {why} says")
     return Placed(str(tenant), report, recorded, note, time.monotonic() - started)
@@ -166,8 +168,9 @@ def _metadata(placed: list[Placed], config: TenantPlacementConfig, started: floa
         "cutover_ms": round(max((r.cutover_ms for r in moved), default=0.0), 1),
         "lock_retries": sum(r.lock_retries for r in moved),
         "bytes_copied": bytes_copied,
-        "mb_per_s": round(bytes_copied / MiB / copy_s, 2) if copy_s > 0 else None,
+        "mb_per_s": round(bytes_copied / MiB / copy_s, 4) if copy_s > 0 else None,
         "max_mb_per_s": config.max_mb_per_s,
+        **pace_metadata([r.pace for r in moved if r.pace is not None]),
         "duration_s": round(time.monotonic() - started, 3),
         "placements": table_metadata(
             ({"tenant": p.tenant,

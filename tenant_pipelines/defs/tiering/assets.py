@@ -16,9 +16,11 @@ from tenant_pipelines.core.tiering import (
 from tenant_pipelines.defs.resources import BillingDatabase
 from tenant_pipelines.defs.shared import (
     TIERING_POOL,
+    PaceConfig,
     details_md,
     for_each_tenant,
     owned_asset,
+    pace_metadata,
     run_tenant_keys,
     table_metadata,
     tenant_asset,
@@ -30,8 +32,8 @@ from tenant_pipelines.errors import TenantPipelinesError
 TENANT_PARTITION = dg.AssetKey("tenant_partition")
 
 
-class TierPlacementConfig(dg.Config):
-    """How partitions move. The defaults suit any hour: online, paced."""
+class TierPlacementConfig(PaceConfig):
+    """How partitions move. The defaults suit any hour: online, at the pace the writers allow."""
 
     method: str = Field(
         default=ONLINE,
@@ -39,12 +41,9 @@ class TierPlacementConfig(dg.Config):
         "set-tablespace: ALTER TABLE ... SET TABLESPACE, a file copy at full disk speed that live "
         "writers' commits queue behind: for maintenance windows.",
     )
-    max_mb_per_s: float | None = Field(
-        default=DEFAULT_MAX_MB_PER_S,
-        description="online: the most MB of a partition copied per second (null: no limit).",
-    )
-    batch_blocks: int = Field(
-        default=DEFAULT_BATCH_BLOCKS, description="online: 8 KiB blocks copied per transaction.")
+    batch_blocks: int | None = Field(
+        default=None, description="online: 8 KiB blocks copied per transaction: the largest batch (adaptive; "
+        "null: 1024), or the batch (fixed; null: " + str(DEFAULT_BATCH_BLOCKS) + ").")
 
 
 @tenant_asset(
@@ -53,8 +52,8 @@ class TierPlacementConfig(dg.Config):
     pool=TIERING_POOL,
     description="Where the tenant's month partitions live: the hot, warm or cold storage tier "
     "(a tablespace each), by age (storage_tiers, tiering_policy); not the tenant tier. Materialising "
-    "moves each month whose age puts it in another storage tier: by default online (a paced copy into the target tablespace, then a swap of milliseconds "
-    "under lock), every step with lock_timeout and retries; never the current or a future month, "
+    "moves each month whose age puts it in another storage tier: by default online (a copy into the target tablespace at the pace the tenant's writers allow, "
+    "measured live, then a swap of milliseconds under lock; metadata: the pace over time and why it slowed), every step with lock_timeout and retries; never the current or a future month, "
     "never a parent. Cold months are frozen. A crashed move is started again on the next run. Runs "
     "in the Dagster pool tiering.",
 )
@@ -100,9 +99,9 @@ def _run_tiering(
 def _pace(config: TierPlacementConfig) -> Pace:
     try:
         check_method(config.method)
-        return Pace(config.max_mb_per_s, config.batch_blocks)
     except TenantPipelinesError as exc:
         raise dg.Failure(description=f"tier_placement config: {exc}") from None
+    return config.to_pace(DEFAULT_MAX_MB_PER_S, config.batch_blocks)
 
 
 def _metadata(reports: list[TieringReport], config: TierPlacementConfig, started: float) -> dict:
@@ -117,6 +116,7 @@ def _metadata(reports: list[TieringReport], config: TierPlacementConfig, started
         "tenants": len(reports),
         "method": config.method,
         "max_mb_per_s": config.max_mb_per_s if config.method == ONLINE else None,
+        **(pace_metadata([r.pace for r in reports if r.pace is not None]) if config.method == ONLINE else {}),
         "moves_restarted_after_a_crash": len(restarted),
         "partitions_moved": len(moves),
         "bytes_moved": sum(m.bytes for m in moves),

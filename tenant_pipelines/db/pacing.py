@@ -1,0 +1,552 @@
+"""The pace of every online copy: tiering's months (a tenant's and the pool's) and placement moves.
+
+A mover copies in batches, one short transaction each. A tenant's writer whose commit meets a
+batch waits behind that batch's WAL and pages (docs/tiering.md), so how fast a mover may go
+depends on what the writers pay, which only the server can tell. Two methods:
+
+- ``fixed``: at most ``max_mb_per_s``, ``batch_blocks`` per transaction: the pace before
+  issue 20 (1 MB/s in 32 KiB batches kept writers' p99 within 1.14x, at 1 MB/s).
+- ``adaptive`` (the default): the pacer measures what a writer's commit costs, live, and
+  follows it. A thread of its own, on a connection of its own, watches ``pg_stat_activity``
+  for other clients of the database:
+
+  * none active: nobody to protect, so the mover runs at ``max_mb_per_s`` (None: no limit)
+    in the largest batches;
+  * some active: it first measures their baseline (``BASELINE_PROBES`` probe commits while
+    the mover waits, or the baseline another pacer running at the same time measured), then
+    commits a probe every ``PROBE_INTERVAL_S`` (a one-row upsert into
+    ``tenant_pipelines.pace_probes``, ``synchronous_commit`` on: what a writer's commit
+    waits for) and steers like TCP's congestion control. A probe slower than the line
+    (``target_p99_ratio`` x the baseline p99) halves the rate (at most once per
+    ``CUT_GAP_S``: one burst is one cut) and is recorded as a slowdown, with its reason;
+    ``SLOW_START_CLEAN`` probes in a row under the line double it until the first cut,
+    ``STEADY_CLEAN`` raise it by a quarter after. At equilibrium about one probe in
+    ``STEADY_CLEAN / 0.32`` (0.3%) crosses the line: fewer than the 1% a p99 allows.
+
+  The batch follows the rate: ``BATCH_S`` of it (32 KiB at 1 MB/s), from one block to
+  ``batch_blocks`` (default 1,024: 8 MiB).
+
+A mover asks ``batch_bytes()`` before each batch and calls ``done(n)`` after it; ``done``
+sleeps as long as the rate says (and while the pacer measures a baseline). ``report()`` is
+what it did: the pace over time, the probes' latency, every slowdown and why.
+
+If the probe connection cannot be opened, the adaptive pacer says so in one log line and
+falls back to the fixed pace: a move never goes faster for lack of a measurement.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import psycopg
+
+from tenant_pipelines.errors import InvalidInput
+
+ADAPTIVE, FIXED = "adaptive", "fixed"
+METHODS = (ADAPTIVE, FIXED)
+BLOCK = 8192
+KiB, MiB = 1024, 1024 * 1024
+FIXED_MB_PER_S = 1.0  # the fixed method's default rate
+FIXED_BATCH_BLOCKS = 4  # and batch: 32 KiB of a partition per copy transaction
+MAX_BATCH_BLOCKS = 1024  # the adaptive method's largest batch by default: 8 MiB
+DEFAULT_TARGET = 1.2  # writers' p99 within 1.2x of their baseline
+BATCH_S = 1 / 32  # a batch is this many seconds of the current rate
+START_RATE = 1 * MiB  # where the adaptive rate starts when writers are active: the fixed pace
+FLOOR_RATE = 128 * KiB  # it never goes below this (a move must end)
+PROBE_INTERVAL_S = 0.025
+BASELINE_PROBES = 120
+ACTIVITY_EVERY_S = 0.5
+ACTIVE_WITHIN_S = 2.0  # a client whose state changed this recently is active
+SLOW_START_CLEAN = 40
+STEADY_CLEAN = 100
+CUT, SLOW_START_GROWTH, STEADY_GROWTH = 0.5, 2.0, 1.25
+CUT_GAP_S = 0.25
+SAMPLE_EVERY_S = 1.0
+PROBE_APP = "tenant-pipelines pace probe"
+MOVER_APP = "tenant-pipelines mover"
+SHARED_BASELINE_WITHIN_S = 5
+UNLIMITED_RATE = 1024 * MiB  # what no limit counts as while writers are active (a cut halves it)
+
+
+@dataclass(frozen=True)
+class Pace:
+    """How a mover paces itself. ``method``: ``adaptive`` (default) or ``fixed``.
+    ``max_mb_per_s``: the fixed rate, or the adaptive method's ceiling (None: no limit).
+    ``batch_blocks``: the fixed batch (None: 4), or the adaptive method's largest (None:
+    1,024). ``target_p99_ratio``: the adaptive method's bound on writers' p99 against their
+    baseline."""
+
+    max_mb_per_s: float | None = None
+    batch_blocks: int | None = None
+    method: str = ADAPTIVE
+    target_p99_ratio: float = DEFAULT_TARGET
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise InvalidInput(f"pace method {self.method!r}: use one of {', '.join(METHODS)}")
+        if self.max_mb_per_s is not None and not self.max_mb_per_s > 0:
+            raise InvalidInput(f"max MB/s {self.max_mb_per_s}: give a positive rate, or none for no limit")
+        if self.batch_blocks is not None and not 1 <= self.batch_blocks <= 131072:
+            raise InvalidInput(f"batch of {self.batch_blocks} blocks: give 1 to 131072")
+        if not 1.0 < self.target_p99_ratio <= 100:
+            raise InvalidInput(f"target p99 ratio {self.target_p99_ratio}: give more than 1 (e.g. 1.2)")
+
+    @classmethod
+    def fixed(cls, max_mb_per_s: float | None = FIXED_MB_PER_S, batch_blocks: int = FIXED_BATCH_BLOCKS) -> Pace:
+        return cls(max_mb_per_s, batch_blocks, FIXED)
+
+    @property
+    def bytes_per_s(self) -> float | None:
+        return None if self.max_mb_per_s is None else self.max_mb_per_s * MiB
+
+    @property
+    def largest_batch(self) -> int:
+        """Bytes: the fixed batch, or the adaptive method's largest."""
+        default = FIXED_BATCH_BLOCKS if self.method == FIXED else MAX_BATCH_BLOCKS
+        return (self.batch_blocks or default) * BLOCK
+
+    def describe(self) -> str:
+        cap = "no limit" if self.max_mb_per_s is None else f"{self.max_mb_per_s:g} MB/s"
+        if self.method == FIXED:
+            return f"fixed: {cap}, {self.largest_batch // KiB} KiB per batch"
+        return (f"adaptive: writers' p99 within {self.target_p99_ratio:g}x of their baseline, at most {cap}, "
+                f"batches up to {self.largest_batch // KiB} KiB")
+
+
+@dataclass
+class Slowdown:
+    at_s: float  # seconds since the pacer started
+    reason: str
+    from_mb_s: float | None
+    to_mb_s: float | None
+
+
+@dataclass
+class Sample:
+    at_s: float
+    limit_mb_s: float | None  # the rate the pacer allowed (None: no limit)
+    achieved_mb_s: float  # what the mover copied in the interval
+    batch_kib: float
+    writers: bool  # other clients were active
+    probes: int  # probe commits in the interval
+    probe_p99_ms: float | None
+    crossings: int  # probes over the line in the interval
+
+
+@dataclass
+class PaceReport:
+    method: str
+    describe: str
+    seconds: float = 0.0
+    bytes: int = 0
+    batches: int = 0
+    slept_s: float = 0.0
+    paused_s: float = 0.0  # waiting while a baseline was measured
+    baseline_p99_ms: float | None = None
+    baseline_source: str | None = None  # "measured" or "shared by another pacer"
+    line_ms: float | None = None
+    probes: int = 0
+    probe_p99_ms: float | None = None
+    crossings: int = 0
+    fallback: str | None = None  # why the adaptive pacer ran at the fixed pace
+    slowdowns: list[Slowdown] = field(default_factory=list)
+    timeline: list[Sample] = field(default_factory=list)
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.bytes / MiB / self.seconds if self.seconds > 0 else 0.0
+
+    def timeline_rows(self, at_most: int = 30) -> list[dict]:
+        """The timeline, merged into at most ``at_most`` rows (for the UI)."""
+        samples = self.timeline
+        if not samples:
+            return []
+        step = max(1, math.ceil(len(samples) / at_most))
+        rows = []
+        for i in range(0, len(samples), step):
+            chunk = samples[i:i + step]
+            limits = [s.limit_mb_s for s in chunk]
+            p99s = [s.probe_p99_ms for s in chunk if s.probe_p99_ms is not None]
+            rows.append({
+                "at_s": round(chunk[0].at_s, 1),
+                "limit_mb_s": None if None in limits else round(min(limits), 2),
+                "mb_s": round(sum(s.achieved_mb_s for s in chunk) / len(chunk), 2),
+                "batch_kib": round(sum(s.batch_kib for s in chunk) / len(chunk), 1),
+                "writers": any(s.writers for s in chunk),
+                "probe_p99_ms": round(max(p99s), 2) if p99s else None,
+                "crossings": sum(s.crossings for s in chunk),
+            })
+        return rows
+
+    def summary(self) -> dict:
+        """Plain figures for metadata and logs."""
+        return {
+            "pace": self.describe,
+            "pace_mb_per_s": round(self.mb_per_s, 2),
+            "pace_seconds": round(self.seconds, 2),
+            "pace_slept_s": round(self.slept_s, 2),
+            "pace_paused_for_baseline_s": round(self.paused_s, 2),
+            "writers_baseline_p99_ms": None if self.baseline_p99_ms is None else round(self.baseline_p99_ms, 2),
+            "writers_line_ms": None if self.line_ms is None else round(self.line_ms, 2),
+            "probe_commits": self.probes,
+            "probe_p99_ms": None if self.probe_p99_ms is None else round(self.probe_p99_ms, 2),
+            "probes_over_line": self.crossings,
+            "slowdowns": len(self.slowdowns),
+            "pace_fallback": self.fallback,
+        }
+
+    def slowdowns_md(self, at_most: int = 20) -> str:
+        if not self.slowdowns:
+            return "No slowdown."
+        lines = [f"- at {s.at_s:.1f} s: {_mb(s.from_mb_s)} -> {_mb(s.to_mb_s)}: {s.reason}"
+                 for s in self.slowdowns[:at_most]]
+        if len(self.slowdowns) > at_most:
+            lines.append(f"- ... and {len(self.slowdowns) - at_most} more")
+        return "\n".join(lines)
+
+
+def _mb(rate: float | None) -> str:
+    return "no limit" if rate is None else f"{rate:.2f} MB/s"
+
+
+def _p99(values: list[float]) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)]
+
+
+class Controller:
+    """The adaptive method's decisions, without a database: told whether writers are active
+    and fed probe latencies, it says the rate (bytes/s, None: no limit) and the batch (bytes)."""
+
+    def __init__(self, pace: Pace, clock: Callable[[], float] = time.monotonic) -> None:
+        self.pace = pace
+        self.clock = clock
+        self.started = clock()
+        self.writers = False
+        self.baseline_s: float | None = None
+        self.rate: float | None = pace.bytes_per_s  # None: no limit
+        self.slow_start = True
+        self.clean = 0
+        self.last_cut = -math.inf
+        self.slowdowns: list[Slowdown] = []
+
+    @property
+    def line_s(self) -> float | None:
+        return None if self.baseline_s is None else self.baseline_s * self.pace.target_p99_ratio
+
+    @property
+    def ceiling(self) -> float:
+        """The highest rate while writers are active: max_mb_per_s, or UNLIMITED_RATE."""
+        return self.pace.bytes_per_s or UNLIMITED_RATE
+
+    def _note(self, reason: str, before: float | None, after: float | None) -> None:
+        self.slowdowns.append(Slowdown(self.clock() - self.started, reason,
+                                       None if before is None else before / MiB,
+                                       None if after is None else after / MiB))
+
+    def set_writers(self, active: bool) -> None:
+        if active == self.writers:
+            return
+        self.writers = active
+        if active:
+            before, self.rate = self.rate, min(START_RATE, self.ceiling)
+            self.slow_start, self.clean = True, 0
+            self._note("other clients are active: from the fixed pace, rising while probe commits stay "
+                       "under the line", before, self.rate)
+        else:
+            self.rate = self.pace.bytes_per_s  # nobody to protect
+
+    def set_baseline(self, p99_s: float) -> None:
+        self.baseline_s = max(p99_s, 1e-4)
+
+    def probe(self, latency_s: float) -> bool:
+        """One probe commit's latency; True when it crossed the line."""
+        line = self.line_s
+        if not self.writers or line is None:
+            return False
+        current = self.rate if self.rate is not None else self.ceiling
+        if latency_s > line:
+            self.clean = 0
+            now = self.clock()
+            if now - self.last_cut >= CUT_GAP_S:
+                self.rate, self.slow_start, self.last_cut = max(FLOOR_RATE, current * CUT), False, now
+                self._note(f"a probe commit took {latency_s * 1000:.1f} ms, over the line of {line * 1000:.1f} ms "
+                           f"({self.pace.target_p99_ratio:g}x the writers' baseline p99 of "
+                           f"{self.baseline_s * 1000:.1f} ms)", current, self.rate)
+            return True
+        self.clean += 1
+        if self.clean >= (SLOW_START_CLEAN if self.slow_start else STEADY_CLEAN):
+            self.clean = 0
+            self.rate = min(self.ceiling, current * (SLOW_START_GROWTH if self.slow_start else STEADY_GROWTH))
+        return False
+
+    def batch_bytes(self) -> int:
+        largest = self.pace.largest_batch
+        if self.rate is None:
+            return largest
+        return int(max(BLOCK, min(largest, self.rate * BATCH_S)))
+
+
+class Pacer:
+    """One mover's pace; a context manager. Per batch: ``pacer.batch_bytes()``, the batch,
+    ``pacer.done(bytes_copied)``. ``conn`` is the mover's connection: its DSN opens the probe
+    connection, and while pacing its application_name says it is a mover, so that other
+    pacers do not count it as a writer."""
+
+    def __init__(self, conn: psycopg.Connection, pace: Pace, *, log: Callable[[str], None] = lambda _: None,
+                 sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic) -> None:
+        self.conn, self.pace, self.log, self.sleep, self.clock = conn, pace, log, sleep, clock
+        self._report = PaceReport(pace.method, pace.describe())
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._go = threading.Event()  # cleared while the probe thread measures a baseline
+        self._go.set()
+        self._thread: threading.Thread | None = None
+        self._probe_conn: psycopg.Connection | None = None
+        self._controller: Controller | None = None
+        self._started = self._last_sample = self._last_done = clock()
+        self._interval_bytes = 0
+        self._latencies: list[float] = []
+        self._interval_latencies: list[float] = []
+        self._interval_crossings = 0
+        self._previous_app: str | None = None
+
+    # -- the mover's side --------------------------------------------------------------
+    def __enter__(self) -> Pacer:
+        if self.pace.method == ADAPTIVE:
+            try:
+                self._open_probe()
+            except (psycopg.Error, OSError) as exc:
+                self._fall_back(f"the probe connection could not be opened ({_first_line(exc)})")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def batch_bytes(self) -> int:
+        self._wait_for_go()
+        controller = self._controller
+        if controller is None:
+            return self.pace.largest_batch
+        with self._lock:
+            return controller.batch_bytes()
+
+    def batch_rows(self, row_bytes: float, at_most: int) -> int:
+        """The batch in rows of ``row_bytes`` each (a placement move's unit), at most ``at_most``."""
+        if self.pace.method == FIXED:
+            return at_most
+        return max(1, min(at_most, int(self.batch_bytes() // max(1.0, row_bytes))))
+
+    def rate(self) -> float | None:
+        """Bytes/s the mover may go at now (None: no limit)."""
+        controller = self._controller
+        if controller is None:
+            return self.pace.bytes_per_s
+        with self._lock:
+            return controller.rate
+
+    def mark(self) -> None:
+        """A batch starts (``done`` counts its time from here)."""
+        self._last_done = self.clock()
+
+    def done(self, nbytes: int) -> None:
+        """A batch of ``nbytes`` ended: sleep as long as the rate says (its own time counted)."""
+        elapsed = self.clock() - self._last_done
+        with self._lock:
+            self._report.bytes += nbytes
+            self._report.batches += 1
+            self._interval_bytes += nbytes
+        rate = self.rate()
+        if rate and nbytes / rate > elapsed:
+            t = self.clock()
+            self.sleep(nbytes / rate - elapsed)
+            self._report.slept_s += self.clock() - t
+        if self._controller is None:
+            self._maybe_sample()
+        self._last_done = self.clock()
+
+    def report(self) -> PaceReport:
+        r = self._report
+        r.seconds = self.clock() - self._started
+        controller = self._controller
+        if controller is not None:
+            with self._lock:
+                r.slowdowns = list(controller.slowdowns)
+                r.line_ms = None if controller.line_s is None else controller.line_s * 1000
+                r.baseline_p99_ms = None if controller.baseline_s is None else controller.baseline_s * 1000
+                p99 = _p99(self._latencies)
+            r.probe_p99_ms = None if p99 is None else p99 * 1000
+        return r
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+        self.report()
+        if self._probe_conn is not None:
+            try:
+                self._probe_conn.execute("DELETE FROM tenant_pipelines.pace_probes WHERE pid = pg_backend_pid()")
+            except psycopg.Error:
+                pass
+            self._probe_conn.close()
+            self._probe_conn = None
+        if self._previous_app is not None:
+            try:
+                self._set_app(self._previous_app)
+            except psycopg.Error:
+                pass
+            self._previous_app = None
+
+    def _wait_for_go(self) -> None:
+        if self._controller is not None:
+            self._ready.wait(timeout=60)
+        if not self._go.is_set():
+            t = self.clock()
+            self._go.wait(timeout=60)
+            self._report.paused_s += self.clock() - t
+
+    def _fall_back(self, why: str) -> None:
+        self._report.fallback = f"{why}; moved at the fixed pace instead"
+        self.log(f"adaptive pacing unavailable: {self._report.fallback}")
+        self.pace = Pace.fixed(min(self.pace.max_mb_per_s or FIXED_MB_PER_S, FIXED_MB_PER_S))
+        self._report.describe = self.pace.describe()
+        self._controller = None
+
+    # -- the probe thread --------------------------------------------------------------
+    def _set_app(self, name: str) -> None:
+        if self.conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+            self.conn.execute("SELECT set_config('application_name', %s, false)", (name,))
+            if not self.conn.autocommit:
+                self.conn.commit()
+
+    def _open_probe(self) -> None:
+        info = self.conn.info
+        self._probe_conn = psycopg.connect(info.dsn, password=info.password, autocommit=True,
+                                           application_name=PROBE_APP, connect_timeout=10)
+        self._probe_conn.execute("SET synchronous_commit = on")
+        self._probe_conn.execute("SET lock_timeout = '5s'")  # only a pacer writes its row
+        if self.conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+            self._previous_app = self.conn.execute("SELECT current_setting('application_name')").fetchone()[0]
+            if not self.conn.autocommit:
+                self.conn.commit()
+            self._set_app(MOVER_APP)
+        self._controller = Controller(self.pace, self.clock)
+        self._thread = threading.Thread(target=self._run, name="pace-probe", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        controller = self._controller
+        assert controller is not None and self._probe_conn is not None
+        next_activity = 0.0
+        try:
+            while not self._stop.is_set():
+                if self.clock() >= next_activity:
+                    active = self._writers_active()
+                    next_activity = self.clock() + ACTIVITY_EVERY_S
+                    if active and controller.baseline_s is None:
+                        self._take_baseline(controller)
+                    with self._lock:
+                        controller.set_writers(active)
+                    self._ready.set()
+                if controller.writers:
+                    latency = self._probe()
+                    with self._lock:
+                        crossed = controller.probe(latency)
+                        self._latencies.append(latency)
+                        self._interval_latencies.append(latency)
+                        self._report.probes += 1
+                        self._report.crossings += crossed
+                        self._interval_crossings += crossed
+                self._maybe_sample()
+                self._stop.wait(PROBE_INTERVAL_S)
+        except psycopg.Error as exc:
+            self.report()
+            self._fall_back(f"the probe failed ({_first_line(exc)})")
+        finally:
+            self._go.set()
+            self._ready.set()
+
+    def _probe(self) -> float:
+        t = time.perf_counter()
+        self._probe_conn.execute(
+            "INSERT INTO tenant_pipelines.pace_probes (pid, probed_at) VALUES (pg_backend_pid(), clock_timestamp())"
+            " ON CONFLICT (pid) DO UPDATE SET probed_at = excluded.probed_at")
+        return time.perf_counter() - t
+
+    def _writers_active(self) -> bool:
+        """Another client of this database is in a transaction, or was within
+        ACTIVE_WITHIN_S; movers and probes do not count. A session whose state this role may
+        not see counts as active."""
+        return self._probe_conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = current_database()"
+            " AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
+            " AND coalesce(application_name, '') NOT IN (%s, %s)"
+            " AND (state IS NULL OR state NOT IN ('idle', 'disabled')"
+            "      OR state_change > clock_timestamp() - make_interval(secs => %s)))",
+            (PROBE_APP, MOVER_APP, ACTIVE_WITHIN_S)).fetchone()[0]
+
+    def _take_baseline(self, controller: Controller) -> None:
+        """The writers' p99 commit latency without this mover: adopted from another pacer
+        probing now if one has it (this mover would not see the writers without that one),
+        else measured with BASELINE_PROBES probes while this mover waits."""
+        shared = self._probe_conn.execute(
+            "SELECT min(baseline_p99_ms) FROM tenant_pipelines.pace_probes WHERE pid <> pg_backend_pid()"
+            " AND baseline_p99_ms IS NOT NULL AND probed_at > clock_timestamp() - make_interval(secs => %s)",
+            (SHARED_BASELINE_WITHIN_S,)).fetchone()[0]
+        if shared is not None:
+            p99, source = shared / 1000, "shared by another pacer"
+        else:
+            self._go.clear()
+            try:
+                latencies = []
+                for _ in range(BASELINE_PROBES):
+                    if self._stop.wait(PROBE_INTERVAL_S):
+                        break
+                    latencies.append(self._probe())
+            finally:
+                self._go.set()
+            p99, source = _p99(latencies) or 1e-3, "measured"
+        self._probe_conn.execute(
+            "INSERT INTO tenant_pipelines.pace_probes (pid, probed_at, baseline_p99_ms, baseline_at)"
+            " VALUES (pg_backend_pid(), clock_timestamp(), %s, clock_timestamp())"
+            " ON CONFLICT (pid) DO UPDATE SET probed_at = excluded.probed_at,"
+            " baseline_p99_ms = excluded.baseline_p99_ms, baseline_at = excluded.baseline_at", (p99 * 1000,))
+        with self._lock:
+            controller.set_baseline(p99)
+        self._report.baseline_source = source
+        self.log(f"pace: other clients are active; their baseline p99 commit is {p99 * 1000:.1f} ms ({source}); "
+                 f"keeping probe commits under {p99 * 1000 * self.pace.target_p99_ratio:.1f} ms")
+
+    def _maybe_sample(self) -> None:
+        now = self.clock()
+        if now - self._last_sample < SAMPLE_EVERY_S:
+            return
+        controller = self._controller
+        with self._lock:
+            dt = now - self._last_sample
+            rate = controller.rate if controller is not None else self.pace.bytes_per_s
+            writers = controller.writers if controller is not None else False
+            batch = controller.batch_bytes() if controller is not None else self.pace.largest_batch
+            latencies, self._interval_latencies = self._interval_latencies, []
+            p99 = _p99(latencies)
+            self._report.timeline.append(Sample(
+                at_s=self._last_sample - self._started, limit_mb_s=None if rate is None else rate / MiB,
+                achieved_mb_s=self._interval_bytes / MiB / dt, batch_kib=batch / KiB, writers=writers,
+                probes=len(latencies), probe_p99_ms=None if p99 is None else p99 * 1000,
+                crossings=self._interval_crossings))
+            self._interval_bytes = 0
+            self._interval_crossings = 0
+            self._last_sample = now
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

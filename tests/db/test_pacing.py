@@ -1,0 +1,198 @@
+"""The adaptive pace (db/pacing.py): its decisions on a fake clock, then the probe thread
+against a real server: nobody active means full speed and no probes; an active client gets a
+baseline and probe commits; a probe commit held over the line halves the rate, with its
+reason; a second mover adopts the first one's baseline; tiering and placement moves report
+their pace."""
+
+from __future__ import annotations
+
+import contextlib
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Iterator
+
+import psycopg
+import pytest
+
+from tenant_pipelines.core import moves
+from tenant_pipelines.db.pacing import (
+    BATCH_S, BLOCK, CUT_GAP_S, FIXED, FLOOR_RATE, MAX_BATCH_BLOCKS, MOVER_APP, PROBE_APP, SLOW_START_CLEAN,
+    START_RATE, STEADY_CLEAN, Controller, MiB, Pace, Pacer, PaceReport, Sample)
+from tenant_pipelines.core.partitions import ensure_tenant_partition
+from tenant_pipelines.core.tiering import tier_tenant
+from tenant_pipelines.errors import InvalidInput
+from tests.conftest import make_tenant
+from tests.waiting import wait_until
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def active_controller(pace: Pace = Pace(), baseline_s: float = 0.002) -> tuple[Controller, FakeClock]:
+    clock = FakeClock()
+    c = Controller(pace, clock)
+    c.set_baseline(baseline_s)
+    c.set_writers(True)
+    return c, clock
+
+
+def test_pace_refuses_bad_values_in_one_line():
+    for bad in (dict(method="fast"), dict(max_mb_per_s=0), dict(batch_blocks=0), dict(target_p99_ratio=1.0)):
+        with pytest.raises(InvalidInput) as err:
+            Pace(**bad)
+        assert "\n" not in str(err.value)
+
+
+def test_without_writers_the_mover_runs_at_its_ceiling_in_the_largest_batches():
+    c = Controller(Pace())
+    assert c.rate is None and c.batch_bytes() == MAX_BATCH_BLOCKS * BLOCK
+    capped = Controller(Pace(max_mb_per_s=64))
+    assert capped.rate == 64 * MiB and capped.batch_bytes() == 2 * MiB  # 1/32 s of 64 MB/s
+
+
+def test_writers_start_it_at_the_fixed_pace_and_clean_probes_double_it_then_a_slow_one_halves_it():
+    c, clock = active_controller()
+    assert c.rate == START_RATE and c.batch_bytes() == int(START_RATE * BATCH_S)
+    assert "other clients are active" in c.slowdowns[-1].reason
+    for _ in range(SLOW_START_CLEAN):
+        assert not c.probe(0.001)
+    assert c.rate == 2 * START_RATE
+    for _ in range(SLOW_START_CLEAN):
+        c.probe(0.001)
+    assert c.rate == 4 * START_RATE
+    assert c.probe(0.010)  # over 1.2 x 2 ms
+    assert c.rate == 2 * START_RATE
+    assert "took 10.0 ms, over the line of 2.4 ms" in c.slowdowns[-1].reason
+    assert c.slowdowns[-1].from_mb_s == 4 and c.slowdowns[-1].to_mb_s == 2
+    assert c.probe(0.010) and c.rate == 2 * START_RATE  # the same burst: one cut
+    clock.now += CUT_GAP_S
+    c.probe(0.010)
+    assert c.rate == START_RATE
+    for _ in range(SLOW_START_CLEAN):  # after a cut, growth is by a quarter, every STEADY_CLEAN
+        c.probe(0.001)
+    assert c.rate == START_RATE
+    for _ in range(STEADY_CLEAN - SLOW_START_CLEAN):
+        c.probe(0.001)
+    assert c.rate == START_RATE * 1.25
+
+
+def test_the_rate_stays_between_the_floor_and_the_ceiling():
+    c, clock = active_controller(Pace(max_mb_per_s=3))
+    for _ in range(10 * SLOW_START_CLEAN):
+        c.probe(0.001)
+    assert c.rate == 3 * MiB
+    for _ in range(20):
+        clock.now += CUT_GAP_S
+        c.probe(1.0)
+    assert c.rate == FLOOR_RATE and c.batch_bytes() >= BLOCK
+    c.set_writers(False)
+    assert c.rate == 3 * MiB
+
+
+def test_the_timeline_is_merged_for_the_ui():
+    report = PaceReport("adaptive", "adaptive")
+    report.timeline = [Sample(float(i), 1.0 + i, 1.0, 32.0, i % 2 == 0, 40, 2.0 + i, i % 3 == 0) for i in range(90)]
+    rows = report.timeline_rows(at_most=30)
+    assert len(rows) == 30 and rows[0]["at_s"] == 0.0 and rows[1]["at_s"] == 3.0
+    assert rows[0]["limit_mb_s"] == 1.0 and rows[0]["probe_p99_ms"] == 4.0 and rows[0]["crossings"] == 1
+
+
+@contextlib.contextmanager
+def active_client(dsn: str) -> Iterator[psycopg.Connection]:
+    """Another client of the database, in a transaction: what the pacer protects."""
+    with psycopg.connect(dsn) as conn:
+        conn.execute("SELECT 1")  # BEGIN ... idle in transaction
+        yield conn
+        conn.rollback()
+
+
+def probe_pid(observer: psycopg.Connection) -> int | None:
+    row = observer.execute("SELECT pid FROM pg_stat_activity WHERE application_name = %s AND datname = current_database()",
+                           (PROBE_APP,)).fetchone()
+    return row[0] if row else None
+
+
+def test_with_nobody_active_the_mover_is_not_slowed_and_nothing_is_probed(admin_conn):
+    sleeps: list[float] = []
+    with Pacer(admin_conn, Pace(), sleep=sleeps.append) as pacer:
+        assert pacer.batch_bytes() == MAX_BATCH_BLOCKS * BLOCK
+        assert admin_conn.execute("SELECT current_setting('application_name')").fetchone()[0] == MOVER_APP
+        pacer.mark()
+        pacer.done(8 * MiB)
+    report = pacer.report()
+    assert sleeps == [] and report.probes == 0 and report.baseline_p99_ms is None and report.bytes == 8 * MiB
+    assert admin_conn.execute("SELECT current_setting('application_name')").fetchone()[0] != MOVER_APP
+    assert admin_conn.execute("SELECT count(*) FROM tenant_pipelines.pace_probes").fetchone()[0] == 0
+
+
+def test_an_active_client_gets_a_baseline_then_probes_and_a_slow_commit_halves_the_rate(admin_conn, admin_dsn):
+    with active_client(admin_dsn), psycopg.connect(admin_dsn, autocommit=True) as observer:
+        with Pacer(admin_conn, Pace()) as pacer:
+            assert pacer.batch_bytes() == int(START_RATE * BATCH_S)  # waits for the baseline
+            report = pacer.report()
+            assert report.baseline_source == "measured" and report.baseline_p99_ms > 0
+            assert observer.execute("SELECT baseline_p99_ms FROM tenant_pipelines.pace_probes WHERE pid = %s",
+                                    (probe_pid(observer),)).fetchone()[0] == pytest.approx(report.baseline_p99_ms)
+            wait_until(lambda: pacer.report().probes > 0, "a probe commit")
+            # Hold the probe's row: its next commit waits until the server says it has waited
+            # 500 ms, far over 1.2x any baseline p99 of a one-row commit.
+            pid = probe_pid(observer)
+            with psycopg.connect(admin_dsn) as blocker:
+                blocker.execute("SELECT 1 FROM tenant_pipelines.pace_probes WHERE pid = %s FOR UPDATE", (pid,))
+                wait_until(lambda: observer.execute(
+                    "SELECT wait_event_type = 'Lock' AND clock_timestamp() - query_start > interval '500 ms'"
+                    " FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone()[0], "the probe waiting 500 ms")
+                blocker.rollback()
+            wait_until(lambda: any("over the line" in s.reason for s in pacer.report().slowdowns), "a slowdown")
+            cut = next(s for s in pacer.report().slowdowns if "over the line" in s.reason)
+            assert cut.to_mb_s == pytest.approx(cut.from_mb_s / 2) or cut.to_mb_s == FLOOR_RATE / MiB
+        assert pacer.report().crossings >= 1 and pacer.report().probe_p99_ms >= 500
+    assert admin_conn.execute("SELECT count(*) FROM tenant_pipelines.pace_probes").fetchone()[0] == 0
+
+
+def test_a_second_mover_adopts_the_baseline_the_first_one_measured(admin_conn, admin_dsn):
+    with active_client(admin_dsn), psycopg.connect(admin_dsn, autocommit=True) as other:
+        with Pacer(admin_conn, Pace()) as first:
+            first.batch_bytes()
+            with Pacer(other, Pace()) as second:
+                second.batch_bytes()
+                assert second.report().baseline_source == "shared by another pacer"
+                assert second.report().baseline_p99_ms == pytest.approx(first.report().baseline_p99_ms)
+                assert second.report().paused_s == 0
+
+
+def test_the_fixed_pace_sleeps_to_its_rate_and_probes_nothing(admin_conn, admin_dsn):
+    sleeps: list[float] = []
+    with active_client(admin_dsn), Pacer(admin_conn, Pace.fixed(1.0, 4), sleep=sleeps.append) as pacer:
+        assert pacer.batch_bytes() == 4 * BLOCK and pacer.batch_rows(100, 5000) == 5000
+        pacer.mark()
+        pacer.done(MiB)
+    assert len(sleeps) == 1 and 0.5 < sleeps[0] <= 1.0 and pacer.report().probes == 0
+    assert pacer.report().method == FIXED
+
+
+NOW = datetime.now(timezone.utc)
+THIS_MONTH = NOW.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+
+def test_tiering_and_placement_moves_report_their_pace_while_a_client_is_active(admin_conn, admin_dsn):
+    tenant = make_tenant(admin_conn, tier="enterprise")
+    old = THIS_MONTH - timedelta(days=80)
+    with admin_conn.cursor().copy('COPY usage_events_mt (organization_id, metric_name, quantity, "timestamp") FROM STDIN') as copy:
+        for i in range(3000):
+            copy.write_row((tenant, "api_calls", Decimal(i), old + timedelta(minutes=i)))
+    ensure_tenant_partition(admin_conn, tenant)
+    with active_client(admin_dsn):
+        report = tier_tenant(admin_conn, tenant, as_of=THIS_MONTH + timedelta(days=10))
+        assert report.moves and report.pace is not None and report.pace.baseline_source == "measured"
+        assert report.pace.bytes >= sum(m.copy_bytes for m in report.moves)
+        move = moves.move_tenant(admin_conn, tenant, "schema", batch_rows=500)
+        assert move.moved and move.pace is not None and move.pace.bytes > 0 and move.pace.baseline_p99_ms > 0
+        assert move.pace.batches > 3000 / 500  # the copy's batches, of at most 500 rows
+    assert admin_conn.execute("SELECT count(*) FROM usage_events_mt WHERE organization_id = %s",
+                              (tenant,)).fetchone()[0] == 0  # the shared tables hold nothing of it now
