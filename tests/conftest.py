@@ -114,14 +114,16 @@ def admin_conn(admin_dsn: str) -> Iterator[psycopg.Connection]:
 
 
 @contextlib.contextmanager
-def embedded_cli_env(prefix: str) -> Iterator[dict[str, str]]:
+def embedded_cli_env(prefix: str, *, archive: bool = False) -> Iterator[dict[str, str]]:
     """The environment for CLI runs on an embedded cluster and PgBouncer of their own: no
     database URL, TENANT_PIPELINES_HOME a new /tmp/<prefix>... folder the server's OS user can
-    reach. Afterwards both are stopped and the folder removed."""
+    reach; WAL archiving into pgBackRest only with ``archive`` (tests/test_cli_pitr.py).
+    Afterwards both are stopped and the folder removed."""
     home = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
     os.chmod(home, 0o755)
     env = {k: v for k, v in os.environ.items() if k not in ("BILLING_DATABASE_URL", "BILLING_APP_DATABASE_URL")}
     env["TENANT_PIPELINES_HOME"] = str(home)
+    env["TENANT_PIPELINES_WAL_ARCHIVE"] = "on" if archive else "off"
     try:
         yield env
     finally:

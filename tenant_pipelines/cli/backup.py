@@ -59,7 +59,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
         root = Path(args.root).resolve() if args.root else default_backup_root()
         path = backup_as_of(root, tenant, args.as_of)
         log(f"tenant {tenant}: restoring {path.name}, the newest verified backup taken at or before "
-             f"{args.as_of.isoformat()} (a backup, not point-in-time recovery: changes after it are not replayed)")
+             f"{args.as_of.isoformat()} (a backup, not point-in-time recovery: changes after it are not replayed; "
+             "--to-time restores the tenant as it was at a time)")
     dsn = args.into_database if args.into_database is not None else admin_dsn()
     with connect(dsn, autocommit=True) as conn:
         report = restore_tenant(conn, tenant, path, master_key=load_master_key(generate_dev_key=False),

@@ -179,7 +179,20 @@ class PgBackRest:
                self.user, check=False)
 
     def _remove_sandbox(self, folder: Path) -> None:
+        """Stop the sandbox's server, end whatever still works in it (a pgBackRest restore or
+        archive-get whose caller was killed: each names the sandbox's folder on its command line),
+        then delete it."""
         self._stop_server(folder / "data")
+        deadline = time.monotonic() + 60
+        while pids := _processes_in(folder):
+            for pid in pids:
+                try:
+                    os.kill(pid, 9)
+                except ProcessLookupError:
+                    pass
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
         shutil.rmtree(folder, ignore_errors=True)
         if folder.exists():
             raise PitrError(f"sandbox {folder}: could not remove it; remove it by hand")
@@ -269,6 +282,24 @@ class PgBackRest:
                                             (backup.lsn_start or "0/0",)).fetchone()[0])
             except psycopg.OperationalError:
                 time.sleep(0.1)
+
+
+def _processes_in(folder: Path) -> list[int]:
+    """Live processes whose command line names a path inside ``folder`` (a sandbox: only its own
+    restore, archive-get and server do)."""
+    needle = (str(folder) + "/").encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            state = (entry / "stat").read_text().rpartition(")")[2].split()[0]
+        except OSError:
+            continue
+        if needle in cmdline and state != "Z":
+            pids.append(int(entry.name))
+    return pids
 
 
 def _log_tail(logfile: Path) -> str:
