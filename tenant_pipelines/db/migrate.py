@@ -54,7 +54,7 @@ import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import psycopg
 from psycopg import sql
@@ -63,6 +63,9 @@ from tenant_pipelines.settings import PROJECT_DIR
 from tenant_pipelines.errors import MigrationError, TenantPipelinesError
 from tenant_pipelines.db.locks import run_with_lock_timeout
 from tenant_pipelines.db.names import APP_ROLE, OWNER_ROLE
+
+if TYPE_CHECKING:
+    from tenant_pipelines.db.citus import CitusReport
 
 SQL_DIR = PROJECT_DIR / "sql"
 MIGRATIONS_DIR = "migrations"
@@ -172,6 +175,7 @@ class MigrationReport:
     functions_applied: list[str] = field(default_factory=list)
     rebaselined: list[str] = field(default_factory=list)
     schemas: "SchemaReport | None" = None  # the tenant schemas' run
+    citus: "CitusReport | None" = None  # sql/citus/ on a Citus coordinator (db/citus.py); None elsewhere
 
 
 @dataclass(frozen=True)
@@ -419,9 +423,12 @@ def migrate(
                        function=function)
                 functions_done.append(function.filename)
         revoke_temporary_from_applications(conn, log)
+        from tenant_pipelines.db.citus import migrate_citus  # here: db/citus.py imports this module
+
+        citus = migrate_citus(conn, sql_dir, functions, log)
         schemas = migrate_tenant_schemas(conn, migrations, log=log, jobs=jobs, connect=connect)
         report = MigrationReport(applied=done, already_applied=skipped, functions_applied=functions_done,
-                                 rebaselined=[m.filename for m in legacy], schemas=schemas)
+                                 rebaselined=[m.filename for m in legacy], schemas=schemas, citus=citus)
         if schemas is not None and schemas.failed:
             raise TenantSchemasFailed(schemas)
         return report

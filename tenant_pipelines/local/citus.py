@@ -8,7 +8,9 @@ trusted there: only that OS user (and root) can open such a socket at all, so th
 permissions are the authentication, and Citus can connect as any role (billing_app's
 distributed queries run as billing_app on the workers) without a password kept anywhere. Each
 node is registered under its socket folder as its host name (``citus_add_node``), and
-``citus.local_hostname`` names its own.
+``citus.local_hostname`` names its own. Over TCP a worker lets in its superuser only:
+applications reach the coordinator, never a worker (a worker cannot check the stamp of a
+tenant context: sql/citus/functions/fn_current_tenant_id.sql).
 
 State: ``<state dir>/citus.json`` records the workers (name, node id); each node keeps its own
 ``cluster.json`` (password, port) under ``<state dir>/citus/<name>/``, like the single-node
@@ -183,7 +185,13 @@ class CitusCluster:
         if HBA_MARKER in text:
             return
         lines = [line for line in text.splitlines() if not line.lstrip().startswith("local")]
-        hba.write_text(f"{HBA_MARKER}\nlocal all all trust\n" + "\n".join(lines) + "\n")
+        head = [HBA_MARKER, "local all all trust"]
+        if node.name != COORDINATOR:
+            # Applications reach the coordinator only. A worker cannot check the stamp of a tenant
+            # context (fn_current_tenant_id), so no role but the superuser may log in to it over TCP.
+            head += ["host all postgres 127.0.0.1/32 scram-sha-256", "host all all 0.0.0.0/0 reject",
+                     "host all all ::/0 reject"]
+        hba.write_text("\n".join(head + lines) + "\n")
         if user.uid != os.geteuid():
             os.chown(hba, user.uid, user.gid)
         self._execute(node, "postgres", "SELECT pg_reload_conf()")
