@@ -16,11 +16,12 @@ warnings.filterwarnings("ignore", category=dg.BetaWarning)
 # partitions_def on an asset check is marked preview; the per-tenant check results it gives are tested.
 warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 
-from tenant_pipelines.defs.resources import BackupStorage, BillingDatabase  # noqa: E402
+from tenant_pipelines.defs.resources import BackupStorage, BillingDatabase, ClusterBackups  # noqa: E402
 
 MAIN_JOB = "rollup_tenant_metrics"
 
 defs = dg.Definitions.merge(
     dg.load_from_defs_folder(path_within_project=Path(__file__).parent),
-    dg.Definitions(resources={"billing_db": BillingDatabase(), "backup_storage": BackupStorage()}),
+    dg.Definitions(resources={"billing_db": BillingDatabase(), "backup_storage": BackupStorage(),
+                           "cluster_backups": ClusterBackups()}),
 )

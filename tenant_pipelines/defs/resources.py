@@ -151,3 +151,18 @@ class BackupStorage(dg.ConfigurableResource):
         from tenant_pipelines.local.keys import load_master_key
 
         return load_master_key(generate_dev_key=None if self.dev_key else False)
+
+
+class ClusterBackups(dg.ConfigurableResource):
+    """pgBackRest on the billing database's cluster (docs/pitr.md): the stanza named by
+    ``$TENANT_PIPELINES_PGBACKREST_CONFIG`` and ``$TENANT_PIPELINES_PGBACKREST_STANZA`` when set,
+    else the embedded cluster's own (``tenant_pipelines.local.pgbackrest``). It holds nothing
+    open between calls."""
+
+    archive_wait_s: float = Field(default=60.0, description="How long wal_archive_healthy waits for a forced WAL "
+                                  "switch to be archived before it calls archiving broken")
+
+    def engine(self, dsn: str):
+        from tenant_pipelines.local.pgbackrest import engine_for
+
+        return engine_for(dsn)
