@@ -1,7 +1,10 @@
 """A project-local PostgreSQL cluster, run with the system's server binaries.
 
-The cluster listens on a free loopback port only (no Unix socket), authenticates with
-scram-sha-256 and a generated superuser password, and sets ``wal_level=logical``.
+The cluster listens on a free loopback port, and on a Unix socket in a folder only its OS
+user can open (``<data_root>/socket``: pgBackRest reaches a local server only there),
+authenticates with scram-sha-256 and a generated superuser password, and sets
+``wal_level=logical``. With ``archive``, it archives its WAL into an encrypted pgBackRest
+repository in the state folder (local/pgbackrest.py, docs/pitr.md).
 
 PostgreSQL refuses to run as root. Invoked as root, every server command runs as the
 ``postgres`` OS user, so the data folder has to be one that user can reach: the project's
