@@ -45,7 +45,7 @@ def test_tenant_tables_are_distributed_and_colocated_config_tables_are_reference
         citus_admin: psycopg.Connection) -> None:
     rows = citus_admin.execute(
         "SELECT table_name::text, citus_table_type, distribution_column, colocation_id, shard_count FROM citus_tables"
-        " WHERE table_name::text !~ '^usage_events_mt_p'").fetchall()
+        " WHERE table_name::text !~ '^usage_events_mt_(p[0-9]{4}_|outside$)'").fetchall()
     distributed = {name: (column, colocation, shards) for name, kind, column, colocation, shards in rows
                    if kind == "distributed"}
     assert {name: column for name, (column, _, _) in distributed.items()} == TENANT_TABLES
@@ -63,7 +63,8 @@ def test_usage_events_are_partitioned_by_month_with_citus_time_partitions(citus_
     assert strategy == ("r", "timestamp")
     months = citus_admin.execute(
         "SELECT partition::text, from_value::timestamptz, to_value::timestamptz FROM time_partitions"
-        " WHERE parent_table = 'usage_events_mt'::regclass ORDER BY from_value::timestamptz").fetchall()
+        " WHERE parent_table = 'usage_events_mt'::regclass AND from_value IS NOT NULL"
+        " ORDER BY from_value::timestamptz").fetchall()
     premake = citus_admin.execute("SELECT premake_months FROM partition_config").fetchone()[0]
     now = datetime.now(timezone.utc)
     this_month = datetime(now.year, now.month, 1, tzinfo=timezone.utc)
@@ -71,7 +72,12 @@ def test_usage_events_are_partitioned_by_month_with_citus_time_partitions(citus_
     for name, start, end in months:
         assert re.fullmatch(r"usage_events_mt_p\d{4}_\d{2}", name)
         assert (end.year * 12 + end.month) - (start.year * 12 + start.month) == 1
-    # Each month is reached through the parent only, like every partition on a single node.
+    # Rows outside the months are kept, in the DEFAULT partition (sql/citus/migrations/0002).
+    assert citus_admin.execute(
+        "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+        " WHERE i.inhparent = 'usage_events_mt'::regclass AND pg_get_expr(c.relpartbound, c.oid) = 'DEFAULT'"
+    ).fetchall() == [("usage_events_mt_outside",)]
+    # Each month, and the DEFAULT, is reached through the parent only, like every partition on a single node.
     secured = citus_admin.execute(
         "SELECT c.relname::text, c.relowner::regrole::text, c.relrowsecurity, c.relforcerowsecurity,"
         "       has_table_privilege('billing_app', c.oid, 'SELECT, INSERT, UPDATE, DELETE')"
