@@ -16,12 +16,14 @@ depends on what the writers pay, which only the server can tell. Two methods:
     the mover waits, or the baseline another pacer running at the same time measured), then
     commits a probe every ``PROBE_INTERVAL_S`` (a one-row upsert into
     ``tenant_pipelines.pace_probes``, ``synchronous_commit`` on: what a writer's commit
-    waits for) and steers like TCP's congestion control. A probe slower than the line
-    (``target_p99_ratio`` x the baseline p99) halves the rate (at most once per
-    ``CUT_GAP_S``: one burst is one cut) and is recorded as a slowdown, with its reason;
-    ``SLOW_START_CLEAN`` probes in a row under the line double it until the first cut,
-    ``STEADY_CLEAN`` raise it by a quarter after. At equilibrium about one probe in
-    ``STEADY_CLEAN / 0.32`` (0.3%) crosses the line: fewer than the 1% a p99 allows.
+    waits for) and steers like TCP's congestion control, on the share of probes over the
+    line (``target_p99_ratio`` x the baseline p99): the writers' p99 is within the line
+    while at most 1 commit in 100 crosses it. ``CUT_AT`` crossings among the last ``WINDOW``
+    probes (1%; one alone is the baseline's own noise), or one stall ``SEVERE`` times the
+    line, halve the rate (at most once per ``CUT_GAP_S``) and are recorded as a slowdown,
+    with the reason. Every ``SLOW_START_CLEAN`` probes with at most ``GROW_AT_MOST``
+    crossings in the window (0.5%) double it until the first cut; every ``STEADY_CLEAN``
+    raise it by a quarter after.
 
   The batch follows the rate: ``BATCH_S`` of it (32 KiB at 1 MB/s), from one block to
   ``batch_blocks`` (default 1,024: 8 MiB).
@@ -39,6 +41,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -60,9 +63,11 @@ FLOOR_RATE = 128 * KiB  # it never goes below this (a move must end)
 PROBE_INTERVAL_S = 0.025
 BASELINE_PROBES = 120
 ACTIVITY_EVERY_S = 0.5
-ACTIVE_WITHIN_S = 2.0  # a client whose state changed this recently is active
-SLOW_START_CLEAN = 40
-STEADY_CLEAN = 100
+LOOKS, ACTIVE_LOOKS = 4, 2  # a client busy in 2 of the last 4 looks at pg_stat_activity is writing
+SLOW_START_CLEAN = 40  # probes between raises until the first cut
+STEADY_CLEAN = 100  # and after it
+WINDOW, CUT_AT, GROW_AT_MOST = 200, 2, 1  # cut at 2 crossings of the last 200 probes; raise at 1 or none
+SEVERE = 4.0  # a probe this many times the line cuts at once
 CUT, SLOW_START_GROWTH, STEADY_GROWTH = 0.5, 2.0, 1.25
 CUT_GAP_S = 0.25
 SAMPLE_EVERY_S = 1.0
@@ -232,7 +237,8 @@ class Controller:
         self.baseline_s: float | None = None
         self.rate: float | None = pace.bytes_per_s  # None: no limit
         self.slow_start = True
-        self.clean = 0
+        self.since_change = 0  # probes since the rate last changed
+        self.window: deque[bool] = deque(maxlen=WINDOW)  # the last probes: over the line or not
         self.last_cut = -math.inf
         self.slowdowns: list[Slowdown] = []
 
@@ -256,7 +262,8 @@ class Controller:
         self.writers = active
         if active:
             before, self.rate = self.rate, min(START_RATE, self.ceiling)
-            self.slow_start, self.clean = True, 0
+            self.slow_start, self.since_change = True, 0
+            self.window.clear()
             self._note("other clients are active: from the fixed pace, rising while probe commits stay "
                        "under the line", before, self.rate)
         else:
@@ -266,25 +273,32 @@ class Controller:
         self.baseline_s = max(p99_s, 1e-4)
 
     def probe(self, latency_s: float) -> bool:
-        """One probe commit's latency; True when it crossed the line."""
+        """One probe commit's latency; True when it crossed the line. The writers' p99 is
+        within the line while at most 1 commit in 100 crosses it, and a baseline crosses it
+        now and then too: so one crossing is noise, CUT_AT of the last WINDOW are the mover's
+        doing (or one stall SEVERE times the line)."""
         line = self.line_s
         if not self.writers or line is None:
             return False
+        crossed = latency_s > line
+        self.window.append(crossed)
+        self.since_change += 1
         current = self.rate if self.rate is not None else self.ceiling
-        if latency_s > line:
-            self.clean = 0
-            now = self.clock()
-            if now - self.last_cut >= CUT_GAP_S:
-                self.rate, self.slow_start, self.last_cut = max(FLOOR_RATE, current * CUT), False, now
-                self._note(f"a probe commit took {latency_s * 1000:.1f} ms, over the line of {line * 1000:.1f} ms "
-                           f"({self.pace.target_p99_ratio:g}x the writers' baseline p99 of "
-                           f"{self.baseline_s * 1000:.1f} ms)", current, self.rate)
-            return True
-        self.clean += 1
-        if self.clean >= (SLOW_START_CLEAN if self.slow_start else STEADY_CLEAN):
-            self.clean = 0
-            self.rate = min(self.ceiling, current * (SLOW_START_GROWTH if self.slow_start else STEADY_GROWTH))
-        return False
+        now = self.clock()
+        if crossed and (sum(self.window) >= CUT_AT or latency_s > SEVERE * line) and now - self.last_cut >= CUT_GAP_S:
+            why = (f"a probe commit took {latency_s * 1000:.1f} ms, over the line of {line * 1000:.1f} ms "
+                   f"({self.pace.target_p99_ratio:g}x the writers' baseline p99 of {self.baseline_s * 1000:.1f} ms)"
+                   + (f": {sum(self.window)} of the last {len(self.window)} probes crossed it"
+                      if sum(self.window) >= CUT_AT else ": a stall"))
+            self.rate, self.slow_start, self.last_cut = max(FLOOR_RATE, current * CUT), False, now
+            self.window.clear()
+            self.since_change = 0
+            self._note(why, current, self.rate)
+        elif self.since_change >= (SLOW_START_CLEAN if self.slow_start else STEADY_CLEAN):
+            self.since_change = 0
+            if sum(self.window) <= GROW_AT_MOST:
+                self.rate = min(self.ceiling, current * (SLOW_START_GROWTH if self.slow_start else STEADY_GROWTH))
+        return crossed
 
     def batch_bytes(self) -> int:
         largest = self.pace.largest_batch
@@ -317,6 +331,7 @@ class Pacer:
         self._interval_latencies: list[float] = []
         self._interval_crossings = 0
         self._previous_app: str | None = None
+        self._looks: dict[int, tuple] = {}  # pid -> (state, state_change, busy in the last looks)
 
     # -- the mover's side --------------------------------------------------------------
     def __enter__(self) -> Pacer:
@@ -447,6 +462,11 @@ class Pacer:
         assert controller is not None and self._probe_conn is not None
         next_activity = 0.0
         try:
+            # Enough looks to tell a writer from a one-off query before the first batch.
+            for _ in range(ACTIVE_LOOKS):
+                self._writers_active()
+                if self._stop.wait(ACTIVITY_EVERY_S):
+                    return
             while not self._stop.is_set():
                 if self.clock() >= next_activity:
                     active = self._writers_active()
@@ -482,16 +502,29 @@ class Pacer:
         return time.perf_counter() - t
 
     def _writers_active(self) -> bool:
-        """Another client of this database is in a transaction, or was within
-        ACTIVE_WITHIN_S; movers and probes do not count. A session whose state this role may
-        not see counts as active."""
-        return self._probe_conn.execute(
-            "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = current_database()"
+        """Whether another client of this database is writing: in a transaction now (idle in
+        one, or a statement running over two looks in a row), or busy (its state changed) in
+        ACTIVE_LOOKS of the last LOOKS looks, 0.5 s apart. One query a moment ago (an admin's
+        CHECKPOINT, a dashboard's refresh) is not a writer; a writer committing once a second
+        or more often is. Movers and probes do not count; a session whose state this role may
+        not see does."""
+        rows = self._probe_conn.execute(
+            "SELECT pid, state, state_change FROM pg_stat_activity WHERE datname = current_database()"
             " AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
-            " AND coalesce(application_name, '') NOT IN (%s, %s)"
-            " AND (state IS NULL OR state NOT IN ('idle', 'disabled')"
-            "      OR state_change > clock_timestamp() - make_interval(secs => %s)))",
-            (PROBE_APP, MOVER_APP, ACTIVE_WITHIN_S)).fetchone()[0]
+            " AND coalesce(application_name, '') NOT IN (%s, %s)", (PROBE_APP, MOVER_APP)).fetchall()
+        active = False
+        seen: dict[int, tuple] = {}
+        for pid, state, changed in rows:
+            last_state, last_changed, history = self._looks.get(pid, (None, None, ()))
+            busy = last_changed is not None and changed != last_changed
+            history = (*history, busy)[-LOOKS:]
+            seen[pid] = (state, changed, history)
+            if (state is None or state.startswith("idle in transaction")
+                    or (state == "active" and last_state == "active" and changed == last_changed)
+                    or sum(history) >= ACTIVE_LOOKS):
+                active = True
+        self._looks = seen
+        return active
 
     def _take_baseline(self, controller: Controller) -> None:
         """The writers' p99 commit latency without this mover: adopted from another pacer
