@@ -88,6 +88,7 @@ def test_run_config_moves_a_tenant_to_a_schema_and_back_and_reports_the_move(
     steps = {r.data["step"] for r in meta["steps"].value.records}
     assert {"copy", "catch_up", "verify", "cutover", "cleanup"} <= steps
     assert meta["bytes_copied"].value > 0 and meta["mb_per_s"].value > 0
+    assert meta["pace"].value.startswith("adaptive") and "pace_over_time" in meta and "why_it_slowed" in meta
     assert meta["cutover_ms"].value > 0 and "cutover_lock_wait_ms" in meta and "keys_caught_up" in meta
     (row,) = meta["placements"].value.records
     assert row.data["to_location"] == placement.schema_name(tenant) and row.data["moved"]

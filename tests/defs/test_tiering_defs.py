@@ -46,6 +46,8 @@ def test_backfill_moves_months_and_reports_per_tier(admin_conn: psycopg.Connecti
     assert "lock_time_s" in meta and len(meta["moves"].value.records) == meta["partitions_moved"].value
     assert meta["method"].value == "online" and meta["moves_restarted_after_a_crash"].value == 0
     assert {r.data["rows_caught_up"] for r in meta["moves"].value.records} == {0}
+    assert meta["pace"].value.startswith("adaptive: writers' p99 within 1.2x")
+    assert "pace_over_time" in meta and "why_it_slowed" in meta and meta["pace_mb_per_s"].value >= 0
     (check,) = result.get_asset_check_evaluations()
     assert check.passed, check.metadata
 
@@ -69,6 +71,23 @@ def test_method_is_run_config_and_a_bad_one_is_a_clear_failure(admin_conn: psyco
     meta = result.get_asset_materialization_events()[0].materialization.metadata
     assert meta["method"].value == "set-tablespace" and meta["partitions_moved"].value >= 2
     assert {r.data["rows_caught_up"] for r in meta["moves"].value.records} == {0}
+    assert "pace" not in meta  # a file copy has no pace
+
+
+def test_a_fixed_pace_is_run_config_and_a_bad_pace_is_a_clear_failure(admin_conn: psycopg.Connection,
+                                                                      admin_dsn: str) -> None:
+    tenant = str(tenant_with_old_months(admin_conn))
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("tenants", [tenant])
+        resources = {"billing_db": BillingDatabase(dsn=admin_dsn)}
+        bad = dg.materialize([tier_placement], instance=instance, resources=resources, partition_key=tenant,
+                             run_config=_run_config(pace="fast"), raise_on_error=False)
+        (failure,) = [e for e in bad.all_events if e.is_step_failure]
+        assert "pace method 'fast': use one of adaptive, fixed" in failure.step_failure_data.error.message
+        result = dg.materialize([tier_placement], instance=instance, resources=resources, partition_key=tenant,
+                                run_config=_run_config(pace="fixed", max_mb_per_s=50))
+    meta = result.get_asset_materialization_events()[0].materialization.metadata
+    assert meta["pace"].value == "fixed: 50 MB/s, 32 KiB per batch" and meta["probe_commits"].value == 0
 
 
 def test_tiering_schedule_batches_tenants(admin_conn: psycopg.Connection) -> None:
