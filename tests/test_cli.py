@@ -76,7 +76,6 @@ def test_db_up_migrate_seed_down(cli_env: dict[str, str]) -> None:
                               " ORDER BY organization_id LIMIT 1").fetchone()[0]
     moved = run(["tiering", "run", "--tenant", str(tenant)], cli_env)
     assert moved.stdout.startswith("partition\tfrom\tto\tbytes") and "still misplaced" in moved.stderr
-    assert "pace: adaptive: writers' p99 within 1.2x" in moved.stderr
     assert run(["tiering", "run", "--tenant", str(tenant)], cli_env).stdout.count("\n") == 1, "a re-run moves nothing"
     bad = run(["tiering", "run", "--tenant", "not-a-uuid"], cli_env, check=False)
     assert bad.returncode == 2 and "not-a-uuid" in bad.stderr and "Traceback" not in bad.stderr

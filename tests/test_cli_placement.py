@@ -73,8 +73,10 @@ def test_move_records_the_override_and_reports_and_status_shows_it(
     again = run(["placement", "move", "--tenant", str(tenant), "--to", "schema"], env)
     assert "already schema" in again.stderr and "moved\tFalse" in again.stdout
 
-    back = run(["placement", "move", "--tenant", str(tenant), "--to", "pooled", "--max-mb-per-s", "50"], env)
+    back = run(["placement", "move", "--tenant", str(tenant), "--to", "pooled", "--pace", "fixed",
+                "--max-mb-per-s", "50"], env)
     assert "moved\tTrue" in back.stdout and placement.placement_of(admin_conn, tenant).kind == "pooled"
+    assert "pace: fixed: 50 MB/s" in back.stderr and "pace: adaptive: writers' p99 within 1.2x" in moved.stderr
     assert snapshot(app_dsn, tenant) == before
 
 
