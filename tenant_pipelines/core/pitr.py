@@ -213,9 +213,17 @@ def archive_now(conn: psycopg.Connection, *, wait_s: float = ARCHIVE_WAIT_S) -> 
     same statement as the switch is then covered. ``conn`` is an autocommit superuser connection
     to the archived cluster (any database)."""
     # A WAL record first, so that the switch always closes a segment (and wakes the archiver).
-    conn.execute("SELECT pg_logical_emit_message(false, 'tenant-pipelines', 'archive probe')")
-    segment, switched_at = conn.execute(
-        "SELECT pg_walfile_name(pg_switch_wal()), clock_timestamp()").fetchone()
+    try:
+        conn.execute("SELECT pg_logical_emit_message(false, 'tenant-pipelines', 'archive probe')")
+        segment, switched_at = conn.execute(
+            "SELECT pg_walfile_name(pg_switch_wal()), clock_timestamp()").fetchone()
+    except psycopg.errors.InsufficientPrivilege:
+        raise PitrRefused(f"user {conn.info.user} may not switch WAL (pg_switch_wal): use a superuser's DSN "
+                          "(BILLING_DATABASE_URL), or GRANT EXECUTE ON FUNCTION pg_switch_wal() and "
+                          "pg_logical_emit_message(boolean, text, text) to it") from None
+    except psycopg.errors.ObjectNotInPrerequisiteState as exc:  # a standby, or wal_level minimal
+        raise PitrRefused(f"cannot switch WAL on this server ({str(exc).strip().splitlines()[0]}); point "
+                          "BILLING_DATABASE_URL at the primary") from None
     deadline = time.monotonic() + wait_s
     while True:
         state = archiver_state(conn)

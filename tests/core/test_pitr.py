@@ -81,6 +81,21 @@ def conn(archived: Archived) -> Iterator[psycopg.Connection]:
         yield c
 
 
+@contextmanager
+def other_database(archived: Archived) -> Iterator[psycopg.Connection]:
+    """A second migrated database on the archived cluster."""
+    name = f"pitr_other_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(archived.cluster.dsn("postgres"), autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        with psycopg.connect(archived.cluster.dsn(name), autocommit=True) as other:
+            migrate(other)
+            yield other
+    finally:
+        with psycopg.connect(archived.cluster.dsn("postgres"), autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
 def enable_pitr(conn: psycopg.Connection, tenant: uuid.UUID, days: int = 9) -> None:
     conn.execute("UPDATE tenant_backup_config SET point_in_time_recovery = true, retention_days = %s "
                  "WHERE organization_id = %s", (days, tenant))
@@ -157,6 +172,14 @@ def test_restoring_to_each_time_gives_exactly_that_state(archived: Archived, con
         assert report.rows["usage_events_mt"] == len(fingerprint["usage_events_mt"])
         assert report.wal_replayed_bytes > 0 and report.sandbox_bytes > 0
         assert archived.sandboxes() == []
+
+    # Into another, migrated database: the live tables stay as they are.
+    at, fingerprint = states["t2"]
+    live = dump_placed(conn, tenant)
+    with other_database(archived) as other_conn:
+        restore_tenant_to_time(conn, tenant, at, archived.engine, master_key=KEY, target_conn=other_conn)
+        assert dump_placed(other_conn, tenant) == fingerprint
+    assert dump_placed(conn, tenant) == live
 
     # Into a scratch schema: the live tables stay as they are.
     at, fingerprint = states["t1"]

@@ -8,7 +8,7 @@ from typing import Literal
 import dagster as dg
 from pydantic import Field
 
-from tenant_pipelines.core.pitr import pitr_windows, take_cluster_backup, wal_archive_health
+from tenant_pipelines.core.pitr import archiver_state, pitr_windows, take_cluster_backup, wal_archive_health
 from tenant_pipelines.defs.resources import BillingDatabase, ClusterBackups
 from tenant_pipelines.defs.shared import OWNERS, details_md, table_metadata
 
@@ -47,7 +47,7 @@ def cluster_backup(config: ClusterBackupConfig, billing_db: BillingDatabase,
         backup, days = take_cluster_backup(conn, engine, config.type)
         info = engine.info()
         now = datetime.now(timezone.utc)
-        windows = pitr_windows(conn, info, now)
+        windows = pitr_windows(conn, info, archiver_state(conn).last_archived_time)
     return dg.MaterializeResult(metadata={
         "label": backup.label,
         "type": backup.type,
