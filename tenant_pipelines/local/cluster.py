@@ -210,6 +210,7 @@ class EmbeddedCluster:
     def up(self) -> str:
         """Start the cluster, or reuse the one already running. Returns the billing DSN."""
         writable_state_dir(self.state_dir)  # before anything is created or started
+        key = self._archive_key()  # archiving without a key is refused before anything is created
         user = server_os_user()
         bindir = find_bindir()
         state = self._read_state()
@@ -227,7 +228,6 @@ class EmbeddedCluster:
                 "remove the folder to start afresh"
             )
 
-        key = self._archive_key()  # refused before anything starts when archiving has no key
         port = self.running_port()
         if port is not None:
             self.log(f"reusing the cluster already running on 127.0.0.1:{port}")

@@ -38,6 +38,7 @@ from tenant_pipelines.db.migrate import migrate
 from tenant_pipelines.errors import InvalidInput, UnknownTenant
 from tenant_pipelines.local.cluster import FAST_UNSAFE_SETTINGS, TABLESPACES, EmbeddedCluster
 from tenant_pipelines.local.pgbackrest import PgBackRest
+from tenant_pipelines.local.processes import ClusterError, server_os_user
 from tests.core.test_backups_placement import dump_placed
 from tests.core.test_backups import seed_tenant
 from tests.snapshots import assert_unchanged, snapshot
@@ -251,3 +252,22 @@ def test_archive_gaps_are_found() -> None:
     assert gaps[0] == "000000010000000000000004"
     assert "0000000100000000000000FF" in gaps and "000000010000000000000005" not in gaps
     assert archive_gaps(names[:2], "000000010000000000000002") == []
+
+
+def test_archiving_without_a_key_is_refused_before_anything_is_made(tmp_path: Path) -> None:
+    base = Path(tempfile.mkdtemp(prefix="tp-pitr-nokey-", dir="/tmp"))
+    os.chmod(base, 0o755)
+    cluster = EmbeddedCluster(data_root=base / "pg", state_dir=base / "state", archive=True, archive_key=lambda: None)
+    try:
+        with pytest.raises(ClusterError, match="no backup key is configured"):
+            cluster.up()
+        assert not (base / "pg").exists() and cluster.running_port() is None
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_the_socket_folder_is_the_servers_alone(archived: Archived) -> None:
+    folder = archived.cluster.socket_dir
+    st = folder.stat()
+    assert st.st_mode & 0o777 == 0o700 and st.st_uid == server_os_user().uid
+    assert any(p.name.startswith(".s.PGSQL.") for p in folder.iterdir())
