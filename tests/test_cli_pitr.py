@@ -6,7 +6,10 @@ and no sandbox (folder or server) is left."""
 from __future__ import annotations
 
 import base64
+import os
+import shutil
 import signal
+import tempfile
 import subprocess
 import sys
 from datetime import datetime, timedelta
@@ -20,7 +23,7 @@ from tenant_pipelines.local.cluster import EmbeddedCluster
 from tests.conftest import embedded_cli_env
 from tests.core.test_backups import seed_tenant
 from tests.core.test_backups_placement import dump_placed
-from tests.core.test_pitr import change, enable_pitr
+from tests.core.test_pitr import archived, change, enable_pitr  # noqa: F401 (a fixture)
 from tests.waiting import wait_until
 
 CLI = [sys.executable, "-m", "tenant_pipelines.cli"]
@@ -127,3 +130,35 @@ def test_cluster_backup_then_restore_to_time_and_refusals(stack: Stack) -> None:
             assert stack.sandboxes() == [], step
             assert sandbox_servers(stack) == [], step
             change(conn, tenant, 3)  # live differs from T again for the next kill
+
+
+def test_the_same_commands_on_a_stanza_of_your_own(archived, tmp_path: Path) -> None:  # noqa: F811
+    """BILLING_DATABASE_URL plus TENANT_PIPELINES_PGBACKREST_CONFIG and _STANZA: the commands run
+    pgBackRest on that stanza (here the module cluster's, as if it were a server of the user's)."""
+    home = Path(tempfile.mkdtemp(prefix="tp-pitr-own-", dir="/tmp"))
+    os.chmod(home, 0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TENANT_PIPELINES_")}
+    env.update(BILLING_DATABASE_URL=archived.dsn, TENANT_PIPELINES_HOME=str(home),
+               TENANT_PIPELINES_BACKUP_KEY=KEY,
+               TENANT_PIPELINES_PGBACKREST_CONFIG=str(archived.engine.config),
+               TENANT_PIPELINES_PGBACKREST_STANZA=archived.engine.stanza)
+    try:
+        half = {k: v for k, v in env.items() if k != "TENANT_PIPELINES_PGBACKREST_STANZA"}
+        refused = run(["cluster-backup"], half)
+        assert refused.returncode == 2 and "TENANT_PIPELINES_PGBACKREST_STANZA" in refused.stderr
+        with psycopg.connect(archived.dsn, autocommit=True) as conn:
+            tenant = seed_tenant(conn)
+            enable_pitr(conn, tenant)
+            backup = run(["cluster-backup", "--type", "full"], env)
+            assert backup.returncode == 0, backup.stderr
+            stopped = archived.engine.info().newest.stopped_at
+            wait_until(lambda: archived.now(conn) > stopped + timedelta(seconds=1), "the backup's stop second to pass")
+            change(conn, tenant, 1)
+            at, at_t = archived.now(conn), dump_placed(conn, tenant)
+            change(conn, tenant, 2)
+            restored = run(["restore", "--tenant", str(tenant), "--to-time", at.isoformat()], env)
+            assert restored.returncode == 0, restored.stderr
+            assert dump_placed(conn, tenant) == at_t
+        assert not list((home / "pitr").glob("sandbox-*"))
+    finally:
+        shutil.rmtree(home, ignore_errors=True)

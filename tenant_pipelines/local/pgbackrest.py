@@ -405,15 +405,17 @@ def stanza_create(engine: PgBackRest) -> None:
 
 
 def user_engine(config: Path, stanza: str, state_dir: Path, bindir: Path, dsn: str) -> PgBackRest:
-    """A user's own stanza: their pgbackrest.conf and stanza name, run as this OS user; the
-    sandbox is reached with ``dsn``'s user and password (the restored cluster has the same roles)."""
+    """A user's own stanza: their pgbackrest.conf and stanza name. pgBackRest and the sandbox's
+    server run as this OS user, or as ``postgres`` when this is root (PostgreSQL refuses root; the
+    repository of a server's stanza is usually that user's). The sandbox is reached with
+    ``dsn``'s user and password (the restored cluster has the same roles)."""
     from psycopg.conninfo import conninfo_to_dict
 
     params = conninfo_to_dict(dsn)
     if not config.is_file():
         raise InvalidInput(f"pgBackRest config {config}: no such file; point $TENANT_PIPELINES_PGBACKREST_CONFIG at "
                            "the pgbackrest.conf of your stanza")
-    return PgBackRest(config=config, stanza=stanza, user=OSUser.current(), sandbox_root=sandbox_folder(state_dir),
+    return PgBackRest(config=config, stanza=stanza, user=server_os_user(), sandbox_root=sandbox_folder(state_dir),
                       bindir=bindir, pg_user=str(params.get("user") or "postgres"),
                       pg_password=str(params["password"]) if params.get("password") else None)
 
