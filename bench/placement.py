@@ -4,8 +4,8 @@ what tenant schemas add to the catalog.
 
 1. **Moves while writing.** A tenant of ``--events`` usage events (pooled, in the shared
    partition) is moved pooled -> schema, then schema -> partition, by
-   ``tenant_pipelines.core.moves.move_tenant()``: one tenant at the core's default pace, a
-   second (same size) with ``max_mb_per_s=None``. Two writer processes run throughout, each
+   ``tenant_pipelines.core.moves.move_tenant()``: one tenant at the core's default pace
+   (adaptive, db/pacing.py), a second (same size) at the fixed pace of before (8 MB/s). Two writer processes run throughout, each
    ``--insert-rate`` transactions a second through billing_app (``SET ROLE billing_app``;
    per transaction ``fn_set_tenant_context`` and one INSERT into ``usage_events``, the routed
    name): one for the moving tenant, one for another (pooled) tenant. A transaction refused by
@@ -49,6 +49,7 @@ import _harness as h  # noqa: E402  (bench/ is sys.path[0] when run as a script)
 from tenant_pipelines.core import moves  # noqa: E402
 from tenant_pipelines.core import placement as placements  # noqa: E402
 from tenant_pipelines.core.partitions import ensure_tenant_partition  # noqa: E402
+from tenant_pipelines.db.pacing import Pace  # noqa: E402
 from tenant_pipelines.local.demo import METRICS  # noqa: E402
 
 NAME = "placement"
@@ -62,7 +63,7 @@ CUTOVER_SLACK_S = 0.05  # a writer's transaction "meets the cutover" if it overl
 PROPERTIES = '{"source": "bench", "region": "eu-west-1"}'
 MOVED_GUARD = "moved to its new placement"
 COLUMNS = ("id", "organization_id", "metric_name", "quantity", "timestamp", "properties")
-PACES = (("default", moves.DEFAULT_MAX_MB_PER_S), ("none", None))
+PACES = (("adaptive", Pace()), ("fixed 8 MB/s", Pace.fixed(moves.FIXED_MAX_MB_PER_S)))
 HOPS = (placements.SCHEMA, placements.PARTITION)
 
 
@@ -292,7 +293,7 @@ def run_moves(args: argparse.Namespace, dsn: str, admin: psycopg.Connection, fir
                 stamps: list[tuple[float, str]] = []
                 lsn = h.wal_lsn(admin)
                 start = time.perf_counter()
-                report = moves.move_tenant(admin, tenant, hop, max_mb_per_s=pace,
+                report = moves.move_tenant(admin, tenant, hop, pace=pace,
                                            log=lambda m: stamps.append((time.perf_counter(), m)))
                 finished = time.perf_counter()
                 if not report.moved or placements.placement_of(admin, tenant).kind != hop:
@@ -302,7 +303,8 @@ def run_moves(args: argparse.Namespace, dsn: str, admin: psycopg.Connection, fir
                 windows.append({"kind": "move", "start": start, "end": finished, "tenant": str(tenant),
                                 "pace": pace_name, "hop": hop, "cutover": cutover})
                 _, count, _ = rows_at(admin, tenant)
-                runs.append({"tenant": str(tenant), "pace": pace_name, "max_mb_per_s": pace, "hop": hop,
+                runs.append({"tenant": str(tenant), "pace": pace_name, "max_mb_per_s": pace.max_mb_per_s, "hop": hop,
+                             "pace_report": report.pace.summary() if report.pace else None,
                              "seconds": finished - start, "wal_bytes": h.wal_bytes(admin, lsn),
                              "rows_after": count, "report": report_dict(report), "plain_copies": copies,
                              "mb_per_second": report.bytes_copied / h.MIB / (finished - start),
@@ -638,8 +640,8 @@ def render_markdown(results: dict) -> str:
             "1. Moves while two tenants write",
             f"Two growth tenants of {p['events']:,} usage events each (over the last two months and this one), "
             "pooled, each moved pooled -> schema then schema -> partition by `core.moves.move_tenant()`: the "
-            f"first at the core's default pace (`max_mb_per_s={moves.DEFAULT_MAX_MB_PER_S}`), the second with "
-            "`max_mb_per_s=None`; `batch_rows` the default "
+            "first at the core's default pace (`Pace()`: adaptive, docs/pacing.md), the second at the fixed pace "
+            f"of before (`Pace.fixed({moves.FIXED_MAX_MB_PER_S:g})`); `batch_rows` the default "
             f"({moves.DEFAULT_BATCH_ROWS}). Before each move the tenant's `placement_override` is set to the "
             "target kind (as an operator would). Two writer processes, each "
             f"{p['insert_rate']:g} transactions/s as billing_app (`SET ROLE billing_app`; per transaction "
@@ -756,7 +758,7 @@ def render_markdown(results: dict) -> str:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = h.parser(NAME, """Placements benchmark (issue 17): a tenant moved pooled -> schema -> partition by
-move_tenant() (default pace and max_mb_per_s=None) while it and another tenant write 100 tx/s each
+move_tenant() (the adaptive pace and the fixed 8 MB/s) while it and another tenant write 100 tx/s each
 through billing_app (failed inserts, retries, longest wait, p99 against baseline; MB/s against a plain
 INSERT ... SELECT); a schema tenant's queries against a partition tenant's at --tenants tenants
 (explicit predicate and RLS alone); pg_class before and after --schema-tenants schema tenants.

@@ -54,6 +54,7 @@ ROW_BYTES_GUESS = 200.0  # a row's size until the first batch says
 CUTOVER_LOCK_TIMEOUT_MS = 100
 CUTOVER_ATTEMPTS = 200  # about 100 s of a tenant transaction that does not end, then give up
 CATCH_UP_UNTIL = 500  # keys left in the log when the mover stops catching up and verifies
+VERIFY_CHUNKS = 64  # ranges of ids the verification reads the usage events in, paced
 CUTOVER_KEYS = 100  # keys left when it cuts over: the final catch-up under the tenant's lock is that short
 # The copy's, catch-ups' and cleanup's commits do not wait for the WAL flush: a crash loses the
 # last batches together with the record of how far they got, and the move resumes before them.
@@ -253,7 +254,7 @@ def _move(conn, tenant, to_kind, batch_rows: int, pacer: Pacer, log, stop_after)
                 break
         report.steps["catch_up"] = time.monotonic() - started
         started = time.monotonic()
-        report.hashes = _verify(conn, tenant, source, target)
+        report.hashes = _verify(conn, tenant, source, target, pacer)
         _set_step(conn, tenant, "verified", {"hashes": report.hashes})
         report.steps["verify"] = time.monotonic() - started
         log(f"tenant {tenant}: verified " + ", ".join(f"{t} {c} rows" for t, (c, _) in report.hashes.items()))
@@ -499,15 +500,20 @@ def _apply_log(conn: psycopg.Connection, tenant: uuid.UUID, source: Home, target
     return keys
 
 
-def _fingerprint(conn: psycopg.Connection, home: Home, table: str, tenant: uuid.UUID) -> list:
-    """Row count and an order-free hash (the sum of each row's 64-bit hash) of the tenant's rows,
-    but those whose keys are still logged."""
-    count, digest = conn.execute(sql.SQL(
-        "SELECT count(*), COALESCE(sum(hashtextextended(ROW({cols})::text, 0)::numeric), 0)::text FROM {rel} r"
-        " WHERE organization_id = %s AND NOT EXISTS (SELECT 1 FROM tenant_pipelines.tenant_move_log l"
+def _fingerprint(conn: psycopg.Connection, home: Home, table: str, tenant: uuid.UUID,
+                 ids: tuple[uuid.UUID, uuid.UUID] | None = None) -> tuple[int, int, int]:
+    """Row count, an order-free hash (the sum of each row's 64-bit hash) and bytes of the
+    tenant's rows, but those whose keys are still logged; of the ids in [lo, hi] only, if
+    ``ids`` is given."""
+    where = sql.SQL("") if ids is None else sql.SQL(" AND r.id BETWEEN %s AND %s")
+    count, digest, size = conn.execute(sql.SQL(
+        "SELECT count(*), COALESCE(sum(hashtextextended(ROW({cols})::text, 0)::numeric), 0)::text,"
+        "       COALESCE(sum(pg_column_size(r.*)), 0) FROM {rel} r"
+        " WHERE r.organization_id = %s{where} AND NOT EXISTS (SELECT 1 FROM tenant_pipelines.tenant_move_log l"
         "   WHERE l.organization_id = %s AND l.table_name = %s AND l.row_id = r.id)").format(
-        cols=_columns(conn, table, "r"), rel=home.read(table)), (tenant, tenant, table)).fetchone()
-    return [count, digest]
+        cols=_columns(conn, table, "r"), rel=home.read(table), where=where),
+        (tenant, *(ids or ()), tenant, table)).fetchone()
+    return count, int(digest), int(size)
 
 
 def _keys_fingerprint(conn: psycopg.Connection, home: Home, table: str, tenant: uuid.UUID, ids: list) -> list:
@@ -519,19 +525,38 @@ def _keys_fingerprint(conn: psycopg.Connection, home: Home, table: str, tenant: 
     return [count, digest]
 
 
-def _verify(conn: psycopg.Connection, tenant: uuid.UUID, source: Home, target: Home) -> dict[str, list]:
-    """Both sides in one snapshot: per table, count and hash equal."""
+def _verify(conn: psycopg.Connection, tenant: uuid.UUID, source: Home, target: Home, pacer: Pacer) -> dict[str, list]:
+    """Both sides in one snapshot: per table, count and hash equal. The usage events are read
+    in VERIFY_CHUNKS ranges of ids, each followed by the pacer's wait: a scan of both sides
+    competes with the writers like the copy did."""
     result = {}
     with conn.transaction():
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         for table in MOVED_TABLES:
-            a, b = _fingerprint(conn, source, table, tenant), _fingerprint(conn, target, table, tenant)
+            totals = ([0, 0], [0, 0])  # source's and target's count and hash
+            for ids in (_id_ranges(VERIFY_CHUNKS) if table == "usage_events" else [None]):
+                pacer.mark()
+                read = 0
+                for home, total in zip((source, target), totals):
+                    count, digest, size = _fingerprint(conn, home, table, tenant, ids)
+                    total[0] += count
+                    total[1] += digest
+                    read += size
+                pacer.done(read)
+            a, b = totals
             if a != b:
                 raise TenantPipelinesError(
                     f"tenant {tenant}: {table} differs after the copy ({a[0]} rows at {source.kind}, {b[0]} at "
                     f"{target.kind}); nothing was switched: re-run to resume, or abandon the move")
-            result[table] = a
+            result[table] = [a[0], str(a[1])]
     return result
+
+
+def _id_ranges(n: int) -> list[tuple[uuid.UUID, uuid.UUID]]:
+    """[lo, hi] ranges of uuids, ``n`` of them, covering every uuid."""
+    top = 1 << 128
+    bounds = [i * top // n for i in range(n + 1)]
+    return [(uuid.UUID(int=bounds[i]), uuid.UUID(int=bounds[i + 1] - 1)) for i in range(n)]
 
 
 def _cutover(conn: psycopg.Connection, tenant: uuid.UUID, source: Home, target: Home, report: MoveReport,
