@@ -40,7 +40,7 @@ from typing import Callable, Protocol
 import psycopg
 
 from tenant_pipelines.core.backups import backup_tenant, restore_tenant
-from tenant_pipelines.core.backups.restore import RestoreReport, _valid_schema_name, check_migrated
+from tenant_pipelines.core.backups.restore import RestoreReport, _move_refusal, _valid_schema_name, check_migrated
 from tenant_pipelines.db.session import parse_tenant_id
 from tenant_pipelines.errors import InvalidInput, TenantPipelinesError, UnknownTenant
 
@@ -430,12 +430,11 @@ def restore_tenant_to_time(
     log: Callable[[str], None] = lambda message: None,
     now: datetime | None = None,
     archive_wait_s: float = ARCHIVE_WAIT_S,
-    on_step: Callable[[str], None] | None = None,
 ) -> PitrReport:
     """Restore one tenant as it was at ``to_time``. ``conn``: an idle autocommit admin connection
     to the archived cluster's billing database (a superuser: it switches WAL); ``target_conn``:
     where the tenant is restored (default ``conn``: its live tables, or ``into_schema``).
-    ``on_step`` is called with "sandbox", "extract", "load" as each step starts (tests crash there)."""
+    Progress goes to ``log``, one line as each step starts and ends."""
     tenant = parse_tenant_id(tenant_id)
     target = target_conn if target_conn is not None else conn
     if into_schema is not None:
@@ -451,6 +450,11 @@ def restore_tenant_to_time(
     if into_schema is not None and target.execute(
             "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = %s)", (into_schema,)).fetchone()[0]:
         raise InvalidInput(f"schema {into_schema} exists already; pick a new name for the scratch schema, or drop it")
+    if into_schema is None:  # the restore path refuses a tenant that is moving: say so before the sandbox
+        move = target.execute("SELECT to_kind, step FROM tenant_pipelines.tenant_moves WHERE organization_id = %s",
+                              (tenant,)).fetchone()
+        if move is not None:
+            raise _move_refusal(tenant, *move)
     archived = archive_now(conn, wait_s=archive_wait_s)
     if archived.covered_until is None or to_time > archived.covered_until:
         newest = _fmt(archived.covered_until) if archived.covered_until else "never"
@@ -464,8 +468,6 @@ def restore_tenant_to_time(
         log(f"removed the sandbox {stale} of an earlier run that did not finish")
 
     # 1: the sandbox.
-    if on_step:
-        on_step("sandbox")
     t0 = time.monotonic()
     with engine.sandbox(backup, to_time, log) as sandbox:
         seconds["sandbox_restore"] = sandbox.restore_seconds
@@ -473,22 +475,24 @@ def restore_tenant_to_time(
         log(f"step 1/3: sandbox restored ({sandbox.size_bytes / 1e6:,.1f} MB) and replayed "
             f"{sandbox.wal_replayed_bytes / 1e6:,.1f} MB of WAL to {_fmt(to_time)} in {time.monotonic() - t0:.1f}s")
         # 2: the tenant as it was, with the backup path.
-        if on_step:
-            on_step("extract")
         log(f"step 2/3: reading tenant {tenant} from the sandbox with the backup path")
         t0 = time.monotonic()
-        with psycopg.connect(_sandbox_dsn(conn, sandbox), autocommit=True) as sconn:
-            if not sconn.execute("SELECT EXISTS (SELECT 1 FROM organizations WHERE id = %s)", (tenant,)).fetchone()[0]:
-                raise UnknownTenant(f"tenant {tenant}: did not exist at {_fmt(to_time)} (no organizations row in the "
-                                    "cluster as of that time); nothing was changed; give a later time")
-            extracted = backup_tenant(sconn, tenant, sandbox.folder / "extract", master_key=master_key,
-                                      encrypt=master_key is not None, apply_retention_after=False)
+        try:
+            with psycopg.connect(_sandbox_dsn(conn, sandbox), autocommit=True) as sconn:
+                if not sconn.execute("SELECT EXISTS (SELECT 1 FROM organizations WHERE id = %s)",
+                                     (tenant,)).fetchone()[0]:
+                    raise UnknownTenant(f"tenant {tenant}: did not exist at {_fmt(to_time)} (no organizations row in "
+                                        "the cluster as of that time); nothing was changed; give a later time")
+                extracted = backup_tenant(sconn, tenant, sandbox.folder / "extract", master_key=master_key,
+                                          encrypt=master_key is not None, apply_retention_after=False)
+        except psycopg.Error as exc:
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise PitrError(f"tenant {tenant}: reading it from the sandbox failed ({text}); nothing was changed, "
+                            "re-run the restore") from None
         seconds["extract"] = time.monotonic() - t0
         log(f"step 2/3: read {extracted.total_rows} rows of tenant {tenant} as of {_fmt(to_time)} in "
             f"{seconds['extract']:.1f}s")
         # 3: the restore path.
-        if on_step:
-            on_step("load")
         log(f"step 3/3: restoring tenant {tenant} into "
             + (f"schema {into_schema}" if into_schema else f"the live tables of {target.info.dbname}") + " (one transaction)")
         t0 = time.monotonic()
@@ -496,8 +500,6 @@ def restore_tenant_to_time(
                                                  into_schema=into_schema)
         seconds["load"] = time.monotonic() - t0
         log(f"step 3/3: restored {restored.total_rows} rows into {restored.target} in {seconds['load']:.1f}s")
-        if on_step:
-            on_step("cleanup")
         t0 = time.monotonic()
     seconds["cleanup"] = time.monotonic() - t0
     seconds["total"] = time.monotonic() - started

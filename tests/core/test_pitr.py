@@ -32,6 +32,7 @@ from tenant_pipelines.core.pitr import (
     take_cluster_backup,
     wal_archive_health,
 )
+from tenant_pipelines.core.backups.restore import RestoreRefused
 from tenant_pipelines.core.placement import placement_of
 from tenant_pipelines.core.tiering import configure_tablespaces
 from tenant_pipelines.db.migrate import migrate
@@ -214,6 +215,14 @@ def test_each_refusal_changes_nothing(archived: Archived, conn: psycopg.Connecti
     refused(PitrRefused, plain, at, match="point-in-time recovery is not enabled")
     refused(UnknownTenant, late, at, match="did not exist at")
     refused(InvalidInput, tenant, at, into_schema="public", match="pick a new schema name")
+    # A tenant whose placement move is recorded (a crashed move): refused before the sandbox.
+    mover = seed_tenant(conn)
+    enable_pitr(conn, mover)
+    moves.move_tenant(conn, mover, "schema", batch_rows=10, stop_after="copy")
+    before = snapshot(archived.dsn)
+    refused(RestoreRefused, mover, archived.now(conn), match="its move to schema is in progress", force=True)
+    moves.move_tenant(conn, mover, "schema")  # resumed and finished
+    before = snapshot(archived.dsn)
     # T after the newest archived WAL: archiving is broken (the repository unwritable).
     with archive_unwritable(archived):
         change(conn, tenant, 2)
