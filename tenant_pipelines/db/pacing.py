@@ -74,6 +74,7 @@ SAMPLE_EVERY_S = 1.0
 PROBE_APP = "tenant-pipelines pace probe"
 MOVER_APP = "tenant-pipelines mover"
 SHARED_BASELINE_WITHIN_S = 5
+HOLD_WAIT_S = 5  # the longest a baseline waits for the mover to stop between batches
 UNLIMITED_RATE = 1024 * MiB  # what no limit counts as while writers are active (a cut halves it)
 
 
@@ -322,6 +323,8 @@ class Pacer:
         self._ready = threading.Event()
         self._go = threading.Event()  # cleared while the probe thread measures a baseline
         self._go.set()
+        self._held = threading.Event()  # set while the mover is between batches
+        self._held.set()
         self._thread: threading.Thread | None = None
         self._probe_conn: psycopg.Connection | None = None
         self._controller: Controller | None = None
@@ -368,11 +371,15 @@ class Pacer:
             return controller.rate
 
     def mark(self) -> None:
-        """A batch starts (``done`` counts its time from here)."""
+        """A batch starts (``done`` counts its time from here): first, wait while a baseline
+        is measured."""
+        self._wait_for_go()
+        self._held.clear()
         self._last_done = self.clock()
 
     def done(self, nbytes: int) -> None:
         """A batch of ``nbytes`` ended: sleep as long as the rate says (its own time counted)."""
+        self._held.set()
         elapsed = self.clock() - self._last_done
         with self._lock:
             self._report.bytes += nbytes
@@ -539,6 +546,7 @@ class Pacer:
         else:
             self._go.clear()
             try:
+                self._held.wait(timeout=HOLD_WAIT_S)  # until the batch in flight, if any, is done
                 latencies = []
                 for _ in range(BASELINE_PROBES):
                     if self._stop.wait(PROBE_INTERVAL_S):
