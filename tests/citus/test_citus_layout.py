@@ -50,7 +50,7 @@ def test_tenant_tables_are_distributed_and_colocated_config_tables_are_reference
                    if kind == "distributed"}
     assert {name: column for name, (column, _, _) in distributed.items()} == TENANT_TABLES
     assert len({colocation for _, colocation, _ in distributed.values()}) == 1, "one colocation group"
-    assert {shards for _, _, shards in distributed.values()} == {SHARD_COUNT}
+    assert len({shards for _, _, shards in distributed.values()}) == 1  # SHARD_COUNT, more once a tenant is isolated
     assert {name for name, kind, *_ in rows if kind == "reference"} == REFERENCE_TABLES
     assert {name for name, kind, *_ in rows if kind not in ("distributed", "reference")} == set()
 
@@ -110,7 +110,8 @@ def test_every_shard_has_rls_forced_and_the_tenant_policy(citus_admin: psycopg.C
         "     AND strpos(pg_get_expr(p.polqual, p.polrelid), 'fn_current_tenant_id()') > 0"
         "     AND strpos(pg_get_expr(p.polwithcheck, p.polrelid), 'fn_current_tenant_id()') > 0) = 1"
         "   FROM pg_class c WHERE c.oid = '%%s'::regclass $cmd$)", (table,)).fetchall()
-    assert len(results) == SHARD_COUNT
+    assert len(results) == citus_admin.execute("SELECT shard_count FROM citus_tables WHERE table_name = %s::regclass",
+                                               (table,)).fetchone()[0] >= SHARD_COUNT
     assert all(success and result == "t" for _, success, result in results), results
 
 

@@ -1,0 +1,206 @@
+"""A tenant's place on a Citus cluster (issue 19), done by Citus: no sharding of our own.
+
+On a coordinator (sql/citus/), organizations and every tenant table are distributed on the
+tenant and colocated: a tenant's rows of every table are in one shard group, on one worker.
+Three places:
+
+* ``shared``: its shard group holds other tenants too (where every tenant starts);
+* ``isolated``: a shard group of its own, made by ``isolate_tenant_to_new_shard(...,
+  'CASCADE')`` (every colocated table at once), online (logical replication: writers go on);
+* ``node``: isolated, then its shard group moved online to a named worker with
+  ``citus_move_shard_placement`` (logical replication; ``wal_level = logical`` on every node).
+
+``tenant_placement_on_citus`` says where a tenant is; ``isolate_tenant`` and
+``move_tenant_to_node`` change it, each idempotent (a tenant already isolated, or already on
+the worker, is left as it is) and safe to re-run after a failure (Citus cleans up a failed
+split or move itself). Functions over an autocommit connection to the coordinator, as a
+superuser: Citus refuses shard moves inside a transaction block. Citus connects to the workers
+as the tables' owner, billing_owner, for both (sql/citus/migrations/0004 lets it log in there).
+
+FORCE ROW LEVEL SECURITY and online moves. Both copy the rows and then stream the changes made
+meanwhile with logical replication, whose apply worker runs as a role Citus makes a member of
+the tables' owner; PostgreSQL refuses to apply changes into a table whose row-level security
+applies to that role ("cannot replicate into relation with row-level security enabled"), which
+FORCE makes it do. So for the time of a split or move, the tables of the tenants' colocation
+group (and the months of usage_events_mt) lose FORCE: billing_owner, which no application uses
+or is a member of, is then exempt from the policies it owns; billing_app is not, and every
+policy still applies to it. FORCE is put back at the end, whatever happened; a process killed
+in between leaves it off, which the next call here (and the isolation audit, which reports it)
+puts right. Each ALTER takes its table's lock briefly, with partition_config.lock_timeout and
+retries (db/locks.py), so writers wait milliseconds, not for the move.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+import psycopg
+from psycopg import sql
+
+from tenant_pipelines.db.locks import run_with_lock_timeout
+from tenant_pipelines.db.session import parse_tenant_id
+from tenant_pipelines.errors import InvalidInput, TenantPipelinesError, UnknownTenant
+
+ANCHOR = "public.organizations"  # every tenant table is colocated with it
+TRANSFER_MODE = "force_logical"  # online: writers of the tenant go on during a split or move
+
+
+class NotCitus(TenantPipelinesError):
+    exit_code = 4
+
+
+@dataclass(frozen=True)
+class CitusPlacement:
+    tenant: uuid.UUID
+    kind: str            # shared | isolated
+    shard_id: int        # its shard of organizations (the shard group's anchor)
+    node_id: int
+    node: str            # host:port of the worker holding it
+    tenants_in_shard: int  # organizations in its shard group, itself included
+
+    def describe(self) -> str:
+        return (f"tenant {self.tenant}: {self.kind} (shard {self.shard_id} on node {self.node_id}, {self.node}"
+                f"{'' if self.kind == 'isolated' else f', with {self.tenants_in_shard - 1} other tenants'})")
+
+
+@dataclass(frozen=True)
+class PlacementChange:
+    tenant: uuid.UUID
+    before: CitusPlacement
+    after: CitusPlacement
+    steps: dict[str, float]  # step -> seconds; empty when nothing had to change
+
+
+def _require_citus(conn: psycopg.Connection) -> None:
+    row = conn.execute("SELECT EXISTS (SELECT FROM pg_extension WHERE extname = 'citus')").fetchone()
+    if not row[0]:
+        raise NotCitus("this database is not a Citus coordinator (no extension citus): start one with "
+                       "'tenant-pipelines db up --citus' and run 'tenant-pipelines db migrate'")
+    if conn.execute("SELECT to_regclass(%s) IS NULL OR NOT EXISTS (SELECT FROM pg_dist_partition "
+                    "WHERE logicalrelid = to_regclass(%s))", (ANCHOR, ANCHOR)).fetchone()[0]:
+        raise NotCitus("organizations is not distributed here: run 'tenant-pipelines db migrate' on the coordinator")
+
+
+def tenant_placement_on_citus(conn: psycopg.Connection, tenant_id: object) -> CitusPlacement:
+    """Where ``tenant_id`` lives: its shard group, the worker holding it, how many tenants share it."""
+    tenant = parse_tenant_id(tenant_id)
+    _require_citus(conn)
+    if conn.execute("SELECT NOT EXISTS (SELECT FROM public.organizations WHERE id = %s)", (tenant,)).fetchone()[0]:
+        raise UnknownTenant(f"tenant {tenant}: unknown tenant; onboard the organization first or check the id")
+    row = conn.execute(
+        """SELECT s.shardid, n.nodeid, n.nodename || ':' || n.nodeport,
+                  s.shardminvalue::bigint = s.shardmaxvalue::bigint
+             FROM pg_dist_shard s
+             JOIN pg_dist_placement p ON p.shardid = s.shardid
+             JOIN pg_dist_node n ON n.groupid = p.groupid AND n.noderole = 'primary'
+            WHERE s.shardid = get_shard_id_for_distribution_column(%s, %s)""", (ANCHOR, tenant)).fetchone()
+    shard_id, node_id, node, single_hash = row
+    sharing = conn.execute(
+        "SELECT count(*) FROM public.organizations WHERE get_shard_id_for_distribution_column(%s, id) = %s",
+        (ANCHOR, shard_id)).fetchone()[0]
+    return CitusPlacement(tenant, "isolated" if single_hash else "shared", shard_id, node_id, node, sharing)
+
+
+def _group_relations(conn: psycopg.Connection) -> list[tuple[str, bool]]:
+    """(relation, FORCE ROW LEVEL SECURITY?) of every table colocated with organizations, the
+    months of usage_events_mt included, that has row-level security enabled."""
+    return conn.execute(
+        """SELECT p.logicalrelid::regclass::text, c.relforcerowsecurity
+             FROM pg_dist_partition p JOIN pg_class c ON c.oid = p.logicalrelid
+            WHERE p.colocationid = (SELECT colocationid FROM pg_dist_partition WHERE logicalrelid = %s::regclass)
+              AND c.relrowsecurity
+            ORDER BY 1""", (ANCHOR,)).fetchall()
+
+
+def _set_force(conn: psycopg.Connection, relation: str, force: bool) -> None:
+    statement = sql.SQL("ALTER TABLE {} {} ROW LEVEL SECURITY").format(
+        sql.SQL(relation), sql.SQL("FORCE" if force else "NO FORCE"))  # relation: regclass text, quoted as needed
+    run_with_lock_timeout(conn, f"{relation} ({'FORCE' if force else 'NO FORCE'} ROW LEVEL SECURITY)",
+                          lambda c: c.execute(statement))
+
+
+def restore_forced_rls(conn: psycopg.Connection) -> list[str]:
+    """FORCE ROW LEVEL SECURITY again on every table of the tenants' colocation group that lost
+    it (a split or move killed midway). Returns the relations changed."""
+    restored = [relation for relation, forced in _group_relations(conn) if not forced]
+    for relation in restored:
+        _set_force(conn, relation, True)
+    return restored
+
+
+@contextmanager
+def _owner_exempt_from_rls(conn: psycopg.Connection) -> Iterator[None]:
+    relations = [relation for relation, _ in _group_relations(conn)]
+    try:
+        for relation in relations:
+            _set_force(conn, relation, False)
+        yield
+    finally:
+        if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            conn.rollback()
+        restore_forced_rls(conn)
+
+
+def isolate_tenant(conn: psycopg.Connection, tenant_id: object) -> PlacementChange:
+    """Give the tenant a shard group of its own (every colocated table), online. Idempotent."""
+    before = tenant_placement_on_citus(conn, tenant_id)
+    restore_forced_rls(conn)
+    if before.kind == "isolated":
+        return PlacementChange(before.tenant, before, before, {})
+    started = time.monotonic()
+    try:
+        with _owner_exempt_from_rls(conn):
+            conn.execute("SELECT isolate_tenant_to_new_shard(%s, %s, 'CASCADE', shard_transfer_mode => %s)",
+                         (ANCHOR, before.tenant, TRANSFER_MODE))
+    except psycopg.Error as exc:
+        raise TenantPipelinesError(
+            f"tenant {before.tenant}: isolating its shard {before.shard_id} failed: "
+            f"{exc.diag.message_primary or exc}; Citus rolled it back, run it again") from None
+    after = tenant_placement_on_citus(conn, before.tenant)
+    return PlacementChange(before.tenant, before, after, {"isolate": time.monotonic() - started})
+
+
+def _worker(conn: psycopg.Connection, node_id: int) -> tuple[int, str]:
+    row = conn.execute("SELECT nodeid, nodename || ':' || nodeport FROM pg_dist_node WHERE nodeid = %s "
+                       "AND noderole = 'primary' AND isactive AND shouldhaveshards", (node_id,)).fetchone()
+    if row is None:
+        known = ", ".join(f"{i} ({n})" for i, n in conn.execute(
+            "SELECT nodeid, nodename || ':' || nodeport FROM pg_dist_node WHERE noderole = 'primary' AND isactive "
+            "AND shouldhaveshards ORDER BY nodeid").fetchall())
+        raise InvalidInput(f"node {node_id}: not an active worker that holds shards; pick one of: {known}")
+    return row
+
+
+def move_tenant_to_node(conn: psycopg.Connection, tenant_id: object, node_id: int) -> PlacementChange:
+    """Isolate the tenant (if it is not), then move its shard group online to worker ``node_id``
+    (a nodeid of pg_dist_node). Idempotent: a tenant already there is left as it is."""
+    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE or not conn.autocommit:
+        raise InvalidInput("move_tenant_to_node needs an autocommit connection: Citus moves shards outside a "
+                           "transaction block")
+    before = tenant_placement_on_citus(conn, tenant_id)
+    restore_forced_rls(conn)
+    target, target_name = _worker(conn, node_id)
+    steps: dict[str, float] = {}
+    isolated = before
+    if before.kind != "isolated":
+        change = isolate_tenant(conn, before.tenant)
+        steps.update(change.steps)
+        isolated = change.after
+    if isolated.node_id != target:
+        started = time.monotonic()
+        try:
+            with _owner_exempt_from_rls(conn):
+                conn.execute("SELECT citus_move_shard_placement(%s, %s, %s, transfer_mode => %s)",
+                             (isolated.shard_id, isolated.node_id, target, TRANSFER_MODE))
+        except psycopg.Error as exc:
+            raise TenantPipelinesError(
+                f"tenant {before.tenant}: moving its shard {isolated.shard_id} to node {target} ({target_name}) "
+                f"failed: {exc.diag.message_primary or exc}; it stays on node {isolated.node_id}, run it again"
+            ) from None
+        steps["move"] = time.monotonic() - started
+    after = tenant_placement_on_citus(conn, before.tenant)
+    return PlacementChange(before.tenant, before, after, steps)
