@@ -116,6 +116,19 @@ def _ensure_bookkeeping(conn: psycopg.Connection, schema: str) -> None:
                 )""").format(sql.Identifier(schema), sql.Identifier(table), sql.Identifier(key)))
 
 
+def _refuse_schema_tenants(conn: psycopg.Connection, layout: CitusMigration) -> None:
+    """The Citus layout carries over the shared tables' rows, not a tenant schema's: a database
+    with a tenant placed in a schema of its own is refused before anything is applied."""
+    row = conn.execute("SELECT organization_id, location FROM public.tenant_placements WHERE kind = 'schema' "
+                       "ORDER BY organization_id LIMIT 1").fetchone()
+    if row is not None:
+        tenant, schema = row
+        raise MigrationError(
+            f"{layout.label}: tenant {tenant} lives in schema {schema} (placement 'schema'), whose rows the Citus "
+            f"layout does not carry over: move it first with 'tenant-pipelines placement move --tenant {tenant} "
+            "--to pooled' (and every other schema tenant), then run db migrate again")
+
+
 def migrate_citus(conn: psycopg.Connection, sql_dir: Path, main_functions: list,
                   log: Callable[[str], None] = lambda message: None) -> CitusReport | None:
     """Apply ``sql_dir/citus`` when the database has Citus; None (and nothing done) otherwise.
@@ -141,6 +154,8 @@ def migrate_citus(conn: psycopg.Connection, sql_dir: Path, main_functions: list,
                 f"{migration.label} was edited after it was applied (checksum {applied[migration.version][:12]} "
                 f"in the database, {migration.checksum[:12]} on disk): restore the applied text and put the change "
                 f"in a new migration of sql/{CITUS_DIR}/migrations/")
+    if any(m.version == "0001" and m.version not in applied for m in migrations):
+        _refuse_schema_tenants(conn, next(m for m in migrations if m.version == "0001"))
     recorded = dict(conn.execute(sql.SQL("SELECT name, checksum FROM {}.citus_functions").format(schema)).fetchall())
     report = CitusReport()
 
