@@ -163,3 +163,32 @@ def test_a_single_node_database_gets_nothing_of_citus(admin_conn: psycopg.Connec
     assert "pg_dist_local_group" not in admin_conn.execute(
         "SELECT pg_get_functiondef('fn_current_tenant_id'::regproc)").fetchone()[0]
     assert migrate(admin_conn).citus is None
+
+
+def test_premake_adds_secured_months_and_is_idempotent(citus_admin: psycopg.Connection) -> None:
+    """fn_citus_premake_months: months up to partition_config.premake_months ahead, each
+    distributed with its parent and secured; a second call changes nothing."""
+    def months() -> list[str]:
+        return [name for (name,) in citus_admin.execute(
+            "SELECT partition::text FROM time_partitions WHERE parent_table = 'usage_events_mt'::regclass"
+            " AND from_value IS NOT NULL ORDER BY from_value::timestamptz")]
+
+    before = months()
+    premake = citus_admin.execute("SELECT premake_months FROM partition_config").fetchone()[0]
+    try:
+        citus_admin.execute("UPDATE partition_config SET premake_months = %s", (premake + 2,))
+        total = citus_admin.execute("SELECT fn_citus_premake_months()").fetchone()[0]
+        after = months()
+        assert after[:len(before)] == before and len(after) == len(before) + 2
+        assert total == len(after) + 1  # and the DEFAULT partition
+        assert citus_admin.execute("SELECT fn_citus_premake_months()").fetchone()[0] == total
+        assert months() == after
+        new = after[len(before):]
+        rows = citus_admin.execute(
+            "SELECT c.relname::text, c.relowner::regrole::text, c.relforcerowsecurity,"
+            "       has_table_privilege('billing_app', c.oid, 'SELECT'),"
+            "       EXISTS (SELECT FROM pg_dist_partition p WHERE p.logicalrelid = c.oid)"
+            "  FROM pg_class c WHERE c.relname = ANY(%s) ORDER BY 1", (new,)).fetchall()
+        assert rows == [(name, "billing_owner", True, False, True) for name in new]
+    finally:
+        citus_admin.execute("UPDATE partition_config SET premake_months = %s", (premake,))
