@@ -14,12 +14,12 @@ import argparse
 from typing import Callable, NoReturn, Sequence
 
 from tenant_pipelines import __version__
-from tenant_pipelines.cli import backup, db, demo, dev, partitions, pgbouncer, placement, tiering
+from tenant_pipelines.cli import backup, citus, db, demo, dev, partitions, pgbouncer, placement, tiering
 from tenant_pipelines.cli.common import log
 from tenant_pipelines.errors import TenantPipelinesError
 from tenant_pipelines.settings import DATABASE_URL_ENV
 
-GROUPS = (db, tiering, partitions, placement, backup, demo, dev, pgbouncer)
+GROUPS = (db, tiering, partitions, placement, backup, demo, dev, pgbouncer, citus)
 
 
 class _Parser(argparse.ArgumentParser):

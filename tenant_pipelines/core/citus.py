@@ -105,6 +105,33 @@ def tenant_placement_on_citus(conn: psycopg.Connection, tenant_id: object) -> Ci
     return CitusPlacement(tenant, "isolated" if single_hash else "shared", shard_id, node_id, node, sharing)
 
 
+@dataclass(frozen=True)
+class NodeInfo:
+    node_id: int
+    role: str       # coordinator | worker
+    node: str       # host:port as Citus knows it (the embedded cluster's nodes: socket folder:port)
+    active: bool
+    shard_groups: int  # shard groups of the tenants' colocation group placed there
+    tenants: int       # organizations whose rows it holds
+
+
+def citus_nodes(conn: psycopg.Connection) -> list[NodeInfo]:
+    """Every node of the cluster, with the tenants' shard groups and tenants on it."""
+    _require_citus(conn)
+    counts = dict(conn.execute(
+        """SELECT p.groupid, count(*) FROM pg_dist_shard s JOIN pg_dist_placement p ON p.shardid = s.shardid
+            WHERE s.logicalrelid = %s::regclass GROUP BY 1""", (ANCHOR,)).fetchall())
+    tenants = dict(conn.execute(
+        """SELECT p.groupid, count(*) FROM public.organizations o
+             JOIN pg_dist_placement p ON p.shardid = get_shard_id_for_distribution_column(%s, o.id)
+            GROUP BY 1""", (ANCHOR,)).fetchall())
+    return [NodeInfo(node_id, "coordinator" if group == 0 else "worker", node, active,
+                     counts.get(group, 0), tenants.get(group, 0))
+            for node_id, group, node, active in conn.execute(
+                "SELECT nodeid, groupid, nodename || ':' || nodeport, isactive FROM pg_dist_node "
+                "WHERE noderole = 'primary' ORDER BY groupid, nodeid").fetchall()]
+
+
 def _group_relations(conn: psycopg.Connection) -> list[tuple[str, bool]]:
     """(relation, FORCE ROW LEVEL SECURITY?) of every table colocated with organizations, the
     months of usage_events_mt included, that has row-level security enabled."""

@@ -13,7 +13,7 @@ import psycopg
 import pytest
 
 from tenant_pipelines.local.citus import CitusCluster
-from tests.citus.conftest import require_citus
+from tests.citus.conftest import CitusTarget, make_citus_tenant, require_citus
 from tests.test_cli import run
 
 
@@ -74,3 +74,44 @@ def test_db_up_citus_status_migrate_down(citus_cli_env: dict[str, str]) -> None:
     assert code == 1 and {port for _, port in nodes.values()} == {"stopped"}
     assert run(["db", "up"], env).stdout.strip().splitlines()[-1].startswith("postgresql://postgres:")
     run(["db", "down"], env)
+
+
+def test_citus_nodes_placement_isolate_move(citus: CitusTarget) -> None:
+    """The citus command group against the session's coordinator (BILLING_DATABASE_URL)."""
+    import uuid as _uuid
+
+    env = {k: v for k, v in os.environ.items() if k != "BILLING_APP_DATABASE_URL"}
+    env["BILLING_DATABASE_URL"] = citus.admin_dsn
+    with psycopg.connect(citus.admin_dsn, autocommit=True) as conn:
+        tenant = make_citus_tenant(conn, "Via the CLI")
+    nodes = run(["citus", "nodes"], env).stdout.strip().splitlines()
+    assert nodes[0] == "node_id\trole\tnode\tactive\tshard_groups\ttenants"
+    rows = [line.split("\t") for line in nodes[1:]]
+    assert [r[1] for r in rows] == ["coordinator", "worker", "worker"] and all(r[3] == "yes" for r in rows)
+    assert sum(int(r[5]) for r in rows) >= 1 and rows[0][4:] == ["0", "0"]
+
+    shown = run(["citus", "placement", "--tenant", str(tenant)], env).stdout.strip()
+    assert shown.startswith(f"tenant {tenant}: shared (shard ")
+    isolated = run(["citus", "isolate", "--tenant", str(tenant)], env)
+    assert isolated.stdout.strip().startswith(f"tenant {tenant}: isolated (shard ") and "isolate:" in isolated.stderr
+    here = int(isolated.stdout.split(" on node ")[1].split(",")[0])
+    target = next(int(r[0]) for r in rows if r[1] == "worker" and int(r[0]) != here)
+    moved = run(["citus", "move", "--tenant", str(tenant), "--to-node", str(target)], env)
+    assert f"isolated (shard " in moved.stdout and f" on node {target}, " in moved.stdout and "move:" in moved.stderr
+    again = run(["citus", "move", "--tenant", str(tenant), "--to-node", str(target)], env)
+    assert "nothing to do" in again.stderr
+
+    for args, code, message in (
+            (["citus", "placement", "--tenant", "nope"], 2, "not a valid UUID"),
+            (["citus", "placement", "--tenant", str(_uuid.uuid4())], 2, "unknown tenant"),
+            (["citus", "move", "--tenant", str(tenant), "--to-node", "999"], 2, "node 999: not an active worker"),
+            (["citus", "move", "--tenant", str(tenant), "--to-node", "0"], 2, "0: give 1 or more")):
+        proc = run(args, env, check=False)
+        assert proc.returncode == code and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_citus_commands_refuse_a_single_node_database(admin_dsn: str) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "BILLING_APP_DATABASE_URL"}
+    env["BILLING_DATABASE_URL"] = admin_dsn
+    proc = run(["citus", "nodes"], env, check=False)
+    assert proc.returncode == 4 and "not a Citus coordinator" in proc.stderr and "Traceback" not in proc.stderr
