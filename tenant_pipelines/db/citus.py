@@ -116,6 +116,21 @@ def _ensure_bookkeeping(conn: psycopg.Connection, schema: str) -> None:
                 )""").format(sql.Identifier(schema), sql.Identifier(table), sql.Identifier(key)))
 
 
+def citus_status(conn: psycopg.Connection, sql_dir: Path) -> tuple[list[str], list[str]] | None:
+    """(applied, pending) sql/citus/migrations filenames on a Citus database; None elsewhere."""
+    if not citus_loaded(conn):
+        return None
+    from tenant_pipelines.db.migrate import BOOKKEEPING_SCHEMA
+
+    applied: set[str] = set()
+    if conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{BOOKKEEPING_SCHEMA}.citus_migrations",)).fetchone()[0]:
+        applied = {v for (v,) in conn.execute(sql.SQL("SELECT version FROM {}.citus_migrations").format(
+            sql.Identifier(BOOKKEEPING_SCHEMA))).fetchall()}
+    migrations = load_citus_migrations(sql_dir)
+    return ([m.filename for m in migrations if m.version in applied],
+            [m.filename for m in migrations if m.version not in applied])
+
+
 def _refuse_schema_tenants(conn: psycopg.Connection, layout: CitusMigration) -> None:
     """The Citus layout carries over the shared tables' rows, not a tenant schema's: a database
     with a tenant placed in a schema of its own is refused before anything is applied."""

@@ -649,12 +649,17 @@ class MigrationStatus:
     should_be_at: str | None        # the version every tenant schema should be at
     schemas: int                    # tenant schemas in all
     behind: list[SchemaBehind]
+    citus: tuple[list[str], list[str]] | None = None  # sql/citus/migrations (applied, pending) on a coordinator
 
     def lines(self) -> list[str]:
         """What ``db migrate --status`` prints."""
         out = [f"migrations: {len(self.applied)} applied, {len(self.pending)} pending"]
         for state, items in (("applied", self.applied), ("pending", self.pending)):
             out += [f"  {state:8} {m.filename}{'  (tenant tables)' if m.tenant_tables else ''}" for m in items]
+        if self.citus is not None:
+            out.append(f"citus migrations (a Citus coordinator): {len(self.citus[0])} applied, {len(self.citus[1])} pending")
+            for state, names in (("applied", self.citus[0]), ("pending", self.citus[1])):
+                out += [f"  {state:8} citus/{name}" for name in names]
         if self.functions_pending:
             out.append(f"functions and views to apply: {', '.join(self.functions_pending)}")
         if self.tenant_tables_version is None:
@@ -685,7 +690,10 @@ def migration_status(conn: psycopg.Connection, sql_dir: Path | None = None) -> M
         count = conn.execute("SELECT count(*) FROM public.tenant_schemas").fetchone()[0]
         behind = [SchemaBehind(schema, tenant, at, should_be_at)
                   for schema, tenant, at in _schemas_behind(conn, should_be_at)]
+    from tenant_pipelines.db.citus import citus_status  # here: db/citus.py imports this module
+
     return MigrationStatus(
+        citus=citus_status(conn, sql_dir or SQL_DIR),
         applied=[m for m in migrations if m.version in applied],
         pending=[m for m in migrations if m.version not in applied],
         functions_pending=[f.name for f in functions if recorded.get(f.name) != f.checksum],

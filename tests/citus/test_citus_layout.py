@@ -192,3 +192,14 @@ def test_premake_adds_secured_months_and_is_idempotent(citus_admin: psycopg.Conn
         assert rows == [(name, "billing_owner", True, False, True) for name in new]
     finally:
         citus_admin.execute("UPDATE partition_config SET premake_months = %s", (premake,))
+
+
+def test_migrate_status_lists_the_citus_migrations(citus: CitusTarget, admin_conn: psycopg.Connection) -> None:
+    from tenant_pipelines.db.migrate import migration_status
+
+    with psycopg.connect(citus.admin_dsn, autocommit=True) as conn:
+        lines = migration_status(conn).lines()
+    names = [m.filename for m in load_citus_migrations(SQL_DIR)]
+    at = lines.index(f"citus migrations (a Citus coordinator): {len(names)} applied, 0 pending")
+    assert lines[at + 1:at + 1 + len(names)] == [f"  applied  citus/{name}" for name in names]
+    assert not any(line.startswith("citus migrations") for line in migration_status(admin_conn).lines())
