@@ -115,3 +115,14 @@ def test_citus_commands_refuse_a_single_node_database(admin_dsn: str) -> None:
     env["BILLING_DATABASE_URL"] = admin_dsn
     proc = run(["citus", "nodes"], env, check=False)
     assert proc.returncode == 4 and "not a Citus coordinator" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("args", [["db", "up"], ["db", "status"], ["citus"], ["citus", "nodes"],
+                                  ["citus", "placement"], ["citus", "isolate"], ["citus", "move"]], ids=" ".join)
+def test_every_citus_command_has_help(args: list[str]) -> None:
+    import subprocess
+
+    from tests.test_cli import CLI
+
+    proc = subprocess.run(CLI + args + ["--help"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "usage: tenant-pipelines" in proc.stdout
