@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from tenant_pipelines.errors import InvalidInput
 from tenant_pipelines.local.cluster import EmbeddedCluster, find_bindir
 from tenant_pipelines.local.processes import (
     ClusterError, OSUser, read_state, server_folder, server_os_user, write_state)
@@ -145,7 +146,7 @@ class CitusCluster:
             raise ClusterError(f"Citus is not installed: {hint}")
         recorded = self.recorded().get("workers", [])
         if self.workers < len(recorded):
-            raise ClusterError(
+            raise InvalidInput(
                 f"the Citus cluster in {self.state_dir} has {len(recorded)} workers: --workers {self.workers} "
                 "would drop some, which this command does not do; pass --workers "
                 f"{len(recorded)} or more")

@@ -54,8 +54,8 @@ def test_db_up_citus_status_migrate_down(citus_cli_env: dict[str, str]) -> None:
 
     again = run(["db", "up"], env)  # without --citus: the Citus cluster set up here
     assert again.stdout.strip().splitlines()[-1] == dsn and "reusing" in again.stderr
-    fewer = run(["db", "up", "--citus", "--workers", "0"], env, check=False)
-    assert fewer.returncode == 2 and "Traceback" not in fewer.stderr
+    none = run(["db", "up", "--citus", "--workers", "0"], env, check=False)
+    assert none.returncode == 2 and "give 1 or more" in none.stderr and "Traceback" not in none.stderr
 
     run(["db", "migrate"], env)
     assert "0 migrations applied" in run(["db", "migrate"], env).stderr
@@ -126,3 +126,16 @@ def test_every_citus_command_has_help(args: list[str]) -> None:
 
     proc = subprocess.run(CLI + args + ["--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "usage: tenant-pipelines" in proc.stdout
+
+
+def test_fewer_workers_than_recorded_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    import json
+
+    from tenant_pipelines.errors import InvalidInput
+
+    require_citus()
+    (tmp_path / "citus.json").write_text(json.dumps({"workers": [{"name": "worker1", "nodeid": 2, "port": 1},
+                                                                 {"name": "worker2", "nodeid": 3, "port": 2}]}))
+    with pytest.raises(InvalidInput, match="has 2 workers: --workers 1 would drop some.*pass --workers 2 or more"):
+        CitusCluster.in_state_dir(tmp_path, workers=1).up()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["citus.json"]
