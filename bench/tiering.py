@@ -962,6 +962,9 @@ docs/benchmarks/tiering.md. Targets, per mode: no insert fails; p99 while tierin
     parser.add_argument("--method", choices=(*tiering.METHODS, "both"), default="both",
                         help="how tier_tenant() moves the months: online (paced copy-and-swap, its default), "
                              "set-tablespace, or both one after the other in the same run (default)")
+    parser.add_argument("--pace", dest="pace_method", choices=("fixed", "adaptive"), default="fixed",
+                        help="online moves: the fixed pace (default: the figures of this page; bench/pacing.py "
+                             "measures the adaptive one) or the adaptive one (--max-mb-per-s its ceiling)")
     parser.add_argument("--max-mb-per-s", type=_rate_arg, default=tiering.DEFAULT_MAX_MB_PER_S, metavar="X",
                         help="online moves: the pace, MB/s of the partition's heap ('none': no limit; default: "
                              f"{tiering.DEFAULT_MAX_MB_PER_S:g}, the core's)")
@@ -1006,7 +1009,7 @@ docs/benchmarks/tiering.md. Targets, per mode: no insert fails; p99 while tierin
         parser.error("--pool with --method both needs an even --rounds (e.g. --rounds 4), so that each mode "
                      "leaves the pool's months back in hot for the next")
     try:
-        args.pace = tiering.Pace(max_mb_per_s=args.max_mb_per_s, batch_blocks=args.batch_blocks)
+        args.pace = tiering.Pace(max_mb_per_s=args.max_mb_per_s, batch_blocks=args.batch_blocks, method=args.pace_method)
     except tiering.InvalidInput as exc:
         parser.error(str(exc))
     return args
@@ -1020,7 +1023,7 @@ def modes_of(args: argparse.Namespace) -> list[Mode]:
 
 def command_line(args: argparse.Namespace) -> str:
     rate = "none" if args.max_mb_per_s is None else f"{args.max_mb_per_s:g}"
-    parts = [f"--method {args.method}", f"--max-mb-per-s {rate}",
+    parts = [f"--method {args.method}", f"--pace {args.pace_method}", f"--max-mb-per-s {rate}",
              f"--batch-blocks {args.batch_blocks}", f"--rows {args.rows}", f"--rounds {args.rounds}",
              f"--baseline-seconds {args.baseline_seconds:g}", f"--insert-rate {args.insert_rate:g}",
              f"--insert-rows {args.insert_rows}", f"--synchronous-commit {args.synchronous_commit}"]

@@ -118,6 +118,7 @@ class Move:
     seconds: float = 0.0  # the whole move, copy and pauses included
     rows_caught_up: int = 0  # rows written during the copy, copied again before the swap
     # Where the time went, for whoever measures moves (bench/tiering.py):
+    copy: str = "rows"  # online: "rows" (the paced copy) or "files" (nobody was writing: a file copy)
     copy_s: float | None = None  # online: the paced block copy, its sleeps included
     copy_bytes: int | None = None  # online: the heap bytes that copy went through
     slept_s: float = 0.0  # online: the pacer's sleeps during that copy
@@ -334,6 +335,10 @@ def _move_set_tablespace(conn: psycopg.Connection, who: str, part: PlannedPartit
 def _move_online(conn: psycopg.Connection, who: str, part: PlannedPartition, *, attempts: int, pacer: Pacer,
                  log: Callable[[str], None]) -> Move:
     what = f"{who}: moving {part.qualified_name} to {part.target_tablespace}"
+    if pacer.nobody_writes():
+        move = _move_files_while_nobody_writes(conn, what, part, pacer, log)
+        if move is not None:
+            return move
     started = time.monotonic()
 
     def begin(c: psycopg.Connection) -> tuple[str, int, float]:
@@ -384,6 +389,45 @@ def _move_online(conn: psycopg.Connection, who: str, part: PlannedPartition, *, 
     return Move(part.qualified_name, part.current_tablespace, part.target_tablespace, moved_bytes, held,
                 max(tries, more), frozen, ONLINE, time.monotonic() - started, caught_up,
                 copy_s=copy_s, copy_bytes=blocks * BLOCK, slept_s=slept, vacuum_s=vacuum_s)
+
+
+def _move_files_while_nobody_writes(conn: psycopg.Connection, what: str, part: PlannedPartition, pacer: Pacer,
+                                    log: Callable[[str], None]) -> Move | None:
+    """While nobody writes: the month's files copied at disk speed (``fn_move_partition``:
+    ALTER TABLE ... SET TABLESPACE, under ACCESS EXCLUSIVE on that month only). The pacer
+    cancels it the moment a client waits for that lock or starts writing (the copy rolls back:
+    nothing changed, and the month is copied online instead: None). Got within 100 ms or not at
+    all."""
+    started = time.monotonic()
+    pid = conn.info.backend_pid
+
+    def move(c: psycopg.Connection) -> tuple[int, float]:
+        locked = time.monotonic()
+        return c.execute("SELECT fn_move_partition(%s, %s, %s)",
+                         (part.partition_name, part.target_tablespace, part.schema)).fetchone()[0], locked
+
+    with pacer.stepping_aside(pid) as stepped_aside:
+        try:
+            (moved_bytes, locked), _ = run_with_lock_timeout(conn, what, move, attempts=1,
+                                                             at_most_ms=SWAP_LOCK_TIMEOUT_MS)
+        except (psycopg.errors.QueryCanceled, TenantPipelinesError) as exc:
+            why = stepped_aside() or (exc.diag.message_primary if isinstance(exc, psycopg.Error) else str(exc))
+            if isinstance(exc, psycopg.errors.QueryCanceled) and stepped_aside() is None:
+                raise  # a statement_timeout or someone else's cancel: not ours to hide
+            log(f"{what}: the file copy stepped aside ({why}); copying the rows online instead")
+            return None
+    held = time.monotonic() - locked
+    frozen = part.target_tier == "cold"
+    vacuum_s = None
+    if frozen:
+        vacuumed = time.monotonic()
+        _vacuum(conn, part.table, freeze=True, rate=pacer.rate())
+        vacuum_s = time.monotonic() - vacuumed
+    log(f"{what}: nobody was writing: its files copied at disk speed ({moved_bytes / MiB:,.1f} MiB, "
+        f"{held * 1000:.0f} ms under lock)")
+    return Move(part.qualified_name, part.current_tablespace, part.target_tablespace, moved_bytes, held, 1, frozen,
+                ONLINE, time.monotonic() - started, copy="files", copy_s=held, copy_bytes=moved_bytes,
+                vacuum_s=vacuum_s)
 
 
 def _copy_paced(conn: psycopg.Connection, part: PlannedPartition, shadow: sql.Identifier, blocks: int, pacer: Pacer,

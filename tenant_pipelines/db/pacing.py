@@ -42,8 +42,9 @@ import math
 import threading
 import time
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 import psycopg
 
@@ -335,6 +336,8 @@ class Pacer:
         self._interval_crossings = 0
         self._previous_app: str | None = None
         self._looks: dict[int, tuple] = {}  # pid -> (state, state_change, busy in the last looks)
+        self._guard_pid: int | None = None  # stepping_aside's backend
+        self._guard_reason: str | None = None
 
     # -- the mover's side --------------------------------------------------------------
     def __enter__(self) -> Pacer:
@@ -361,6 +364,30 @@ class Pacer:
         if self.pace.method == FIXED:
             return at_most
         return max(1, min(at_most, int(self.batch_bytes() // max(1.0, row_bytes))))
+
+    def nobody_writes(self) -> bool:
+        """Whether the mover may copy at disk speed now: the adaptive method with no ceiling,
+        and no other client writing."""
+        controller = self._controller
+        if controller is None or self.pace.bytes_per_s is not None:
+            return False
+        self._ready.wait(timeout=60)
+        with self._lock:
+            return not controller.writers
+
+    @contextmanager
+    def stepping_aside(self, pid: int) -> Iterator[Callable[[], str | None]]:
+        """While the block runs (a statement of backend ``pid`` at disk speed, holding locks:
+        a file copy), the probe thread cancels that statement as soon as a client waits for a
+        lock ``pid`` holds, or starts writing. Yields a function that says why it did (None:
+        it did not)."""
+        with self._lock:
+            self._guard_pid, self._guard_reason = pid, None
+        try:
+            yield lambda: self._guard_reason
+        finally:
+            with self._lock:
+                self._guard_pid = None
 
     def rate(self) -> float | None:
         """Bytes/s the mover may go at now (None: no limit)."""
@@ -483,6 +510,7 @@ class Pacer:
                     with self._lock:
                         controller.set_writers(active)
                     self._ready.set()
+                self._guard(controller)
                 if controller.writers:
                     latency = self._probe()
                     with self._lock:
@@ -500,6 +528,21 @@ class Pacer:
         finally:
             self._go.set()
             self._ready.set()
+
+    def _guard(self, controller: Controller) -> None:
+        """stepping_aside's watch: cancel the guarded statement for a waiter or a writer."""
+        with self._lock:
+            pid = self._guard_pid
+        if pid is None:
+            return
+        waiter = self._probe_conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid)) LIMIT 1", (pid,)).fetchone()
+        reason = (f"backend {waiter[0]} waited for a lock the file copy held" if waiter else
+                  "another client started writing" if controller.writers else None)
+        if reason is not None:
+            self._probe_conn.execute("SELECT pg_cancel_backend(%s)", (pid,))
+            with self._lock:
+                self._guard_pid, self._guard_reason = None, reason
 
     def _probe(self) -> float:
         t = time.perf_counter()

@@ -26,6 +26,9 @@ THIS_MONTH = NOW.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
 # Ten days into this month, the months ending 10, ~40, ~70 and ~100 days earlier are hot, warm,
 # warm and cold, whatever today's date: a month's age is that of the newest row it can hold.
 AS_OF = THIS_MONTH + timedelta(days=10)
+# The online copy of rows whoever is writing (with nobody writing, the default pace copies a
+# month's files instead: test_nobody_writing_copies_files_and_a_waiter_makes_it_step_aside).
+ROWS = Pace.fixed(None)
 
 
 def month(offset: int) -> datetime:
@@ -530,7 +533,7 @@ def test_the_pools_months_move_by_the_global_policy(
     admin_conn.execute("INSERT INTO tiering_policy (tenant_tier, warm_after, cold_after) VALUES ('free', '1 day', '2 days')")
     assert tier_tenant(admin_conn, pooled[0], as_of=AS_OF).moves == [], "a pooled tenant has no months of its own"
 
-    report = tier_pool(admin_conn, as_of=AS_OF)
+    report = tier_pool(admin_conn, as_of=AS_OF, pace=ROWS)
 
     expected = {-2: "warm_storage", -3: "warm_storage", -4: "cold_storage", -5: "cold_storage"}
     for offset, tablespace in expected.items():
@@ -555,10 +558,10 @@ def test_the_pools_months_move_by_the_global_policy(
 def test_a_pool_month_moved_twice_gets_the_constraint_of_its_time(
     admin_conn: psycopg.Connection, tenant: uuid.UUID, pooled: list[uuid.UUID]
 ) -> None:
-    tier_pool(admin_conn, as_of=AS_OF)
+    tier_pool(admin_conn, as_of=AS_OF, pace=ROWS)
     newcomer = make_tenant(admin_conn, tier="enterprise")
     ensure_tenant_partition(admin_conn, newcomer)  # the pool's constraint now names two tenants
-    tier_pool(admin_conn, as_of=AS_OF + timedelta(days=120))  # warm months turn cold
+    tier_pool(admin_conn, as_of=AS_OF + timedelta(days=120), pace=ROWS)  # warm months turn cold
     (definition,) = admin_conn.execute(
         "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = %s::regclass"
         " AND conname = 'pool_partition_check'", (pool_leaf(-2),)).fetchone()
@@ -574,8 +577,25 @@ def test_a_pool_months_swap_does_not_scan_it(
     notices: list[str] = []
     admin_conn.add_notice_handler(lambda diag: notices.append(diag.message_primary or ""))
     admin_conn.execute("SET client_min_messages = debug1")
-    report = tier_pool(admin_conn, as_of=AS_OF)
+    report = tier_pool(admin_conn, as_of=AS_OF, pace=ROWS)
     admin_conn.execute("RESET client_min_messages")
     assert report.moves and all(m.method == "online" for m in report.moves)
     implied = [n for n in notices if "tiering_move_" in n and "is implied by existing constraints" in n]
     assert len(implied) == len(report.moves), notices
+
+
+def test_with_nobody_writing_a_months_files_are_copied(admin_conn: psycopg.Connection, tenant: uuid.UUID) -> None:
+    """Nobody writes: the months move as file copies at disk speed (a client that waits for
+    one makes it step aside: tests/db/test_pacing.py)."""
+    lines: list[str] = []
+    report = tier_tenant(admin_conn, tenant, as_of=AS_OF, log=lines.append)
+    assert {m.partition: m.copy for m in report.moves} == {leaf(tenant, o): "files" for o in (-2, -3, -4, -5)}
+    assert all(m.method == "online" and m.rows_caught_up == 0 for m in report.moves) and report.misplaced_left == 0
+    assert any("nobody was writing: its files copied at disk speed" in line for line in lines)
+    for offset, tablespace in {-2: "warm_storage", -4: "cold_storage"}.items():
+        assert tablespace_of(admin_conn, leaf(tenant, offset)) == tablespace
+        assert index_tablespaces(admin_conn, leaf(tenant, offset)) == {tablespace}
+    assert admin_conn.execute("SELECT count(*) FROM usage_events_mt WHERE organization_id = %s",
+                              (tenant,)).fetchone()[0] == 1200
+    assert tier_tenant(admin_conn, tenant, as_of=AS_OF).moves == []
+    assert audit_isolation(admin_conn) == []

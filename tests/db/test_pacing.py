@@ -236,8 +236,34 @@ def test_tiering_and_placement_moves_report_their_pace_while_a_client_is_active(
         report = tier_tenant(admin_conn, tenant, as_of=THIS_MONTH + timedelta(days=10))
         assert report.moves and report.pace is not None and report.pace.baseline_source == "measured"
         assert report.pace.bytes >= sum(m.copy_bytes for m in report.moves)
+        assert {m.copy for m in report.moves} == {"rows"}  # somebody writes: no file copy
         move = moves.move_tenant(admin_conn, tenant, "schema", batch_rows=500)
         assert move.moved and move.pace is not None and move.pace.bytes > 0 and move.pace.baseline_p99_ms > 0
         assert move.pace.batches > 3000 / 500  # the copy's batches, of at most 500 rows
     assert admin_conn.execute("SELECT count(*) FROM usage_events_mt WHERE organization_id = %s",
                               (tenant,)).fetchone()[0] == 0  # the shared tables hold nothing of it now
+
+
+def test_a_statement_stepping_aside_is_cancelled_when_a_client_waits_for_its_lock(admin_conn, admin_dsn):
+    admin_conn.execute("CREATE TABLE guarded (id int)")
+    errors: list[BaseException] = []
+    with Pacer(admin_conn, Pace()) as pacer:
+        assert pacer.nobody_writes()
+        pid = admin_conn.info.backend_pid
+
+        def hold_the_table() -> None:  # the file copy's stand-in: a lock held by a long statement
+            try:
+                with admin_conn.transaction():
+                    admin_conn.execute("LOCK TABLE guarded; SELECT pg_sleep(60)")
+            except psycopg.errors.QueryCanceled as exc:
+                errors.append(exc)
+
+        with pacer.stepping_aside(pid) as stepped_aside:
+            holder = threading.Thread(target=hold_the_table)
+            holder.start()
+            with psycopg.connect(admin_dsn, autocommit=True) as client:
+                wait_until(lambda: client.execute("SELECT wait_event = 'PgSleep' FROM pg_stat_activity WHERE pid = %s",
+                                                  (pid,)).fetchone()[0], "the lock held")
+                assert client.execute("SELECT count(*) FROM guarded").fetchone()[0] == 0  # waits, then gets it
+            holder.join()
+            assert errors and "backend" in stepped_aside() and "waited for a lock the file copy held" in stepped_aside()
