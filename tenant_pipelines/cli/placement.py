@@ -111,7 +111,7 @@ def cmd_abandon(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from tenant_pipelines.core.moves import DEFAULT_BATCH_ROWS, FIXED_MAX_MB_PER_S, KINDS
+    from tenant_pipelines.core.moves import ADAPTIVE_BATCH_ROWS, DEFAULT_BATCH_ROWS, FIXED_MAX_MB_PER_S, KINDS
 
     placement_sub = command_group(
         sub, "placement", help="where tenants live (pooled, partition, schema) and their online moves",
@@ -137,9 +137,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tenant", type=_tenant, required=True, metavar="UUID", help="the organization UUID")
     p.add_argument("--to", required=True, choices=KINDS, metavar="KIND", help="pooled, partition or schema")
     add_pace_arguments(p, FIXED_MAX_MB_PER_S)
-    p.add_argument("--batch-rows", type=batch_rows, default=DEFAULT_BATCH_ROWS, metavar="N",
+    p.add_argument("--batch-rows", type=batch_rows, default=None, metavar="N",
                    help=f"rows copied per transaction, at most (adaptive picks fewer while writers are active; "
-                   f"fixed: this many), 1 to 1000000 (default: {DEFAULT_BATCH_ROWS})")
+                   f"fixed: this many), 1 to 1000000 (default: adaptive {ADAPTIVE_BATCH_ROWS}, fixed {DEFAULT_BATCH_ROWS})")
     p = command(
         placement_sub, "abandon", cmd_abandon, help="roll back a tenant's move that has not cut over",
         description="Abandon the tenant's move in progress: its capture triggers, its half-made copy and its "

@@ -35,9 +35,9 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from tenant_pipelines.core import placement as placements
-from tenant_pipelines.db.pacing import Pace, Pacer, PaceReport
+from tenant_pipelines.db.pacing import FIXED, Pace, Pacer, PaceReport
 from tenant_pipelines.core.partitions import ensure_tenant_partition, require_known_tenant
-from tenant_pipelines.db.locks import LockRetries, run_with_lock_retry, run_with_lock_timeout
+from tenant_pipelines.db.locks import LockRetries, run_with_lock_timeout
 from tenant_pipelines.errors import InvalidInput, TenantPipelinesError
 
 POOLED, PARTITION, SCHEMA = placements.POOLED, placements.PARTITION, placements.SCHEMA
@@ -48,7 +48,8 @@ KEYS = {"usage_events": ("id", "timestamp")}
 KEY_TYPES = {"id": "uuid", "timestamp": "timestamptz"}
 # The primary keys: what an upsert of the catch-up conflicts on.
 PRIMARY_KEYS = {"usage_events": ("organization_id", "id", "timestamp")}
-DEFAULT_BATCH_ROWS = 5000  # the largest batch (the fixed pace's batch)
+DEFAULT_BATCH_ROWS = 5000  # the fixed pace's batch
+ADAPTIVE_BATCH_ROWS = 50_000  # the adaptive pace's largest (while nobody writes)
 FIXED_MAX_MB_PER_S = 8.0  # the fixed pace's default rate
 ROW_BYTES_GUESS = 200.0  # a row's size until the first batch says
 CUTOVER_LOCK_TIMEOUT_MS = 100
@@ -156,7 +157,7 @@ def move_tenant(
     tenant_id: object,
     to_kind: str,
     *,
-    batch_rows: int = DEFAULT_BATCH_ROWS,
+    batch_rows: int | None = None,
     pace: Pace = Pace(),
     log: Callable[[str], None] = lambda message: None,
     stop_after: str | None = None,
@@ -164,10 +165,13 @@ def move_tenant(
 ) -> MoveReport:
     """Move ``tenant_id`` to a placement of kind ``to_kind``, online; resume its move if one
     is recorded. ``conn``: an admin connection in autocommit mode. ``batch_rows``: the
-    largest batch (the fixed pace's batch). ``pace``: how the copy and the cleanup pace
+    largest batch (None: ADAPTIVE_BATCH_ROWS), or the fixed pace's batch (None:
+    DEFAULT_BATCH_ROWS). ``pace``: how the copy and the cleanup pace
     themselves (db/pacing.py; its ``batch_blocks`` is not used: batches are rows).
     ``stop_after`` (a step name) stops there, as a crash would: for tests."""
     check_kind(to_kind)
+    if batch_rows is None:
+        batch_rows = DEFAULT_BATCH_ROWS if pace.method == FIXED else ADAPTIVE_BATCH_ROWS
     if not 1 <= batch_rows <= 1_000_000:
         raise InvalidInput(f"batch of {batch_rows} rows: give 1 to 1000000")
     tenant = require_known_tenant(conn, tenant_id)

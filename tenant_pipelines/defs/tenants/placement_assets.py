@@ -12,6 +12,7 @@ import dagster as dg
 from pydantic import Field
 
 from tenant_pipelines.core.moves import (
+    ADAPTIVE_BATCH_ROWS,
     DEFAULT_BATCH_ROWS,
     FIXED_MAX_MB_PER_S,
     MiB,
@@ -59,8 +60,9 @@ class TenantPlacementConfig(PaceConfig):
         "placement override (tenant_classifications.placement_override) so that the placement sensor "
         "keeps them there. Empty: where their policy says (override, else tenant tier).",
     )
-    batch_rows: int = Field(default=DEFAULT_BATCH_ROWS, description="rows copied per transaction, at most "
-                            "(adaptive: the pace picks fewer while writers are active; fixed: this many); 1 to 1000000.")
+    batch_rows: int | None = Field(default=None, description="rows copied per transaction, at most "
+                            "(adaptive: the pace picks fewer while writers are active; null: " f"{ADAPTIVE_BATCH_ROWS}. fixed: this many; null: "
+                            f"{DEFAULT_BATCH_ROWS}); 1 to 1000000.")
 
 
 @dataclass
