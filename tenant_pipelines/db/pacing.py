@@ -64,6 +64,7 @@ FLOOR_RATE = 128 * KiB  # it never goes below this (a move must end)
 PROBE_INTERVAL_S = 0.025
 BASELINE_PROBES = 120
 ACTIVITY_EVERY_S = 0.5
+FIRST_LOOKS_EVERY_S = 0.2  # before the first batch: a writer committing 5 times a second or more is seen
 LOOKS, ACTIVE_LOOKS = 4, 2  # a client busy in 2 of the last 4 looks at pg_stat_activity is writing
 SLOW_START_CLEAN = 40  # probes between raises until the first cut
 STEADY_CLEAN = 100  # and after it
@@ -499,7 +500,7 @@ class Pacer:
             # Enough looks to tell a writer from a one-off query before the first batch.
             for _ in range(ACTIVE_LOOKS):
                 self._writers_active()
-                if self._stop.wait(ACTIVITY_EVERY_S):
+                if self._stop.wait(FIRST_LOOKS_EVERY_S):
                     return
             while not self._stop.is_set():
                 if self.clock() >= next_activity:
