@@ -41,6 +41,7 @@ from typing import Iterator
 import psycopg
 from psycopg import sql
 
+from tenant_pipelines.core.findings import Finding
 from tenant_pipelines.db.locks import run_with_lock_timeout
 from tenant_pipelines.db.session import parse_tenant_id
 from tenant_pipelines.errors import InvalidInput, TenantPipelinesError, UnknownTenant
@@ -231,3 +232,82 @@ def move_tenant_to_node(conn: psycopg.Connection, tenant_id: object, node_id: in
         steps["move"] = time.monotonic() - started
     after = tenant_placement_on_citus(conn, before.tenant)
     return PlacementChange(before.tenant, before, after, steps)
+
+
+# -- the audit ----------------------------------------------------------------------------------
+
+CONTEXT_FUNCTIONS = ("fn_current_tenant_id", "fn_set_tenant_context")
+_SHARD_CHECK = (
+    "SELECT c.relrowsecurity::int::text || c.relforcerowsecurity::int::text || (SELECT count(*) FROM pg_policy p"
+    " WHERE p.polrelid = c.oid AND p.polname = 'tenant_isolation'"
+    " AND strpos(pg_get_expr(p.polqual, p.polrelid), 'fn_current_tenant_id()') > 0"
+    " AND strpos(pg_get_expr(p.polwithcheck, p.polrelid), 'fn_current_tenant_id()') > 0)::text"
+    " FROM pg_class c WHERE c.oid = '%s'::regclass")
+
+
+def audit_citus(conn: psycopg.Connection) -> list[Finding]:
+    """On a Citus coordinator, what the catalog audit (core/security.py) cannot see from there:
+    every tenant table (a table of public with the tenant_isolation policy) distributed and
+    colocated with organizations; on every worker, every shard of the tenants' colocation group
+    with RLS enabled and forced, and the tenant table's policy on each of its shards; and the
+    context functions on every worker the same as the coordinator's. [] on a database without
+    Citus."""
+    if not conn.execute("SELECT EXISTS (SELECT FROM pg_extension WHERE extname = 'citus')").fetchone()[0]:
+        return []
+    findings: list[Finding] = []
+    anchor = conn.execute("SELECT colocationid FROM pg_dist_partition WHERE logicalrelid = to_regclass(%s)",
+                          (ANCHOR,)).fetchone()
+    tables = conn.execute(
+        """SELECT c.oid::regclass::text, p.colocationid, p.partmethod
+             FROM pg_class c JOIN pg_policy pol ON pol.polrelid = c.oid AND pol.polname = 'tenant_isolation'
+             LEFT JOIN pg_dist_partition p ON p.logicalrelid = c.oid
+            WHERE c.relnamespace = 'public'::regnamespace AND NOT c.relispartition
+            ORDER BY 1""").fetchall()
+    for table, colocation, method in tables:
+        if colocation is None:
+            findings.append(Finding(f"table {table}", "is a tenant table kept on the coordinator, not distributed",
+                                    f"SELECT create_distributed_table('{table}', 'organization_id', "
+                                    "colocate_with => 'organizations') (or 'tenant-pipelines db migrate')"))
+        elif anchor is None or colocation != anchor[0] or method != "h":
+            findings.append(Finding(f"table {table}", "is not hash-distributed in the colocation group of "
+                                    "organizations: its rows and a tenant's other rows may be on different nodes",
+                                    f"SELECT update_distributed_table_colocation('{table}', colocate_with => "
+                                    "'organizations')"))
+    with_policy = {table for table, colocation, _ in tables if colocation is not None}
+    if anchor is not None:
+        group = [r for (r,) in conn.execute(
+            "SELECT logicalrelid::regclass::text FROM pg_dist_partition WHERE colocationid = %s ORDER BY 1",
+            (anchor[0],)).fetchall()]
+        for relation in group:
+            for shard, node, ok, result in conn.execute(
+                    """SELECT r.shardid, r.nodename || ':' || r.nodeport, r.success, r.result
+                         FROM run_command_on_placements(%s, %s) r ORDER BY 1""", (relation, _SHARD_CHECK)).fetchall():
+                what = f"shard {shard} of {relation} on {node}"
+                if not ok:
+                    findings.append(Finding(what, f"could not be checked: {result}", "check the node is up"))
+                    continue
+                if result[:2] != "11":
+                    findings.append(Finding(what, "does not have row-level security enabled and forced",
+                                            f"ALTER TABLE {relation} ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL "
+                                            "SECURITY on the coordinator (Citus propagates it to every shard)"))
+                if relation in with_policy and result[2:] != "1":
+                    qual, check = conn.execute(
+                        "SELECT pg_get_expr(polqual, polrelid), pg_get_expr(polwithcheck, polrelid) FROM pg_policy"
+                        " WHERE polrelid = %s::regclass AND polname = 'tenant_isolation'", (relation,)).fetchone()
+                    findings.append(Finding(what, "lacks the tenant_isolation policy of its table",
+                                            f"on the coordinator: SELECT * FROM run_command_on_placements('{relation}', "
+                                            f"'CREATE POLICY tenant_isolation ON %s USING ({qual}) WITH CHECK ({check})')"
+                                            " (the shards that have it refuse it, harmlessly)"))
+    for function in CONTEXT_FUNCTIONS:
+        here = conn.execute("SELECT md5(pg_get_functiondef(%s::regproc))", (function,)).fetchone()[0]
+        command = f"SELECT md5(pg_get_functiondef('{function}'::regproc))"
+        for node, ok, result in conn.execute(
+                "SELECT nodename || ':' || nodeport, success, result FROM run_command_on_workers(%s) ORDER BY 1",
+                (command,)).fetchall():
+            if not ok or result != here:
+                findings.append(Finding(
+                    f"function {function} on {node}", "differs from the coordinator's (the tenant context on that "
+                    "worker is not the one fn_set_tenant_context writes)",
+                    f"on the coordinator: DELETE FROM tenant_pipelines.citus_functions WHERE name = '{function}', "
+                    "then 'tenant-pipelines db migrate' (re-applies it on every node)"))
+    return findings

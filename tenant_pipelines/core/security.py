@@ -48,6 +48,9 @@ def audit_isolation(conn: psycopg.Connection, app_role: str = APP_ROLE,
     findings += _definer_functions(conn)
     findings += _foreign_keys(conn)
     findings += _definer_views(conn, app_role)
+    from tenant_pipelines.core.citus import audit_citus  # on a Citus coordinator: the shards and the workers
+
+    findings += audit_citus(conn)
     return findings
 
 
