@@ -139,3 +139,24 @@ def test_fewer_workers_than_recorded_is_refused_before_anything_starts(tmp_path:
     with pytest.raises(InvalidInput, match="has 2 workers: --workers 1 would drop some.*pass --workers 2 or more"):
         CitusCluster.in_state_dir(tmp_path, workers=1).up()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["citus.json"]
+
+
+def test_without_citus_the_tests_skip_saying_how_to_install_it(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server without Citus's library: citus_installed() says so with the install line, the
+    Citus tests skip with it (require_citus), and db up --citus refuses with it."""
+    import tenant_pipelines.local.citus as citus_module
+    from tenant_pipelines.local.processes import ClusterError
+
+    bindir = tmp_path / "postgresql" / "15" / "bin"
+    bindir.mkdir(parents=True)
+    monkeypatch.setattr(citus_module, "find_bindir", lambda: bindir)
+    hint = ("install Citus for PostgreSQL 15: 'bash vendor/citus/build.sh' as root (scripts/setup.sh does it), "
+            "or the PostgreSQL project's postgresql-15-citus package")
+    assert citus_module.citus_installed() == (False, hint)
+    with pytest.raises(pytest.skip.Exception) as skipped:
+        require_citus()
+    assert str(skipped.value) == f"Citus is not installed: {hint}"
+    with pytest.raises(ClusterError) as refused:
+        CitusCluster(state_dir=tmp_path / "state").up()
+    assert str(refused.value) == f"Citus is not installed: {hint}"
