@@ -156,7 +156,7 @@ def fill(conn: psycopg.Connection) -> dict[str, uuid.UUID]:
 # What migrations after the legacy layout add: relations, and constraints on older tables.
 NEW_TABLES = ("tenant_placements", "tenant_tables_version", "tenant_moves", "tenant_move_log", "tenant_schemas_name_check",
               "tenant_schemas_migrated_to_check", "tier_limits_placement_check",
-              "tenant_classifications_placement_override_check")
+              "tenant_classifications_placement_override_check", "pace_probes")
 
 
 def without_new(found: dict) -> dict:
