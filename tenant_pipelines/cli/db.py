@@ -90,6 +90,9 @@ def migrate_and_report(dsn: str, jobs: int | None = None) -> None:
     with connect(dsn, autocommit=True) as conn:
         report = migrate(conn, log=log, jobs=jobs)
     log(f"{len(report.applied)} migrations applied, {len(report.already_applied)} already applied")
+    if report.citus is not None:
+        log(f"a Citus coordinator: {len(report.citus.applied)} Citus migrations applied, "
+            f"{len(report.citus.already_applied)} already applied (sql/citus/)")
     if report.schemas is not None and report.schemas.behind:
         log(f"{len(report.schemas.migrated)} tenant schemas brought to {report.schemas.target}")
 

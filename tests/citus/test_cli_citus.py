@@ -12,6 +12,8 @@ from typing import Iterator
 import psycopg
 import pytest
 
+from tenant_pipelines.db.citus import load_citus_migrations
+from tenant_pipelines.db.migrate import SQL_DIR
 from tenant_pipelines.local.citus import CitusCluster
 from tests.citus.conftest import CitusTarget, make_citus_tenant, require_citus
 from tests.test_cli import run
@@ -57,7 +59,9 @@ def test_db_up_citus_status_migrate_down(citus_cli_env: dict[str, str]) -> None:
     none = run(["db", "up", "--citus", "--workers", "0"], env, check=False)
     assert none.returncode == 2 and "give 1 or more" in none.stderr and "Traceback" not in none.stderr
 
-    run(["db", "migrate"], env)
+    citus_migrations = len(load_citus_migrations(SQL_DIR))
+    assert (f"a Citus coordinator: {citus_migrations} Citus migrations applied, 0 already applied"
+            in run(["db", "migrate"], env).stderr)
     assert "0 migrations applied" in run(["db", "migrate"], env).stderr
     with psycopg.connect(dsn) as conn:
         workers = conn.execute("SELECT nodeport::text FROM pg_dist_node WHERE groupid > 0 AND isactive").fetchall()
