@@ -401,12 +401,14 @@ def _move_files_while_nobody_writes(conn: psycopg.Connection, what: str, part: P
     started = time.monotonic()
     pid = conn.info.backend_pid
 
+    statement = "SELECT fn_move_partition("
+
     def move(c: psycopg.Connection) -> tuple[int, float]:
         locked = time.monotonic()
-        return c.execute("SELECT fn_move_partition(%s, %s, %s)",
+        return c.execute(statement + "%s, %s, %s)",
                          (part.partition_name, part.target_tablespace, part.schema)).fetchone()[0], locked
 
-    with pacer.stepping_aside(pid) as stepped_aside:
+    with pacer.stepping_aside(pid, statement) as stepped_aside:
         try:
             (moved_bytes, locked), _ = run_with_lock_timeout(conn, what, move, attempts=1,
                                                              at_most_ms=SWAP_LOCK_TIMEOUT_MS)
@@ -417,6 +419,7 @@ def _move_files_while_nobody_writes(conn: psycopg.Connection, what: str, part: P
             log(f"{what}: the file copy stepped aside ({why}); copying the rows online instead")
             return None
     held = time.monotonic() - locked
+    pacer.count(moved_bytes)
     frozen = part.target_tier == "cold"
     vacuum_s = None
     if frozen:

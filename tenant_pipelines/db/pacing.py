@@ -337,7 +337,8 @@ class Pacer:
         self._interval_crossings = 0
         self._previous_app: str | None = None
         self._looks: dict[int, tuple] = {}  # pid -> (state, state_change, busy in the last looks)
-        self._guard_pid: int | None = None  # stepping_aside's backend
+        self._guard_pid: int | None = None  # stepping_aside's backend and statement
+        self._guard_statement = ""
         self._guard_reason: str | None = None
 
     # -- the mover's side --------------------------------------------------------------
@@ -377,18 +378,25 @@ class Pacer:
             return not controller.writers
 
     @contextmanager
-    def stepping_aside(self, pid: int) -> Iterator[Callable[[], str | None]]:
-        """While the block runs (a statement of backend ``pid`` at disk speed, holding locks:
-        a file copy), the probe thread cancels that statement as soon as a client waits for a
-        lock ``pid`` holds, or starts writing. Yields a function that says why it did (None:
-        it did not)."""
+    def stepping_aside(self, pid: int, statement: str) -> Iterator[Callable[[], str | None]]:
+        """While the block runs (a statement of backend ``pid`` that starts with
+        ``statement``, at disk speed, holding locks: a file copy), the probe thread cancels
+        that statement as soon as a client waits for a lock ``pid`` holds, or starts writing.
+        Only a statement of ``pid`` that starts so is ever cancelled. Yields a function that
+        says why it was (None: it was not)."""
         with self._lock:
-            self._guard_pid, self._guard_reason = pid, None
+            self._guard_pid, self._guard_statement, self._guard_reason = pid, statement, None
         try:
             yield lambda: self._guard_reason
         finally:
             with self._lock:
                 self._guard_pid = None
+
+    def count(self, nbytes: int) -> None:
+        """Bytes moved without the pacer's batches (a file copy): in the report, no wait."""
+        with self._lock:
+            self._report.bytes += nbytes
+            self._interval_bytes += nbytes
 
     def rate(self) -> float | None:
         """Bytes/s the mover may go at now (None: no limit)."""
@@ -533,7 +541,7 @@ class Pacer:
     def _guard(self, controller: Controller) -> None:
         """stepping_aside's watch: cancel the guarded statement for a waiter or a writer."""
         with self._lock:
-            pid = self._guard_pid
+            pid, statement = self._guard_pid, self._guard_statement
         if pid is None:
             return
         waiter = self._probe_conn.execute(
@@ -541,9 +549,12 @@ class Pacer:
         reason = (f"backend {waiter[0]} waited for a lock the file copy held" if waiter else
                   "another client started writing" if controller.writers else None)
         if reason is not None:
-            self._probe_conn.execute("SELECT pg_cancel_backend(%s)", (pid,))
+            cancelled = self._probe_conn.execute(
+                "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE pid = %s AND state = 'active'"
+                " AND left(query, length(%s)) = %s", (pid, statement, statement)).fetchone()
             with self._lock:
-                self._guard_pid, self._guard_reason = None, reason
+                if cancelled and cancelled[0] and self._guard_pid == pid:
+                    self._guard_pid, self._guard_reason = None, reason
 
     def _probe(self) -> float:
         t = time.perf_counter()

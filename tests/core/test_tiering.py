@@ -592,6 +592,7 @@ def test_with_nobody_writing_a_months_files_are_copied(admin_conn: psycopg.Conne
     assert {m.partition: m.copy for m in report.moves} == {leaf(tenant, o): "files" for o in (-2, -3, -4, -5)}
     assert all(m.method == "online" and m.rows_caught_up == 0 for m in report.moves) and report.misplaced_left == 0
     assert any("nobody was writing: its files copied at disk speed" in line for line in lines)
+    assert report.pace.bytes == sum(m.bytes for m in report.moves) and report.pace.probes == 0
     for offset, tablespace in {-2: "warm_storage", -4: "cold_storage"}.items():
         assert tablespace_of(admin_conn, leaf(tenant, offset)) == tablespace
         assert index_tablespaces(admin_conn, leaf(tenant, offset)) == {tablespace}

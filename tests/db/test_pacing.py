@@ -258,7 +258,7 @@ def test_a_statement_stepping_aside_is_cancelled_when_a_client_waits_for_its_loc
             except psycopg.errors.QueryCanceled as exc:
                 errors.append(exc)
 
-        with pacer.stepping_aside(pid) as stepped_aside:
+        with pacer.stepping_aside(pid, "LOCK TABLE guarded") as stepped_aside:
             holder = threading.Thread(target=hold_the_table)
             holder.start()
             with psycopg.connect(admin_dsn, autocommit=True) as client:
