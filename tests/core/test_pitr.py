@@ -233,6 +233,20 @@ def test_each_refusal_changes_nothing(archived: Archived, conn: psycopg.Connecti
     restore_tenant_to_time(conn, plain, at, archived.engine, master_key=KEY, force=True)
 
 
+def test_a_sandbox_whose_archive_ends_before_t_is_refused_and_removed(archived: Archived, conn: psycopg.Connection) -> None:
+    """The backstop behind the refusal of T after the newest archived WAL: PostgreSQL ends
+    recovery before the target, and the sandbox says so and goes."""
+    backup = full_backup(archived, conn)
+    tenant = seed_tenant(conn)
+    with archive_unwritable(archived):
+        change(conn, tenant, 1)
+        after = archived.now(conn)
+        with pytest.raises(PitrRefused, match="archive ends before the requested time"):
+            with archived.engine.sandbox(backup, after, lambda m: None):
+                pass
+    assert archived.sandboxes() == []
+
+
 def test_wal_archive_check_fails_when_archiving_breaks_and_recovers(archived: Archived, conn: psycopg.Connection) -> None:
     tenant = seed_tenant(conn)
     enable_pitr(conn, tenant, days=45)
