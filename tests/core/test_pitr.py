@@ -261,8 +261,12 @@ def test_wal_archive_check_fails_when_archiving_breaks_and_recovers(archived: Ar
     info = archived.engine.info()
     healed = wal_archive_health(conn, info, archived.engine.archive_segments(info), wait_s=60)
     assert healed.passed, healed.problems
-    # Retention keeps the longest promised window; every PITR tenant has its window.
+    # Retention keeps the longest promised window (pgBackRest was told so, by time); every PITR
+    # tenant has its window.
     assert retention_days(conn) == 45
+    backup_log = (archived.engine.config.parent / "log" / f"{archived.engine.stanza}-backup.log").read_text()
+    last_begin = [l for l in backup_log.splitlines() if "backup command begin" in l][-1]
+    assert "--repo1-retention-full=45" in last_begin and "--repo1-retention-full-type=time" in last_begin
     windows = {w.tenant: w for w in pitr_windows(conn, info, healed.newest_archived_at)}
     assert windows[str(tenant)].restorable_from == info.oldest.stopped_at
     assert windows[str(tenant)].promised_days == 45
