@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Benchmark: the adaptive pace of online tiering (issue 20) against the fixed one, same run.
 
-Each scenario tiers fresh enterprise tenants (three old months each, --rows events per tenant,
+Each scenario tiers fresh enterprise tenants (three old months each; --rows events for the
+idle scenario, --fixed-rows for the fixed pace's, --writer-rows for the adaptive ones with writers,
 loaded like bench/tiering.py's) with ``tier_tenant()`` online, while inserters
 (bench/tiering.py's: ingest_usage_events as billing_app, a process of their own, latency from
 when each insert was due) write into the tenants' current months. Windows: baseline (no move),
@@ -183,18 +184,18 @@ def benchmark(args, dsn: str, server_kind: str, throwaway: bool) -> dict:
         runs.append(scenario(args, dsn, admin, ctx, "100 tps, fixed",
                              load(args, dsn, admin, ctx, "fixed", 1, args.fixed_rows), fixed, args.insert_rate))
         runs.append(scenario(args, dsn, admin, ctx, "100 tps, adaptive",
-                             load(args, dsn, admin, ctx, "adaptive", 1, args.rows), adaptive, args.insert_rate))
-        heavy_tenants = load(args, dsn, admin, ctx, "heavy", 1, args.rows)
+                             load(args, dsn, admin, ctx, "adaptive", 1, args.writer_rows), adaptive, args.insert_rate))
+        heavy_tenants = load(args, dsn, admin, ctx, "heavy", 1, args.writer_rows)
         calibration = calibrate(dsn, args, heavy_tenants[0])
         runs.append(scenario(args, dsn, admin, ctx, f"{calibration['used']:g} tps, adaptive",
                              heavy_tenants, adaptive, calibration["used"]))
         runs.append(scenario(args, dsn, admin, ctx, "two moves at once, 100 tps each, adaptive",
-                             load(args, dsn, admin, ctx, "two", 2, args.rows), adaptive, args.insert_rate))
+                             load(args, dsn, admin, ctx, "two", 2, args.writer_rows), adaptive, args.insert_rate))
         leftovers = tb.move_leftovers(admin)
-    return {"benchmark": NAME, "command": h.command(NAME, [f"--rows {args.rows}", f"--fixed-rows {args.fixed_rows}",
+    return {"benchmark": NAME, "command": h.command(NAME, [f"--rows {args.rows}", f"--fixed-rows {args.fixed_rows}", f"--writer-rows {args.writer_rows}",
                                                            f"--baseline-seconds {args.baseline_seconds:g}",
                                                            f"--heavy-rate {args.heavy_rate:g}"], args.dsn),
-            "parameters": {k: getattr(args, k) for k in ("rows", "fixed_rows", "baseline_seconds", "insert_rate",
+            "parameters": {k: getattr(args, k) for k in ("rows", "fixed_rows", "writer_rows", "baseline_seconds", "insert_rate",
                                                          "insert_rows", "heavy_rate")},
             "machine": h.machine_info(), "server": server, "server_kind": server_kind,
             "calibration": calibration, "runs": runs, "leftovers": leftovers,
@@ -276,7 +277,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                             "(bench/results/pacing.json, docs/benchmarks/pacing.md).")
     h.add_numbers(
         parser,
-        ("--rows", int, 600_000, "N", "events per tenant of the adaptive scenarios, over three old months (600,000)"),
+        ("--rows", int, 600_000, "N", "events of the idle scenario's tenant, over three old months (600,000)"),
+        ("--writer-rows", int, 150_000, "N", "events per tenant of the adaptive scenarios with writers (150,000)"),
         ("--fixed-rows", int, 150_000, "N", "events of the fixed-pace scenario's tenant (150,000)"),
         ("--baseline-seconds", float, 10.0, "S", "each baseline window (10)"),
         ("--insert-rate", float, 100.0, "TPS", "the writers' transactions per second (100)"),
