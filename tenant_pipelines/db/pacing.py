@@ -17,13 +17,13 @@ depends on what the writers pay, which only the server can tell. Two methods:
     commits a probe every ``PROBE_INTERVAL_S`` (a one-row upsert into
     ``tenant_pipelines.pace_probes``, ``synchronous_commit`` on: what a writer's commit
     waits for) and steers like TCP's congestion control, on the share of probes over the
-    line (``target_p99_ratio`` x the baseline p99): the writers' p99 is within the line
-    while at most 1 commit in 100 crosses it. ``CUT_AT`` crossings among the last ``WINDOW``
-    probes (1%; one alone is the baseline's own noise), or one stall ``SEVERE`` times the
-    line, halve the rate (at most once per ``CUT_GAP_S``) and are recorded as a slowdown,
-    with the reason. Every ``SLOW_START_CLEAN`` probes with at most ``GROW_AT_MOST``
-    crossings in the window (0.5%) double it until the first cut; every ``STEADY_CLEAN``
-    raise it by a quarter after.
+    line (``target_p99_ratio`` x the baseline p99). ``CUT_AT`` crossings among the last
+    ``WINDOW`` probes (2%: a baseline crosses its own 1.2x p99 now and then, and a probe
+    commit is more sensitive to the mover than a writer's whole transaction), or one stall
+    ``SEVERE`` times the line, halve the rate (at most once per ``CUT_GAP_S``) and are
+    recorded as a slowdown, with the reason. Every ``SLOW_START_CLEAN`` probes with at most
+    ``GROW_AT_MOST`` crossings in the window (1%) double it until the first cut; every
+    ``STEADY_CLEAN`` raise it by a quarter after.
 
   The batch follows the rate: ``BATCH_S`` of it (32 KiB at 1 MB/s), from one block to
   ``batch_blocks`` (default 1,024: 8 MiB).
@@ -62,13 +62,17 @@ BATCH_S = 1 / 32  # a batch is this many seconds of the current rate
 START_RATE = 1 * MiB  # where the adaptive rate starts when writers are active: the fixed pace
 FLOOR_RATE = 128 * KiB  # it never goes below this (a move must end)
 PROBE_INTERVAL_S = 0.025
-BASELINE_PROBES = 120
+BASELINE_PROBES = 200  # 5 s: the p99 of 120 was the second-slowest probe, a line too tight
 ACTIVITY_EVERY_S = 0.5
 FIRST_LOOKS_EVERY_S = 0.2  # before the first batch: a writer committing 5 times a second or more is seen
 LOOKS, ACTIVE_LOOKS = 4, 2  # a client busy in 2 of the last 4 looks at pg_stat_activity is writing
 SLOW_START_CLEAN = 40  # probes between raises until the first cut
 STEADY_CLEAN = 100  # and after it
-WINDOW, CUT_AT, GROW_AT_MOST = 200, 2, 1  # cut at 2 crossings of the last 200 probes; raise at 1 or none
+# Cut at 4 crossings of the last 200 probes (2%), raise at 2 or fewer (1%). A probe commit is
+# far more sensitive to the mover than a writer's transaction, of which the commit is a part:
+# bench/pacing.py measured writers at 0.85x-1.06x their baseline p99 while probes crossed
+# 1.2x theirs 2-5 times in 200 (the first rule, 2 in 200, held every move at the floor).
+WINDOW, CUT_AT, GROW_AT_MOST = 200, 4, 2
 SEVERE = 4.0  # a probe this many times the line cuts at once
 CUT, SLOW_START_GROWTH, STEADY_GROWTH = 0.5, 2.0, 1.25
 CUT_GAP_S = 0.25
