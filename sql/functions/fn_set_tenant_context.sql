@@ -5,8 +5,10 @@
 -- NULL and tenants that do not exist. Takes the tenant's advisory lock SHARED (see
 -- fn_tenant_lock_key), then routes: for a tenant in a schema of its own, that schema goes
 -- first in a transaction-local search_path, so that usage_events, subscriptions, invoices
--- and payment_methods name its tables; for any other tenant, a schema a previous call of this
--- transaction put there is taken out. The route is read after the lock, so a move's cutover
+-- and payment_methods name its tables, and 'app.tenant_route' records it, stamped like the
+-- context (fn_tenant_routed_to_schema): the shared tables refuse that tenant's writes
+-- (migration 0023); for any other tenant, a schema a previous call of this transaction put
+-- there is taken out, and so is the route. The route is read after the lock, so a move's cutover
 -- (which takes the lock EXCLUSIVE) is never crossed by a transaction that read the old route.
 -- Returns the tenant id so calls can be chained. Not SECURITY DEFINER: it has no reason to
 -- run with more rights than its caller. No `SET search_path` clause either: a function with
@@ -19,6 +21,7 @@ DECLARE
     v_schema text;
     v_path   text;
     v_shared text;
+    v_stamp  text := pg_catalog.extract('epoch', pg_catalog.transaction_timestamp())::text;
 BEGIN
     IF p_tenant_id IS NULL THEN
         RAISE EXCEPTION 'tenant context: the tenant id is NULL'
@@ -27,7 +30,7 @@ BEGIN
     END IF;
     PERFORM pg_catalog.set_config(
         'app.current_tenant',
-        pg_catalog.extract('epoch', pg_catalog.transaction_timestamp())::text || p_tenant_id::text,
+        v_stamp || p_tenant_id::text,
         true);
     IF NOT EXISTS (SELECT 1 FROM public.organizations o WHERE o.id OPERATOR(pg_catalog.=) p_tenant_id) THEN
         PERFORM pg_catalog.set_config('app.current_tenant', '', true);
@@ -49,7 +52,13 @@ BEGIN
     IF v_schema IS NOT NULL THEN
         PERFORM pg_catalog.set_config('search_path', pg_catalog.quote_ident(v_schema) OPERATOR(pg_catalog.||) ', '
                                       OPERATOR(pg_catalog.||) v_shared, true);
-    ELSIF v_shared OPERATOR(pg_catalog.<>) v_path THEN
+        PERFORM pg_catalog.set_config('app.tenant_route', v_stamp OPERATOR(pg_catalog.||) v_schema, true);
+        RETURN p_tenant_id;
+    END IF;
+    IF COALESCE(pg_catalog.current_setting('app.tenant_route', true), '') OPERATOR(pg_catalog.<>) '' THEN
+        PERFORM pg_catalog.set_config('app.tenant_route', '', true);
+    END IF;
+    IF v_shared OPERATOR(pg_catalog.<>) v_path THEN
         PERFORM pg_catalog.set_config('search_path', v_shared, true);
     END IF;
     RETURN p_tenant_id;

@@ -122,7 +122,7 @@ def _tenant_tables(conn: psycopg.Connection, app_role: str, schemas: dict[str, s
     findings = []
     rows = conn.execute(
         sql.SQL("""SELECT t.name, c.relrowsecurity, c.relforcerowsecurity,
-                          EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = t.oid),
+                          EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = t.oid AND p.polpermissive),
                           pg_has_role(%(app)s, c.relowner, 'USAGE')
                      FROM ({}) t(oid, name) JOIN pg_class c ON c.oid = t.oid ORDER BY 1""").format(_TENANT_TABLES),
         {"app": app_role, "skip": sorted(schemas)},

@@ -149,13 +149,15 @@ def test_an_edited_citus_migration_is_refused(citus: CitusTarget, tmp_path: Path
 def test_citus_function_files_are_one_function_each() -> None:
     functions = load_citus_functions(SQL_DIR)
     main = {f.name for f in load_functions()}
-    assert {f.name for f in functions} == {"fn_current_tenant_id", "fn_set_tenant_context", "fn_citus_premake_months"}
+    assert {f.name for f in functions} == {"fn_current_tenant_id", "fn_set_tenant_context", "fn_citus_premake_months",
+                                           "fn_tenant_routed_to_schema"}
     # The Citus versions of single-node functions keep their grants.
     grants = {f.name: f.grants for f in functions}
     assert grants["fn_current_tenant_id"] == ((("EXECUTE",), "PUBLIC"),)
     assert grants["fn_set_tenant_context"] == ((("EXECUTE",), "billing_app"),)
     assert grants["fn_citus_premake_months"] == ()
-    assert {"fn_current_tenant_id", "fn_set_tenant_context"} <= main
+    assert grants["fn_tenant_routed_to_schema"] == ((("EXECUTE",), "PUBLIC"),)
+    assert {"fn_current_tenant_id", "fn_set_tenant_context", "fn_tenant_routed_to_schema"} <= main
 
 
 def test_a_single_node_database_gets_nothing_of_citus(admin_conn: psycopg.Connection) -> None:

@@ -82,3 +82,58 @@ def test_schema_behind_the_tenant_tables_is_not_routed_to(admin_conn, app_dsn) -
         with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState) as info:
             app.execute("SELECT fn_set_tenant_context(%s)", (a,))
     assert f"schema {schema} is at migration" in str(info.value) and "db migrate" in info.value.diag.message_hint
+
+
+SHARED_WRITES = {
+    "public.invoices": "INSERT INTO public.invoices (organization_id, amount, status) VALUES (%s, 1, 'open')",
+    "public.subscriptions": "INSERT INTO public.subscriptions (organization_id, plan, status) VALUES (%s, 'p', 'active')",
+    "public.payment_methods": "INSERT INTO public.payment_methods (organization_id, kind) VALUES (%s, 'card')",
+    "public.usage_events": "INSERT INTO public.usage_events (organization_id, metric_name, quantity, \"timestamp\")"
+                           " VALUES (%s, 'api', 1, now())",
+    "public.usage_events_mt": "INSERT INTO public.usage_events_mt (organization_id, metric_name, quantity, \"timestamp\")"
+                              " VALUES (%s, 'api', 1, now())",
+}
+
+
+@pytest.mark.parametrize("table", sorted(SHARED_WRITES))
+def test_schema_tenant_cannot_write_the_shared_tables_by_their_qualified_names(admin_conn, app_dsn, table) -> None:
+    """A row written there would be acknowledged and then never read by the tenant's routed
+    queries, nor backed up or moved with it: the shared tables refuse it (migration 0023)."""
+    a, b = make_tenant(admin_conn, "A", "enterprise"), make_tenant(admin_conn, "B")
+    place_in_schema(admin_conn, a)
+    with psycopg.connect(app_dsn) as app:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege) as info:
+            with app.transaction():
+                app.execute("SELECT fn_set_tenant_context(%s)", (a,))
+                app.execute(SHARED_WRITES[table], (a,))
+        assert "schema_tenants_insert_into_their_schema" in str(info.value)
+        with app.transaction():
+            # A then B in one transaction: B is pooled, and writes the shared tables as ever.
+            app.execute("SELECT fn_set_tenant_context(%s)", (a,))
+            app.execute("SELECT fn_set_tenant_context(%s)", (b,))
+            app.execute(SHARED_WRITES[table], (b,))
+        # A route set by hand for the session is no route in a later transaction (it is stamped).
+        app.execute("SELECT set_config('app.tenant_route', extract(epoch FROM transaction_timestamp())::text || 'x', false)")
+        app.commit()
+        with app.transaction():
+            app.execute("SELECT fn_set_tenant_context(%s)", (b,))
+            app.execute(SHARED_WRITES[table], (b,))
+    table_name = table.split(".")[1].replace("usage_events_mt", "usage_events")
+    counts = admin_conn.execute(
+        f"SELECT count(*) FILTER (WHERE organization_id = %s), count(*) FILTER (WHERE organization_id = %s) FROM public.{table_name}",
+        (a, b)).fetchone()
+    assert counts == (0, 2)
+
+
+def test_schema_tenant_cannot_update_its_rows_left_in_the_shared_tables(admin_conn, app_dsn) -> None:
+    """Rows of the old copy (a move's cleanup not yet run) are not the tenant's to change."""
+    a = make_tenant(admin_conn, "A", "enterprise")
+    admin_conn.execute("INSERT INTO public.invoices (organization_id, amount, status) VALUES (%s, 1, 'open')", (a,))
+    place_in_schema(admin_conn, a)
+    with psycopg.connect(app_dsn) as app:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege) as info:
+            with app.transaction():
+                app.execute("SELECT fn_set_tenant_context(%s)", (a,))
+                app.execute("UPDATE public.invoices SET status = 'paid'")
+        assert "schema_tenants_update_in_their_schema" in str(info.value)
+    assert admin_conn.execute("SELECT status FROM public.invoices WHERE organization_id = %s", (a,)).fetchone()[0] == "open"

@@ -908,10 +908,14 @@ def test_catalog_shows_no_weakened_isolation(world: World) -> None:
     ).fetchone() == (False, False, False)
     policies = admin.execute(
         "SELECT c.relname, p.polqual IS NOT NULL, p.polwithcheck IS NOT NULL"
-        " FROM pg_policy p JOIN pg_class c ON c.oid = p.polrelid ORDER BY 1"
+        " FROM pg_policy p JOIN pg_class c ON c.oid = p.polrelid WHERE p.polpermissive ORDER BY 1"
     ).fetchall()
     assert {t.name for t in DATA_TABLES} <= {name for name, _, _ in policies}
     assert all(using and check for _, using, check in policies), policies
+    # The only restrictive ones (AND-ed, so they can only refuse more): a schema tenant's writes
+    # refused in the shared tables (sql/0023).
+    assert {name for (name,) in admin.execute("SELECT DISTINCT polname FROM pg_policy WHERE NOT polpermissive")} == {
+        "schema_tenants_insert_into_their_schema", "schema_tenants_update_in_their_schema"}
     functions = {name: (definer, config) for name, definer, config in admin.execute(
         "SELECT proname, prosecdef, array_to_string(proconfig, ',') FROM pg_proc"
         " WHERE proname IN ('fn_current_tenant_id', 'fn_set_tenant_context', 'fn_set_tenant_resources')"
