@@ -1,6 +1,7 @@
--- after: 0020
+-- after: 0024
 -- A tenant's own schema, tenant_<32 hex>, empty and ready: usage_events (partitioned by month,
--- the months from p_first_month to premake_months ahead, and a DEFAULT partition _rest),
+-- the months from p_first_month to p_premake_months ahead, partition_config.premake_months
+-- when NULL, and a DEFAULT partition _rest),
 -- subscriptions, invoices and payment_methods, LIKE the shared tables (columns, defaults,
 -- keys, indexes, CHECKs) plus a CHECK that every row is the tenant's, with the shared tables' foreign keys (to the schema's own tables
 -- where the shared ones point at a tenant table, else to the shared one). Every table is
@@ -9,7 +10,8 @@
 -- CREATE, no privilege on a month. Recorded in tenant_schemas at the tenant tables' current
 -- migration version. Creates no placement: the tenant moves in with core/moves.py.
 -- Idempotent: what exists is kept. Returns the schema's name.
-CREATE OR REPLACE FUNCTION fn_create_tenant_schema(p_tenant uuid, p_first_month date DEFAULT NULL) RETURNS text
+CREATE OR REPLACE FUNCTION fn_create_tenant_schema(p_tenant uuid, p_first_month date DEFAULT NULL,
+                                                   p_premake_months integer DEFAULT NULL) RETURNS text
     LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
@@ -26,6 +28,11 @@ BEGIN
             USING ERRCODE = 'no_data_found', HINT = 'onboard the organization first, or check the id';
     END IF;
     SELECT * INTO STRICT cfg FROM public.partition_config;
+    p_premake_months := COALESCE(p_premake_months, cfg.premake_months);
+    IF p_premake_months NOT BETWEEN 0 AND 36 THEN
+        RAISE EXCEPTION 'tenant %: premake months must be between 0 and 36, not %', p_tenant, p_premake_months
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     PERFORM set_config('lock_timeout', cfg.lock_timeout, true);
     PERFORM set_config('default_tablespace', public.fn_hot_tablespace(), true);
     EXECUTE format('CREATE SCHEMA IF NOT EXISTS %I AUTHORIZATION billing_owner', v_schema);
@@ -66,11 +73,11 @@ BEGIN
         EXECUTE format('ALTER TABLE %I.%I ADD CONSTRAINT tenant_only_check CHECK (organization_id = %L::uuid)',
                        v_schema, v_table, p_tenant);
     END LOOP;
-    -- Its months, as a dedicated tenant's: from the oldest it needs to premake_months ahead.
+    -- Its months, as a dedicated tenant's: from the oldest it needs to p_premake_months ahead.
     v_month := LEAST(COALESCE(date_trunc('month', p_first_month)::date, v_this),
                      v_this)::date;
     v_month := GREATEST(v_month, (v_this - make_interval(months => cfg.max_history_months))::date);
-    WHILE v_month <= (v_this + make_interval(months => cfg.premake_months))::date LOOP
+    WHILE v_month <= (v_this + make_interval(months => p_premake_months))::date LOOP
         v_leaf := 'usage_events_p' || to_char(v_month, 'YYYYMM');
         IF to_regclass(format('%I.%I', v_schema, v_leaf)) IS NULL THEN
             EXECUTE format('CREATE TABLE %I.%I PARTITION OF %I.usage_events FOR VALUES FROM (%L) TO (%L)',

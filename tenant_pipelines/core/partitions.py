@@ -64,8 +64,8 @@ def ensure_tenant_partition(
     that earns a dedicated partition (its tier, its ``dedicated_resources`` flag or its size,
     within ``partition_config.leaf_budget``), that partition, attached, with its months; for a
     tenant in a schema of its own, its schema's months (``fn_create_tenant_schema``, which makes
-    what is missing, to ``partition_config.premake_months`` ahead: ``premake_months`` does not
-    apply to them). A tenant in an online move is left to core/moves.py.
+    what is missing). ``premake_months`` (default ``partition_config.premake_months``) is how far
+    ahead months are made, for each kind. A tenant in an online move is left to core/moves.py.
 
     Each step is its own transaction, safe to re-run after a crash:
 
@@ -96,7 +96,7 @@ def ensure_tenant_partition(
         attempts=tries,
     )
     if report.layout == SCHEMA:
-        created, more_tries = _premake_schema_months(conn, tenant, attempts, retries)
+        created, more_tries = _premake_schema_months(conn, tenant, premake_months, attempts, retries)
         report.tables_created += created
         report.attempts += more_tries
     elif report.layout not in ("pooled", "moving"):  # moving: core/moves.py's
@@ -116,15 +116,16 @@ def _schema_leaves(conn: psycopg.Connection, schema: str) -> set[str]:
         (schema, SCHEMA_TABLES[USAGE_EVENTS])).fetchall()}
 
 
-def _premake_schema_months(conn: psycopg.Connection, tenant: uuid.UUID, attempts: int,
-                           retries: LockRetries) -> tuple[list[str], int]:
+def _premake_schema_months(conn: psycopg.Connection, tenant: uuid.UUID, premake_months: int | None,
+                           attempts: int, retries: LockRetries) -> tuple[list[str], int]:
     """A schema tenant's missing months (and anything else of its schema that is missing), made
     by the idempotent ``fn_create_tenant_schema``; the months created, schema-qualified."""
     schema = placement_of(conn, tenant).location
     before = _schema_leaves(conn, schema)
     _, tries = run_with_lock_retry(
         conn, f"tenant {tenant}: premaking the months of schema {schema}",
-        lambda c: c.execute("SELECT fn_create_tenant_schema(%s)", (tenant,)), attempts=attempts, retries=retries)
+        lambda c: c.execute("SELECT fn_create_tenant_schema(%s, NULL, %s)", (tenant, premake_months)),
+        attempts=attempts, retries=retries)
     return [f"{schema}.{leaf}" for leaf in sorted(_schema_leaves(conn, schema) - before)], tries
 
 

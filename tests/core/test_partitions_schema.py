@@ -55,6 +55,15 @@ def test_a_schema_tenants_months_are_premade_and_audited(admin_conn: psycopg.Con
     assert audit_tenant_partitions(admin_conn, [tenant]) == []
     assert placement_of(admin_conn, tenant).kind == "schema"
 
+    # --premake-months reaches a schema tenant as it reaches a dedicated one: two more months.
+    further = admin_conn.execute(
+        "SELECT premake_months + 2, to_char(now() AT TIME ZONE 'UTC' + make_interval(months => premake_months + 1), 'YYYYMM'),"
+        " to_char(now() AT TIME ZONE 'UTC' + make_interval(months => premake_months + 2), 'YYYYMM') FROM partition_config"
+    ).fetchone()
+    created = ensure_tenant_partition(admin_conn, tenant, premake_months=further[0]).tables_created
+    assert [t for t in created if t.startswith(schema)] == [f"{schema}.usage_events_p{further[1]}",
+                                                            f"{schema}.usage_events_p{further[2]}"]
+
 
 def test_every_month_gone_or_the_table_gone_is_reported(admin_conn: psycopg.Connection) -> None:
     tenant, schema = schema_tenant(admin_conn)
