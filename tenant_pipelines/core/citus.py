@@ -311,3 +311,156 @@ def audit_citus(conn: psycopg.Connection) -> list[Finding]:
                     f"on the coordinator: DELETE FROM tenant_pipelines.citus_functions WHERE name = '{function}', "
                     "then 'tenant-pipelines db migrate' (re-applies it on every node)"))
     return findings
+
+
+# -- balance across workers ---------------------------------------------------------------------
+
+# The largest worker may hold this many times the mean of the tenants' data before the
+# workers_balanced check fails (a worker with 1.5x the mean fills its disk first).
+SKEW_LIMIT = 1.5
+# Citus's rebalancer strategies (pg_dist_rebalance_strategy): by_disk_size weighs shard groups
+# by their bytes, by_shard_count by their number.
+STRATEGIES = ("by_disk_size", "by_shard_count")
+
+
+@dataclass(frozen=True)
+class WorkerLoad:
+    node_id: int
+    node: str
+    shard_groups: int  # of the tenants' colocation group
+    bytes: int         # every shard of that group there (all colocated tables, usage event months too)
+    tenants: int
+
+
+@dataclass(frozen=True)
+class Balance:
+    workers: list[WorkerLoad]
+
+    @property
+    def skew(self) -> float:
+        """The largest worker's bytes over the mean's (1.0: even; 0.0 with no data at all)."""
+        total = sum(w.bytes for w in self.workers)
+        if not self.workers or total == 0:
+            return 0.0
+        return max(w.bytes for w in self.workers) / (total / len(self.workers))
+
+
+@dataclass(frozen=True)
+class ShardMove:
+    shard_id: int
+    table: str
+    bytes: int
+    source: str
+    target: str
+
+
+@dataclass(frozen=True)
+class RebalanceReport:
+    strategy: str
+    before: Balance
+    after: Balance
+    moves: list[ShardMove]  # the plan the rebalancer carried out
+    pinned: list[int]       # shards of isolated tenants, left where they are
+    seconds: float
+
+
+def worker_balance(conn: psycopg.Connection) -> Balance:
+    """Each worker that holds shards: the tenants' shard groups, bytes and tenants on it."""
+    _require_citus(conn)
+    rows = conn.execute(
+        """WITH grp AS (SELECT colocationid FROM pg_dist_partition WHERE logicalrelid = %(anchor)s::regclass),
+                nodes AS (SELECT nodeid, groupid, nodename || ':' || nodeport AS node FROM pg_dist_node
+                           WHERE noderole = 'primary' AND isactive AND shouldhaveshards),
+                sizes AS (SELECT s.nodename || ':' || s.nodeport AS node, sum(s.shard_size)::bigint AS bytes,
+                                 count(*) FILTER (WHERE s.table_name = %(anchor)s::regclass) AS groups
+                            FROM citus_shards s, grp WHERE s.colocation_id = grp.colocationid GROUP BY 1),
+                tenants AS (SELECT p.groupid, count(*) AS n FROM public.organizations o
+                              JOIN pg_dist_placement p ON p.shardid = get_shard_id_for_distribution_column(%(anchor)s, o.id)
+                             GROUP BY 1)
+           SELECT n.nodeid, n.node, COALESCE(s.groups, 0), COALESCE(s.bytes, 0), COALESCE(t.n, 0)
+             FROM nodes n LEFT JOIN sizes s ON s.node = n.node LEFT JOIN tenants t ON t.groupid = n.groupid
+            ORDER BY n.nodeid""", {"anchor": ANCHOR}).fetchall()
+    return Balance([WorkerLoad(*row) for row in rows])
+
+
+def _pinned_shards(conn: psycopg.Connection) -> list[int]:
+    """The shard of organizations of every isolated tenant: placed where `citus move` put it."""
+    return [r[0] for r in conn.execute(
+        "SELECT shardid FROM pg_dist_shard WHERE logicalrelid = %s::regclass"
+        " AND shardminvalue::bigint = shardmaxvalue::bigint ORDER BY 1", (ANCHOR,)).fetchall()]
+
+
+def rebalance_shards(conn: psycopg.Connection, strategy: str = "by_disk_size") -> RebalanceReport:
+    """Citus's rebalancer over the tenants' colocation group, online (logical replication),
+    with ``strategy``. Isolated tenants' shard groups are excluded: they stay on the worker a
+    `citus move` chose. Needs an autocommit connection, as a superuser. Idempotent: a balanced
+    cluster has an empty plan and nothing moves."""
+    if strategy not in STRATEGIES:
+        raise InvalidInput(f"rebalance strategy {strategy!r}: give one of {', '.join(STRATEGIES)}")
+    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE or not conn.autocommit:
+        raise InvalidInput("rebalance_shards needs an autocommit connection: Citus moves shards outside a "
+                           "transaction block")
+    before = worker_balance(conn)
+    restore_forced_rls(conn)
+    started = time.monotonic()
+    pinned = _pinned_shards(conn)
+    plan = [ShardMove(shard, str(table), int(size or 0), f"{sname}:{sport}", f"{tname}:{tport}")
+            for table, shard, size, sname, sport, tname, tport in conn.execute(
+                "SELECT table_name::text, shardid, shard_size, sourcename, sourceport, targetname, targetport"
+                " FROM get_rebalance_table_shards_plan(%s::regclass, excluded_shard_list => %s::bigint[],"
+                " rebalance_strategy => %s)", (ANCHOR, pinned, strategy)).fetchall()]
+    if plan:
+        try:
+            with _owner_exempt_from_rls(conn):
+                conn.execute("SELECT rebalance_table_shards(%s::regclass, excluded_shard_list => %s::bigint[],"
+                             " shard_transfer_mode => %s, rebalance_strategy => %s)",
+                             (ANCHOR, pinned, TRANSFER_MODE, strategy))
+        except psycopg.Error as exc:
+            raise TenantPipelinesError(
+                f"rebalancing the tenants' shards failed: {exc.diag.message_primary or exc}; the moves done so far "
+                "stay (each is online and whole), run it again") from None
+    return RebalanceReport(strategy, before, worker_balance(conn), plan, pinned, time.monotonic() - started)
+
+
+def is_citus_coordinator(conn: psycopg.Connection) -> bool:
+    """Whether this database is a migrated Citus coordinator (organizations distributed)."""
+    try:
+        _require_citus(conn)
+    except NotCitus:
+        return False
+    return True
+
+
+# Where the single-node placement policy (tier_limits.placement, tenant_classifications.
+# placement_override) puts a tenant on Citus: in a shard group shared with others, or in one of
+# its own (a schema tenant too, until Citus's schema-based sharding is built here).
+POLICY_ON_CITUS = {"pooled": "shared", "partition": "isolated", "schema": "isolated"}
+CITUS_KINDS = ("shared", "isolated", "node")
+
+
+def citus_policy(conn: psycopg.Connection, tenant: uuid.UUID) -> str | None:
+    """shared or isolated, from the tenant's override, else its tier's placement; None: no policy."""
+    row = conn.execute(
+        """SELECT COALESCE(c.placement_override, l.placement) FROM public.tenant_classifications c
+             LEFT JOIN public.tier_limits l ON l.tier = c.tier WHERE c.organization_id = %s""", (tenant,)).fetchone()
+    return POLICY_ON_CITUS.get(row[0]) if row and row[0] else None
+
+
+def place_tenant_on_citus(conn: psycopg.Connection, tenant_id: object, to: str,
+                          node_id: int | None = None) -> PlacementChange:
+    """Bring the tenant to ``to``: shared (only where it is already: Citus cannot merge a shard
+    group back), isolated, or node (isolated and on worker ``node_id``). Idempotent."""
+    if to not in CITUS_KINDS:
+        raise InvalidInput(f"placement {to!r} on Citus: give one of {', '.join(CITUS_KINDS)}")
+    if (to == "node") != (node_id is not None):
+        raise InvalidInput("placement node on Citus needs node_id (a worker's pg_dist_node.nodeid: "
+                           "'tenant-pipelines citus nodes' lists them); the other placements take none")
+    if to == "node":
+        return move_tenant_to_node(conn, tenant_id, node_id)
+    if to == "isolated":
+        return isolate_tenant(conn, tenant_id)
+    before = tenant_placement_on_citus(conn, tenant_id)
+    if before.kind != "shared":
+        raise InvalidInput(f"tenant {before.tenant}: isolated in shard {before.shard_id}; Citus cannot merge a shard "
+                           "group back into a shared one, so it stays isolated")
+    return PlacementChange(before.tenant, before, before, {})

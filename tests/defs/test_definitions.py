@@ -20,12 +20,13 @@ from tenant_pipelines.defs.tenants.assets import tenant_isolation_holds, tenant_
 
 # A renamed or dropped asset, check, job, schedule or sensor is a visible diff here.
 EXPECTED = {
-    "assets": ["cluster_backup", "pool_tier_placement", "tenant_backup", "tenant_metrics", "tenant_partition", "tenant_placement", "tenant_registry",
-               "tier_placement"],
+    "assets": ["cluster_backup", "pool_tier_placement", "shard_balance", "tenant_backup", "tenant_metrics", "tenant_partition",
+               "tenant_placement", "tenant_registry", "tier_placement"],
     "asset_checks": [
         "cluster_backup:pitr_windows_kept",
         "cluster_backup:wal_archive_healthy",
         "pool_tier_placement:pool_tiers_match_policy",
+        "shard_balance:workers_balanced",
         "tenant_backup:backup_restorable",
         "tenant_backup:tenant_backups_fresh",
         "tenant_metrics:monthly_events_quota",
@@ -37,9 +38,10 @@ EXPECTED = {
         "tenant_registry:tenant_isolation_holds",
         "tier_placement:tiers_match_policy",
     ],
-    "jobs": ["back_up_cluster", "back_up_tenants", "create_tenant_partitions", "move_tenant_placements", "refresh_tenant_registry", "rollup_tenant_metrics", "tier_pool_storage",
+    "jobs": ["back_up_cluster", "back_up_tenants", "balance_shards", "create_tenant_partitions", "move_tenant_placements", "refresh_tenant_registry", "rollup_tenant_metrics", "tier_pool_storage",
              "tier_storage"],
-    "schedules": ["cluster_diff_backup_schedule", "cluster_full_backup_schedule", "metrics_schedule", "pool_tiering_schedule", "premake_schedule", "tiering_schedule"],
+    "schedules": ["cluster_diff_backup_schedule", "cluster_full_backup_schedule", "metrics_schedule", "pool_tiering_schedule", "premake_schedule", "shard_balance_schedule",
+                  "tiering_schedule"],
     "sensors": ["tenant_backup_sensor", "tenant_onboarding_sensor", "tenant_placement_sensor"],
 }
 

@@ -11,6 +11,13 @@ from datetime import datetime, timedelta, timezone
 import dagster as dg
 from pydantic import Field
 
+from tenant_pipelines.core.citus import (
+    PlacementChange,
+    citus_policy,
+    is_citus_coordinator,
+    place_tenant_on_citus,
+    tenant_placement_on_citus,
+)
 from tenant_pipelines.core.moves import (
     ADAPTIVE_BATCH_ROWS,
     DEFAULT_BATCH_ROWS,
@@ -58,8 +65,12 @@ class TenantPlacementConfig(PaceConfig):
         default=None,
         description="pooled, partition or schema: move the run's tenants there, and record it as their "
         "placement override (tenant_classifications.placement_override) so that the placement sensor "
-        "keeps them there. Empty: where their policy says (override, else tenant tier).",
+        "keeps them there. Empty: where their policy says (override, else tenant tier). On a Citus "
+        "coordinator: shared, isolated (a shard group of its own) or node (isolated, on worker node_id); "
+        "empty: pooled policy -> shared, partition or schema -> isolated; nothing is recorded.",
     )
+    node_id: int | None = Field(default=None, description="Citus only, with to: node: the worker "
+                                "(pg_dist_node.nodeid; 'tenant-pipelines citus nodes' lists them).")
     batch_rows: int | None = Field(default=None, description="rows copied per transaction, at most "
                             "(adaptive: the pace picks fewer while writers are active; null: " f"{ADAPTIVE_BATCH_ROWS}. fixed: this many; null: "
                             f"{DEFAULT_BATCH_ROWS}); 1 to 1000000.")
@@ -96,12 +107,14 @@ def tenant_placement(
     context: dg.AssetExecutionContext, config: TenantPlacementConfig, billing_db: BillingDatabase
 ) -> dg.MaterializeResult:
     started = time.monotonic()
-    if config.to is not None:
-        try:
-            check_kind(config.to)
-        except TenantPipelinesError as exc:
-            raise dg.Failure(description=f"tenant_placement config: {exc}") from None
     with billing_db.connection() as conn:
+        if is_citus_coordinator(conn):
+            return _place_all_on_citus(context, conn, config, started)
+        if config.to is not None:
+            try:
+                check_kind(config.to)
+            except TenantPipelinesError as exc:
+                raise dg.Failure(description=f"tenant_placement config: {exc}") from None
         placed = for_each_tenant(context, lambda key: _place(conn, key, config, context.log.info))
     for p in placed:
         if p.note:
@@ -134,6 +147,49 @@ def _place(conn, key: str, config: TenantPlacementConfig, log) -> Placed:
     note = (f"{report.from_kind} -> {report.to_kind} ({why})" if report.moved
             else f"already {report.to_kind} ({report.to_location}), as {why} says")
     return Placed(str(tenant), report, recorded, note, time.monotonic() - started)
+
+
+def _place_all_on_citus(context: dg.AssetExecutionContext, conn, config: TenantPlacementConfig,
+                        started: float) -> dg.MaterializeResult:
+    """On a Citus coordinator Citus moves the tenant (core/citus.py): isolate_tenant_to_new_shard
+    and citus_move_shard_placement, online."""
+
+    def place(key: str) -> tuple[PlacementChange, str]:
+        tenant = require_known_tenant(conn, key)
+        to, why = config.to, "run config"
+        if to is None:
+            to, why = citus_policy(conn, tenant), "its policy"
+            if to is None:
+                to, why = "shared", "no policy"
+        if config.to is None and to == "shared":
+            here = tenant_placement_on_citus(conn, tenant)
+            if here.kind != "shared":
+                return (PlacementChange(tenant, here, here, {}),
+                        f"stays isolated on node {here.node_id}: Citus cannot merge a shard group back ({why})")
+        change = place_tenant_on_citus(conn, tenant, to, config.node_id)
+        note = (f"{change.before.kind} on node {change.before.node_id} -> {change.after.kind} on node "
+                f"{change.after.node_id} ({why})" if change.steps else f"already {change.after.kind} on node "
+                f"{change.after.node_id}, as {why} says")
+        context.log.info(f"tenant {tenant}: {note}")
+        return change, note
+
+    placed = for_each_tenant(context, place)
+    return dg.MaterializeResult(metadata={
+        "tenants": len(placed),
+        "moved": sum(bool(change.steps) for change, _ in placed),
+        "requested_to": config.to or "policy",
+        "on_citus": True,
+        "duration_s": round(time.monotonic() - started, 3),
+        "placements": table_metadata(
+            ({"tenant": str(change.tenant), "from": change.before.kind, "from_node": change.before.node_id,
+              "to": change.after.kind, "to_node": change.after.node_id, "shard": change.after.shard_id,
+              **{f"{step}_s": round(change.steps.get(step, 0.0), 3) for step in ("isolate", "move")}, "note": note}
+             for change, note in placed),
+            [("tenant", "string"), ("from", "string", "shared or isolated"), ("from_node", "int", "pg_dist_node.nodeid"),
+             ("to", "string"), ("to_node", "int"), ("shard", "int", "its shard of organizations"),
+             ("isolate_s", "float", "isolate_tenant_to_new_shard, online"),
+             ("move_s", "float", "citus_move_shard_placement, online"), ("note", "string")]),
+    })
 
 
 def _copy_seconds(report: MoveReport) -> float:
