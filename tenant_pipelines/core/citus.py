@@ -464,3 +464,56 @@ def place_tenant_on_citus(conn: psycopg.Connection, tenant_id: object, to: str,
         raise InvalidInput(f"tenant {before.tenant}: isolated in shard {before.shard_id}; Citus cannot merge a shard "
                            "group back into a shared one, so it stays isolated")
     return PlacementChange(before.tenant, before, before, {})
+
+
+# -- per-tenant figures of Citus ----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CitusTenantStats:
+    tenant: str
+    kind: str            # shared | isolated
+    shard_id: int
+    node_id: int
+    shard_group_bytes: int  # every colocated shard of its group (shared with others unless isolated)
+    queries: int | None     # citus_stat_tenants, this period and the last (None: tracking is off)
+    reads: int | None
+    cpu_s: float | None
+
+
+def citus_tenant_stats(conn: psycopg.Connection) -> tuple[list[CitusTenantStats], str]:
+    """Each tenant's shard group, worker and group size, with its queries, reads and CPU from
+    ``citus_stat_tenants`` (Citus tracks them when ``citus.stat_tenants_track = 'all'``), and a
+    note about that setting."""
+    _require_citus(conn)
+    tracking = conn.execute("SELECT current_setting('citus.stat_tenants_track')").fetchone()[0]
+    stats: dict[str, tuple] = {}
+    if tracking == "all":
+        stats = {t: (q, r, c) for t, q, r, c in conn.execute(
+            """SELECT tenant_attribute, sum(query_count_in_this_period + query_count_in_last_period)::bigint,
+                      sum(read_count_in_this_period + read_count_in_last_period)::bigint,
+                      sum(cpu_usage_in_this_period + cpu_usage_in_last_period)::float8
+                 FROM citus_stat_tenants GROUP BY 1""").fetchall()}
+    rows = conn.execute(
+        """WITH grp AS (SELECT colocationid FROM pg_dist_partition WHERE logicalrelid = %(anchor)s::regclass),
+                sizes AS (SELECT s.shardid, sum(c.shard_size)::bigint AS bytes
+                            FROM pg_dist_shard s
+                            JOIN pg_dist_shard peer ON peer.shardminvalue = s.shardminvalue
+                                                   AND peer.shardmaxvalue = s.shardmaxvalue
+                            JOIN citus_shards c ON c.shardid = peer.shardid, grp
+                           WHERE s.logicalrelid = %(anchor)s::regclass AND c.colocation_id = grp.colocationid
+                           GROUP BY 1),
+                tenants AS MATERIALIZED (SELECT id FROM public.organizations)
+           SELECT t.id::text, s.shardid, s.shardminvalue::bigint = s.shardmaxvalue::bigint, n.nodeid, COALESCE(z.bytes, 0)
+             FROM tenants t
+             JOIN pg_dist_shard s ON s.shardid = get_shard_id_for_distribution_column(%(anchor)s, t.id)
+             JOIN pg_dist_placement p ON p.shardid = s.shardid
+             JOIN pg_dist_node n ON n.groupid = p.groupid AND n.noderole = 'primary'
+             LEFT JOIN sizes z ON z.shardid = s.shardid
+            ORDER BY 1""", {"anchor": ANCHOR}).fetchall()
+    result = [CitusTenantStats(tenant, "isolated" if isolated else "shared", shard, node, size,
+                               *(stats.get(tenant) or (None, None, None)))
+              for tenant, shard, isolated, node, size in rows]
+    note = ("citus_stat_tenants: queries, reads and CPU of this period and the last" if tracking == "all" else
+            f"citus.stat_tenants_track is {tracking}: no per-tenant queries, reads or CPU; "
+            "ALTER SYSTEM SET citus.stat_tenants_track = 'all' on every node to track them")
+    return result, note

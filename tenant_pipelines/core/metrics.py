@@ -101,22 +101,26 @@ def collect_batch(conn: psycopg.Connection, ids: list[uuid.UUID]) -> list[Tenant
 
 
 def record_history(conn: psycopg.Connection, day: date, metrics: list[TenantMetrics]) -> int:
-    """Upsert one row per tenant for ``day`` into tenant_metrics_history (re-runs replace it)."""
+    """Upsert one row per tenant for ``day`` into tenant_metrics_history (re-runs replace it).
+    ``recorded_at`` is the transaction's now(), passed as a value: Citus refuses a function that
+    is not IMMUTABLE in the DO UPDATE SET of an insert into a distributed table."""
     with conn.transaction(), conn.cursor() as cur:
+        recorded_at = cur.execute("SELECT now()").fetchone()[0]
         cur.executemany(
             """
             INSERT INTO tenant_metrics_history (day, organization_id, tier, active_subscriptions, events_last_24h,
-                events_this_month, storage_bytes, last_activity, monthly_events_limit, storage_quota_gb)
-            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+                events_this_month, storage_bytes, last_activity, monthly_events_limit, storage_quota_gb, recorded_at)
+            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
             ON CONFLICT (organization_id, day) DO UPDATE SET
                 tier = EXCLUDED.tier, active_subscriptions = EXCLUDED.active_subscriptions,
                 events_last_24h = EXCLUDED.events_last_24h, events_this_month = EXCLUDED.events_this_month,
                 storage_bytes = EXCLUDED.storage_bytes, last_activity = EXCLUDED.last_activity,
                 monthly_events_limit = EXCLUDED.monthly_events_limit,
-                storage_quota_gb = EXCLUDED.storage_quota_gb, recorded_at = now()
+                storage_quota_gb = EXCLUDED.storage_quota_gb, recorded_at = EXCLUDED.recorded_at
             """,
             [(day, m.organization_id, m.tier, m.active_subscriptions, m.events_last_24h, m.events_this_month,
-              m.storage_bytes, m.last_activity, m.monthly_events_limit, m.storage_quota_gb) for m in metrics],
+              m.storage_bytes, m.last_activity, m.monthly_events_limit, m.storage_quota_gb, recorded_at)
+             for m in metrics],
         )
     return len(metrics)
 

@@ -409,10 +409,14 @@ def audit_tier_limits(conn: psycopg.Connection, app_role: str = APP_ROLE,
     them outside a tenant session; and, given ``pgbouncer_ini``, its tier pools have the sizes
     of tier_limits (``audit_pool_sizes``)."""
     findings = []
+    # One tenant of each tier: a join, not a correlated subquery (Citus refuses one over a
+    # reference table, tier_limits there).
     tiers = conn.execute(
-        """SELECT tl.tier, tl.work_mem, tl.statement_timeout,
-                  (SELECT tc.organization_id FROM tenant_classifications tc WHERE tc.tier = tl.tier LIMIT 1)
-             FROM tier_limits tl ORDER BY tl.tier"""
+        """SELECT tl.tier, tl.work_mem, tl.statement_timeout, one.organization_id
+             FROM tier_limits tl
+             LEFT JOIN (SELECT DISTINCT ON (tc.tier) tc.tier, tc.organization_id
+                          FROM tenant_classifications tc ORDER BY tc.tier, tc.organization_id) one ON one.tier = tl.tier
+            ORDER BY tl.tier"""
     ).fetchall()
     for tier, work_mem, timeout, tenant in tiers:
         if tenant is None:

@@ -25,14 +25,17 @@ def list_tenants(conn: psycopg.Connection) -> list[Tenant]:
     with conn.cursor(row_factory=class_row(Tenant)) as cur:
         cur.execute(
             """
-            SELECT o.id AS organization_id,
-                   o.name,
-                   COALESCE(tc.tier, 'free') AS tier,
-                   o.created_at,
-                   fn_tenant_active_subscriptions(o.id)::int AS active_subscriptions  -- wherever it lives
-              FROM organizations o
-              LEFT JOIN tenant_classifications tc ON tc.organization_id = o.id
-             ORDER BY o.created_at, o.id
+            WITH tenants AS MATERIALIZED (  -- on Citus: read from the shards first (see vw_tenant_metrics)
+                SELECT o.id, o.name, COALESCE(tc.tier, 'free') AS tier, o.created_at
+                  FROM organizations o
+                  LEFT JOIN tenant_classifications tc ON tc.organization_id = o.id)
+            SELECT t.id AS organization_id,
+                   t.name,
+                   t.tier,
+                   t.created_at,
+                   fn_tenant_active_subscriptions(t.id)::int AS active_subscriptions  -- wherever it lives
+              FROM tenants t
+             ORDER BY t.created_at, t.id
             """
         )
         return cur.fetchall()

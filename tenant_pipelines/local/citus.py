@@ -46,6 +46,9 @@ CITUS_SETTINGS: dict[str, str] = {
     # Multi-shard writes commit with two-phase commit on the workers.
     "max_prepared_transactions": "200",
     "wal_level": "logical",  # shard moves use logical replication
+    # Per-tenant queries, reads and CPU in citus_stat_tenants (tenant_metrics shows them); the
+    # tracking samples statements that route to one tenant, at a small cost per statement.
+    "citus.stat_tenants_track": "'all'",
 }
 
 

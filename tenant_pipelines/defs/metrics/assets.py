@@ -9,6 +9,7 @@ from pathlib import Path
 import dagster as dg
 
 from tenant_pipelines.settings import PGBOUNCER_INI_ENV, state_dir
+from tenant_pipelines.core.citus import citus_tenant_stats, is_citus_coordinator
 from tenant_pipelines.core.security import audit_tier_limits
 from tenant_pipelines.core.metrics import collect, export_parquet, quota_use, record_history
 from tenant_pipelines.defs.resources import BillingDatabase, pgbouncer_ini_in_force
@@ -43,6 +44,7 @@ def tenant_metrics(context: dg.AssetExecutionContext, billing_db: BillingDatabas
     with billing_db.connection() as conn:
         metrics = collect(conn)
         record_history(conn, day, metrics)
+        on_citus = citus_metadata(conn) if is_citus_coordinator(conn) else {}
     path = export_parquet(metrics_root(), day, metrics)
     per_tier: dict[str, dict[str, int]] = defaultdict(lambda: {"tenants": 0, "events_last_24h": 0, "storage_bytes": 0})
     for m in metrics:
@@ -67,12 +69,33 @@ def tenant_metrics(context: dg.AssetExecutionContext, billing_db: BillingDatabas
             "duration_s": round(time.monotonic() - started, 3),
             "top_by_events": table_metadata([row(m) for m in sorted(metrics, key=lambda m: -m.events_last_24h)[:_TOP]], columns),
             "top_by_storage": table_metadata([row(m) for m in sorted(metrics, key=lambda m: -m.storage_bytes)[:_TOP]], columns),
+            **on_citus,
             "per_tier": table_metadata(
                 [{"tier": t, **v} for t, v in sorted(per_tier.items())],
                 [("tier", "string", "tenant tier"), ("tenants", "int"), ("events_last_24h", "int"), ("storage_bytes", "int")],
             ),
         }
     )
+
+
+def citus_metadata(conn) -> dict:
+    """On a Citus coordinator, next to vw_tenant_metrics: each tenant's shard group, worker and
+    group size, and its queries, reads and CPU from citus_stat_tenants."""
+    stats, note = citus_tenant_stats(conn)
+    return {
+        "citus_note": note,
+        "citus_isolated_tenants": sum(s.kind == "isolated" for s in stats),
+        "citus_tenants": table_metadata(
+            ({"organization_id": s.tenant, "placement": s.kind, "shard": s.shard_id, "node_id": s.node_id,
+              "shard_group_bytes": s.shard_group_bytes, "queries": s.queries, "reads": s.reads,
+              "cpu_s": None if s.cpu_s is None else round(s.cpu_s, 3)}
+             for s in sorted(stats, key=lambda s: -(s.queries or 0))),
+            [("organization_id", "string"), ("placement", "string", "shared or isolated shard group"),
+             ("shard", "int", "its shard of organizations"), ("node_id", "int", "the worker holding it"),
+             ("shard_group_bytes", "int", "every colocated shard of its group, shared with its neighbours unless isolated"),
+             ("queries", "int", "citus_stat_tenants, this period and the last"), ("reads", "int"),
+             ("cpu_s", "float")]),
+    }
 
 
 def _quota_check(quota: str, billing_db: BillingDatabase) -> dg.AssetCheckResult:
