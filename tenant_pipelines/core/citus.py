@@ -517,3 +517,73 @@ def citus_tenant_stats(conn: psycopg.Connection) -> tuple[list[CitusTenantStats]
             f"citus.stat_tenants_track is {tracking}: no per-tenant queries, reads or CPU; "
             "ALTER SYSTEM SET citus.stat_tenants_track = 'all' on every node to track them")
     return result, note
+
+
+# -- usage event months on Citus (the tenant_partition asset and its checks) --------------------
+
+EVENTS = "public.usage_events_mt"
+OUTSIDE = "usage_events_mt_outside"  # its DEFAULT partition (sql/citus/migrations/0002)
+
+
+def citus_months(conn: psycopg.Connection) -> list[str]:
+    """The partitions of usage_events_mt but its DEFAULT, by name (Citus names them by month)."""
+    return [m for m in _months(conn) if m != OUTSIDE]
+
+
+def _months(conn: psycopg.Connection) -> list[str]:
+    return [r[0] for r in conn.execute(
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+        " WHERE i.inhparent = %s::regclass ORDER BY 1", (EVENTS,)).fetchall()]
+
+
+def premake_citus_months(conn: psycopg.Connection) -> list[str]:
+    """The months of usage_events_mt to partition_config.premake_months ahead, made with Citus's
+    create_time_partitions and secured (fn_citus_premake_months). No tenant needs DDL of its
+    own on Citus. Returns the months created."""
+    _require_citus(conn)
+    before = set(_months(conn))
+    run_with_lock_timeout(conn, "usage_events_mt (premaking its months)",
+                          lambda c: c.execute("SELECT fn_citus_premake_months()"))
+    return sorted(set(_months(conn)) - before)
+
+
+def audit_citus_months(conn: psycopg.Connection) -> list[Finding]:
+    """usage_events_mt on Citus: its DEFAULT partition, a month for every month from this one to
+    partition_config.premake_months ahead, each month owned by billing_owner with RLS forced and
+    no privilege for billing_app."""
+    _require_citus(conn)
+    fix = "materialise tenant_partition for any tenant (or SELECT fn_citus_premake_months())"
+    findings: list[Finding] = []
+    if conn.execute("SELECT to_regclass(%s) IS NULL", (f"public.{OUTSIDE}",)).fetchone()[0]:
+        findings.append(Finding(f"table {EVENTS}", f"has no DEFAULT partition {OUTSIDE}: a row outside the months "
+                                "is refused", "re-run 'tenant-pipelines db migrate' (sql/citus/migrations/0002)"))
+    missing = [m for (m,) in conn.execute(
+        """SELECT to_char(m, 'YYYY-MM') FROM generate_series(
+                  date_trunc('month', now() AT TIME ZONE 'UTC'),
+                  date_trunc('month', now() AT TIME ZONE 'UTC')
+                    + make_interval(months => (SELECT premake_months FROM partition_config)),
+                  interval '1 month') m
+            WHERE NOT EXISTS (SELECT FROM time_partitions t WHERE t.parent_table = %s::regclass
+                                 AND t.from_value::timestamptz <= (m AT TIME ZONE 'UTC')
+                                 AND t.to_value::timestamptz > (m AT TIME ZONE 'UTC'))""", (EVENTS,)).fetchall()]
+    if missing:
+        findings.append(Finding(f"table {EVENTS}", f"is missing months {', '.join(missing)}", fix))
+    for month, forced, owner, app in conn.execute(
+            """SELECT c.relname, c.relforcerowsecurity, c.relowner = 'billing_owner'::regrole,
+                      has_table_privilege('billing_app', c.oid, 'SELECT') OR has_table_privilege('billing_app', c.oid, 'INSERT')
+                 FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+                WHERE i.inhparent = %s::regclass ORDER BY 1""", (EVENTS,)).fetchall():
+        if not (forced and owner) or app:
+            findings.append(Finding(f"partition {month}", "is not secured (owner billing_owner, RLS forced, no "
+                                    "privilege for billing_app)", f"SELECT fn_secure_partition('{month}')"))
+    return findings
+
+
+def rows_outside_the_months(conn: psycopg.Connection, tenants: list[str]) -> dict[str, int]:
+    """The tenants' rows in usage_events_mt's DEFAULT partition: events older than the first
+    month or beyond the last premade one."""
+    _require_citus(conn)
+    rows = conn.execute(
+        "SELECT organization_id::text, count(*) FROM public.usage_events_mt_outside"
+        " WHERE organization_id = ANY(%s::uuid[]) GROUP BY 1", (tenants,)).fetchall()
+    return dict(rows)

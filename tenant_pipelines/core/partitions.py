@@ -15,6 +15,7 @@ from typing import Iterable
 
 import psycopg
 
+from tenant_pipelines.core import citus
 from tenant_pipelines.core.findings import Finding
 from tenant_pipelines.core.placement import (SCHEMA, SCHEMA_TABLES, SHARED_PARTITION, SHARED_SCHEMA, USAGE_EVENTS,
                                              dedicated_tenants, placement_of, placements, registry_drift)
@@ -78,6 +79,12 @@ def ensure_tenant_partition(
     """
     tenant = parse_tenant_id(tenant_id)
     started = time.monotonic()
+    if citus.is_citus_coordinator(conn):
+        # Citus: the distribution column separates tenants; the months are the only DDL.
+        tenant = require_known_tenant(conn, tenant)
+        created = citus.premake_citus_months(conn)
+        return PartitionReport(str(tenant), None, "citus", created, note="Citus: no DDL per tenant; months premade",
+                               duration_s=time.monotonic() - started)
     retries = LockRetries()
     prepared, tries = run_with_lock_retry(
         conn,
@@ -174,7 +181,12 @@ def organization_ids(conn: psycopg.Connection) -> list[str]:
 def pool_tenants(conn: psycopg.Connection) -> list[str]:
     """Tenants with rows in the pool from the start of last month on (its newest months and
     _after): where the events of a tenant never seen before land. A skip scan of the pool's
-    primary key (one index probe per tenant), not a scan of the events."""
+    primary key (one index probe per tenant), not a scan of the events. On Citus, none: there is
+    no pool, and Citus cannot push a recursive skip scan down to the shards, so finding events
+    without an organization would scan every recent event every tick; tenants are onboarded
+    there by their organization row."""
+    if citus.is_citus_coordinator(conn):
+        return []
     rows = conn.execute(
         """
         WITH RECURSIVE bound AS (
@@ -215,7 +227,10 @@ def interrupted_promotions(conn: psycopg.Connection) -> list[str]:
 
 def stranded_in_pool(conn: psycopg.Connection, tenants: Iterable[str]) -> dict[str, int]:
     """Tenants with a dedicated partition that still have rows in the pool, and how many.
-    ATTACH refuses while any are left, so this holds by construction; the check proves it."""
+    ATTACH refuses while any are left, so this holds by construction; the check proves it. On
+    Citus (no pool): the tenants' rows in the DEFAULT partition, outside the premade months."""
+    if citus.is_citus_coordinator(conn):
+        return citus.rows_outside_the_months(conn, list(tenants))
     dedicated = sorted(attached_tenant_partitions(conn) & set(tenants))
     if not dedicated:
         return {}
@@ -236,7 +251,10 @@ def audit_tenant_partitions(conn: psycopg.Connection, tenants: Iterable[object] 
     pool: _before or _after), a gap in the months up to the premade horizon (a schema tenant's
     from this month on at least), an index missing, RLS not forced, the wrong owner, privileges
     for billing_app (but on a schema's usage_events itself, which it writes through), or a
-    promotion's exclusion CHECK left on the pool. Pooled tenants need nothing beyond the pool."""
+    promotion's exclusion CHECK left on the pool. Pooled tenants need nothing beyond the pool.
+    On Citus: the months of usage_events_mt (core/citus.py's audit_citus_months)."""
+    if citus.is_citus_coordinator(conn):
+        return citus.audit_citus_months(conn)
     placed = placements(conn)
     dedicated = {str(t): p.location for t, p in placed.items() if p.dedicated}
     schemas = {str(t): p.location for t, p in placed.items() if p.kind == SCHEMA}
@@ -338,7 +356,14 @@ def _month_range(first: str, last: str) -> list[str]:
 
 
 def storage_status(conn: psycopg.Connection) -> dict:
-    """Leaves against the budget, dedicated tenants, the pool's months, interrupted promotions."""
+    """Leaves against the budget, dedicated tenants, the pool's months, interrupted promotions.
+    On Citus: the months of usage_events_mt (no pool, no dedicated partitions)."""
+    if citus.is_citus_coordinator(conn):
+        months = citus.citus_months(conn)
+        budget = conn.execute("SELECT leaf_budget FROM partition_config").fetchone()[0]
+        return {"leaves": len(months), "leaf_budget": budget, "dedicated_tenants": 0, "pool_months": len(months),
+                "first_pool_month": months[0] if months else None, "last_pool_month": months[-1] if months else None,
+                "interrupted_promotions": []}
     leaves, budget = conn.execute("SELECT fn_leaf_count(), leaf_budget FROM partition_config").fetchone()
     months = sorted(name.rsplit("_p", 1)[1] for (name,) in conn.execute(
         "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"

@@ -42,7 +42,8 @@ from tenant_pipelines.errors import TenantPipelinesError
     "keeps premade. A tenant whose tenant tier asks for it, flagged dedicated_resources, or past the "
     "split threshold gets a partition of its own within partition_config.leaf_budget: created "
     "standalone, then ATTACHed with its rows moved out of the shared partition in the same "
-    "transaction (other tenants' writers never wait). Runs in the Dagster pool partition_ddl. "
+    "transaction (other tenants' writers never wait). On a Citus coordinator no tenant needs DDL: it "
+    "premakes usage_events_mt's months (create_time_partitions). Runs in the Dagster pool partition_ddl. "
     "Idempotent: re-run one tenant, or backfill any set.",
 )
 def tenant_partition(context: dg.AssetExecutionContext, billing_db: BillingDatabase) -> dg.MaterializeResult:
@@ -60,7 +61,8 @@ def tenant_partition(context: dg.AssetExecutionContext, billing_db: BillingDatab
         metadata={
             "tenants": len(reports),
             "pooled": sum(r.layout == "pooled" for r in reports),
-            "dedicated": sum(r.layout != "pooled" for r in reports),
+            "dedicated": sum(r.layout not in ("pooled", "citus") for r in reports),
+            "on_citus": sum(r.layout == "citus" for r in reports),
             "over_leaf_budget": sum("leaf budget" in r.note for r in reports),
             "leaves": status["leaves"],
             "leaf_budget": status["leaf_budget"],
@@ -97,7 +99,8 @@ def tenant_partition(context: dg.AssetExecutionContext, billing_db: BillingDatab
     blocking=True,
     description="The shared partition (pool: the DEFAULT partition of usage_events_mt) holds no "
     "rows of a tenant with a partition of its own, among this run's tenants (or, run on its own, "
-    "all tenants): nothing was left behind by a promotion. Pooled tenants' rows belong there.",
+    "all tenants): nothing was left behind by a promotion. Pooled tenants' rows belong there. On a Citus "
+    "coordinator: none of their rows sit in usage_events_mt's DEFAULT partition, outside the premade months.",
 )
 def default_partition_drained(context: dg.AssetCheckExecutionContext, billing_db: BillingDatabase) -> dg.AssetCheckResult:
     tenants = run_tenant_keys(context)
@@ -123,7 +126,8 @@ def default_partition_drained(context: dg.AssetCheckExecutionContext, billing_db
     description="The shared partition (pool) and every dedicated tenant partition are complete: a "
     "_rest partition, every month up to the premade horizon, all three indexes on every partition, "
     "RLS forced, owned by billing_owner, no direct privilege for billing_app, and no exclusion CHECK "
-    "left on the shared partition by an interrupted promotion.",
+    "left on the shared partition by an interrupted promotion. On a Citus coordinator: usage_events_mt's "
+    "months from this one to the premake horizon and its DEFAULT partition, each secured.",
 )
 def tenant_partitions_complete(context: dg.AssetCheckExecutionContext, billing_db: BillingDatabase) -> dg.AssetCheckResult:
     tenants = run_tenant_keys(context)
