@@ -587,3 +587,40 @@ def rows_outside_the_months(conn: psycopg.Connection, tenants: list[str]) -> dic
         "SELECT organization_id::text, count(*) FROM public.usage_events_mt_outside"
         " WHERE organization_id = ANY(%s::uuid[]) GROUP BY 1", (tenants,)).fetchall()
     return dict(rows)
+
+
+@dataclass(frozen=True)
+class CitusPlacementStatus:
+    tenant: str
+    tier: str | None
+    kind: str           # shared | isolated
+    node_id: int
+    policy: str | None  # shared | isolated (POLICY_ON_CITUS), None: no policy
+
+    @property
+    def misplaced(self) -> bool:
+        """Only an isolation the policy asks for and Citus has not made: a shard group cannot be
+        merged back, so an isolated tenant whose policy says shared is where it can be."""
+        return self.policy == "isolated" and self.kind != "isolated"
+
+
+def citus_placement_status(conn: psycopg.Connection, tenants: list[str] | None = None) -> list[CitusPlacementStatus]:
+    """Every tenant (or those of ``tenants``) on Citus: its shard group's kind and worker, and
+    where its policy puts it. One query, not one per tenant (the placement sensor runs it)."""
+    _require_citus(conn)
+    rows = conn.execute(
+        """WITH t AS MATERIALIZED (
+                SELECT o.id, c.tier, COALESCE(c.placement_override, l.placement) AS policy
+                  FROM public.organizations o
+                  LEFT JOIN public.tenant_classifications c ON c.organization_id = o.id
+                  LEFT JOIN public.tier_limits l ON l.tier = c.tier
+                 WHERE %(tenants)s::uuid[] IS NULL OR o.id = ANY(%(tenants)s::uuid[]))
+           SELECT t.id::text, t.tier, s.shardminvalue::bigint = s.shardmaxvalue::bigint, n.nodeid, t.policy
+             FROM t
+             JOIN pg_dist_shard s ON s.shardid = get_shard_id_for_distribution_column(%(anchor)s, t.id)
+             JOIN pg_dist_placement p ON p.shardid = s.shardid
+             JOIN pg_dist_node n ON n.groupid = p.groupid AND n.noderole = 'primary'
+            ORDER BY 1""", {"anchor": ANCHOR, "tenants": tenants}).fetchall()
+    return [CitusPlacementStatus(tenant, tier, "isolated" if isolated else "shared", node,
+                                 POLICY_ON_CITUS.get(policy) if policy else None)
+            for tenant, tier, isolated, node, policy in rows]

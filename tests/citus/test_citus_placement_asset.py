@@ -12,7 +12,12 @@ import psycopg
 
 from tenant_pipelines.core.citus import tenant_placement_on_citus, worker_balance
 from tenant_pipelines.defs.resources import BillingDatabase
-from tenant_pipelines.defs.tenants.placement_assets import TenantPlacementConfig, tenant_placement
+from tenant_pipelines.defs.tenants.placement_assets import (
+    TenantPlacementConfig,
+    placements_match_policy,
+    tenant_placement,
+    tenant_placement_sensor,
+)
 from tests.citus.conftest import CitusTarget
 from tests.citus.test_citus_isolation import seed, snapshot
 
@@ -24,6 +29,24 @@ def materialise(dsn: str, tenant: uuid.UUID, **config: object) -> dg.ExecuteInPr
                               resources={"billing_db": BillingDatabase(dsn=dsn)},
                               run_config=dg.RunConfig(ops={"tenant_placement": TenantPlacementConfig(**config)}),
                               raise_on_error=False)
+
+
+def sensor_runs(dsn: str, tenant: uuid.UUID) -> list[dg.RunRequest]:
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("tenants", [str(tenant)])
+        with dg.build_sensor_context(instance=instance, resources={"billing_db": BillingDatabase(dsn=dsn)}) as context:
+            result = tenant_placement_sensor(context)
+    return [r for r in result.run_requests or [] if r.partition_key == str(tenant)]
+
+
+def check(dsn: str, tenant: uuid.UUID) -> dg.AssetCheckEvaluation:
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("tenants", [str(tenant)])
+        result = dg.materialize([tenant_placement, placements_match_policy], instance=instance,
+                                resources={"billing_db": BillingDatabase(dsn=dsn)},
+                                selection=dg.AssetSelection.checks(placements_match_policy))
+    (evaluation,) = result.get_asset_check_evaluations()
+    return evaluation
 
 
 def metadata(result: dg.ExecuteInProcessResult) -> dict:
@@ -64,8 +87,14 @@ def test_tenant_placement_moves_a_tenant_to_a_worker_and_follows_the_policy(
     assert tenant_placement_on_citus(citus_admin, other).kind == "shared"
     citus_admin.execute("UPDATE tenant_classifications SET placement_override = 'partition' WHERE organization_id = %s",
                         (other,))
+    # The sensor asks for the move, once per change, and the check names the tenant until it is done.
+    assert [r.run_key for r in sensor_runs(citus.admin_dsn, other)] == [f"placement:{other}:isolated:shared:citus"]
+    evaluation = check(citus.admin_dsn, other)  # run on its own: every tenant of the database
+    assert not evaluation.passed and str(other) in evaluation.metadata["details"].value
     assert metadata(materialise(citus.admin_dsn, other))["moved"].value == 1
     assert tenant_placement_on_citus(citus_admin, other).kind == "isolated"
+    assert sensor_runs(citus.admin_dsn, other) == []
+    assert str(other) not in check(citus.admin_dsn, other).metadata["details"].value
     citus_admin.execute("UPDATE tenant_classifications SET placement_override = 'pooled' WHERE organization_id = %s",
                         (other,))
     stays = materialise(citus.admin_dsn, other)

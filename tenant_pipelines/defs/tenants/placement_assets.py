@@ -13,6 +13,7 @@ from pydantic import Field
 
 from tenant_pipelines.core.citus import (
     PlacementChange,
+    citus_placement_status,
     citus_policy,
     is_citus_coordinator,
     place_tenant_on_citus,
@@ -275,6 +276,8 @@ def _metadata(placed: list[Placed], config: TenantPlacementConfig, started: floa
 def placements_match_policy(context: dg.AssetCheckExecutionContext, billing_db: BillingDatabase) -> dg.AssetCheckResult:
     tenants = run_tenant_keys(context)
     with billing_db.connection() as conn:
+        if is_citus_coordinator(conn):
+            return _citus_placements_match_policy(citus_placement_status(conn, tenants))
         statuses = placement_status(conn, tenants)
         drift = registry_drift(conn)
     scope = None if tenants is None else {s.tenant for s in statuses}
@@ -297,6 +300,21 @@ def placements_match_policy(context: dg.AssetCheckExecutionContext, billing_db: 
             "stale_moves": len(stale),
             "registry_drift": len(drift),
             "details": details_md(lines),
+        },
+    )
+
+
+def _citus_placements_match_policy(statuses) -> dg.AssetCheckResult:
+    wrong = [s for s in statuses if s.misplaced]
+    return dg.AssetCheckResult(
+        passed=not wrong,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "tenants_checked": len(statuses),
+            "not_where_policy_says": len(wrong),
+            "on_citus": True,
+            "details": details_md(f"{s.tenant}: in a shared shard group on node {s.node_id}, policy says isolated: "
+                                  "materialise tenant_placement for it" for s in wrong),
         },
     )
 
@@ -334,6 +352,8 @@ def _digest(run_key: str) -> str:
 def tenant_placement_sensor(context: dg.SensorEvaluationContext, billing_db: BillingDatabase) -> dg.SensorResult:
     known = set(tenant_keys(context.instance))
     with billing_db.connection() as conn:
+        if is_citus_coordinator(conn):
+            return _citus_sensor(context, known, citus_placement_status(conn))
         statuses = placement_status(conn)
     asked = set(json.loads(context.cursor)) if context.cursor else set()
     pending: set[str] = set()
@@ -357,3 +377,20 @@ def tenant_placement_sensor(context: dg.SensorEvaluationContext, billing_db: Bil
                                f"({len(pending)} moves already requested)", cursor=cursor)
     return dg.SensorResult(run_requests=runs, cursor=cursor)
 
+
+
+def _citus_sensor(context: dg.SensorEvaluationContext, known: set[str], statuses) -> dg.SensorResult:
+    """On Citus: a run for each known tenant whose policy asks for isolation it does not have.
+    The run key names the tenant, the target and where it is, so it is asked once per change."""
+    runs = []
+    for status in statuses:
+        if not status.misplaced or status.tenant not in known or len(runs) >= MAX_RUNS_PER_TICK:
+            continue
+        context.log.info(f"tenant {status.tenant}: {status.kind} on node {status.node_id}, policy says "
+                         f"{status.policy}: requesting a move")
+        runs.append(dg.RunRequest(partition_key=status.tenant,
+                                  run_key=f"placement:{status.tenant}:{status.policy}:{status.kind}:citus",
+                                  tags=tenant_run_tags({status.tenant: status.tier or UNCLASSIFIED_TIER}, status.tenant)))
+    if not runs:
+        return dg.SensorResult(skip_reason=f"{len(statuses)} tenants on Citus; none away from its placement policy")
+    return dg.SensorResult(run_requests=runs)
