@@ -47,6 +47,7 @@ from tenant_pipelines.db.session import parse_tenant_id
 from tenant_pipelines.errors import InvalidInput, TenantPipelinesError, UnknownTenant
 
 ANCHOR = "public.organizations"  # every tenant table is colocated with it
+_MiB = 1024 * 1024
 TRANSFER_MODE = "force_logical"  # online: writers of the tenant go on during a split or move
 
 
@@ -624,3 +625,73 @@ def citus_placement_status(conn: psycopg.Connection, tenants: list[str] | None =
     return [CitusPlacementStatus(tenant, tier, "isolated" if isolated else "shared", node,
                                  POLICY_ON_CITUS.get(policy) if policy else None)
             for tenant, tier, isolated, node, policy in rows]
+
+
+# -- cold months as columnar (tiering on Citus) ------------------------------------------------
+
+@dataclass(frozen=True)
+class ColumnarMonth:
+    partition: str
+    bytes_before: int
+    bytes_after: int
+    seconds: float
+
+
+def _cold_heap_months(conn: psycopg.Connection, as_of: str | None = None) -> list[str]:
+    """Months of usage_events_mt that ended before the global policy's cold_after and are still
+    heap (the current and future months never)."""
+    return [r[0] for r in conn.execute(
+        """SELECT t.partition::text FROM time_partitions t JOIN pg_class c ON c.oid = t.partition
+             JOIN pg_am a ON a.oid = c.relam
+            WHERE t.parent_table = %s::regclass AND a.amname = 'heap'
+              AND t.to_value::timestamptz <= COALESCE(%s::timestamptz, now())
+                    - (SELECT p.cold_after FROM public.tiering_policy p WHERE p.tenant_tier IS NULL)
+            ORDER BY t.from_value::timestamptz""", (EVENTS, as_of)).fetchall()]
+
+
+def misplaced_on_citus(conn: psycopg.Connection) -> list[str]:
+    """Months the policy makes cold that are not columnar yet."""
+    _require_citus(conn)
+    return _cold_heap_months(conn)
+
+
+def compress_cold_months(conn: psycopg.Connection, log=lambda _: None) -> list[ColumnarMonth]:
+    """Tiering on Citus: every month of usage_events_mt older than the global tiering_policy's
+    cold_after becomes Citus columnar (compressed, read-mostly), one month at a time with
+    alter_table_set_access_method, then secured again like every month. Idempotent: columnar
+    months are skipped. What it costs: columnar refuses UPDATE and DELETE, so a cold month's rows
+    cannot be changed, and a per-tenant restore that must replace them is refused until the
+    month is heap again (docs/scale-out.md)."""
+    _require_citus(conn)
+    if conn.execute("SELECT NOT EXISTS (SELECT FROM pg_am WHERE amname = 'columnar')").fetchone()[0]:
+        raise TenantPipelinesError("Citus columnar is not installed in this database: CREATE EXTENSION citus_columnar "
+                                   "(it comes with Citus), then run tiering again")
+    done = []
+    for month in _cold_heap_months(conn):
+        started = time.monotonic()
+        before = conn.execute("SELECT citus_total_relation_size(%s::regclass)", (month,)).fetchone()[0]
+        log(f"{month}: heap -> columnar ({before / _MiB:.1f} MiB)")
+        try:
+            with _owner_exempt_from_rls(conn):
+                conn.execute("SELECT alter_table_set_access_method(%s::regclass, 'columnar')", (month,))
+        except psycopg.Error as exc:
+            raise TenantPipelinesError(f"{month}: making it columnar failed: {exc.diag.message_primary or exc}; "
+                                       "Citus rolled it back, run tiering again") from None
+        conn.execute("SELECT fn_secure_partition(%s)", (month.split(".")[-1],))
+        after = conn.execute("SELECT citus_total_relation_size(%s::regclass)", (month,)).fetchone()[0]
+        done.append(ColumnarMonth(month, int(before), int(after), time.monotonic() - started))
+    return done
+
+
+def columnar_months_of(conn: psycopg.Connection, tenant: uuid.UUID) -> list[str]:
+    """The columnar months holding rows of ``tenant``: rows there can be neither deleted nor
+    updated."""
+    if not is_citus_coordinator(conn):
+        return []
+    months = [r[0] for r in conn.execute(
+        """SELECT t.partition::text FROM time_partitions t JOIN pg_class c ON c.oid = t.partition
+             JOIN pg_am a ON a.oid = c.relam
+            WHERE t.parent_table = %s::regclass AND a.amname = 'columnar' ORDER BY 1""", (EVENTS,)).fetchall()]
+    return [m for m in months if conn.execute(
+        sql.SQL("SELECT EXISTS (SELECT FROM {} WHERE organization_id = %s)").format(sql.SQL(m)), (tenant,)
+    ).fetchone()[0]]

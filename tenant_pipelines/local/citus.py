@@ -231,6 +231,8 @@ class CitusCluster:
         if not self._execute(node, "billing", "SELECT 1 FROM pg_extension WHERE extname = %s", (EXTENSION,)):
             self.log(f"loading Citus into the billing database of {node.name}")
             self._execute(node, "billing", f"CREATE EXTENSION {EXTENSION}")
+        # Citus columnar, for cold months (core/citus.py compress_cold_months): shipped with Citus.
+        self._execute(node, "billing", "CREATE EXTENSION IF NOT EXISTS citus_columnar")
 
     def _register(self, coordinator: CitusNode, workers: list[CitusNode], ports: dict[str, int]) -> list[dict]:
         """The coordinator's host and every worker in pg_dist_node, under its socket folder and

@@ -42,6 +42,7 @@ from tenant_pipelines.core.backups.arrow_types import denormalize_batch, loading
 from tenant_pipelines.core.backups.encryption import backup_decryption
 from tenant_pipelines.core.backups.hashing import ContentHasher
 from tenant_pipelines.core.backups.layout import TABLES
+from tenant_pipelines.core.citus import columnar_months_of
 from tenant_pipelines.core.moves import _MOVE_LOCK
 from tenant_pipelines.core.placement import (SCHEMA, SCHEMA_TABLES, SHARED_PARTITION, SHARED_SCHEMA, USAGE_EVENTS, Placement,
                                              placement_of)
@@ -248,6 +249,12 @@ def restore_tenant(
                             (tenant,)).fetchone()
         if move is not None:
             raise _move_refusal(tenant, *move)
+        cold = columnar_months_of(conn, tenant)
+        if cold:  # Citus: a live restore deletes the tenant's rows, which a columnar month refuses
+            raise TenantPipelinesError(
+                f"tenant {tenant}: its rows in {', '.join(cold)} are Citus columnar (cold), which cannot delete "
+                f"them, so the live restore would fail halfway; make those months heap first (SELECT "
+                f"alter_table_set_access_method('{cold[0]}', 'heap') for each), or restore --into-schema")
     target = f"schema {schema}" if into_schema else f"the live tables of {conn.info.dbname}"
     report = RestoreReport(str(tenant), manifest["backup_id"], target, verify_seconds=verified_in,
                            authentication=authentication)
