@@ -25,10 +25,11 @@ import os
 import shlex
 import shutil
 import socket
+import threading
 import time
 import uuid
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator
@@ -103,6 +104,8 @@ class PgBackRest:
     bindir: Path
     pg_user: str = "postgres"
     pg_password: str | None = None
+    # Sandboxes whose server and data are being removed while their restore loads (release()).
+    _releasing: dict[Path, threading.Thread] = field(default_factory=dict, repr=False, compare=False)
 
     # -- running pgBackRest -------------------------------------------------------------
     def run(self, command: str, *options: str, check: bool = True, stanza: bool = True, path: str | None = None):
@@ -178,6 +181,20 @@ class PgBackRest:
         run_as([str(self.bindir / "pg_ctl"), "stop", "-w", "-t", "60", "-m", "immediate", "-D", str(data)],
                self.user, check=False)
 
+    def release(self, sandbox: Sandbox) -> None:
+        """Stop the sandbox's server and delete its copy of the cluster in a thread, keeping the
+        folder (and the extract in it): the load runs meanwhile. ``sandbox()`` waits for it."""
+        folder = sandbox.folder
+
+        def work() -> None:
+            self._stop_server(folder / "data")
+            for part in ("data", "tablespaces"):
+                shutil.rmtree(folder / part, ignore_errors=True)
+
+        thread = threading.Thread(target=work, name=f"release-{folder.name}", daemon=True)
+        self._releasing[folder] = thread
+        thread.start()
+
     def _remove_sandbox(self, folder: Path) -> None:
         """Stop the sandbox's server, end whatever still works in it (a pgBackRest restore or
         archive-get whose caller was killed: each names the sandbox's folder on its command line),
@@ -231,6 +248,9 @@ class PgBackRest:
             replayed = self._wait_promoted(data, port, backup, logfile, target)
             yield Sandbox(folder, port, size, replayed, restore_seconds, time.monotonic() - t0)
         finally:
+            releasing = self._releasing.pop(folder, None)
+            if releasing is not None:
+                releasing.join()
             self._remove_sandbox(folder)
             log(f"sandbox {folder.name} removed")
 
