@@ -31,8 +31,17 @@ def cmd_status(args: argparse.Namespace) -> int:
     from tenant_pipelines.core.partitions import require_known_tenant
     from tenant_pipelines.db.connect import connect
 
+    from tenant_pipelines.core.citus import citus_placement_status, is_citus_coordinator
+
     with connect(admin_dsn()) as conn:
         tenants = None if args.tenant is None else [require_known_tenant(conn, args.tenant)]
+        if is_citus_coordinator(conn):
+            on_citus = citus_placement_status(conn, None if tenants is None else [str(t) for t in tenants])
+            print("tenant\tkind\tnode\tpolicy")
+            for c in on_citus:
+                print(f"{c.tenant}\t{c.kind}\t{c.node_id}\t{c.policy or '-'}")
+            log(f"{len(on_citus)} tenants on Citus, {sum(c.misplaced for c in on_citus)} not where their policy says")
+            return 0
         statuses = placement_status(conn, tenants)
     print("tenant\tkind\tlocation\tsince\tpolicy\tmove")
     for s in statuses:
@@ -50,8 +59,27 @@ def cmd_move(args: argparse.Namespace) -> int:
     from tenant_pipelines.core.partitions import require_known_tenant
     from tenant_pipelines.db.connect import connect
 
+    from tenant_pipelines.core.citus import CITUS_KINDS, is_citus_coordinator, place_tenant_on_citus
+    from tenant_pipelines.errors import InvalidInput
+
     with connect(admin_dsn(), autocommit=True) as conn:
         tenant = require_known_tenant(conn, args.tenant)
+        on_citus = is_citus_coordinator(conn)
+        if on_citus != (args.to in CITUS_KINDS) or (args.node_id is not None and not on_citus):
+            raise InvalidInput(
+                f"placement {args.to}: " + ("on a Citus coordinator give shared, isolated or node (with --node-id)"
+                                            if on_citus else "shared, isolated and node (--node-id) are Citus "
+                                            "placements; this database is one server: give pooled, partition or schema"))
+        if on_citus:
+            change = place_tenant_on_citus(conn, tenant, args.to, args.node_id)
+            for step, seconds in change.steps.items():
+                log(f"tenant {tenant}: {step} took {seconds:.1f} s")
+            if not change.steps:
+                log(f"tenant {tenant}: already {change.after.kind} on node {change.after.node_id}; nothing to do")
+            print(f"tenant\t{tenant}")
+            print(f"from\t{change.before.kind}\tnode {change.before.node_id}")
+            print(f"to\t{change.after.kind}\tnode {change.after.node_id}\tshard {change.after.shard_id}")
+            return 0
         (status,) = placement_status(conn, [tenant])
         if status.move_to is not None and status.move_to != args.to:
             raise MoveRefused(f"tenant {tenant}: a move to {status.move_to} is in progress (step {status.move_step}); "
@@ -111,6 +139,7 @@ def cmd_abandon(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from tenant_pipelines.core.citus import CITUS_KINDS
     from tenant_pipelines.core.moves import ADAPTIVE_BATCH_ROWS, DEFAULT_BATCH_ROWS, FIXED_MAX_MB_PER_S, KINDS
 
     placement_sub = command_group(
@@ -135,7 +164,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "move it back. Progress on stderr, the report on stdout. Exit 0 on success, 2 for bad input, an "
         "unknown tenant or a refused move, 1 when the move failed (re-run to resume).")
     p.add_argument("--tenant", type=_tenant, required=True, metavar="UUID", help="the organization UUID")
-    p.add_argument("--to", required=True, choices=KINDS, metavar="KIND", help="pooled, partition or schema")
+    p.add_argument("--to", required=True, choices=KINDS + CITUS_KINDS, metavar="KIND",
+                   help="pooled, partition or schema; on a Citus coordinator shared, isolated or node")
+    p.add_argument("--node-id", type=bounded(1, 2**31 - 1, " (a worker's pg_dist_node.nodeid)"), default=None,
+                   metavar="ID", help="with --to node on Citus: the worker ('tenant-pipelines citus nodes' lists them)")
     add_pace_arguments(p, FIXED_MAX_MB_PER_S)
     p.add_argument("--batch-rows", type=batch_rows, default=None, metavar="N",
                    help=f"rows copied per transaction, at most (adaptive picks fewer while writers are active; "

@@ -15,6 +15,7 @@ import pytest
 from tenant_pipelines.db.citus import load_citus_migrations
 from tenant_pipelines.db.migrate import SQL_DIR
 from tenant_pipelines.local.citus import CitusCluster
+from tests.conftest import make_tenant
 from tests.citus.conftest import CitusTarget, make_citus_tenant, require_citus
 from tests.test_cli import run
 
@@ -112,6 +113,39 @@ def test_citus_nodes_placement_isolate_move(citus: CitusTarget) -> None:
             (["citus", "move", "--tenant", str(tenant), "--to-node", "0"], 2, "0: give 1 or more")):
         proc = run(args, env, check=False)
         assert proc.returncode == code and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_placement_status_and_move_on_a_coordinator(citus: CitusTarget) -> None:
+    """The placement command group on Citus: status from Citus's metadata, move --to isolated and
+    --to node --node-id done by Citus; single-node kinds refused there, and Citus kinds on one server."""
+    env = {k: v for k, v in os.environ.items() if k != "BILLING_APP_DATABASE_URL"}
+    env["BILLING_DATABASE_URL"] = citus.admin_dsn
+    with psycopg.connect(citus.admin_dsn, autocommit=True) as conn:
+        tenant = make_citus_tenant(conn, "Placement CLI")
+    status = run(["placement", "status", "--tenant", str(tenant)], env).stdout.strip().splitlines()
+    assert status[0] == "tenant\tkind\tnode\tpolicy" and status[1].startswith(f"{tenant}\tshared\t")
+    isolated = run(["placement", "move", "--tenant", str(tenant), "--to", "isolated"], env)
+    assert "\nto\tisolated\t" in isolated.stdout and "isolate took" in isolated.stderr
+    with psycopg.connect(citus.admin_dsn, autocommit=True) as conn:
+        target = conn.execute("SELECT nodeid FROM pg_dist_node WHERE groupid > 0 AND nodeid <> %s ORDER BY 1 LIMIT 1",
+                              (int(isolated.stdout.split("\tnode ")[-1].split("\t")[0]),)).fetchone()[0]
+    moved = run(["placement", "move", "--tenant", str(tenant), "--to", "node", "--node-id", str(target)], env)
+    assert f"\nto\tisolated\tnode {target}\t" in moved.stdout
+    assert run(["placement", "status", "--tenant", str(tenant)], env).stdout.splitlines()[1].split("\t")[1:3] == [
+        "isolated", str(target)]
+    for args, message in ((["--to", "schema"], "on a Citus coordinator give shared, isolated or node"),
+                          (["--to", "node"], "placement node on Citus needs node_id")):
+        proc = run(["placement", "move", "--tenant", str(tenant), *args], env, check=False)
+        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_citus_placements_are_refused_on_one_server(admin_dsn: str) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "BILLING_APP_DATABASE_URL"}
+    env["BILLING_DATABASE_URL"] = admin_dsn
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        tenant = make_tenant(conn, "One server")
+    proc = run(["placement", "move", "--tenant", str(tenant), "--to", "isolated"], env, check=False)
+    assert proc.returncode == 2 and "are Citus placements" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_citus_commands_refuse_a_single_node_database(admin_dsn: str) -> None:
