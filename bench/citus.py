@@ -223,14 +223,7 @@ def create_tenants(conn: psycopg.Connection, ids: Sequence[uuid.UUID], tiers: Se
                      " unnest(%s::uuid[], %s::text[])", (list(ids), list(tiers)))
 
 
-_GENERATE = """
-SELECT %(tenant)s::uuid,
-       (ARRAY['api_calls', 'compute_seconds', 'storage_gb_hours', 'messages_sent'])[1 + i %% 4],
-       ((i * 7919 + 13) %% 10000000000) / 1000000.0,
-       %(first)s::timestamptz + %(step)s::interval * i,
-       %(properties)s::jsonb
-  FROM generate_series(%(lo)s::bigint, %(hi)s::bigint) AS i
-"""
+_GENERATE = h.GENERATE_EVENTS  # the server-generated events of bench/_harness.py
 
 
 def load_events(conn: psycopg.Connection, tenant: uuid.UUID, rows: int, first: datetime, end: datetime) -> float:

@@ -152,14 +152,7 @@ def create_tenants(conn: psycopg.Connection, count: int, label: str, tier: str =
     return tenants
 
 
-_GENERATE = """
-SELECT %(tenant)s::uuid,
-       (ARRAY['api_calls', 'compute_seconds', 'storage_gb_hours', 'messages_sent'])[1 + i %% 4],
-       ((i * 7919 + 13) %% 10000000000) / 1000000.0,
-       %(first)s::timestamptz + %(step)s::interval * i,
-       %(properties)s::jsonb
-  FROM generate_series(%(lo)s::bigint, %(hi)s::bigint) AS i
-"""
+_GENERATE = h.GENERATE_EVENTS  # the server-generated events of bench/_harness.py
 
 
 def copy_generated(source: psycopg.Connection, target: psycopg.Connection, params: dict) -> int:
