@@ -232,7 +232,9 @@ class CitusCluster:
             self.log(f"loading Citus into the billing database of {node.name}")
             self._execute(node, "billing", f"CREATE EXTENSION {EXTENSION}")
         # Citus columnar, for cold months (core/citus.py compress_cold_months): shipped with Citus.
-        self._execute(node, "billing", "CREATE EXTENSION IF NOT EXISTS citus_columnar")
+        # Checked first: a worker refuses even CREATE EXTENSION IF NOT EXISTS once it is registered.
+        if not self._execute(node, "billing", "SELECT 1 FROM pg_extension WHERE extname = 'citus_columnar'"):
+            self._execute(node, "billing", "CREATE EXTENSION citus_columnar")
 
     def _register(self, coordinator: CitusNode, workers: list[CitusNode], ports: dict[str, int]) -> list[dict]:
         """The coordinator's host and every worker in pg_dist_node, under its socket folder and
