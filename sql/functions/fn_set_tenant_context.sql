@@ -9,7 +9,9 @@
 -- context (fn_tenant_routed_to_schema): the shared tables refuse that tenant's writes
 -- (migration 0023); for any other tenant, a schema a previous call of this transaction put
 -- there is taken out, and so is the route. The route is read after the lock, so a move's cutover
--- (which takes the lock EXCLUSIVE) is never crossed by a transaction that read the old route.
+-- (which takes the lock EXCLUSIVE) is never crossed by a transaction that read the old route;
+-- in REPEATABLE READ or SERIALIZABLE, whose snapshot may predate the cutover, a snapshot older
+-- than the tenant's last move is refused (fn_check_tenant_snapshot).
 -- Returns the tenant id so calls can be chained. Not SECURITY DEFINER: it has no reason to
 -- run with more rights than its caller. No `SET search_path` clause either: a function with
 -- one restores the setting on exit, and the route is a setting made here for the caller. So
@@ -39,6 +41,9 @@ BEGIN
                   HINT = 'onboard the organization first, or check the id';
     END IF;
     PERFORM pg_catalog.pg_advisory_xact_lock_shared(public.fn_tenant_lock_key(p_tenant_id));
+    IF pg_catalog.current_setting('transaction_isolation') OPERATOR(pg_catalog.<>) 'read committed' THEN
+        PERFORM public.fn_check_tenant_snapshot(p_tenant_id);  -- a snapshot older than a move's cutover
+    END IF;
     v_schema := public.fn_tenant_schema_route(p_tenant_id);
     v_path := pg_catalog.current_setting('search_path');
     -- Every tenant schema out of the path, however it was spelled (quoted or not, any case,

@@ -214,3 +214,37 @@ def test_a_copy_changed_behind_the_movers_back_is_refused_at_verification(admin_
     with pytest.raises(moves.TenantPipelinesError, match="usage_events differs after the copy .* nothing was switched"):
         moves.move_tenant(admin_conn, tenant, "schema", batch_rows=40)
     assert placement.placement_of(admin_conn, tenant).kind == "pooled"
+
+
+def test_a_repeatable_read_transaction_from_before_the_cutover_cannot_write_the_old_copy(admin_conn, app_dsn) -> None:
+    """Its snapshot predates the cutover, so it reads the old registry row and the old move step:
+    without a check it would route to the old copy and write there, acknowledged, and the move's
+    clean-up would then remove the row. The context refuses it with a serialization failure, which
+    a REPEATABLE READ client retries (in a new snapshot, routed to the new placement)."""
+    tenant = make_tenant(admin_conn, "Mover", "growth")
+    fill(admin_conn, app_dsn, tenant)
+    moves.move_tenant(admin_conn, tenant, "schema", batch_rows=100, stop_after="verify")
+    with psycopg.connect(app_dsn) as app:
+        app.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        with app.transaction():  # no cutover since its snapshot: an ordinary REPEATABLE READ transaction
+            app.execute("SELECT fn_set_tenant_context(%s)", (tenant,))
+            app.execute("INSERT INTO invoices (organization_id, amount, status) VALUES (%s, 6, 'open')", (tenant,))
+        with app.transaction():
+            app.execute("SELECT 1")  # the snapshot, before the cutover
+            moves.move_tenant(admin_conn, tenant, "schema", batch_rows=100, stop_after="cutover")
+            with pytest.raises(psycopg.errors.SerializationFailure) as info:
+                app.execute("SELECT fn_set_tenant_context(%s)", (tenant,))
+        assert "placement" in str(info.value) or "concurrent update" in str(info.value)
+        with app.transaction():  # the retry: a new snapshot, the new route
+            app.execute("SELECT fn_set_tenant_context(%s)", (tenant,))
+            app.execute("INSERT INTO invoices (organization_id, amount, status) VALUES (%s, 7, 'open')", (tenant,))
+    moves.move_tenant(admin_conn, tenant, "schema", batch_rows=100)  # the clean-up
+    schema = admin_conn.execute("SELECT fn_tenant_schema_name(%s)", (tenant,)).fetchone()[0]
+    assert admin_conn.execute(f"SELECT count(*) FROM {schema}.invoices WHERE amount IN (6, 7)").fetchone()[0] == 2
+    with psycopg.connect(app_dsn) as app:  # after the clean-up too (the move's row deleted since the snapshot)
+        app.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        with app.transaction():
+            app.execute("SELECT 1")
+            moves.move_tenant(admin_conn, tenant, "pooled", batch_rows=100)
+            with pytest.raises(psycopg.errors.SerializationFailure):
+                app.execute("SELECT fn_set_tenant_context(%s)", (tenant,))
