@@ -39,7 +39,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from tenant_pipelines.core.partitions import require_known_tenant
-    from tenant_pipelines.core.tiering import DEFAULT_MAX_MB_PER_S, tier_pool, tier_tenant
+    from tenant_pipelines.core.storage import tier_pool, tier_tenant
+    from tenant_pipelines.core.tiering import DEFAULT_MAX_MB_PER_S
     from tenant_pipelines.db.connect import connect
 
     pace = pace_from_args(args, DEFAULT_MAX_MB_PER_S, args.batch_blocks)

@@ -655,6 +655,23 @@ def misplaced_on_citus(conn: psycopg.Connection) -> list[str]:
     return _cold_heap_months(conn)
 
 
+COLUMNAR = "columnar"  # a tiering Move's method on Citus: the month rewritten as Citus columnar
+
+
+def tier_on_citus(conn: psycopg.Connection, tenant_id: str | None, log=lambda _: None):
+    """Tiering on Citus, as a core.tiering TieringReport: a month of usage_events_mt holds every
+    tenant's rows of that month, so the pool's run (``tenant_id`` None) makes the cold ones
+    columnar, and a tenant's run has nothing of its own to move."""
+    from tenant_pipelines.core.tiering import Move, TieringReport
+
+    if tenant_id is not None:
+        return TieringReport(tenant_id)
+    moves = [Move(m.partition, "heap", COLUMNAR, m.bytes_before, lock_held_s=m.seconds, attempts=1, frozen=False,
+                  method=COLUMNAR, seconds=m.seconds, copy="rewrite")
+             for m in compress_cold_months(conn, log)]
+    return TieringReport(None, moves, misplaced_left=len(misplaced_on_citus(conn)))
+
+
 def compress_cold_months(conn: psycopg.Connection, log=lambda _: None) -> list[ColumnarMonth]:
     """Tiering on Citus: every month of usage_events_mt older than the global tiering_policy's
     cold_after becomes Citus columnar (compressed, read-mostly), one month at a time with

@@ -33,7 +33,6 @@ from typing import Callable, Iterator, TypedDict, TypeVar, Unpack
 import psycopg
 from psycopg import sql
 
-from tenant_pipelines.core import citus
 from tenant_pipelines.db.pacing import FIXED_BATCH_BLOCKS, FIXED_MB_PER_S, Pace, Pacer, PaceReport
 from tenant_pipelines.db.locks import run_with_lock_timeout
 from tenant_pipelines.db.session import parse_tenant_id
@@ -44,7 +43,6 @@ T = TypeVar("T")
 TIERS = ("hot", "warm", "cold")
 ONLINE = "online"
 SET_TABLESPACE = "set-tablespace"
-COLUMNAR = "columnar"  # on Citus: a cold month rewritten as Citus columnar (not a method one picks)
 METHODS = (ONLINE, SET_TABLESPACE)
 # The fixed pace's rate and batch (db/pacing.py): a writer's commit that meets a batch queues
 # behind that batch's WAL and pages, so its batches are small (docs/tiering.md).
@@ -240,18 +238,6 @@ def tier_tenant(conn: psycopg.Connection, tenant: object, **options: Unpack[Tier
     return _tier(conn, str(parse_tenant_id(tenant)), **options)
 
 
-def _tier_on_citus(conn: psycopg.Connection, tenant_id: str | None, log) -> TieringReport:
-    """On Citus a month of usage_events_mt holds every tenant's rows of that month: the pool's
-    run (``tier_pool``) makes the cold ones columnar (core/citus.py); a tenant's run has nothing
-    of its own to move."""
-    if tenant_id is not None:
-        return TieringReport(tenant_id)
-    moves = [Move(m.partition, "heap", "columnar", m.bytes_before, lock_held_s=m.seconds, attempts=1, frozen=False,
-                  method=COLUMNAR, seconds=m.seconds, copy="rewrite")
-             for m in citus.compress_cold_months(conn, log)]
-    return TieringReport(None, moves, misplaced_left=len(citus.misplaced_on_citus(conn)))
-
-
 def tier_pool(conn: psycopg.Connection, **options: Unpack[TieringOptions]) -> TieringReport:
     """The same for the pool's month partitions (every pooled tenant's rows), by the global
     policy: the tiering_policy row for all tiers."""
@@ -260,8 +246,6 @@ def tier_pool(conn: psycopg.Connection, **options: Unpack[TieringOptions]) -> Ti
 
 def _tier(conn: psycopg.Connection, tenant_id: str | None, **options: Unpack[TieringOptions]) -> TieringReport:
     check_method(options.get("method", ONLINE))
-    if citus.is_citus_coordinator(conn):
-        return _tier_on_citus(conn, tenant_id, options.get("log", lambda _: None))
     require_tablespaces(conn)
     lock_name = tenant_id or POOL
     who = f"tenant {tenant_id}" if tenant_id else "the pool"
@@ -551,12 +535,7 @@ def _vacuum(conn: psycopg.Connection, table: sql.Identifier, *, freeze: bool, ra
 
 def misplaced(conn: psycopg.Connection, tenants: list[str] | None = None, as_of: datetime | None = None) -> list[PlannedPartition]:
     """Movable month partitions not in the tablespace their policy says: of ``tenants``, or
-    of every tenant and the pool. (The pool's months have ``tenant`` None.) On Citus: the cold
-    months that are not columnar yet, as the pool's (tenants have no months of their own)."""
-    if citus.is_citus_coordinator(conn):
-        return [] if tenants is not None else [
-            PlannedPartition(month, None, None, "hot", "cold", "heap", "columnar", 0, 0, True)
-            for month in citus.misplaced_on_citus(conn)]
+    of every tenant and the pool. (The pool's months have ``tenant`` None.)"""
     wanted = None if tenants is None else {str(parse_tenant_id(t)) for t in tenants}
     return [p for p in plan(conn, None, as_of) if p.movable and p.misplaced and (wanted is None or p.tenant in wanted)]
 

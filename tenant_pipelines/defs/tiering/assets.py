@@ -10,9 +10,10 @@ import dagster as dg
 import psycopg
 from pydantic import Field
 
+from tenant_pipelines.core.storage import misplaced, tier_pool, tier_tenant
 from tenant_pipelines.core.tiering import (
     DEFAULT_BATCH_BLOCKS, DEFAULT_MAX_MB_PER_S, ONLINE, Pace, PlannedPartition, TieringOptions, TieringReport,
-    check_method, misplaced, tier_pool, tier_tenant)
+    check_method)
 from tenant_pipelines.defs.resources import BillingDatabase
 from tenant_pipelines.defs.shared import (
     TIERING_POOL,
