@@ -80,7 +80,11 @@ SAMPLE_EVERY_S = 1.0
 PROBE_APP = "tenant-pipelines pace probe"
 MOVER_APP = "tenant-pipelines mover"
 SHARED_BASELINE_WITHIN_S = 5
-HOLD_WAIT_S = 5  # the longest a baseline waits for the mover to stop between batches
+# The longest a baseline waits for the mover to reach a batch boundary. Before its first batch a
+# mover prepares (DDL, capture triggers): a baseline measured meanwhile is the writers' latency
+# under that work, and a line drawn from it lets the copy slow them as much (bench/placement.py
+# measured a 13 ms baseline, 9x the quiet one, and writers at 2.8x their p99 for it).
+HOLD_WAIT_S = 60
 UNLIMITED_RATE = 1024 * MiB  # what no limit counts as while writers are active (a cut halves it)
 
 
@@ -329,8 +333,11 @@ class Pacer:
         self._ready = threading.Event()
         self._go = threading.Event()  # cleared while the probe thread measures a baseline
         self._go.set()
-        self._held = threading.Event()  # set while the mover is between batches
-        self._held.set()
+        # Set while the mover is between batches: once it has asked for its first batch
+        # (batch_bytes or mark), except during each batch (mark to done), and whenever it waits
+        # for a baseline. Clear before that: it is still preparing (DDL, capture triggers).
+        self._held = threading.Event()
+        self._in_batch = False
         self._thread: threading.Thread | None = None
         self._probe_conn: psycopg.Connection | None = None
         self._controller: Controller | None = None
@@ -358,6 +365,8 @@ class Pacer:
         self.close()
 
     def batch_bytes(self) -> int:
+        if not self._in_batch:
+            self._held.set()
         self._wait_for_go()
         controller = self._controller
         if controller is None:
@@ -413,12 +422,15 @@ class Pacer:
     def mark(self) -> None:
         """A batch starts (``done`` counts its time from here): first, wait while a baseline
         is measured."""
+        self._held.set()
         self._wait_for_go()
         self._held.clear()
+        self._in_batch = True
         self._last_done = self.clock()
 
     def done(self, nbytes: int) -> None:
         """A batch of ``nbytes`` ended: sleep as long as the rate says (its own time counted)."""
+        self._in_batch = False
         self._held.set()
         elapsed = self.clock() - self._last_done
         with self._lock:
@@ -468,12 +480,21 @@ class Pacer:
             self._previous_app = None
 
     def _wait_for_go(self) -> None:
-        if self._controller is not None:
-            self._ready.wait(timeout=60)
-        if not self._go.is_set():
-            t = self.clock()
-            self._go.wait(timeout=60)
-            self._report.paused_s += self.clock() - t
+        controller = self._controller
+        if (controller is None or self._ready.is_set()) and self._go.is_set():
+            return
+        held = self._held.is_set()
+        self._held.set()  # waiting, the mover does nothing: a baseline may be measured now
+        try:
+            if controller is not None:
+                self._ready.wait(timeout=60)
+            if not self._go.is_set():
+                t = self.clock()
+                self._go.wait(timeout=60)
+                self._report.paused_s += self.clock() - t
+        finally:
+            if not held:
+                self._held.clear()
 
     def _fall_back(self, why: str) -> None:
         self._report.fallback = f"{why}; moved at the fixed pace instead"
@@ -518,10 +539,10 @@ class Pacer:
                 if self.clock() >= next_activity:
                     active = self._writers_active()
                     next_activity = self.clock() + ACTIVITY_EVERY_S
+                    with self._lock:  # first: the guard acts on it while a baseline is taken
+                        controller.set_writers(active)
                     if active and controller.baseline_s is None:
                         self._take_baseline(controller)
-                    with self._lock:
-                        controller.set_writers(active)
                     self._ready.set()
                 self._guard(controller)
                 if controller.writers:
@@ -600,28 +621,38 @@ class Pacer:
             "SELECT min(baseline_p99_ms) FROM tenant_pipelines.pace_probes WHERE pid <> pg_backend_pid()"
             " AND baseline_p99_ms IS NOT NULL AND probed_at > clock_timestamp() - make_interval(secs => %s)",
             (SHARED_BASELINE_WITHIN_S,)).fetchone()[0]
-        if shared is not None:
-            p99, source = shared / 1000, "shared by another pacer"
-        else:
-            self._go.clear()
-            try:
-                self._held.wait(timeout=HOLD_WAIT_S)  # until the batch in flight, if any, is done
+        try:
+            if shared is not None:
+                p99, source = shared / 1000, "shared by another pacer"
+            else:
+                # The mover may ask now (nobody_writes), but its next batch waits (go) until the
+                # baseline is recorded. Measured once the mover is between batches (its first one
+                # included): not while it prepares or copies. The guard keeps watching a guarded
+                # statement meanwhile.
+                self._go.clear()
+                self._ready.set()
+                deadline = self.clock() + HOLD_WAIT_S
+                while not self._held.is_set() and self.clock() < deadline:
+                    self._guard(controller)
+                    if self._stop.wait(PROBE_INTERVAL_S):
+                        return
                 latencies = []
                 for _ in range(BASELINE_PROBES):
+                    self._guard(controller)
                     if self._stop.wait(PROBE_INTERVAL_S):
                         break
                     latencies.append(self._probe())
-            finally:
-                self._go.set()
-            p99, source = _p99(latencies) or 1e-3, "measured"
-        self._probe_conn.execute(
-            "INSERT INTO tenant_pipelines.pace_probes (pid, probed_at, baseline_p99_ms, baseline_at)"
-            " VALUES (pg_backend_pid(), clock_timestamp(), %s, clock_timestamp())"
-            " ON CONFLICT (pid) DO UPDATE SET probed_at = excluded.probed_at,"
-            " baseline_p99_ms = excluded.baseline_p99_ms, baseline_at = excluded.baseline_at", (p99 * 1000,))
-        with self._lock:
-            controller.set_baseline(p99)
-        self._report.baseline_source = source
+                p99, source = _p99(latencies) or 1e-3, "measured"
+            self._probe_conn.execute(
+                "INSERT INTO tenant_pipelines.pace_probes (pid, probed_at, baseline_p99_ms, baseline_at)"
+                " VALUES (pg_backend_pid(), clock_timestamp(), %s, clock_timestamp())"
+                " ON CONFLICT (pid) DO UPDATE SET probed_at = excluded.probed_at,"
+                " baseline_p99_ms = excluded.baseline_p99_ms, baseline_at = excluded.baseline_at", (p99 * 1000,))
+            with self._lock:
+                controller.set_baseline(p99)
+            self._report.baseline_source = source
+        finally:
+            self._go.set()
         self.log(f"pace: other clients are active; their baseline p99 commit is {p99 * 1000:.1f} ms ({source}); "
                  f"keeping probe commits under {p99 * 1000 * self.pace.target_p99_ratio:.1f} ms")
 
