@@ -574,12 +574,20 @@ class Pacer:
         reason = (f"backend {waiter[0]} waited for a lock the file copy held" if waiter else
                   "another client started writing" if controller.writers else None)
         if reason is not None:
+            # The reason first: the mover's statement fails the moment it is cancelled, and the
+            # mover may ask why before this thread runs again.
+            with self._lock:
+                if self._guard_pid != pid:
+                    return
+                self._guard_reason = reason
             cancelled = self._probe_conn.execute(
                 "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE pid = %s AND state = 'active'"
                 " AND left(query, length(%s)) = %s", (pid, statement, statement)).fetchone()
             with self._lock:
                 if cancelled and cancelled[0] and self._guard_pid == pid:
-                    self._guard_pid, self._guard_reason = None, reason
+                    self._guard_pid = None
+                elif self._guard_pid == pid:
+                    self._guard_reason = None  # nothing was cancelled: the statement had ended
 
     def _probe(self) -> float:
         t = time.perf_counter()
