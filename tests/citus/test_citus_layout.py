@@ -150,13 +150,15 @@ def test_citus_function_files_are_one_function_each() -> None:
     functions = load_citus_functions(SQL_DIR)
     main = {f.name for f in load_functions()}
     assert {f.name for f in functions} == {"fn_current_tenant_id", "fn_set_tenant_context", "fn_citus_premake_months",
-                                           "fn_tenant_routed_to_schema", "fn_tenant_usage_stats"}
+                                           "fn_tenant_routed_to_schema", "fn_tenant_usage_stats",
+                                           "fn_usage_events_view_insert"}
     # The Citus versions of single-node functions keep their grants.
     grants = {f.name: f.grants for f in functions}
     assert grants["fn_current_tenant_id"] == ((("EXECUTE",), "PUBLIC"),)
     assert grants["fn_set_tenant_context"] == ((("EXECUTE",), "billing_app"),)
     assert grants["fn_citus_premake_months"] == ()
     assert grants["fn_tenant_routed_to_schema"] == ((("EXECUTE",), "PUBLIC"),)
+    assert grants["fn_usage_events_view_insert"] == ()  # a trigger's: nobody calls it
     assert {"fn_current_tenant_id", "fn_set_tenant_context", "fn_tenant_routed_to_schema"} <= main
 
 
