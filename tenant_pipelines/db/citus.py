@@ -144,6 +144,25 @@ def _refuse_schema_tenants(conn: psycopg.Connection, layout: CitusMigration) -> 
             "--to pooled' (and every other schema tenant), then run db migrate again")
 
 
+# Before the Citus layout distributes the shared tables of a single-node database: the
+# policies of sql/migrations/0025 hold a subquery on tenant_placements, which Citus cannot put
+# on a shard ("cannot create policy"). They refuse schema tenants' rows, and a database with a
+# schema tenant is refused anyway (_refuse_schema_tenants); a coordinator migrated from scratch
+# never has them (0025 skips Citus). Dropped in 0001's transaction.
+_SINGLE_NODE_ONLY_POLICIES = """
+DO $$
+DECLARE
+    t text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['usage_events_mt', 'subscriptions', 'invoices', 'payment_methods'] LOOP
+        EXECUTE format('DROP POLICY IF EXISTS schema_tenants_placed_in_a_schema_insert ON public.%I', t);
+        EXECUTE format('DROP POLICY IF EXISTS schema_tenants_placed_in_a_schema_update ON public.%I', t);
+    END LOOP;
+END
+$$;
+"""
+
+
 def migrate_citus(conn: psycopg.Connection, sql_dir: Path, main_functions: list,
                   log: Callable[[str], None] = lambda message: None) -> CitusReport | None:
     """Apply ``sql_dir/citus`` when the database has Citus; None (and nothing done) otherwise.
@@ -197,6 +216,8 @@ def migrate_citus(conn: psycopg.Connection, sql_dir: Path, main_functions: list,
         log(f"applying {migration.label}")
         try:
             with conn.transaction():
+                if migration.version == "0001":
+                    conn.execute(_SINGLE_NODE_ONLY_POLICIES)
                 conn.execute(migration.text.encode())
                 for name in migration.reapply:
                     function = by_name[name]

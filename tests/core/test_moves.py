@@ -116,12 +116,20 @@ def test_after_cutover_the_old_copy_refuses_writes(admin_conn, app_dsn) -> None:
             with pytest.raises(psycopg.errors.InsufficientPrivilege, match="schema_tenants_insert_into_their_schema"):
                 app.execute("INSERT INTO public.invoices (organization_id, amount, status) VALUES (%s, 1, 'open')", (tenant,))
         with app.transaction():
-            # A client that kept the old route (here: the route taken out by hand) meets the capture
-            # trigger of the old copy, until it is removed.
+            # A client that dropped the route (taken out by hand): the registry says schema, and
+            # the shared tables refuse billing_app the row (sql/0025).
             app.execute("SELECT fn_set_tenant_context(%s)", (tenant,))
             app.execute("SELECT set_config('app.tenant_route', '', true)")
-            with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState) as info:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="schema_tenants_placed_in_a_schema_insert"):
                 app.execute("INSERT INTO public.invoices (organization_id, amount, status) VALUES (%s, 1, 'open')", (tenant,))
+    # A role that no policy stops (here the superuser) meets the capture trigger of the old copy,
+    # until it is removed.
+    with admin_conn.transaction():
+        admin_conn.execute("SELECT fn_set_tenant_context(%s)", (tenant,))
+        admin_conn.execute("SELECT set_config('app.tenant_route', '', true)")
+        with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState) as info:
+            admin_conn.execute("INSERT INTO public.invoices (organization_id, amount, status) VALUES (%s, 1, 'open')",
+                               (tenant,))
     assert "moved to its new placement" in str(info.value)
 
 

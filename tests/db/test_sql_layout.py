@@ -157,7 +157,8 @@ def fill(conn: psycopg.Connection) -> dict[str, uuid.UUID]:
 NEW_TABLES = ("tenant_placements", "tenant_tables_version", "tenant_moves", "tenant_move_log", "tenant_schemas_name_check",
               "tenant_schemas_migrated_to_check", "tier_limits_placement_check",
               "tenant_classifications_placement_override_check", "pace_probes",
-              "schema_tenants_insert_into_their_schema", "schema_tenants_update_in_their_schema")
+              "schema_tenants_insert_into_their_schema", "schema_tenants_update_in_their_schema",
+              "schema_tenants_placed_in_a_schema_insert", "schema_tenants_placed_in_a_schema_update")
 
 
 def without_new(found: dict) -> dict:

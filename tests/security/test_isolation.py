@@ -913,9 +913,10 @@ def test_catalog_shows_no_weakened_isolation(world: World) -> None:
     assert {t.name for t in DATA_TABLES} <= {name for name, _, _ in policies}
     assert all(using and check for _, using, check in policies), policies
     # The only restrictive ones (AND-ed, so they can only refuse more): a schema tenant's writes
-    # refused in the shared tables (sql/0023).
+    # refused in the shared tables, by its route (sql/0023) and by the registry (sql/0025).
     assert {name for (name,) in admin.execute("SELECT DISTINCT polname FROM pg_policy WHERE NOT polpermissive")} == {
-        "schema_tenants_insert_into_their_schema", "schema_tenants_update_in_their_schema"}
+        "schema_tenants_insert_into_their_schema", "schema_tenants_update_in_their_schema",
+        "schema_tenants_placed_in_a_schema_insert", "schema_tenants_placed_in_a_schema_update"}
     functions = {name: (definer, config) for name, definer, config in admin.execute(
         "SELECT proname, prosecdef, array_to_string(proconfig, ',') FROM pg_proc"
         " WHERE proname IN ('fn_current_tenant_id', 'fn_set_tenant_context', 'fn_set_tenant_resources')"
