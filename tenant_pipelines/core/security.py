@@ -48,6 +48,7 @@ def audit_isolation(conn: psycopg.Connection, app_role: str = APP_ROLE,
     findings += _definer_functions(conn)
     findings += _foreign_keys(conn)
     findings += _definer_views(conn, app_role)
+    findings += _large_objects(conn, app_role)
     from tenant_pipelines.core.citus import audit_citus  # on a Citus coordinator: the shards and the workers
 
     findings += audit_citus(conn)
@@ -69,6 +70,45 @@ def _app_role(conn: psycopg.Connection, app_role: str, role: tuple[bool, bool]) 
         findings.append(Finding(f"role {app_role}", f"is a member of {other}, which bypasses RLS",
                                 f"REVOKE {other} FROM {app_role}"))
     findings += _temporary_objects(conn, app_role)
+    findings += _role_settings(conn, app_role)
+    return findings
+
+
+# The role-level settings the migrations give the application role (sql/0013).
+EXPECTED_ROLE_SETTINGS = frozenset({"plan_cache_mode=force_custom_plan"})
+
+
+def _role_settings(conn: psycopg.Connection, app_role: str) -> list[Finding]:
+    """Any role may ALTER ROLE itself SET a parameter it may SET, and PostgreSQL 15 cannot
+    forbid it. A setting of ``app_role`` (or of a login role that is a member of it) starts
+    every new server connection, and a pooler's reset (RESET ALL, DISCARD ALL) restores it
+    rather than clearing it: one client's ``ALTER ROLE billing_app SET row_security = off``,
+    ``default_transaction_read_only = on``, ``search_path = ...`` or ``plan_cache_mode = auto``
+    reaches every later client of every pool. Anything but the migrations' own is reported,
+    for this database or for all."""
+    rows = conn.execute(
+        """SELECT r.rolname, d.datname, cfg
+             FROM pg_db_role_setting s
+             JOIN pg_roles r ON r.oid = s.setrole
+             LEFT JOIN pg_database d ON d.oid = s.setdatabase
+             CROSS JOIN LATERAL unnest(s.setconfig) cfg
+            WHERE (s.setdatabase = 0 OR d.datname = current_database())
+              AND (r.rolname = %s OR (r.rolcanlogin AND NOT r.rolsuper AND pg_has_role(r.oid, %s, 'MEMBER')))
+            ORDER BY r.rolname = %s DESC, 1, 2 NULLS FIRST, 3""",
+        (app_role, app_role, app_role),
+    ).fetchall()
+    findings = []
+    for name, database, setting in rows:
+        if name == app_role and database is None and setting in EXPECTED_ROLE_SETTINGS:
+            continue
+        parameter = setting.split("=", 1)[0]
+        where = f" in database {database}" if database else ""
+        findings.append(Finding(
+            f"role {name}", f"has the role-level setting {setting}{where}: every new server connection starts with it "
+            "and a pooler's reset restores it, so it reaches every later client of the pool",
+            f"ALTER ROLE {name}{where.replace(' in database', ' IN DATABASE')} RESET {parameter}"
+            + (f"; then ALTER ROLE {app_role} SET plan_cache_mode = force_custom_plan (sql/0013)"
+               if parameter == "plan_cache_mode" and name == app_role and not database else "")))
     return findings
 
 
@@ -383,6 +423,35 @@ def _foreign_keys(conn: psycopg.Connection) -> list[Finding]:
     return [Finding(f"foreign key {name} on {table}", f"references {ref} without organization_id, and key checks bypass RLS",
                     f"reference {ref} (organization_id, id) instead")
             for name, table, ref in rows]
+
+
+LARGE_OBJECT_CREATORS = ("lo_create(oid)", "lo_creat(integer)", "lo_from_bytea(oid, bytea)")
+
+
+def _large_objects(conn: psycopg.Connection, app_role: str) -> list[Finding]:
+    """Large objects have no row-level security: one that ``app_role`` owns (or may read) is
+    every tenant's to read through a pooled connection (sql/0026 takes their creation back)."""
+    findings = []
+    creators = [f for f in LARGE_OBJECT_CREATORS
+                if conn.execute("SELECT has_function_privilege(%s, %s, 'EXECUTE')", (app_role, f"pg_catalog.{f}")
+                                ).fetchone()[0]]
+    if creators:
+        findings.append(Finding(
+            f"role {app_role}", f"can create large objects ({', '.join(creators)}), which no policy protects: "
+            "one tenant's large object is every tenant's to read",
+            f"REVOKE EXECUTE ON FUNCTION {', '.join(creators)} FROM PUBLIC (as a superuser; "
+            "'tenant-pipelines db migrate' does it when run as one)"))
+    readable = conn.execute(
+        """SELECT count(*) FROM pg_largeobject_metadata m
+            WHERE pg_has_role(%s, m.lomowner, 'USAGE')
+               OR EXISTS (SELECT FROM aclexplode(m.lomacl) a
+                           WHERE a.privilege_type = 'SELECT'
+                             AND (a.grantee = 0 OR pg_has_role(%s, a.grantee, 'USAGE')))""",
+        (app_role, app_role)).fetchone()[0]
+    if readable:
+        findings.append(Finding(f"large objects ({readable})", f"{app_role} can read them, whichever tenant wrote them",
+                                "move their content into a tenant table and lo_unlink them"))
+    return findings
 
 
 def _definer_views(conn: psycopg.Connection, app_role: str) -> list[Finding]:

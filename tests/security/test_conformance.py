@@ -77,6 +77,25 @@ WEAKNESSES: list[tuple[str, list[str], str, list[str]]] = [
       _on_database("GRANT TEMPORARY ON DATABASE %I TO tp_app_login")],
      "role tp_app_login: can create temporary tables in database",
      [_on_database("REVOKE TEMPORARY ON DATABASE %I FROM tp_app_login"), "DROP ROLE tp_app_login"]),
+    # A role may set its own defaults; a pooler's RESET ALL restores them for every later client.
+    ("app role's own default", ["ALTER ROLE billing_app SET row_security = off"],
+     "role billing_app: has the role-level setting row_security=off:", ["ALTER ROLE billing_app RESET row_security"]),
+    ("app role's default in this database",
+     [_on_database("ALTER ROLE billing_app IN DATABASE %I SET default_transaction_read_only = on")],
+     "role billing_app: has the role-level setting default_transaction_read_only=on in database",
+     [_on_database("ALTER ROLE billing_app IN DATABASE %I RESET default_transaction_read_only")]),
+    ("app role's plan cache mode changed", ["ALTER ROLE billing_app SET plan_cache_mode = auto"],
+     "role billing_app: has the role-level setting plan_cache_mode=auto:",
+     ["ALTER ROLE billing_app SET plan_cache_mode = force_custom_plan"]),
+    ("app can create large objects", ["GRANT EXECUTE ON FUNCTION lo_from_bytea(oid, bytea) TO PUBLIC"],
+     "role billing_app: can create large objects (lo_from_bytea(oid, bytea))",
+     ["REVOKE EXECUTE ON FUNCTION lo_from_bytea(oid, bytea) FROM PUBLIC"]),
+    ("a large object the app can read",
+     ["SELECT lo_from_bytea(4242, 'a tenant''s document')", "ALTER LARGE OBJECT 4242 OWNER TO billing_app"],
+     "large objects (1): billing_app can read them", ["SELECT lo_unlink(4242)"]),
+    ("a login member's default",
+     ["CREATE ROLE tp_app_login2 LOGIN IN ROLE billing_app", "ALTER ROLE tp_app_login2 SET search_path = pg_catalog"],
+     "role tp_app_login2: has the role-level setting search_path=pg_catalog", ["DROP ROLE tp_app_login2"]),
 ]
 
 
@@ -240,6 +259,36 @@ def test_tier_drift_is_found(admin_conn: psycopg.Connection) -> None:
     admin_conn.execute("""CREATE OR REPLACE FUNCTION fn_set_tenant_resources(p_tenant_id uuid) RETURNS text
                           LANGUAGE sql AS $$ SELECT 'growth'::text $$""")
     assert any("tier growth: tenant" in str(f) and "128MB" in str(f) for f in audit_tier_limits(admin_conn))
+
+
+def test_the_app_role_can_set_its_own_defaults_and_the_audit_sees_it(admin_conn: psycopg.Connection,
+                                                                       app_dsn: str) -> None:
+    """PostgreSQL 15 lets any role ALTER ROLE itself SET what it may SET: billing_app can give
+    every later server connection row_security = off (each tenant query then fails) and no
+    pooler reset clears it. It cannot be refused; the isolation audit (and so the
+    tenant_isolation_holds check) reports it with the fix."""
+    try:
+        with psycopg.connect(app_dsn, autocommit=True) as app:
+            app.execute("ALTER ROLE billing_app SET row_security = off")
+        with psycopg.connect(app_dsn, autocommit=True) as app:
+            assert app.execute("SHOW row_security").fetchone()[0] == "off"
+            app.execute("RESET ALL")  # what PgBouncer's reset does: back to the role's default
+            assert app.execute("SHOW row_security").fetchone()[0] == "off"
+        found = findings(admin_conn)
+        assert any(f.startswith("role billing_app: has the role-level setting row_security=off")
+                   and "fix: ALTER ROLE billing_app RESET row_security" in f for f in found), found
+    finally:
+        admin_conn.execute("ALTER ROLE billing_app RESET row_security")
+    assert findings(admin_conn) == []
+
+
+def test_the_app_role_creates_no_large_objects(app_dsn: str) -> None:
+    """sql/0026: a large object has no policy; billing_app may not make one (any tenant could
+    read it back through a pooled connection)."""
+    with psycopg.connect(app_dsn, autocommit=True) as app:
+        for statement in ("SELECT lo_from_bytea(0, 'x')", "SELECT lo_create(0)", "SELECT lo_creat(-1)"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                app.execute(statement)
 
 
 def test_role_level_override_is_found(admin_conn: psycopg.Connection) -> None:
