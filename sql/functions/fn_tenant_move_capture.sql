@@ -7,6 +7,12 @@
 -- source is out of every route: a write that still reaches it (a qualified name, a client
 -- that kept an old route) is refused, so it cannot be lost when the old copy is removed;
 -- only the pipelines' own cleanup (a session of a member of billing_owner) may delete there.
+-- It first takes the tenant's advisory lock SHARED, as fn_set_tenant_context does: a writer
+-- whose context was written by hand (stamped, without the function) holds no lock, and a
+-- transaction of it open across the cutover would have its row committed in the source after
+-- the final catch-up, then removed with the old copy. Held to the end of the writer's
+-- transaction, the lock makes the cutover (EXCLUSIVE) wait for it, like for every other
+-- writer; a writer that comes after the cutover waits for it, then reads the new step.
 -- SECURITY DEFINER: application writers fire it and may not read or write the move tables.
 CREATE OR REPLACE FUNCTION fn_tenant_move_capture() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
@@ -15,6 +21,7 @@ DECLARE
     v_tenant uuid := COALESCE(NEW.organization_id, OLD.organization_id);
     v_step   text;
 BEGIN
+    PERFORM pg_advisory_xact_lock_shared(public.fn_tenant_lock_key(v_tenant));
     SELECT m.step INTO v_step FROM tenant_pipelines.tenant_moves m WHERE m.organization_id = v_tenant;
     IF v_step = 'cut_over' THEN
         IF TG_OP = 'DELETE' AND pg_has_role(session_user, 'billing_owner', 'MEMBER') THEN

@@ -3,6 +3,7 @@ move are caught up, a crash at any step resumes, and the old copy is out of ever
 
 from __future__ import annotations
 
+import threading
 import uuid
 from decimal import Decimal
 
@@ -11,6 +12,7 @@ import pytest
 
 from tenant_pipelines.core import moves, placement
 from tests.conftest import make_tenant
+from tests.waiting import wait_until
 
 
 def fill(admin: psycopg.Connection, app_dsn: str, tenant: uuid.UUID, events: int = 300) -> None:
@@ -131,6 +133,43 @@ def test_after_cutover_the_old_copy_refuses_writes(admin_conn, app_dsn) -> None:
             admin_conn.execute("INSERT INTO public.invoices (organization_id, amount, status) VALUES (%s, 1, 'open')",
                                (tenant,))
     assert "moved to its new placement" in str(info.value)
+
+
+def test_a_writer_with_a_context_set_by_hand_holds_the_cutover_back(admin_conn, admin_dsn, app_dsn) -> None:
+    """A stamped context written by hand takes no advisory lock: its transaction, open across the
+    cutover, would commit its row in the source after the final catch-up, and the old copy's
+    removal would delete it. The capture trigger takes the lock for it: the cutover waits for
+    that transaction, and the row moves with the tenant."""
+    tenant = make_tenant(admin_conn, "Mover", "growth")
+    fill(admin_conn, app_dsn, tenant, events=20)
+    moves.move_tenant(admin_conn, tenant, "schema", batch_rows=100, stop_after="copy")
+    outcome: dict[str, object] = {}
+    with psycopg.connect(app_dsn) as app:
+        app.execute("SELECT set_config('app.current_tenant', extract(epoch FROM transaction_timestamp())::text || %s,"
+                    " true)", (str(tenant),))
+        app.execute("INSERT INTO public.invoices (organization_id, amount, status) VALUES (%s, 77, 'open')", (tenant,))
+
+        def resume() -> None:
+            with psycopg.connect(admin_dsn, autocommit=True) as mover:
+                try:
+                    outcome["report"] = moves.move_tenant(mover, tenant, "schema", batch_rows=100)
+                except Exception as exc:  # reported below
+                    outcome["error"] = exc
+
+        thread = threading.Thread(target=resume)
+        thread.start()
+        try:
+            wait_until(lambda: admin_conn.execute(
+                "SELECT EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND NOT granted)").fetchone()[0],
+                "the cutover queued behind the hand-set writer's lock")
+        finally:
+            app.commit()
+            thread.join()
+    assert "error" not in outcome, outcome
+    assert placement.placement_of(admin_conn, tenant).kind == "schema"
+    schema = admin_conn.execute("SELECT fn_tenant_schema_name(%s)", (tenant,)).fetchone()[0]
+    assert admin_conn.execute(f"SELECT count(*) FROM {schema}.invoices WHERE amount = 77").fetchone()[0] == 1
+    assert all(k.startswith(f"{schema}.") for k in rows_anywhere(admin_conn, tenant))
 
 
 def test_target_schema_with_data_of_unknown_origin_is_refused(admin_conn, app_dsn) -> None:
