@@ -181,12 +181,11 @@ def organization_ids(conn: psycopg.Connection) -> list[str]:
 def pool_tenants(conn: psycopg.Connection) -> list[str]:
     """Tenants with rows in the pool from the start of last month on (its newest months and
     _after): where the events of a tenant never seen before land. A skip scan of the pool's
-    primary key (one index probe per tenant), not a scan of the events. On Citus, none: there is
-    no pool, and Citus cannot push a recursive skip scan down to the shards, so finding events
-    without an organization would scan every recent event every tick; tenants are onboarded
-    there by their organization row."""
+    primary key (one index probe per tenant), not a scan of the events. On Citus (no pool): the
+    tenants with events in those months, by the same skip scan on every shard
+    (citus.recent_event_tenants)."""
     if citus.is_citus_coordinator(conn):
-        return []
+        return citus.recent_event_tenants(conn)
     rows = conn.execute(
         """
         WITH RECURSIVE bound AS (

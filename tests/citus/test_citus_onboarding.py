@@ -1,5 +1,6 @@
 """Onboarding and the premake on a Citus coordinator (issue 19): the onboarding sensor finds a
-new organization, tenant_partition for it creates no DDL of its own but keeps usage_events_mt's
+new organization, and a tenant whose events arrived before its organization row (a skip scan on
+every shard), tenant_partition for it creates no DDL of its own but keeps usage_events_mt's
 months premade (Citus's create_time_partitions), and both checks hold; a month dropped is found
 by tenant_partitions_complete and made again; a row outside the months is reported by
 default_partition_drained."""
@@ -11,7 +12,7 @@ import uuid
 import dagster as dg
 import psycopg
 
-from tenant_pipelines.core.citus import audit_citus_months, citus_months
+from tenant_pipelines.core.citus import audit_citus_months, citus_months, recent_event_tenants
 from tenant_pipelines.defs.resources import BillingDatabase
 from tenant_pipelines.defs.tenants.partitions_assets import (
     default_partition_drained,
@@ -71,3 +72,27 @@ def test_onboarding_and_premake_on_a_coordinator(citus: CitusTarget, citus_admin
         assert not drained.passed and f"{tenant}: 1 rows" in drained.metadata["details"].value
         citus_admin.execute("DELETE FROM usage_events_mt WHERE organization_id = %s AND metric_name = 'far'", (tenant,))
     assert uuid.UUID(str(tenant))
+
+
+def test_the_sensor_finds_events_of_a_tenant_with_no_organization_row(citus: CitusTarget,
+                                                                      citus_admin: psycopg.Connection) -> None:
+    """Usage events have no foreign key to organizations: a tenant's first events may come
+    before its row. The skip scan runs on every shard of usage_events_mt (from the start of last
+    month on); a tenant whose events are all older is not new."""
+    recent, old = uuid.uuid4(), uuid.uuid4()
+    citus_admin.execute(
+        "INSERT INTO usage_events_mt (organization_id, metric_name, quantity, \"timestamp\")"
+        " VALUES (%s, 'early', 1, now()), (%s, 'early', 2, now() - interval '1 day'),"
+        " (%s, 'early', 1, date_trunc('month', now()) - interval '3 months')", (recent, recent, old))
+    found = recent_event_tenants(citus_admin)
+    assert str(recent) in found and str(old) not in found
+    known = {str(t) for (t,) in citus_admin.execute("SELECT DISTINCT organization_id FROM usage_events_mt"
+                                                     " WHERE \"timestamp\" >= (date_trunc('month', now() AT TIME ZONE 'UTC') - interval '1 month')"
+                                                     " AT TIME ZONE 'UTC'")}
+    assert set(found) == known, "every tenant with recent events, and only those"
+    with dg.instance_for_test() as instance:
+        with dg.build_sensor_context(instance=instance,
+                                     resources={"billing_db": BillingDatabase(dsn=citus.admin_dsn)}) as context:
+            result = tenant_onboarding_sensor(context)
+        assert str(recent) in {r.partition_key for r in result.run_requests}
+        assert str(old) not in {r.partition_key for r in result.run_requests}
