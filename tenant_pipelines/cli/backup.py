@@ -45,6 +45,9 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
     tenant = parse_tenant_id(args.tenant)
     if args.to_time is not None:
+        if args.allow_cleartext:
+            raise InvalidInput("--allow-cleartext is for a restore from a backup folder (--backup, --as-of); "
+                               "leave it out with --to-time")
         return _restore_to_time(args, tenant)
     if args.force:
         raise InvalidInput("--force is for --to-time (a point-in-time restore of a tenant without "
@@ -64,7 +67,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     dsn = args.into_database if args.into_database is not None else admin_dsn()
     with connect(dsn, autocommit=True) as conn:
         report = restore_tenant(conn, tenant, path, master_key=load_master_key(generate_dev_key=False),
-                                into_schema=args.into_schema, log=log)
+                                into_schema=args.into_schema, allow_cleartext=args.allow_cleartext, log=log)
     log(f"tenant {tenant}: restored {report.total_rows} rows from backup {report.backup_id} into "
          f"{report.target} in {report.seconds:.2f}s (checksums verified in {report.verify_seconds:.2f}s; manifest "
          f"{'authenticated by its MAC' if report.authentication == 'mac' else 'matched its restore drill' if report.authentication == 'drill digest' else 'NOT verified'})")
@@ -160,6 +163,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="with --to-time: restore a tenant without point_in_time_recovery too")
     p.add_argument("--root", default=None, help="backup root searched by --as-of (default as for backup)")
     into = p.add_mutually_exclusive_group()
+    p.add_argument("--allow-cleartext", action="store_true",
+                   help="accept a cleartext backup of a tenant whose backups are encrypted (refused by default: "
+                        "without the key, an encrypted backup can be rewritten as a cleartext one)")
     into.add_argument("--into-schema", metavar="S", help="a new scratch schema in the billing database")
     into.add_argument("--into-database", metavar="DSN", help="an admin DSN of another, migrated database")
 

@@ -8,6 +8,7 @@ import base64
 import hashlib
 import hmac
 import json
+import os
 import shutil
 import uuid
 from pathlib import Path
@@ -31,6 +32,7 @@ from tenant_pipelines.core.backups import (
     backup_tenant,
     check_target_dsn,
     key_fingerprint,
+    list_backups,
     restore_drill,
     restore_tenant,
 )
@@ -193,6 +195,24 @@ def test_a_cleartext_manifest_is_checked_against_its_drill_and_an_unverified_one
     assert "changed after the restore drill" in refused(admin_conn, tenant, path, BackupInvalid, key=None)
 
 
+def test_a_cleartext_backup_of_a_tenant_whose_backups_are_encrypted_is_refused(admin_conn, tmp_path) -> None:
+    """Without the key anyone who can write the folder can rewrite an encrypted backup as a
+    cleartext one, sha256s, content hashes and a matching verified.json included: only the MAC
+    proves the key wrote it. A tenant whose backups are encrypted gets no cleartext restore,
+    drill record or not, unless the caller says it was meant (allow_cleartext)."""
+    tenant = tenant_with_rows(admin_conn)  # encryption_enabled
+    path = backup_tenant(admin_conn, tenant, tmp_path, master_key=None, encrypt=False).path  # cleartext
+    manifest = json.loads((path / "manifest.json").read_bytes())
+    (path / "verified.json").write_text(json.dumps({  # a drill record anyone can write
+        "backup_id": manifest["backup_id"], "tenant": manifest["tenant"], "passed": True,
+        "manifest_sha256": hashlib.sha256((path / "manifest.json").read_bytes()).hexdigest()}))
+    message = refused(admin_conn, tenant, path, BackupInvalid)
+    assert "backups are encrypted" in message and "--allow-cleartext" in message
+    refused(admin_conn, tenant, path, BackupInvalid, key=None, into_schema="scratch_c")
+    report = restore_tenant(admin_conn, tenant, path, master_key=KEY, allow_cleartext=True)
+    assert report.total_rows > 0 and report.authentication == AUTH_DRILL
+
+
 # -- malformed manifests -----------------------------------------------------------------------
 
 
@@ -316,3 +336,78 @@ def test_an_encrypted_tenant_folder_reads_as_a_dataset_with_the_key(admin_conn, 
     assert table.num_rows == 7 and table.column("backup").to_pylist() == [report.backup_id] * 7
     with pytest.raises(BackupKeyMissing):
         backup_dataset(tmp_path, tenant, "usage_events_mt")
+
+
+# -- a hostile-input audit's findings ----------------------------------------------------------
+
+
+def _rewrite_cleartext(path: Path, table: str, new: pa.Table) -> None:
+    """``new`` as the table's one cleartext file, the manifest made consistent with it (what
+    anyone who can write the folder can do to a cleartext backup)."""
+    from tenant_pipelines.core.backups.hashing import ContentHasher
+
+    for old in (path / f"table={table}").glob("*.parquet"):
+        old.unlink()
+    part = path / f"table={table}" / "part-00000.parquet"
+    pq.write_table(new, part, store_schema=True)
+    hasher = ContentHasher(new.schema, None)
+    for batch in pq.ParquetFile(part).iter_batches():
+        hasher.update(batch)
+
+    def consistent(m: dict) -> None:
+        m["tables"][table].update(
+            files=[{"path": f"table={table}/part-00000.parquet", "rows": new.num_rows, "bytes": part.stat().st_size,
+                    "sha256": hashlib.sha256(part.read_bytes()).hexdigest()}],
+            rows=new.num_rows, content_hash=hasher.hexdigest(),
+            arrow_schema_ipc=base64.b64encode(new.schema.serialize().to_pybytes()).decode())
+    edit(path, consistent)
+
+
+def test_a_nul_in_a_file_path_is_one_line(admin_conn, cleartext) -> None:
+    tenant, path = cleartext
+    edit(path, lambda m: m["tables"]["invoices"]["files"][0].update(path="table=invoices/part\u0000.parquet"))
+    assert "names no file" in refused(admin_conn, tenant, path, BackupInvalid, key=None)
+
+
+def test_a_column_listed_twice_is_refused(admin_conn, cleartext) -> None:
+    tenant, path = cleartext
+    table = pq.read_table(path / "table=invoices" / "part-00000.parquet")
+    _rewrite_cleartext(path, "invoices", table.append_column(table.schema.field("amount"), table.column("amount")))
+    edit(path, lambda m: m["tables"]["invoices"]["columns"].append(
+        {"name": "amount", "pg_type": "numeric(20,6)", "generated": False}))
+    assert "listed twice" in refused(admin_conn, tenant, path, BackupInvalid, key=None)
+    refused(admin_conn, tenant, path, BackupInvalid, key=None, into_schema="scratch_dup")
+
+
+def test_a_manifest_that_is_a_pipe_is_refused_without_blocking(admin_conn, cleartext) -> None:
+    tenant, path = cleartext
+    (path / MANIFEST).unlink()
+    os.mkfifo(path / MANIFEST)
+    assert "not a regular file" in refused(admin_conn, tenant, path, BackupInvalid, key=None)
+
+
+@pytest.mark.parametrize("name", ["tenant_" + "ab" * 16, "   ", "a\tb", "x\u0000y"])
+def test_a_scratch_schema_name_a_tenant_schema_or_blank_is_refused(admin_conn, cleartext, name) -> None:
+    tenant, path = cleartext
+    refused(admin_conn, tenant, path, InvalidInput, key=None, into_schema=name)
+
+
+def test_an_edited_backup_id_does_not_break_retention_and_is_no_backup(admin_conn, tmp_path) -> None:
+    """A folder whose manifest names another backup id is not a backup (list_backups); retention
+    names what it removes after the folder, never after the manifest."""
+    tenant = tenant_with_rows(admin_conn, encrypted=False)
+    first = backup_tenant(admin_conn, tenant, tmp_path, master_key=None).path
+    old = first.with_name("backup=20000101T000000000000Z-aaaaaa")
+    shutil.copytree(first, old)
+    edit(old, lambda m: (m.update(backup_id="x/y"), m["snapshot"].update(taken_at="2000-01-01T00:00:00+00:00")))
+    assert old not in [b.path for b in list_backups(tmp_path, tenant)]
+    second = backup_tenant(admin_conn, tenant, tmp_path, master_key=None)
+    assert second.path.is_dir() and first.is_dir()
+
+
+def test_a_dangling_link_among_the_temporaries_blocks_no_backup(admin_conn, tmp_path) -> None:
+    tenant = tenant_with_rows(admin_conn, encrypted=False)
+    first = backup_tenant(admin_conn, tenant, tmp_path, master_key=None).path
+    link = first.parent / ".backup=20000101T000000000000Z-aaaaaa.tmp-otherhost-1"
+    os.symlink("/nonexistent/tenant-pipelines-audit", link)
+    assert backup_tenant(admin_conn, tenant, tmp_path, master_key=None).path.is_dir()

@@ -59,7 +59,8 @@ def list_backups(root: Path, tenant_id: object) -> list[BackupInfo]:
             if manifest.get("tenant") != str(tenant):
                 continue
             backup_id, taken_at = manifest["backup_id"], datetime.fromisoformat(manifest["snapshot"]["taken_at"])
-            if not isinstance(backup_id, str) or taken_at.tzinfo is None:
+            # The folder names the backup; a manifest that names another (edited) is not this backup.
+            if backup_id != name.removeprefix("backup=") or taken_at.tzinfo is None:
                 continue
         except (BackupInvalid, KeyError, TypeError, ValueError):
             continue

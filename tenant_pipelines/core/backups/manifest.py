@@ -9,6 +9,7 @@ import hashlib
 import hmac
 import json
 import re
+import stat
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -125,9 +126,18 @@ def _damaged(path: Path, problem: str) -> BackupInvalid:
     return BackupInvalid(f"{path}: {problem}; the backup is damaged or was altered, use another one")
 
 
+MAX_MANIFEST_BYTES = 64 * 1024 * 1024  # far above any manifest (a few KiB per table)
+
+
 def read_manifest_document(path: Path) -> tuple[dict, bytes]:
     """The manifest and its bytes, with its format checked; nothing else is trusted yet."""
     try:
+        info = (path / MANIFEST).stat()
+        if not stat.S_ISREG(info.st_mode):  # a pipe would block the read, a device never end
+            raise BackupInvalid(f"{path}: {MANIFEST} is not a regular file; the backup is damaged or was altered")
+        if info.st_size > MAX_MANIFEST_BYTES:
+            raise BackupInvalid(f"{path}: {MANIFEST} is {info.st_size} bytes, more than any manifest "
+                                f"({MAX_MANIFEST_BYTES}); the backup is damaged or was altered")
         raw = (path / MANIFEST).read_bytes()
     except FileNotFoundError:
         raise BackupInvalid(f"{path}: no {MANIFEST}; it is not a complete backup (an interrupted one?)") from None
@@ -217,7 +227,12 @@ def check_manifest(path: Path, manifest: dict, tenant: uuid.UUID | None = None) 
         for f in files:
             if not isinstance(f, dict) or not isinstance(f.get("path"), str) or not f["path"]:
                 raise _damaged(path, f"{what}: a file entry has no path")
-            file = (path / f["path"]).resolve()
+            try:
+                if "\0" in f["path"]:
+                    raise ValueError("a NUL character")
+                file = (path / f["path"]).resolve()
+            except (ValueError, OSError):
+                raise _damaged(path, f"{what}: a file path that names no file ({f['path']!r})") from None
             if base not in file.parents:
                 raise BackupInvalid(f"{path}: the manifest names a file outside the backup ({f['path']}); refusing it")
             if file.parent != base / f"table={table}" or file in seen:
@@ -236,6 +251,8 @@ def check_manifest(path: Path, manifest: dict, tenant: uuid.UUID | None = None) 
         names = [c.get("name") for c in columns if isinstance(c, dict)] if isinstance(columns, list) else None
         if names != schema.names or key_column not in names:
             raise _damaged(path, f"{what}: its columns and its Arrow schema disagree")
+        if len(set(names)) != len(names):
+            raise _damaged(path, f"{what}: a column is listed twice")
 
 
 def backup_folder(path: Path) -> Path:

@@ -24,6 +24,7 @@ Another database is restored into the same way as the live one; it must be migra
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -49,6 +50,7 @@ from tenant_pipelines.core.placement import (SCHEMA, SCHEMA_TABLES, SHARED_PARTI
 from tenant_pipelines.core.backups.manifest import load_manifest, manifest_schema
 from tenant_pipelines.core.backups.streaming import adbc_connect
 from tenant_pipelines.core.backups.verify import UNVERIFIED, authenticate_backup, check_files
+from tenant_pipelines.core.backups.writer import backup_policy
 from tenant_pipelines.db.migrate import BOOKKEEPING_SCHEMA, load_migrations
 from tenant_pipelines.db.session import parse_tenant_id
 from tenant_pipelines.errors import BackupInvalid, InvalidInput, MigrationError, TenantPipelinesError
@@ -110,9 +112,17 @@ def check_migrated(conn: psycopg.Connection) -> None:
         raise MigrationError(f"database {where} lacks migration {missing[0]} (and {len(missing) - 1} more); {fix}")
 
 
+# The name of a tenant's own schema (fn_tenant_schema_name): a scratch schema so named would pass
+# for one in the audit and block that tenant's move into a schema of its own.
+_RESERVED_SCHEMA = re.compile(r"^tenant_[0-9a-f]{32}$")
+
+
 def _valid_schema_name(name: str) -> str:
-    if not name or len(name.encode()) > _SCHEMA_NAME_MAX or name.startswith("pg_") or name in ("public", BOOKKEEPING_SCHEMA):
-        raise InvalidInput(f"schema {name!r}: pick a new schema name (not public, pg_*, or {BOOKKEEPING_SCHEMA}; "
+    if (not isinstance(name, str) or not name.strip() or len(name.encode()) > _SCHEMA_NAME_MAX
+            or name.startswith("pg_") or name in ("public", BOOKKEEPING_SCHEMA)
+            or any(ord(c) < 32 or ord(c) == 127 for c in name) or _RESERVED_SCHEMA.match(name)):
+        raise InvalidInput(f"schema {name!r}: pick a new schema name (not blank, no control characters; not public, "
+                           f"pg_*, {BOOKKEEPING_SCHEMA} or tenant_<32 hex>, a tenant's own schema; "
                            f"at most {_SCHEMA_NAME_MAX} bytes)")
     return name
 
@@ -189,6 +199,16 @@ def _tenant_batches(path: Path, manifest: dict, table: str, key_column: str, ten
             batch = denormalize_batch(batch.select(names))
             counter[0] += batch.num_rows
             yield pa.RecordBatch.from_arrays(batch.columns, schema=schema)
+    except TenantPipelinesError as exc:
+        errors.append(exc)
+        raise
+    except Exception as exc:  # a file the checks let through that Arrow cannot read as the table: one line
+        reason = (str(exc).strip().splitlines() or [""])[0]
+        wrapped = BackupInvalid(f"{path}: table {table}: its files cannot be loaded ({type(exc).__name__}: "
+                                f"{reason}); the backup is damaged or was altered, nothing was committed, "
+                                "use another backup")
+        errors.append(wrapped)
+        raise wrapped from None
     except BaseException as exc:
         errors.append(exc)
         raise
@@ -212,6 +232,14 @@ def _insert_columns(conn: psycopg.Connection, schema: str, table: str, stored: p
     return names
 
 
+def _expects_encryption(conn: psycopg.Connection, tenant: uuid.UUID) -> bool:
+    """Whether the tenant's backups are encrypted (tenant_backup_config, its default when the
+    tenant has no row). False in a database not migrated yet: check_migrated says so later."""
+    if not conn.execute("SELECT to_regclass('public.tenant_backup_config') IS NOT NULL").fetchone()[0]:
+        return False
+    return backup_policy(conn, tenant).encryption_enabled
+
+
 def restore_tenant(
     conn: psycopg.Connection,
     tenant_id: object,
@@ -219,10 +247,13 @@ def restore_tenant(
     *,
     master_key: bytes | None,
     into_schema: str | None = None,
+    allow_cleartext: bool = False,
     log: Callable[[str], None] = lambda message: None,
 ) -> RestoreReport:
     """Restore ``tenant_id`` from ``backup_path`` into the live tables of ``conn``'s database, or
-    into a new scratch schema ``into_schema``. ``conn`` is an idle admin connection."""
+    into a new scratch schema ``into_schema``. ``conn`` is an idle admin connection.
+    ``allow_cleartext``: accept a cleartext backup of a tenant whose backups are encrypted
+    (``authenticate_backup``); point-in-time restore passes it for the files it just wrote."""
     # All input is checked before anything is written: the tenant, the target, then the backup --
     # its manifest's shape, its authenticity (MAC, or the drill's digest), every file's sha256, every
     # footer with the key. The content hash is recomputed while loading and compared before COMMIT.
@@ -234,7 +265,9 @@ def restore_tenant(
     started = time.monotonic()
     log(f"tenant {tenant}: verifying {backup_path}")
     manifest = load_manifest(backup_path, tenant)
-    authentication = authenticate_backup(backup_path, manifest, master_key)
+    authentication = authenticate_backup(backup_path, manifest, master_key,
+                                         expect_encrypted=_expects_encryption(conn, tenant),
+                                         allow_cleartext=allow_cleartext)
     if authentication == UNVERIFIED:
         log(f"warning: backup {backup_path} is not encrypted and no restore drill has verified it, so nothing "
             "vouches for its manifest (a cleartext manifest carries no MAC); run 'tenant-pipelines backup --verify' "

@@ -34,7 +34,11 @@ def remove_stale_temporaries(folder: Path, *, older_than: timedelta = timedelta(
             continue
         owner = path.name.rsplit(".tmp-", 1)[-1]
         owner_host, _, pid = owner.rpartition("-")
-        stale = time.time() - path.stat().st_mtime > older_than.total_seconds()
+        try:  # lstat: a link (dangling, or to anywhere) is judged by itself, and never followed
+            info = path.lstat()
+        except FileNotFoundError:  # removed meanwhile (another run finished or cleaned it)
+            continue
+        stale = time.time() - info.st_mtime > older_than.total_seconds()
         if owner_host == host and pid.isdigit() and int(pid) != os.getpid():
             try:
                 os.kill(int(pid), 0)
@@ -43,7 +47,10 @@ def remove_stale_temporaries(folder: Path, *, older_than: timedelta = timedelta(
             except PermissionError:
                 pass
         if stale:
-            shutil.rmtree(path, ignore_errors=True)
+            if path.is_symlink() or not path.is_dir():
+                path.unlink(missing_ok=True)  # not a folder a backup made: the entry only, not what it points at
+            else:
+                shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed
 
@@ -64,7 +71,7 @@ def apply_retention(root: Path, tenant_id: object, retention_days: int, *, now: 
     for b in backups:
         if b.taken_at < cutoff and b.path not in protected:
             # Rename first, so that a crash halfway through never leaves a damaged backup that looks complete.
-            doomed = b.path.with_name(f"{tmp_name(b.backup_id)}-expired")
+            doomed = b.path.with_name(f"{tmp_name(b.path.name.removeprefix('backup='))}-expired")
             os.rename(b.path, doomed)
             shutil.rmtree(doomed, ignore_errors=True)
             removed.append(b.path)

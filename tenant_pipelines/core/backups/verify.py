@@ -72,7 +72,8 @@ def _opens_with(path: Path, manifest: dict, master_key: bytes) -> bool:
         return False
 
 
-def authenticate_backup(path: Path, manifest: dict, master_key: bytes | None) -> str:
+def authenticate_backup(path: Path, manifest: dict, master_key: bytes | None, *, expect_encrypted: bool = False,
+                        allow_cleartext: bool = False) -> str:
     """Whether the manifest can be trusted, for a manifest that ``check_manifest`` accepted.
 
     - Encrypted: its MAC (``manifest_mac``) must verify under the configured key; no key is
@@ -82,7 +83,11 @@ def authenticate_backup(path: Path, manifest: dict, master_key: bytes | None) ->
     - Cleartext: its sha256 must equal the digest its passing restore drill recorded in
       ``verified.json`` (``AUTH_DRILL``); a manifest changed since is BackupInvalid. A cleartext
       backup no drill verified returns ``UNVERIFIED``: nothing vouches for its manifest, which
-      the caller must say."""
+      the caller must say.
+    - Cleartext while ``expect_encrypted`` (the tenant's backups are encrypted): refused unless
+      ``allow_cleartext``. Without the key anyone who can write the folder can turn an encrypted
+      backup into a cleartext one with consistent sha256s and a matching ``verified.json``;
+      only the MAC of an encrypted backup proves it was written with the key."""
     path = Path(path)
     document, raw = read_manifest_document(path)
     if document != manifest:
@@ -112,6 +117,11 @@ def authenticate_backup(path: Path, manifest: dict, master_key: bytes | None) ->
         raise BackupKeyMissing(
             f"tenant {manifest['tenant']}: backup {manifest['backup_id']} needs the key with fingerprint {wanted}, "
             f"the configured one is {configured}; set ${BACKUP_KEY_ENV} to the key it was written with")
+    if expect_encrypted and not allow_cleartext:
+        raise BackupInvalid(
+            f"{path}: tenant {manifest['tenant']}'s backups are encrypted (tenant_backup_config.encryption_enabled) but "
+            "this one is cleartext, so nothing proves it was written with the key (an encrypted backup rewritten "
+            "without it looks the same); use another backup, or pass --allow-cleartext if it was written so on purpose")
     record = drill_record(path, manifest)
     if record is None or not isinstance(record.get("manifest_sha256"), str):
         return UNVERIFIED

@@ -327,7 +327,12 @@ def backup_tenant(
         conn.commit()
     removed: list[str] = []
     if apply_retention_after:
-        removed = [str(p) for p in apply_retention(root, tenant, policy.retention_days).removed]
+        try:
+            removed = [str(p) for p in apply_retention(root, tenant, policy.retention_days).removed]
+        except OSError as exc:  # the backup is written and recorded: that stands; say what retention could not do
+            log(f"warning: tenant {tenant}: backup {backup_id} is complete, but retention failed in {folder} "
+                f"({exc.strerror or exc.__class__.__name__}: {exc.filename or ''}); old backups are kept until it "
+                "succeeds on a later run")
     seconds = time.monotonic() - started
     total_bytes = sum(f["bytes"] for e in exports for f in e.files)
     return BackupReport(str(tenant), backup_id, final, manifest, {e.name: e.rows for e in exports},
