@@ -95,6 +95,20 @@ def test_an_unverified_cleartext_backup_is_restored_and_says_so(admin_conn: psyc
     assert "restore drill" in refused(admin_conn, tenant, restore(tenant, verified), env, 5)
 
 
+def test_a_cleartext_backup_of_an_encrypted_tenant_needs_allow_cleartext(admin_conn: psycopg.Connection,
+                                                                         env: dict[str, str]) -> None:
+    """Written in cleartext while the tenant was configured so, then the tenant's backups
+    encrypted: the old backup is refused (exit 5) until --allow-cleartext says it is meant."""
+    tenant = tenant_with_rows(admin_conn, encrypted=False)
+    path = backup(env, tenant)
+    admin_conn.execute("UPDATE tenant_backup_config SET encryption_enabled = true WHERE organization_id = %s", (tenant,))
+    assert "--allow-cleartext" in refused(admin_conn, tenant, restore(tenant, path), env, 5)
+    proc = run(restore(tenant, path, "--allow-cleartext"), env)
+    assert proc.returncode == 0, proc.stderr
+    assert "--allow-cleartext is for a restore from a backup folder" in one_line_error(
+        run(["restore", "--tenant", str(tenant), "--to-time", "2026-01-01T00:00:00Z", "--allow-cleartext"], env), 2)
+
+
 def test_key_fingerprint_altered_exits_5_a_wrong_key_6(admin_conn: psycopg.Connection, env: dict[str, str]) -> None:
     tenant = tenant_with_rows(admin_conn)
     path = backup(env, tenant)
