@@ -17,7 +17,7 @@ import pytest
 
 from tenant_pipelines.core import moves
 from tenant_pipelines.db.pacing import (
-    BATCH_S, BLOCK, CUT_AT, CUT_GAP_S, FIXED, GROW_AT_MOST, SEVERE, FLOOR_RATE, MAX_BATCH_BLOCKS, MOVER_APP, PROBE_APP, SLOW_START_CLEAN,
+    BATCH_S, BLOCK, WRITERS_BATCH_CAP, CUT_AT, CUT_GAP_S, FIXED, GROW_AT_MOST, SEVERE, FLOOR_RATE, MAX_BATCH_BLOCKS, MOVER_APP, PROBE_APP, SLOW_START_CLEAN,
     START_RATE, STEADY_CLEAN, Controller, MiB, Pace, Pacer, PaceReport, Sample)
 from tenant_pipelines.core.partitions import ensure_tenant_partition
 from tenant_pipelines.core.tiering import tier_tenant
@@ -63,6 +63,8 @@ def test_writers_start_it_at_the_fixed_pace_and_clean_probes_double_it_then_cros
     for _ in range(SLOW_START_CLEAN):
         assert not c.probe(0.001)
     assert c.rate == 2 * START_RATE
+    # The rate doubles, the batch does not: more commits of at most 32 KiB (bench/pace_cost.py).
+    assert c.batch_bytes() == WRITERS_BATCH_CAP == int(START_RATE * BATCH_S)
     for _ in range(SLOW_START_CLEAN):
         c.probe(0.001)
     assert c.rate == 4 * START_RATE
