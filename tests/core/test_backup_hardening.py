@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import uuid
+from decimal import Decimal
 from pathlib import Path
 from typing import Callable
 
@@ -411,3 +412,15 @@ def test_a_dangling_link_among_the_temporaries_blocks_no_backup(admin_conn, tmp_
     link = first.parent / ".backup=20000101T000000000000Z-aaaaaa.tmp-otherhost-1"
     os.symlink("/nonexistent/tenant-pipelines-audit", link)
     assert backup_tenant(admin_conn, tenant, tmp_path, master_key=None).path.is_dir()
+
+
+def test_values_the_target_column_would_round_are_refused(admin_conn, cleartext) -> None:
+    """A file whose amounts carry more decimal places than the target's numeric(20,6) (a backup
+    of another schema version, or a hand-made file): PostgreSQL would round them silently."""
+    tenant, path = cleartext
+    table = pq.read_table(path / "table=invoices" / "part-00000.parquet")
+    index = table.schema.get_field_index("amount")
+    finer = pa.array([Decimal("1.1234567891")] * table.num_rows, pa.decimal128(38, 10))
+    _rewrite_cleartext(path, "invoices", table.set_column(index, pa.field("amount", finer.type), finer))
+    message = refused(admin_conn, tenant, path, BackupInvalid, key=None)
+    assert "column amount is stored with 10 decimal places" in message and "round" in message

@@ -229,6 +229,16 @@ def _insert_columns(conn: psycopg.Connection, schema: str, table: str, stored: p
     if extra:
         raise BackupInvalid(f"{path}: table {table} in the backup has column {extra[0]}, which the target lacks; "
                             "migrate the target database first")
+    for column in target:
+        if column.name not in names or column.scale is None:
+            continue
+        kind = stored.field(column.name).type
+        kind = kind.storage_type if isinstance(kind, pa.BaseExtensionType) else kind
+        if pa.types.is_decimal(kind) and kind.scale > column.scale:  # PostgreSQL would round, silently
+            raise BackupInvalid(
+                f"{path}: table {table}: column {column.name} is stored with {kind.scale} decimal places and the "
+                f"target's {column.pg_type} keeps {column.scale}, so restoring would round its values; restore "
+                "into a database whose column keeps them, or use a backup written against this schema")
     return names
 
 
