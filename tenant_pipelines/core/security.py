@@ -98,6 +98,13 @@ def _role_settings(conn: psycopg.Connection, app_role: str) -> list[Finding]:
         (app_role, app_role, app_role),
     ).fetchall()
     findings = []
+    present = {setting for name, database, setting in rows if name == app_role and database is None}
+    for missing in sorted(EXPECTED_ROLE_SETTINGS - present):  # a client may RESET it as easily as SET it
+        parameter, value = missing.split("=", 1)
+        findings.append(Finding(
+            f"role {app_role}", f"lacks its role-level setting {missing} (sql/0013): without it cached generic plans "
+            "lock every partition of a tenant table",
+            f"ALTER ROLE {app_role} SET {parameter} = {value}"))
     for name, database, setting in rows:
         if name == app_role and database is None and setting in EXPECTED_ROLE_SETTINGS:
             continue
@@ -106,9 +113,7 @@ def _role_settings(conn: psycopg.Connection, app_role: str) -> list[Finding]:
         findings.append(Finding(
             f"role {name}", f"has the role-level setting {setting}{where}: every new server connection starts with it "
             "and a pooler's reset restores it, so it reaches every later client of the pool",
-            f"ALTER ROLE {name}{where.replace(' in database', ' IN DATABASE')} RESET {parameter}"
-            + (f"; then ALTER ROLE {app_role} SET plan_cache_mode = force_custom_plan (sql/0013)"
-               if parameter == "plan_cache_mode" and name == app_role and not database else "")))
+            f"ALTER ROLE {name}{where.replace(' in database', ' IN DATABASE')} RESET {parameter}"))
     return findings
 
 
