@@ -27,6 +27,7 @@ import tempfile
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -746,6 +747,29 @@ def section(title: str, *paragraphs: str) -> list[str]:
     for paragraph in paragraphs:
         out += [paragraph, ""]
     return out
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One transaction of a paced writer (``WriterProcess``): perf_counter when it was due (fixed
+    rate), when it started and finished, and whether it committed."""
+    scheduled: float
+    started: float
+    finished: float
+    ok: bool
+
+
+def paced(interval: float, stop) -> Iterator[float]:
+    """A paced writer's schedule: each time a transaction is due, every ``interval`` seconds from
+    now, yielded once it is due, until ``stop`` (an Event) is set. A writer late for one is not
+    given more time for the next: latency counts from ``due``."""
+    due = time.perf_counter()
+    while not stop.is_set():
+        wait = due - time.perf_counter()
+        if wait > 0 and stop.wait(wait):
+            return
+        yield due
+        due += interval
 
 
 class WriterProcess:

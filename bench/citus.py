@@ -471,12 +471,7 @@ def summarize_ingest(runs: list[dict]) -> dict:
 # -- part 3: isolate and move under writes ---------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Sample:
-    scheduled: float
-    started: float
-    finished: float
-    ok: bool
+Sample = h.Sample
 
 
 class Writer(h.WriterProcess):
@@ -495,13 +490,9 @@ def _write_loop(dsn: str, interval: float, tenant, stop, results) -> None:
     samples: list[tuple] = []
     errors: list[dict] = []
     conn = psycopg.connect(dsn, autocommit=True)
-    due = time.perf_counter()
     seq = 0
     try:
-        while not stop.is_set():
-            wait = due - time.perf_counter()
-            if wait > 0 and stop.wait(wait):
-                break
+        for due in h.paced(interval, stop):
             started = time.perf_counter()
             seq += 1
             org = uuid.UUID(tenant.value.decode())
@@ -516,7 +507,6 @@ def _write_loop(dsn: str, interval: float, tenant, stop, results) -> None:
                 if conn.broken or conn.closed:
                     conn = psycopg.connect(dsn, autocommit=True)
             samples.append((due, started, time.perf_counter(), ok))
-            due += interval
     finally:
         conn.close()
         results.send((samples, errors))

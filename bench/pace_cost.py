@@ -30,7 +30,6 @@ import sys
 import threading
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -39,6 +38,7 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout, not installed
 
 import _harness as h  # noqa: E402  (bench/ is sys.path[0] when run as a script)
+import tiering as tb  # noqa: E402  bench/tiering.py: the writers' latency summary of a window
 
 NAME = "pace_cost"
 ROW_BYTES = 250  # the source rows' heap size, about (id, timestamptz, 192-character text, numeric)
@@ -50,25 +50,13 @@ SETTLE_S = 2.0
 SETTINGS = {"max_wal_size": "8GB"}  # checkpoints only where the benchmark asks for one
 
 
-@dataclass(frozen=True)
-class Sample:
-    scheduled: float
-    started: float
-    finished: float
-    ok: bool
-
-
 def _write_loop(dsn: str, interval: float, tenant, stop, results) -> None:
     """One writer: an INSERT of one row per transaction, every ``interval`` seconds."""
     samples: list[tuple] = []
     errors: list[dict] = []
     conn = psycopg.connect(dsn)
-    due = time.perf_counter()
     try:
-        while not stop.is_set():
-            wait = due - time.perf_counter()
-            if wait > 0 and stop.wait(wait):
-                break
+        for due in h.paced(interval, stop):
             started = time.perf_counter()
             ok = True
             try:
@@ -78,7 +66,6 @@ def _write_loop(dsn: str, interval: float, tenant, stop, results) -> None:
                 ok = False
                 errors.append({"at": started, "error": f"{type(exc).__name__}: {exc}"})
             samples.append((due, started, time.perf_counter(), ok))
-            due += interval
     finally:
         conn.close()
         results.send((samples, errors))
@@ -103,14 +90,6 @@ def _copy(dsn: str, rate_mb: float, batch_kib: int, stop: threading.Event, out: 
     out.update(seconds=seconds, batches=batches, commits_per_s=batches / seconds, mb_per_s=copied / h.MIB / seconds)
 
 
-def p99(samples: Sequence[Sample], start: float, end: float) -> dict:
-    inside = [s for s in samples if start <= s.scheduled < end]
-    response = [(s.finished - s.scheduled) * 1000 for s in inside]
-    return {"transactions": len(inside), "failed": sum(not s.ok for s in inside),
-            "p50_ms": h.percentile(response, 50) if response else None,
-            "p99_ms": h.percentile(response, 99) if response else None}
-
-
 def benchmark(args: argparse.Namespace, dsn: str, server_kind: str) -> dict:
     started = time.perf_counter()
     admin = h.connect(dsn)
@@ -123,7 +102,7 @@ def benchmark(args: argparse.Namespace, dsn: str, server_kind: str) -> dict:
     admin.execute("VACUUM ANALYZE pace_cost_source")
     pairs = [(rate, batch) for rate in args.rates for batch in args.batches]
     load_before = h.wait_until_idle(timeout=args.idle_wait)
-    writers = [h.WriterProcess(_write_loop, (dsn, 1.0 / WRITER_RATE), uuid.UUID(int=i), Sample, f"writer-{i}")
+    writers = [h.WriterProcess(_write_loop, (dsn, 1.0 / WRITER_RATE), uuid.UUID(int=i), h.Sample, f"writer-{i}")
                for i in range(WRITERS)]
     windows: list[dict] = []
     for w in writers:
@@ -155,7 +134,7 @@ def benchmark(args: argparse.Namespace, dsn: str, server_kind: str) -> dict:
             w.stop()
     samples = [s for w in writers for s in w.samples]
     for window in windows:
-        window.update(p99(samples, window["start"], window["end"]))
+        window.update(tb.latency_summary(tb.in_window(samples, window)))
     results_by_pair = []
     for rate, batch in pairs:
         ratios, moved, based, mb, commits = [], [], [], [], []
@@ -193,7 +172,7 @@ def render_markdown(r: dict) -> str:
                "Within " + f"{TARGET_RATIO}× (median of {p['repeats']} repeats): "
                + ", ".join(f"{x['rate']:g} MB/s in {x['batch_kib']} KiB batches ({x['median_ratio']:.2f}×)"
                            for x in within) + ".")
-    lines = [f"# What a mover's copy costs writers, by rate and batch size", ""]
+    lines = ["# What a mover's copy costs writers, by rate and batch size", ""]
     lines += h.generated_by(NAME, r)
     lines += h.section(
         "Set-up",

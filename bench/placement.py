@@ -186,12 +186,8 @@ def _write_loop(dsn: str, interval: float, tenant, stop, results) -> None:
         return conn
 
     conn = connect()
-    due = time.perf_counter()
     try:
-        while not stop.is_set():
-            wait = due - time.perf_counter()
-            if wait > 0 and stop.wait(wait):
-                break
+        for due in h.paced(interval, stop):
             started = time.perf_counter()
             seq += 1
             org = uuid.UUID(tenant.value.decode())
@@ -213,7 +209,6 @@ def _write_loop(dsn: str, interval: float, tenant, stop, results) -> None:
                     errors.append({"at": started, "tenant": str(org), "error": f"{type(exc).__name__}: {exc}"})
                     break
             samples.append((due, started, time.perf_counter(), ok, retries))
-            due += interval
     finally:
         conn.close()
         results.send((samples, errors))

@@ -344,12 +344,7 @@ def file_copy_baselines(conn: psycopg.Connection, partitions: Sequence[str], dat
 # -- the inserter -------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Sample:
-    scheduled: float  # perf_counter when the insert was due (fixed rate)
-    started: float
-    finished: float
-    ok: bool
+Sample = h.Sample  # an insert: when it was due (fixed rate), started, finished, committed
 
 
 class Inserter(h.WriterProcess):
@@ -372,12 +367,8 @@ def _insert_loop(dsn: str, synchronous_commit: str, interval: float, rows: int, 
     errors: list[dict] = []
     seq = 0
     conn = h.connect(dsn, synchronous_commit)
-    due = time.perf_counter()
     try:
-        while not stop.is_set():
-            wait = due - time.perf_counter()
-            if wait > 0 and stop.wait(wait):
-                break
+        for due in h.paced(interval, stop):
             started = time.perf_counter()
             now = datetime.now(timezone.utc)
             seq += 1
@@ -391,7 +382,6 @@ def _insert_loop(dsn: str, synchronous_commit: str, interval: float, rows: int, 
                 if conn.broken or conn.closed:
                     conn = h.connect(dsn, synchronous_commit)
             samples.append((due, started, time.perf_counter(), ok))
-            due += interval
     finally:
         conn.close()
         results.send((samples, errors))

@@ -590,34 +590,22 @@ def rows_outside_the_months(conn: psycopg.Connection, tenants: list[str]) -> dic
     return dict(rows)
 
 
-# Run on each shard of usage_events_mt (%1$s: the shard's name): a skip scan of the shard's
-# primary key (organization_id, id, "timestamp") over the months from the start of last month
-# on, one index probe per tenant, its tenants as one comma-separated text.
-_RECENT_TENANTS_ON_A_SHARD = """
-WITH RECURSIVE bound AS (
-    SELECT (date_trunc('month', now() AT TIME ZONE 'UTC') - interval '1 month') AT TIME ZONE 'UTC' AS since
-), t(org) AS (
-    (SELECT organization_id FROM %1$s, bound WHERE "timestamp" >= bound.since ORDER BY organization_id LIMIT 1)
-    UNION ALL
-    SELECT (SELECT p.organization_id FROM %1$s p, bound
-             WHERE p."timestamp" >= bound.since AND p.organization_id > t.org ORDER BY p.organization_id LIMIT 1)
-      FROM t WHERE t.org IS NOT NULL
-)
-SELECT coalesce(string_agg(org::text, ','), '') FROM t WHERE org IS NOT NULL
-"""
-
-
 def recent_event_tenants(conn: psycopg.Connection) -> list[str]:
     """Tenants with events from the start of last month on, organization row or not: what the
     onboarding sensor looks for on one server with a skip scan of the pool. Citus cannot push a
     recursive query down to the shards, and a DISTINCT over the events would read every recent
     event each tick; run_command_on_shards runs the skip scan on every shard instead (one index
     probe per tenant and shard). A shard that fails is an error naming it."""
+    from tenant_pipelines.core.partitions import RECENT_TENANTS_SKIP_SCAN  # here: partitions imports this module
+
     _require_citus(conn)
+    # Per shard (%1$s: its name, run_command_on_shards's format()), its tenants as one text.
+    per_shard = ("SELECT coalesce(string_agg(org::text, ','), '') FROM ("
+                 + RECENT_TENANTS_SKIP_SCAN.format(relation="%1$s") + ") recent")
     tenants: set[str] = set()
     for shard, ok, result in conn.execute(
             "SELECT shardid, success, result FROM run_command_on_shards('public.usage_events_mt', %s)",
-            (_RECENT_TENANTS_ON_A_SHARD,)).fetchall():
+            (per_shard,)).fetchall():
         if not ok:
             message = (result or "").strip()
             raise TenantPipelinesError(f"usage_events_mt shard {shard}: finding its tenants failed: "

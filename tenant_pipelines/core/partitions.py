@@ -178,6 +178,24 @@ def organization_ids(conn: psycopg.Connection) -> list[str]:
     return [str(r[0]) for r in conn.execute("SELECT id FROM organizations ORDER BY id")]
 
 
+# The tenants with rows in {relation} from the start of last month on: a skip scan of its
+# primary key (organization_id first), one index probe per tenant, not a scan of the events.
+# On one server {relation} is the pool; on Citus each shard of usage_events_mt
+# (citus.recent_event_tenants).
+RECENT_TENANTS_SKIP_SCAN = """
+WITH RECURSIVE bound AS (
+    SELECT (date_trunc('month', now() AT TIME ZONE 'UTC') - interval '1 month') AT TIME ZONE 'UTC' AS since
+), t(org) AS (
+    (SELECT organization_id FROM {relation}, bound WHERE "timestamp" >= bound.since ORDER BY organization_id LIMIT 1)
+    UNION ALL
+    SELECT (SELECT p.organization_id FROM {relation} p, bound
+             WHERE p."timestamp" >= bound.since AND p.organization_id > t.org ORDER BY p.organization_id LIMIT 1)
+      FROM t WHERE t.org IS NOT NULL
+)
+SELECT org FROM t WHERE org IS NOT NULL
+"""
+
+
 def pool_tenants(conn: psycopg.Connection) -> list[str]:
     """Tenants with rows in the pool from the start of last month on (its newest months and
     _after): where the events of a tenant never seen before land. A skip scan of the pool's
@@ -186,22 +204,7 @@ def pool_tenants(conn: psycopg.Connection) -> list[str]:
     (citus.recent_event_tenants)."""
     if citus.is_citus_coordinator(conn):
         return citus.recent_event_tenants(conn)
-    rows = conn.execute(
-        """
-        WITH RECURSIVE bound AS (
-            SELECT (date_trunc('month', now() AT TIME ZONE 'UTC') - interval '1 month') AT TIME ZONE 'UTC' AS since
-        ), t(org) AS (
-            (SELECT organization_id FROM usage_events_mt_default, bound WHERE "timestamp" >= bound.since
-              ORDER BY organization_id LIMIT 1)
-            UNION ALL
-            SELECT (SELECT p.organization_id FROM usage_events_mt_default p, bound
-                     WHERE p."timestamp" >= bound.since AND p.organization_id > t.org
-                     ORDER BY p.organization_id LIMIT 1)
-              FROM t WHERE t.org IS NOT NULL
-        )
-        SELECT org FROM t WHERE org IS NOT NULL ORDER BY 1
-        """
-    ).fetchall()
+    rows = conn.execute(RECENT_TENANTS_SKIP_SCAN.format(relation="usage_events_mt_default") + "ORDER BY 1").fetchall()
     return [str(tenant) for (tenant,) in rows]
 
 

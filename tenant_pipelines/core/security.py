@@ -78,6 +78,21 @@ def _app_role(conn: psycopg.Connection, app_role: str, role: tuple[bool, bool]) 
 EXPECTED_ROLE_SETTINGS = frozenset({"plan_cache_mode=force_custom_plan"})
 
 
+def role_level_settings(conn: psycopg.Connection, app_role: str) -> list[tuple[str, str | None, str]]:
+    """The role-level settings of ``app_role`` and of the login roles that are members of it, in
+    any database: (role, database or None for every database, 'name=value'), ``app_role``'s first."""
+    return conn.execute(
+        """SELECT r.rolname, d.datname, cfg
+             FROM pg_db_role_setting s
+             JOIN pg_roles r ON r.oid = s.setrole
+             LEFT JOIN pg_database d ON d.oid = s.setdatabase
+             CROSS JOIN LATERAL unnest(s.setconfig) cfg
+            WHERE r.rolname = %s OR (r.rolcanlogin AND NOT r.rolsuper AND pg_has_role(r.oid, %s, 'MEMBER'))
+            ORDER BY r.rolname = %s DESC, 1, 2 NULLS FIRST, 3""",
+        (app_role, app_role, app_role),
+    ).fetchall()
+
+
 def _role_settings(conn: psycopg.Connection, app_role: str) -> list[Finding]:
     """Any role may ALTER ROLE itself SET a parameter it may SET, and PostgreSQL 15 cannot
     forbid it. A setting of ``app_role`` (or of a login role that is a member of it) starts
@@ -86,17 +101,8 @@ def _role_settings(conn: psycopg.Connection, app_role: str) -> list[Finding]:
     ``default_transaction_read_only = on``, ``search_path = ...`` or ``plan_cache_mode = auto``
     reaches every later client of every pool. Anything but the migrations' own is reported,
     for this database or for all."""
-    rows = conn.execute(
-        """SELECT r.rolname, d.datname, cfg
-             FROM pg_db_role_setting s
-             JOIN pg_roles r ON r.oid = s.setrole
-             LEFT JOIN pg_database d ON d.oid = s.setdatabase
-             CROSS JOIN LATERAL unnest(s.setconfig) cfg
-            WHERE (s.setdatabase = 0 OR d.datname = current_database())
-              AND (r.rolname = %s OR (r.rolcanlogin AND NOT r.rolsuper AND pg_has_role(r.oid, %s, 'MEMBER')))
-            ORDER BY r.rolname = %s DESC, 1, 2 NULLS FIRST, 3""",
-        (app_role, app_role, app_role),
-    ).fetchall()
+    rows = [(name, database, setting) for name, database, setting in role_level_settings(conn, app_role)
+            if database is None or database == conn.info.dbname]
     findings = []
     present = {setting for name, database, setting in rows if name == app_role and database is None}
     for missing in sorted(EXPECTED_ROLE_SETTINGS - present):  # a client may RESET it as easily as SET it
@@ -507,14 +513,10 @@ def audit_tier_limits(conn: psycopg.Connection, app_role: str = APP_ROLE,
             findings.append(Finding(f"tier {tier}", f"tenant {tenant} gets work_mem {applied[0]}, statement_timeout "
                                     f"{applied[1]}; tier_limits says {work_mem}, {timeout}",
                                     "check fn_set_tenant_resources and tier_limits"))
-    for setting in conn.execute(
-        """SELECT unnest(s.setconfig) FROM pg_db_role_setting s JOIN pg_roles r ON r.oid = s.setrole
-            WHERE r.rolname = %s""",
-        (app_role,),
-    ).fetchall():
-        name = setting[0].split("=", 1)[0]
-        if name in ("work_mem", "statement_timeout", "app.current_tenant"):
-            findings.append(Finding(f"role {app_role}", f"has a role-level setting {setting[0]} that applies outside "
+    for role, _, setting in role_level_settings(conn, app_role):
+        name = setting.split("=", 1)[0]
+        if role == app_role and name in ("work_mem", "statement_timeout", "app.current_tenant"):
+            findings.append(Finding(f"role {app_role}", f"has a role-level setting {setting} that applies outside "
                                     "tenant sessions and differs by no tier",
                                     f"ALTER ROLE {app_role} RESET {name}"))
     if pgbouncer_ini is not None:

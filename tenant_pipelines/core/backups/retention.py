@@ -71,7 +71,7 @@ def apply_retention(root: Path, tenant_id: object, retention_days: int, *, now: 
     for b in backups:
         if b.taken_at < cutoff and b.path not in protected:
             # Rename first, so that a crash halfway through never leaves a damaged backup that looks complete.
-            doomed = b.path.with_name(f"{tmp_name(b.path.name.removeprefix('backup='))}-expired")
+            doomed = b.path.with_name(f"{tmp_name(b.backup_id)}-expired")  # the folder's id (list_backups)
             os.rename(b.path, doomed)
             shutil.rmtree(doomed, ignore_errors=True)
             removed.append(b.path)
