@@ -17,8 +17,9 @@ import pytest
 
 from tenant_pipelines.core import moves
 from tenant_pipelines.db.pacing import (
-    BATCH_S, BLOCK, WRITERS_BATCH_CAP, CUT_AT, CUT_GAP_S, FIXED, GROW_AT_MOST, SEVERE, FLOOR_RATE, MAX_BATCH_BLOCKS, MOVER_APP, PROBE_APP, SLOW_START_CLEAN,
-    START_RATE, STEADY_CLEAN, Controller, MiB, Pace, Pacer, PaceReport, Sample)
+    BASELINE_PROBES, BATCH_S, BLOCK, WRITERS_BATCH_CAP, CUT_AT, CUT_GAP_S, FIXED, GROW_AT_MOST, LINE_DRIFT_AT_MOST, SEVERE,
+    FLOOR_RATE, MAX_BATCH_BLOCKS, MOVER_APP, PROBE_APP, REFERENCE_EVERY_S, REFERENCE_S, SLOW_START_CLEAN, START_RATE,
+    STEADY_CLEAN, Controller, MiB, Pace, Pacer, PaceReport, Sample)
 from tenant_pipelines.core.partitions import ensure_tenant_partition
 from tenant_pipelines.core.tiering import tier_tenant
 from tenant_pipelines.errors import InvalidInput
@@ -123,6 +124,42 @@ def test_the_rate_stays_between_the_floor_and_the_ceiling():
     assert c.rate == 3 * MiB
 
 
+def test_the_line_follows_the_probes_taken_with_the_mover_held_within_bounds():
+    c, clock = active_controller()
+    c.set_baseline(0.002, [0.001] * BASELINE_PROBES)
+    assert c.line_s == pytest.approx(0.0024)
+    for _ in range(BASELINE_PROBES):  # the machine got slower, mover or not
+        c.reference_probe(0.003)
+    assert c.baseline_s == pytest.approx(0.003) and c.line_s == pytest.approx(0.0036)
+    assert not c.probe(0.0033)  # over the first line, under this one
+    for _ in range(2 * BASELINE_PROBES):  # but never further than LINE_DRIFT_AT_MOST from the first
+        c.reference_probe(0.050)
+    assert c.baseline_s == pytest.approx(0.002 * LINE_DRIFT_AT_MOST)
+    for _ in range(2 * BASELINE_PROBES):
+        c.reference_probe(0.0001)
+    assert c.baseline_s == pytest.approx(0.002 / LINE_DRIFT_AT_MOST)
+
+
+def test_crossings_the_held_probes_show_too_are_not_the_movers_doing():
+    # Reference probes cross the (capped) line 5 times in 100; so do the moving probes: noise,
+    # it grows. Three times as many crossings while moving: the mover's doing, it cuts.
+    c, clock = active_controller()
+    c.set_baseline(0.002, [0.001] * BASELINE_PROBES)
+    for i in range(2 * BASELINE_PROBES):
+        c.reference_probe(0.010 if i % 20 == 0 else 0.001)
+    assert c.line_s == pytest.approx(0.002 * LINE_DRIFT_AT_MOST * 1.2)
+    for i in range(10 * SLOW_START_CLEAN):
+        c.probe(0.010 if i % 20 == 0 else 0.001)
+        clock.now += 0.025
+    assert c.rate > START_RATE and not any("over the line" in s.reason for s in c.slowdowns)
+    grown = c.rate
+    for i in range(SLOW_START_CLEAN):
+        c.probe(0.010 if i % 7 == 0 else 0.001)
+        clock.now += 0.025
+    assert c.rate < grown
+    assert "expected from the probes with the mover held" in c.slowdowns[-1].reason
+
+
 def test_the_timeline_is_merged_for_the_ui():
     report = PaceReport("adaptive", "adaptive")
     report.timeline = [Sample(float(i), 1.0 + i, 1.0, 32.0, i % 2 == 0, 40, 2.0 + i, i % 3 == 0) for i in range(90)]
@@ -204,6 +241,38 @@ def test_an_active_client_gets_a_baseline_then_probes_and_a_slow_commit_halves_t
             assert cut.to_mb_s == pytest.approx(cut.from_mb_s / 2) or cut.to_mb_s == FLOOR_RATE / MiB
         assert pacer.report().crossings >= 1 and pacer.report().probe_p99_ms >= 500
     assert admin_conn.execute("SELECT count(*) FROM tenant_pipelines.pace_probes").fetchone()[0] == 0
+
+
+def test_reference_windows_hold_the_mover_at_a_batch_boundary_and_release_it(admin_conn, admin_dsn):
+    wall = [REFERENCE_S + 1.0]  # outside a reference window until the test says
+    stop = threading.Event()
+    with active_client(admin_dsn), Pacer(admin_conn, Pace(), wall=lambda: wall[0]) as pacer:
+        pacer.batch_bytes()  # the first baseline
+        first = pacer.report().baseline_p99_ms
+
+        def move() -> None:
+            while not stop.is_set():
+                pacer.mark()
+                pacer.done(1024)
+
+        mover = threading.Thread(target=move)
+        mover.start()
+        try:
+            wait_until(lambda: pacer.report().batches > 0, "batches")
+            wall[0] = REFERENCE_EVERY_S * 7  # a reference window starts
+            wait_until(lambda: pacer.report().reference_probes >= 3, "probes with the mover held")
+            held_at = pacer.report().batches
+            wait_until(lambda: pacer.report().reference_probes >= 8, "more probes with the mover held")
+            assert pacer.report().batches == held_at  # held at its batch boundary all along
+            wall[0] = REFERENCE_EVERY_S * 7 + REFERENCE_S  # the window ends
+            wait_until(lambda: pacer.report().batches > held_at, "the mover released")
+        finally:
+            stop.set()
+            wall[0] = REFERENCE_S + 1.0
+            mover.join(timeout=30)
+        report = pacer.report()
+        assert report.paused_s > 0 and report.first_baseline_p99_ms == first
+        assert report.summary()["reference_probes"] == report.reference_probes
 
 
 def test_a_second_mover_adopts_the_baseline_the_first_one_measured(admin_conn, admin_dsn):
