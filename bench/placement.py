@@ -5,7 +5,8 @@ what tenant schemas add to the catalog.
 1. **Moves while writing.** A tenant of ``--events`` usage events (pooled, in the shared
    partition) is moved pooled -> schema, then schema -> partition, by
    ``tenant_pipelines.core.moves.move_tenant()``: one tenant at the core's default pace
-   (adaptive, db/pacing.py), a second (same size) at the fixed pace of before (8 MB/s). Two writer processes run throughout, each
+   (adaptive, db/pacing.py), a second (same size) at the fixed pace (``moves.FIXED_MAX_MB_PER_S``, 4 MB/s, in
+   ``moves.DEFAULT_BATCH_ROWS``-row batches). Two writer processes run throughout, each
    ``--insert-rate`` transactions a second through billing_app (``SET ROLE billing_app``;
    per transaction ``fn_set_tenant_context`` and one INSERT into ``usage_events``, the routed
    name): one for the moving tenant, one for another (pooled) tenant. A transaction refused by
@@ -63,7 +64,7 @@ CUTOVER_SLACK_S = 0.05  # a writer's transaction "meets the cutover" if it overl
 PROPERTIES = '{"source": "bench", "region": "eu-west-1"}'
 MOVED_GUARD = "moved to its new placement"
 COLUMNS = ("id", "organization_id", "metric_name", "quantity", "timestamp", "properties")
-PACES = (("adaptive", Pace()), ("fixed 8 MB/s", Pace.fixed(moves.FIXED_MAX_MB_PER_S)))
+PACES = (("adaptive", Pace()), (f"fixed {moves.FIXED_MAX_MB_PER_S:g} MB/s", Pace.fixed(moves.FIXED_MAX_MB_PER_S)))
 HOPS = (placements.SCHEMA, placements.PARTITION)
 
 
@@ -629,8 +630,8 @@ def render_markdown(results: dict) -> str:
             f"Two growth tenants of {p['events']:,} usage events each (over the last two months and this one), "
             "pooled, each moved pooled -> schema then schema -> partition by `core.moves.move_tenant()`: the "
             "first at the core's default pace (`Pace()`: adaptive, docs/pacing.md), the second at the fixed pace "
-            f"of before (`Pace.fixed({moves.FIXED_MAX_MB_PER_S:g})`); `batch_rows` the default "
-            f"({moves.DEFAULT_BATCH_ROWS}). Before each move the tenant's `placement_override` is set to the "
+            f"(`Pace.fixed({moves.FIXED_MAX_MB_PER_S:g})`, in batches of {moves.DEFAULT_BATCH_ROWS} rows, the "
+            "default). Before each move the tenant's `placement_override` is set to the "
             "target kind (as an operator would). Two writer processes, each "
             f"{p['insert_rate']:g} transactions/s as billing_app (`SET ROLE billing_app`; per transaction "
             "`fn_set_tenant_context(tenant)` and one INSERT into `usage_events`, the routed name; "
@@ -746,7 +747,7 @@ def render_markdown(results: dict) -> str:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = h.parser(NAME, """Placements benchmark (issue 17): a tenant moved pooled -> schema -> partition by
-move_tenant() (the adaptive pace and the fixed 8 MB/s) while it and another tenant write 100 tx/s each
+move_tenant() (the adaptive pace and the fixed 4 MB/s) while it and another tenant write 100 tx/s each
 through billing_app (failed inserts, retries, longest wait, p99 against baseline; MB/s against a plain
 INSERT ... SELECT); a schema tenant's queries against a partition tenant's at --tenants tenants
 (explicit predicate and RLS alone); pg_class before and after --schema-tenants schema tenants.
