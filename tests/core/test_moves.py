@@ -11,6 +11,7 @@ import psycopg
 import pytest
 
 from tenant_pipelines.core import moves, placement
+from tenant_pipelines.db.pacing import Pace
 from tests.conftest import make_tenant
 from tests.waiting import wait_until
 
@@ -181,6 +182,53 @@ def test_target_schema_with_data_of_unknown_origin_is_refused(admin_conn, app_ds
         moves.move_tenant(admin_conn, tenant, "schema")
     assert admin_conn.execute("SELECT count(*) FROM tenant_pipelines.tenant_moves").fetchone()[0] == 0
     assert placement.placement_of(admin_conn, tenant).kind == "pooled"
+
+
+def test_a_schema_table_a_move_does_not_carry_is_never_dropped_with_its_rows(admin_conn, app_dsn) -> None:
+    # A `-- tenant tables` migration created credit_notes in every schema, and nobody taught the
+    # mover about it: moving the tenant out would drop the schema, and the rows with it.
+    tenant = make_tenant(admin_conn, "Mover")
+    fill(admin_conn, app_dsn, tenant, events=20)
+    moves.move_tenant(admin_conn, tenant, "schema")
+    schema = placement.placement_of(admin_conn, tenant).location
+    admin_conn.execute(f"CREATE TABLE {schema}.credit_notes (organization_id uuid NOT NULL, amount numeric)")
+    admin_conn.execute(f"INSERT INTO {schema}.credit_notes VALUES (%s, 5)", (tenant,))
+    with pytest.raises(moves.MoveRefused, match=f"schema {schema} holds rows in credit_notes \\(1 rows\\)") as err:
+        moves.move_tenant(admin_conn, tenant, "pooled")
+    assert "\n" not in str(err.value) and "MOVED_TABLES" in str(err.value)
+    assert admin_conn.execute("SELECT count(*) FROM tenant_pipelines.tenant_moves").fetchone()[0] == 0
+    assert placement.placement_of(admin_conn, tenant).kind == "schema"
+
+    # Rows that arrive after the move began: the cutover goes ahead (the tenant is in its new
+    # place), the old schema stays, out of every route, until they are taken out.
+    admin_conn.execute(f"DELETE FROM {schema}.credit_notes")
+    moves.move_tenant(admin_conn, tenant, "pooled", stop_after="cutover")
+    admin_conn.execute(f"INSERT INTO {schema}.credit_notes VALUES (%s, 7)", (tenant,))
+    with pytest.raises(moves.MoveRefused, match="credit_notes"):
+        moves.move_tenant(admin_conn, tenant, "pooled")
+    assert placement.placement_of(admin_conn, tenant).kind == "pooled"
+    assert admin_conn.execute(f"SELECT amount FROM {schema}.credit_notes").fetchone()[0] == 7
+    admin_conn.execute(f"DROP TABLE {schema}.credit_notes")  # the operator took them elsewhere
+    report = moves.move_tenant(admin_conn, tenant, "pooled")
+    assert admin_conn.execute("SELECT to_regnamespace(%s)", (schema,)).fetchone()[0] is None
+    assert all(k.startswith("public.") for k in rows_anywhere(admin_conn, tenant)) and report is not None
+
+
+def test_the_mover_holds_no_transaction_or_snapshot_while_it_waits(admin_conn, admin_dsn, app_dsn) -> None:
+    # Every wait of the pacer (copy, verification, cleanup) comes between transactions: a
+    # snapshot held through them would hold back vacuum in the whole database for the move.
+    tenant = make_tenant(admin_conn, "Mover")
+    fill(admin_conn, app_dsn, tenant, events=200)
+    pid = admin_conn.info.backend_pid
+    states: list[tuple] = []
+    with psycopg.connect(admin_dsn, autocommit=True) as observer:
+        def look(_seconds: float) -> None:
+            states.append(observer.execute("SELECT state, backend_xmin IS NULL FROM pg_stat_activity WHERE pid = %s",
+                                           (pid,)).fetchone())
+
+        moves.move_tenant(admin_conn, tenant, "schema", batch_rows=50, pace=Pace.fixed(0.01), sleep=look)
+    assert len(states) > moves.VERIFY_CHUNKS  # the copy's batches and each range verified waited
+    assert set(states) == {("idle", True)}
 
 
 def test_abandoned_move_leaves_the_tenant_where_it_was(admin_conn, app_dsn) -> None:
