@@ -15,14 +15,15 @@ Scenarios:
 2. ``100 tps, fixed``: the fixed pace of today (1 MB/s in 32 KiB batches), on a smaller tenant
    (--fixed-rows): its MB/s is the fixed rate whatever the size.
 3. ``100 tps, adaptive``: p99 within 1.2x, 0 failed inserts, MB/s against scenario 2's (at
-   least 3x).
+   least 3x). Scenarios 2 and 3 run --repeat times (3), interleaved, each on a fresh tenant,
+   and are judged on their medians: one window of each is inside this machine's noise.
 4. ``heavy writer, adaptive``: an inserter at --heavy-rate transactions per second (1,000 by
    default), or 70% of what one inserter sustained in a calibration run if that is lower.
    Targets: p99 within 1.2x, 0 failed.
 5. ``two moves, adaptive``: two tenants tiered at once (two connections, as two runs in the
    Dagster pool ``tiering``), each with its own 100 tps inserter. The same targets.
 
-Run on demand:  python bench/pacing.py [--rows N] [--fixed-rows N] [--baseline-seconds S]
+Run on demand:  python bench/pacing.py [--rows N] [--fixed-rows N] [--baseline-seconds S] [--repeat N]
                 [--heavy-rate TPS] [--dsn DSN] [--no-docs]
 Writes bench/results/pacing.json and docs/benchmarks/pacing.md.
 """
@@ -93,7 +94,7 @@ def tier(dsn: str, tenant: uuid.UUID, ctx: dict, pace: Pace, out: dict) -> None:
 
 
 def scenario(args, dsn: str, admin: psycopg.Connection, ctx: dict, name: str, tenants: list[uuid.UUID],
-             pace: Pace, rate: float | None) -> dict:
+             pace: Pace, rate: float | None, kind: str | None = None) -> dict:
     """Baseline, the tenants tiered at once, baseline; an inserter per tenant at ``rate``
     (None: no writer)."""
     admin.execute("CHECKPOINT")
@@ -141,7 +142,7 @@ def scenario(args, dsn: str, admin: psycopg.Connection, ctx: dict, name: str, te
                         "inserts": len(w.samples)})
     seconds = windows["move"][0][1] - windows["move"][0][0]
     moved = sum(m["bytes_moved"] for m in moves)
-    result = {"name": name, "pace": pace.describe(), "rate_tps": rate, "tenants": len(tenants),
+    result = {"name": name, "kind": kind or name, "pace": pace.describe(), "rate_tps": rate, "tenants": len(tenants),
               "load_before_cores": load_before, "moves": moves, "writers": writers, "seconds": seconds,
               "bytes_moved": moved, "mb_per_second": moved / h.MIB / seconds, "copies": copies}
     h.log(f"{name}: {h.mib(moved)} in {seconds:.1f}s = {result['mb_per_second']:.1f} MB/s; " + "; ".join(
@@ -181,10 +182,16 @@ def benchmark(args, dsn: str, server_kind: str, throwaway: bool) -> dict:
         runs = []
         runs.append(scenario(args, dsn, admin, ctx, "idle, adaptive",
                              load(args, dsn, admin, ctx, "idle", 1, args.rows), adaptive, None))
-        runs.append(scenario(args, dsn, admin, ctx, "100 tps, fixed",
-                             load(args, dsn, admin, ctx, "fixed", 1, args.fixed_rows), fixed, args.insert_rate))
-        runs.append(scenario(args, dsn, admin, ctx, "100 tps, adaptive",
-                             load(args, dsn, admin, ctx, "adaptive", 1, args.writer_rows), adaptive, args.insert_rate))
+        # One window of each is inside this machine's noise (the same setting measured 0.94x,
+        # 1.08x and 1.35x in three runs): --repeat pairs, interleaved, judged on their medians.
+        for i in range(1, args.repeat + 1):
+            suffix = f" #{i}" if args.repeat > 1 else ""
+            runs.append(scenario(args, dsn, admin, ctx, f"100 tps, fixed{suffix}",
+                                 load(args, dsn, admin, ctx, "fixed", 1, args.fixed_rows), fixed, args.insert_rate,
+                                 kind="fixed"))
+            runs.append(scenario(args, dsn, admin, ctx, f"100 tps, adaptive{suffix}",
+                                 load(args, dsn, admin, ctx, "adaptive", 1, args.writer_rows), adaptive,
+                                 args.insert_rate, kind="adaptive"))
         heavy_tenants = load(args, dsn, admin, ctx, "heavy", 1, args.writer_rows)
         calibration = calibrate(dsn, args, heavy_tenants[0])
         runs.append(scenario(args, dsn, admin, ctx, f"{calibration['used']:g} tps, adaptive",
@@ -194,16 +201,26 @@ def benchmark(args, dsn: str, server_kind: str, throwaway: bool) -> dict:
         leftovers = tb.move_leftovers(admin)
     return {"benchmark": NAME, "command": h.command(NAME, [f"--rows {args.rows}", f"--fixed-rows {args.fixed_rows}", f"--writer-rows {args.writer_rows}",
                                                            f"--baseline-seconds {args.baseline_seconds:g}",
-                                                           f"--heavy-rate {args.heavy_rate:g}"], args.dsn),
+                                                           f"--heavy-rate {args.heavy_rate:g}",
+                                                           f"--repeat {args.repeat}"], args.dsn),
             "parameters": {k: getattr(args, k) for k in ("rows", "fixed_rows", "writer_rows", "baseline_seconds", "insert_rate",
-                                                         "insert_rows", "heavy_rate")},
+                                                         "insert_rows", "heavy_rate", "repeat")},
             "machine": h.machine_info(), "server": server, "server_kind": server_kind,
             "calibration": calibration, "runs": runs, "leftovers": leftovers,
             "targets": targets_of(runs), "seconds": time.perf_counter() - started}
 
 
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
 def targets_of(runs: list[dict]) -> list[dict]:
-    idle, fixed = runs[0], runs[1]
+    idle = next(r for r in runs if r.get("kind", r["name"]).startswith("idle"))
+    fixed = [r for r in runs if r.get("kind") == "fixed"] or [runs[1]]
+    adaptive = [r for r in runs if r.get("kind") == "adaptive"] or [runs[2]]
+    others = [r for r in runs if r is not idle and r not in fixed and r not in adaptive]
     out = []
     copy = (idle["copies"] or {}).get("relation_files") or {}
     if copy:
@@ -211,19 +228,34 @@ def targets_of(runs: list[dict]) -> list[dict]:
         out.append({"target": f"No writer: MB/s ≥ {TARGET_IDLE_VS_COPY}× a plain copy of the same files",
                     "measured": f"{idle['mb_per_second']:.1f} vs {copy['mb_per_second']:.1f} MB/s = {ratio:.2f}×",
                     "met": ratio >= TARGET_IDLE_VS_COPY})
-    for run in runs[1:]:
+    for label, group in (("100 tps, fixed", fixed), ("100 tps, adaptive", adaptive)):
+        ratios = [w["p99_ratio"] for run in group for w in run["writers"]]
+        median = _median(ratios)
+        each = ", ".join(f"{x:.2f}×" for x in ratios)
+        out.append({"target": f"{label}: writer p99 ≤ {TARGET_P99_RATIO}× baseline"
+                              + (f" (median of {len(ratios)} runs)" if len(ratios) > 1 else ""),
+                    "measured": (f"{median:.2f}× ({each})" if len(ratios) > 1 else
+                                 f"{group[0]['writers'][0]['baseline']['p99_ms']:.1f} → "
+                                 f"{group[0]['writers'][0]['move']['p99_ms']:.1f} ms = {median:.2f}×"),
+                    "met": median <= TARGET_P99_RATIO})
+        failed = sum(len(w["errors"]) for run in group for w in run["writers"])
+        inserts = sum(w["inserts"] for run in group for w in run["writers"])
+        out.append({"target": f"{label}: 0 failed inserts", "measured": f"{failed} of {inserts:,}", "met": not failed})
+    for run in others:
         for w in run["writers"]:
             out.append({"target": f"{run['name']}: writer p99 ≤ {TARGET_P99_RATIO}× baseline",
                         "measured": f"{w['baseline']['p99_ms']:.1f} → {w['move']['p99_ms']:.1f} ms = "
                                     f"{w['p99_ratio']:.2f}×", "met": w["p99_ratio"] <= TARGET_P99_RATIO})
             out.append({"target": f"{run['name']}: 0 failed inserts",
                         "measured": f"{len(w['errors'])} of {w['inserts']:,}", "met": not w["errors"]})
-    adaptive = runs[2]
-    ratio = adaptive["mb_per_second"] / fixed["mb_per_second"]
-    out.append({"target": f"100 tps: adaptive MB/s ≥ {TARGET_VS_FIXED}× the fixed pace's",
-                "measured": f"{adaptive['mb_per_second']:.2f} vs {fixed['mb_per_second']:.2f} MB/s = {ratio:.1f}×",
+    fixed_mb = _median([r["mb_per_second"] for r in fixed])
+    adaptive_mb = _median([r["mb_per_second"] for r in adaptive])
+    ratio = adaptive_mb / fixed_mb
+    out.append({"target": f"100 tps: adaptive MB/s ≥ {TARGET_VS_FIXED}× the fixed pace's"
+                          + (" (medians)" if len(fixed) > 1 else ""),
+                "measured": f"{adaptive_mb:.2f} vs {fixed_mb:.2f} MB/s = {ratio:.1f}×",
                 "met": ratio >= TARGET_VS_FIXED})
-    for run in runs[3:]:
+    for run in others:
         out.append({"target": f"{run['name']}: MB/s (no target)", "measured": f"{run['mb_per_second']:.2f} MB/s",
                     "met": None})
     return out
@@ -284,6 +316,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         ("--insert-rate", float, 100.0, "TPS", "the writers' transactions per second (100)"),
         ("--insert-rows", int, 10, "K", "rows per writer transaction (10)"),
         ("--heavy-rate", float, 1000.0, "TPS", "the heavy writer's transactions per second (1,000)"),
+        ("--repeat", int, 3, "N", "runs of the 100 tps fixed and adaptive scenarios, interleaved; "
+                                  "their targets are judged on the medians (3)"),
     )
     h.add_output_options(parser, NAME)
     return parser.parse_args(argv)

@@ -17,7 +17,7 @@ import pytest
 
 from tenant_pipelines.core import moves
 from tenant_pipelines.db.pacing import (
-    BASELINE_PROBES, BATCH_S, BLOCK, WRITERS_BATCH_CAP, CUT_AT, CUT_GAP_S, FIXED, GROW_AT_MOST, LINE_DRIFT_AT_MOST, SEVERE,
+    BASELINE_PROBES, BATCH_S, BLOCK, WRITERS_BATCH_CAP, CUT_AT, CUT_GAP_S, FIXED, GROW_AT_MOST, LINE_FALLS_AT_MOST, LINE_RISES_AT_MOST, SEVERE,
     FLOOR_RATE, MAX_BATCH_BLOCKS, MOVER_APP, PROBE_APP, REFERENCE_EVERY_S, REFERENCE_S, SLOW_START_CLEAN, START_RATE,
     STEADY_CLEAN, Controller, MiB, Pace, Pacer, PaceReport, Sample)
 from tenant_pipelines.core.partitions import ensure_tenant_partition
@@ -129,15 +129,15 @@ def test_the_line_follows_the_probes_taken_with_the_mover_held_within_bounds():
     c.set_baseline(0.002, [0.001] * BASELINE_PROBES)
     assert c.line_s == pytest.approx(0.0024)
     for _ in range(BASELINE_PROBES):  # the machine got slower, mover or not
-        c.reference_probe(0.003)
-    assert c.baseline_s == pytest.approx(0.003) and c.line_s == pytest.approx(0.0036)
-    assert not c.probe(0.0033)  # over the first line, under this one
-    for _ in range(2 * BASELINE_PROBES):  # but never further than LINE_DRIFT_AT_MOST from the first
+        c.reference_probe(0.0024)
+    assert c.baseline_s == pytest.approx(0.0024) and c.line_s == pytest.approx(0.00288)
+    assert not c.probe(0.0027)  # over the first line, under this one
+    for _ in range(2 * BASELINE_PROBES):  # but it rises at most LINE_RISES_AT_MOST over the first
         c.reference_probe(0.050)
-    assert c.baseline_s == pytest.approx(0.002 * LINE_DRIFT_AT_MOST)
-    for _ in range(2 * BASELINE_PROBES):
+    assert c.baseline_s == pytest.approx(0.002 * LINE_RISES_AT_MOST)
+    for _ in range(2 * BASELINE_PROBES):  # and falls at most LINE_FALLS_AT_MOST under it
         c.reference_probe(0.0001)
-    assert c.baseline_s == pytest.approx(0.002 / LINE_DRIFT_AT_MOST)
+    assert c.baseline_s == pytest.approx(0.002 / LINE_FALLS_AT_MOST)
 
 
 def test_crossings_the_held_probes_show_too_are_not_the_movers_doing():
@@ -147,7 +147,7 @@ def test_crossings_the_held_probes_show_too_are_not_the_movers_doing():
     c.set_baseline(0.002, [0.001] * BASELINE_PROBES)
     for i in range(2 * BASELINE_PROBES):
         c.reference_probe(0.010 if i % 20 == 0 else 0.001)
-    assert c.line_s == pytest.approx(0.002 * LINE_DRIFT_AT_MOST * 1.2)
+    assert c.line_s == pytest.approx(0.002 * LINE_RISES_AT_MOST * 1.2)
     for i in range(10 * SLOW_START_CLEAN):
         c.probe(0.010 if i % 20 == 0 else 0.001)
         clock.now += 0.025
