@@ -359,7 +359,7 @@ class Controller:
         current = self.rate if self.rate is not None else self.ceiling
         now = self.clock()
         crossings = sum(self.window)
-        expected = self.expected_crossings() if crossed or self.since_change >= SLOW_START_CLEAN else 0.0
+        expected = self.expected_crossings()
         many = crossings >= CUT_AT + expected
         if crossed and (many or latency_s > SEVERE * line) and now - self.last_cut >= CUT_GAP_S:
             why = (f"a probe commit took {latency_s * 1000:.1f} ms, over the line of {line * 1000:.1f} ms "
@@ -733,6 +733,7 @@ class Pacer:
             " AND baseline_p99_ms IS NOT NULL AND probed_at > clock_timestamp() - make_interval(secs => %s)",
             (SHARED_BASELINE_WITHIN_S,)).fetchone()[0]
         try:
+            latencies: list[float] | None = None  # the probes it was measured with, if measured here
             if shared is not None:
                 p99, source = shared / 1000, "shared by another pacer"
             else:
@@ -754,8 +755,6 @@ class Pacer:
                         break
                     latencies.append(self._probe())
                 p99, source = _p99(latencies) or 1e-3, "measured"
-            if source != "measured":
-                latencies = None
             self._probe_conn.execute(
                 "INSERT INTO tenant_pipelines.pace_probes (pid, probed_at, baseline_p99_ms, baseline_at)"
                 " VALUES (pg_backend_pid(), clock_timestamp(), %s, clock_timestamp())"
