@@ -248,7 +248,8 @@ def run_moves(args: argparse.Namespace, dsn: str, admin: psycopg.Connection, fir
               end: datetime) -> dict:
     """Two moving tenants (one per pace) and another tenant that writes; baseline and move
     windows alternate while both writers run."""
-    movers = create_tenants(admin, ["growth"] * len(PACES), "mover", override=placements.POOLED)
+    paces = [(name, pace) for name, pace in PACES if name.split()[0] in args.paces]
+    movers = create_tenants(admin, ["growth"] * len(paces), "mover", override=placements.POOLED)
     (other,) = create_tenants(admin, ["free"], "other writer")
     loads = []
     for tenant in movers:
@@ -267,7 +268,7 @@ def run_moves(args: argparse.Namespace, dsn: str, admin: psycopg.Connection, fir
         w.start()
     try:
         time.sleep(WARMUP_S)
-        for (pace_name, pace), tenant in zip(PACES, movers):
+        for (pace_name, pace), tenant in zip(paces, movers):
             writers["moving"].tenant = tenant
             for hop in HOPS:
                 start = time.perf_counter()
@@ -528,7 +529,7 @@ def benchmark(args: argparse.Namespace, dsn: str, server_kind: str) -> dict:
                      "server_kind": server_kind, "loadavg_start": loadavg(),
                      "parameters": {k: getattr(args, k) for k in (
                          "events", "other_events", "tenants", "schema_tenants", "query_events", "query_repeat",
-                         "baseline_seconds", "insert_rate")}}
+                         "baseline_seconds", "insert_rate", "paces")}}
     with h.connect(dsn) as admin:
         h.migrate_scratch(admin, "")
         results["server"] = h.server_info(admin)
@@ -603,6 +604,15 @@ def _ms(v: float | None, spec: str = ".1f") -> str:
     return h.fmt(v, spec)
 
 
+def pace_tenants(paces: list[str]) -> str:
+    said = {"adaptive": "one at the core's default pace (`Pace()`: adaptive, docs/pacing.md)",
+            "fixed": f"one at the fixed pace (`Pace.fixed({moves.FIXED_MAX_MB_PER_S:g})`, in batches of "
+                     f"{moves.DEFAULT_BATCH_ROWS} rows, the default)"}
+    if len(paces) == 1:
+        return "A growth tenant, " + said[paces[0]].removeprefix("one ") + ","
+    return "Growth tenants, " + " and ".join(said[p] for p in paces) + ", each"
+
+
 def render_markdown(results: dict) -> str:
     p, m = results["parameters"], results["moves"]
     out = ["# Placements: online moves, schema-tenant queries, catalog", "", *h.generated_by(NAME, results)]
@@ -627,11 +637,9 @@ def render_markdown(results: dict) -> str:
     if m:
         out += h.section(
             "1. Moves while two tenants write",
-            f"Two growth tenants of {p['events']:,} usage events each (over the last two months and this one), "
-            "pooled, each moved pooled -> schema then schema -> partition by `core.moves.move_tenant()`: the "
-            "first at the core's default pace (`Pace()`: adaptive, docs/pacing.md), the second at the fixed pace "
-            f"(`Pace.fixed({moves.FIXED_MAX_MB_PER_S:g})`, in batches of {moves.DEFAULT_BATCH_ROWS} rows, the "
-            "default). Before each move the tenant's `placement_override` is set to the "
+            f"{pace_tenants(p.get('paces', ['adaptive', 'fixed']))} of {p['events']:,} usage events "
+            "(over the last two months and this one), pooled, moved pooled -> schema then schema -> partition by "
+            "`core.moves.move_tenant()`. Before each move the tenant's `placement_override` is set to the "
             "target kind (as an operator would). Two writer processes, each "
             f"{p['insert_rate']:g} transactions/s as billing_app (`SET ROLE billing_app`; per transaction "
             "`fn_set_tenant_context(tenant)` and one INSERT into `usage_events`, the routed name; "
@@ -765,6 +773,10 @@ Writes bench/results/placement.json and docs/benchmarks/placement.md.""")
         ("--idle-wait", float, 20.0, "S", "seconds to wait for an idle machine before timed parts (default: 20)"),
     )
     parser.add_argument("--skip-moves", action="store_true", help="run parts 2 and 3 only")
+    parser.add_argument("--paces", default="adaptive,fixed", metavar="LIST",
+                        help="the paces of part 1, comma-separated, each with a tenant of its own: adaptive, "
+                             "fixed (default: adaptive,fixed; the adaptive pace moves 2,000,000 events in about "
+                             "40 min a hop, the fixed one in a few minutes)")
     h.add_output_options(parser, NAME, from_results=True)
     args = parser.parse_args(argv)
     if args.from_results:
@@ -772,14 +784,18 @@ Writes bench/results/placement.json and docs/benchmarks/placement.md.""")
     h.positive(parser, args, ("events", "other_events", "tenants", "schema_tenants", "query_events", "query_repeat"))
     if args.events < 1000 or args.query_events < 1000:
         parser.error("--events and --query-events: at least 1000")
+    args.paces = [p.strip() for p in args.paces.split(",") if p.strip()]
+    if not args.paces or set(args.paces) - {"adaptive", "fixed"} or len(set(args.paces)) != len(args.paces):
+        parser.error("--paces: adaptive, fixed or both, comma-separated, each once")
     return args
 
 
 def command_line(args: argparse.Namespace) -> str:
-    parts = [f"--events {args.events}", f"--other-events {args.other_events}", f"--tenants {args.tenants}",
+    parts = ([f"--events {args.events}", f"--other-events {args.other_events}", f"--tenants {args.tenants}",
              f"--schema-tenants {args.schema_tenants}", f"--query-events {args.query_events}",
              f"--query-repeat {args.query_repeat}", f"--baseline-seconds {args.baseline_seconds:g}",
-             f"--insert-rate {args.insert_rate:g}"] + (["--skip-moves"] if args.skip_moves else [])
+             f"--insert-rate {args.insert_rate:g}", f"--paces {','.join(args.paces)}"]
+             + (["--skip-moves"] if args.skip_moves else []))
     return h.command(NAME, parts, args.dsn)
 
 
