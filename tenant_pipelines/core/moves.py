@@ -42,8 +42,9 @@ from tenant_pipelines.errors import InvalidInput, TenantPipelinesError
 
 POOLED, PARTITION, SCHEMA = placements.POOLED, placements.PARTITION, placements.SCHEMA
 KINDS = (POOLED, PARTITION, SCHEMA)
-# The tables a placement holds, parents before children (foreign keys), and their keys.
-MOVED_TABLES = ("subscriptions", "invoices", "payment_methods", "usage_events")
+# The tables a placement holds, by their names in a tenant schema, parents before children
+# (foreign keys): core/placement.py SCHEMA_TABLES, the one list of them. And their keys.
+MOVED_TABLES = tuple(placements.SCHEMA_TABLES.values())
 KEYS = {"usage_events": ("id", "timestamp")}
 KEY_TYPES = {"id": "uuid", "timestamp": "timestamptz"}
 # The primary keys: what an upsert of the catch-up conflicts on.
@@ -322,7 +323,7 @@ def _count(conn: psycopg.Connection, relation: sql.Composable, tenant: uuid.UUID
 def _tables_not_carried(conn: psycopg.Connection, schema: str) -> list[tuple[str, int]]:
     """Tables of ``schema`` (a tenant's) that hold rows and that a move does not carry: a
     `-- tenant tables` migration that created a table in every schema, say, without teaching
-    MOVED_TABLES and fn_create_tenant_schema about it (sql/README.md). Dropping the schema after
+    SCHEMA_TABLES and fn_create_tenant_schema about it (sql/README.md). Dropping the schema after
     a move out of it would lose their rows. (name, rows), by name."""
     names = [r[0] for r in conn.execute(
         """SELECT c.relname FROM pg_class c
@@ -344,7 +345,7 @@ def _refuse_tables_not_carried(conn: psycopg.Connection, tenant: uuid.UUID, sche
         raise MoveRefused(
             f"tenant {tenant}: schema {schema} holds rows in {listed}, which a move does not carry (it carries "
             f"{', '.join(MOVED_TABLES)}) and dropping the schema afterwards would lose: add the table to "
-            "core/moves.py MOVED_TABLES and fn_create_tenant_schema (sql/README.md, 'a new table'), or take "
+            "core/placement.py SCHEMA_TABLES and fn_create_tenant_schema (sql/README.md, 'a new table'), or take "
             "those rows out of the schema, then re-run")
 
 

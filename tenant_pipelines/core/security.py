@@ -18,6 +18,7 @@ from tenant_pipelines.core.pooling import (
     tier_pool_sizes,
 )
 from tenant_pipelines.core.findings import Finding
+from tenant_pipelines.core.placement import SCHEMA_TABLES, TENANT_TABLES
 from tenant_pipelines.errors import InvalidInput
 from tenant_pipelines.db.names import APP_ROLE, OWNER_ROLE
 
@@ -244,7 +245,7 @@ TENANT_SCHEMA_PATTERN = "^tenant_[0-9a-f]{32}$"
 # The tables of a tenant schema billing_app reads and writes (through the routed search_path);
 # every other relation in the schema (the months of usage_events, its DEFAULT partition) it
 # may not touch at all.
-TENANT_SCHEMA_TABLES = ("subscriptions", "invoices", "payment_methods", "usage_events")
+TENANT_SCHEMA_TABLES = tuple(SCHEMA_TABLES.values())
 APP_TABLE_PRIVILEGES = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE"})
 TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
 
@@ -400,6 +401,65 @@ def _tenant_schema(conn: psycopg.Connection, app_role: str, schema: str, tenants
            ORDER BY 1, 2"""), {"schema": schema}):
         findings.append(Finding(f"{kind} {obj}", f"sits in tenant schema {schema}: a routed transaction finds "
                                 "its name before the shared schema's", f"move it out of {schema}, or drop it"))
+    return findings
+
+
+# --------------------------------------------------------------------------------------------
+# Tables that hold tenant rows and that backups and moves do not carry.
+# --------------------------------------------------------------------------------------------
+
+# Tables of public with an organization_id that are the platform's records about a tenant, not
+# the tenant's data: rebuilt or kept by the platform, so no backup or move carries them.
+PLATFORM_RECORD_TABLES = frozenset({"tenant_schemas", "tenant_placements", "tenant_metrics_history"})
+# The RESTRICTIVE policies by which a shared table refuses the rows of a tenant placed in a
+# schema (sql/migrations/0023 and 0025; not on a Citus coordinator, which has no schema tenants).
+SCHEMA_TENANT_WRITE_POLICIES = ("schema_tenants_insert_into_their_schema", "schema_tenants_update_in_their_schema",
+                                "schema_tenants_placed_in_a_schema_insert", "schema_tenants_placed_in_a_schema_update")
+
+
+def audit_tables_carried(conn: psycopg.Connection) -> list[Finding]:
+    """Tables that hold a tenant's rows but that no backup, restore or move knows: a migration
+    that created a tenant table (in public, or by a `-- tenant tables` migration in every tenant
+    schema) without adding it to ``core/placement.py`` TENANT_TABLES (backups and restores) and
+    SCHEMA_TABLES (tenant schemas and moves), ``db/migrate.py`` TENANT_TABLES and
+    ``fn_create_tenant_schema`` (sql/README.md, 'a new table'). Such rows are missing from every
+    backup, and a move out of a schema holding them is refused. One finding per table of public
+    (and per shared table of SCHEMA_TABLES without the policies that refuse a schema tenant's
+    rows), and one per table name across the tenant schemas that have it."""
+    carried = sorted({name for name, _ in TENANT_TABLES} | PLATFORM_RECORD_TABLES | NOT_TENANT_TABLES)
+    fix = ("add it to core/placement.py TENANT_TABLES and SCHEMA_TABLES, db/migrate.py TENANT_TABLES and "
+           "sql/functions/fn_create_tenant_schema.sql (sql/README.md, 'a new table'), or drop it")
+    findings = [Finding(f"table public.{name}", "holds tenants' rows (it has an organization_id) that no backup, "
+                        "restore or move carries", fix)
+                for (name,) in conn.execute(
+                    """SELECT c.relname FROM pg_class c
+                        WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'p')
+                          AND NOT c.relispartition AND c.relname <> ALL(%s::text[])
+                          AND EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid
+                                         AND a.attname = 'organization_id' AND NOT a.attisdropped)
+                        ORDER BY 1""", (carried,))]
+    citus = conn.execute("SELECT EXISTS (SELECT FROM pg_extension WHERE extname = 'citus')").fetchone()[0]
+    for table, missing in ([] if citus else conn.execute(
+            """SELECT t.name, array_agg(w.policy ORDER BY w.policy)
+                 FROM unnest(%s::text[]) t(name), unnest(%s::text[]) w(policy)
+                WHERE to_regclass('public.' || quote_ident(t.name)) IS NOT NULL
+                  AND NOT EXISTS (SELECT 1 FROM pg_policy p WHERE p.polname = w.policy
+                                     AND p.polrelid = to_regclass('public.' || quote_ident(t.name)))
+                GROUP BY t.name ORDER BY 1""", (sorted(SCHEMA_TABLES), list(SCHEMA_TENANT_WRITE_POLICIES)))):
+        findings.append(Finding(f"table public.{table}", f"lacks the policies {', '.join(missing)}: a schema tenant's "
+                                "write by the qualified name lands in the shared table, outside its backups and moves",
+                                "create them as sql/migrations/0023 and 0025 do for the other tables"))
+    in_schemas = sorted(SCHEMA_TABLES.values())
+    for name, schemas in conn.execute(
+            """SELECT c.relname, array_agg(n.nspname::text ORDER BY n.nspname)
+                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                WHERE (n.nspname ~ %s OR n.nspname IN (SELECT schema_name FROM public.tenant_schemas))
+                  AND c.relkind IN ('r', 'p') AND NOT c.relispartition AND c.relname <> ALL(%s::text[])
+                GROUP BY c.relname ORDER BY 1""", (TENANT_SCHEMA_PATTERN, in_schemas)):
+        shown = ", ".join(schemas[:3]) + (f" and {len(schemas) - 3} more" if len(schemas) > 3 else "")
+        findings.append(Finding(f"table {name} of {len(schemas)} tenant schema{'s' if len(schemas) > 1 else ''} "
+                                f"({shown})", "holds the tenant's rows that no backup, restore or move carries "
+                                "(a move out of such a schema is refused)", fix))
     return findings
 
 

@@ -10,7 +10,7 @@ import psycopg
 
 from tenant_pipelines.defs.metrics.assets import monthly_events_quota, storage_quota, tenant_metrics, tier_limits_in_force
 from tenant_pipelines.defs.resources import BillingDatabase
-from tenant_pipelines.defs.tenants.assets import tenant_isolation_holds, tenant_registry
+from tenant_pipelines.defs.tenants.assets import tenant_isolation_holds, tenant_registry, tenant_tables_carried
 from tenant_pipelines.core.citus import citus_tenant_stats, worker_balance
 from tenant_pipelines.core.metrics import collect
 from tests.citus.conftest import CitusTarget
@@ -23,8 +23,8 @@ def test_the_main_job_runs_on_a_coordinator_with_citus_figures_beside_the_metric
     tenants = [seed(citus_admin, f"Main job {i}", "growth") for i in range(3)]
     with dg.instance_for_test() as instance:
         result = dg.materialize(
-            [tenant_registry, tenant_isolation_holds, tenant_metrics, monthly_events_quota, storage_quota,
-             tier_limits_in_force],
+            [tenant_registry, tenant_isolation_holds, tenant_tables_carried, tenant_metrics, monthly_events_quota,
+             storage_quota, tier_limits_in_force],
             instance=instance, resources={"billing_db": BillingDatabase(dsn=citus.admin_dsn)}, raise_on_error=False)
     failures = [e.step_failure_data.error.to_string() for e in result.all_events
                 if e.event_type == dg.DagsterEventType.STEP_FAILURE]

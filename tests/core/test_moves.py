@@ -195,7 +195,7 @@ def test_a_schema_table_a_move_does_not_carry_is_never_dropped_with_its_rows(adm
     admin_conn.execute(f"INSERT INTO {schema}.credit_notes VALUES (%s, 5)", (tenant,))
     with pytest.raises(moves.MoveRefused, match=f"schema {schema} holds rows in credit_notes \\(1 rows\\)") as err:
         moves.move_tenant(admin_conn, tenant, "pooled")
-    assert "\n" not in str(err.value) and "MOVED_TABLES" in str(err.value)
+    assert "\n" not in str(err.value) and "SCHEMA_TABLES" in str(err.value)
     assert admin_conn.execute("SELECT count(*) FROM tenant_pipelines.tenant_moves").fetchone()[0] == 0
     assert placement.placement_of(admin_conn, tenant).kind == "schema"
 

@@ -36,6 +36,7 @@ EXPECTED = {
         "tenant_partition:tenant_partitions_complete",
         "tenant_placement:placements_match_policy",
         "tenant_registry:tenant_isolation_holds",
+        "tenant_registry:tenant_tables_carried",
         "tier_placement:tiers_match_policy",
     ],
     "jobs": ["back_up_cluster", "back_up_tenants", "balance_shards", "create_tenant_partitions", "move_tenant_placements", "refresh_tenant_registry", "rollup_tenant_metrics", "tier_pool_storage",

@@ -6,7 +6,7 @@ from collections import Counter
 
 import dagster as dg
 
-from tenant_pipelines.core.security import audit_isolation
+from tenant_pipelines.core.security import audit_isolation, audit_tables_carried
 from tenant_pipelines.core.tenants import list_tenants
 from tenant_pipelines.defs.resources import BillingDatabase
 from tenant_pipelines.defs.shared import ROWS_SHOWN, owned_asset, table_metadata
@@ -69,8 +69,29 @@ def tenant_isolation_holds(billing_db: BillingDatabase) -> dg.AssetCheckResult:
     )
 
 
+@dg.asset_check(
+    asset=tenant_registry,
+    description="Every table that holds tenants' rows is carried by backups, restores and placement moves: "
+    "none in public with an organization_id, and none in a tenant schema, that core/placement.py "
+    "TENANT_TABLES and core/moves.py MOVED_TABLES do not list. A migration that adds a tenant table "
+    "and forgets them (sql/README.md, 'a new table') turns this red; its rows are in no backup.",
+)
+def tenant_tables_carried(billing_db: BillingDatabase) -> dg.AssetCheckResult:
+    with billing_db.connection() as conn:
+        findings = audit_tables_carried(conn)
+    return dg.AssetCheckResult(
+        passed=not findings,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata={
+            "findings": len(findings),
+            "details": dg.MetadataValue.md("\n".join(f"- {f}" for f in findings) or "none"),
+        },
+    )
+
+
 onboard_tenants_job = dg.define_asset_job(
     "refresh_tenant_registry",
     selection=[tenant_registry],
-    description="Reads the tenant registry and audits isolation. `tenant-pipelines dev` runs it first.",
+    description="Reads the tenant registry, audits isolation and checks that backups and moves carry every "
+    "tenant table. `tenant-pipelines dev` runs it first.",
 )
