@@ -60,6 +60,7 @@ TARGET_CUTOVER_WAIT_MS = 100.0
 TARGET_QUERY_RATIO = 1.0
 WARMUP_S = 3.0
 RETRY_ATTEMPTS = 20
+STEP_AT_LEAST_S = 1.0  # a move's step shorter than this gets no p99 of its own in the table
 CUTOVER_SLACK_S = 0.05  # a writer's transaction "meets the cutover" if it overlaps it within this
 PROPERTIES = '{"source": "bench", "region": "eu-west-1"}'
 MOVED_GUARD = "moved to its new placement"
@@ -282,6 +283,7 @@ def run_moves(args: argparse.Namespace, dsn: str, admin: psycopg.Connection, fir
                 h.log(f"moves: tenant {tenant} ({pace_name} pace) -> {hop}; load average {loadavg()}")
                 stamps: list[tuple[float, str]] = []
                 lsn = h.wal_lsn(admin)
+                checkpoints = checkpoint_counts(admin)
                 start = time.perf_counter()
                 report = moves.move_tenant(admin, tenant, hop, pace=pace,
                                            log=lambda m: stamps.append((time.perf_counter(), m)))
@@ -291,11 +293,13 @@ def run_moves(args: argparse.Namespace, dsn: str, admin: psycopg.Connection, fir
                 cut = next((t for t, m in stamps if "cut over to" in m), None)
                 cutover = None if cut is None else (cut - report.steps.get("cutover", 0.0), cut)
                 windows.append({"kind": "move", "start": start, "end": finished, "tenant": str(tenant),
-                                "pace": pace_name, "hop": hop, "cutover": cutover})
+                                "pace": pace_name, "hop": hop, "cutover": cutover,
+                                "steps": step_windows(start, report.steps)})
                 _, count, _ = rows_at(admin, tenant)
                 runs.append({"tenant": str(tenant), "pace": pace_name, "max_mb_per_s": pace.max_mb_per_s, "hop": hop,
                              "pace_report": report.pace.summary() if report.pace else None,
                              "seconds": finished - start, "wal_bytes": h.wal_bytes(admin, lsn),
+                             "checkpoints": {k: v - checkpoints[k] for k, v in checkpoint_counts(admin).items()},
                              "rows_after": count, "report": report_dict(report), "plain_copies": copies,
                              "mb_per_second": report.bytes_copied / h.MIB / (finished - start),
                              "copy_mb_per_second": report.bytes_copied / h.MIB / report.steps["copy"]
@@ -313,6 +317,24 @@ def run_moves(args: argparse.Namespace, dsn: str, admin: psycopg.Connection, fir
     return {"tenants": {"movers": [str(t) for t in movers], "other": str(other)}, "loads": loads,
             "load_before_cores": load_before, "loadavg_before": loadavg_before, "loadavg_after": loadavg(),
             "runs": runs, **summarize_writers(writers, windows)}
+
+
+def checkpoint_counts(conn: psycopg.Connection) -> dict[str, int]:
+    """The checkpointer's counters (pg_stat_bgwriter): checkpoints by time and requested (WAL
+    volume), and buffers it wrote."""
+    timed, requested, buffers = conn.execute(
+        "SELECT checkpoints_timed, checkpoints_req, buffers_checkpoint FROM pg_stat_bgwriter").fetchone()
+    return {"timed": timed, "requested": requested, "buffers": buffers}
+
+
+def step_windows(start: float, steps: dict[str, float]) -> list[tuple[str, float, float]]:
+    """The move's steps as (name, start, end) on the writers' clock: MoveReport.steps are
+    sequential durations, in order, from when move_tenant() was called."""
+    out, at = [], start
+    for name, seconds in steps.items():
+        out.append((name, at, at + seconds))
+        at += seconds
+    return out
 
 
 def summarize_writers(writers: dict[str, Writer], windows: list[dict]) -> dict:
@@ -336,6 +358,8 @@ def summarize_writers(writers: dict[str, Writer], windows: list[dict]) -> dict:
                     ((s.finished - s.scheduled) * 1000 for s in met), default=0.0)
             if win["kind"] == "move":
                 entry[name]["p99_ratio"] = entry[name]["p99_ms"] / pooled_baseline[name]["p99_ms"]
+                entry[name]["steps"] = {step: latency_summary(in_window(samples, a, b))
+                                        for step, a, b in win.get("steps", []) if b - a >= STEP_AT_LEAST_S}
         per_window.append(entry)
     totals = {name: latency_summary(w.samples) for name, w in writers.items()}
     return {"windows": per_window, "baseline": pooled_baseline, "totals": totals, "writer_errors": errors}
@@ -523,6 +547,32 @@ def query_ratios(queries: list[dict]) -> list[dict]:
 # -- the run --------------------------------------------------------------------------------------------
 
 
+def queries_and_catalog(args: argparse.Namespace, dsn: str, admin: psycopg.Connection, results: dict,
+                        this_month: datetime, first: datetime, end: datetime) -> None:
+    """Parts 2 and 3: a schema tenant's queries against a partition tenant's, and the catalog."""
+    h.log(f"queries: two tenants of {args.query_events:,} events; load average {loadavg()}")
+    results["query_tenants"] = load_query_tenants(admin, args.query_events, first, end)
+    h.log(f"catalog: growing to {args.tenants:,} tenants")
+    results["growth"] = grow(admin, args.tenants)
+    h.log(f"catalog: {results['growth']['organizations']:,} tenants in {results['growth']['seconds']:.1f}s")
+    before = pg_class_counts(admin)
+    made = make_schema_tenants(admin, args.schema_tenants)
+    after = pg_class_counts(admin)
+    results["catalog"] = {"before": before, "after": after, "schema_tenants": made,
+                          "added": after["relations"] - before["relations"],
+                          "per_schema": (after["relations"] - before["relations"]) / made["tenants"],
+                          "organizations": admin.execute("SELECT count(*) FROM organizations").fetchone()[0],
+                          "schemas": admin.execute("SELECT count(*) FROM tenant_schemas").fetchone()[0]}
+    h.log(f"catalog: pg_class {before['relations']:,} -> {after['relations']:,} with {made['tenants']} schema "
+          f"tenants ({results['catalog']['per_schema']:.1f} each) in {made['seconds']:.1f}s")
+    admin.execute("ANALYZE")
+    results["loadavg_queries"] = loadavg()
+    results["load_before_queries_cores"] = h.wait_until_idle(timeout=args.idle_wait)
+    prev = h.add_months(this_month, -1)
+    results["queries"] = run_queries(dsn, admin, results["query_tenants"], args.query_repeat, (prev, this_month))
+    results["query_ratios"] = query_ratios(results["queries"]["results"])
+
+
 def benchmark(args: argparse.Namespace, dsn: str, server_kind: str) -> dict:
     started = time.perf_counter()
     results: dict = {"benchmark": NAME, "command": command_line(args), "machine": h.machine_info(),
@@ -538,27 +588,8 @@ def benchmark(args: argparse.Namespace, dsn: str, server_kind: str) -> dict:
         first = h.add_months(this_month, -2)
         end = now - timedelta(minutes=1)
         results["moves"] = run_moves(args, dsn, admin, first, end) if not args.skip_moves else None
-        h.log(f"queries: two tenants of {args.query_events:,} events; load average {loadavg()}")
-        results["query_tenants"] = load_query_tenants(admin, args.query_events, first, end)
-        h.log(f"catalog: growing to {args.tenants:,} tenants")
-        results["growth"] = grow(admin, args.tenants)
-        h.log(f"catalog: {results['growth']['organizations']:,} tenants in {results['growth']['seconds']:.1f}s")
-        before = pg_class_counts(admin)
-        made = make_schema_tenants(admin, args.schema_tenants)
-        after = pg_class_counts(admin)
-        results["catalog"] = {"before": before, "after": after, "schema_tenants": made,
-                              "added": after["relations"] - before["relations"],
-                              "per_schema": (after["relations"] - before["relations"]) / made["tenants"],
-                              "organizations": admin.execute("SELECT count(*) FROM organizations").fetchone()[0],
-                              "schemas": admin.execute("SELECT count(*) FROM tenant_schemas").fetchone()[0]}
-        h.log(f"catalog: pg_class {before['relations']:,} -> {after['relations']:,} with {made['tenants']} schema "
-              f"tenants ({results['catalog']['per_schema']:.1f} each) in {made['seconds']:.1f}s")
-        admin.execute("ANALYZE")
-        results["loadavg_queries"] = loadavg()
-        results["load_before_queries_cores"] = h.wait_until_idle(timeout=args.idle_wait)
-        prev = h.add_months(this_month, -1)
-        results["queries"] = run_queries(dsn, admin, results["query_tenants"], args.query_repeat, (prev, this_month))
-        results["query_ratios"] = query_ratios(results["queries"]["results"])
+        if not args.moves_only:
+            queries_and_catalog(args, dsn, admin, results, this_month, first, end)
     results["loadavg_end"] = loadavg()
     results["targets"] = targets(results)
     results["python_peak_rss_bytes"] = h.python_peak_rss()
@@ -590,7 +621,7 @@ def targets(results: dict) -> list[dict]:
                             "required": f"<= {TARGET_P99_RATIO}x",
                             "measured": f"{w[name]['p99_ms']:.1f} / {m['baseline'][name]['p99_ms']:.1f} ms = {ratio:.2f}x",
                             "met": ratio <= TARGET_P99_RATIO})
-    for r in results["query_ratios"]:
+    for r in results.get("query_ratios", []):
         out.append({"target": f"schema vs partition, {r['query']}, {r['predicate']} (planning + execution medians)",
                     "required": f"<= {TARGET_QUERY_RATIO}x", "measured": f"{r['total_ratio']:.2f}x",
                     "met": r["total_ratio"] <= TARGET_QUERY_RATIO})
@@ -621,7 +652,8 @@ def render_markdown(results: dict) -> str:
         f"{' / '.join(map(str, results['loadavg_start']))} (1/5/15 min) at the start, "
         f"{' / '.join(map(str, results['loadavg_end']))} at the end"
         + (f"; {m['load_before_cores']:.2f} cores busy before the moves (waited for < {h.IDLE_LOAD})" if m else "")
-        + f", {results['load_before_queries_cores']:.2f} before the queries. Latency tails and ratios are noisier "
+        + (f", {results['load_before_queries_cores']:.2f} before the queries" if "queries" in results else "")
+        + ". Latency tails and ratios are noisier "
         "than on an idle machine.", ""]
     scaled = []
     if p["events"] < 2_000_000:
@@ -693,12 +725,33 @@ def render_markdown(results: dict) -> str:
                   f"{w['seconds']:.1f}", w["moving"]["transactions"], _ms(w["moving"].get("p99_ms")),
                   _ms(w["moving"].get("max_ms")), w["other"]["transactions"], _ms(w["other"].get("p99_ms")),
                   _ms(w["other"].get("max_ms"))] for w in m["windows"]], "lrrrrrrr"), ""]
+        by_step = [(w, step, n) for w in m["windows"] if w["kind"] == "move"
+                   for n in ("moving", "other") for step in w[n].get("steps", {})]
+        if by_step:
+            runs_by_hop = {(r["pace"], r["hop"]): r for r in m["runs"]}
+            out += ["Writers' p99 by step of each move (the steps of `MoveReport.steps` of 1 s or more, laid end "
+                    "to end from when `move_tenant()` was called), against the pooled baseline:", "",
+                    h.markdown_table(
+                        ["Move", "Step", "s", "Writer", "Tx", "p99 ms", "p99 / baseline", "Longest ms"],
+                        [[f"{w['pace']} pace, -> {w['hop']}", step,
+                          f"{runs_by_hop[(w['pace'], w['hop'])]['report']['steps'][step]:.1f}",
+                          n, w[n]["steps"][step]["transactions"], _ms(w[n]["steps"][step].get("p99_ms")),
+                          h.fmt(None if not w[n]["steps"][step].get("p99_ms") else
+                                w[n]["steps"][step]["p99_ms"] / m["baseline"][n]["p99_ms"], ".2f") + "x",
+                          _ms(w[n]["steps"][step].get("max_ms"))] for w, step, n in by_step], "llrlrrrr"), ""]
+            out += ["Checkpoints during each move (`pg_stat_bgwriter`): " + "; ".join(
+                f"{r['pace']} -> {r['hop']}: {r['checkpoints']['timed']} timed, {r['checkpoints']['requested']} "
+                f"requested (WAL volume), {r['checkpoints']['buffers'] * 8 / 1024:,.0f} MiB written by them"
+                for r in m["runs"] if r.get("checkpoints")) + ".", ""]
         errs = [f"{n}: {e['error']}" for n, es in m["writer_errors"].items() for e in es[:3]]
         if errs:
             out += ["Failed inserts (first of each writer): " + "; ".join(errs), ""]
         out += [f"Load average before the writers started: {' / '.join(map(str, m['loadavg_before']))}; after the "
                 f"last window: {' / '.join(map(str, m['loadavg_after']))}. Loading each moving tenant: "
                 + ", ".join(f"{l['rows']:,} rows {l['seconds']:.0f} s" for l in m["loads"]) + ".", ""]
+    if "queries" not in results:
+        out += ["Parts 2 and 3 (queries, catalog) were not run (`--moves-only`).", ""]
+        return "\n".join(out + setup_lines(results))
     q, c, g = results["queries"], results["catalog"], results["growth"]
     out += h.section(
         f"2. Queries of a schema tenant at {c['organizations']:,} tenants",
@@ -743,11 +796,13 @@ def render_markdown(results: dict) -> str:
         "l" + "r" * (len(kinds) + 2)), "",
         f"Added: {c['added']:,} relations, {c['per_schema']:.1f} per schema tenant (tables, partitioned tables, "
         "month partitions, indexes, TOAST tables and their indexes).", ""]
-    srv = results["server"]
-    out += ["## Set-up", "", *h.server_lines(srv, results["machine"], results["server_kind"]),
+    return "\n".join(out + setup_lines(results))
+
+
+def setup_lines(results: dict) -> list[str]:
+    return ["## Set-up", "", *h.server_lines(results["server"], results["machine"], results["server_kind"]),
             f"- Python process peak RSS: {h.mib(results['python_peak_rss_bytes'])}. Whole run: "
             f"{results['seconds'] / 60:.1f} min.", ""]
-    return "\n".join(out)
 
 
 # -- main -------------------------------------------------------------------------------------------------
@@ -773,6 +828,7 @@ Writes bench/results/placement.json and docs/benchmarks/placement.md.""")
         ("--idle-wait", float, 20.0, "S", "seconds to wait for an idle machine before timed parts (default: 20)"),
     )
     parser.add_argument("--skip-moves", action="store_true", help="run parts 2 and 3 only")
+    parser.add_argument("--moves-only", action="store_true", help="run part 1 only")
     parser.add_argument("--paces", default="adaptive,fixed", metavar="LIST",
                         help="the paces of part 1, comma-separated, each with a tenant of its own: adaptive, "
                              "fixed (default: adaptive,fixed; the adaptive pace moves 2,000,000 events in about "
@@ -781,6 +837,8 @@ Writes bench/results/placement.json and docs/benchmarks/placement.md.""")
     args = parser.parse_args(argv)
     if args.from_results:
         return args
+    if args.skip_moves and args.moves_only:
+        parser.error("--skip-moves and --moves-only: one or the other")
     h.positive(parser, args, ("events", "other_events", "tenants", "schema_tenants", "query_events", "query_repeat"))
     if args.events < 1000 or args.query_events < 1000:
         parser.error("--events and --query-events: at least 1000")
@@ -795,7 +853,7 @@ def command_line(args: argparse.Namespace) -> str:
              f"--schema-tenants {args.schema_tenants}", f"--query-events {args.query_events}",
              f"--query-repeat {args.query_repeat}", f"--baseline-seconds {args.baseline_seconds:g}",
              f"--insert-rate {args.insert_rate:g}", f"--paces {','.join(args.paces)}"]
-             + (["--skip-moves"] if args.skip_moves else []))
+             + (["--skip-moves"] if args.skip_moves else []) + (["--moves-only"] if args.moves_only else []))
     return h.command(NAME, parts, args.dsn)
 
 
