@@ -276,6 +276,7 @@ def pace_metadata(paces: Sequence[PaceReport]) -> dict:
     figures = longest.summary() if len(paces) == 1 else {
         **longest.summary(),
         "pace_mb_per_s": round(sum(p.bytes for p in paces) / 1048576 / max(1e-9, sum(p.seconds for p in paces)), 2),
+        "pace_wal_mb": round(sum(p.wal_bytes for p in paces) / 1048576, 1),
         "probe_commits": sum(p.probes for p in paces),
         "probes_over_line": sum(p.crossings for p in paces),
         "slowdowns": sum(len(p.slowdowns) for p in paces),

@@ -297,6 +297,19 @@ def test_the_fixed_pace_sleeps_to_its_rate_and_probes_nothing(admin_conn, admin_
     assert pacer.report().method == FIXED
 
 
+def test_a_batch_counts_the_larger_of_the_rows_it_moved_and_the_wal_it_wrote(admin_conn, admin_dsn):
+    """A batch that wrote 2 MiB of WAL for 64 KiB of rows (index entries at random places, whole
+    pages after a checkpoint) is paced like 2 MiB: every writer's commit waits behind that WAL."""
+    sleeps: list[float] = []
+    with active_client(admin_dsn), Pacer(admin_conn, Pace.fixed(1.0, 4), sleep=sleeps.append) as pacer:
+        pacer.mark()
+        pacer.done(64 * 1024, 2 * MiB)
+        pacer.mark()
+        pacer.done(MiB, 64 * 1024)
+    assert len(sleeps) == 2 and 1.5 < sleeps[0] <= 2.0 and 0.5 < sleeps[1] <= 1.0
+    assert pacer.report().bytes == 64 * 1024 + MiB and pacer.report().wal_bytes == 2 * MiB + 64 * 1024
+
+
 NOW = datetime.now(timezone.utc)
 THIS_MONTH = NOW.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
 
@@ -316,6 +329,7 @@ def test_tiering_and_placement_moves_report_their_pace_while_a_client_is_active(
         move = moves.move_tenant(admin_conn, tenant, "schema", batch_rows=500)
         assert move.moved and move.pace is not None and move.pace.bytes > 0 and move.pace.baseline_p99_ms > 0
         assert move.pace.batches > 3000 / 500  # the copy's batches, of at most 500 rows
+        assert move.pace.wal_bytes > 0, "the WAL of its copy and cleanup, measured"
     assert admin_conn.execute("SELECT count(*) FROM usage_events_mt WHERE organization_id = %s",
                               (tenant,)).fetchone()[0] == 0  # the shared tables hold nothing of it now
 
