@@ -616,10 +616,12 @@ def targets(results: dict) -> list[dict]:
                         "measured": "n/a" if wait is None else f"{wait:.1f} ms",
                         "met": wait is not None and wait <= TARGET_CUTOVER_WAIT_MS})
             for name in ("moving", "other"):
-                ratio = w[name]["p99_ratio"]
+                base = baseline_median(m, name)
+                ratio = w[name]["p99_ms"] / base
                 out.append({"target": f"{name} tenant's p99 vs baseline ({label})",
                             "required": f"<= {TARGET_P99_RATIO}x",
-                            "measured": f"{w[name]['p99_ms']:.1f} / {m['baseline'][name]['p99_ms']:.1f} ms = {ratio:.2f}x",
+                            "measured": f"{w[name]['p99_ms']:.1f} / {base:.1f} ms = {ratio:.2f}x (against the pooled "
+                                        f"baseline {m['baseline'][name]['p99_ms']:.1f} ms: {w[name]['p99_ratio']:.2f}x)",
                             "met": ratio <= TARGET_P99_RATIO})
     for r in results.get("query_ratios", []):
         out.append({"target": f"schema vs partition, {r['query']}, {r['predicate']} (planning + execution medians)",
@@ -635,10 +637,35 @@ def _ms(v: float | None, spec: str = ".1f") -> str:
     return h.fmt(v, spec)
 
 
+def baseline_median(m: dict, name: str) -> float:
+    """The median of the baseline windows' p99: what a target is judged against. The pooled
+    baseline (every baseline window's transactions together) is one disturbed window's p99 when
+    that window alone holds more than 1% of them (the pool's autovacuum after a move's cleanup
+    deleted 2,000,000 rows measured 69-87 ms beside 6-10 ms windows)."""
+    return statistics.median(w[name]["p99_ms"] for w in m["windows"] if w["kind"] == "baseline")
+
+
+def quietest_baseline_line(m: dict) -> str:
+    """The baseline windows vary (the first follows the load and its checkpoint): each move's p99
+    also against the quietest baseline window, so that a ratio is not met by a noisy baseline."""
+    base = [w for w in m["windows"] if w["kind"] == "baseline"]
+    if len(base) < 2:
+        return ""
+    quiet = {n: min(w[n]["p99_ms"] for w in base if w[n].get("p99_ms")) for n in ("moving", "other")}
+    parts = [f"{w['pace']} pace, -> {w['hop']}: " + ", ".join(
+        f"{n} {w[n]['p99_ms'] / quiet[n]:.2f}x" for n in ("moving", "other"))
+        for w in m["windows"] if w["kind"] == "move"]
+    return ("The baseline windows ranged from " + ", ".join(
+        f"{n} {min(w[n]['p99_ms'] for w in base):.1f} to {max(w[n]['p99_ms'] for w in base):.1f} ms" for n in
+        ("moving", "other")) + " p99. Against the quietest baseline window alone (moving "
+            f"{quiet['moving']:.1f} ms, other {quiet['other']:.1f} ms), the moves' p99: " + "; ".join(parts) + ".")
+
+
 def pace_tenants(paces: list[str]) -> str:
     said = {"adaptive": "one at the core's default pace (`Pace()`: adaptive, docs/pacing.md)",
             "fixed": f"one at the fixed pace (`Pace.fixed({moves.FIXED_MAX_MB_PER_S:g})`, in batches of "
-                     f"{moves.DEFAULT_BATCH_ROWS} rows, the default)"}
+                     f"{moves.DEFAULT_BATCH_ROWS} rows, the default; a batch counts as the larger of its rows "
+                     "and the WAL it wrote)"}
     if len(paces) == 1:
         return "A growth tenant, " + said[paces[0]].removeprefix("one ") + ","
     return "Growth tenants, " + " and ".join(said[p] for p in paces) + ", each"
@@ -664,7 +691,7 @@ def render_markdown(results: dict) -> str:
             "Full size: 2,000,000 events per moving tenant, 10,000 tenants.", ""]
     out += ["## Targets", "", h.markdown_table(
         ["Target", "Required", "Measured", "Verdict"],
-        [[t["target"], t["required"], t["measured"], h.verdict(t["met"], ("MET", "MISSED"))] for t in results["targets"]],
+        [[t["target"], t["required"], t["measured"], h.verdict(t["met"], ("MET", "MISSED"))] for t in targets(results)],
         "lllc"), ""]
     if m:
         out += h.section(
@@ -680,8 +707,9 @@ def render_markdown(results: dict) -> str:
             f"A transaction refused by the cutover guard ('{MOVED_GUARD}') is retried at once and counted as "
             "a retry; any other error is a failed insert. Latency is from when each transaction was due "
             f"(fixed rate), so a stall counts for every transaction queued behind it. Baselines: "
-            f"{p['baseline_seconds']:g} s windows with no move, before each move and after the last; the "
-            "baseline p99 is over all of them pooled.")
+            f"{p['baseline_seconds']:g} s windows with no move, before each move and after the last; a target "
+            "is judged against the median of their p99s (the pooled figure, all their transactions together, is "
+            "shown beside it).")
         out += ["### Move time and throughput", "", h.markdown_table(
             ["Pace", "Move", "Rows", "MB copied", "Move s", "MB/s (whole move)", "MB/s (copy step)",
              "Plain copy unlogged MB/s (s)", "Plain copy logged MB/s (s)", "WAL"],
@@ -718,6 +746,7 @@ def render_markdown(results: dict) -> str:
             "writer's and the other writer's transactions that overlapped the cutover transaction (from "
             "`steps['cutover']` before the mover's 'cut over' log line, ±50 ms) and the longest of them from "
             "start to commit, retries included.", "",
+            quietest_baseline_line(m), "",
             "Every window, in order:", "", h.markdown_table(
                 ["Window", "s", "moving tx", "moving p99 ms", "moving max ms", "other tx", "other p99 ms",
                  "other max ms"],
