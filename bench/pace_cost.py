@@ -17,7 +17,10 @@ compared with the baseline window just before it (same minute, same noise); a CH
 an emptied target precede each pair (then 2 s unmeasured: the first writes after a checkpoint
 log whole pages).
 
-Run on demand:  python bench/pace_cost.py [--rates 1,4] [--batches 8,32,256,1024]
+With --probe, one more arm: no copy, the adaptive pacer's probe transaction alone at its rate
+(does the pacer's own measuring cost the writers?).
+
+Run on demand:  python bench/pace_cost.py [--rates 1,4] [--batches 8,32,256,1024] [--probe]
                 [--seconds 10] [--repeats 3] [--dsn DSN] [--no-docs]
 Writes bench/results/pace_cost.json and docs/benchmarks/pace_cost.md.
 """
@@ -39,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 
 import _harness as h  # noqa: E402  (bench/ is sys.path[0] when run as a script)
 import tiering as tb  # noqa: E402  bench/tiering.py: the writers' latency summary of a window
+from tenant_pipelines.db.pacing import PROBE_INTERVAL_S  # noqa: E402
 
 NAME = "pace_cost"
 ROW_BYTES = 250  # the source rows' heap size, about (id, timestamptz, 192-character text, numeric)
@@ -71,8 +75,28 @@ def _write_loop(dsn: str, interval: float, tenant, stop, results) -> None:
         results.send((samples, errors))
 
 
+def _probe(dsn: str, stop: threading.Event, out: dict) -> None:
+    """No copy: the adaptive pacer's probe alone (db/pacing.py ``Pacer._probe``, every
+    ``PROBE_INTERVAL_S``): BEGIN, a transaction-local setting, a one-row upsert, COMMIT."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SET synchronous_commit = on")
+        probes, started = 0, time.perf_counter()
+        while not stop.is_set():
+            with conn.transaction():
+                conn.execute("SELECT set_config('tenant_pipelines.pace_probe', '1', true)")
+                conn.execute("INSERT INTO pace_cost_probes (pid, probed_at) VALUES (pg_backend_pid(), clock_timestamp())"
+                             " ON CONFLICT (pid) DO UPDATE SET probed_at = excluded.probed_at")
+            probes += 1
+            stop.wait(PROBE_INTERVAL_S)
+        seconds = time.perf_counter() - started
+    out.update(seconds=seconds, batches=probes, commits_per_s=probes / seconds, mb_per_s=0.0)
+
+
 def _copy(dsn: str, rate_mb: float, batch_kib: int, stop: threading.Event, out: dict) -> None:
-    """The mover: INSERT ... SELECT of the next batch's rows, one transaction each, paced."""
+    """The mover: INSERT ... SELECT of the next batch's rows, one transaction each, paced. Rate 0:
+    the pacer's probe alone, no copy."""
+    if rate_mb == 0:
+        return _probe(dsn, stop, out)
     rows = max(1, batch_kib * 1024 // ROW_BYTES)
     with psycopg.connect(dsn, autocommit=True) as conn:
         first, copied, batches = 0, 0, 0
@@ -99,8 +123,9 @@ def benchmark(args: argparse.Namespace, dsn: str, server_kind: str) -> dict:
     admin.execute("INSERT INTO pace_cost_source SELECT g, now(), repeat(md5(g::text), 6), g"
                   " FROM generate_series(1, %s) g", (SOURCE_ROWS,))
     admin.execute("CREATE TABLE pace_cost_target (LIKE pace_cost_source INCLUDING ALL)")
+    admin.execute("CREATE TABLE pace_cost_probes (pid integer PRIMARY KEY, probed_at timestamptz)")
     admin.execute("VACUUM ANALYZE pace_cost_source")
-    pairs = [(rate, batch) for rate in args.rates for batch in args.batches]
+    pairs = [(0.0, 0)] * args.probe + [(rate, batch) for rate in args.rates for batch in args.batches]
     load_before = h.wait_until_idle(timeout=args.idle_wait)
     writers = [h.WriterProcess(_write_loop, (dsn, 1.0 / WRITER_RATE), uuid.UUID(int=i), h.Sample, f"writer-{i}")
                for i in range(WRITERS)]
@@ -127,7 +152,7 @@ def benchmark(args: argparse.Namespace, dsn: str, server_kind: str) -> dict:
                 thread.join()
                 windows.append({"kind": "move", "repeat": repeat, "rate": rate, "batch_kib": batch,
                                 "start": start, "end": time.perf_counter(), "mover": mover})
-                h.log(f"repeat {repeat + 1}/{args.repeats}: {rate:g} MB/s in {batch} KiB batches: "
+                h.log(f"repeat {repeat + 1}/{args.repeats}: {_arm(rate, batch)}: "
                       f"{mover['mb_per_s']:.2f} MB/s, {mover['commits_per_s']:.0f} commits/s")
     finally:
         for w in writers:
@@ -152,6 +177,7 @@ def benchmark(args: argparse.Namespace, dsn: str, server_kind: str) -> dict:
                                 "commits_per_s": statistics.median(commits)})
     return {"benchmark": NAME, "command": command_line(args), "machine": h.machine_info(), "server_kind": server_kind,
             "server": h.server_info(admin), "parameters": {"rates": args.rates, "batches": args.batches,
+                                                           "probe": args.probe,
                                                            "seconds": args.seconds, "repeats": args.repeats,
                                                            "writers": WRITERS, "writer_rate": WRITER_RATE},
             "load_before_cores": load_before, "windows": windows, "pairs": results_by_pair,
@@ -159,19 +185,29 @@ def benchmark(args: argparse.Namespace, dsn: str, server_kind: str) -> dict:
             "seconds": time.perf_counter() - started}
 
 
+def _arm(rate: float, batch: int) -> str:
+    return (f"no copy, the pacer's probe alone ({1 / PROBE_INTERVAL_S:g}/s)" if rate == 0
+            else f"{rate:g} MB/s in {batch} KiB batches")
+
+
 def render_markdown(r: dict) -> str:
     p = r["parameters"]
-    rows = [(f"{x['rate']:g}", f"{x['batch_kib']:,}", f"{x['commits_per_s']:.0f}", f"{x['mb_per_s']:.2f}",
+    rows = [(f"{x['rate']:g}" if x["rate"] else "probe only", f"{x['batch_kib']:,}" if x["rate"] else "—",
+             f"{x['commits_per_s']:.0f}", f"{x['mb_per_s']:.2f}",
              f"**{x['median_ratio']:.2f}×**", " / ".join(f"{v:.2f}" for v in x["ratios"]),
              " / ".join(f"{v:.1f}" for v in x["baseline_p99_ms"]), " / ".join(f"{v:.1f}" for v in x["move_p99_ms"]))
             for x in r["pairs"]]
-    within = [x for x in r["pairs"] if x["median_ratio"] <= TARGET_RATIO]
+    within = [x for x in r["pairs"] if x["median_ratio"] <= TARGET_RATIO and x["rate"]]
+    probe = [x for x in r["pairs"] if not x["rate"]]
     verdict = ("No rate and batch size kept the writers' p99 within "
                f"{TARGET_RATIO}× of the baseline before it (median of {p['repeats']} repeats)."
                if not within else
                "Within " + f"{TARGET_RATIO}× (median of {p['repeats']} repeats): "
                + ", ".join(f"{x['rate']:g} MB/s in {x['batch_kib']} KiB batches ({x['median_ratio']:.2f}×)"
                            for x in within) + ".")
+    if probe:
+        verdict += (f" The pacer's probe alone ({probe[0]['commits_per_s']:.0f} write transactions/s, no copy): "
+                    f"{probe[0]['median_ratio']:.2f}× (median).")
     lines = ["# What a mover's copy costs writers, by rate and batch size", ""]
     lines += h.generated_by(NAME, r)
     lines += h.section(
@@ -180,7 +216,9 @@ def render_markdown(r: dict) -> str:
                   + [f"- Writers: {p['writers']} processes, {p['writer_rate']:g} transactions/s each, one INSERT of "
                      "one row per transaction, synchronous_commit on; latency from when each insert was due.",
                      f"- Mover: INSERT ... SELECT of ~{ROW_BYTES}-byte rows, one transaction per batch, paced to the "
-                     "rate (MB/s of heap).",
+                     "rate (MB/s of heap). *Probe only* (with --probe): no copy, the adaptive pacer's probe "
+                     f"transaction every {PROBE_INTERVAL_S * 1000:g} ms (BEGIN, set_config local, a one-row upsert, "
+                     "COMMIT), as db/pacing.py runs it beside every adaptive move.",
                      f"- Windows of {p['seconds']:g} s: a baseline, then the mover at one rate and batch size; every "
                      f"pair {p['repeats']} times, interleaved. Ratio = the move window's p99 over the baseline "
                      "window's just before it. A CHECKPOINT precedes each pair, then 2 s unmeasured.",
@@ -201,6 +239,8 @@ copied at each --rates MB/s in each --batches KiB batch size, against a baseline
                         metavar="MB,MB", help="copy rates in MB/s of heap (default: 1,4)")
     parser.add_argument("--batches", type=h.parse_counts, default=[8, 32, 256, 1024], metavar="KIB,KIB",
                         help="batch sizes in KiB (default: 8,32,256,1024)")
+    parser.add_argument("--probe", action="store_true",
+                        help="one more arm: no copy, the adaptive pacer's probe alone (what the probes cost)")
     h.add_numbers(parser,
                   ("--seconds", float, 10.0, "S", "length of each window (default: 10)"),
                   ("--repeats", int, 3, "N", "how many times every pair runs (default: 3)"),
@@ -216,7 +256,8 @@ copied at each --rates MB/s in each --batches KiB batch size, against a baseline
 def command_line(args: argparse.Namespace) -> str:
     return h.command(NAME, [f"--rates {','.join(f'{x:g}' for x in args.rates)}",
                             f"--batches {','.join(str(b) for b in args.batches)}",
-                            f"--seconds {args.seconds:g}", f"--repeats {args.repeats}"], args.dsn)
+                            f"--seconds {args.seconds:g}", f"--repeats {args.repeats}"]
+                     + (["--probe"] if args.probe else []), args.dsn)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -225,7 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                           settings=SETTINGS,
                           throwaway_kind="throwaway cluster started by the benchmark (durable: fsync and "
                                          "full_page_writes on; max_wal_size=8GB)")
-    summary = [f"{x['rate']:g} MB/s, {x['batch_kib']} KiB: p99 {x['median_ratio']:.2f}x" for x in results["pairs"]]
+    summary = [f"{_arm(x['rate'], x['batch_kib'])}: p99 {x['median_ratio']:.2f}x" for x in results["pairs"]]
     return h.finish(NAME, results, render_markdown(results), docs=not args.no_docs, summary=summary)
 
 

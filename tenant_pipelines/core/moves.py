@@ -51,8 +51,10 @@ KEY_TYPES = {"id": "uuid", "timestamp": "timestamptz"}
 PRIMARY_KEYS = {"usage_events": ("organization_id", "id", "timestamp")}
 # The fixed pace's batch and rate: 250 rows of a usage event (about 135 bytes) are about 32 KiB, and
 # bench/pace_cost.py measured a copy at 4 MB/s in 32 KiB batches within 1.2x of two writers' p99
-# (1.16x) where larger batches at the same rate were not (256 KiB 1.86x, 1 MiB 4.9x). The pace of
+# (1.16x, 1.13x) where larger batches at the same rate were not (256 KiB 1.86x, 1.61x). The pace of
 # before, 5,000-row batches (about 660 KiB) at 8 MB/s, took a writer to 2.16x (bench/placement.py).
+# A batch counts as the larger of its rows and the WAL it wrote (Pacer.done): a move's copy writes
+# several times its rows' size in WAL (index entries, whole pages after a checkpoint).
 DEFAULT_BATCH_ROWS = 250
 ADAPTIVE_BATCH_ROWS = 50_000  # the adaptive pace's largest (while nobody writes)
 FIXED_MAX_MB_PER_S = 4.0

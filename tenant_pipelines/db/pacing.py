@@ -87,7 +87,7 @@ MAX_BATCH_BLOCKS = 1024  # the adaptive method's largest batch by default: 8 MiB
 DEFAULT_TARGET = 1.2  # writers' p99 within 1.2x of their baseline
 BATCH_S = 1 / 32  # a batch is this many seconds of the current rate
 # ... and at most this while writers are active: bench/pace_cost.py measured the same rate in
-# larger batches cost writers more (4 MB/s: 32 KiB 1.16x their p99, 256 KiB 1.86x, 1 MiB 4.9x).
+# larger batches cost writers more (4 MB/s, two runs: 32 KiB 1.16x and 1.13x their p99, 256 KiB 1.86x and 1.61x).
 WRITERS_BATCH_CAP = 32 * 1024
 START_RATE = 1 * MiB  # where the adaptive rate starts when writers are active: the fixed pace
 FLOOR_RATE = 128 * KiB  # it never goes below this (a move must end)
