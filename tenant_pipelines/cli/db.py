@@ -84,10 +84,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def migrate_and_report(dsn: str, jobs: int | None = None) -> None:
+    from tenant_pipelines.core.security import audit_tables_carried
     from tenant_pipelines.db.connect import connect
     from tenant_pipelines.db.migrate import migrate
-
-    from tenant_pipelines.core.security import audit_tables_carried
 
     with connect(dsn, autocommit=True) as conn:
         report = migrate(conn, log=log, jobs=jobs)
@@ -107,10 +106,9 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     if not args.status:
         migrate_and_report(dsn, args.jobs)
         return 0
+    from tenant_pipelines.core.security import audit_tables_carried
     from tenant_pipelines.db.connect import connect
     from tenant_pipelines.db.migrate import migration_status
-
-    from tenant_pipelines.core.security import audit_tables_carried
 
     with connect(dsn, autocommit=True) as conn:
         status = migration_status(conn)

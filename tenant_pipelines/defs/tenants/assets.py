@@ -73,7 +73,7 @@ def tenant_isolation_holds(billing_db: BillingDatabase) -> dg.AssetCheckResult:
     asset=tenant_registry,
     description="Every table that holds tenants' rows is carried by backups, restores and placement moves: "
     "none in public with an organization_id, and none in a tenant schema, that core/placement.py "
-    "TENANT_TABLES and core/moves.py MOVED_TABLES do not list. A migration that adds a tenant table "
+    "TENANT_TABLES and SCHEMA_TABLES do not list. A migration that adds a tenant table "
     "and forgets them (sql/README.md, 'a new table') turns this red; its rows are in no backup.",
 )
 def tenant_tables_carried(billing_db: BillingDatabase) -> dg.AssetCheckResult:
