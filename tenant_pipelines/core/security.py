@@ -20,6 +20,7 @@ from tenant_pipelines.core.pooling import (
 from tenant_pipelines.core.findings import Finding
 from tenant_pipelines.core.placement import SCHEMA_TABLES, TENANT_TABLES
 from tenant_pipelines.errors import InvalidInput
+from tenant_pipelines.db.citus import citus_loaded
 from tenant_pipelines.db.names import APP_ROLE, OWNER_ROLE
 
 # Tables with an organization_id that are not tenant data (none yet); everything else is audited.
@@ -438,8 +439,7 @@ def audit_tables_carried(conn: psycopg.Connection) -> list[Finding]:
                           AND EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid
                                          AND a.attname = 'organization_id' AND NOT a.attisdropped)
                         ORDER BY 1""", (carried,))]
-    citus = conn.execute("SELECT EXISTS (SELECT FROM pg_extension WHERE extname = 'citus')").fetchone()[0]
-    for table, missing in ([] if citus else conn.execute(
+    for table, missing in ([] if citus_loaded(conn) else conn.execute(
             """SELECT t.name, array_agg(w.policy ORDER BY w.policy)
                  FROM unnest(%s::text[]) t(name), unnest(%s::text[]) w(policy)
                 WHERE to_regclass('public.' || quote_ident(t.name)) IS NOT NULL
@@ -449,13 +449,12 @@ def audit_tables_carried(conn: psycopg.Connection) -> list[Finding]:
         findings.append(Finding(f"table public.{table}", f"lacks the policies {', '.join(missing)}: a schema tenant's "
                                 "write by the qualified name lands in the shared table, outside its backups and moves",
                                 "create them as sql/migrations/0023 and 0025 do for the other tables"))
-    in_schemas = sorted(SCHEMA_TABLES.values())
     for name, schemas in conn.execute(
             """SELECT c.relname, array_agg(n.nspname::text ORDER BY n.nspname)
                  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
                 WHERE (n.nspname ~ %s OR n.nspname IN (SELECT schema_name FROM public.tenant_schemas))
                   AND c.relkind IN ('r', 'p') AND NOT c.relispartition AND c.relname <> ALL(%s::text[])
-                GROUP BY c.relname ORDER BY 1""", (TENANT_SCHEMA_PATTERN, in_schemas)):
+                GROUP BY c.relname ORDER BY 1""", (TENANT_SCHEMA_PATTERN, list(TENANT_SCHEMA_TABLES))):
         shown = ", ".join(schemas[:3]) + (f" and {len(schemas) - 3} more" if len(schemas) > 3 else "")
         findings.append(Finding(f"table {name} of {len(schemas)} tenant schema{'s' if len(schemas) > 1 else ''} "
                                 f"({shown})", "holds the tenant's rows that no backup, restore or move carries "

@@ -6,6 +6,7 @@ from collections import Counter
 
 import dagster as dg
 
+from tenant_pipelines.core.findings import Finding
 from tenant_pipelines.core.security import audit_isolation, audit_tables_carried
 from tenant_pipelines.core.tenants import list_tenants
 from tenant_pipelines.defs.resources import BillingDatabase
@@ -49,6 +50,19 @@ def tenant_registry(context: dg.AssetExecutionContext, billing_db: BillingDataba
     )
 
 
+def _audit_result(findings: list[Finding]) -> dg.AssetCheckResult:
+    """A catalog audit's findings as a check result: an error while there is any, every finding
+    a line of the details."""
+    return dg.AssetCheckResult(
+        passed=not findings,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata={
+            "findings": len(findings),
+            "details": dg.MetadataValue.md("\n".join(f"- {f}" for f in findings) or "none"),
+        },
+    )
+
+
 @dg.asset_check(
     asset=tenant_registry,
     blocking=True,
@@ -58,15 +72,7 @@ def tenant_registry(context: dg.AssetExecutionContext, billing_db: BillingDataba
 )
 def tenant_isolation_holds(billing_db: BillingDatabase) -> dg.AssetCheckResult:
     with billing_db.connection() as conn:
-        findings = audit_isolation(conn)
-    return dg.AssetCheckResult(
-        passed=not findings,
-        severity=dg.AssetCheckSeverity.ERROR,
-        metadata={
-            "findings": len(findings),
-            "details": dg.MetadataValue.md("\n".join(f"- {f}" for f in findings) or "none"),
-        },
-    )
+        return _audit_result(audit_isolation(conn))
 
 
 @dg.asset_check(
@@ -78,15 +84,7 @@ def tenant_isolation_holds(billing_db: BillingDatabase) -> dg.AssetCheckResult:
 )
 def tenant_tables_carried(billing_db: BillingDatabase) -> dg.AssetCheckResult:
     with billing_db.connection() as conn:
-        findings = audit_tables_carried(conn)
-    return dg.AssetCheckResult(
-        passed=not findings,
-        severity=dg.AssetCheckSeverity.ERROR,
-        metadata={
-            "findings": len(findings),
-            "details": dg.MetadataValue.md("\n".join(f"- {f}" for f in findings) or "none"),
-        },
-    )
+        return _audit_result(audit_tables_carried(conn))
 
 
 onboard_tenants_job = dg.define_asset_job(
