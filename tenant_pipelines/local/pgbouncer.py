@@ -220,27 +220,31 @@ class PgBouncerProcess:
             raise PgBouncerError(f"PgBouncer did not start: {_error_line(proc.stderr) or self._log_tail(log_offset)}")
         started = time.monotonic()
         while time.monotonic() - started < START_TIMEOUT_S:
-            if "Address already in use" in self._log_tail(log_offset):
+            # PgBouncer logs a taken port as a WARNING, then "FATAL nowhere to listen on".
+            if "Address already in use" in self._log_since(log_offset):
                 self.down(immediate=True)
                 return False
-            pid = self.running_pid()
+            pid = self._written_pid()  # read once: the daemon may write it between two reads
             if pid is not None:
+                if not _pid_alive(pid):
+                    break  # it wrote its pid (after it listens) and exited
                 if port_in_use(port):
                     return True
-            elif self._written_pid() is not None:
-                break  # it wrote its pid and exited
             elif "FATAL" in self._log_tail(log_offset):
                 break  # it said why it will not run, before writing a pid
             time.sleep(0.05)  # on a loaded machine the daemon may take seconds to write its pid
         raise PgBouncerError(f"PgBouncer did not start: {self._log_tail(log_offset) or 'no log line'} (log: {self.logfile})")
 
-    def _log_tail(self, offset: int = 0) -> str:
+    def _log_since(self, offset: int) -> str:
         try:
             with self.logfile.open("rb") as fh:
                 fh.seek(offset)
-                return _error_line(fh.read().decode(errors="replace"))
+                return fh.read().decode(errors="replace")
         except (FileNotFoundError, PermissionError):
             return ""
+
+    def _log_tail(self, offset: int = 0) -> str:
+        return _error_line(self._log_since(offset))
 
     def down(self, *, immediate: bool = False) -> bool:
         """Stop PgBouncer: a safe shutdown (waits for running transactions), then an immediate

@@ -3,14 +3,17 @@ PgBouncer is not installed."""
 
 from __future__ import annotations
 
+import socket
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 
 from tenant_pipelines import cli
 from tenant_pipelines.core.pooling import connect_pooled
 from tenant_pipelines.local.pgbouncer import start_pgbouncer_for, stop_pgbouncer
-from tenant_pipelines.local import pgbouncer
+from tenant_pipelines.local import pgbouncer, processes
 from tenant_pipelines.local.processes import port_in_use
 from tenant_pipelines.local.pgbouncer import PgBouncerError, PgBouncerProcess, find_pgbouncer
 
@@ -75,3 +78,20 @@ def test_a_stale_pid_file_does_not_stop_it_starting(admin_dsn: str, start_pooler
     dsn = start_pgbouncer_for(admin_dsn, state_dir=pooler.state_dir)
     assert f":{pooler.port}/" in dsn, "the previous port is reused when free"
     assert process.running_pid() is not None
+
+
+def test_a_port_taken_after_the_check_is_skipped(admin_dsn: str, start_pooler, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another process can take the port between the free-port check and PgBouncer's bind.
+    PgBouncer logs that as a WARNING, then "FATAL nowhere to listen on"; the start moves on to
+    another port instead of failing."""
+    pooler = start_pooler()
+    stop_pgbouncer(pooler.state_dir, immediate=True)
+    monkeypatch.setattr(processes, "port_in_use", lambda port: False)  # the check misses the race
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", pooler.port))
+        taken.listen()
+        dsn = start_pgbouncer_for(admin_dsn, state_dir=pooler.state_dir)
+    port = int(conninfo_to_dict(dsn)["port"])
+    assert port != pooler.port
+    with connect_pooled(replace(pooler, port=port).dsn()) as conn:
+        assert conn.execute("SELECT current_user").fetchone()[0] == "billing_app"
