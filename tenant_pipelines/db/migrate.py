@@ -77,7 +77,6 @@ _FUNCTION_NAME = re.compile(r"^[a-z_][a-z0-9_]*\.sql$")
 _AFTER = re.compile(r"^-- after: (\d{4})[ \t]*$")
 _GRANT = re.compile(r"^-- grant: ([A-Za-z, ]+?) TO ([a-z_][a-z0-9_]*|PUBLIC)[ \t]*$")
 TENANT_TABLES_HEADER = "-- tenant tables"  # the first line of a migration of the tenant tables
-TENANT_TABLES = ("usage_events", "subscriptions", "invoices", "payment_methods")
 _USAGE_EVENTS = re.compile(r"\busage_events(_mt)?\b", re.IGNORECASE)
 _CURRENT_SCHEMA = re.compile(r"\bcurrent_schema\b", re.IGNORECASE)
 _PRIVILEGES = {"function": {"EXECUTE"}, "view": {"SELECT", "INSERT", "UPDATE", "DELETE"}}
@@ -582,6 +581,9 @@ def _migrate_schema(conn: psycopg.Connection, schema: str, tenant: str, pending:
     """One schema, in one transaction (retried on a lock timeout): its pending migrations, then
     CREATE on it revoked from PUBLIC and billing_app again, then its migrated_to. None when done
     (or found done already), else what failed."""
+    from tenant_pipelines.core.placement import SCHEMA_TABLES  # core imports db: not at module level
+
+    schema_tables = list(SCHEMA_TABLES.values())  # the tables every tenant schema has
     current = [""]
 
     def work(c: psycopg.Connection) -> None:
@@ -592,7 +594,7 @@ def _migrate_schema(conn: psycopg.Connection, schema: str, tenant: str, pending:
             return  # removed, or migrated meanwhile
         missing = [t for t, present in c.execute(
             "SELECT t, to_regclass(format('%%I.%%I', %s::text, t)) IS NOT NULL FROM unnest(%s::text[]) t",
-            (schema, list(TENANT_TABLES))).fetchall() if not present]
+            (schema, schema_tables)).fetchall() if not present]
         if missing:
             # With search_path = <schema>, public, a missing table's name would reach the shared one.
             raise _SchemaBroken(f"{'its tables ' + ', '.join(missing) + ' do' if len(missing) > 1 else 'its table ' + missing[0] + ' does'} "
