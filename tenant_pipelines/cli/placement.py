@@ -37,10 +37,14 @@ def cmd_status(args: argparse.Namespace) -> int:
         tenants = None if args.tenant is None else [require_known_tenant(conn, args.tenant)]
         if is_citus_coordinator(conn):
             on_citus = citus_placement_status(conn, None if tenants is None else [str(t) for t in tenants])
-            print("tenant\tkind\tnode\tpolicy")
+            print("tenant\tkind\tnode\tsince\tpolicy\trecorded")
             for c in on_citus:
-                print(f"{c.tenant}\t{c.kind}\t{c.node_id}\t{c.policy or '-'}")
-            log(f"{len(on_citus)} tenants on Citus, {sum(c.misplaced for c in on_citus)} not where their policy says")
+                recorded = "-" if c.recorded is None else c.recorded + (" (drift)" if c.registry_drift else "")
+                print(f"{c.tenant}\t{c.kind}\t{c.node_id}\t{_when(c.since)}\t{c.policy or '-'}\t{recorded}")
+            drift = sum(c.registry_drift for c in on_citus)
+            log(f"{len(on_citus)} tenants on Citus, {sum(c.misplaced for c in on_citus)} not where their policy says"
+                + (f", {drift} whose registry row disagrees with Citus (run 'placement move' for them again)"
+                   if drift else ""))
             return 0
         statuses = placement_status(conn, tenants)
     print("tenant\tkind\tlocation\tsince\tpolicy\tmove")

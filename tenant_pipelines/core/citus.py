@@ -36,6 +36,7 @@ import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Iterator
 
 import psycopg
@@ -174,11 +175,37 @@ def _owner_exempt_from_rls(conn: psycopg.Connection) -> Iterator[None]:
         restore_forced_rls(conn)
 
 
+# The placement registry (tenant_placements) on Citus: the kind, shared or isolated
+# (sql/citus/migrations/0008), and the location usage_events_mt, the table that holds the
+# tenant's events on every kind. The worker is not recorded: the rebalancer moves shared shard
+# groups without telling anyone, so Citus's metadata stays the only word on it.
+CITUS_LOCATION = "usage_events_mt"
+
+
+def record_citus_placement(conn: psycopg.Connection, placement: CitusPlacement) -> bool:
+    """Write the tenant's registry row from Citus's metadata, after the change that placed it:
+    Citus splits and moves shards outside any transaction of ours, so a crash in between leaves
+    the row behind, which the audit reports and a re-run of the (idempotent) change rewrites.
+    'since' changes only when the kind does. Returns whether the row changed."""
+    with conn.transaction():
+        changed = conn.execute(
+            """INSERT INTO public.tenant_placements AS p (organization_id, kind, location, state, since)
+               VALUES (%(tenant)s, %(kind)s, %(location)s, 'placed', %(now)s)
+               ON CONFLICT (organization_id) DO UPDATE
+                  SET kind = EXCLUDED.kind, location = EXCLUDED.location, state = 'placed', since = EXCLUDED.since
+                WHERE (p.kind, p.location, p.state) IS DISTINCT FROM (EXCLUDED.kind, EXCLUDED.location, 'placed')""",
+            {"tenant": placement.tenant, "kind": placement.kind, "location": CITUS_LOCATION,
+             "now": datetime.now(timezone.utc)}).rowcount
+    return changed > 0
+
+
 def isolate_tenant(conn: psycopg.Connection, tenant_id: object) -> PlacementChange:
-    """Give the tenant a shard group of its own (every colocated table), online. Idempotent."""
+    """Give the tenant a shard group of its own (every colocated table), online, and record it
+    in tenant_placements. Idempotent."""
     before = tenant_placement_on_citus(conn, tenant_id)
     restore_forced_rls(conn)
     if before.kind == "isolated":
+        record_citus_placement(conn, before)
         return PlacementChange(before.tenant, before, before, {})
     started = time.monotonic()
     try:
@@ -190,6 +217,7 @@ def isolate_tenant(conn: psycopg.Connection, tenant_id: object) -> PlacementChan
             f"tenant {before.tenant}: isolating its shard {before.shard_id} failed: "
             f"{exc.diag.message_primary or exc}; Citus rolled it back, run it again") from None
     after = tenant_placement_on_citus(conn, before.tenant)
+    record_citus_placement(conn, after)
     return PlacementChange(before.tenant, before, after, {"isolate": time.monotonic() - started})
 
 
@@ -232,6 +260,7 @@ def move_tenant_to_node(conn: psycopg.Connection, tenant_id: object, node_id: in
             ) from None
         steps["move"] = time.monotonic() - started
     after = tenant_placement_on_citus(conn, before.tenant)
+    record_citus_placement(conn, after)
     return PlacementChange(before.tenant, before, after, steps)
 
 
@@ -250,9 +279,9 @@ def audit_citus(conn: psycopg.Connection) -> list[Finding]:
     """On a Citus coordinator, what the catalog audit (core/security.py) cannot see from there:
     every tenant table (a table of public with the tenant_isolation policy) distributed and
     colocated with organizations; on every worker, every shard of the tenants' colocation group
-    with RLS enabled and forced, and the tenant table's policy on each of its shards; and the
-    context functions on every worker the same as the coordinator's. [] on a database without
-    Citus."""
+    with RLS enabled and forced, and the tenant table's policy on each of its shards; the
+    context functions on every worker the same as the coordinator's; and no distributed or
+    reference table keeping rows of its own on the coordinator. [] on a database without Citus."""
     if not conn.execute("SELECT EXISTS (SELECT FROM pg_extension WHERE extname = 'citus')").fetchone()[0]:
         return []
     findings: list[Finding] = []
@@ -275,6 +304,18 @@ def audit_citus(conn: psycopg.Connection) -> list[Finding]:
                                     f"SELECT update_distributed_table_colocation('{table}', colocate_with => "
                                     "'organizations')"))
     with_policy = {table for table, colocation, _ in tables if colocation is not None}
+    for table, size in conn.execute(
+            """SELECT p.logicalrelid::regclass::text,
+                      COALESCE((SELECT sum(pg_relation_size(t.relid)) FROM pg_partition_tree(p.logicalrelid) t),
+                               pg_relation_size(p.logicalrelid))  -- the tree is empty for a plain table
+                 FROM pg_dist_partition p JOIN pg_class c ON c.oid = p.logicalrelid
+                WHERE NOT c.relispartition ORDER BY 1""").fetchall():
+        if size:  # the rows create_distributed_table copied into the shards, left on the coordinator too
+            findings.append(Finding(
+                f"table {table}", f"keeps {size} bytes of rows on the coordinator from before it was distributed: "
+                "no query reads them, but they are on its disk and in its backups, and not deleted with their tenant",
+                f"SELECT truncate_local_data_after_distributing_table('{table}') (sql/citus/migrations/0008 did this "
+                "for the tables it found)"))
     if anchor is not None:
         group = [r for (r,) in conn.execute(
             "SELECT logicalrelid::regclass::text FROM pg_dist_partition WHERE colocationid = %s ORDER BY 1",
@@ -464,6 +505,7 @@ def place_tenant_on_citus(conn: psycopg.Connection, tenant_id: object, to: str,
     if before.kind != "shared":
         raise InvalidInput(f"tenant {before.tenant}: isolated in shard {before.shard_id}; Citus cannot merge a shard "
                            "group back into a shared one, so it stays isolated")
+    record_citus_placement(conn, before)
     return PlacementChange(before.tenant, before, before, {})
 
 
@@ -621,6 +663,15 @@ class CitusPlacementStatus:
     kind: str           # shared | isolated
     node_id: int
     policy: str | None  # shared | isolated (POLICY_ON_CITUS), None: no policy
+    recorded: str | None = None  # the registry's kind (tenant_placements); None: no row
+    since: datetime | None = None  # the registry's since
+
+    @property
+    def registry_drift(self) -> bool:
+        """The registry says another kind than Citus (a change killed between Citus's split and
+        the record; a row written before sql/citus/migrations/0008). No row is not drift: the
+        onboarding writes it (create_tenant_partition), and until then the tenant is shared."""
+        return self.recorded is not None and self.recorded != self.kind
 
     @property
     def misplaced(self) -> bool:
@@ -646,8 +697,12 @@ def citus_placement_status(conn: psycopg.Connection, tenants: list[str] | None =
              JOIN pg_dist_placement p ON p.shardid = s.shardid
              JOIN pg_dist_node n ON n.groupid = p.groupid AND n.noderole = 'primary'
             ORDER BY 1""", {"anchor": ANCHOR, "tenants": tenants}).fetchall()
+    recorded = {str(t): (kind, since) for t, kind, since in conn.execute(
+        """SELECT organization_id, kind, since FROM public.tenant_placements
+            WHERE %(tenants)s::uuid[] IS NULL OR organization_id = ANY(%(tenants)s::uuid[])""",
+        {"tenants": tenants}).fetchall()}
     return [CitusPlacementStatus(tenant, tier, "isolated" if isolated else "shared", node,
-                                 POLICY_ON_CITUS.get(policy) if policy else None)
+                                 POLICY_ON_CITUS.get(policy) if policy else None, *recorded.get(tenant, (None, None)))
             for tenant, tier, isolated, node, policy in rows]
 
 

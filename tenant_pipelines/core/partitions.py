@@ -83,6 +83,7 @@ def ensure_tenant_partition(
         # Citus: the distribution column separates tenants; the months are the only DDL.
         tenant = require_known_tenant(conn, tenant)
         created = citus.premake_citus_months(conn)
+        citus.record_citus_placement(conn, citus.tenant_placement_on_citus(conn, tenant))
         return PartitionReport(str(tenant), None, "citus", created, note="Citus: no DDL per tenant; months premade",
                                duration_s=time.monotonic() - started)
     retries = LockRetries()

@@ -95,3 +95,19 @@ def test_a_worker_with_another_context_function_is_found(citus_admin: psycopg.Co
         citus_admin.execute("SELECT * FROM master_run_on_worker(ARRAY[%s], ARRAY[%s::int], ARRAY[%s], false)",
                             (host, port, "SET citus.enable_ddl_propagation = off; " + original))
     assert audit_citus(citus_admin) == []
+
+
+def test_rows_left_on_the_coordinator_by_distributing_a_table_are_found(citus_admin: psycopg.Connection) -> None:
+    """create_distributed_table copies a table's rows into the shards and keeps them in the
+    coordinator's own table: a second copy of tenants' rows no query reads and no deletion reaches."""
+    try:
+        citus_admin.execute("CREATE TABLE audit_copy (organization_id uuid PRIMARY KEY)")
+        citus_admin.execute("INSERT INTO audit_copy SELECT gen_random_uuid() FROM generate_series(1, 10)")
+        citus_admin.execute("SELECT create_distributed_table('audit_copy', 'organization_id', colocate_with => 'organizations')")
+        findings = [f for f in audit_citus(citus_admin) if f.obj == "table audit_copy"]
+        assert len(findings) == 1 and "bytes of rows on the coordinator from before it was distributed" in findings[0].problem
+        citus_admin.execute(findings[0].fix.split(" (")[0])
+        assert [f for f in audit_citus(citus_admin) if f.obj == "table audit_copy"] == []
+        assert citus_admin.execute("SELECT count(*) FROM audit_copy").fetchone()[0] == 10, "the shards keep every row"
+    finally:
+        citus_admin.execute("DROP TABLE IF EXISTS audit_copy")

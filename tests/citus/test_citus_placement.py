@@ -15,7 +15,7 @@ import pytest
 from tenant_pipelines.core.citus import isolate_tenant, move_tenant_to_node, tenant_placement_on_citus
 from tenant_pipelines.core.ingest import ingest_usage_events
 from tenant_pipelines.errors import InvalidInput, UnknownTenant
-from tests.citus.conftest import CitusTarget
+from tests.citus.conftest import CitusTarget, make_citus_tenant
 from tests.citus.test_citus_isolation import seed, snapshot
 from tests.waiting import wait_until
 
@@ -121,3 +121,45 @@ def test_placement_functions_refuse_a_single_node_database(admin_conn: psycopg.C
 
     with pytest.raises(NotCitus, match="not a Citus coordinator .* db up --citus"):
         tenant_placement_on_citus(admin_conn, uuid.uuid4())
+
+
+def test_the_registry_follows_citus(citus_admin: psycopg.Connection) -> None:
+    """tenant_placements on a coordinator says shared or isolated, as Citus has the tenant: written
+    at onboarding and after each change; a row left behind (a crash between Citus's split and the
+    record) is reported, and a re-run of the change rewrites it. The single-node kinds are refused."""
+    from tenant_pipelines.core.citus import citus_placement_status
+    from tenant_pipelines.core.partitions import ensure_tenant_partition
+    from tenant_pipelines.defs.tenants.placement_assets import _citus_placements_match_policy
+
+    tenant, neighbour = make_citus_tenant(citus_admin, "Registered"), make_citus_tenant(citus_admin, "Beside")
+
+    def row(t: uuid.UUID) -> tuple | None:
+        return citus_admin.execute("SELECT kind, location, state, since FROM tenant_placements WHERE organization_id = %s",
+                                   (t,)).fetchone()
+
+    assert row(tenant) is None
+    ensure_tenant_partition(citus_admin, tenant)
+    ensure_tenant_partition(citus_admin, neighbour)
+    onboarded = row(tenant)
+    assert onboarded[:3] == ("shared", "usage_events_mt", "placed")
+    ensure_tenant_partition(citus_admin, tenant)
+    assert row(tenant) == onboarded, "a re-run changes nothing, 'since' included"
+
+    isolate_tenant(citus_admin, tenant)
+    isolated = row(tenant)
+    assert isolated[:2] == ("isolated", "usage_events_mt") and isolated[3] > onboarded[3]
+    assert row(neighbour)[0] == "shared"
+
+    # Killed after Citus split the shard group and before the record: the check names the tenant.
+    citus_admin.execute("UPDATE tenant_placements SET kind = 'shared' WHERE organization_id = %s", (tenant,))
+    [status] = citus_placement_status(citus_admin, [str(tenant)])
+    assert status.registry_drift and status.recorded == "shared" and status.kind == "isolated"
+    result = _citus_placements_match_policy([status])
+    assert not result.passed and result.severity.value == "ERROR"
+    assert f"{tenant}: registry says shared, Citus says isolated" in result.metadata["details"].value
+    assert isolate_tenant(citus_admin, tenant).steps == {}, "the re-run moves nothing"
+    assert row(tenant)[0] == "isolated"
+    assert not citus_placement_status(citus_admin, [str(tenant)])[0].registry_drift
+
+    with pytest.raises(psycopg.errors.CheckViolation):
+        citus_admin.execute("UPDATE tenant_placements SET kind = 'pooled' WHERE organization_id = %s", (neighbour,))

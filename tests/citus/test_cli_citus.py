@@ -123,7 +123,8 @@ def test_placement_status_and_move_on_a_coordinator(citus: CitusTarget) -> None:
     with psycopg.connect(citus.admin_dsn, autocommit=True) as conn:
         tenant = make_citus_tenant(conn, "Placement CLI")
     status = run(["placement", "status", "--tenant", str(tenant)], env).stdout.strip().splitlines()
-    assert status[0] == "tenant\tkind\tnode\tpolicy" and status[1].startswith(f"{tenant}\tshared\t")
+    assert status[0] == "tenant\tkind\tnode\tsince\tpolicy\trecorded" and status[1].startswith(f"{tenant}\tshared\t")
+    assert status[1].endswith("\t-"), "not onboarded yet: no registry row"
     isolated = run(["placement", "move", "--tenant", str(tenant), "--to", "isolated"], env)
     assert "\nto\tisolated\t" in isolated.stdout and "isolate took" in isolated.stderr
     with psycopg.connect(citus.admin_dsn, autocommit=True) as conn:
@@ -131,8 +132,8 @@ def test_placement_status_and_move_on_a_coordinator(citus: CitusTarget) -> None:
                               (int(isolated.stdout.split("\tnode ")[-1].split("\t")[0]),)).fetchone()[0]
     moved = run(["placement", "move", "--tenant", str(tenant), "--to", "node", "--node-id", str(target)], env)
     assert f"\nto\tisolated\tnode {target}\t" in moved.stdout
-    assert run(["placement", "status", "--tenant", str(tenant)], env).stdout.splitlines()[1].split("\t")[1:3] == [
-        "isolated", str(target)]
+    after = run(["placement", "status", "--tenant", str(tenant)], env).stdout.splitlines()[1].split("\t")
+    assert after[1:3] == ["isolated", str(target)] and after[-1] == "isolated", "the registry follows the move"
     for args, message in ((["--to", "schema"], "on a Citus coordinator give shared, isolated or node"),
                           (["--to", "node"], "placement node on Citus needs node_id")):
         proc = run(["placement", "move", "--tenant", str(tenant), *args], env, check=False)

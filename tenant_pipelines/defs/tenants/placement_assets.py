@@ -17,6 +17,7 @@ from tenant_pipelines.core.citus import (
     citus_policy,
     is_citus_coordinator,
     place_tenant_on_citus,
+    record_citus_placement,
     tenant_placement_on_citus,
 )
 from tenant_pipelines.core.moves import (
@@ -165,6 +166,7 @@ def _place_all_on_citus(context: dg.AssetExecutionContext, conn, config: TenantP
         if config.to is None and to == "shared":
             here = tenant_placement_on_citus(conn, tenant)
             if here.kind != "shared":
+                record_citus_placement(conn, here)
                 return (PlacementChange(tenant, here, here, {}),
                         f"stays isolated on node {here.node_id}: Citus cannot merge a shard group back ({why})")
         change = place_tenant_on_citus(conn, tenant, to, config.node_id)
@@ -306,15 +308,20 @@ def placements_match_policy(context: dg.AssetCheckExecutionContext, billing_db: 
 
 def _citus_placements_match_policy(statuses) -> dg.AssetCheckResult:
     wrong = [s for s in statuses if s.misplaced]
+    drift = [s for s in statuses if s.registry_drift]
+    lines = [f"{s.tenant}: in a shared shard group on node {s.node_id}, policy says isolated: "
+             "materialise tenant_placement for it" for s in wrong]
+    lines += [f"{s.tenant}: registry says {s.recorded}, Citus says {s.kind} (node {s.node_id}): materialise "
+              "tenant_placement for it, which records where Citus has it" for s in drift]
     return dg.AssetCheckResult(
-        passed=not wrong,
-        severity=dg.AssetCheckSeverity.WARN,
+        passed=not lines,
+        severity=dg.AssetCheckSeverity.ERROR if drift else dg.AssetCheckSeverity.WARN,
         metadata={
             "tenants_checked": len(statuses),
             "not_where_policy_says": len(wrong),
+            "registry_drift": len(drift),
             "on_citus": True,
-            "details": details_md(f"{s.tenant}: in a shared shard group on node {s.node_id}, policy says isolated: "
-                                  "materialise tenant_placement for it" for s in wrong),
+            "details": details_md(lines),
         },
     )
 
