@@ -35,7 +35,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from tenant_pipelines.core import placement as placements
-from tenant_pipelines.db.pacing import FIXED, Pace, Pacer, PaceReport
+from tenant_pipelines.db.pacing import FIXED, Pace, Pacer, PaceReport, wal_position, wal_since
 from tenant_pipelines.core.partitions import ensure_tenant_partition, require_known_tenant
 from tenant_pipelines.db.locks import LockRetries, run_with_lock_timeout
 from tenant_pipelines.errors import InvalidInput, TenantPipelinesError
@@ -480,7 +480,7 @@ def _copy(conn, tenant, source: Home, target: Home, report: MoveReport, batch_ro
             pacer.mark()
             with conn.transaction():
                 conn.execute(_NO_FLUSH_WAIT)
-                lsn = _wal_at(conn)
+                lsn = wal_position(conn)
                 n, size, last = conn.execute(query, params + [pacer.batch_rows(row_bytes, batch_rows)]).fetchone()
                 if n:
                     after = last
@@ -489,7 +489,7 @@ def _copy(conn, tenant, source: Home, target: Home, report: MoveReport, batch_ro
                     done[table] = "done"
                 conn.execute("UPDATE tenant_pipelines.tenant_moves SET last_key = %s WHERE organization_id = %s",
                              (Jsonb(done), tenant))
-                wal = _wal_since(conn, lsn)
+                wal = wal_since(conn, lsn)
             if not n:
                 break
             copied += n
@@ -498,17 +498,6 @@ def _copy(conn, tenant, source: Home, target: Home, report: MoveReport, batch_ro
             pacer.done(int(size or 0), wal)
         report.rows_copied[table] = report.rows_copied.get(table, 0) + copied
         log(f"tenant {tenant}: copied {copied} rows of {table}")
-
-
-def _wal_at(conn: psycopg.Connection) -> str:
-    """Where the server's WAL ends now: a batch's WAL is what was inserted between this and
-    ``_wal_since`` in its transaction (other clients' WAL of those milliseconds too, which the
-    writers' commits wait behind all the same)."""
-    return str(conn.execute("SELECT pg_current_wal_insert_lsn()").fetchone()[0])
-
-
-def _wal_since(conn: psycopg.Connection, lsn: str) -> int:
-    return int(conn.execute("SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), %s::pg_lsn)", (lsn,)).fetchone()[0])
 
 
 def _logged(conn: psycopg.Connection, tenant: uuid.UUID) -> int:
@@ -666,14 +655,14 @@ def _remove_old_copy(conn: psycopg.Connection, tenant: uuid.UUID, source: Home, 
                 pacer.mark()
                 with conn.transaction():
                     conn.execute(_NO_FLUSH_WAIT)
-                    lsn = _wal_at(conn)
+                    lsn = wal_position(conn)
                     n, size = conn.execute(sql.SQL(
                         "WITH gone AS (DELETE FROM {rel} AS d WHERE d.organization_id = %s AND ({key}) IN"
                         " (SELECT {key} FROM {rel} WHERE organization_id = %s LIMIT %s) RETURNING pg_column_size(d.*) AS size)"
                         " SELECT count(*), coalesce(sum(size), 0) FROM gone").format(
                         rel=relation, key=sql.SQL(", ").join(sql.Identifier(k) for k in _key(table))),
                         (tenant, tenant, pacer.batch_rows(row_bytes, batch_rows))).fetchone()
-                    wal = _wal_since(conn, lsn)
+                    wal = wal_since(conn, lsn)
                 if n == 0:
                     break
                 row_bytes = max(1.0, size / n)

@@ -803,6 +803,18 @@ class Pacer:
             self._last_sample = now
 
 
+def wal_position(conn: psycopg.Connection) -> str:
+    """Where the server's WAL ends now. A batch's WAL, for ``Pacer.done``, is what was inserted
+    between this (taken after ``Pacer.mark``) and ``wal_since`` at its end: other clients' WAL of
+    those milliseconds too, which the writers' commits wait behind all the same."""
+    return str(conn.execute("SELECT pg_current_wal_insert_lsn()").fetchone()[0])
+
+
+def wal_since(conn: psycopg.Connection, lsn: str) -> int:
+    """Bytes of WAL inserted since ``lsn`` (a ``wal_position``)."""
+    return int(conn.execute("SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), %s::pg_lsn)", (lsn,)).fetchone()[0])
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
