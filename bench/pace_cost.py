@@ -37,12 +37,13 @@ from pathlib import Path
 from typing import Sequence
 
 import psycopg
+from psycopg import sql
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout, not installed
 
 import _harness as h  # noqa: E402  (bench/ is sys.path[0] when run as a script)
 import tiering as tb  # noqa: E402  bench/tiering.py: the writers' latency summary of a window
-from tenant_pipelines.db.pacing import PROBE_INTERVAL_S  # noqa: E402
+from tenant_pipelines.db.pacing import PROBE_INTERVAL_S, probe  # noqa: E402
 
 NAME = "pace_cost"
 ROW_BYTES = 250  # the source rows' heap size, about (id, timestamptz, 192-character text, numeric)
@@ -76,16 +77,13 @@ def _write_loop(dsn: str, interval: float, tenant, stop, results) -> None:
 
 
 def _probe(dsn: str, stop: threading.Event, out: dict) -> None:
-    """No copy: the adaptive pacer's probe alone (db/pacing.py ``Pacer._probe``, every
+    """No copy: the adaptive pacer's probe alone (db/pacing.py ``probe``, every
     ``PROBE_INTERVAL_S``): BEGIN, a transaction-local setting, a one-row upsert, COMMIT."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("SET synchronous_commit = on")
         probes, started = 0, time.perf_counter()
         while not stop.is_set():
-            with conn.transaction():
-                conn.execute("SELECT set_config('tenant_pipelines.pace_probe', '1', true)")
-                conn.execute("INSERT INTO pace_cost_probes (pid, probed_at) VALUES (pg_backend_pid(), clock_timestamp())"
-                             " ON CONFLICT (pid) DO UPDATE SET probed_at = excluded.probed_at")
+            probe(conn, sql.Identifier("pace_cost_probes"))
             probes += 1
             stop.wait(PROBE_INTERVAL_S)
         seconds = time.perf_counter() - started

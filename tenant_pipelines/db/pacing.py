@@ -74,6 +74,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import psycopg
+from psycopg import sql
 
 from tenant_pipelines.errors import InvalidInput
 
@@ -701,15 +702,7 @@ class Pacer:
         return self.clock() - self._hold_since >= SETTLE_S
 
     def _probe(self) -> float:
-        """One probe: a writer's smallest transaction, its four round trips timed."""
-        conn = self._probe_conn
-        t = time.perf_counter()
-        with conn.transaction():
-            conn.execute("SELECT set_config('tenant_pipelines.pace_probe', '1', true)")
-            conn.execute(
-                "INSERT INTO tenant_pipelines.pace_probes (pid, probed_at) VALUES (pg_backend_pid(), clock_timestamp())"
-                " ON CONFLICT (pid) DO UPDATE SET probed_at = excluded.probed_at")
-        return time.perf_counter() - t
+        return probe(self._probe_conn)
 
     def _writers_active(self) -> bool:
         """Whether another client of this database is writing: in a transaction now (idle in
@@ -801,6 +794,21 @@ class Pacer:
             self._interval_bytes = 0
             self._interval_crossings = 0
             self._last_sample = now
+
+
+PROBES_TABLE = sql.Identifier("tenant_pipelines", "pace_probes")
+
+
+def probe(conn: psycopg.Connection, table: sql.Composable = PROBES_TABLE) -> float:
+    """One probe of the adaptive pace: a writer's smallest transaction (BEGIN, a
+    transaction-local setting, a one-row upsert, COMMIT: four round trips), timed, in seconds.
+    ``table`` (pid, probed_at): bench/pace_cost.py runs it alone against a table of its own."""
+    t = time.perf_counter()
+    with conn.transaction():
+        conn.execute("SELECT set_config('tenant_pipelines.pace_probe', '1', true)")
+        conn.execute(sql.SQL("INSERT INTO {} (pid, probed_at) VALUES (pg_backend_pid(), clock_timestamp())"
+                             " ON CONFLICT (pid) DO UPDATE SET probed_at = excluded.probed_at").format(table))
+    return time.perf_counter() - t
 
 
 def wal_position(conn: psycopg.Connection) -> str:
