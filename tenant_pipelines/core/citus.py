@@ -579,14 +579,15 @@ def _months(conn: psycopg.Connection) -> list[str]:
         " WHERE i.inhparent = %s::regclass ORDER BY 1", (EVENTS,)).fetchall()]
 
 
-def premake_citus_months(conn: psycopg.Connection) -> list[str]:
-    """The months of usage_events_mt to partition_config.premake_months ahead, made with Citus's
-    create_time_partitions and secured (fn_citus_premake_months). No tenant needs DDL of its
-    own on Citus. Returns the months created."""
+def premake_citus_months(conn: psycopg.Connection, since: datetime | None = None) -> list[str]:
+    """The months of usage_events_mt to partition_config.premake_months ahead (from ``since``'s
+    month when given, for events about to be loaded with older timestamps; else from this one),
+    made with Citus's create_time_partitions and secured (fn_citus_premake_months). No tenant
+    needs DDL of its own on Citus. Returns the months created."""
     _require_citus(conn)
     before = set(_months(conn))
     run_with_lock_timeout(conn, "usage_events_mt (premaking its months)",
-                          lambda c: c.execute("SELECT fn_citus_premake_months()"))
+                          lambda c: c.execute("SELECT fn_citus_premake_months(%s)", (since,)))
     return sorted(set(_months(conn)) - before)
 
 

@@ -30,15 +30,16 @@ def dev_key_file() -> Path:
 
 
 def using_embedded_cluster() -> bool:
-    """Whether the billing database is the embedded cluster: BILLING_DATABASE_URL unset, or set
-    to the embedded cluster's own DSN (as `tenant-pipelines dev` does for the Dagster UI)."""
+    """Whether the billing database is the embedded cluster (the single node, or the Citus
+    coordinator of ``db up --citus``): BILLING_DATABASE_URL unset, or set to the embedded
+    cluster's own DSN (as `tenant-pipelines dev` does for the Dagster UI)."""
     url = database_url_from_env()
     if url is None:
         return True
-    from tenant_pipelines.local.target import embedded_cluster
+    from tenant_pipelines.local.target import embedded_dsn
 
     try:
-        return url == embedded_cluster().dsn("billing")
+        return url == embedded_dsn()
     except TenantPipelinesError:
         return False
 

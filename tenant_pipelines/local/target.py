@@ -30,6 +30,13 @@ def admin_dsn(*, start: bool = False, log: Callable[[str], None] = lambda m: Non
     url = database_url_from_env()
     if url:
         return url
+    return embedded_dsn(start=start, log=log)
+
+
+def embedded_dsn(*, start: bool = False, log: Callable[[str], None] = lambda m: None) -> str:
+    """The embedded billing database's admin DSN, whatever $BILLING_DATABASE_URL says: the Citus
+    coordinator once ``db up --citus`` has set one up here, else the single node (``start``
+    brings it up)."""
     citus = embedded_citus(log)
     if citus.exists():
         return citus.up() if start else citus.dsn("billing")
