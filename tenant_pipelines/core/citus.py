@@ -670,8 +670,8 @@ class CitusPlacementStatus:
     @property
     def registry_drift(self) -> bool:
         """The registry says another kind than Citus (a change killed between Citus's split and
-        the record; a row written before sql/citus/migrations/0008). No row is not drift: the
-        onboarding writes it (create_tenant_partition), and until then the tenant is shared."""
+        the record). No row is not drift: the onboarding writes it (ensure_tenant_partition),
+        and until then the tenant is shared."""
         return self.recorded is not None and self.recorded != self.kind
 
     @property

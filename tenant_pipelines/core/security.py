@@ -422,8 +422,9 @@ def audit_tables_carried(conn: psycopg.Connection) -> list[Finding]:
     """Tables that hold a tenant's rows but that no backup, restore or move knows: a migration
     that created a tenant table (in public, or by a `-- tenant tables` migration in every tenant
     schema) without adding it to ``core/placement.py`` TENANT_TABLES (backups and restores) and
-    SCHEMA_TABLES (tenant schemas, their migrations and moves) and ``fn_create_tenant_schema`` (sql/README.md, 'a new table'). Such rows are missing from every
-    backup, and a move out of a schema holding them is refused. One finding per table of public
+    SCHEMA_TABLES (tenant schemas, their migrations and moves) and ``fn_create_tenant_schema``
+    (sql/README.md, 'a new table'). Such rows are missing from every backup, and a move out of
+    a schema holding them is refused. One finding per table of public
     (and per shared table of SCHEMA_TABLES without the policies that refuse a schema tenant's
     rows), and one per table name across the tenant schemas that have it."""
     carried = sorted({name for name, _ in TENANT_TABLES} | PLATFORM_RECORD_TABLES | NOT_TENANT_TABLES)

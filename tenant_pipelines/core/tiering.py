@@ -437,8 +437,9 @@ def _copy_paced(conn: psycopg.Connection, part: PlannedPartition, shadow: sql.Id
                 log: Callable[[str], None], what: str) -> float:
     """Copy the partition's blocks into the shadow, one transaction per batch, each as many
     blocks as the pacer says and followed by its wait (for the larger of the blocks and the WAL
-    the batch wrote: index entries, whole pages after a checkpoint). A row met twice (an update moved it to
-    a later block) is skipped here; the change log brings its last version before the swap.
+    the batch wrote: index entries, whole pages after a checkpoint). A row met twice (an update
+    moved it to a later block) is skipped here; the change log brings its last version before
+    the swap.
     Returns the seconds spent waiting for the pacer."""
     before = pacer.report()
     waited = before.slept_s + before.paused_s
