@@ -326,7 +326,6 @@ def test_tiering_and_placement_moves_report_their_pace_while_a_client_is_active(
         assert report.moves and report.pace is not None and report.pace.baseline_source == "measured"
         assert report.pace.bytes >= sum(m.copy_bytes for m in report.moves)
         assert {m.copy for m in report.moves} == {"rows"}  # somebody writes: no file copy
-        assert report.pace.wal_bytes > 0, "the WAL of its copy's batches, measured"
         move = moves.move_tenant(admin_conn, tenant, "schema", batch_rows=500)
         assert move.moved and move.pace is not None and move.pace.bytes > 0 and move.pace.baseline_p99_ms > 0
         assert move.pace.batches > 3000 / 500  # the copy's batches, of at most 500 rows
