@@ -176,7 +176,7 @@ def _owner_exempt_from_rls(conn: psycopg.Connection) -> Iterator[None]:
 
 
 # The placement registry (tenant_placements) on Citus: the kind, shared or isolated
-# (sql/citus/migrations/0008), and the location usage_events_mt, the table that holds the
+# (sql/citus/migrations/0009 and 0010), and the location usage_events_mt, the table that holds the
 # tenant's events on every kind. The worker is not recorded: the rebalancer moves shared shard
 # groups without telling anyone, so Citus's metadata stays the only word on it.
 CITUS_LOCATION = "usage_events_mt"
