@@ -43,6 +43,7 @@ import psycopg
 from psycopg import sql
 
 from tenant_pipelines.core.findings import Finding
+from tenant_pipelines.db.citus import citus_loaded
 from tenant_pipelines.db.locks import run_with_lock_timeout
 from tenant_pipelines.db.session import parse_tenant_id
 from tenant_pipelines.errors import InvalidInput, TenantPipelinesError, UnknownTenant
@@ -79,8 +80,7 @@ class PlacementChange:
 
 
 def _require_citus(conn: psycopg.Connection) -> None:
-    row = conn.execute("SELECT EXISTS (SELECT FROM pg_extension WHERE extname = 'citus')").fetchone()
-    if not row[0]:
+    if not citus_loaded(conn):
         raise NotCitus("this database is not a Citus coordinator (no extension citus): start one with "
                        "'tenant-pipelines db up --citus' and run 'tenant-pipelines db migrate'")
     if conn.execute("SELECT to_regclass(%s) IS NULL OR NOT EXISTS (SELECT FROM pg_dist_partition "
@@ -282,7 +282,7 @@ def audit_citus(conn: psycopg.Connection) -> list[Finding]:
     with RLS enabled and forced, and the tenant table's policy on each of its shards; the
     context functions on every worker the same as the coordinator's; and no distributed or
     reference table keeping rows of its own on the coordinator. [] on a database without Citus."""
-    if not conn.execute("SELECT EXISTS (SELECT FROM pg_extension WHERE extname = 'citus')").fetchone()[0]:
+    if not citus_loaded(conn):
         return []
     findings: list[Finding] = []
     anchor = conn.execute("SELECT colocationid FROM pg_dist_partition WHERE logicalrelid = to_regclass(%s)",

@@ -20,6 +20,7 @@ from typing import Iterable
 import psycopg
 from psycopg import sql
 
+from tenant_pipelines.db.citus import citus_loaded
 from tenant_pipelines.db.session import parse_tenant_id, tenant_session
 
 UsageEvent = tuple[str, Decimal, datetime, str]  # metric_name, quantity, timestamp, properties JSON
@@ -69,8 +70,7 @@ _citus_connections: "weakref.WeakKeyDictionary[psycopg.Connection, bool]" = weak
 def on_citus(conn: psycopg.Connection) -> bool:
     """Whether ``conn``'s database has the extension citus (asked once per connection)."""
     if conn not in _citus_connections:
-        _citus_connections[conn] = conn.execute(
-            "SELECT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'citus')").fetchone()[0]
+        _citus_connections[conn] = citus_loaded(conn)
     return _citus_connections[conn]
 
 
